@@ -1,0 +1,53 @@
+#pragma once
+// Files: NPY arrays, JSON, text, all written to a temporary name and renamed (no half-written
+// results), and the output folder with its manifest.json.
+#include <ATen/core/Tensor.h>
+
+#include <nlohmann/json_fwd.hpp>
+#include <string>
+#include <vector>
+
+namespace convscope {
+
+// Writes `content` to `path` atomically (temp file in the same folder, fsync, rename).
+void write_file_atomic(const std::string& path, const std::string& content);
+// Reads a whole file; throws Error naming the file if it cannot.
+std::string read_file(const std::string& path);
+
+// NPY (format 1.0, little-endian, C order). Writes float32, float64, int64, int32, uint8 tensors.
+void write_npy(const std::string& path, const at::Tensor& t);
+// The bytes write_npy would write.
+std::string npy_bytes(const at::Tensor& t);
+// Reads an NPY file into a tensor (dtypes: f4, f8, i8, i4, u1, i1, b1 little-endian, C order).
+// Throws Error for a bad header, an unsupported dtype, Fortran order or a truncated body.
+at::Tensor read_npy(const std::string& path);
+
+void write_json(const std::string& path, const nlohmann::json& j);
+void write_csv(const std::string& path, const std::vector<std::string>& header,
+               const std::vector<std::vector<std::string>>& rows);
+
+// SHA-256 (hex) of a file's bytes, and of a string.
+std::string sha256_file(const std::string& path);
+std::string sha256_hex(const std::string& data);
+
+// An output folder: creates it, records each written file with its meaning, and writes
+// manifest.json (command line, options, model file hash, library versions, files).
+class OutputDir {
+public:
+    explicit OutputDir(const std::string& dir);
+    const std::string& dir() const { return dir_; }
+    // Full path of a file in the folder (creates subfolders); records it with its meaning.
+    std::string file(const std::string& relative, const std::string& meaning);
+    void set_command(const std::string& command_line, const nlohmann::json& options,
+                     const std::string& model_path, const std::string& model_hash);
+    // Writes manifest.json (atomically). Call after all files are written.
+    void write_manifest() const;
+
+private:
+    std::string dir_;
+    std::string command_line_, model_path_, model_hash_;
+    std::string options_json_;
+    std::vector<std::pair<std::string, std::string>> files_;
+};
+
+}  // namespace convscope

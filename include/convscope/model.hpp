@@ -1,0 +1,131 @@
+#pragma once
+// The model runtime: loads a TorchScript CNN (torch.jit.script, torch.jit.trace, or convscope's
+// own), lists its layers as dotted module paths with shapes and receptive fields, and runs
+// forward passes that also return the activations ("taps") of any named layers, and gradients
+// of any scalar with respect to the input and to taps. Works on arbitrary graphs (residual
+// adds, concatenations, functional ops, in-place ops).
+#include <ATen/core/Tensor.h>
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "convscope/receptive_field.hpp"
+
+namespace torch::jit {
+struct Module;
+}
+
+namespace convscope {
+
+// Metadata convscope stores inside its own model files (as an extra file `convscope.json`;
+// PyTorch ignores it). For other models the fields are empty and options/data fill them in.
+struct ModelMeta {
+    std::vector<int64_t> input_shape;      // C,H,W the model expects; empty if unknown
+    std::vector<double> mean, std;         // per-channel normalisation applied to [0,1] pixels
+    std::vector<std::string> class_names;  // one per output class; may be empty
+    std::string dataset;                   // the data it was trained on, e.g. "fashion-mnist"
+};
+
+struct LayerInfo {
+    std::string name;                   // dotted module path: "conv1", "layer1.0.conv2", "layer1.0"
+    std::string type;                   // module class: "Conv2d", "BasicBlock", "ReLU", ...
+    std::vector<int64_t> output_shape;  // without the batch dimension, e.g. {64,56,56}
+    int64_t num_params = 0;             // parameters of this module and its children
+    int depth = 0;                      // number of dots in the name
+    ReceptiveField rf;                  // receptive field of one output unit in input pixels
+    bool is_conv = false;               // a Conv2d (has spatial weights)
+    bool is_linear = false;             // a Linear
+};
+
+// Result of a forward pass with taps. Tensors are float32, batch first.
+struct TapResult {
+    at::Tensor output;                      // model output, e.g. logits [N,K]
+    std::map<std::string, at::Tensor> taps;  // layer name -> activation [N,C,H,W] or [N,F]
+};
+
+class Model {
+public:
+    // Loads a TorchScript file and puts it in eval mode. Throws Error for a missing, empty,
+    // truncated or corrupt file and for files that are not TorchScript (a state_dict saved with
+    // torch.save, an image), each with a message that says what to do.
+    static Model load(const std::string& path);
+    // Wraps an already built TorchScript module (used by `train`).
+    static Model from_module(const torch::jit::Module& module, ModelMeta meta,
+                             std::string path = "<memory>");
+
+    Model(Model&&) noexcept;
+    Model& operator=(Model&&) noexcept;
+    ~Model();
+
+    const std::string& path() const;
+    const ModelMeta& meta() const;
+    // The input shape C,H,W: meta().input_shape if known, else the one set by set_input_shape.
+    // Throws Error if neither is known (the message asks for --input-shape).
+    std::vector<int64_t> input_shape() const;
+    void set_input_shape(const std::vector<int64_t>& chw);
+    bool has_input_shape() const;
+
+    // All layers (modules at every depth) in the order their computation starts, with output
+    // shapes and receptive fields for input_shape(). Computed once (one forward pass of a
+    // single zero image) and cached.
+    const std::vector<LayerInfo>& layers() const;
+    // Layer by name; throws Error naming the closest existing names if there is none.
+    const LayerInfo& layer(const std::string& name) const;
+    // Names of the layers for which `pred` holds, e.g. all convs.
+    std::vector<std::string> conv_layer_names() const;
+    // The last layer before the output layer whose output is 1-D (for embeddings), else "".
+    std::string penultimate_layer() const;
+    // Number of output classes (size of the output's last dimension).
+    int64_t num_classes() const;
+
+    // Plain forward: images_nchw [N,C,H,W] float32 -> output. No autograd.
+    at::Tensor forward(const at::Tensor& images_nchw) const;
+    // Forward that also returns the outputs of the named layers ("taps"). No autograd. A tap
+    // holds the layer's output as computed, even if later in-place ops change that tensor.
+    TapResult forward_taps(const at::Tensor& images_nchw, const std::vector<std::string>& layers) const;
+
+    // Gradients. `scalar_of` receives the output and the taps of a forward pass (with autograd)
+    // and returns the scalar to differentiate (e.g. a sum of logits of target classes). Returns
+    // the forward result plus d scalar / d input [N,C,H,W] and d scalar / d tap for each name in
+    // `grad_layers` (same shape as the tap). Layers listed only in `tap_layers` are returned as
+    // taps without gradients.
+    struct GradResult {
+        TapResult forward;
+        at::Tensor input_grad;
+        std::map<std::string, at::Tensor> tap_grads;
+    };
+    GradResult gradients(const at::Tensor& images_nchw,
+                         const std::function<at::Tensor(const TapResult&)>& scalar_of,
+                         const std::vector<std::string>& grad_layers = {},
+                         const std::vector<std::string>& tap_layers = {}) const;
+
+    // Backward variants for guided backprop / deconvnet: every ReLU of the graph (module,
+    // functional or in-place) gets the given backward rule. Plain = the true gradient.
+    enum class ReluBackward { Plain, Guided, Deconv };
+    GradResult gradients_with_relu_rule(ReluBackward rule, const at::Tensor& images_nchw,
+                                        const std::function<at::Tensor(const TapResult&)>& scalar_of,
+                                        const std::vector<std::string>& grad_layers = {},
+                                        const std::vector<std::string>& tap_layers = {}) const;
+
+    // The TorchScript module (eval mode).
+    torch::jit::Module& module() const;
+    // Parameter tensor of a layer, e.g. ("conv1", "weight"); throws Error if absent.
+    at::Tensor parameter(const std::string& layer, const std::string& name) const;
+    // SHA-256 of the model file (hex), "" for models in memory.
+    const std::string& file_hash() const;
+
+private:
+    Model();
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+};
+
+// Checks that a batch fits the model: 4-D float32 with the model's channel count and size, all
+// values finite. Throws Error naming the mismatch and the fix.
+void check_input(const Model& model, const at::Tensor& images_nchw);
+
+}  // namespace convscope

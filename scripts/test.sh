@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set up, build, make the test fixtures (PyTorch in Python) and run every test through CTest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+bash scripts/build.sh
+/usr/bin/python3 tests/fixtures/make_fixtures.py build/fixtures
+cd build && ctest --output-on-failure -j 2
