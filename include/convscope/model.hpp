@@ -17,6 +17,8 @@
 
 namespace torch::jit {
 struct Module;
+struct Graph;
+struct Value;
 }
 
 namespace convscope {
@@ -115,6 +117,11 @@ public:
     torch::jit::Module& module() const;
     // Parameter tensor of a layer, e.g. ("conv1", "weight"); throws Error if absent.
     at::Tensor parameter(const std::string& layer, const std::string& name) const;
+    // For methods that work on the graph itself (incremental occlusion): the inlined forward
+    // graph (input 0 is the module, input 1 the image batch; do not modify it, copy it) and the
+    // graph value each layer's output is.
+    std::shared_ptr<torch::jit::Graph> inlined_graph() const;
+    const torch::jit::Value* layer_value(const std::string& layer) const;
     // SHA-256 of the model file (hex), "" for models in memory.
     const std::string& file_hash() const;
 

@@ -1,0 +1,187 @@
+#pragma once
+// t-SNE (van der Maaten & Hinton 2008) written for convscope: places N feature vectors in 2-D so
+// that points that are near in feature space stay near. Used by `convscope embed` (dataset maps).
+//
+// Pipeline and cost (N points, D dimensions, k = min(N-1, 3*perplexity) neighbours):
+//   1. optional PCA to `pca_dims` dimensions                      O(N*D^2 + D^3)
+//   2. k nearest neighbours: brute force for small N, else hnswlib  O(N^2*D) or ~O(N log N * D)
+//   3. perplexity-calibrated Gaussian affinities, symmetrised, CSR O(N*k)
+//   4. gradient descent with momentum, gains and early exaggeration; the gradient is exact
+//      O(N^2) for small N, else FFT-accelerated interpolation (Linderman et al., Nature
+//      Methods 2019) O(N + G^2 log G) per iteration with G grid nodes per side.
+// Deterministic: the same input, options, seed and thread count give the same bytes.
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "convscope/progress.hpp"
+
+namespace convscope {
+
+// Square sparse matrix in CSR form: row i holds col[row_ptr[i] .. row_ptr[i+1]) (ascending)
+// with values val[...]. Used for the affinities P.
+struct SparseMatrix {
+    int64_t n = 0;                 // rows == columns
+    std::vector<int64_t> row_ptr;  // [n+1]
+    std::vector<int32_t> col;      // [nnz]
+    std::vector<float> val;        // [nnz]
+    int64_t nnz() const { return int64_t(col.size()); }
+};
+
+// k nearest neighbours of every point, self excluded, nearest first (ties by index).
+struct KnnGraph {
+    int64_t n = 0;
+    int k = 0;
+    std::vector<int32_t> index;     // [n,k] row-major
+    std::vector<float> distance2;   // [n,k] squared Euclidean distances
+};
+
+struct KnnOptions {
+    enum class Method { Auto, Exact, Hnsw };
+    // Auto: exact brute force when n <= exact_max_n, else hnswlib.
+    Method method = Method::Auto;
+    int64_t exact_max_n = 12000;
+    // hnswlib graph parameters; hnsw_ef = 0 means max(2k, 100). The data is split into one
+    // index per thread (at most 4), each built by one thread, so the result does not depend on
+    // scheduling; every point is searched in every shard.
+    int hnsw_m = 16;
+    int hnsw_ef_construction = 200;
+    int hnsw_ef = 0;
+    uint64_t seed = 42;
+    int threads = 0;  // 0 = all hardware threads
+};
+
+// Options of the FFT-accelerated repulsive forces: the embedding's bounding square is split into
+// `intervals` per side (at least min_intervals, and none wider than max_interval_width), each
+// with `nodes_per_interval` equispaced Lagrange interpolation nodes.
+struct FftOptions {
+    int nodes_per_interval = 3;
+    int min_intervals = 50;
+    double max_interval_width = 1.0;
+};
+
+struct TsneOptions {
+    int dims = 2;                       // only 2 is supported
+    double perplexity = 30.0;           // needs 3*perplexity < N-1
+    int iterations = 750;               // total, including the early exaggeration phase
+    int early_exaggeration_iters = 250;
+    double early_exaggeration = 12.0;
+    double exaggeration = 1.0;          // after the early phase (>1 gives tighter clusters)
+    double learning_rate = 0.0;         // 0 = auto: max(N / early_exaggeration / 4, 50)
+    double momentum_early = 0.5;        // during early exaggeration
+    double momentum = 0.8;              // afterwards
+    double min_gain = 0.01;
+
+    // Exact: O(N^2) gradient with affinities over all pairs; Fft: interpolation-accelerated
+    // repulsion with affinities over the k nearest neighbours. Auto: Exact when N < exact_max_n.
+    enum class Gradient { Auto, Exact, Fft };
+    Gradient gradient = Gradient::Auto;
+    int64_t exact_max_n = 1000;
+    FftOptions fft;
+
+    // Initial layout: the first two principal components scaled so that the first has standard
+    // deviation 1e-4 (openTSNE's convention), or N(0, 1e-4^2) from the seed.
+    enum class Init { Pca, Random };
+    Init init = Init::Pca;
+    int pca_dims = 0;                   // >0: reduce the features to this many PCs first
+
+    // Nearest neighbours for the affinities (not used by the exact gradient). The seed and
+    // thread count of this struct are ignored: the ones below apply.
+    KnnOptions knn;
+
+    uint64_t seed = 42;
+    int threads = 0;                    // 0 = all hardware threads
+};
+
+struct TsneResult {
+    at::Tensor embedding;               // [N,2] float32
+    double kl_divergence = 0.0;         // KL(P||Q) at the end (with the approximate Z for Fft)
+    double learning_rate = 0.0;         // the one used (after "auto")
+    bool exact = false;                 // which gradient was used
+    int neighbours = 0;                 // k per point (N-1 for the exact gradient)
+    // The feature-space neighbour lists used for the affinities (nearest first; in the PCA
+    // space when pca_dims > 0). Empty for the exact gradient. Reusable for the metrics below.
+    KnnGraph knn;
+    // Wall-clock seconds per stage.
+    double pca_seconds = 0.0;           // preprocessing and PCA initialisation
+    double neighbours_seconds = 0.0;
+    double affinities_seconds = 0.0;
+    double optimisation_seconds = 0.0;
+};
+
+// Runs t-SNE on x [n,d] float32, row-major. Throws Error for n < 2, d < 1, a non-finite value
+// (names the first one), a perplexity too large for n (names the largest allowed), bad
+// options. `progress` gets the fraction done and may cancel (Cancelled is thrown).
+TsneResult tsne(const float* x, int64_t n, int64_t d, const TsneOptions& options = {},
+                const ProgressFn& progress = {});
+// features_nd [N,D], any floating dtype (converted to float32), CPU.
+TsneResult tsne(const at::Tensor& features_nd, const TsneOptions& options = {},
+                const ProgressFn& progress = {});
+
+// --- building blocks (exposed for tests and other methods) ---------------------------------
+
+// k nearest neighbours of each row of x [n,d] among the other rows (squared Euclidean).
+KnnGraph nearest_neighbours(const float* x, int64_t n, int64_t d, int k,
+                            const KnnOptions& options = {});
+
+// Conditional affinities P_{j|i} = exp(-beta_i d_ij^2) / sum_j(...) over each point's
+// neighbours, with beta_i found by binary search so that the row's entropy (natural log) is
+// log(perplexity) within 1e-5. Rows sum to 1. `betas` (if given) receives beta_i [n].
+SparseMatrix conditional_affinities(const KnnGraph& knn, double perplexity, int threads = 0,
+                                    std::vector<double>* betas = nullptr);
+// The same over all pairs (for the exact gradient): O(n^2 d) time, O(n^2) memory.
+SparseMatrix conditional_affinities_all_pairs(const float* x, int64_t n, int64_t d,
+                                              double perplexity, int threads = 0);
+// P = (C + C^T) / (2n): symmetric, sums to 1.
+SparseMatrix symmetrise_affinities(const SparseMatrix& conditional);
+
+// Gradient of KL(P||Q) w.r.t. the embedding y [n,2] (float64) into grad [n,2]:
+//   grad_i = 4 sum_j (exaggeration * P_ij - q_ij / Z) q_ij (y_i - y_j),  q_ij = 1/(1+|y_i-y_j|^2)
+// Returns Z = sum_{i != j} q_ij. Exact version: O(n^2).
+double tsne_gradient_exact(const SparseMatrix& p, const double* y, double exaggeration,
+                           double* grad, int threads = 0);
+// Same with the repulsive part and Z from FFT-accelerated interpolation: O(n*k + G^2 log G).
+double tsne_gradient_fft(const SparseMatrix& p, const double* y, double exaggeration,
+                         double* grad, const FftOptions& fft = {}, int threads = 0);
+// KL(P||Q) = sum P_ij log(P_ij Z / q_ij) for a given normalisation Z (from a gradient call).
+double tsne_kl_divergence(const SparseMatrix& p, const double* y, double z, int threads = 0);
+// KL(P||Q) with Z computed exactly: O(n^2).
+double tsne_kl_divergence_exact(const SparseMatrix& p, const double* y, int threads = 0);
+
+// Principal components of x [n,d]: `projected` [n,c] float32 (centred data times components),
+// `components` [c,d] float64 (unit rows, sign fixed so each row's largest entry is positive),
+// `variance` [c] float64 (eigenvalues of the covariance, descending). O(n d^2 + d^3).
+struct PcaResult {
+    at::Tensor projected, components, variance;
+};
+PcaResult pca(const float* x, int64_t n, int64_t d, int components, int threads = 0);
+
+// --- quality metrics for an embedding (metrics.json) ---------------------------------------
+
+// Leave-one-out k-NN classification accuracy in the embedding: each point's label is predicted
+// by a majority vote of its k nearest other points (ties: the smallest label, as scikit-learn).
+// embedding [n,2] float32, labels [n]. Exact grid search, O(n k) for spread-out data.
+double knn_label_accuracy(const float* embedding, const int64_t* labels, int64_t n, int k = 10,
+                          int threads = 0);
+// embedding_n2 [N,2] floating; labels_n [N] integer.
+double knn_label_accuracy(const at::Tensor& embedding_n2, const at::Tensor& labels_n, int k = 10,
+                          int threads = 0);
+
+// Mean share of each point's k nearest neighbours in feature space that are also among its k
+// nearest in the embedding. Feature neighbours from nearest_neighbours() (exact for small n,
+// hnswlib otherwise).
+double neighbour_preservation(const float* features, int64_t d, const float* embedding, int64_t n,
+                              int k = 10, int threads = 0);
+// The same with precomputed feature-space neighbours (e.g. TsneResult::knn; its first k
+// columns are used).
+double neighbour_preservation(const KnnGraph& feature_knn, const float* embedding, int k = 10,
+                              int threads = 0);
+// features_nd [N,D], embedding_n2 [N,2], both floating.
+double neighbour_preservation(const at::Tensor& features_nd, const at::Tensor& embedding_n2,
+                              int k = 10, int threads = 0);
+
+// The k nearest neighbours of each point of a 2-D embedding [n,2] (exact, grid search).
+KnnGraph nearest_neighbours_2d(const float* embedding, int64_t n, int k, int threads = 0);
+
+}  // namespace convscope

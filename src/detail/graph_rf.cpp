@@ -1,0 +1,225 @@
+#include "detail/graph_rf.hpp"
+
+#include <torch/csrc/jit/api/function_impl.h>
+#include <torch/csrc/jit/ir/constants.h>
+#include <torch/torch.h>
+
+#include <optional>
+
+namespace convscope::detail {
+
+namespace jit = torch::jit;
+using Kind = ReceptiveField::Kind;
+
+std::map<const jit::Value*, std::vector<int64_t>> record_shapes(jit::Graph& graph,
+                                                                const jit::Module& module,
+                                                                const at::Tensor& input) {
+    auto g = graph.copy();
+    std::vector<const jit::Value*> src_values;
+    std::vector<jit::Value*> dst_values;
+    auto s = graph.nodes().begin();
+    auto d = g->nodes().begin();
+    for (; s != graph.nodes().end(); ++s, ++d) {
+        for (size_t i = 0; i < s->outputs().size(); ++i) {
+            if (s->outputs()[i]->type()->kind() != c10::TypeKind::TensorType) continue;
+            src_values.push_back(s->outputs()[i]);
+            dst_values.push_back(d->outputs()[i]);
+        }
+    }
+    while (!g->outputs().empty()) g->eraseOutput(0);
+    for (auto* v : dst_values) g->registerOutput(v);
+    jit::GraphFunction fn("convscope_shapes", g, nullptr);
+    torch::NoGradGuard no_grad;
+    jit::Stack stack{c10::IValue(module._ivalue()), input};
+    fn.run(stack);
+    std::map<const jit::Value*, std::vector<int64_t>> out;
+    for (size_t i = 0; i < src_values.size(); ++i) out[src_values[i]] = stack[i].toTensor().sizes().vec();
+    out[graph.inputs()[1]] = input.sizes().vec();
+    return out;
+}
+
+namespace {
+
+// A pair of ints from a constant int, int list, or list of constants.
+std::optional<std::pair<int64_t, int64_t>> int_pair(jit::Value* v) {
+    if (auto iv = jit::toIValue(v)) {
+        if (iv->isInt()) return std::make_pair(iv->toInt(), iv->toInt());
+        if (iv->isIntList()) {
+            auto l = iv->toIntVector();
+            if (l.empty()) return std::nullopt;
+            if (l.size() == 1) return std::make_pair(l[0], l[0]);
+            return std::make_pair(l[l.size() - 2], l[l.size() - 1]);
+        }
+        return std::nullopt;
+    }
+    if (v->node()->kind() == c10::prim::ListConstruct) {
+        std::vector<int64_t> l;
+        for (auto* in : v->node()->inputs()) {
+            auto c = jit::toIValue(in);
+            if (!c || !c->isInt()) return std::nullopt;
+            l.push_back(c->toInt());
+        }
+        if (l.empty()) return std::nullopt;
+        if (l.size() == 1) return std::make_pair(l[0], l[0]);
+        return std::make_pair(l[l.size() - 2], l[l.size() - 1]);
+    }
+    return std::nullopt;
+}
+
+ReceptiveField compose(const ReceptiveField& in, int64_t ky, int64_t kx, int64_t sy, int64_t sx,
+                       int64_t py, int64_t px, int64_t dy, int64_t dx) {
+    if (in.kind != Kind::Exact) return in;
+    ReceptiveField r;
+    r.size_y = in.size_y + (ky - 1) * dy * in.stride_y;
+    r.size_x = in.size_x + (kx - 1) * dx * in.stride_x;
+    r.pad_y = in.pad_y + py * in.stride_y;
+    r.pad_x = in.pad_x + px * in.stride_x;
+    r.stride_y = in.stride_y * sy;
+    r.stride_x = in.stride_x * sx;
+    return r;
+}
+
+// Union of the fields of several paths into one value (residual add, concatenation).
+ReceptiveField merge(const std::vector<ReceptiveField>& rfs) {
+    ReceptiveField out = rfs[0];
+    for (size_t i = 1; i < rfs.size(); ++i) {
+        const auto& b = rfs[i];
+        if (out.kind == Kind::Unknown || b.kind == Kind::Unknown) {
+            out.kind = Kind::Unknown;
+            continue;
+        }
+        if (out.kind == Kind::Global || b.kind == Kind::Global) {
+            out.kind = Kind::Global;
+            continue;
+        }
+        if (out.stride_y != b.stride_y || out.stride_x != b.stride_x) {
+            out.kind = Kind::Unknown;  // paths on different grids: no single box formula
+            continue;
+        }
+        auto unite = [](int64_t& size, int64_t& pad, int64_t size_b, int64_t pad_b) {
+            const int64_t start = std::min(-pad, -pad_b);
+            const int64_t end = std::max(-pad + size - 1, -pad_b + size_b - 1);
+            pad = -start;
+            size = end - start + 1;
+        };
+        unite(out.size_y, out.pad_y, b.size_y, b.pad_y);
+        unite(out.size_x, out.pad_x, b.size_x, b.pad_x);
+    }
+    return out;
+}
+
+}  // namespace
+
+std::map<const jit::Value*, ReceptiveField> receptive_fields(
+    jit::Graph& graph, const jit::Module& module,
+    const std::map<const jit::Value*, std::vector<int64_t>>& shapes) {
+    std::map<const jit::Value*, ReceptiveField> rf;
+    rf[graph.inputs()[1]] = ReceptiveField{};
+    auto shape_of = [&](const jit::Value* v) -> const std::vector<int64_t>* {
+        auto it = shapes.find(v);
+        return it == shapes.end() ? nullptr : &it->second;
+    };
+
+    for (jit::Node* n : graph.nodes()) {
+        std::vector<ReceptiveField> ins;
+        const std::vector<int64_t>* in_shape = nullptr;
+        for (jit::Value* in : n->inputs()) {
+            auto it = rf.find(in);
+            if (it == rf.end()) continue;
+            ins.push_back(it->second);
+            if (!in_shape) in_shape = shape_of(in);
+        }
+        if (ins.empty()) continue;
+        const auto kind = n->kind();
+        for (jit::Value* out : n->outputs()) {
+            if (out->type()->kind() != c10::TypeKind::TensorType) continue;
+            const auto* out_shape = shape_of(out);
+            ReceptiveField r;
+            const bool spatial_out = out_shape && out_shape->size() == 4;
+            if (!spatial_out) {
+                r.kind = Kind::Global;
+                for (const auto& i : ins)
+                    if (i.kind == Kind::Unknown) r.kind = Kind::Unknown;
+                rf[out] = r;
+                continue;
+            }
+            const bool is_conv = kind == c10::aten::conv2d || kind == c10::aten::_convolution ||
+                                 kind == c10::aten::convolution;
+            const bool is_pool = kind == c10::aten::max_pool2d ||
+                                 kind == c10::aten::max_pool2d_with_indices ||
+                                 kind == c10::aten::avg_pool2d;
+            const bool is_adaptive = kind == c10::aten::adaptive_avg_pool2d ||
+                                     kind == c10::aten::adaptive_max_pool2d;
+            if (is_conv && rf.count(n->input(0))) {
+                const auto* w = shape_of(n->input(1));
+                auto stride = int_pair(n->input(3));
+                auto dilation = int_pair(n->input(5));
+                std::optional<std::pair<int64_t, int64_t>> padding;
+                bool transposed = false;
+                if (kind != c10::aten::conv2d) {
+                    auto t = jit::toIValue(n->input(6));
+                    transposed = t && t->isBool() && t->toBool();
+                }
+                if (w && w->size() == 4 && dilation) {
+                    if (auto pv = jit::toIValue(n->input(4)); pv && pv->isString()) {
+                        if (pv->toStringRef() == "valid") padding = std::make_pair(0L, 0L);
+                        else
+                            padding = std::make_pair((*w)[2] / 2 * dilation->first,
+                                                     (*w)[3] / 2 * dilation->second);
+                    } else {
+                        padding = int_pair(n->input(4));
+                    }
+                }
+                if (w && w->size() == 4 && stride && padding && dilation && !transposed) {
+                    r = compose(rf.at(n->input(0)), (*w)[2], (*w)[3], stride->first, stride->second,
+                                padding->first, padding->second, dilation->first, dilation->second);
+                } else {
+                    r.kind = Kind::Unknown;
+                }
+            } else if (is_pool && rf.count(n->input(0))) {
+                auto k = int_pair(n->input(1));
+                auto s = int_pair(n->input(2));
+                if (!s) s = k;  // stride [] means stride = kernel
+                auto p = int_pair(n->input(3));
+                std::optional<std::pair<int64_t, int64_t>> d = std::make_pair(1L, 1L);
+                if (kind != c10::aten::avg_pool2d) d = int_pair(n->input(4));
+                if (k && s && p && d)
+                    r = compose(rf.at(n->input(0)), k->first, k->second, s->first, s->second,
+                                p->first, p->second, d->first, d->second);
+                else
+                    r.kind = Kind::Unknown;
+            } else if (is_adaptive && in_shape && in_shape->size() == 4) {
+                const int64_t ih = (*in_shape)[2], iw = (*in_shape)[3];
+                const int64_t oh = (*out_shape)[2], ow = (*out_shape)[3];
+                if (oh == 1 && ow == 1) {
+                    r.kind = Kind::Global;
+                } else if (ih % oh == 0 && iw % ow == 0) {
+                    r = compose(rf.at(n->input(0)), ih / oh, iw / ow, ih / oh, iw / ow, 0, 0, 1, 1);
+                } else {
+                    r.kind = Kind::Unknown;
+                }
+            } else {
+                // Elementwise or concatenation: every spatial input on the output's grid.
+                bool same_grid = true;
+                for (jit::Value* in : n->inputs()) {
+                    if (!rf.count(in)) continue;
+                    const auto* s = shape_of(in);
+                    if (!s || s->size() != 4 || (*s)[2] != (*out_shape)[2] || (*s)[3] != (*out_shape)[3])
+                        same_grid = false;
+                }
+                if (same_grid) {
+                    r = merge(ins);
+                } else {
+                    r.kind = Kind::Unknown;
+                    for (const auto& i : ins)
+                        if (i.kind == Kind::Global) r.kind = Kind::Global;
+                }
+            }
+            rf[out] = r;
+        }
+    }
+    (void)module;
+    return rf;
+}
+
+}  // namespace convscope::detail

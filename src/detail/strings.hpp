@@ -1,0 +1,16 @@
+#pragma once
+// Small string helpers shared by the library.
+#include <string>
+#include <vector>
+
+namespace convscope::detail {
+
+// Levenshtein edit distance.
+size_t edit_distance(const std::string& a, const std::string& b);
+// ": did you mean 'a', 'b' or 'c'?" with the closest names to `name` (by edit distance and
+// substring), or "" when nothing is close.
+std::string closest_names_hint(const std::string& name, const std::vector<std::string>& names);
+// Splits on a single character.
+std::vector<std::string> split(const std::string& s, char sep);
+
+}  // namespace convscope::detail

@@ -1,0 +1,113 @@
+// convscope describe: the model's layers with types, output shapes, parameter counts and
+// receptive fields; with --data, the accuracy on labelled data.
+#include <iomanip>
+#include <iostream>
+#include <sstream>
+
+#include "common.hpp"
+#include "convscope/default_model.hpp"
+#include "convscope/error.hpp"
+
+namespace convscope::cli {
+namespace {
+
+std::string shape_str(const std::vector<int64_t>& s) {
+    std::string out;
+    for (size_t i = 0; i < s.size(); ++i) out += (i ? "x" : "") + std::to_string(s[i]);
+    return out.empty() ? "-" : out;
+}
+
+std::string rf_str(const ReceptiveField& rf) {
+    switch (rf.kind) {
+    case ReceptiveField::Kind::Global: return "global";
+    case ReceptiveField::Kind::Unknown: return "unknown";
+    default: break;
+    }
+    std::ostringstream s;
+    s << rf.size_y << "x" << rf.size_x << " /" << rf.stride_y;
+    if (rf.stride_x != rf.stride_y) s << "x" << rf.stride_x;
+    s << " p" << rf.pad_y;
+    if (rf.pad_x != rf.pad_y) s << "x" << rf.pad_x;
+    return s.str();
+}
+
+nlohmann::json rf_json(const ReceptiveField& rf) {
+    const char* kind = rf.kind == ReceptiveField::Kind::Exact    ? "exact"
+                       : rf.kind == ReceptiveField::Kind::Global ? "global"
+                                                                 : "unknown";
+    nlohmann::json j = {{"kind", kind}};
+    if (rf.kind == ReceptiveField::Kind::Exact) {
+        j["size"] = {rf.size_y, rf.size_x};
+        j["stride"] = {rf.stride_y, rf.stride_x};
+        j["padding"] = {rf.pad_y, rf.pad_x};
+    }
+    return j;
+}
+
+RunFn setup(CLI::App& app) {
+    auto o = std::make_shared<CommonOptions>();
+    add_model_options(app, *o);
+    add_json_option(app, *o);
+    app.add_option("--data", o->data, "labelled data to measure the accuracy on (e.g. fashion-mnist:test)");
+    app.add_option("--labels", o->labels, "labels .npy for .npy data");
+    return [o]() {
+        Model model = open_model(*o);
+        std::optional<Dataset> data;
+        if (!o->data.empty()) {
+            data.emplace(open_data(*o));
+            fit_model_to_data(model, *data);
+        } else if (!model.has_input_shape()) {
+            // Say what is needed rather than guess a size.
+            (void)model.input_shape();
+        }
+        const auto& layers = model.layers();
+        std::optional<double> accuracy;
+        if (data && data->has_labels())
+            accuracy = evaluate_accuracy(model, *data, {}, stderr_progress("evaluating"));
+        int64_t total_params = 0;
+        for (const auto& p : model.module().parameters()) total_params += p.numel();
+
+        if (o->json) {
+            nlohmann::json j;
+            j["model"] = model.path();
+            j["sha256"] = model.file_hash();
+            j["input_shape"] = model.input_shape();
+            j["num_classes"] = model.num_classes();
+            j["parameters"] = total_params;
+            if (!model.meta().class_names.empty()) j["class_names"] = model.meta().class_names;
+            if (accuracy) {
+                j["accuracy"] = *accuracy;
+                j["data"] = data->spec();
+            }
+            auto& arr = j["layers"] = nlohmann::json::array();
+            for (const auto& l : layers)
+                arr.push_back({{"name", l.name}, {"type", l.type}, {"output_shape", l.output_shape},
+                               {"parameters", l.num_params}, {"receptive_field", rf_json(l.rf)}});
+            std::cout << j.dump(2) << "\n";
+            return 0;
+        }
+        std::cout << "model " << model.path() << "\n"
+                  << "input " << shape_str(model.input_shape()) << ", " << model.num_classes()
+                  << " outputs, " << total_params << " parameters\n\n";
+        size_t width = 5;
+        for (const auto& l : layers) width = std::max(width, l.name.size() + 2 * l.depth);
+        std::cout << std::left << std::setw(static_cast<int>(width + 2)) << "layer" << std::setw(16)
+                  << "type" << std::setw(16) << "output" << std::setw(11) << "params"
+                  << "receptive field (size /stride pad)\n";
+        for (const auto& l : layers) {
+            std::cout << std::left << std::setw(static_cast<int>(width + 2))
+                      << (std::string(2 * l.depth, ' ') + l.name) << std::setw(16) << l.type
+                      << std::setw(16) << shape_str(l.output_shape) << std::setw(11) << l.num_params
+                      << rf_str(l.rf) << "\n";
+        }
+        if (accuracy)
+            std::cout << "\naccuracy on " << data->spec() << ": " << std::fixed << std::setprecision(2)
+                      << 100.0 * *accuracy << "% (" << data->size() << " items)\n";
+        return 0;
+    };
+}
+
+RegisterCommand reg({"describe", "list the model's layers: types, output shapes, parameters, receptive fields", setup, 10});
+
+}  // namespace
+}  // namespace convscope::cli

@@ -1,0 +1,64 @@
+// convscope train: trains the built-in CNN on Fashion-MNIST and saves it as TorchScript.
+#include <filesystem>
+#include <iomanip>
+#include <iostream>
+
+#include "common.hpp"
+#include "convscope/default_model.hpp"
+#include "convscope/error.hpp"
+
+namespace convscope::cli {
+namespace {
+
+RunFn setup(CLI::App& app) {
+    auto o = std::make_shared<CommonOptions>();
+    auto t = std::make_shared<TrainOptions>();
+    auto save = std::make_shared<std::string>();
+    auto force = std::make_shared<bool>(false);
+    app.add_option("--save", *save, "where to write the model (default: the built-in model's cache file)");
+    app.add_option("--epochs", t->epochs, "passes over the 60,000 training images")->check(CLI::PositiveNumber)->capture_default_str();
+    app.add_option("--batch-size", t->batch_size, "images per step")->check(CLI::PositiveNumber)->capture_default_str();
+    app.add_option("--lr", t->learning_rate, "Adam learning rate")->check(CLI::PositiveNumber)->capture_default_str();
+    app.add_option("--train-limit", t->train_limit, "train on the first N images only (0 = all)");
+    app.add_option("--test-limit", t->test_limit, "evaluate on the first N test images only (0 = all)");
+    app.add_option("--threads", o->threads, "intra-op threads (default: all cores)");
+    app.add_option("--seed", o->seed, "random seed");
+    app.add_flag("--force", *force, "retrain even if the cached model exists");
+    app.add_option("--out", o->out, "also write train.json and manifest.json here");
+    add_json_option(app, *o);
+    return [o, t, save, force]() {
+        apply_threads(*o);
+        t->seed = o->seed;
+        const std::string path = save->empty() ? default_model_path() : *save;
+        nlohmann::json summary;
+        if (save->empty() && !*force && std::filesystem::exists(path)) {
+            Model m = Model::load(path);
+            std::cerr << "convscope: the built-in model is already trained (" << path
+                      << "); use --force to train again\n";
+            summary = {{"path", path}, {"cached", true}};
+        } else {
+            auto r = train_default_model(path, *t, stderr_progress("training"));
+            summary = {{"path", r.path}, {"cached", false}, {"test_accuracy", r.test_accuracy},
+                       {"seconds", r.seconds}, {"epochs", r.epochs}, {"seed", o->seed}};
+            if (!o->json)
+                std::cout << "trained " << r.path << ": test accuracy " << std::fixed << std::setprecision(2)
+                          << 100.0 * r.test_accuracy << "% in " << std::setprecision(0) << r.seconds << " s\n";
+        }
+        if (!o->out.empty()) {
+            Model m = Model::load(path);
+            OutputDir dir(o->out);
+            dir.set_command(command_line(), {{"epochs", t->epochs}, {"batch_size", t->batch_size},
+                                             {"lr", t->learning_rate}, {"seed", o->seed}},
+                            path, m.file_hash());
+            write_json(dir.file("train.json", "training summary: model path, test accuracy, time"), summary);
+            dir.write_manifest();
+        }
+        if (o->json) std::cout << summary.dump(2) << "\n";
+        return 0;
+    };
+}
+
+RegisterCommand reg({"train", "train the built-in CNN on Fashion-MNIST (cached for later runs)", setup, 5});
+
+}  // namespace
+}  // namespace convscope::cli

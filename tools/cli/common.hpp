@@ -1,0 +1,76 @@
+#pragma once
+// Shared pieces of the command line: the command registry, common options, and helpers that turn
+// options into a model, a dataset, selected indices and an output folder. No algorithm lives here.
+#include <CLI/CLI.hpp>
+#include <functional>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "convscope/dataset.hpp"
+#include "convscope/io.hpp"
+#include "convscope/model.hpp"
+#include "convscope/progress.hpp"
+
+namespace convscope::cli {
+
+// A command adds its options to its subcommand and returns the function that runs it after
+// parsing (returning the exit code). Commands register themselves with a static RegisterCommand.
+using RunFn = std::function<int()>;
+struct CommandSpec {
+    std::string name;
+    std::string help;
+    std::function<RunFn(CLI::App&)> setup;
+    int order = 100;  // position in --help
+};
+std::vector<CommandSpec>& command_registry();
+struct RegisterCommand {
+    explicit RegisterCommand(CommandSpec spec);
+};
+
+// Options most commands share.
+struct CommonOptions {
+    std::string model;        // --model (empty = the built-in model)
+    std::string input_shape;  // --input-shape C,H,W
+    int threads = 0;          // --threads (0 = all cores)
+    uint64_t seed = 0;        // --seed
+    std::string out;          // --out DIR
+    bool json = false;        // --json
+    std::string data;         // --data
+    std::string labels;       // --labels L.npy
+    std::string indices;      // --indices a:b
+    std::string index;        // --index i
+    std::string image;        // --image P (shorthand for --data P)
+};
+
+void add_model_options(CLI::App& app, CommonOptions& o);
+void add_data_options(CLI::App& app, CommonOptions& o);
+void add_out_option(CLI::App& app, CommonOptions& o, const std::string& default_dir);
+void add_json_option(CLI::App& app, CommonOptions& o);
+
+// Sets LibTorch's intra-op threads from --threads (0 = all cores).
+void apply_threads(const CommonOptions& o);
+// The model from --model (or the built-in one, trained on first use), with --input-shape.
+Model open_model(const CommonOptions& o);
+// The data from --data/--image (default: Fashion-MNIST's test split), with --labels.
+Dataset open_data(const CommonOptions& o);
+// Sets the model's input shape from the data when the model does not know it.
+void fit_model_to_data(Model& model, const Dataset& data);
+// Indices from --index / --indices, else `default_spec` (a slice like ":1" or ":").
+std::vector<int64_t> selected_indices(const CommonOptions& o, const Dataset& data,
+                                      const std::string& default_spec);
+// The preprocessing for this model and data.
+Preprocess preprocess_for(const Model& model, const Dataset& data);
+
+// The process's command line (set by main).
+std::string& command_line();
+// An output folder for --out with the manifest's command, options and model.
+OutputDir open_out(const CommonOptions& o, const nlohmann::json& options, const Model* model);
+
+// Parses "a:b" / "a" into [a,b) for --filters-like options against a count; UsageError if bad.
+std::vector<int64_t> parse_range(const std::string& spec, int64_t n, const std::string& what);
+// Parses "1,28,28"-style shapes.
+std::vector<int64_t> parse_shape(const std::string& spec, const std::string& what);
+
+}  // namespace convscope::cli
