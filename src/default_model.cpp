@@ -36,8 +36,8 @@ jit::Module conv2d(const std::shared_ptr<jit::CompilationUnit>& cu, int64_t in, 
     const double fan_in = static_cast<double>(in * 9);
     const double bound = 1.0 / std::sqrt(fan_in);
     const double w_bound = std::sqrt(6.0 / fan_in);
-    m.register_parameter("weight", torch::empty({out, in, 3, 3}).uniform_(-w_bound, w_bound), false);
-    m.register_parameter("bias", torch::empty({out}).uniform_(-bound, bound), false);
+    m.register_parameter("weight", (torch::empty({out, in, 3, 3}).uniform_(-w_bound, w_bound)).requires_grad_(true), false);
+    m.register_parameter("bias", (torch::empty({out}).uniform_(-bound, bound)).requires_grad_(true), false);
     m.define(R"JIT(
 def forward(self, x):
     return torch.conv2d(x, self.weight, self.bias, [1, 1], [1, 1], [1, 1], 1)
@@ -47,8 +47,8 @@ def forward(self, x):
 
 jit::Module batch_norm(const std::shared_ptr<jit::CompilationUnit>& cu, int64_t channels) {
     auto m = make_module(cu, "BatchNorm2d");
-    m.register_parameter("weight", torch::ones({channels}), false);
-    m.register_parameter("bias", torch::zeros({channels}), false);
+    m.register_parameter("weight", (torch::ones({channels})).requires_grad_(true), false);
+    m.register_parameter("bias", (torch::zeros({channels})).requires_grad_(true), false);
     m.register_buffer("running_mean", torch::zeros({channels}));
     m.register_buffer("running_var", torch::ones({channels}));
     m.define(R"JIT(
@@ -80,8 +80,8 @@ def forward(self, x):
 jit::Module linear(const std::shared_ptr<jit::CompilationUnit>& cu, int64_t in, int64_t out) {
     auto m = make_module(cu, "Linear");
     const double bound = 1.0 / std::sqrt(static_cast<double>(in));
-    m.register_parameter("weight", torch::empty({out, in}).uniform_(-bound, bound), false);
-    m.register_parameter("bias", torch::empty({out}).uniform_(-bound, bound), false);
+    m.register_parameter("weight", (torch::empty({out, in}).uniform_(-bound, bound)).requires_grad_(true), false);
+    m.register_parameter("bias", (torch::empty({out}).uniform_(-bound, bound)).requires_grad_(true), false);
     m.define(R"JIT(
 def forward(self, x):
     return torch.linear(x, self.weight, self.bias)
@@ -123,13 +123,13 @@ jit::Module build_default_module() {
     net.register_module("fc2", linear(cu, 128, 10));
     net.define(R"JIT(
 def forward(self, x):
-    x = self.relu1(self.bn1(self.conv1(x)))
-    x = self.pool1(self.relu2(self.bn2(self.conv2(x))))
-    x = self.relu3(self.bn3(self.conv3(x)))
-    x = self.pool2(self.relu4(self.bn4(self.conv4(x))))
+    x = self.relu1.forward(self.bn1.forward(self.conv1.forward(x)))
+    x = self.pool1.forward(self.relu2.forward(self.bn2.forward(self.conv2.forward(x))))
+    x = self.relu3.forward(self.bn3.forward(self.conv3.forward(x)))
+    x = self.pool2.forward(self.relu4.forward(self.bn4.forward(self.conv4.forward(x))))
     x = torch.flatten(x, 1)
-    x = self.dropout(self.relu5(self.fc1(x)))
-    return self.fc2(x)
+    x = self.dropout.forward(self.relu5.forward(self.fc1.forward(x)))
+    return self.fc2.forward(x)
 )JIT");
     return net;
 }

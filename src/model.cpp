@@ -7,6 +7,7 @@
 #include <torch/csrc/jit/api/function_impl.h>
 #include <torch/csrc/jit/ir/alias_analysis.h>
 #include <torch/csrc/jit/ir/ir.h>
+#include <torch/csrc/jit/passes/constant_propagation.h>
 #include <torch/csrc/jit/passes/inliner.h>
 #include <torch/csrc/jit/serialization/import.h>
 #include <torch/script.h>
@@ -130,6 +131,29 @@ ModelMeta parse_meta(const std::string& text) {
     return meta;
 }
 
+// The message of a LibTorch or TorchScript error without its traceback: the last line that
+// names the failure (TorchScript puts the traceback first and the error last).
+std::string first_error_line(const std::exception& e) {
+    std::string what;
+    if (const auto* c = dynamic_cast<const c10::Error*>(&e)) what = c->what_without_backtrace();
+    else what = e.what();
+    std::vector<std::string> lines;
+    std::string cur;
+    for (char ch : what) {
+        if (ch == '\n') {
+            if (!cur.empty()) lines.push_back(cur);
+            cur.clear();
+        } else {
+            cur += ch;
+        }
+    }
+    if (!cur.empty()) lines.push_back(cur);
+    if (lines.empty()) return "unknown error";
+    for (auto it = lines.rbegin(); it != lines.rend(); ++it)
+        if (it->find("Error:") != std::string::npos) return it->substr(it->find("Error:") + 7);
+    return lines.size() > 1 && lines[0].find("following operation failed") != std::string::npos ? lines.back() : lines[0];
+}
+
 std::string join_shape(const std::vector<int64_t>& s) {
     std::string out;
     for (size_t i = 0; i < s.size(); ++i) out += (i ? "," : "") + std::to_string(s[i]);
@@ -174,6 +198,9 @@ void Model::Impl::analyse() {
                     "torch.jit.script or torch.jit.trace");
     graph = forward->graph()->copy();
     jit::Inline(*graph);
+    // Fold branches on constants (F.relu's `inplace` flag, ...) so that every op of the forward
+    // pass sits in the top-level block, where taps, receptive fields and ReLU rules see it.
+    jit::ConstantPropagation(graph);
 
     // Types and parameter counts from the module tree.
     for (const auto& item : module.named_modules()) {
@@ -252,8 +279,9 @@ std::shared_ptr<jit::Graph> build_tap_graph(jit::Graph& source,
         jit::WithInsertPoint guard(v->node()->next());
         outputs.push_back(g->insert(c10::aten::clone, {v}));
     }
+    // A graph function returns one value: pack everything into a tuple.
     while (!g->outputs().empty()) g->eraseOutput(0);
-    for (auto* o : outputs) g->registerOutput(o);
+    g->registerOutput(g->insertNode(g->createTuple(outputs))->output());
     g->lint();
     return g;
 }
@@ -355,10 +383,9 @@ const std::vector<LayerInfo>& Model::layers() const {
     std::map<const jit::Value*, std::vector<int64_t>> shapes;
     try {
         shapes = detail::record_shapes(*impl_->graph, impl_->module, zeros);
-    } catch (const c10::Error& e) {
-        std::string what = e.what_without_backtrace();
+    } catch (const std::exception& e) {
         throw Error("model '" + impl_->path + "' cannot run on inputs of shape " +
-                    join_shape(shape) + " (" + what.substr(0, what.find('\n')) +
+                    join_shape(shape) + " (" + first_error_line(e) +
                     "): pass the right --input-shape C,H,W");
     }
     auto rfs = detail::receptive_fields(*impl_->graph, impl_->module, shapes);
@@ -436,10 +463,6 @@ at::Tensor output_tensor(const c10::IValue& v, const std::string& path) {
                 "classifier that returns logits [N,K]");
 }
 
-std::string c10_message(const c10::Error& e) {
-    std::string what = e.what_without_backtrace();
-    return what.substr(0, what.find('\n'));
-}
 }  // namespace
 
 void check_input(const Model& model, const at::Tensor& x) {
@@ -468,9 +491,9 @@ at::Tensor Model::forward(const at::Tensor& x) const {
     torch::NoGradGuard no_grad;
     try {
         return output_tensor(impl_->module.forward({x}), impl_->path);
-    } catch (const c10::Error& e) {
+    } catch (const std::exception& e) {
         throw Error("the model failed on inputs of shape [" + join_shape(x.sizes().vec()) + "] (" +
-                    c10_message(e) + "): check --input-shape and the data");
+                    first_error_line(e) + "): check --input-shape and the data");
     }
 }
 
@@ -488,13 +511,14 @@ TapResult Model::forward_taps(const at::Tensor& x, const std::vector<std::string
     jit::Stack stack{c10::IValue(impl_->module._ivalue()), x};
     try {
         fn->run(stack);
-    } catch (const c10::Error& e) {
+    } catch (const std::exception& e) {
         throw Error("the model failed on inputs of shape [" + join_shape(x.sizes().vec()) + "] (" +
-                    c10_message(e) + "): check --input-shape and the data");
+                    first_error_line(e) + "): check --input-shape and the data");
     }
+    const auto values = stack[0].toTupleRef().elements();
     TapResult r;
-    r.output = output_tensor(stack[0], impl_->path);
-    for (size_t i = 0; i < layers.size(); ++i) r.taps[layers[i]] = stack[i + 1].toTensor();
+    r.output = output_tensor(values[0], impl_->path);
+    for (size_t i = 0; i < layers.size(); ++i) r.taps[layers[i]] = values[i + 1].toTensor();
     return r;
 }
 
@@ -535,13 +559,14 @@ Model::GradResult Model::gradients_with_relu_rule(
     }
     try {
         fn->run(stack);
-    } catch (const c10::Error& e) {
+    } catch (const std::exception& e) {
         throw Error("the model failed on inputs of shape [" + join_shape(x.sizes().vec()) + "] (" +
-                    c10_message(e) + "): check --input-shape and the data");
+                    first_error_line(e) + "): check --input-shape and the data");
     }
+    const auto values = stack[0].toTupleRef().elements();
     GradResult r;
-    r.forward.output = output_tensor(stack[0], impl_->path);
-    for (size_t i = 0; i < taps.size(); ++i) r.forward.taps[taps[i]] = stack[i + 1].toTensor();
+    r.forward.output = output_tensor(values[0], impl_->path);
+    for (size_t i = 0; i < taps.size(); ++i) r.forward.taps[taps[i]] = values[i + 1].toTensor();
     at::Tensor scalar = scalar_of(r.forward);
     if (!scalar.defined() || scalar.numel() != 1)
         throw Error("the value to differentiate must be a single number");

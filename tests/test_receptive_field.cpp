@@ -35,16 +35,16 @@ TEST(ReceptiveField, GlobalAndUnknownCoverTheImage) {
 }
 
 TEST(Strings, EditDistance) {
-    EXPECT_EQ(detail::edit_distance("conv1", "conv1"), 0u);
-    EXPECT_EQ(detail::edit_distance("conv1", "conv2"), 1u);
-    EXPECT_EQ(detail::edit_distance("", "abc"), 3u);
-    EXPECT_EQ(detail::edit_distance("kitten", "sitting"), 3u);
+    EXPECT_EQ(convscope::detail::edit_distance("conv1", "conv1"), 0u);
+    EXPECT_EQ(convscope::detail::edit_distance("conv1", "conv2"), 1u);
+    EXPECT_EQ(convscope::detail::edit_distance("", "abc"), 3u);
+    EXPECT_EQ(convscope::detail::edit_distance("kitten", "sitting"), 3u);
 }
 
 TEST(Strings, ClosestNamesHint) {
     const std::vector<std::string> names{"conv1", "conv2", "layer1.0.conv1", "fc"};
-    const std::string hint = detail::closest_names_hint("conv3", names);
+    const std::string hint = convscope::detail::closest_names_hint("conv3", names);
     EXPECT_NE(hint.find("'conv1'"), std::string::npos);
     EXPECT_NE(hint.find("'conv2'"), std::string::npos);
-    EXPECT_EQ(detail::closest_names_hint("x", {}), "");
+    EXPECT_EQ(convscope::detail::closest_names_hint("x", {}), "");
 }

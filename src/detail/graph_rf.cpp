@@ -27,13 +27,14 @@ std::map<const jit::Value*, std::vector<int64_t>> record_shapes(jit::Graph& grap
         }
     }
     while (!g->outputs().empty()) g->eraseOutput(0);
-    for (auto* v : dst_values) g->registerOutput(v);
+    g->registerOutput(g->insertNode(g->createTuple(dst_values))->output());
     jit::GraphFunction fn("convscope_shapes", g, nullptr);
     torch::NoGradGuard no_grad;
     jit::Stack stack{c10::IValue(module._ivalue()), input};
     fn.run(stack);
     std::map<const jit::Value*, std::vector<int64_t>> out;
-    for (size_t i = 0; i < src_values.size(); ++i) out[src_values[i]] = stack[i].toTensor().sizes().vec();
+    const auto values = stack[0].toTupleRef().elements();
+    for (size_t i = 0; i < src_values.size(); ++i) out[src_values[i]] = values[i].toTensor().sizes().vec();
     out[graph.inputs()[1]] = input.sizes().vec();
     return out;
 }
@@ -131,6 +132,23 @@ std::map<const jit::Value*, ReceptiveField> receptive_fields(
         }
         if (ins.empty()) continue;
         const auto kind = n->kind();
+        if (kind == c10::prim::ListConstruct || kind == c10::prim::TupleConstruct) {
+            // A list of feature maps (the input of torch.cat): carry the union, or Unknown if the
+            // maps are on different grids.
+            bool same_grid = true;
+            const std::vector<int64_t>* first = nullptr;
+            for (jit::Value* in : n->inputs()) {
+                if (!rf.count(in)) continue;
+                const auto* s = shape_of(in);
+                if (!s || s->size() != 4) continue;
+                if (!first) first = s;
+                else if ((*s)[2] != (*first)[2] || (*s)[3] != (*first)[3]) same_grid = false;
+            }
+            ReceptiveField r = merge(ins);
+            if (!same_grid && r.kind == Kind::Exact) r.kind = Kind::Unknown;
+            rf[n->output()] = r;
+            continue;
+        }
         for (jit::Value* out : n->outputs()) {
             if (out->type()->kind() != c10::TypeKind::TensorType) continue;
             const auto* out_shape = shape_of(out);
@@ -203,6 +221,7 @@ std::map<const jit::Value*, ReceptiveField> receptive_fields(
                 bool same_grid = true;
                 for (jit::Value* in : n->inputs()) {
                     if (!rf.count(in)) continue;
+                    if (in->type()->kind() != c10::TypeKind::TensorType) continue;  // a list: checked above
                     const auto* s = shape_of(in);
                     if (!s || s->size() != 4 || (*s)[2] != (*out_shape)[2] || (*s)[3] != (*out_shape)[3])
                         same_grid = false;
