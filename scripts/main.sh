@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/build.sh
 ./build/convscope train --out results/default-model
-./build/convscope describe
+./build/convscope describe --data fashion-mnist:test

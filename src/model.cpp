@@ -433,17 +433,18 @@ std::vector<std::string> Model::conv_layer_names() const {
 }
 
 std::string Model::penultimate_layer() const {
+    // The embedding layer: the last fully connected layer before the output, else the last
+    // layer that is not the output itself (a ResNet's global pooling).
     const auto& ls = layers();
-    // The output layer is the last top-level-or-leaf layer; the penultimate is the last 1-D layer
-    // before it whose output is not the model output.
     const jit::Value* model_out = impl_->graph->outputs()[0];
-    std::string best;
+    std::string last_linear, last_other;
     for (const auto& l : ls) {
-        if (l.output_shape.size() != 1) continue;
         if (impl_->layer_value.at(l.name) == model_out) continue;
-        best = l.name;
+        if (l.depth > 0 && l.output_shape.size() != 1) continue;  // inner parts of blocks
+        if (l.is_linear) last_linear = l.name;
+        last_other = l.name;
     }
-    return best;
+    return last_linear.empty() ? last_other : last_linear;
 }
 
 int64_t Model::num_classes() const {

@@ -123,6 +123,7 @@ TEST(Model, ResNet18LayersShapesAndReceptiveFields) {
     EXPECT_EQ(m.layer("layer1.0.conv2").type, "Conv2d");
     EXPECT_EQ(m.layer("layer1.0").type, "BasicBlock");
     EXPECT_EQ(m.num_classes(), 1000);
+    EXPECT_EQ(m.penultimate_layer(), "avgpool");
 }
 
 TEST(Model, LeNetReceptiveFields) {

@@ -20,10 +20,9 @@
 //   thread-safe (no shared mutable state) and deterministic.
 #include <ATen/core/Tensor.h>
 
-#include <opencv2/core.hpp>
-
 #include <array>
 #include <cstdint>
+#include <opencv2/core.hpp>
 #include <optional>
 #include <string>
 #include <vector>
@@ -162,8 +161,8 @@ struct GridOptions {
     std::vector<std::string> col_labels;     // empty, or one per column: drawn in a top band
     std::vector<std::string> tile_captions;  // empty, or one per tile: drawn under each tile
     double label_scale = 0.4;                // font scale (0.4: about 9 px high)
-    cv::Scalar label_colour = cv::Scalar(20, 20, 20);           // text in the margins
-    cv::Scalar margin_colour = cv::Scalar(255, 255, 255);       // margin and caption background
+    cv::Scalar label_colour = cv::Scalar(20, 20, 20);      // text in the margins
+    cv::Scalar margin_colour = cv::Scalar(255, 255, 255);  // margin and caption background
 };
 
 // Where things landed in a grid (for clickable images in the web UI and for tests).
