@@ -499,6 +499,18 @@ at::Tensor Model::forward(const at::Tensor& x) const {
 }
 
 namespace {
+// Runs a tap function and returns its outputs (model output, then the taps), turning LibTorch's
+// errors into one clear message.
+std::vector<c10::IValue> run_tap_function(jit::GraphFunction& fn, jit::Stack& stack, const at::Tensor& x) {
+    try {
+        fn.run(stack);
+    } catch (const std::exception& e) {
+        throw Error("the model failed on inputs of shape [" + join_shape(x.sizes().vec()) + "] (" +
+                    first_error_line(e) + "): check --input-shape and the data");
+    }
+    return stack[0].toTupleRef().elements().vec();
+}
+
 void check_layer_names(const Model& m, const std::vector<std::string>& names) {
     for (const auto& n : names) (void)m.layer(n);  // throws with the closest names
 }
@@ -510,13 +522,7 @@ TapResult Model::forward_taps(const at::Tensor& x, const std::vector<std::string
     auto fn = impl_->function_for(layers, {}, ReluBackward::Plain);
     torch::NoGradGuard no_grad;
     jit::Stack stack{c10::IValue(impl_->module._ivalue()), x};
-    try {
-        fn->run(stack);
-    } catch (const std::exception& e) {
-        throw Error("the model failed on inputs of shape [" + join_shape(x.sizes().vec()) + "] (" +
-                    first_error_line(e) + "): check --input-shape and the data");
-    }
-    const auto values = stack[0].toTupleRef().elements();
+    const auto values = run_tap_function(*fn, stack, x);
     TapResult r;
     r.output = output_tensor(values[0], impl_->path);
     for (size_t i = 0; i < layers.size(); ++i) r.taps[layers[i]] = values[i + 1].toTensor();
@@ -558,13 +564,7 @@ Model::GradResult Model::gradients_with_relu_rule(
         probes.push_back(p);
         stack.push_back(p);
     }
-    try {
-        fn->run(stack);
-    } catch (const std::exception& e) {
-        throw Error("the model failed on inputs of shape [" + join_shape(x.sizes().vec()) + "] (" +
-                    first_error_line(e) + "): check --input-shape and the data");
-    }
-    const auto values = stack[0].toTupleRef().elements();
+    const auto values = run_tap_function(*fn, stack, x);
     GradResult r;
     r.forward.output = output_tensor(values[0], impl_->path);
     for (size_t i = 0; i < taps.size(); ++i) r.forward.taps[taps[i]] = values[i + 1].toTensor();
