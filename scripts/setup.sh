@@ -9,6 +9,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   dataset-fashion-mnist
   python3 python3-numpy python3-torch python3-torchvision
+  chromium curl
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -16,6 +17,10 @@ for p in "${packages[@]}"; do
     missing+=("$p")
   fi
 done
+# Node.js and npm for the browser tests (Playwright); any installed node/npm will do.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  missing+=(nodejs npm)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}" >&2
   if [ "$(id -u)" != 0 ]; then
@@ -25,4 +30,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# Playwright (npm package playwright-core, pinned by its package-lock.json) for the browser tests;
+# reinstalled only when the lock file changes.
+browser_dir="$(cd "$(dirname "$0")/.." && pwd)/tests/e2e/browser"
+lock_sum=$(sha256sum "$browser_dir/package-lock.json" | cut -d' ' -f1)
+stamp="$browser_dir/node_modules/.convscope-lock-sha256"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$lock_sum" ]; then
+  echo "setup: installing playwright-core in tests/e2e/browser (npm ci)" >&2
+  (cd "$browser_dir" && npm ci --no-audit --no-fund --loglevel=error)
+  echo "$lock_sum" >"$stamp"
 fi

@@ -679,6 +679,8 @@ at::Tensor convert_channels(const at::Tensor& chw, int64_t target_c, int64_t ind
     if (c == target_c) return chw;
     if (c == 1 && target_c == 3) return chw.expand({3, chw.size(1), chw.size(2)});
     if (c == 3 && target_c == 1) {
+        // A gray picture stored as RGB keeps its exact values.
+        if (at::equal(chw[0], chw[1]) && at::equal(chw[0], chw[2])) return chw.slice(0, 0, 1);
         // ITU-R BT.601 luma, as PIL's convert("L") uses.
         return (chw[0] * 0.299 + chw[1] * 0.587 + chw[2] * 0.114).unsqueeze(0);
     }

@@ -3,14 +3,17 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <exception>
 #include <limits>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 #include <set>
+#include <thread>
 
 #include "convscope/error.hpp"
 #include "convscope/io.hpp"
@@ -553,6 +556,28 @@ cv::Mat labelled_grid(const std::vector<cv::Mat>& tiles, const GridOptions& opts
     return canvas;
 }
 
+cv::Mat side_by_side(const std::vector<cv::Mat>& pictures, int gap_px,
+                     const cv::Scalar& background) {
+    if (pictures.empty()) throw Error("side_by_side: there are no pictures to place");
+    if (gap_px < 0) throw Error("side_by_side: gap_px must be >= 0");
+    std::vector<cv::Mat> rgb;
+    rgb.reserve(pictures.size());
+    int width = 0, height = 0;
+    for (const auto& p : pictures) {
+        rgb.push_back(as_rgb(p, "side_by_side"));
+        width += rgb.back().cols;
+        height = std::max(height, rgb.back().rows);
+    }
+    width += gap_px * static_cast<int>(pictures.size() - 1);
+    cv::Mat out(height, width, CV_8UC3, background);
+    int x = 0;
+    for (const auto& p : rgb) {
+        paste(out, p, x, 0);
+        x += p.cols + gap_px;
+    }
+    return out;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Overlays
 
@@ -934,6 +959,32 @@ std::string png_bytes(const cv::Mat& rgb) {
 
 void write_png(const std::string& path, const cv::Mat& rgb) {
     write_file_atomic(path, png_bytes(rgb));
+}
+
+void write_pngs(const std::vector<std::pair<std::string, cv::Mat>>& files, int threads) {
+    const int n = static_cast<int>(files.size());
+    if (n == 0) return;
+    int workers = threads > 0 ? threads : std::max(4, 2 * at::get_num_threads());
+    workers = std::max(1, std::min(workers, n));
+    // Each file is one task taken from a shared counter; errors are kept per file so the one
+    // rethrown is the first in list order whatever the scheduling.
+    std::vector<std::exception_ptr> errors(static_cast<size_t>(n));
+    std::atomic<int> next{0};
+    auto work = [&]() {
+        for (int i = next++; i < n; i = next++) {
+            try {
+                write_png(files[i].first, files[i].second);
+            } catch (...) {
+                errors[static_cast<size_t>(i)] = std::current_exception();
+            }
+        }
+    };
+    std::vector<std::thread> pool;
+    for (int t = 1; t < workers; ++t) pool.emplace_back(work);
+    work();
+    for (auto& t : pool) t.join();
+    for (const auto& e : errors)
+        if (e) std::rethrow_exception(e);
 }
 
 }  // namespace convscope

@@ -7,6 +7,8 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <limits>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
@@ -409,6 +411,25 @@ TEST(RenderGrid, LabelledGridReportsLayoutAndDrawsLabels) {
     EXPECT_THROW(labelled_grid(tiles, opts), Error);
 }
 
+TEST(RenderGrid, SideBySidePlacesPicturesTopAligned) {
+    const cv::Mat a = solid(3, 2, cv::Vec3b(10, 20, 30));
+    cv::Mat g(5, 4, CV_8UC1, cv::Scalar(7));  // gray: expanded to RGB
+    const cv::Mat out = side_by_side({a, g}, 3, cv::Scalar(1, 2, 3));
+    ASSERT_EQ(out.type(), CV_8UC3);
+    ASSERT_EQ(out.size(), cv::Size(2 + 3 + 4, 5));
+    EXPECT_EQ(out.at<cv::Vec3b>(0, 0), cv::Vec3b(10, 20, 30));
+    EXPECT_EQ(out.at<cv::Vec3b>(2, 1), cv::Vec3b(10, 20, 30));
+    EXPECT_EQ(out.at<cv::Vec3b>(3, 0), cv::Vec3b(1, 2, 3));  // below the shorter picture
+    EXPECT_EQ(out.at<cv::Vec3b>(0, 2), cv::Vec3b(1, 2, 3));  // the gap
+    EXPECT_EQ(out.at<cv::Vec3b>(0, 4), cv::Vec3b(1, 2, 3));
+    EXPECT_EQ(out.at<cv::Vec3b>(0, 5), cv::Vec3b(7, 7, 7));
+    EXPECT_EQ(out.at<cv::Vec3b>(4, 8), cv::Vec3b(7, 7, 7));
+    EXPECT_TRUE(equal_images(side_by_side({a}), a));
+    EXPECT_THROW(side_by_side({}), Error);
+    EXPECT_THROW(side_by_side({a, cv::Mat()}), Error);
+    EXPECT_THROW(side_by_side({a}, -1), Error);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Overlays
 
@@ -610,5 +631,40 @@ TEST(RenderPng, BytesHaveThePngSignatureAndBadInputThrows) {
     const fs::path dir = temp_folder("png_missing");
     EXPECT_THROW(write_png((dir / "no" / "such" / "dir" / "x.png").string(), solid(2, 2, {})),
                  Error);
+    fs::remove_all(dir);
+}
+
+TEST(RenderPng, WritePngsWritesEveryFileAndRethrowsTheFirstError) {
+    const fs::path dir = temp_folder("pngs");
+    std::vector<std::pair<std::string, cv::Mat>> files;
+    for (int i = 0; i < 9; ++i) {
+        cv::Mat img(5 + i, 7, CV_8UC3);
+        cv::randu(img, 0, 256);
+        files.emplace_back((dir / ("p" + std::to_string(i) + ".png")).string(), img);
+    }
+    write_pngs(files, 3);
+    for (const auto& f : files) {
+        // The same bytes as one write_png on one thread.
+        std::string disk;
+        {
+            std::ifstream in(f.first, std::ios::binary);
+            disk.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+        }
+        EXPECT_EQ(disk, png_bytes(f.second)) << f.first;
+    }
+    write_pngs({});  // nothing to do
+    // A bad entry fails, the others are still written, and the error is the first bad one's.
+    auto bad = files;
+    for (const auto& f : files) fs::remove(f.first);
+    bad[2].second = cv::Mat();
+    bad[6].first = (dir / "missing" / "x.png").string();
+    try {
+        write_pngs(bad, 4);
+        ADD_FAILURE() << "expected an error";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("empty"), std::string::npos) << e.what();
+    }
+    EXPECT_TRUE(fs::exists(files[8].first));
+    EXPECT_FALSE(fs::exists(files[2].first));
     fs::remove_all(dir);
 }

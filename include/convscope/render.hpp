@@ -25,6 +25,7 @@
 #include <opencv2/core.hpp>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace convscope {
@@ -179,6 +180,14 @@ struct GridLayout {
 cv::Mat labelled_grid(const std::vector<cv::Mat>& tiles, const GridOptions& opts,
                       GridLayout* layout = nullptr);
 
+// Places pictures left to right, top-aligned, with gap_px columns of background between them
+// (e.g. an input beside the feature maps it produced). The canvas is as high as the tallest
+// picture; below shorter ones it is background. Picture i starts at x = sum of the widths of
+// pictures 0..i-1 + i * gap_px, y = 0. CV_8UC1 pictures are expanded to RGB. Throws Error for no
+// pictures or an empty one. Cost: O(output pixels).
+cv::Mat side_by_side(const std::vector<cv::Mat>& pictures, int gap_px = 4,
+                     const cv::Scalar& background = cv::Scalar(255, 255, 255));
+
 // ---------------------------------------------------------------------------------------------
 // Overlays
 
@@ -268,5 +277,11 @@ std::string png_bytes(const cv::Mat& rgb);
 // Writes png_bytes(rgb) to path atomically (write_file_atomic: temp file + rename), so no half
 // written PNG is ever visible. Throws Error as png_bytes, or naming the path if writing fails.
 void write_png(const std::string& path, const cv::Mat& rgb);
+// Writes many pictures, each as write_png(path, picture) (atomic), on up to `threads` threads at
+// once (0 = max(4, 2 * at::get_num_threads())): PNG compression dominates the CPU time when a
+// command writes dozens of pictures, and each atomic write waits for the disk (fsync), so more
+// workers than cores keep the cores busy. Every file is attempted; afterwards the first error (in
+// list order) is rethrown. The bytes written do not depend on the thread count.
+void write_pngs(const std::vector<std::pair<std::string, cv::Mat>>& files, int threads = 0);
 
 }  // namespace convscope

@@ -1,0 +1,136 @@
+// Benchmark of the t-SNE step of `convscope embed`: time per stage and embedding quality.
+//
+//   cmake --build build --target bench_tsne
+//   build/bench/bench_tsne [features.npy [labels.npy]] [--n 70000] [--threads 2] [--repeat 1]
+//                          [--knn auto|exact|hnsw]
+//
+// With a features file (N,D float32) it embeds those (labels.npy, if given, for the kNN
+// accuracy). Without one it makes synthetic CNN-like features: 10 Gaussian clusters in a
+// 16-dimensional latent space, mapped to 128 dimensions by a random linear map and a ReLU, plus
+// a little noise (low intrinsic dimension, as penultimate-layer features have). Default options
+// (perplexity 30, 750 iterations), so the figures match what `embed` does.
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "convscope/error.hpp"
+#include "convscope/io.hpp"
+#include "convscope/tsne.hpp"
+
+namespace {
+
+at::Tensor synthetic_features(int64_t n, int64_t d, at::Tensor& labels) {
+    const int classes = 10, latent = 16;
+    std::mt19937 rng(2024);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    std::vector<float> centres(size_t(classes * latent)), w(size_t(latent * d)),
+        bias(static_cast<size_t>(d));
+    for (auto& v : centres) v = 2.5f * normal(rng);
+    for (auto& v : w) v = normal(rng) / std::sqrt(float(latent));
+    for (auto& v : bias) v = 0.5f * normal(rng);
+    at::Tensor x = at::empty({n, d}, at::kFloat);
+    labels = at::empty({n}, at::kLong);
+    float* xp = x.data_ptr<float>();
+    int64_t* lp = labels.data_ptr<int64_t>();
+    std::vector<float> z(static_cast<size_t>(latent));
+    for (int64_t i = 0; i < n; ++i) {
+        const int c = int(rng() % classes);
+        lp[i] = c;
+        for (int l = 0; l < latent; ++l)
+            z[size_t(l)] = centres[size_t(c * latent + l)] + normal(rng);
+        for (int64_t j = 0; j < d; ++j) {
+            float v = bias[size_t(j)];
+            for (int l = 0; l < latent; ++l) v += w[size_t(l * d + j)] * z[size_t(l)];
+            xp[i * d + j] = std::max(0.0f, v) + 0.05f * normal(rng);
+        }
+    }
+    return x;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    std::vector<std::string> paths;
+    int64_t n = 70000;
+    int threads = 2, repeat = 1;
+    std::string knn = "auto";
+    for (int i = 1; i < argc; ++i) {
+        const std::string a = argv[i];
+        if (a == "--n" && i + 1 < argc) {
+            n = std::atoll(argv[++i]);
+        } else if (a == "--threads" && i + 1 < argc) {
+            threads = std::atoi(argv[++i]);
+        } else if (a == "--knn" && i + 1 < argc) {
+            knn = argv[++i];
+        } else if (a == "--repeat" && i + 1 < argc) {
+            repeat = std::atoi(argv[++i]);
+        } else if (a == "--help" || a == "-h") {
+            std::printf(
+                "usage: bench_tsne [features.npy [labels.npy]] [--n N] [--threads T] "
+                "[--repeat R] [--knn auto|exact|hnsw]\n");
+            return 0;
+        } else {
+            paths.push_back(a);
+        }
+    }
+    try {
+        at::Tensor features, labels;
+        if (!paths.empty()) {
+            features = convscope::read_npy(paths[0]).to(at::kFloat).contiguous();
+            if (features.dim() != 2) throw convscope::Error(paths[0] + ": expected an (N,D) array");
+            if (paths.size() > 1) labels = convscope::read_npy(paths[1]).to(at::kLong).contiguous();
+            n = features.size(0);
+        } else {
+            features = synthetic_features(n, 128, labels);
+        }
+        std::printf("t-SNE benchmark: N=%lld D=%lld threads=%d (%s)\n", (long long)n,
+                    (long long)features.size(1), threads,
+                    paths.empty() ? "synthetic clusters" : paths[0].c_str());
+        convscope::TsneOptions options;
+        options.threads = threads;
+        if (knn == "exact") options.knn.method = convscope::KnnOptions::Method::Exact;
+        if (knn == "hnsw") options.knn.method = convscope::KnnOptions::Method::Hnsw;
+        std::vector<double> totals;
+        for (int r = 0; r < repeat; ++r) {
+            const auto t0 = std::chrono::steady_clock::now();
+            const convscope::TsneResult result = convscope::tsne(features, options);
+            const double total =
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            totals.push_back(total);
+            const auto m0 = std::chrono::steady_clock::now();
+            const double accuracy = labels.defined() ? convscope::knn_label_accuracy(
+                                                           result.embedding, labels, 10, threads)
+                                                     : std::nan("");
+            const double preservation = convscope::neighbour_preservation(
+                result.knn, result.embedding.data_ptr<float>(), 10, threads);
+            const double metrics =
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - m0).count();
+            std::printf(
+                "run %d: total %.2f s = pca/init %.2f + neighbours %.2f + affinities %.2f "
+                "+ optimisation %.2f; %s gradient, k=%d, lr=%.1f\n",
+                r + 1, total, result.pca_seconds, result.neighbours_seconds,
+                result.affinities_seconds, result.optimisation_seconds,
+                result.exact ? "exact" : "FFT", result.neighbours, result.learning_rate);
+            const at::Tensor lo = std::get<0>(result.embedding.min(0)),
+                             hi = std::get<0>(result.embedding.max(0));
+            std::printf(
+                "        KL %.4f, 10-NN accuracy %.4f, neighbour preservation %.4f "
+                "(metrics %.2f s); extent %.1f x %.1f\n",
+                result.kl_divergence, accuracy, preservation, metrics,
+                (hi[0] - lo[0]).item<double>(), (hi[1] - lo[1]).item<double>());
+        }
+        std::sort(totals.begin(), totals.end());
+        std::printf("median total %.2f s over %d run(s)\n", totals[totals.size() / 2], repeat);
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "bench_tsne: %s\n", e.what());
+        return 1;
+    }
+    return 0;
+}

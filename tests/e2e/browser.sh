@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Browser tests: Playwright (tests/e2e/browser, npm package playwright-core) drives Debian's
+# chromium headless against a real `convscope serve` on a free loopback port with a fixture model
+# (page loads, a stroke changes the activations, a channel shows its patches, occlusion shows a
+# map, the map zooms and opens an item), and opens a `convscope report` from a file URL with no
+# network request. Screenshots go to <build>/test-artifacts/browser/.
+# Usage: browser.sh <convscope binary> <fixtures dir>
+set -euo pipefail
+BIN=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
+FIX=$2
+HERE=$(cd "$(dirname "$0")" && pwd)
+ART=$(dirname "$BIN")/test-artifacts/browser
+if [ ! -d "$HERE/browser/node_modules/playwright-core" ]; then
+    echo "playwright-core is not installed in tests/e2e/browser: run scripts/setup.sh (npm ci)"; exit 1
+fi
+[ -x /usr/bin/chromium ] || { echo "/usr/bin/chromium is missing: run scripts/setup.sh"; exit 1; }
+T=$(mktemp -d)
+PID=
+cleanup() {
+    if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; fi
+    rm -rf "$T"
+}
+trap cleanup EXIT
+rm -rf "$ART"
+mkdir -p "$ART"
+
+M=$FIX/lenet_scripted.pt
+model=(--model "$M" --input-shape 1,28,28 --data fashion-mnist:test --threads 2)
+
+# The report the browser opens from disk (small subsets keep it quick).
+"$BIN" report "${model[@]}" --out "$T/report" --eval-items 500 --examples 2 --scan-items 300 \
+    --patch-channels 4 --vis-channels 4 --vis-steps 16 --map-items 300 --map-iterations 150 >/dev/null
+
+"$BIN" serve "${model[@]}" --port 0 --cache-dir "$T/cache" --map-items 300 --map-iterations 150 \
+    --scan-items 300 --feature-vis-steps 16 >"$T/serve.out" 2>"$T/serve.err" &
+PID=$!
+for _ in $(seq 1 300); do
+    grep -q "http://" "$T/serve.out" 2>/dev/null && break
+    kill -0 "$PID" 2>/dev/null || { echo "server died"; cat "$T/serve.err"; exit 1; }
+    sleep 0.1
+done
+URL=$(grep -o "http://127.0.0.1:[0-9]*" "$T/serve.out")
+
+node "$HERE/browser/run.js" "$URL" "$T/report/index.html" "$ART"
+kill -0 "$PID" || { echo "the server crashed"; cat "$T/serve.err"; exit 1; }
+echo "browser.sh: ok"

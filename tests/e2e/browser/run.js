@@ -1,0 +1,221 @@
+// Browser checks of the web explorer and the HTML report with Playwright driving Debian's
+// chromium headless. Usage: node run.js <explorer URL> <report index.html> <screenshot folder>
+// Exits 1 with a message on the first failed check.
+'use strict';
+
+const path = require('path');
+const fs = require('fs');
+const { chromium } = require('playwright-core');
+
+const [url, reportPath, outDir] = process.argv.slice(2);
+if (!url || !reportPath || !outDir) {
+    console.error('usage: node run.js <explorer URL> <report index.html> <screenshot folder>');
+    process.exit(2);
+}
+fs.mkdirSync(outDir, { recursive: true });
+
+function check(cond, message) {
+    if (!cond) throw new Error('check failed: ' + message);
+}
+
+const launchOptions = {
+    executablePath: '/usr/bin/chromium',
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+        '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+};
+
+async function shot(page, name, fullPage = false) {
+    await page.screenshot({ path: path.join(outDir, name), fullPage });
+}
+
+// Watches a page: console errors, page errors, and every request it makes.
+function watch(page) {
+    const seen = { errors: [], requests: [] };
+    page.on('console', (m) => { if (m.type() === 'error') seen.errors.push('console: ' + m.text()); });
+    page.on('pageerror', (e) => seen.errors.push('page error: ' + e.message));
+    page.on('request', (r) => seen.requests.push(r.url()));
+    return seen;
+}
+
+async function canvasPixels(page, selector) {
+    return page.$eval(selector, (c) => c.toDataURL());
+}
+
+async function explorer(browser) {
+    const context = await browser.newContext({ viewport: { width: 1400, height: 900 } });
+    const page = await context.newPage();
+    const seen = watch(page);
+    const t0 = Date.now();
+    const step = (name) => console.log(`  ${((Date.now() - t0) / 1000).toFixed(1)} s  ${name}`);
+
+    // 1. The page loads: every default layer gets a card, the first live update arrives.
+    await page.goto(url);
+    await page.waitForSelector('body[data-ready="1"]', { timeout: 20000 });
+    await page.waitForFunction(() => Number(document.body.dataset.updates || 0) >= 1, null, { timeout: 20000 });
+    const model = await page.evaluate(() => fetch('/api/model').then((r) => r.json()));
+    const cards = await page.$$eval('.layer', (els) => els.map((e) => e.dataset.layer));
+    check(JSON.stringify(cards) === JSON.stringify(model.default_layers), `layer cards ${cards} != ${model.default_layers}`);
+    check((await page.$$('#gallery img')).length === 24, 'the gallery shows 24 items');
+    check(await page.isVisible('#draw'), 'the drawing canvas is shown for a 1x28x28 model');
+    await shot(page, '01-loaded.png');
+    step('page loaded');
+
+    // 2. A stroke on the canvas changes the activations, live while drawing.
+    await page.click('#clear');
+    await page.waitForFunction(() => document.body.dataset.image && document.body.dataset.image.startsWith('u'), null, { timeout: 10000 });
+    await page.waitForTimeout(300);
+    const before = await canvasPixels(page, 'canvas[data-layer="conv1"]');
+    const updatesBefore = await page.evaluate(() => Number(document.body.dataset.updates));
+    const box = await page.$eval('#draw', (c) => { const r = c.getBoundingClientRect(); return { x: r.x, y: r.y, w: r.width, h: r.height }; });
+    await page.mouse.move(box.x + box.w * 0.3, box.y + box.h * 0.2);
+    await page.mouse.down();
+    for (let i = 1; i <= 24; i++) {
+        await page.mouse.move(box.x + box.w * (0.3 + 0.4 * i / 24), box.y + box.h * (0.2 + 0.6 * i / 24));
+        await page.waitForTimeout(25);
+    }
+    const updatesWhileDrawing = await page.evaluate(() => Number(document.body.dataset.updates));
+    await page.mouse.up();
+    await page.waitForTimeout(400);
+    await page.waitForFunction(() => !document.querySelector('.status.error'), null, { timeout: 5000 });
+    const after = await canvasPixels(page, 'canvas[data-layer="conv1"]');
+    check(after !== before, 'the stroke changed the conv1 activations');
+    check(updatesWhileDrawing - updatesBefore >= 2, `activations updated live while drawing (${updatesWhileDrawing - updatesBefore} updates)`);
+    await shot(page, '02-drawn.png');
+    step(`stroke: ${updatesWhileDrawing - updatesBefore} live updates while drawing`);
+
+    // 3. Clicking a channel shows its filter, overlay, top-9 patches and feature visualisation.
+    await page.click('canvas[data-layer="conv2"]', { position: { x: 5, y: 5 } });
+    await page.waitForSelector('#channel-panel:not([hidden])');
+    check((await page.textContent('#channel-title')).includes('conv2 · channel 0'), 'the panel names conv2 channel 0');
+    await page.waitForSelector('#channel-patches[data-count="9"]', { timeout: 30000 });
+    const patchImages = await page.$$eval('#channel-patches img', (imgs) => imgs.map((i) => i.complete && i.naturalWidth > 0));
+    check(patchImages.length === 9 && patchImages.every(Boolean), 'nine patch crops are shown');
+    await page.waitForFunction(() => {
+        const ok = (id) => { const i = document.getElementById(id); return i.complete && i.naturalWidth > 0; };
+        return ok('channel-overlay') && ok('channel-filter');
+    }, null, { timeout: 10000 });
+    await page.waitForSelector('#channel-vis:not([hidden])', { timeout: 30000 });
+    await shot(page, '03-channel.png');
+    step('channel panel');
+
+    // 4. Occlusion runs with progress and shows a map.
+    await page.click('#gallery img[data-index="1"]');
+    await page.waitForFunction(() => document.body.dataset.image === 'd1', null, { timeout: 10000 });
+    await page.click('#run-occlusion');
+    await page.waitForSelector('#explain-result[data-kind="occlusion"] #occlusion-overlay', { timeout: 30000 });
+    await page.waitForFunction(() => { const i = document.getElementById('occlusion-overlay'); return i.complete && i.naturalWidth > 0; });
+    const occlusionText = await page.textContent('#explain-result');
+    check(occlusionText.includes('target'), 'the occlusion summary names the target');
+    await shot(page, '04-occlusion.png');
+    step('occlusion');
+
+    // 5. The map: it zooms, a hovered point shows its image, a click opens it in the explorer.
+    await page.click('#tab-map');
+    await page.waitForSelector('#map[data-points]', { timeout: 60000 });
+    const scale0 = Number(await page.getAttribute('#map', 'data-scale'));
+    const mapBox = await page.$eval('#map', (c) => { const r = c.getBoundingClientRect(); return { x: r.x, y: r.y, w: r.width, h: r.height }; });
+    await page.mouse.move(mapBox.x + mapBox.w / 2, mapBox.y + mapBox.h / 2);
+    await page.mouse.wheel(0, -600);
+    await page.waitForFunction((s) => Number(document.getElementById('map').dataset.scale) > s * 1.5, scale0, { timeout: 5000 });
+    await page.click('#map-zoom-in');
+    await page.waitForTimeout(100);
+    const scale1 = Number(await page.getAttribute('#map', 'data-scale'));
+    check(scale1 > scale0 * 2, `the map zoomed in (${scale0} -> ${scale1})`);
+    await page.click('#map-reset');
+    // A point in view: ask the view where point 7 is on screen.
+    const target = 7;
+    const p = await page.evaluate((i) => {
+        const v = window.convscope.state.mapView;
+        v.focus(i, 4);
+        const [sx, sy] = v.toScreen(v.x[i], v.y[i]);
+        const r = v.canvas.getBoundingClientRect();
+        return { x: r.x + sx, y: r.y + sy };
+    }, target);
+    await page.waitForTimeout(100);
+    await page.mouse.move(p.x, p.y);
+    await page.waitForSelector('#map-hover:not([hidden])', { timeout: 5000 });
+    await page.waitForFunction(() => { const i = document.getElementById('map-hover-img'); return i.complete && i.naturalWidth > 0; });
+    const hovered = Number(await page.getAttribute('#map-hover', 'data-index'));
+    check(hovered === target, `hovering shows point ${target} (got ${hovered})`);
+    await shot(page, '05-map.png');
+    await page.mouse.click(p.x, p.y);
+    await page.waitForSelector('#view-explore:not([hidden])');
+    await page.waitForFunction((i) => document.body.dataset.image === 'd' + i, target, { timeout: 10000 });
+    check(Number(await page.inputValue('#item-index')) === target, 'the explorer shows the clicked item');
+    await shot(page, '06-opened-from-map.png');
+    step('map');
+
+    const foreign = seen.requests.filter((r) => !r.startsWith(url) && !r.startsWith('data:'));
+    check(foreign.length === 0, 'the explorer only talks to its own server: ' + foreign.join(', '));
+    check(seen.errors.length === 0, 'no errors in the page: ' + seen.errors.join(' | '));
+    await context.close();
+}
+
+async function report(browser) {
+    const context = await browser.newContext({ viewport: { width: 1400, height: 900 } });
+    // Every request is recorded; anything but a file URL is refused (and fails the check).
+    const requested = [];
+    await context.route('**/*', (route) => {
+        const u = route.request().url();
+        requested.push(u);
+        return u.startsWith('file://') || u.startsWith('data:') ? route.continue() : route.abort();
+    });
+    const page = await context.newPage();
+    const seen = watch(page);
+    const fileUrl = 'file://' + path.resolve(reportPath);
+    await page.goto(fileUrl);
+    await page.waitForSelector('body[data-ready="1"]', { timeout: 20000 });
+    for (const id of ['model', 'filters', 'examples', 'patches', 'feature-vis', 'map'])
+        check(await page.$('section#' + id), `the report has the ${id} section`);
+    const rows = await page.$$eval('#layer-table tbody tr', (r) => r.length);
+    check(rows >= 9, `the layer table lists the layers (${rows})`);
+    // Every picture loads from disk.
+    await page.waitForFunction(() => [...document.images].every((i) => i.complete), null, { timeout: 20000 });
+    const broken = await page.$$eval('img', (imgs) => imgs.filter((i) => !(i.naturalWidth > 0)).map((i) => i.getAttribute('src')));
+    check(broken.length === 0, 'every picture loads: broken ' + broken.join(', '));
+    // The interactive map: all points, zoom, hover.
+    const points = Number(await page.getAttribute('#map-canvas', 'data-points'));
+    check(points === 300, `the map shows every point (${points})`);
+    await page.$eval('#map', (s) => s.scrollIntoView());
+    await page.click('#map-zoom-in');
+    await page.waitForTimeout(100);
+    check(Number(await page.getAttribute('#map-canvas', 'data-scale')) > 1.5, 'the report map zooms');
+    const p = await page.evaluate(() => {
+        const v = window.reportMap;
+        v.focus(11, 3);
+        const [sx, sy] = v.toScreen(v.x[11], v.y[11]);
+        const r = v.canvas.getBoundingClientRect();
+        return { x: r.x + sx, y: r.y + sy };
+    });
+    await page.waitForTimeout(100);
+    await page.mouse.move(p.x, p.y);
+    await page.waitForSelector('#map-hover:not([hidden])', { timeout: 5000 });
+    check(Number(await page.getAttribute('#map-hover', 'data-index')) === 11, 'hovering a report map point shows it');
+    await shot(page, '08-report-map.png');
+    await page.evaluate(() => window.scrollTo(0, 0));
+    await shot(page, '07-report.png', true);
+    const foreign = requested.filter((u) => !u.startsWith('file://') && !u.startsWith('data:'));
+    check(foreign.length === 0, 'the report makes no network request: ' + foreign.join(', '));
+    const seenForeign = seen.requests.filter((u) => !u.startsWith('file://') && !u.startsWith('data:'));
+    check(seenForeign.length === 0, 'no request left the page: ' + seenForeign.join(', '));
+    check(requested.length > 5, `the report's pictures were read from disk (${requested.length} file requests)`);
+    check(seen.errors.length === 0, 'no errors in the report page: ' + seen.errors.join(' | '));
+    console.log(`  report: ${requested.length} file:// requests, none to the network`);
+    await context.close();
+}
+
+(async () => {
+    const browser = await chromium.launch(launchOptions);
+    try {
+        console.log('explorer:');
+        await explorer(browser);
+        console.log('report:');
+        await report(browser);
+    } finally {
+        await browser.close();
+    }
+    console.log('browser checks: ok; screenshots in ' + outDir);
+})().catch((e) => {
+    console.error(e && e.stack ? e.stack : String(e));
+    process.exit(1);
+});

@@ -1,0 +1,102 @@
+#!/bin/bash
+# convscope occlusion end to end: outputs and their shapes, full == incremental, approximate
+# with SSIM, label targets, and the exit codes and messages for bad input.
+# Usage: occlusion.sh <convscope binary> <fixtures dir>
+set -euo pipefail
+BIN=$1
+FIX=$2
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+PY=/usr/bin/python3
+MODEL="$FIX/lenet_scripted.pt"
+DATA="$FIX/lenet_scripted/input.npy"
+
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+# expect CODE NEEDLE args...: runs the command, checks the exit code and the message on stderr.
+expect() {
+    local code=$1 needle=$2
+    shift 2
+    set +e
+    "$BIN" "$@" >"$T/out.txt" 2>"$T/err.txt"
+    local rc=$?
+    set -e
+    [ "$rc" -eq "$code" ] || { cat "$T/err.txt" >&2; fail "exit $rc, expected $code: $*"; }
+    grep -q -- "$needle" "$T/err.txt" || { cat "$T/err.txt" >&2; fail "no '$needle' in the message: $*"; }
+}
+
+# 1. Incremental (default): the files, their shapes and the summary.
+"$BIN" occlusion --model "$MODEL" --data "$DATA" --indices 0:2 --patch 6 --stride 4x3 \
+    --baseline mean --threads 2 --out "$T/inc" >/dev/null 2>"$T/err.txt" || { cat "$T/err.txt"; fail "incremental run"; }
+for f in occlusion.npy coarse.npy target_prob.npy top_class.npy summary.json manifest.json \
+         image_0/heatmap.png image_0/overlay.png image_0/target_prob.png image_0/summary.json \
+         image_1/heatmap.png image_1/overlay.png image_1/target_prob.png image_1/summary.json; do
+    [ -s "$T/inc/$f" ] || fail "missing $f"
+done
+$PY - "$T/inc" <<'PYEOF'
+import json, sys
+import numpy as np
+d = sys.argv[1]
+occ = np.load(f"{d}/occlusion.npy")
+coarse = np.load(f"{d}/coarse.npy")
+assert occ.shape == (2, 1, 28, 28) and occ.dtype == np.float32, occ.shape
+# positions: (28 - 6) // 4 + 1 = 6 rows, (28 - 6) // 3 + 1 = 8 columns
+assert coarse.shape == (2, 6, 8) and coarse.dtype == np.float32, coarse.shape
+assert np.isfinite(occ).all() and np.abs(occ).max() > 0
+# The last column (27) is covered by no window (windows end at 7*3 + 6 = 27): attribution 0.
+assert (occ[:, :, :, 27] == 0).all()
+# Pixel (0,0) is covered only by window (0,0).
+assert np.allclose(occ[:, 0, 0, 0], coarse[:, 0, 0])
+assert np.load(f"{d}/top_class.npy").dtype == np.int64
+s = json.load(open(f"{d}/image_1/summary.json"))
+for key in ["clean_score", "predicted", "target", "important_region", "max_window",
+            "most_likely_class", "confounders", "max_drop"]:
+    assert key in s, key
+assert len(s["most_likely_class"]) == 6 and len(s["most_likely_class"][0]) == 8
+assert abs(s["max_drop"] - float(coarse[1].max())) < 1e-5
+m = json.load(open(f"{d}/manifest.json"))
+files = json.dumps(m)
+for f in ["occlusion.npy", "coarse.npy", "image_0/heatmap.png", "image_1/summary.json"]:
+    assert f in files, f
+PYEOF
+
+# 2. Full recomputation gives the same maps.
+"$BIN" occlusion --model "$MODEL" --data "$DATA" --indices 0:2 --patch 6 --stride 4x3 \
+    --baseline mean --mode full --out "$T/full" >/dev/null 2>&1 || fail "full run"
+$PY -c "
+import numpy as np, sys
+a = np.load('$T/inc/occlusion.npy'); b = np.load('$T/full/occlusion.npy')
+assert np.abs(a - b).max() <= 1e-4 * max(np.abs(b).max(), 1e-2), np.abs(a - b).max()
+"
+
+# 3. Approximate with its SSIM against the exact map; prob score; label target from --labels.
+"$BIN" occlusion --model "$MODEL" --data "$DATA" --index 0 --patch 4 --stride 1 --approximate \
+    --report-ssim --score prob --json --out "$T/approx" >"$T/approx.json" 2>/dev/null || fail "approximate run"
+$PY -c "
+import json
+s = json.load(open('$T/approx.json'))
+v = s['images'][0]['ssim']
+assert 0 < v <= 1.0 + 1e-9, v
+assert s['mode'] == 'approximate' and s['forwards'] < 625
+"
+$PY -c "import numpy as np; np.save('$T/labels.npy', np.array([3, 7], dtype=np.int64))"
+"$BIN" occlusion --model "$MODEL" --data "$DATA" --labels "$T/labels.npy" --indices 0:2 --patch 7 \
+    --stride 7 --target label --out "$T/label" >/dev/null 2>&1 || fail "label target"
+$PY -c "
+import json
+assert json.load(open('$T/label/image_1/summary.json'))['target'] == 7
+"
+
+# 4. Bad input: clear messages, exit 1 for bad values found at run time, 2 for bad options,
+#    and no manifest for a failed run.
+expect 1 "is larger than the input 28x28" occlusion --model "$MODEL" --data "$DATA" --patch 40 --out "$T/bad1"
+[ ! -e "$T/bad1/manifest.json" ] || fail "manifest written for a failed run"
+expect 2 "stride must be at least 1" occlusion --model "$MODEL" --data "$DATA" --stride 0 --out "$T/bad2"
+expect 2 "stride must be at least 1" occlusion --model "$MODEL" --data "$DATA" --stride 2x-3 --out "$T/bad3"
+expect 1 "target class 12 is out of range" occlusion --model "$MODEL" --data "$DATA" --target 12 --out "$T/bad4"
+expect 1 "has no labels" occlusion --model "$MODEL" --data "$DATA" --target label --out "$T/bad5"
+expect 2 "baseline takes 0, mean, blur or a number" occlusion --model "$MODEL" --data "$DATA" --baseline foo --out "$T/bad6"
+expect 2 "drop --mode" occlusion --model "$MODEL" --data "$DATA" --approximate --mode full --out "$T/bad7"
+expect 2 "takes N or NxM" occlusion --model "$MODEL" --data "$DATA" --patch 4y4 --out "$T/bad8"
+"$BIN" occlusion --help | grep -q -- "--baseline" || fail "--help"
+echo "occlusion e2e: ok"

@@ -1,0 +1,298 @@
+// The web explorer's back end: live activations against the model's own taps, uploads preprocessed
+// like dataset items, errors for bad requests, the job system, and the on-disk caches.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <opencv2/imgcodecs.hpp>
+
+#include "convscope/dataset.hpp"
+#include "convscope/explorer.hpp"
+#include "convscope/filters.hpp"
+#include "convscope/model.hpp"
+#include "convscope/occlusion.hpp"
+#include "convscope/render.hpp"
+#include "convscope/top_patches.hpp"
+#include "detail/base64.hpp"
+#include "test_util.hpp"
+
+namespace convscope {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+Model lenet() {
+    Model m = Model::load(fixture("lenet_scripted.pt"));
+    m.set_input_shape({1, 28, 28});
+    return m;
+}
+
+ExplorerOptions small_options(const std::string& cache) {
+    ExplorerOptions o;
+    o.cache_dir = cache;
+    o.map_items = 60;
+    o.map_iterations = 60;
+    o.scan_items = 50;
+    o.feature_vis_steps = 4;
+    o.max_images = 4;
+    return o;
+}
+
+template <class E>
+void expect_throw_kind(const std::function<void()>& f, const std::string& needle) {
+    try {
+        f();
+        ADD_FAILURE() << "expected an error containing '" << needle << "'";
+    } catch (const E& e) {
+        EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    } catch (const std::exception& e) {
+        ADD_FAILURE() << "wrong error type: " << e.what();
+    }
+}
+
+// Dequantises a layer of a live update: [channels, height, width] float.
+at::Tensor dequantise(const json& L) {
+    const std::string bytes = detail::base64_decode(L["data"].get<std::string>());
+    const int64_t c = L["channels"], h = L["height"], w = L["width"];
+    EXPECT_EQ(int64_t(bytes.size()), c * h * w);
+    at::Tensor q = torch::from_blob(const_cast<char*>(bytes.data()), {c, h, w}, torch::kUInt8).clone();
+    const double lo = L["lo"], hi = L["hi"];
+    return q.to(torch::kDouble) / 255.0 * (hi - lo) + lo;
+}
+
+TEST(Explorer, LiveActivationsMatchTheModelsTaps) {
+    TempDir tmp;
+    Explorer ex(lenet(), Dataset::open("fashion-mnist:test"), small_options(tmp / "cache"));
+    const std::string id = ex.add_dataset_image(7);
+    EXPECT_EQ(id, "d7");
+    const json j = ex.activations(id, {});
+    // Reference: the model's own forward pass with taps on the same preprocessed item.
+    const Dataset& data = ex.data();
+    const Preprocess pre = data.preprocess_for({1, 28, 28}, {}, {});
+    const at::Tensor x = data.batch({7}, pre);
+    std::vector<std::string> names;
+    for (const auto& L : j["layers"]) names.push_back(L["name"]);
+    EXPECT_EQ(names, (std::vector<std::string>{"conv1", "relu1", "pool1", "conv2", "relu2", "pool2", "fc1", "fc2", "fc3"}));
+    const TapResult ref = ex.model().forward_taps(x, names);
+    for (const auto& L : j["layers"]) {
+        const at::Tensor want = ref.taps.at(L["name"].get<std::string>())[0].to(torch::kDouble);
+        EXPECT_EQ(L["bars"].get<bool>(), want.dim() == 1) << L["name"];
+        at::Tensor got = dequantise(L);
+        const double lo = L["lo"], hi = L["hi"];
+        EXPECT_DOUBLE_EQ(lo, want.min().item<double>());
+        EXPECT_DOUBLE_EQ(hi, want.max().item<double>());
+        // One quantisation step is (hi - lo) / 255: rounding is within half of it.
+        EXPECT_LE((got.reshape(want.sizes()) - want).abs().max().item<double>(), (hi - lo) / 255.0 * 0.5 + 1e-6)
+            << L["name"];
+    }
+    const at::Tensor logits = ref.output[0];
+    EXPECT_EQ(j["output"]["predicted"].get<int64_t>(), logits.argmax().item<int64_t>());
+    double sum = 0;
+    for (double p : j["output"]["probs"]) sum += p;
+    EXPECT_NEAR(sum, 1.0, 1e-5);
+    EXPECT_EQ(j["label"].get<int64_t>(), data.label(7));
+}
+
+TEST(Explorer, LargeMapsAreAreaAveragedAndChannelsCapped) {
+    TempDir tmp;
+    Explorer ex(lenet(), Dataset::open("fashion-mnist:test"), small_options(tmp / "cache"));
+    LiveOptions lo;
+    lo.layers = {"conv1"};
+    lo.max_side = 10;      // 28 -> factor 3 -> 10x10 (the last block is partial)
+    lo.max_channels = 4;
+    const json j = ex.activations("d2", lo);
+    const json& L = j["layers"][0];
+    EXPECT_EQ(L["factor"].get<int64_t>(), 3);
+    EXPECT_EQ(L["channels"].get<int64_t>(), 4);
+    EXPECT_EQ(L["height"].get<int64_t>(), 10);
+    EXPECT_EQ(L["shape"], json({6, 28, 28}));
+    // Reference: plain loops over the 3x3 blocks (the last row/column blocks hold 1 pixel).
+    const at::Tensor x = ex.image_input("d2");
+    const at::Tensor t = ex.model().forward_taps(x, {"conv1"}).taps.at("conv1")[0].to(torch::kDouble);
+    at::Tensor want = torch::zeros({4, 10, 10}, torch::kDouble);
+    for (int64_t c = 0; c < 4; ++c)
+        for (int64_t by = 0; by < 10; ++by)
+            for (int64_t bx = 0; bx < 10; ++bx) {
+                double s = 0;
+                int n = 0;
+                for (int64_t y = by * 3; y < std::min<int64_t>(28, by * 3 + 3); ++y)
+                    for (int64_t xx = bx * 3; xx < std::min<int64_t>(28, bx * 3 + 3); ++xx, ++n)
+                        s += t[c][y][xx].item<double>();
+                want[c][by][bx] = s / n;
+            }
+    const double step = (L["hi"].get<double>() - L["lo"].get<double>()) / 255.0;
+    EXPECT_LE((dequantise(L) - want).abs().max().item<double>(), step * 0.5 + 1e-6);
+}
+
+TEST(Explorer, UploadsArePreprocessedLikeDatasetItems) {
+    TempDir tmp;
+    Explorer ex(lenet(), Dataset::open("fashion-mnist:test"), small_options(tmp / "cache"));
+    // Fashion-MNIST pixels are 8-bit, so the PNG of item 5 is the item exactly.
+    const std::string png = ex.item_png(5);
+    const std::string id = ex.add_encoded_image(png);
+    ASSERT_EQ(id[0], 'u');
+    EXPECT_TRUE(torch::allclose(ex.image_input(id), ex.image_input("d5"), 0.0, 1e-6));
+    EXPECT_EQ(ex.add_encoded_image(png), id);  // same content, same id
+    // A drawing: the gray bytes of the same item.
+    const at::Tensor raw = ex.data().raw(5);  // [1,28,28] in [0,1]
+    const at::Tensor bytes = (raw[0] * 255).round().to(torch::kUInt8).contiguous();
+    const std::string pixels(reinterpret_cast<const char*>(bytes.data_ptr<uint8_t>()), 784);
+    EXPECT_EQ(ex.add_gray_image(pixels, 28, 28), id);
+    // A larger RGB JPEG is converted and resized to 1x28x28.
+    cv::Mat big(90, 60, CV_8UC3, cv::Scalar(10, 200, 30));
+    std::vector<uint8_t> jpg;
+    cv::imencode(".jpg", big, jpg);
+    const std::string jid = ex.add_encoded_image(std::string(jpg.begin(), jpg.end()));
+    EXPECT_EQ(ex.image_input(jid).sizes(), (std::vector<int64_t>{1, 1, 28, 28}));
+    EXPECT_EQ(ex.image_png(jid).substr(1, 3), "PNG");
+}
+
+TEST(Explorer, BadRequestsGiveTheirErrors) {
+    TempDir tmp;
+    Explorer ex(lenet(), Dataset::open("fashion-mnist:test"), small_options(tmp / "cache"));
+    expect_throw_kind<UnsupportedMediaError>([&] { ex.add_encoded_image("hello, not an image"); }, "not an image");
+    expect_throw_kind<UnsupportedMediaError>([&] { ex.add_encoded_image(std::string("\x89PNG\r\n\x1a\nxx", 10)); },
+                                             "cannot be decoded");
+    expect_throw_kind<UnsupportedMediaError>([&] { ex.add_encoded_image(""); }, "not an image");
+    expect_error([&] { ex.add_gray_image("abc", 28, 28); }, "has 784 bytes, got 3");
+    expect_error([&] { ex.add_gray_image("", 0, 28); }, "1..4096");
+    expect_throw_kind<NotFoundError>([&] { ex.add_dataset_image(10000); }, "0..9999");
+    expect_throw_kind<NotFoundError>([&] { ex.add_dataset_image(-1); }, "does not exist");
+    expect_throw_kind<NotFoundError>([&] { ex.item_png(10000); }, "does not exist");
+    expect_throw_kind<NotFoundError>([&] { ex.image_input("u0123"); }, "unknown image");
+    expect_throw_kind<NotFoundError>([&] { ex.image_input("dx"); }, "unknown image");
+    LiveOptions lo;
+    lo.layers = {"conv1", "conv3"};
+    expect_throw_kind<NotFoundError>([&] { ex.activations("d1", lo); }, "unknown layer 'conv3'");
+    lo = {};
+    lo.max_channels = 0;
+    expect_error([&] { ex.activations("d1", lo); }, "max_channels");
+    expect_throw_kind<NotFoundError>([&] { ex.filter_png("conv1", 6); }, "channel 6 does not exist");
+    expect_error([&] { ex.filter_png("fc1", 0); }, "no filters");
+    expect_error([&] { ex.overlay_png("d1", "fc2", 0); }, "1-D");
+    expect_error([&] { ex.start_job(json::array()); }, "JSON object");
+    expect_error([&] { ex.start_job({{"kind", 3}}); }, "\"kind\" must be a string");
+    expect_error([&] { ex.start_job({{"kind", "nope"}}); }, "unknown job kind");
+    expect_error([&] { ex.start_job({{"kind", "occlusion"}, {"image", "d1"}, {"patch", 29}}); }, "patch must be 1..28");
+    expect_error([&] { ex.start_job({{"kind", "patches"}, {"layer", "conv1"}}); }, "needs \"channel\"");
+    expect_error([&] { ex.start_job({{"kind", "attribution"}, {"image", "d1"}, {"method", "x"}}); }, "saliency");
+    expect_throw_kind<NotFoundError>([&] { ex.start_job({{"kind", "feature-vis"}, {"layer", "fc3"}, {"channel", 10}}); },
+                                     "channel 10");
+    expect_throw_kind<NotFoundError>([&] { ex.job("j42"); }, "unknown job");
+    expect_throw_kind<NotFoundError>([&] { ex.map_points(); }, "not computed yet");
+}
+
+TEST(Explorer, ImageStoreForgetsTheLeastRecentlyUsed) {
+    TempDir tmp;
+    Explorer ex(lenet(), Dataset::open("fashion-mnist:test"), small_options(tmp / "cache"));  // keeps 4
+    std::vector<std::string> ids;
+    for (int i = 0; i < 5; ++i) {
+        const std::string gray(784, char(10 * i + 1));
+        ids.push_back(ex.add_gray_image(gray, 28, 28));
+        if (i == 3) (void)ex.image_input(ids[0]);  // touch the first: the second becomes the oldest
+    }
+    EXPECT_NO_THROW(ex.image_input(ids[0]));
+    expect_throw_kind<NotFoundError>([&] { ex.image_input(ids[1]); }, "forgotten");
+    for (int i = 2; i < 5; ++i) EXPECT_NO_THROW(ex.image_input(ids[size_t(i)]));
+}
+
+TEST(Explorer, FilterOfAnActivationIsItsConvsFilter) {
+    TempDir tmp;
+    Explorer ex(lenet(), Dataset::open("fashion-mnist:test"), small_options(tmp / "cache"));
+    EXPECT_EQ(ex.filter_png("relu1", 2), ex.filter_png("conv1", 2));
+    EXPECT_NE(ex.filter_png("conv1", 3), ex.filter_png("conv1", 2));
+    const json info = ex.model_info();
+    std::map<std::string, json> filter_of;
+    for (const auto& l : info["layers"]) filter_of[l["name"]] = l["filter"];
+    EXPECT_EQ(filter_of["relu1"], "conv1");
+    EXPECT_EQ(filter_of["conv2"], "conv2");
+    EXPECT_TRUE(filter_of["pool1"].is_null());  // pooling changes the map size
+    EXPECT_TRUE(filter_of["fc1"].is_null());
+    EXPECT_EQ(info["colormap"].size(), 256u);
+    EXPECT_EQ(info["colormap"][0], json({0x44, 0x01, 0x54}));  // viridis starts at #440154
+}
+
+TEST(Explorer, OcclusionJobMatchesTheLibrary) {
+    TempDir tmp;
+    Explorer ex(lenet(), Dataset::open("fashion-mnist:test"), small_options(tmp / "cache"));
+    const json r = ex.run_job({{"kind", "occlusion"}, {"image", "d4"}});
+    OcclusionOptions oo;  // the explorer's defaults for 28x28: patch 4, stride 2, probabilities
+    oo.patch_h = oo.patch_w = 4;
+    oo.stride_y = oo.stride_x = 2;
+    oo.score = OcclusionScore::Prob;
+    const OcclusionResult ref = occlusion(ex.model(), ex.image_input("d4"), oo);
+    const OcclusionSummary s = summarize_occlusion(ref, 0, oo);
+    EXPECT_EQ(r["positions"], json({13, 13}));
+    EXPECT_EQ(r["target"].get<int64_t>(), s.target);
+    EXPECT_FLOAT_EQ(r["max_drop"].get<float>(), s.max_drop);
+    EXPECT_EQ(r["important"], json({s.important.y0, s.important.x0, s.important.y1, s.important.x1}));
+    EXPECT_EQ(r["confounders"].size(), s.confounders.size());
+    EXPECT_EQ(r["overlay"].get<std::string>().rfind("data:image/png;base64,", 0), 0u);
+}
+
+TEST(Explorer, JobsRunInTheBackgroundAndJoinIdenticalRequests) {
+    TempDir tmp;
+    Explorer ex(lenet(), Dataset::open("fashion-mnist:test"), small_options(tmp / "cache"));
+    const json req = {{"kind", "attribution"}, {"image", "d3"}, {"method", "saliency"}};
+    const json a = ex.start_job(req);
+    const json b = ex.start_job(req);
+    EXPECT_EQ(a["id"], b["id"]);
+    json st = a;
+    for (int i = 0; i < 2000 && (st["state"] == "queued" || st["state"] == "running"); ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        st = ex.job(a["id"]);
+    }
+    ASSERT_EQ(st["state"], "done") << st.dump();
+    EXPECT_EQ(st["progress"], 1.0);
+    EXPECT_EQ(st["result"]["method"], "saliency");
+    // A finished job answers again without running.
+    EXPECT_EQ(ex.start_job(req)["state"], "done");
+    // Cancelling a finished job leaves it done.
+    EXPECT_EQ(ex.cancel_job(a["id"])["state"], "done");
+}
+
+TEST(Explorer, PatchScanAndMapAreCachedOnDisk) {
+    TempDir tmp;
+    const std::string cache = tmp / "cache";
+    json patches, map1;
+    {
+        Explorer ex(lenet(), Dataset::open("fashion-mnist:test"), small_options(cache));
+        patches = ex.run_job({{"kind", "patches"}, {"layer", "conv2"}, {"channel", 5}});
+        (void)ex.run_job({{"kind", "map"}});
+        map1 = ex.map_points();
+    }
+    std::vector<fs::path> files;
+    for (const auto& e : fs::directory_iterator(cache)) files.push_back(e.path());
+    ASSERT_EQ(files.size(), 2u);
+    // Reference for the patches: the library's scan of the same items.
+    TopPatchesOptions to;
+    to.layers = {"conv2"};
+    to.k = 9;
+    to.lowest = false;
+    std::vector<int64_t> idx;
+    for (int64_t i = 0; i < 50; ++i) idx.push_back(i);
+    const Model m = lenet();
+    const Dataset data = Dataset::open("fashion-mnist:test");
+    const TopPatchesResult ref = top_patches(m, data, idx, data.preprocess_for({1, 28, 28}, {}, {}), to);
+    const auto& want = ref.layers[0].channels[5].top;
+    ASSERT_EQ(patches["entries"].size(), want.size());
+    for (size_t i = 0; i < want.size(); ++i) {
+        EXPECT_EQ(patches["entries"][i]["index"].get<int64_t>(), want[i].image);
+        EXPECT_FLOAT_EQ(patches["entries"][i]["value"].get<float>(), want[i].value);
+    }
+    EXPECT_EQ(map1["n"].get<int64_t>(), 60);
+    EXPECT_EQ(map1["layer"], "fc2");
+    // A new explorer reads both from the cache (the files are not rewritten) with equal results.
+    std::map<fs::path, fs::file_time_type> times;
+    for (const auto& f : files) times[f] = fs::last_write_time(f);
+    Explorer again(lenet(), Dataset::open("fashion-mnist:test"), small_options(cache));
+    EXPECT_EQ(again.run_job({{"kind", "patches"}, {"layer", "conv2"}, {"channel", 5}})["entries"], patches["entries"]);
+    (void)again.run_job({{"kind", "map"}});
+    EXPECT_EQ(again.map_points()["x"], map1["x"]);
+    for (const auto& f : files) EXPECT_EQ(fs::last_write_time(f), times[f]) << f;
+}
+
+}  // namespace
+}  // namespace convscope

@@ -1,0 +1,536 @@
+// Occlusion sensitivity: every mode against a naive loop that occludes one position at a time
+// with the model's plain forward pass, incremental inference against full recomputation on
+// residual and branched graphs, the coverage mean at borders on a hand-computed case, the prob
+// score and baselines against closed forms and OpenCV, SSIM against a numpy reference, the
+// summary's region and confounder flags, and the clear errors for bad input.
+#include <gtest/gtest.h>
+#include <torch/script.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <opencv2/imgproc.hpp>
+
+#include "convscope/error.hpp"
+#include "convscope/io.hpp"
+#include "convscope/model.hpp"
+#include "convscope/occlusion.hpp"
+#include "test_util.hpp"
+
+using namespace convscope;
+
+namespace {
+
+Model load_fixture(const std::string& name, std::vector<int64_t> chw) {
+    Model m = Model::load(fixture(name + ".pt"));
+    m.set_input_shape(chw);
+    return m;
+}
+
+at::Tensor fixture_input(const std::string& name) { return read_npy(fixture(name + "/input.npy")); }
+
+// The reference: one occluded copy at a time through Model::forward; drops per position, and the
+// pixel map by looping over every pixel and every window that covers it.
+struct Naive {
+    at::Tensor coarse;     // [N,PY,PX]
+    at::Tensor map;        // [N,H,W]
+    at::Tensor top_class;  // [N,PY,PX]
+};
+
+Naive naive_occlusion(const Model& m, const at::Tensor& x, const OcclusionOptions& o,
+                      const std::vector<int64_t>& targets) {
+    const int64_t N = x.size(0), H = x.size(2), W = x.size(3);
+    const at::Tensor base = occlusion_baseline(x, o);
+    std::vector<int64_t> ys, xs;
+    for (int64_t y = 0; y + o.patch_h <= H; y += o.stride_y) ys.push_back(y);
+    for (int64_t xx = 0; xx + o.patch_w <= W; xx += o.stride_x) xs.push_back(xx);
+    const int64_t PY = ys.size(), PX = xs.size();
+    Naive r;
+    r.coarse = torch::zeros({N, PY, PX});
+    r.top_class = torch::zeros({N, PY, PX}, torch::kLong);
+    r.map = torch::zeros({N, H, W});
+    using torch::indexing::Slice;
+    for (int64_t n = 0; n < N; ++n) {
+        const at::Tensor img = x.slice(0, n, n + 1);
+        auto score = [&](const at::Tensor& out) {
+            return o.score == OcclusionScore::Logit ? out[0][targets[n]].item<double>()
+                                                    : torch::softmax(out, 1)[0][targets[n]].item<double>();
+        };
+        const double clean = score(m.forward(img));
+        for (int64_t i = 0; i < PY; ++i)
+            for (int64_t j = 0; j < PX; ++j) {
+                at::Tensor occ = img.clone();
+                occ.index_put_({0, Slice(), Slice(ys[i], ys[i] + o.patch_h), Slice(xs[j], xs[j] + o.patch_w)},
+                               base.index({n, Slice(), Slice(ys[i], ys[i] + o.patch_h),
+                                           Slice(xs[j], xs[j] + o.patch_w)}));
+                const at::Tensor out = m.forward(occ);
+                r.coarse[n][i][j] = clean - score(out);
+                r.top_class[n][i][j] = out[0].argmax().item<int64_t>();
+            }
+        for (int64_t y = 0; y < H; ++y)
+            for (int64_t xx = 0; xx < W; ++xx) {
+                double sum = 0;
+                int count = 0;
+                for (int64_t i = 0; i < PY; ++i)
+                    for (int64_t j = 0; j < PX; ++j)
+                        if (y >= ys[i] && y < ys[i] + o.patch_h && xx >= xs[j] && xx < xs[j] + o.patch_w) {
+                            sum += r.coarse[n][i][j].item<double>();
+                            ++count;
+                        }
+                r.map[n][y][xx] = count ? sum / count : 0.0;
+            }
+    }
+    return r;
+}
+
+void expect_matches_naive(const OcclusionResult& r, const Naive& ref, double tol, const std::string& what) {
+    expect_close(r.coarse, ref.coarse, tol, what + " coarse");
+    for (int64_t c = 0; c < r.occlusion.size(1); ++c)
+        expect_close(r.occlusion.select(1, c), ref.map, tol, what + " map channel " + std::to_string(c));
+}
+
+// logits = [s, -s] with s the sum of all input values: a window's drop is the sum of what it
+// removes, so results can be written down by hand.
+Model sum_model(std::vector<int64_t> chw) {
+    torch::jit::Module m("SumNet");
+    m.define(R"(
+def forward(self, x):
+    s = torch.sum(x, [1, 2, 3])
+    return torch.stack([s, -s], 1)
+)");
+    Model model = Model::from_module(m, ModelMeta{});
+    model.set_input_shape(chw);
+    return model;
+}
+
+// Odd sizes, strided/dilated/grouped convs, "same" padding with an even kernel, ceil-mode max
+// pooling with padding, average pooling counting padding, a product of two feature maps, a
+// per-channel scale and a channel concatenation: every geometry the incremental engine handles.
+Model zoo_model() {
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(7);
+    torch::jit::Module m("ZooNet");
+    m.register_parameter("w1", torch::randn({4, 3, 3, 3}, gen, torch::kFloat) * 0.5, false);
+    m.register_parameter("b1", torch::randn({4}, gen, torch::kFloat) * 0.1, false);
+    m.register_parameter("w2", torch::randn({4, 4, 4, 3}, gen, torch::kFloat) * 0.3, false);
+    m.register_parameter("w3", torch::randn({4, 4, 3, 3}, gen, torch::kFloat) * 0.3, false);
+    m.register_parameter("b3", torch::randn({4}, gen, torch::kFloat) * 0.1, false);
+    m.register_buffer("scale", torch::rand({1, 4, 1, 1}, gen, torch::kFloat) + 0.5);
+    m.define(R"(
+def forward(self, x):
+    a = torch.relu(torch.conv2d(x, self.w1, self.b1, [2, 1], [1, 2], [1, 2], 1))
+    b = torch.max_pool2d(a, [3, 3], [2, 2], [1, 1], [1, 1], True)
+    c = torch.conv2d(b, self.w2, None, [1, 1], "same", [1, 1], 1)
+    d = torch.avg_pool2d(c, [2, 2], [1, 1], [1, 1], False, True)
+    e = torch.sigmoid(d) * d
+    f = torch.cat([e, d * self.scale], 1)
+    g = torch.conv2d(f, self.w3, self.b3, [1, 1], [0, 0], [1, 1], 2)
+    return g.mean([2, 3])
+)");
+    Model model = Model::from_module(m, ModelMeta{});
+    model.set_input_shape({3, 20, 23});
+    return model;
+}
+
+OcclusionOptions opts(int64_t ph, int64_t pw, int64_t sy, int64_t sx, OcclusionMode mode) {
+    OcclusionOptions o;
+    o.patch_h = ph;
+    o.patch_w = pw;
+    o.stride_y = sy;
+    o.stride_x = sx;
+    o.mode = mode;
+    return o;
+}
+
+}  // namespace
+
+// --- agreement with the naive loop -----------------------------------------------------------
+
+TEST(Occlusion, LenetMatchesNaiveLoopInEveryExactMode) {
+    Model m = load_fixture("lenet_scripted", {1, 28, 28});
+    const at::Tensor x = fixture_input("lenet_scripted");
+    for (auto mode : {OcclusionMode::Full, OcclusionMode::Incremental}) {
+        auto o = opts(5, 4, 3, 5, mode);  // strides that do not divide 28 - 5 or 28 - 4
+        o.batch_size = 16;                // several batches, the last one partial
+        const auto r = occlusion(m, x, o);
+        ASSERT_EQ(r.positions_y, 8);
+        ASSERT_EQ(r.positions_x, 5);
+        const auto ref = naive_occlusion(m, x, o, r.targets);
+        expect_matches_naive(r, ref, 1e-5, mode == OcclusionMode::Full ? "full" : "incremental");
+        EXPECT_TRUE(torch::equal(r.top_class, ref.top_class));
+        EXPECT_TRUE(r.evaluated.all().item<bool>());
+        EXPECT_EQ(r.forwards, 2 * 8 * 5);
+    }
+}
+
+TEST(Occlusion, ConcatModelMatchesNaiveLoop) {
+    Model m = load_fixture("concat_scripted", {3, 32, 32});
+    const at::Tensor x = fixture_input("concat_scripted");
+    auto o = opts(6, 6, 5, 4, OcclusionMode::Incremental);
+    o.baseline = OcclusionBaseline::Mean;
+    o.target = OcclusionTarget::Class;
+    o.target_class = 2;
+    const auto r = occlusion(m, x, o);
+    EXPECT_NE(r.engine_note.find("cat x1"), std::string::npos) << r.engine_note;
+    const auto ref = naive_occlusion(m, x, o, r.targets);
+    expect_matches_naive(r, ref, 1e-5, "concat incremental");
+    const auto full = occlusion(m, x, opts(6, 6, 5, 4, OcclusionMode::Full));
+    EXPECT_EQ(full.targets, r.predicted);  // target pred = the clean prediction
+}
+
+// --- incremental == full ----------------------------------------------------------------------
+
+TEST(Occlusion, IncrementalEqualsFullOnResidualModels) {
+    for (const std::string name : {"resnet_small_scripted", "resnet_small_traced"}) {
+        Model m = load_fixture(name, {3, 32, 32});
+        const at::Tensor x = fixture_input(name);
+        auto o = opts(4, 4, 2, 2, OcclusionMode::Full);
+        o.batch_size = 64;
+        const auto full = occlusion(m, x, o);
+        o.mode = OcclusionMode::Incremental;
+        const auto inc = occlusion(m, x, o);
+        // Everything up to global pooling runs incrementally: all 8 convs and batch norms, the 7
+        // in-place ReLUs and the 3 in-place residual adds.
+        for (const char* part : {"add x3", "conv+batch_norm x8", "relu x7"})
+            EXPECT_NE(inc.engine_note.find(part), std::string::npos) << name << ": " << inc.engine_note;
+        expect_close(inc.coarse, full.coarse, 1e-4, name + " coarse");
+        expect_close(inc.occlusion, full.occlusion, 1e-4, name + " map");
+        expect_close(inc.target_prob, full.target_prob, 1e-4, name + " target prob");
+        EXPECT_TRUE(torch::equal(inc.top_class, full.top_class)) << name;
+    }
+}
+
+TEST(Occlusion, IncrementalEqualsFullOnLenetWithProbScore) {
+    Model m = load_fixture("lenet_scripted", {1, 28, 28});
+    const at::Tensor x = fixture_input("lenet_scripted");
+    auto o = opts(4, 4, 1, 1, OcclusionMode::Full);
+    o.score = OcclusionScore::Prob;
+    o.baseline = OcclusionBaseline::Value;
+    o.baseline_value = 1.5;
+    const auto full = occlusion(m, x, o);
+    o.mode = OcclusionMode::Incremental;
+    const auto inc = occlusion(m, x, o);
+    EXPECT_NE(inc.engine_note.find("full recomputation from aten::flatten"), std::string::npos) << inc.engine_note;
+    expect_close(inc.coarse, full.coarse, 1e-4, "lenet prob coarse");
+    expect_close(inc.occlusion, full.occlusion, 1e-4, "lenet prob map");
+}
+
+TEST(Occlusion, IncrementalEqualsFullOnEveryWindowGeometry) {
+    Model m = zoo_model();
+    const at::Tensor x = torch::randn({2, 3, 20, 23}, at::make_generator<at::CPUGeneratorImpl>(3));
+    for (auto [ph, pw, sy, sx] : std::vector<std::array<int64_t, 4>>{{3, 5, 2, 3}, {1, 1, 1, 1}, {20, 23, 1, 1}, {7, 2, 4, 7}}) {
+        auto o = opts(ph, pw, sy, sx, OcclusionMode::Full);
+        o.baseline = OcclusionBaseline::Blur;
+        const auto full = occlusion(m, x, o);
+        o.mode = OcclusionMode::Incremental;
+        const auto inc = occlusion(m, x, o);
+        const std::string what = "zoo " + std::to_string(ph) + "x" + std::to_string(pw);
+        EXPECT_NE(inc.engine_note.find("conv x3"), std::string::npos) << inc.engine_note;
+        EXPECT_NE(inc.engine_note.find("max_pool2d x1"), std::string::npos) << inc.engine_note;
+        EXPECT_NE(inc.engine_note.find("avg_pool2d x1"), std::string::npos) << inc.engine_note;
+        EXPECT_NE(inc.engine_note.find("full recomputation from aten::mean"), std::string::npos) << inc.engine_note;
+        expect_close(inc.coarse, full.coarse, 1e-4, what);
+        expect_close(inc.occlusion, full.occlusion, 1e-4, what);
+    }
+}
+
+TEST(Occlusion, IncrementalEqualsFullOnResnet18) {
+    Model m = load_fixture("resnet18_scripted", {3, 224, 224});
+    const at::Tensor x = fixture_input("resnet18_scripted");
+    auto o = opts(32, 32, 48, 64, OcclusionMode::Full);  // 5 x 4 positions: quick
+    const auto full = occlusion(m, x, o);
+    o.mode = OcclusionMode::Incremental;
+    const auto inc = occlusion(m, x, o);
+    for (const char* part : {"add x8", "conv+batch_norm x20", "max_pool2d x1", "relu x17"})
+        EXPECT_NE(inc.engine_note.find(part), std::string::npos) << inc.engine_note;
+    expect_close(inc.coarse, full.coarse, 1e-4, "resnet18 coarse");
+}
+
+// --- definition: coverage means, scores, baselines --------------------------------------------
+
+TEST(Occlusion, CoverageMeansAtBordersByHand) {
+    // Image 1x3x5 holding 1..15 row by row, baseline 0, patch 2x2, stride 1x2: windows at rows
+    // {0,1} x columns {0,2}; column 4 is never covered (the stride does not divide 5 - 2).
+    // Drops: (0,0) 1+2+6+7 = 16, (0,2) 3+4+8+9 = 24, (1,0) 6+7+11+12 = 36, (1,2) 8+9+13+14 = 44.
+    Model m = sum_model({1, 3, 5});
+    const at::Tensor x = torch::arange(1, 16, torch::kFloat).view({1, 1, 3, 5});
+    const at::Tensor expected = torch::tensor({16.f, 16.f, 24.f, 24.f, 0.f,    //
+                                               26.f, 26.f, 34.f, 34.f, 0.f,    // (16+36)/2, (24+44)/2
+                                               36.f, 36.f, 44.f, 44.f, 0.f})
+                                    .view({3, 5});
+    for (auto mode : {OcclusionMode::Full, OcclusionMode::Incremental, OcclusionMode::Approximate}) {
+        auto o = opts(2, 2, 1, 2, mode);
+        o.tau = 1.0;
+        const auto r = occlusion(m, x, o);
+        ASSERT_EQ(r.occlusion.sizes(), (std::vector<int64_t>{1, 1, 3, 5}));
+        EXPECT_TRUE(torch::allclose(r.occlusion[0][0], expected)) << r.occlusion[0][0];
+        EXPECT_TRUE(torch::allclose(r.coarse[0], torch::tensor({16.f, 24.f, 36.f, 44.f}).view({2, 2})));
+        EXPECT_EQ(r.targets[0], 0);
+        EXPECT_FLOAT_EQ(r.clean_score[0].item<float>(), 120.f);
+    }
+}
+
+TEST(Occlusion, ProbScoreIsTheSoftmaxDrop) {
+    // logits [s, -s]: p0 = sigmoid(2 s). Window (0,0) removes 0.01 * (1+2+6+7).
+    Model m = sum_model({1, 3, 5});
+    const at::Tensor x = torch::arange(1, 16, torch::kFloat).view({1, 1, 3, 5}) * 0.01;
+    auto o = opts(2, 2, 1, 2, OcclusionMode::Full);
+    o.score = OcclusionScore::Prob;
+    const auto r = occlusion(m, x, o);
+    auto sig = [](double v) { return 1.0 / (1.0 + std::exp(-v)); };
+    const double s = 1.2;
+    EXPECT_NEAR(r.clean_score[0].item<double>(), sig(2 * s), 1e-6);
+    EXPECT_NEAR(r.coarse[0][0][0].item<double>(), sig(2 * s) - sig(2 * (s - 0.16)), 1e-6);
+    EXPECT_NEAR(r.coarse[0][1][1].item<double>(), sig(2 * s) - sig(2 * (s - 0.44)), 1e-6);
+    EXPECT_NEAR(r.target_prob[0][1][1].item<double>(), sig(2 * (s - 0.44)), 1e-6);
+    EXPECT_NEAR(r.clean_prob[0].item<double>(), sig(2 * s), 1e-6);
+}
+
+TEST(Occlusion, Baselines) {
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(5);
+    const at::Tensor x = torch::rand({2, 3, 12, 17}, gen, torch::kFloat);
+    OcclusionOptions o;
+    o.baseline = OcclusionBaseline::Zero;
+    EXPECT_EQ(occlusion_baseline(x, o).abs().max().item<float>(), 0.f);
+    o.baseline = OcclusionBaseline::Value;
+    o.baseline_value = -0.75;
+    EXPECT_TRUE(torch::equal(occlusion_baseline(x, o), torch::full_like(x, -0.75)));
+    o.baseline = OcclusionBaseline::Mean;
+    const at::Tensor mean = occlusion_baseline(x, o);
+    for (int64_t n = 0; n < 2; ++n)
+        for (int64_t c = 0; c < 3; ++c)
+            EXPECT_NEAR(mean[n][c][5][7].item<double>(), x[n][c].mean().item<double>(), 1e-6);
+    // Blur: OpenCV's Gaussian with the same kernel (radius ceil(3 sigma)) and replicated edges.
+    o.baseline = OcclusionBaseline::Blur;
+    o.blur_sigma = 1.7;
+    const at::Tensor blur = occlusion_baseline(x, o);
+    for (int64_t n = 0; n < 2; ++n)
+        for (int64_t c = 0; c < 3; ++c) {
+            at::Tensor plane = x[n][c].contiguous();
+            cv::Mat src(12, 17, CV_32F, plane.data_ptr<float>()), dst;
+            const int r = static_cast<int>(std::ceil(3 * 1.7));
+            cv::GaussianBlur(src, dst, cv::Size(2 * r + 1, 2 * r + 1), 1.7, 1.7, cv::BORDER_REPLICATE);
+            at::Tensor ref = torch::from_blob(dst.ptr<float>(), {12, 17}, torch::kFloat).clone();
+            expect_close(blur[n][c], ref, 1e-5, "blur");
+        }
+    // The default sigma is max(H, W) / 8 and blurs strongly: far flatter than the image.
+    o.blur_sigma = 0;
+    EXPECT_LT(occlusion_baseline(x, o).std().item<double>(), 0.3 * x.std().item<double>());
+}
+
+TEST(Occlusion, MeanBaselineDropIsTheRemovedDeviation) {
+    Model m = sum_model({2, 4, 4});
+    const at::Tensor x = torch::arange(32, torch::kFloat).view({1, 2, 4, 4});
+    auto o = opts(2, 3, 2, 1, OcclusionMode::Incremental);
+    o.baseline = OcclusionBaseline::Mean;
+    const auto r = occlusion(m, x, o);
+    using torch::indexing::Slice;
+    const at::Tensor mean = x.mean({2, 3}, true);
+    const double want = (x.index({0, Slice(), Slice(2, 4), Slice(1, 4)}) - mean[0]).sum().item<double>();
+    EXPECT_NEAR(r.coarse[0][1][1].item<double>(), want, 1e-4);
+}
+
+TEST(Occlusion, LabelTargetUsesTheLabels) {
+    Model m = load_fixture("lenet_scripted", {1, 28, 28});
+    const at::Tensor x = fixture_input("lenet_scripted");
+    auto o = opts(7, 7, 7, 7, OcclusionMode::Incremental);
+    o.target = OcclusionTarget::Label;
+    o.labels = {4, 9};
+    const auto r = occlusion(m, x, o);
+    EXPECT_EQ(r.targets, (std::vector<int64_t>{4, 9}));
+    const auto ref = naive_occlusion(m, x, o, r.targets);
+    expect_close(r.coarse, ref.coarse, 1e-5, "label target");
+}
+
+// --- approximate mode ---------------------------------------------------------------------------
+
+TEST(Occlusion, ApproximateWithoutThresholdsIsExact) {
+    Model m = load_fixture("resnet_small_scripted", {3, 32, 32});
+    const at::Tensor x = fixture_input("resnet_small_scripted");
+    auto o = opts(4, 4, 1, 1, OcclusionMode::Incremental);
+    const auto exact = occlusion(m, x, o);
+    o.mode = OcclusionMode::Approximate;
+    o.tau = 1.0;
+    o.refine_drop = 0;  // refine every cell: every position is evaluated
+    o.compare_exact = true;
+    const auto approx = occlusion(m, x, o);
+    EXPECT_TRUE(approx.evaluated.all().item<bool>());
+    expect_close(approx.coarse, exact.coarse, 1e-5, "approximate without thresholds");
+    ASSERT_EQ(approx.ssim.size(), 2u);
+    EXPECT_NEAR(approx.ssim[0], 1.0, 1e-6);
+    EXPECT_NEAR(approx.ssim_coarse[1], 1.0, 1e-6);
+}
+
+TEST(Occlusion, ApproximateInterpolatesSmoothMapsExactly) {
+    // With the sum model on a ramp image the drops are linear in the window position, so the
+    // drill-down's bilinear interpolation is exact and only the coarse grid, the cells near the
+    // largest drop and nothing else need the model.
+    Model m = sum_model({1, 20, 20});
+    const at::Tensor ramp = torch::arange(20, torch::kFloat).view({1, 20}) * 0.5 + 1.0;
+    const at::Tensor x = (ramp + ramp.t()).view({1, 1, 20, 20});
+    auto o = opts(4, 4, 1, 1, OcclusionMode::Approximate);
+    o.coarse_step = 4;
+    o.compare_exact = true;
+    const auto r = occlusion(m, x, o);
+    const auto exact = occlusion(m, x, opts(4, 4, 1, 1, OcclusionMode::Full));
+    EXPECT_LT(r.forwards, 17 * 17 / 2);
+    EXPECT_GE(r.forwards, 5 * 5);  // the coarse grid: positions 0, 4, 8, 12, 16 per axis
+    EXPECT_EQ(r.evaluated.sum().item<int64_t>(), r.forwards);
+    EXPECT_TRUE(r.evaluated[0][0][0].item<bool>() && r.evaluated[0][16][16].item<bool>());
+    EXPECT_FALSE(r.evaluated[0][1][1].item<bool>());  // small drops, interpolated
+    expect_close(r.coarse, exact.coarse, 1e-5, "interpolated linear drops");
+    ASSERT_EQ(r.ssim.size(), 1u);
+    EXPECT_NEAR(r.ssim[0], 1.0, 1e-6);
+    EXPECT_NEAR(r.ssim_coarse[0], 1.0, 1e-6);
+}
+
+TEST(Occlusion, ApproximateReportsSsimAndKeepsEvaluatedDropsExact) {
+    Model m = load_fixture("lenet_scripted", {1, 28, 28});
+    const at::Tensor x = fixture_input("lenet_scripted");
+    auto o = opts(4, 4, 1, 1, OcclusionMode::Approximate);
+    o.compare_exact = true;
+    const auto r = occlusion(m, x, o);
+    EXPECT_LE(r.forwards, 2 * 25 * 25);
+    EXPECT_GE(r.forwards, 2 * 13 * 13);  // the first level: every second position
+    EXPECT_EQ(r.evaluated.sum().item<int64_t>(), r.forwards);
+    ASSERT_EQ(r.ssim.size(), 2u);
+    for (double s : r.ssim) {
+        EXPECT_GT(s, 0.0);
+        EXPECT_LE(s, 1.0 + 1e-9);
+    }
+    // Without projective-field thresholding the evaluated positions hold exact drops.
+    o.tau = 1.0;
+    o.compare_exact = false;
+    const auto r1 = occlusion(m, x, o);
+    const auto ex = occlusion(m, x, opts(4, 4, 1, 1, OcclusionMode::Full));
+    const at::Tensor mask = r1.evaluated;
+    expect_close(r1.coarse.masked_select(mask), ex.coarse.masked_select(mask), 1e-4, "evaluated positions");
+    // Thresholding changes the drops where the projective field is cut.
+    o.tau = 0.3;
+    const auto r2 = occlusion(m, x, o);
+    EXPECT_GT((r2.coarse - r1.coarse).abs().max().item<double>(), 1e-3);
+}
+
+// --- SSIM ----------------------------------------------------------------------------------------
+
+TEST(Occlusion, SsimMatchesNumpyReference) {
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(9);
+    const at::Tensor ref = torch::rand({13, 16}, gen, torch::kDouble);
+    const at::Tensor a = ref + 0.2 * torch::randn({13, 16}, gen, torch::kDouble);
+    EXPECT_NEAR(map_ssim(ref, ref), 1.0, 1e-12);
+    TempDir tmp;
+    write_npy(tmp / "a.npy", a);
+    write_npy(tmp / "ref.npy", ref);
+    const std::string cmd = "/usr/bin/python3 " + std::string(CONVSCOPE_SOURCE_DIR) + "/tests/ref/ssim_ref.py " +
+                            (tmp / "a.npy") + " " + (tmp / "ref.npy") + " > " + (tmp / "out.txt");
+    ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+    std::ifstream in(tmp / "out.txt");
+    double want = 0;
+    in >> want;
+    EXPECT_NEAR(map_ssim(a, ref), want, 1e-9);
+    EXPECT_LT(want, 0.95);  // the noise is visible
+    // Small maps use a smaller odd window.
+    const at::Tensor small = torch::rand({4, 9}, gen, torch::kDouble);
+    EXPECT_NEAR(map_ssim(small, small), 1.0, 1e-12);
+    expect_error([&] { map_ssim(small, ref); }, "same size");
+}
+
+// --- summary -------------------------------------------------------------------------------------
+
+TEST(Occlusion, SummaryRegionAndConfounders) {
+    // A 4x5 grid of positions, patch 4, stride 2 on a 10x12 image. The drop peaks at (1,1) and
+    // stays high at (1,2) and (2,1); (3,4) is far away and flips the prediction: a confounder.
+    // (0,0) flips it too but its window overlaps the important region.
+    OcclusionResult r;
+    r.positions_y = 4;
+    r.positions_x = 5;
+    r.occlusion = torch::zeros({1, 1, 10, 12});
+    r.coarse = torch::zeros({1, 4, 5});
+    r.coarse[0][1][1] = 2.0;
+    r.coarse[0][1][2] = 1.5;
+    r.coarse[0][2][1] = 1.2;
+    r.coarse[0][2][2] = 0.5;  // below half of the maximum: not in the region
+    r.coarse[0][3][4] = 0.1;
+    r.top_class = torch::full({1, 4, 5}, 3, torch::kLong);
+    r.top_class[0][3][4] = 7;
+    r.top_class[0][0][0] = 5;
+    r.top_prob = torch::full({1, 4, 5}, 0.9f);
+    r.top_prob[0][3][4] = 0.6f;
+    r.target_prob = torch::zeros({1, 4, 5});
+    r.evaluated = torch::ones({1, 4, 5}, torch::kBool);
+    r.clean_score = torch::tensor({4.f});
+    r.clean_prob = torch::tensor({0.95f});
+    r.targets = {3};
+    r.predicted = {3};
+    OcclusionOptions o = opts(4, 4, 2, 2, OcclusionMode::Full);
+    const auto s = summarize_occlusion(r, 0, o);
+    EXPECT_FLOAT_EQ(s.max_drop, 2.0f);
+    EXPECT_EQ(s.max_py, 1);
+    EXPECT_EQ(s.max_px, 1);
+    EXPECT_EQ(s.max_window.y0, 2);
+    EXPECT_EQ(s.max_window.x1, 6);
+    // Union of windows (1,1), (1,2), (2,1): rows 2..8, columns 2..8.
+    EXPECT_EQ(s.important.y0, 2);
+    EXPECT_EQ(s.important.x0, 2);
+    EXPECT_EQ(s.important.y1, 8);
+    EXPECT_EQ(s.important.x1, 8);
+    ASSERT_EQ(s.confounders.size(), 1u);
+    EXPECT_EQ(s.confounders[0].py, 3);
+    EXPECT_EQ(s.confounders[0].px, 4);
+    EXPECT_EQ(s.confounders[0].new_class, 7);
+    EXPECT_FLOAT_EQ(s.confounders[0].new_prob, 0.6f);
+    EXPECT_EQ(s.confounders[0].window.y0, 6);
+    EXPECT_EQ(s.confounders[0].window.x0, 8);
+    expect_error([&] { summarize_occlusion(r, 1, o); }, "not in the occlusion result");
+}
+
+// --- progress and bad input ------------------------------------------------------------------------
+
+TEST(Occlusion, ProgressCanCancel) {
+    Model m = load_fixture("lenet_scripted", {1, 28, 28});
+    const at::Tensor x = fixture_input("lenet_scripted");
+    double last = -1;
+    bool monotone = true;
+    occlusion(m, x, opts(4, 4, 4, 4, OcclusionMode::Incremental), [&](double f) {
+        monotone = monotone && f >= last;
+        last = f;
+        return true;
+    });
+    EXPECT_TRUE(monotone);
+    EXPECT_DOUBLE_EQ(last, 1.0);
+    EXPECT_THROW(occlusion(m, x, opts(4, 4, 4, 4, OcclusionMode::Full), [](double f) { return f < 0.3; }),
+                 Cancelled);
+}
+
+TEST(Occlusion, BadInputGivesClearErrors) {
+    Model m = load_fixture("lenet_scripted", {1, 28, 28});
+    const at::Tensor x = fixture_input("lenet_scripted");
+    expect_error([&] { occlusion(m, x, opts(29, 4, 1, 1, OcclusionMode::Full)); },
+                 "patch 29x4 is larger than the input 28x28");
+    expect_error([&] { occlusion(m, x, opts(4, 4, 0, 1, OcclusionMode::Full)); }, "stride must be at least 1");
+    expect_error([&] { occlusion(m, x, opts(4, 4, 2, -3, OcclusionMode::Full)); }, "stride must be at least 1");
+    expect_error([&] { occlusion(m, x, opts(0, 4, 2, 2, OcclusionMode::Full)); }, "at least 1x1");
+    auto o = opts(4, 4, 2, 2, OcclusionMode::Incremental);
+    o.target = OcclusionTarget::Class;
+    o.target_class = 10;
+    expect_error([&] { occlusion(m, x, o); }, "target class 10 is out of range: the model has 10 classes");
+    o.target_class = -1;
+    expect_error([&] { occlusion(m, x, o); }, "out of range");
+    o.target = OcclusionTarget::Label;
+    expect_error([&] { occlusion(m, x, o); }, "needs one label per image, but the data has no labels");
+    o.labels = {1, -1};
+    expect_error([&] { occlusion(m, x, o); }, "image 1 has none");
+    o.labels = {1, 12};
+    expect_error([&] { occlusion(m, x, o); }, "label 12 of image 1 is out of range");
+    o = opts(4, 4, 2, 2, OcclusionMode::Full);
+    o.batch_size = 0;
+    expect_error([&] { occlusion(m, x, o); }, "batch size");
+    o = opts(4, 4, 2, 2, OcclusionMode::Approximate);
+    o.tau = 0;
+    expect_error([&] { occlusion(m, x, o); }, "tau");
+    o.tau = 0.5;
+    o.coarse_step = 3;
+    expect_error([&] { occlusion(m, x, o); }, "power of 2");
+    expect_error([&] { occlusion(m, torch::zeros({1, 1, 20, 20}), opts(4, 4, 2, 2, OcclusionMode::Full)); },
+                 "the data is 20x20 but the model expects 28x28");
+}

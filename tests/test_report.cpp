@@ -1,0 +1,162 @@
+// The HTML report: its inline data against references computed here (accuracy and the examples
+// from plain forward passes), pictures beside the page, and bad options.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <sstream>
+
+#include "convscope/dataset.hpp"
+#include "convscope/io.hpp"
+#include "convscope/model.hpp"
+#include "convscope/report.hpp"
+#include "test_util.hpp"
+
+namespace convscope {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+std::string slurp(const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    std::stringstream s;
+    s << f.rdbuf();
+    return s.str();
+}
+
+// The JSON the page carries in `window.REPORT = {...};`.
+json inline_data(const std::string& html) {
+    const std::string key = "window.REPORT = ";
+    const size_t a = html.find(key);
+    EXPECT_NE(a, std::string::npos);
+    const size_t b = html.find(";\n", a);
+    std::string text = html.substr(a + key.size(), b - a - key.size());
+    for (size_t at; (at = text.find("<\\/")) != std::string::npos;) text.replace(at, 3, "</");
+    return json::parse(text);
+}
+
+ReportOptions small() {
+    ReportOptions o;
+    o.eval_items = 300;
+    o.examples = 2;
+    o.scan_items = 100;
+    o.patch_channels = 2;
+    o.vis_channels = 2;
+    o.feature_vis_steps = 4;
+    o.map_items = 80;
+    o.map_iterations = 60;
+    o.attributions = {"saliency", "grad-cam"};
+    return o;
+}
+
+TEST(Report, DataMatchesPlainForwardPassesAndPicturesExist) {
+    TempDir tmp;
+    Model model = Model::load(fixture("lenet_scripted.pt"));
+    model.set_input_shape({1, 28, 28});
+    const Dataset data = Dataset::open("fashion-mnist:test");
+    OutputDir out(tmp / "r");
+    int calls = 0;
+    double last = -1;
+    bool monotone = true;
+    const ReportResult r = write_report(model, data, out, small(), [&](double f) {
+        monotone = monotone && f >= last - 1e-12;
+        last = f;
+        ++calls;
+        return true;
+    });
+    EXPECT_TRUE(monotone);
+    EXPECT_DOUBLE_EQ(last, 1.0);
+    EXPECT_GT(calls, 5);
+
+    // Reference: predictions of the first 300 items, one batch.
+    std::vector<int64_t> idx;
+    for (int64_t i = 0; i < 300; ++i) idx.push_back(i);
+    const at::Tensor pred = model.forward(data.batch(idx, data.preprocess_for({1, 28, 28}, {}, {}))).argmax(1);
+    int64_t right = 0;
+    std::vector<int64_t> correct, wrong;
+    for (int64_t i = 0; i < 300; ++i) {
+        const bool ok = pred[i].item<int64_t>() == data.label(i);
+        right += ok;
+        if (ok && correct.size() < 2) correct.push_back(i);
+        if (!ok && wrong.size() < 2) wrong.push_back(i);
+    }
+    EXPECT_DOUBLE_EQ(r.accuracy, double(right) / 300.0);
+    EXPECT_EQ(r.correct, correct);
+    EXPECT_EQ(r.wrong, wrong);
+    EXPECT_EQ(r.layers, (std::vector<std::string>{"conv1", "conv2"}));
+    EXPECT_EQ(r.map_points, 80);
+
+    const std::string html = slurp(r.index_html);
+    const json R = inline_data(html);
+    EXPECT_DOUBLE_EQ(R["accuracy"].get<double>(), r.accuracy);
+    ASSERT_EQ(R["examples"].size(), 4u);
+    for (const auto& e : R["examples"]) {
+        const int64_t i = e["index"];
+        EXPECT_EQ(e["predicted"].get<int64_t>(), pred[i].item<int64_t>());
+        EXPECT_EQ(e["label"].get<int64_t>(), data.label(i));
+        EXPECT_EQ(e["activations"].size(), 2u);
+        EXPECT_EQ(e["attributions"].size(), 2u);
+        EXPECT_TRUE(e["occlusion"].contains("confounders"));
+    }
+    EXPECT_EQ(R["map"]["x"].size(), 80u);
+    EXPECT_EQ(R["patches"][1]["channels"][0]["entries"].size(), 9u);
+    // Every picture the page names is a PNG beside it.
+    const std::regex src("\"(img/[^\"]+\\.png)\"");
+    int pictures = 0;
+    for (auto it = std::sregex_iterator(html.begin(), html.end(), src); it != std::sregex_iterator(); ++it) {
+        const std::string p = (tmp.path / "r" / (*it)[1].str()).string();
+        ASSERT_TRUE(fs::exists(p)) << p;
+        EXPECT_EQ(slurp(p).substr(1, 3), "PNG") << p;
+        ++pictures;
+    }
+    EXPECT_GT(pictures, 20);
+    // Self-contained: the scripts are inline, nothing is fetched.
+    EXPECT_EQ(html.find("<script src"), std::string::npos);
+    EXPECT_EQ(html.find("fetch("), std::string::npos);
+    EXPECT_NE(html.find("class MapView"), std::string::npos);
+}
+
+TEST(Report, ScriptEndingStringsInDataAreEscaped) {
+    TempDir tmp;
+    Model model = Model::load(fixture("lenet_scripted.pt"));
+    model.set_input_shape({1, 28, 28});
+    OutputDir out(tmp / "r");
+    ReportOptions o = small();
+    o.title = "a </script><script>alert(1)</script> title";
+    o.map_items = 0;
+    o.vis_channels = 0;
+    o.attributions = {};
+    const ReportResult r = write_report(model, Dataset::open("fashion-mnist:test"), out, o);
+    const std::string html = slurp(r.index_html);
+    EXPECT_EQ(html.find("</script><script>alert"), std::string::npos);
+    EXPECT_EQ(inline_data(html)["title"], o.title);
+    EXPECT_TRUE(inline_data(html)["map"].is_null());
+}
+
+TEST(Report, BadOptionsAreRefused) {
+    TempDir tmp;
+    Model model = Model::load(fixture("lenet_scripted.pt"));
+    model.set_input_shape({1, 28, 28});
+    const Dataset data = Dataset::open("fashion-mnist:test");
+    OutputDir out(tmp / "r");
+    ReportOptions o = small();
+    o.map_items = 5;
+    expect_error([&] { write_report(model, data, out, o); }, "8..70000");
+    o = small();
+    o.attributions = {"saliency", "nope"};
+    expect_error([&] { write_report(model, data, out, o); }, "grad-cam");
+    o = small();
+    o.layers = {"conv7"};
+    expect_error([&] { write_report(model, data, out, o); }, "unknown layer 'conv7'");
+    o = small();
+    o.examples = 0;
+    expect_error([&] { write_report(model, data, out, o); }, "at least 1");
+    EXPECT_FALSE(fs::exists(tmp / "r/index.html"));
+}
+
+}  // namespace
+}  // namespace convscope

@@ -1,0 +1,302 @@
+// convscope embed: dataset maps. The features of a layer (default: the penultimate one) for every
+// selected image, or given vectors (--features), placed in 2-D by t-SNE; a labelled scatter plot,
+// a thumbnail map, Karpathy's grid view, a TensorBoard projector export and quality metrics.
+#include <cmath>
+#include <cstdio>
+#include <iostream>
+
+#include "common.hpp"
+#include "convscope/embedding.hpp"
+#include "convscope/error.hpp"
+#include "convscope/render.hpp"
+
+namespace convscope::cli {
+namespace {
+
+struct Options {
+    CommonOptions common;
+    std::string layer;
+    std::string features;
+    double perplexity = 30.0;
+    bool pca = false;
+    int pca_dims = 50;
+    int iterations = 750;
+    std::string gradient = "auto";
+    int64_t batch_size = 256;
+    std::string grid;
+    int64_t grid_max = 1024;
+    int map_size = 1600;
+    int thumb_size = 28;
+};
+
+std::string num(double v, const char* fmt = "%.9g") {
+    char buf[40];
+    std::snprintf(buf, sizeof buf, fmt, v);
+    return buf;
+}
+
+// "RxC" -> (R, C).
+std::pair<int, int> parse_grid(const std::string& spec) {
+    const auto x = spec.find_first_of("xX");
+    try {
+        if (x == std::string::npos) throw std::invalid_argument(spec);
+        size_t ur = 0, uc = 0;
+        const std::string a = spec.substr(0, x), b = spec.substr(x + 1);
+        const int r = std::stoi(a, &ur), c = std::stoi(b, &uc);
+        if (ur != a.size() || uc != b.size() || r < 1 || c < 1 || int64_t(r) * c > 4096)
+            throw std::invalid_argument(spec);
+        return {r, c};
+    } catch (const std::exception&) {
+        throw UsageError("--grid takes ROWSxCOLS with at most 4096 cells (like 32x32), got '" + spec + "'");
+    }
+}
+
+// Labels from an .npy file: [N] integers.
+std::vector<int64_t> read_labels(const std::string& path) {
+    at::Tensor t = read_npy(path);
+    if (t.dim() != 1 || at::isFloatingType(t.scalar_type()))
+        throw Error("labels '" + path + "' must be a 1-D integer array [N], got " + std::to_string(t.dim()) +
+                    "-D " + std::string(c10::toString(t.scalar_type())));
+    t = t.to(at::kLong).contiguous();
+    return std::vector<int64_t>(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + t.numel());
+}
+
+std::string class_of(int64_t label, const std::vector<std::string>& names) {
+    if (label < 0) return "unknown";
+    if (label < int64_t(names.size())) return names[size_t(label)];
+    return std::to_string(label);
+}
+
+void write_projector(OutputDir& out, const at::Tensor& features, const std::vector<int64_t>& labels,
+                     const std::vector<int64_t>& indices, const std::vector<std::string>& names,
+                     const std::vector<cv::Mat>& thumbs, const std::string& tensor_name) {
+    const at::Tensor f = features.to(at::kFloat).contiguous();
+    const int64_t n = f.size(0), d = f.size(1);
+    const float* p = f.data_ptr<float>();
+    std::string tsv;
+    tsv.reserve(size_t(n * d * 10));
+    for (int64_t i = 0; i < n; ++i) {
+        for (int64_t j = 0; j < d; ++j) {
+            if (j) tsv += '\t';
+            tsv += num(double(p[i * d + j]), "%.6g");
+        }
+        tsv += '\n';
+    }
+    write_file_atomic(out.file("projector/tensors.tsv", "TensorBoard projector: the features, one row per item"),
+                      tsv);
+    std::string meta = "index\tlabel\tclass\n";
+    for (int64_t i = 0; i < n; ++i) {
+        const int64_t label = labels.empty() ? -1 : labels[size_t(i)];
+        meta += std::to_string(indices[size_t(i)]) + "\t" + std::to_string(label) + "\t" + class_of(label, names) +
+                "\n";
+    }
+    write_file_atomic(out.file("projector/metadata.tsv", "TensorBoard projector: index, label and class per row"),
+                      meta);
+    std::string config = "embeddings {\n  tensor_name: \"" + tensor_name +
+                         "\"\n  tensor_path: \"tensors.tsv\"\n  metadata_path: \"metadata.tsv\"\n";
+    if (!thumbs.empty()) {
+        // The projector reads sprites of at most 8192 x 8192 pixels, ceil(sqrt(N)) images a row.
+        const int per_row = int(std::ceil(std::sqrt(double(n)) - 1e-9));
+        int side = 0;
+        for (const auto& t : thumbs) side = std::max({side, t.cols, t.rows});
+        side = std::max(1, std::min({side, 64, 8192 / per_row}));
+        std::vector<cv::Mat> tiles;
+        tiles.reserve(thumbs.size());
+        int cw = 0, ch = 0;
+        for (const auto& t : thumbs) {
+            tiles.push_back(resize_to_fit(t, side));
+            cw = std::max(cw, tiles.back().cols);
+            ch = std::max(ch, tiles.back().rows);
+        }
+        write_png(out.file("projector/sprite.png",
+                           "TensorBoard projector: the images in a grid of " + std::to_string(per_row) + " a row"),
+                  tile_grid(tiles, per_row, 0, cv::Scalar(255, 255, 255)));
+        config += "  sprite {\n    image_path: \"sprite.png\"\n    single_image_dim: " + std::to_string(cw) +
+                  "\n    single_image_dim: " + std::to_string(ch) + "\n  }\n";
+    }
+    config += "}\n";
+    write_file_atomic(out.file("projector/projector_config.pbtxt",
+                               "TensorBoard projector configuration (open the folder with tensorboard --logdir)"),
+                      config);
+}
+
+RunFn setup(CLI::App& app) {
+    auto o = std::make_shared<Options>();
+    add_model_options(app, o->common);
+    add_data_options(app, o->common);
+    add_out_option(app, o->common, "embed");
+    app.add_option("--layer", o->layer, "layer whose features are embedded (default: the penultimate one)");
+    app.add_option("--features", o->features,
+                   "embed these vectors instead: an .npy [N,D] float array (labels from --labels)");
+    app.add_option("--perplexity", o->perplexity, "t-SNE perplexity (needs 3 x perplexity < N - 1)")
+        ->capture_default_str();
+    app.add_flag("--pca", o->pca, "reduce the features to --pca-dims principal components first");
+    app.add_option("--pca-dims", o->pca_dims, "components kept by --pca")->capture_default_str();
+    app.add_option("--iterations", o->iterations, "t-SNE iterations, 250 of them early exaggeration")
+        ->capture_default_str();
+    app.add_option("--gradient", o->gradient,
+                   "t-SNE gradient: exact (O(N^2)), fft (interpolation) or auto (exact below 1000 points)")
+        ->check(CLI::IsMember({"auto", "exact", "fft"}))
+        ->capture_default_str();
+    app.add_option("--batch-size", o->batch_size, "images per forward pass")->capture_default_str();
+    app.add_option("--grid", o->grid, "cells of grid.png as ROWSxCOLS (default: near-square for min(N, --grid-max))");
+    app.add_option("--grid-max", o->grid_max, "images in the default grid")->capture_default_str();
+    app.add_option("--map-size", o->map_size, "side of scatter.png and thumbnails.png in pixels")
+        ->capture_default_str();
+    app.add_option("--thumb-size", o->thumb_size, "side of each image in thumbnails.png and grid.png")
+        ->capture_default_str();
+    return [o]() {
+        if (o->map_size < 64 || o->map_size > 16384) throw UsageError("--map-size must be between 64 and 16384");
+        if (o->thumb_size < 4 || o->thumb_size > 256) throw UsageError("--thumb-size must be between 4 and 256");
+        if (o->iterations < 1) throw UsageError("--iterations must be at least 1");
+        if (o->pca_dims < 1) throw UsageError("--pca-dims must be at least 1");
+        if (o->grid_max < 1) throw UsageError("--grid-max must be at least 1");
+        std::pair<int, int> grid_shape{0, 0};
+        if (!o->grid.empty()) grid_shape = parse_grid(o->grid);
+        apply_threads(o->common);
+        const bool given = !o->features.empty();
+        if (given && (!o->common.model.empty() || !o->common.data.empty() || !o->common.image.empty() ||
+                      !o->layer.empty() || !o->common.indices.empty() || !o->common.index.empty()))
+            throw UsageError("--features embeds the given vectors: --model, --data, --image, --layer and "
+                             "--indices do not apply to it");
+
+        at::Tensor features;
+        std::vector<int64_t> labels, indices;
+        std::vector<std::string> names;
+        std::vector<cv::Mat> thumbs;
+        std::string layer;
+        double feature_seconds = 0.0;
+        std::optional<Model> model;
+        if (given) {
+            features = read_npy(o->features);
+            if (features.dim() != 2 || !at::isFloatingType(features.scalar_type()))
+                throw Error("features '" + o->features + "' must be a 2-D float array [N,D], got " +
+                            std::to_string(features.dim()) + "-D " +
+                            std::string(c10::toString(features.scalar_type())));
+            if (!o->common.labels.empty()) labels = read_labels(o->common.labels);
+            indices.resize(size_t(features.size(0)));
+            for (size_t i = 0; i < indices.size(); ++i) indices[i] = int64_t(i);
+            layer = "features";
+        } else {
+            model.emplace(open_model(o->common));
+            Dataset data = open_data(o->common);
+            fit_model_to_data(*model, data);
+            indices = selected_indices(o->common, data, ":");
+            EmbeddingFeatures ef = layer_features(*model, data, indices, o->layer, o->batch_size,
+                                                  stderr_progress("features"), true);
+            features = ef.features;
+            labels = ef.labels;
+            layer = ef.layer;
+            feature_seconds = ef.seconds;
+            names = data.class_names();
+            if (names.empty()) names = model->meta().class_names;
+            thumbs.reserve(indices.size());
+            for (int64_t i = 0; i < ef.display.size(0); ++i) thumbs.push_back(image_from_hwc_uint8(ef.display[i]));
+        }
+
+        TsneOptions topt;
+        topt.perplexity = o->perplexity;
+        topt.iterations = o->iterations;
+        topt.early_exaggeration_iters = std::min(topt.early_exaggeration_iters, o->iterations);
+        topt.pca_dims = o->pca ? o->pca_dims : 0;
+        topt.gradient = o->gradient == "exact" ? TsneOptions::Gradient::Exact
+                        : o->gradient == "fft" ? TsneOptions::Gradient::Fft
+                                               : TsneOptions::Gradient::Auto;
+        topt.seed = o->common.seed;
+        topt.threads = o->common.threads;
+        const EmbeddingResult r = embed_features(features, labels, topt, stderr_progress("t-SNE"));
+        const at::Tensor& xy = r.tsne.embedding;
+        const int64_t n = xy.size(0);
+
+        nlohmann::json options = {{"layer", layer},
+                                  {"features", o->features},
+                                  {"labels", o->common.labels},
+                                  {"indices", o->common.indices},
+                                  {"perplexity", o->perplexity},
+                                  {"pca_dims", topt.pca_dims},
+                                  {"iterations", o->iterations},
+                                  {"gradient", o->gradient},
+                                  {"seed", o->common.seed},
+                                  {"threads", o->common.threads}};
+        if (!given) options["data"] = o->common.data.empty() ? "fashion-mnist:test" : o->common.data;
+        OutputDir out = open_out(o->common, options, model ? &*model : nullptr);
+
+        write_npy(out.file("embedding.npy", "t-SNE embedding [N,2] float32, rows in the order of embedding.csv"), xy);
+        const at::Tensor e = xy.contiguous();
+        const float* ep = e.data_ptr<float>();
+        std::vector<std::vector<std::string>> rows;
+        rows.reserve(size_t(n));
+        for (int64_t i = 0; i < n; ++i)
+            rows.push_back({std::to_string(indices[size_t(i)]), std::to_string(labels.empty() ? -1 : labels[size_t(i)]),
+                            num(ep[2 * i]), num(ep[2 * i + 1])});
+        write_csv(out.file("embedding.csv", "per item: dataset index, label (-1 unknown), x, y"),
+                  {"index", "label", "x", "y"}, rows);
+        if (!given)
+            write_npy(out.file("features.npy", "the features of layer " + layer +
+                                                   " [N,D] float32 (embed them again with --features)"),
+                      features);
+
+        std::vector<std::pair<std::string, cv::Mat>> pictures;
+        pictures.emplace_back(out.file("scatter.png", "the embedding, one dot per item coloured by label"),
+                              scatter_plot(xy, labels, names, o->map_size));
+        int grid_rows = 0, grid_cols = 0;
+        if (!thumbs.empty()) {
+            pictures.emplace_back(out.file("thumbnails.png", "each image drawn at its place in the embedding"),
+                                  thumbnail_map(xy, thumbs, o->map_size, o->thumb_size, labels));
+            std::tie(grid_rows, grid_cols) =
+                o->grid.empty() ? near_square_grid(std::min(n, o->grid_max)) : grid_shape;
+            const auto cells = grid_assignment(xy, grid_rows, grid_cols);
+            const cv::Mat blank(o->thumb_size, o->thumb_size, CV_8UC3, cv::Scalar(255, 255, 255));
+            std::vector<cv::Mat> tiles;
+            tiles.reserve(cells.size());
+            for (int64_t c : cells) tiles.push_back(c < 0 ? blank : resize_to_fit(thumbs[size_t(c)], o->thumb_size));
+            pictures.emplace_back(out.file("grid.png", "grid view: " + std::to_string(grid_rows) + "x" +
+                                                           std::to_string(grid_cols) +
+                                                           " cells, one image each, placed so that neighbours in "
+                                                           "the embedding stay neighbours"),
+                                  tile_grid(tiles, grid_cols, 0, cv::Scalar(255, 255, 255)));
+        }
+        write_pngs(pictures, o->common.threads);
+        write_projector(out, features, labels, indices, names, thumbs, layer);
+
+        const auto finite_or_null = [](double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(); };
+        nlohmann::json metrics = {
+            {"n", n},
+            {"dims", features.size(1)},
+            {"layer", layer},
+            {"metric_k", r.metric_k},
+            {"knn_accuracy", finite_or_null(r.knn_accuracy)},
+            {"neighbour_preservation", r.neighbour_preservation},
+            {"kl_divergence", r.tsne.kl_divergence},
+            {"gradient", r.tsne.exact ? "exact" : "fft"},
+            {"neighbours", r.tsne.neighbours},
+            {"learning_rate", r.tsne.learning_rate},
+            {"seconds",
+             {{"features", feature_seconds},
+              {"pca", r.tsne.pca_seconds},
+              {"neighbours", r.tsne.neighbours_seconds},
+              {"affinities", r.tsne.affinities_seconds},
+              {"optimisation", r.tsne.optimisation_seconds},
+              {"metrics", r.metrics_seconds}}}};
+        if (grid_rows > 0) metrics["grid"] = {grid_rows, grid_cols};
+        write_json(out.file("metrics.json",
+                            "leave-one-out " + std::to_string(r.metric_k) +
+                                "-NN label accuracy in 2-D, neighbour preservation, final KL divergence, "
+                                "seconds per stage"),
+                   metrics);
+        out.write_manifest();
+        std::cerr << "embedded " << n << " items (" << layer << ", " << features.size(1) << " dims): ";
+        if (std::isfinite(r.knn_accuracy)) std::cerr << r.metric_k << "-NN accuracy " << num(r.knn_accuracy, "%.4f") << ", ";
+        std::cerr << "neighbour preservation " << num(r.neighbour_preservation, "%.4f") << ", KL "
+                  << num(r.tsne.kl_divergence, "%.4f") << " -> " << out.dir() << "\n";
+        return 0;
+    };
+}
+
+RegisterCommand reg({"embed",
+                     "dataset maps: t-SNE of a layer's features with labelled scatter, thumbnails, grid view "
+                     "and projector export",
+                     setup, 50});
+
+}  // namespace
+}  // namespace convscope::cli

@@ -1,0 +1,317 @@
+// convscope occlusion: slide a patch over the input and map the drop of the target's score;
+// per image a heatmap, its overlay, the target probability over occluder positions and a
+// summary with the most important region and candidate confounders.
+#include <chrono>
+#include <iostream>
+
+#include "common.hpp"
+#include "convscope/error.hpp"
+#include "convscope/occlusion.hpp"
+#include "convscope/render.hpp"
+#include "detail/strings.hpp"
+
+namespace convscope::cli {
+namespace {
+
+struct Args {
+    std::string patch = "4", stride = "2", baseline = "0", target = "pred", score = "logit", mode;
+    bool approximate = false, report_ssim = false;
+    int64_t batch_size = 128;
+    double tau = 0.5, blur_sigma = 0;
+    int64_t coarse_step = 2;
+    double refine_drop = 0.8, refine_spread = 0.5;
+};
+
+int64_t parse_int(const std::string& s, const std::string& what, const std::string& spec) {
+    try {
+        size_t used = 0;
+        const long long v = std::stoll(s, &used);
+        if (used != s.size()) throw std::invalid_argument(s);
+        return v;
+    } catch (const std::exception&) {
+        throw UsageError(what + " takes N or NxM with whole numbers (like 8 or 8x4), got '" + spec + "'");
+    }
+}
+
+// "P" or "PxQ" -> {P, Q}; both at least 1.
+std::pair<int64_t, int64_t> parse_size(const std::string& spec, const std::string& what,
+                                       const std::string& noun) {
+    auto parts = detail::split(spec, 'x');
+    if (parts.size() == 1) parts.push_back(parts[0]);
+    if (parts.size() != 2) throw UsageError(what + " takes N or NxM (like 8 or 8x4), got '" + spec + "'");
+    const int64_t a = parse_int(parts[0], what, spec), b = parse_int(parts[1], what, spec);
+    if (a < 1 || b < 1)
+        throw UsageError("the occlusion " + noun + " must be at least 1 pixel, got " + spec + ": use " +
+                         what + " with positive sizes");
+    return {a, b};
+}
+
+OcclusionOptions to_options(const Args& a) {
+    OcclusionOptions o;
+    std::tie(o.patch_h, o.patch_w) = parse_size(a.patch, "--patch", "patch");
+    std::tie(o.stride_y, o.stride_x) = parse_size(a.stride, "--stride", "stride");
+    if (a.baseline == "0" || a.baseline == "zero") {
+        o.baseline = OcclusionBaseline::Zero;
+    } else if (a.baseline == "mean") {
+        o.baseline = OcclusionBaseline::Mean;
+    } else if (a.baseline == "blur") {
+        o.baseline = OcclusionBaseline::Blur;
+    } else {
+        try {
+            size_t used = 0;
+            o.baseline_value = std::stod(a.baseline, &used);
+            if (used != a.baseline.size() || !std::isfinite(o.baseline_value)) throw std::invalid_argument("");
+            o.baseline = OcclusionBaseline::Value;
+        } catch (const std::exception&) {
+            throw UsageError("--baseline takes 0, mean, blur or a number, got '" + a.baseline + "'");
+        }
+    }
+    if (a.target == "pred" || a.target == "predicted") {
+        o.target = OcclusionTarget::Predicted;
+    } else if (a.target == "label") {
+        o.target = OcclusionTarget::Label;
+    } else {
+        try {
+            size_t used = 0;
+            o.target_class = std::stoll(a.target, &used);
+            if (used != a.target.size()) throw std::invalid_argument("");
+            o.target = OcclusionTarget::Class;
+        } catch (const std::exception&) {
+            throw UsageError("--target takes pred, label or a class number, got '" + a.target + "'");
+        }
+    }
+    if (a.score == "logit") o.score = OcclusionScore::Logit;
+    else if (a.score == "prob") o.score = OcclusionScore::Prob;
+    else throw UsageError("--score takes logit or prob, got '" + a.score + "'");
+    if (a.approximate && !a.mode.empty())
+        throw UsageError("--approximate is a mode of its own: drop --mode " + a.mode);
+    if (a.approximate) o.mode = OcclusionMode::Approximate;
+    else if (a.mode.empty() || a.mode == "incremental") o.mode = OcclusionMode::Incremental;
+    else if (a.mode == "full") o.mode = OcclusionMode::Full;
+    else throw UsageError("--mode takes full or incremental, got '" + a.mode + "'");
+    if (a.report_ssim && !a.approximate)
+        throw UsageError("--report-ssim compares an approximate map with the exact one: add --approximate");
+    o.batch_size = a.batch_size;
+    o.tau = a.tau;
+    o.coarse_step = a.coarse_step;
+    o.refine_drop = a.refine_drop;
+    o.refine_spread = a.refine_spread;
+    o.blur_sigma = a.blur_sigma;
+    o.compare_exact = a.report_ssim;
+    return o;
+}
+
+const char* baseline_name(OcclusionBaseline b) {
+    switch (b) {
+    case OcclusionBaseline::Zero: return "0";
+    case OcclusionBaseline::Mean: return "mean";
+    case OcclusionBaseline::Blur: return "blur";
+    case OcclusionBaseline::Value: return "value";
+    }
+    return "";
+}
+
+const char* mode_name(OcclusionMode m) {
+    switch (m) {
+    case OcclusionMode::Full: return "full";
+    case OcclusionMode::Incremental: return "incremental";
+    case OcclusionMode::Approximate: return "approximate";
+    }
+    return "";
+}
+
+nlohmann::json box_json(const Box& b) { return {{"y0", b.y0}, {"x0", b.x0}, {"y1", b.y1}, {"x1", b.x1}}; }
+
+nlohmann::json grid_json(const at::Tensor& t) {
+    nlohmann::json rows = nlohmann::json::array();
+    const at::Tensor c = t.contiguous();
+    for (int64_t y = 0; y < c.size(0); ++y) {
+        nlohmann::json row = nlohmann::json::array();
+        for (int64_t x = 0; x < c.size(1); ++x) {
+            if (c.scalar_type() == at::kLong) row.push_back(c[y][x].item<int64_t>());
+            else row.push_back(c[y][x].item<double>());
+        }
+        rows.push_back(row);
+    }
+    return rows;
+}
+
+RunFn setup(CLI::App& app) {
+    auto o = std::make_shared<CommonOptions>();
+    auto a = std::make_shared<Args>();
+    add_model_options(app, *o);
+    add_data_options(app, *o);
+    add_out_option(app, *o, "occlusion-out");
+    add_json_option(app, *o);
+    app.add_option("--patch", a->patch, "occluder size P or PxQ in input pixels")->capture_default_str();
+    app.add_option("--stride", a->stride, "step between occluder positions, S or SxT")->capture_default_str();
+    app.add_option("--baseline", a->baseline,
+                   "what the occluder holds: 0, mean (the image's channel means), blur (a blurred "
+                   "copy) or a number, in model-input units")
+        ->capture_default_str();
+    app.add_option("--blur-sigma", a->blur_sigma, "Gaussian sigma for --baseline blur (0 = max(H,W)/8)");
+    app.add_option("--target", a->target, "class whose score is measured: pred, label or a class number")
+        ->capture_default_str();
+    app.add_option("--score", a->score, "logit (raw output) or prob (softmax)")->capture_default_str();
+    app.add_option("--mode", a->mode, "full (every copy through the whole model) or incremental "
+                                      "(exact, recomputes only what the occluder changes; default)");
+    app.add_flag("--approximate", a->approximate,
+                 "approximate: projective-field thresholding and coarse-to-fine drill-down");
+    app.add_option("--tau", a->tau, "--approximate: share of each layer's output recomputed (0,1]")
+        ->capture_default_str();
+    app.add_option("--coarse-step", a->coarse_step, "--approximate: first grid step in positions (power of 2)")
+        ->capture_default_str();
+    app.add_option("--refine-drop", a->refine_drop,
+                   "--approximate: evaluate cells whose |drop| reaches this share of the largest")
+        ->capture_default_str();
+    app.add_option("--refine-spread", a->refine_spread,
+                   "--approximate: evaluate cells whose drops differ by this share of the range")
+        ->capture_default_str();
+    app.add_flag("--report-ssim", a->report_ssim,
+                 "--approximate: also compute the exact map and report the SSIM against it");
+    app.add_option("--batch-size", a->batch_size, "occluded copies per forward pass")->capture_default_str();
+    return [o, a]() {
+        const OcclusionOptions opts = to_options(*a);  // usage errors before any work
+        Model model = open_model(*o);
+        Dataset data = open_data(*o);
+        fit_model_to_data(model, data);
+        const auto indices = selected_indices(*o, data, ":1");
+        const Preprocess pre = preprocess_for(model, data);
+        const at::Tensor images = data.batch(indices, pre);
+        OcclusionOptions run_opts = opts;
+        if (data.has_labels())
+            for (int64_t i : indices) run_opts.labels.push_back(data.label(i));
+
+        const auto t0 = std::chrono::steady_clock::now();
+        const OcclusionResult r = occlusion(model, images, run_opts, stderr_progress("occlusion"));
+        const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+
+        std::vector<std::string> names = model.meta().class_names;
+        if (names.empty()) names = data.class_names();
+        auto class_name = [&](int64_t k) -> nlohmann::json {
+            if (k >= 0 && k < static_cast<int64_t>(names.size())) return names[k];
+            return nullptr;
+        };
+
+        nlohmann::json options = {
+            {"patch", {opts.patch_h, opts.patch_w}}, {"stride", {opts.stride_y, opts.stride_x}},
+            {"baseline", baseline_name(opts.baseline)}, {"target", a->target}, {"score", a->score},
+            {"mode", mode_name(opts.mode)}, {"batch_size", opts.batch_size}, {"data", data.spec()},
+            {"indices", indices}};
+        if (opts.baseline == OcclusionBaseline::Value) options["baseline_value"] = opts.baseline_value;
+        if (opts.baseline == OcclusionBaseline::Blur) options["blur_sigma"] = opts.blur_sigma;
+        if (opts.mode == OcclusionMode::Approximate) {
+            options["tau"] = opts.tau;
+            options["coarse_step"] = opts.coarse_step;
+            options["refine_drop"] = opts.refine_drop;
+            options["refine_spread"] = opts.refine_spread;
+        }
+        OutputDir dir = open_out(*o, options, &model);
+        write_npy(dir.file("occlusion.npy", "attribution per pixel (N,C,H,W) float32: mean score drop of "
+                                            "the occluder positions covering the pixel, 0 where none does"),
+                  r.occlusion);
+        write_npy(dir.file("coarse.npy", "score drop per occluder position (N,positions_y,positions_x) "
+                                         "float32; position (i,j) covers rows i*stride_y.. and columns "
+                                         "j*stride_x.."),
+                  r.coarse);
+        write_npy(dir.file("target_prob.npy", "target class probability with the occluder at each position "
+                                              "(N,positions_y,positions_x) float32"),
+                  r.target_prob);
+        write_npy(dir.file("top_class.npy", "most likely class with the occluder at each position "
+                                            "(N,positions_y,positions_x) int64"),
+                  r.top_class);
+
+        const at::Tensor display = pre.to_display(images);
+        nlohmann::json all = nlohmann::json::array();
+        for (int64_t n = 0; n < images.size(0); ++n) {
+            const std::string folder = "image_" + std::to_string(indices[n]) + "/";
+            const at::Tensor map = r.occlusion[n][0];
+            const Range range = symmetric_range(map);
+            const int factor = readable_factor(static_cast<int>(map.size(0)), static_cast<int>(map.size(1)), 256);
+            cv::Mat heat = upscale_nearest(apply_colormap(map, Colormap::Diverging, range), factor);
+            write_png(dir.file(folder + "heatmap.png",
+                               "occlusion map of image " + std::to_string(indices[n]) +
+                                   " (red: occluding lowers the target's score, blue: raises it)"),
+                      heat_with_colorbar(heat, Colormap::Diverging, range));
+            cv::Mat base = upscale_nearest(image_from_hwc_uint8(display[n]), factor);
+            write_png(dir.file(folder + "overlay.png", "the occlusion map over the input image"),
+                      overlay_map(base, map, Colormap::Diverging, range, 0.5f));
+            const at::Tensor tp = r.target_prob[n];
+            const int pf = readable_factor(static_cast<int>(tp.size(0)), static_cast<int>(tp.size(1)), 256);
+            const Range unit{0.f, 1.f};
+            write_png(dir.file(folder + "target_prob.png",
+                               "probability of the target class as a function of the occluder position"),
+                      heat_with_colorbar(upscale_nearest(apply_colormap(tp, Colormap::Viridis, unit), pf),
+                                         Colormap::Viridis, unit));
+
+            const OcclusionSummary s = summarize_occlusion(r, n, opts);
+            nlohmann::json j;
+            j["index"] = indices[n];
+            if (data.has_labels()) j["label"] = data.label(indices[n]);
+            j["target"] = s.target;
+            j["target_name"] = class_name(s.target);
+            j["predicted"] = s.predicted;
+            j["predicted_name"] = class_name(s.predicted);
+            j["score"] = a->score;
+            j["clean_score"] = s.clean_score;
+            j["clean_prob"] = s.clean_prob;
+            j["max_drop"] = s.max_drop;
+            j["max_position"] = {s.max_py, s.max_px};
+            j["max_window"] = box_json(s.max_window);
+            j["important_region"] = box_json(s.important);
+            j["positions"] = {{"y", r.positions_y}, {"x", r.positions_x}};
+            j["most_likely_class"] = grid_json(r.top_class[n]);
+            j["most_likely_prob"] = grid_json(r.top_prob[n]);
+            j["prediction_changes"] = (r.top_class[n] != s.predicted).sum().item<int64_t>();
+            auto& flags = j["confounders"] = nlohmann::json::array();
+            for (const auto& f : s.confounders)
+                flags.push_back({{"position", {f.py, f.px}}, {"window", box_json(f.window)},
+                                 {"class", f.new_class}, {"class_name", class_name(f.new_class)},
+                                 {"prob", f.new_prob}, {"drop", f.drop}});
+            if (!r.ssim.empty()) {
+                j["ssim"] = r.ssim[n];
+                j["ssim_coarse"] = r.ssim_coarse[n];
+            }
+            if (opts.mode == OcclusionMode::Approximate)
+                j["evaluated_positions"] = r.evaluated[n].sum().item<int64_t>();
+            write_json(dir.file(folder + "summary.json",
+                                "image " + std::to_string(indices[n]) +
+                                    ": clean score and prediction, most important region, most likely "
+                                    "class per occluder position, candidate confounders"),
+                       j);
+            all.push_back(j);
+        }
+        nlohmann::json summary = {{"images", all},          {"forwards", r.forwards},
+                                  {"seconds", seconds},     {"mode", mode_name(opts.mode)},
+                                  {"engine", r.engine_note}};
+        if (!r.ssim.empty()) {
+            double mean = 0;
+            for (double v : r.ssim) mean += v;
+            summary["ssim_mean"] = mean / static_cast<double>(r.ssim.size());
+        }
+        write_json(dir.file("summary.json", "all images' summaries, forward passes, time, engine"), summary);
+        dir.write_manifest();
+        if (o->json) {
+            std::cout << summary.dump(2) << "\n";
+        } else {
+            std::cout << "occlusion: " << images.size(0) << " image(s), " << r.positions_y << "x"
+                      << r.positions_x << " positions, " << r.forwards << " occluded forwards in "
+                      << seconds << " s (" << mode_name(opts.mode) << ")\n";
+            for (const auto& j : all) {
+                std::cout << "  image " << j["index"] << ": predicted " << j["predicted"] << ", target "
+                          << j["target"] << ", max drop " << j["max_drop"] << ", "
+                          << j["confounders"].size() << " candidate confounder position(s)";
+                if (j.contains("ssim")) std::cout << ", SSIM vs exact " << j["ssim"];
+                std::cout << "\n";
+            }
+            std::cout << "wrote " << dir.dir() << "\n";
+        }
+        return 0;
+    };
+}
+
+RegisterCommand reg({"occlusion", "occlusion sensitivity: map the score drop under a sliding patch, find confounders",
+                     setup, 30});
+
+}  // namespace
+}  // namespace convscope::cli

@@ -1,0 +1,88 @@
+// convscope report: one self-contained HTML page (DIR/index.html, pictures beside it) with the
+// model, filters, activations, occlusion and attributions of correct and wrong predictions, top
+// patches, feature visualisations and the dataset map. Opens from disk, no server, no network.
+#include <iostream>
+
+#include "common.hpp"
+#include "convscope/error.hpp"
+#include "convscope/report.hpp"
+#include "detail/strings.hpp"
+
+namespace convscope::cli {
+namespace {
+
+RunFn setup(CLI::App& app) {
+    auto o = std::make_shared<CommonOptions>();
+    auto r = std::make_shared<ReportOptions>();
+    auto layers = std::make_shared<std::string>();
+    auto attributions = std::make_shared<std::string>("saliency,guided-backprop,integrated-gradients,grad-cam");
+    add_model_options(app, *o);
+    app.add_option("--data", o->data, "data (default: fashion-mnist:test)");
+    app.add_option("--labels", o->labels, "labels .npy for .npy data");
+    add_out_option(app, *o, "report");
+    add_json_option(app, *o);
+    app.add_option("--title", r->title, "page title");
+    app.add_option("--layers", *layers,
+                   "layers for activations, top patches and feature visualisation, comma-separated "
+                   "(default: up to --max-layers conv layers spread over the depth)");
+    app.add_option("--max-layers", r->max_layers, "conv layers chosen when --layers is not given")->capture_default_str();
+    app.add_option("--eval-items", r->eval_items, "first N items for the accuracy and the examples")->capture_default_str();
+    app.add_option("--examples", r->examples, "correctly and wrongly classified inputs shown (each)")->capture_default_str();
+    app.add_option("--max-filters", r->max_filters, "filters per layer in the filter grids")->capture_default_str();
+    app.add_option("--filter-layers", r->max_filter_layers, "layers with a filter grid")->capture_default_str();
+    app.add_option("--scan-items", r->scan_items, "first N items scanned for top patches")->capture_default_str();
+    app.add_option("--patch-channels", r->patch_channels, "channels per layer with their top-9 patches")->capture_default_str();
+    app.add_option("--vis-channels", r->vis_channels, "channels per layer with a feature visualisation (0 = none)")
+        ->capture_default_str();
+    app.add_option("--vis-steps", r->feature_vis_steps, "feature visualisation steps")->capture_default_str();
+    app.add_option("--map-items", r->map_items, "points on the dataset map (0 = no map)")->capture_default_str();
+    app.add_option("--map-iterations", r->map_iterations, "t-SNE iterations of the map")->capture_default_str();
+    app.add_option("--attributions", *attributions, "attribution methods, comma-separated ('' = none)")
+        ->capture_default_str();
+
+    return [o, r, layers, attributions]() {
+        ReportOptions opts = *r;
+        opts.seed = o->seed;
+        opts.layers = layers->empty() ? std::vector<std::string>{} : detail::split(*layers, ',');
+        opts.attributions = attributions->empty() ? std::vector<std::string>{} : detail::split(*attributions, ',');
+        Model model = open_model(*o);
+        Dataset data = open_data(*o);
+        fit_model_to_data(model, data);
+        const nlohmann::json options = {{"data", data.spec()},          {"layers", opts.layers},
+                                        {"max_layers", opts.max_layers}, {"eval_items", opts.eval_items},
+                                        {"examples", opts.examples},     {"max_filters", opts.max_filters},
+                                        {"filter_layers", opts.max_filter_layers},
+                                        {"scan_items", opts.scan_items}, {"patch_channels", opts.patch_channels},
+                                        {"vis_channels", opts.vis_channels},
+                                        {"vis_steps", opts.feature_vis_steps},
+                                        {"map_items", opts.map_items},   {"map_iterations", opts.map_iterations},
+                                        {"attributions", opts.attributions}, {"seed", opts.seed}};
+        OutputDir out = open_out(*o, options, &model);
+        const ReportResult res = write_report(model, data, out, opts, stderr_progress("report", 0.5));
+        out.write_manifest();
+        if (o->json) {
+            nlohmann::json j = {{"index", res.index_html},
+                                {"accuracy", res.accuracy >= 0 ? nlohmann::json(res.accuracy) : nlohmann::json(nullptr)},
+                                {"evaluated", res.evaluated},
+                                {"correct", res.correct},
+                                {"wrong", res.wrong},
+                                {"layers", res.layers},
+                                {"map_points", res.map_points},
+                                {"skipped", res.skipped}};
+            std::cout << j.dump(2) << "\n";
+        } else {
+            std::cout << "report: " << res.index_html << "\n";
+            if (res.accuracy >= 0)
+                std::cout << "accuracy on the first " << res.evaluated << " items: " << 100.0 * res.accuracy << "%\n";
+            for (const auto& s : res.skipped) std::cout << "left out: " << s << "\n";
+        }
+        return 0;
+    };
+}
+
+RegisterCommand reg({"report", "a self-contained HTML report of everything: model, filters, activations, "
+                               "occlusion, attributions, top patches, feature visualisation, dataset map",
+                     setup, 80});
+
+}  // namespace
+}  // namespace convscope::cli

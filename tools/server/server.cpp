@@ -1,0 +1,322 @@
+// The HTTP layer of `convscope serve` (cpp-httplib). Routes call the Explorer; errors become JSON.
+#include "server.hpp"
+
+#include <httplib.h>
+#include <sys/socket.h>
+
+#include <c10/util/Exception.h>
+
+#include <nlohmann/json.hpp>
+
+#include "convscope/error.hpp"
+#include "convscope/explorer.hpp"
+#include "detail/base64.hpp"
+#include "detail/web_assets.hpp"
+
+namespace convscope::server {
+
+using nlohmann::json;
+
+namespace {
+
+void send_json(httplib::Response& res, const json& j, int status = 200) {
+    res.status = status;
+    res.set_header("Cache-Control", "no-store");
+    res.set_content(j.dump(), "application/json");
+}
+
+void send_error(httplib::Response& res, int status, const std::string& message) {
+    send_json(res, json{{"error", message}}, status);
+}
+
+void send_png(httplib::Response& res, const std::string& png, bool cacheable) {
+    res.status = 200;
+    res.set_header("Cache-Control", cacheable ? "max-age=3600" : "no-store");
+    res.set_content(png, "image/png");
+}
+
+std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
+
+// Every handler runs inside this: nothing escapes to httplib.
+httplib::Server::Handler guarded(std::function<void(const httplib::Request&, httplib::Response&)> f) {
+    return [f = std::move(f)](const httplib::Request& req, httplib::Response& res) {
+        try {
+            f(req, res);
+        } catch (const NotFoundError& e) {
+            send_error(res, 404, e.what());
+        } catch (const UnsupportedMediaError& e) {
+            send_error(res, 415, e.what());
+        } catch (const Cancelled&) {
+            send_error(res, 409, "cancelled");
+        } catch (const Error& e) {  // includes UsageError: a bad request
+            send_error(res, 400, e.what());
+        } catch (const json::exception& e) {
+            send_error(res, 400, std::string("bad JSON in the request: ") + e.what());
+        } catch (const c10::Error& e) {
+            send_error(res, 500, "LibTorch error: " + first_line(e.what_without_backtrace()));
+        } catch (const std::bad_alloc&) {
+            send_error(res, 500, "out of memory");
+        } catch (const std::exception& e) {
+            send_error(res, 500, "internal error: " + first_line(e.what()));
+        } catch (...) {
+            send_error(res, 500, "internal error");
+        }
+    };
+}
+
+int64_t int_param(const httplib::Request& req, const std::string& name, int64_t fallback,
+                  bool required = false) {
+    if (!req.has_param(name.c_str())) {
+        if (required) throw Error("the request needs the parameter '" + name + "' (an integer)");
+        return fallback;
+    }
+    const std::string v = req.get_param_value(name.c_str());
+    try {
+        size_t used = 0;
+        const long long x = std::stoll(v, &used);
+        if (used != v.size()) throw std::invalid_argument(v);
+        return x;
+    } catch (const std::exception&) {
+        throw Error("the parameter '" + name + "' must be an integer, got '" + v + "'");
+    }
+}
+
+std::string string_param(const httplib::Request& req, const std::string& name) {
+    if (!req.has_param(name.c_str())) throw Error("the request needs the parameter '" + name + "'");
+    return req.get_param_value(name.c_str());
+}
+
+int64_t path_index(const std::string& s) {
+    try {
+        size_t used = 0;
+        const long long v = std::stoll(s, &used);
+        if (used != s.size()) throw std::invalid_argument(s);
+        return v;
+    } catch (const std::exception&) {
+        throw NotFoundError("item '" + s + "' does not exist: items are named by their index");
+    }
+}
+
+bool starts_with(const std::string& s, const std::string& prefix) {
+    return s.compare(0, prefix.size(), prefix) == 0;
+}
+
+// The image a live-update request names or carries, stored in the explorer; returns its id.
+std::string image_of_request(Explorer& ex, const httplib::Request& req) {
+    const std::string type = req.get_header_value("Content-Type");
+    if (req.body.empty()) throw Error("the request has no body: send an image or JSON");
+    if (starts_with(type, "image/") || starts_with(type, "application/octet-stream"))
+        return ex.add_encoded_image(req.body);
+    if (!starts_with(type, "application/json") && req.body[0] != '{')
+        return ex.add_encoded_image(req.body);  // 415 unless it is an image after all
+    json j;
+    try {
+        j = json::parse(req.body);
+    } catch (const json::parse_error& e) {
+        throw Error(std::string("malformed JSON: ") + e.what());
+    }
+    if (!j.is_object())
+        throw Error("the body must be a JSON object: {\"index\": i}, {\"image\": id}, {\"png\": base64} "
+                    "or {\"gray\": base64, \"width\": W, \"height\": H}");
+    if (j.contains("index")) {
+        if (!j["index"].is_number_integer()) throw Error("\"index\" must be an integer");
+        return ex.add_dataset_image(j["index"].get<int64_t>());
+    }
+    if (j.contains("image")) {
+        if (!j["image"].is_string()) throw Error("\"image\" must be a string id");
+        const std::string id = j["image"].get<std::string>();
+        (void)ex.image_input(id);  // 404 if unknown
+        return id;
+    }
+    if (j.contains("png")) {
+        if (!j["png"].is_string()) throw Error("\"png\" must be a base64 string");
+        std::string b64 = j["png"].get<std::string>();
+        const auto comma = b64.find(',');
+        if (starts_with(b64, "data:") && comma != std::string::npos) b64 = b64.substr(comma + 1);
+        return ex.add_encoded_image(detail::base64_decode(b64));
+    }
+    if (j.contains("gray")) {
+        if (!j["gray"].is_string() || !j.value("width", json()).is_number_integer() ||
+            !j.value("height", json()).is_number_integer())
+            throw Error("a drawing needs \"gray\" (base64 bytes) and integer \"width\" and \"height\"");
+        return ex.add_gray_image(detail::base64_decode(j["gray"].get<std::string>()),
+                                 j["height"].get<int64_t>(), j["width"].get<int64_t>());
+    }
+    throw Error("the body names no image: send {\"index\": i}, {\"image\": id}, {\"png\": base64} or "
+                "{\"gray\": base64, \"width\": W, \"height\": H}");
+}
+
+std::vector<std::string> split_list(const std::string& s) {
+    std::vector<std::string> out;
+    size_t start = 0;
+    while (start <= s.size()) {
+        const size_t comma = s.find(',', start);
+        const std::string part = s.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+        if (!part.empty()) out.push_back(part);
+        if (comma == std::string::npos) break;
+        start = comma + 1;
+    }
+    return out;
+}
+
+const char* kAppCsp =
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+// httplib listens with a backlog of 5 connections: a burst of clients (a browser opening several
+// connections while others poll) overflows it and the kernel drops or resets connections. Linux
+// lets a second listen() on the bound socket raise the backlog.
+class Listener : public httplib::Server {
+public:
+    void widen_backlog(int backlog) {
+        const socket_t sock = svr_sock_;
+        if (sock != INVALID_SOCKET) ::listen(sock, backlog);
+    }
+};
+
+}  // namespace
+
+struct WebServer::Impl {
+    Explorer& ex;
+    ServerOptions opts;
+    Listener svr;
+    Impl(Explorer& e, ServerOptions o) : ex(e), opts(std::move(o)) {}
+    void routes();
+};
+
+void WebServer::Impl::routes() {
+    const int threads = opts.threads;
+    svr.new_task_queue = [threads] { return new httplib::ThreadPool(size_t(threads)); };
+    svr.set_payload_max_length(opts.max_body_bytes);
+    svr.set_keep_alive_timeout(2);
+    svr.set_read_timeout(10);
+    svr.set_write_timeout(30);
+
+    // Replies that httplib makes itself (no route, body too large) get a JSON body too.
+    const size_t limit = opts.max_body_bytes;
+    svr.set_error_handler(httplib::Server::HandlerWithResponse([limit](const httplib::Request& req, httplib::Response& res) {
+        if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+        std::string message;
+        switch (res.status) {
+            case 404: message = "not found: " + req.path; break;
+            case 413:
+                message = "the request body is larger than the limit of " +
+                          std::to_string(limit >> 20) + " MiB";
+                break;
+            case 414: message = "the request URI is too long"; break;
+            default: message = "bad request (HTTP " + std::to_string(res.status) + ")"; break;
+        }
+        const int status = res.status;
+        send_error(res, status, message);
+        return httplib::Server::HandlerResponse::Handled;
+    }));
+    svr.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
+        send_error(res, 500, "internal error");
+    });
+
+    // --- the app's own assets ---
+    auto asset = [](const std::string& name, httplib::Response& res) {
+        const detail::WebAsset* a = detail::find_web_asset(name);
+        // Only the app's files: report templates are not part of the app.
+        if (!a || starts_with(name, "report")) throw NotFoundError("not found: /" + name);
+        res.status = 200;
+        res.set_header("Cache-Control", "no-cache");
+        res.set_header("X-Content-Type-Options", "nosniff");
+        if (name == "index.html") res.set_header("Content-Security-Policy", kAppCsp);
+        res.set_content(std::string(reinterpret_cast<const char*>(a->data), a->size),
+                        detail::web_asset_content_type(name).c_str());
+    };
+    svr.Get("/", guarded([asset](const httplib::Request&, httplib::Response& res) { asset("index.html", res); }));
+    svr.Get(R"(/([A-Za-z0-9_-]+\.(?:js|css|html|svg)))",
+            guarded([asset](const httplib::Request& req, httplib::Response& res) { asset(req.matches[1], res); }));
+
+    // --- model and data ---
+    Explorer& ex = this->ex;
+    svr.Get("/api/model", guarded([&ex](const httplib::Request&, httplib::Response& res) {
+                send_json(res, ex.model_info());
+            }));
+    svr.Get("/api/dataset", guarded([&ex](const httplib::Request&, httplib::Response& res) {
+                send_json(res, ex.dataset_info());
+            }));
+    svr.Get("/api/items", guarded([&ex](const httplib::Request& req, httplib::Response& res) {
+                send_json(res, ex.items(int_param(req, "start", 0), int_param(req, "count", 48)));
+            }));
+    svr.Get(R"(/api/items/([^/]+)\.png)", guarded([&ex](const httplib::Request& req, httplib::Response& res) {
+                send_png(res, ex.item_png(path_index(req.matches[1])), true);
+            }));
+
+    svr.Get(R"(/api/images/([A-Za-z0-9]+)\.png)", guarded([&ex](const httplib::Request& req, httplib::Response& res) {
+                send_png(res, ex.image_png(req.matches[1]), false);
+            }));
+
+    // --- the live update ---
+    svr.Post("/api/activations", guarded([&ex](const httplib::Request& req, httplib::Response& res) {
+                 LiveOptions lo;
+                 if (req.has_param("layers")) lo.layers = split_list(req.get_param_value("layers"));
+                 lo.max_channels = int_param(req, "max_channels", lo.max_channels);
+                 lo.max_side = int_param(req, "max_side", lo.max_side);
+                 const std::string id = image_of_request(ex, req);
+                 send_json(res, ex.activations(id, lo));
+             }));
+
+    // --- a channel ---
+    svr.Get("/api/filter.png", guarded([&ex](const httplib::Request& req, httplib::Response& res) {
+                send_png(res, ex.filter_png(string_param(req, "layer"), int_param(req, "channel", 0, true)), true);
+            }));
+    svr.Get("/api/overlay.png", guarded([&ex](const httplib::Request& req, httplib::Response& res) {
+                send_png(res,
+                         ex.overlay_png(string_param(req, "image"), string_param(req, "layer"),
+                                        int_param(req, "channel", 0, true)),
+                         false);
+            }));
+
+    // --- jobs ---
+    svr.Post("/api/jobs", guarded([&ex](const httplib::Request& req, httplib::Response& res) {
+                 json j;
+                 try {
+                     j = json::parse(req.body);
+                 } catch (const json::parse_error& e) {
+                     throw Error(std::string("malformed JSON: ") + e.what());
+                 }
+                 send_json(res, ex.start_job(j), 202);
+             }));
+    svr.Get(R"(/api/jobs/([A-Za-z0-9]+))", guarded([&ex](const httplib::Request& req, httplib::Response& res) {
+                send_json(res, ex.job(req.matches[1]));
+            }));
+    svr.Delete(R"(/api/jobs/([A-Za-z0-9]+))", guarded([&ex](const httplib::Request& req, httplib::Response& res) {
+                   send_json(res, ex.cancel_job(req.matches[1]));
+               }));
+    svr.Get("/api/map", guarded([&ex](const httplib::Request&, httplib::Response& res) {
+                send_json(res, ex.map_points());
+            }));
+}
+
+WebServer::WebServer(Explorer& explorer, ServerOptions options)
+    : impl_(std::make_unique<Impl>(explorer, std::move(options))) {
+    impl_->routes();
+}
+
+WebServer::~WebServer() = default;
+
+int WebServer::bind() {
+    Impl& d = *impl_;
+    int port = d.opts.port;
+    bool ok = false;
+    if (port == 0) {
+        port = d.svr.bind_to_any_port(d.opts.host);
+        ok = port > 0;
+    } else {
+        ok = d.svr.bind_to_port(d.opts.host, port);
+    }
+    if (!ok)
+        throw Error("cannot listen on " + d.opts.host + ":" + std::to_string(d.opts.port) +
+                    ": the port is in use or the address is not local; choose another --port or --host");
+    d.svr.widen_backlog(512);
+    return port;
+}
+
+void WebServer::serve() { impl_->svr.listen_after_bind(); }
+
+void WebServer::stop() { impl_->svr.stop(); }
+
+}  // namespace convscope::server

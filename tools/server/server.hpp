@@ -1,0 +1,54 @@
+#pragma once
+// The HTTP layer of `convscope serve`: maps routes to the Explorer (the library's back end) and
+// serves the embedded web assets. No algorithm lives here. Handlers never throw: a
+// convscope::Error becomes a 4xx JSON reply {"error": "..."}, anything else a 500 JSON reply.
+//
+// Routes (all JSON unless noted):
+//   GET  /, /app.js, /app.css, /mapview.js    the app's own embedded assets (nothing else)
+//   GET  /api/model                           model_info()
+//   GET  /api/dataset                         dataset_info()
+//   GET  /api/items?start=S&count=N           items(S, N)
+//   GET  /api/items/<i>.png                   item_png(i)                 (PNG)
+//   GET  /api/images/<id>.png                 image_png(id): an input as the model sees it (PNG)
+//   POST /api/activations[?layers=a,b&max_channels=&max_side=]   the live update. Body: PNG/JPEG
+//        bytes (Content-Type image/*), or JSON {"index": i} | {"image": id} | {"png": base64} |
+//        {"gray": base64, "width": W, "height": H}
+//   GET  /api/filter.png?layer=L&channel=c    filter_png                  (PNG)
+//   GET  /api/overlay.png?image=I&layer=L&channel=c  overlay_png          (PNG)
+//   POST /api/jobs                            start_job(body)
+//   GET  /api/jobs/<id>                       job(id)
+//   DELETE /api/jobs/<id>                     cancel_job(id)
+//   GET  /api/map                             map_points()
+#include <cstddef>
+#include <memory>
+#include <string>
+
+namespace convscope {
+class Explorer;
+}
+
+namespace convscope::server {
+
+struct ServerOptions {
+    std::string host = "127.0.0.1";
+    int port = 8080;                          // 0 = any free port
+    std::size_t max_body_bytes = 4u << 20;    // larger bodies get 413
+    int threads = 16;                         // request threads
+};
+
+class WebServer {
+public:
+    WebServer(Explorer& explorer, ServerOptions options);
+    ~WebServer();
+    // Binds the socket; returns the port (useful with port 0). Throws Error if it cannot.
+    int bind();
+    // Serves until stop() (blocking).
+    void serve();
+    void stop();
+
+private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace convscope::server

@@ -1,0 +1,175 @@
+// Builds the report page from window.REPORT (inline data written by `convscope report`).
+// Everything it shows is local: pictures are files beside the page, the map's thumbnails come
+// from one sprite picture, nothing is fetched.
+'use strict';
+
+(function () {
+    const R = window.REPORT;
+    const root = document.getElementById('report');
+
+    function el(tag, attrs = {}, children = []) {
+        const e = document.createElement(tag);
+        for (const [k, v] of Object.entries(attrs)) {
+            if (k === 'text') e.textContent = v;
+            else if (k === 'class') e.className = v;
+            else e.setAttribute(k, v);
+        }
+        for (const c of children) if (c) e.appendChild(typeof c === 'string' ? document.createTextNode(c) : c);
+        return e;
+    }
+    const pic = (src, alt, cls = 'pic') => el('img', { src, alt, class: cls });
+    const fig = (src, caption, alt) => el('figure', {}, [pic(src, alt || caption), el('figcaption', { text: caption })]);
+    const pct = (v) => (100 * v).toFixed(2) + '%';
+    const num = (v) => (Math.abs(v) >= 1000 ? v.toLocaleString('en-US') : String(v));
+
+    function section(id, title, lead, children) {
+        return el('section', { id }, [el('h2', { text: title }), lead ? el('p', { class: 'lead', text: lead }) : null, ...children]);
+    }
+
+    // A picture with boxes [y0, x0, y1, x1] (input pixels) drawn over it.
+    function boxed(src, alt, H, W, boxes) {
+        const wrap = el('div', { class: 'boxed' }, [pic(src, alt)]);
+        for (const [box, cls] of boxes) {
+            const [y0, x0, y1, x1] = box;
+            wrap.appendChild(el('div', { class: 'box ' + cls, style: `left:${100 * x0 / W}%;top:${100 * y0 / H}%;width:${100 * (x1 - x0) / W}%;height:${100 * (y1 - y0) / H}%` }));
+        }
+        return wrap;
+    }
+
+    // --- header ---
+    const m = R.model;
+    const header = el('header', { class: 'top' }, [
+        el('h1', { text: R.title }),
+        el('div', { class: 'meta', text: `${m.file} · sha256 ${m.sha256 ? m.sha256.slice(0, 16) + '…' : 'n/a'} · input ${m.input_shape.join('×')} · ${m.num_classes} classes · data ${R.data.spec} (${num(R.data.size)} items) · convscope ${R.version}` }),
+    ]);
+    const sections = [];
+    const toc = [];
+    const add = (id, title, lead, children) => { toc.push([id, title]); sections.push(section(id, title, lead, children)); };
+
+    // --- the model ---
+    {
+        const stats = el('div', { class: 'stats' }, [
+            el('div', { class: 'stat' }, [el('b', { text: R.accuracy === null ? 'n/a' : pct(R.accuracy) }), el('span', { text: R.accuracy === null ? 'accuracy (no labels)' : `accuracy on the first ${num(R.evaluated)} items` })]),
+            el('div', { class: 'stat' }, [el('b', { text: num(m.parameters) }), el('span', { text: 'parameters' })]),
+            el('div', { class: 'stat' }, [el('b', { text: String(R.layers.length) }), el('span', { text: 'layers (modules at every depth)' })]),
+        ]);
+        const chosen = new Set(R.chosen_layers);
+        const rows = R.layers.map((l) => el('tr', { class: `depth${Math.min(3, l.depth)}` + (chosen.has(l.name) ? ' chosen' : '') }, [
+            el('td', { text: l.name }), el('td', { text: l.type }), el('td', { text: l.shape.length ? l.shape.join('×') : '–' }),
+            el('td', { class: 'num', text: num(l.params) }), el('td', { text: l.rf }),
+        ]));
+        const table = el('div', { class: 'scroll' }, [el('table', { id: 'layer-table' }, [
+            el('thead', {}, [el('tr', {}, ['layer', 'type', 'output', 'parameters', 'receptive field (size /stride pad)'].map((t) => el('th', { text: t })))]),
+            el('tbody', {}, rows)])]);
+        add('model', 'The model', 'Every module as a dotted path, with its output shape and the receptive field of one output unit in input pixels. Bold: the layers the sections below look into.', [stats, table]);
+    }
+
+    // --- filters ---
+    if (R.filters.length) {
+        const figs = R.filters.map((f) => fig(f.picture,
+            `${f.layer}: ${f.shown} of ${f.weight_shape[0]} filters, weights ${f.weight_shape.join('×')} (${f.mode}); mean noise score ${f.mean_noise.toFixed(2)}` +
+            (f.noisiest.length ? `; noisiest: ${f.noisiest.map((n) => `#${n.filter} ${n.noise.toFixed(2)}`).join(', ')}` : ''), `filters of ${f.layer}`));
+        add('filters', 'Filters', 'The learned weights. Blue is negative, white zero, red positive (colour tiles: the three input channels). Smooth, oriented patterns are what training usually gives; high-frequency noise in a first layer hints at a problem. The noise score is the share of a filter\'s energy at high spatial frequencies.', [el('div', { class: 'grid' }, figs)]);
+    }
+
+    // --- examples ---
+    if (R.examples.length) {
+        const items = R.examples.map((e) => {
+            const H = m.input_shape[1], W = m.input_shape[2];
+            const verdict = e.label < 0 ? null : el('span', { class: 'badge ' + (e.correct ? 'good' : 'bad'), text: e.correct ? 'correct' : 'wrong' });
+            const title = el('h3', {}, [`Item ${e.index}: ${e.label >= 0 ? 'label ' + e.label_name + ', ' : ''}predicted ${e.predicted_name} (p = ${e.prob.toFixed(3)})`, verdict]);
+            const top = el('div', { class: 'row' }, [fig(e.input, 'input as the model sees it')]);
+            const o = e.occlusion;
+            if (o) {
+                const boxes = [[o.important, '']].concat(o.confounders.slice(0, 5).map((f) => [f.window, 'flag']));
+                top.appendChild(el('figure', {}, [boxed(o.overlay, 'occlusion overlay', H, W, boxes), el('figcaption', { text: `occlusion (patch ${o.patch}, stride ${o.stride}): yellow = most important region, largest drop ${o.max_drop.toPrecision(3)}` })]));
+                top.appendChild(fig(o.heat, 'probability drop per pixel'));
+            }
+            for (const a of e.attributions) top.appendChild(fig(a.overlay, `${a.method}${a.layer ? ' at ' + a.layer : ''} for ${a.target_name}`));
+            const parts = [title, top];
+            if (o) {
+                const flags = o.confounders.length
+                    ? o.confounders.slice(0, 5).map((f) => el('li', { class: 'warn', text: `possible confounder: occluding rows ${f.window[0]}–${f.window[2]}, columns ${f.window[1]}–${f.window[3]} (outside the important region) makes it ${f.new_class_name} (p = ${f.new_prob.toFixed(2)})` }))
+                    : [el('li', { text: 'no confounder flags: occluding outside the important region never changes the prediction' })];
+                parts.push(el('ul', { class: 'flags' }, flags));
+            }
+            if (e.activations.length) {
+                parts.push(el('h4', { text: 'activations' }));
+                parts.push(el('div', { class: 'grid' }, e.activations.map((a) => el('figure', {}, [
+                    el('div', { class: 'row' }, [pic(a.picture, `activations of ${a.layer}`), a.overlay ? pic(a.overlay, `strongest channels of ${a.layer}`) : null]),
+                    el('figcaption', { text: `${a.layer}${a.overlay ? ' · right: its strongest channels over the input' : ''}` })]))));
+            }
+            return el('div', { class: 'example', 'data-index': String(e.index) }, parts);
+        });
+        add('examples', 'Correct and wrong predictions', 'A few items the model classifies correctly and a few it gets wrong, with their activation maps, the occlusion map (which regions the prediction depends on, and flags for regions outside them that change it), and gradient attributions.', items);
+    }
+
+    // --- top patches ---
+    if (R.patches.length) {
+        const figs = R.patches.map((p) => {
+            const doms = p.channels.filter((c) => c.dominant).map((c) => `c${c.channel}: ${c.dominant.name} ${c.dominant.count}/${c.entries.length}`);
+            return el('figure', {}, [pic(p.picture, `top patches of ${p.layer}`),
+                el('figcaption', { text: `${p.layer}: first ${p.channels.length} of ${p.total_channels} channels, ${num(p.images_scanned)} items scanned. Dominant labels: ${doms.join(', ')}` })]);
+        });
+        add('patches', 'Maximally activating patches', 'For each channel, the dataset items where it fires most, cropped to the receptive field of the strongest unit. A row per channel.', [el('div', { class: 'grid' }, figs)]);
+    }
+
+    // --- feature visualisation ---
+    if (R.feature_vis.length) {
+        const figs = R.feature_vis.map((f) => fig(f.picture, `${f.layer}: inputs optimised for ${f.channels.length} channels (${f.steps} steps); caption: the channel's mean activation reached`));
+        add('feature-vis', 'Feature visualisation', 'Inputs synthesised by gradient ascent so that one channel\'s mean activation is as large as possible (with jitter, scaling, rotation and blur as regularisers).', [el('div', { class: 'grid' }, figs)]);
+    }
+
+    // --- the map ---
+    if (R.map) {
+        const mp = R.map;
+        const canvas = el('canvas', { id: 'map-canvas' });
+        const hoverCanvas = el('canvas', { width: String(mp.sprite.thumb), height: String(mp.sprite.thumb) });
+        const hoverLabel = el('span');
+        const hover = el('div', { class: 'map-hover', id: 'map-hover', hidden: '' }, [hoverCanvas, hoverLabel]);
+        const legend = el('div', { class: 'legend' }, mp.class_names.map((name, c) => el('div', {}, [el('i', { style: `background:rgb(${mp.class_colours[c].join(',')})` }), name])));
+        const info = el('span', { class: 'note', id: 'map-info', text: 'drag to pan, wheel or buttons to zoom, hover a point to see its item' });
+        const zin = el('button', { id: 'map-zoom-in', text: '+' }), zout = el('button', { id: 'map-zoom-out', text: '−' }), fit = el('button', { id: 'map-fit', text: 'Fit' });
+        const wrap = el('div', { class: 'map-wrap' }, [canvas, hover, legend]);
+        add('map', 'Dataset map', `t-SNE of the ${mp.layer} features of the first ${num(mp.n)} items: items the network sees as similar lie close together. Final KL divergence ${mp.kl.toFixed(3)}` +
+            (mp.knn_accuracy !== null ? `, 10-NN label accuracy in the map ${pct(mp.knn_accuracy)}` : '') +
+            `, neighbour preservation ${mp.neighbour_preservation.toFixed(3)} (share of each item's 10 nearest neighbours in feature space that stay among its 10 nearest on the map).`, [
+            el('div', { class: 'toolbar' }, [zin, zout, fit, info]), wrap,
+            el('div', { class: 'grid' }, [fig(mp.scatter, 'coloured by label'), fig(mp.thumbnails, 'the items at their places (overlaps left out)')]),
+        ]);
+        // The view starts once the section is in the document (it measures the canvas).
+        R._startMap = () => {
+            const sprite = new Image();
+            sprite.src = mp.sprite.src;
+            const hctx = hoverCanvas.getContext('2d');
+            const view = new MapView(canvas, { x: mp.x, y: mp.y, labels: mp.labels, colours: mp.class_colours, unknownColour: mp.unknown_colour }, {
+                onHover(i, e) {
+                    if (i < 0) { hover.hidden = true; return; }
+                    const r = canvas.getBoundingClientRect();
+                    hover.hidden = false;
+                    hover.style.left = `${Math.min(e.clientX - r.left + 14, r.width - 100)}px`;
+                    hover.style.top = `${Math.max(0, e.clientY - r.top - 100)}px`;
+                    const t = mp.sprite.thumb, col = i % mp.sprite.cols, row = Math.floor(i / mp.sprite.cols);
+                    hctx.clearRect(0, 0, t, t);
+                    if (sprite.complete) hctx.drawImage(sprite, col * t, row * t, t, t, 0, 0, t, t);
+                    const l = mp.labels[i];
+                    hoverLabel.textContent = `#${i}${l >= 0 ? ' ' + (mp.class_names[l] || l) : ''}`;
+                    hover.dataset.index = String(i);
+                },
+                onClick(i) { info.textContent = `item ${i}${mp.labels[i] >= 0 ? ': ' + (mp.class_names[mp.labels[i]] || mp.labels[i]) : ''}`; },
+            });
+            zin.addEventListener('click', () => view.zoomBy(1.6));
+            zout.addEventListener('click', () => view.zoomBy(1 / 1.6));
+            fit.addEventListener('click', () => view.reset());
+            window.reportMap = view;
+        };
+    }
+
+    if (R.skipped && R.skipped.length)
+        add('skipped', 'Left out', '', [el('ul', {}, R.skipped.map((s) => el('li', { text: s })))]);
+
+    const nav = el('nav', { class: 'toc' }, toc.map(([id, title]) => el('a', { href: '#' + id, text: title })));
+    root.replaceChildren(header, nav, el('main', {}, sections));
+    if (R._startMap) R._startMap();
+    document.body.dataset.ready = '1';
+})();
