@@ -61,6 +61,8 @@ int main(int argc, char** argv) {
     int64_t n = 70000;
     int threads = 2, repeat = 1;
     std::string knn = "auto";
+    double lr = 0.0;
+    int iterations = 0;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         if (a == "--n" && i + 1 < argc) {
@@ -69,12 +71,16 @@ int main(int argc, char** argv) {
             threads = std::atoi(argv[++i]);
         } else if (a == "--knn" && i + 1 < argc) {
             knn = argv[++i];
+        } else if (a == "--lr" && i + 1 < argc) {
+            lr = std::atof(argv[++i]);
+        } else if (a == "--iterations" && i + 1 < argc) {
+            iterations = std::atoi(argv[++i]);
         } else if (a == "--repeat" && i + 1 < argc) {
             repeat = std::atoi(argv[++i]);
         } else if (a == "--help" || a == "-h") {
             std::printf(
                 "usage: bench_tsne [features.npy [labels.npy]] [--n N] [--threads T] "
-                "[--repeat R] [--knn auto|exact|hnsw]\n");
+                "[--repeat R] [--knn auto|exact|hnsw] [--lr L] [--iterations I]\n");
             return 0;
         } else {
             paths.push_back(a);
@@ -95,6 +101,8 @@ int main(int argc, char** argv) {
                     paths.empty() ? "synthetic clusters" : paths[0].c_str());
         convscope::TsneOptions options;
         options.threads = threads;
+        if (lr > 0) options.learning_rate = lr;
+        if (iterations > 0) options.iterations = iterations;
         if (knn == "exact") options.knn.method = convscope::KnnOptions::Method::Exact;
         if (knn == "hnsw") options.knn.method = convscope::KnnOptions::Method::Hnsw;
         std::vector<double> totals;
