@@ -404,22 +404,36 @@ void open_fashion_mnist(Source& d, const std::string& spec) {
     std::string split = "test";
     if (spec.size() > std::string("fashion-mnist").size()) {
         split = spec.substr(std::string("fashion-mnist:").size());
-        if (spec[13] != ':' || (split != "train" && split != "test")) {
+        if (spec[13] != ':' || (split != "train" && split != "test" && split != "all")) {
             throw UsageError("unknown data '" + spec +
-                             "': use fashion-mnist, fashion-mnist:train or fashion-mnist:test");
+                             "': use fashion-mnist, fashion-mnist:train, fashion-mnist:test or "
+                             "fashion-mnist:all");
         }
     }
     const fs::path dir = fashion_mnist_dir();
-    const std::string prefix = split == "train" ? "train" : "t10k";
-    const fs::path images = dir / (prefix + "-images-idx3-ubyte.gz");
-    const fs::path labels = dir / (prefix + "-labels-idx1-ubyte.gz");
-    std::error_code ec;
-    if (!fs::is_regular_file(images, ec) || !fs::is_regular_file(labels, ec)) {
-        throw Error("Fashion-MNIST is not installed (no " + images.string() + " or " +
-                    labels.string() + "): run scripts/setup.sh as root, which installs Debian's " +
-                    "package (apt-get install dataset-fashion-mnist)");
+    auto open_split = [&](Source& s, const std::string& prefix) {
+        const fs::path images = dir / (prefix + "-images-idx3-ubyte.gz");
+        const fs::path labels = dir / (prefix + "-labels-idx1-ubyte.gz");
+        std::error_code ec;
+        if (!fs::is_regular_file(images, ec) || !fs::is_regular_file(labels, ec)) {
+            throw Error("Fashion-MNIST is not installed (no " + images.string() + " or " +
+                        labels.string() + "): run scripts/setup.sh as root, which installs Debian's " +
+                        "package (apt-get install dataset-fashion-mnist)");
+        }
+        open_idx(s, images);
+    };
+    if (split == "all") {
+        // The 60,000 training images (items 0..59999), then the 10,000 test images.
+        Source test;
+        open_split(d, "train");
+        open_split(test, "t10k");
+        d.data = torch::cat({d.data, test.data});
+        d.n += test.n;
+        d.labels.insert(d.labels.end(), test.labels.begin(), test.labels.end());
+        d.hashed_files.insert(d.hashed_files.end(), test.hashed_files.begin(), test.hashed_files.end());
+    } else {
+        open_split(d, split == "train" ? "train" : "t10k");
     }
-    open_idx(d, images);
     d.kind_name = "fashion-mnist:" + split;
     d.class_names = fashion_mnist_classes();
 }

@@ -3,6 +3,8 @@
 // count; checkpoints, shards and their merge; crops for the pictures.
 #include "convscope/top_patches.hpp"
 
+#include <ATen/Parallel.h>
+
 #include <torch/script.h>
 #include <torch/torch.h>
 
@@ -256,8 +258,10 @@ void update_layer(LayerState& L, const at::Tensor& act, const std::vector<int64_
     const float* m = maxima.data_ptr<float>();
     const float* a = act.data_ptr<float>();
     const int64_t W = L.width;
-    for (int64_t b = 0; b < B; ++b) {
-        for (int64_t c = 0; c < C; ++c) {
+    // Channels are independent: split them over the intra-op threads.
+    at::parallel_for(0, C, 8, [&](int64_t c_begin, int64_t c_end) {
+    for (int64_t c = c_begin; c < c_end; ++c) {
+        for (int64_t b = 0; b < B; ++b) {
             const float v = m[b * C + c] + 0.0f;
             if (std::isnan(v))
                 throw Error("layer '" + L.name + "' channel " + std::to_string(c) +
@@ -290,6 +294,7 @@ void update_layer(LayerState& L, const at::Tensor& act, const std::vector<int64_
             if (to_bottom) offer(s.bottom, k, e, better_bottom);
         }
     }
+    });
 }
 
 TopPatchesResult make_result(const std::vector<LayerState>& state, const TopPatchesResult& identity,

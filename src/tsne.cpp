@@ -705,7 +705,7 @@ TsneResult tsne(const float* x, int64_t n, int64_t d, const TsneOptions& options
     t0 = clock::now();
     const double lr = options.learning_rate > 0
                           ? options.learning_rate
-                          : std::max(double(n) / options.early_exaggeration / 4.0, 50.0);
+                          : std::max(double(n) / options.early_exaggeration, 50.0);
     result.learning_rate = lr;
     std::vector<double> grad(size_t(2 * n)), update(size_t(2 * n), 0.0), gains(size_t(2 * n), 1.0);
     std::vector<double> rep(size_t(2 * n));

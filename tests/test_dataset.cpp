@@ -173,6 +173,23 @@ TEST(DatasetFashion, TrainSplitAndPixelsMatchPython) {
     EXPECT_EQ(train.label(123), label);
 }
 
+TEST(DatasetFashion, AllIsTrainThenTest) {
+    ASSERT_TRUE(fashion_installed());
+    Dataset all = Dataset::open("fashion-mnist:all");
+    Dataset train = Dataset::open("fashion-mnist:train"), test = Dataset::open("fashion-mnist:test");
+    ASSERT_EQ(all.size(), 70000);
+    for (int64_t i : {int64_t(0), int64_t(59999)}) {
+        EXPECT_TRUE(torch::equal(all.raw(i), train.raw(i))) << i;
+        EXPECT_EQ(all.label(i), train.label(i));
+    }
+    for (int64_t i : {int64_t(0), int64_t(9999)}) {
+        EXPECT_TRUE(torch::equal(all.raw(60000 + i), test.raw(i))) << i;
+        EXPECT_EQ(all.label(60000 + i), test.label(i));
+    }
+    EXPECT_NE(all.hash(), train.hash());
+    EXPECT_NE(all.hash(), test.hash());
+}
+
 TEST(DatasetFashion, BadSplitAndMissingPackage) {
     try {
         Dataset::open("fashion-mnist:validation");

@@ -1,6 +1,7 @@
 #pragma once
 // Datasets and the batch loader. Sources (DESIGN.md, "Interfaces"):
-//   fashion-mnist[:train|:test]   Debian's dataset-fashion-mnist (default split: test)
+//   fashion-mnist[:train|:test|:all]  Debian's dataset-fashion-mnist (default split: test;
+//                                 all = train then test, 70,000 items)
 //   PATH-idx3-ubyte[.gz]          an IDX image file; labels from the matching idx1 file beside it
 //   DIR/                          images (PNG/JPEG/...): class subfolders (ImageFolder) or flat
 //   FILE.npy                      N,C,H,W float32 used as is, or N,H,W / N,H,W,C uint8 -> [0,1]

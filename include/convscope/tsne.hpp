@@ -69,11 +69,13 @@ struct FftOptions {
 struct TsneOptions {
     int dims = 2;              // only 2 is supported
     double perplexity = 30.0;  // needs 3*perplexity < N-1
-    int iterations = 750;      // total, including the early exaggeration phase
+    int iterations = 1000;     // total, including the early exaggeration phase (FIt-SNE's default)
     int early_exaggeration_iters = 250;
     double early_exaggeration = 12.0;
     double exaggeration = 1.0;    // after the early phase (>1 gives tighter clusters)
-    double learning_rate = 0.0;   // 0 = auto: max(N / early_exaggeration / 4, 50)
+    // 0 = auto: max(N / early_exaggeration, 50), the rate of Belkina et al. (2019) that FIt-SNE
+    // and openTSNE use; it lets large N converge in the usual number of iterations.
+    double learning_rate = 0.0;
     double momentum_early = 0.5;  // during early exaggeration
     double momentum = 0.8;        // afterwards
     double min_gain = 0.01;

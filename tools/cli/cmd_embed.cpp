@@ -20,7 +20,7 @@ struct Options {
     double perplexity = 30.0;
     bool pca = false;
     int pca_dims = 50;
-    int iterations = 750;
+    int iterations = 1000;
     std::string gradient = "auto";
     int64_t batch_size = 256;
     std::string grid;

@@ -22,7 +22,7 @@ struct ServeArgs {
     int port = 8080;
     std::string cache_dir;
     int64_t map_items = 10000;
-    int map_iterations = 750;
+    int map_iterations = 1000;
     int64_t scan_items = 10000;
     int feature_vis_steps = 128;
     int workers = 2;

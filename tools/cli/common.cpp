@@ -31,7 +31,7 @@ void add_model_options(CLI::App& app, CommonOptions& o) {
 
 void add_data_options(CLI::App& app, CommonOptions& o) {
     app.add_option("--data", o.data,
-                   "data: fashion-mnist[:train|:test], an IDX file, an image folder, a .npy array or "
+                   "data: fashion-mnist[:train|:test|:all], an IDX file, an image folder, a .npy array or "
                    "one image (default: fashion-mnist:test)");
     app.add_option("--labels", o.labels, "labels .npy for .npy data");
     auto* idx = app.add_option("--indices", o.indices, "items to use, Python slice syntax (0:50, ::10, 3)");
