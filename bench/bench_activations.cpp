@@ -20,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_util.hpp"
 #include "convscope/activations.hpp"
 #include "convscope/dataset.hpp"
 #include "convscope/model.hpp"
@@ -28,23 +29,16 @@
 using namespace convscope;
 namespace fs = std::filesystem;
 
-namespace {
+using convscope::bench::median;
+using convscope::bench::seconds_since;
 
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
+namespace {
 
 // CPU seconds of the whole process (all threads): robust against other load on a shared machine.
 double cpu_now() {
     timespec ts{};
     clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-double median(std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    const size_t n = v.size();
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 }  // namespace

@@ -18,10 +18,14 @@
 #include <string>
 #include <vector>
 
+#include "bench_util.hpp"
 #include "convscope/attribution.hpp"
 #include "convscope/model.hpp"
 
 using namespace convscope;
+
+using convscope::bench::median;
+using convscope::bench::seconds_since;
 
 namespace {
 
@@ -29,12 +33,6 @@ double seconds_of(const std::function<void()>& f) {
     const auto t0 = std::chrono::steady_clock::now();
     f();
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-double median(std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    const size_t n = v.size();
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 // Runs each function once per round, in an order rotated from round to round, so that machine

@@ -20,6 +20,7 @@
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
+#include "bench_util.hpp"
 #include "convscope/dataset.hpp"
 #include "convscope/default_model.hpp"
 #include "convscope/explorer.hpp"
@@ -30,12 +31,10 @@
 using namespace convscope;
 using Clock = std::chrono::steady_clock;
 
-namespace {
+using convscope::bench::median;
+using convscope::bench::seconds_since;
 
-double median(std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
-}
+namespace {
 
 template <class F>
 double median_ms(F f, int warmup = 5, int runs = 30) {

@@ -15,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench_util.hpp"
 #include "convscope/dataset.hpp"
 #include "convscope/default_model.hpp"
 #include "convscope/model.hpp"
@@ -22,17 +23,10 @@
 
 using namespace convscope;
 
+using convscope::bench::median;
+using convscope::bench::seconds_since;
+
 namespace {
-
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-double median(std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    const size_t n = v.size();
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 }  // namespace
 

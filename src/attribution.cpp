@@ -14,6 +14,7 @@
 
 #include "convscope/error.hpp"
 #include "convscope/model.hpp"
+#include "detail/strings.hpp"
 #include "detail/blur.hpp"
 
 namespace convscope {
@@ -36,18 +37,6 @@ std::string join(const std::vector<std::string>& v, const std::string& sep) {
     return out;
 }
 
-bool parse_int(const std::string& s, int64_t& out) {
-    if (s.empty()) return false;
-    try {
-        size_t used = 0;
-        const long long v = std::stoll(s, &used);
-        if (used != s.size()) return false;
-        out = v;
-        return true;
-    } catch (const std::exception&) {
-        return false;
-    }
-}
 
 bool parse_double(const std::string& s, double& out) {
     if (s.empty()) return false;
@@ -296,7 +285,7 @@ AttributionTarget parse_attribution_target(const std::string& spec) {
         return t;
     }
     int64_t c = 0;
-    if (parse_int(spec, c) && c >= 0) {
+    if (detail::parse_int64(spec, c) && c >= 0) {
         t.kind = AttributionTarget::Kind::Class;
         t.class_index = c;
         return t;

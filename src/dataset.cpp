@@ -22,6 +22,7 @@
 
 #include "convscope/error.hpp"
 #include "convscope/io.hpp"
+#include "detail/strings.hpp"
 #include "detail/idx.hpp"
 #include "detail/sha256.hpp"
 
@@ -205,15 +206,6 @@ void hash_file(detail::Sha256& h, const fs::path& path, const std::string& name)
         take(0, block);
         take(size - block, block);
     }
-}
-
-// Parses a whole string as an int64; false for anything else.
-bool parse_int(const std::string& s, int64_t& out) {
-    if (s.empty()) return false;
-    const char* begin = s.data();
-    if (*begin == '+') ++begin;
-    auto [ptr, err] = std::from_chars(begin, s.data() + s.size(), out);
-    return err == std::errc() && ptr == s.data() + s.size();
 }
 
 std::string trim(const std::string& s) {
@@ -812,7 +804,7 @@ void append_part(const std::string& part, const std::string& spec, int64_t n,
     if (p.empty()) bad_indices(spec);
     if (p.find(':') == std::string::npos) {
         int64_t i = 0;
-        if (!parse_int(p, i)) bad_indices(spec);
+        if (!detail::parse_int64(p, i)) bad_indices(spec);
         const int64_t resolved = i < 0 ? i + n : i;
         if (resolved < 0 || resolved >= n) {
             throw Error("index " + std::to_string(i) + " is out of range: the data has " +
@@ -834,7 +826,7 @@ void append_part(const std::string& part, const std::string& spec, int64_t n,
     if (fields.size() > 3) bad_indices(spec);
     int64_t step = 1;
     if (fields.size() == 3 && !fields[2].empty()) {
-        if (!parse_int(fields[2], step)) bad_indices(spec);
+        if (!detail::parse_int64(fields[2], step)) bad_indices(spec);
         if (step == 0) {
             throw UsageError("bad --indices '" + spec + "': the slice step must not be 0");
         }
@@ -842,7 +834,7 @@ void append_part(const std::string& part, const std::string& spec, int64_t n,
     auto bound = [&](const std::string& f, int64_t fallback, int64_t lo, int64_t hi) {
         if (f.empty()) return fallback;
         int64_t v = 0;
-        if (!parse_int(f, v)) bad_indices(spec);
+        if (!detail::parse_int64(f, v)) bad_indices(spec);
         if (v < 0) v += n;  // cannot overflow: v >= INT64_MIN and n >= 0
         return std::min(std::max(v, lo), hi);
     };

@@ -202,13 +202,7 @@ struct Explorer::Impl {
     at::Tensor input_of(const std::string& id) const {
         if (id.size() > 1 && id[0] == 'd') {
             int64_t i = -1;
-            try {
-                size_t used = 0;
-                i = std::stoll(id.substr(1), &used);
-                if (used != id.size() - 1) i = -1;
-            } catch (const std::exception&) {
-                i = -1;
-            }
+            if (!detail::parse_int64(id.substr(1), i)) i = -1;
             if (i < 0) throw NotFoundError("unknown image '" + id + "'");
             check_index(i);
             return data.batch({i}, pre);
@@ -223,10 +217,8 @@ struct Explorer::Impl {
     }
     int64_t label_of(const std::string& id) const {
         if (id.size() > 1 && id[0] == 'd' && data.has_labels()) {
-            try {
-                return data.label(std::stoll(id.substr(1)));
-            } catch (const std::exception&) {
-            }
+            int64_t i = -1;
+            if (detail::parse_int64(id.substr(1), i) && i >= 0 && i < data.size()) return data.label(i);
         }
         return -1;
     }

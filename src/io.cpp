@@ -1,5 +1,6 @@
 // Files: atomic writes, NPY, JSON, CSV, SHA-256 and the output folder's manifest.
 #include "convscope/io.hpp"
+#include "convscope/receptive_field.hpp"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -580,6 +581,19 @@ void OutputDir::write_manifest() const {
     m["files"] = files;
     m["created"] = utc_now_iso8601();
     write_json((fs::path(dir_) / "manifest.json").string(), m);
+}
+
+nlohmann::json receptive_field_json(const ReceptiveField& rf) {
+    const char* kind = rf.kind == ReceptiveField::Kind::Exact    ? "exact"
+                       : rf.kind == ReceptiveField::Kind::Global ? "global"
+                                                                 : "unknown";
+    nlohmann::json j = {{"kind", kind}};
+    if (rf.kind == ReceptiveField::Kind::Exact) {
+        j["size"] = {rf.size_y, rf.size_x};
+        j["stride"] = {rf.stride_y, rf.stride_x};
+        j["padding"] = {rf.pad_y, rf.pad_x};
+    }
+    return j;
 }
 
 }  // namespace convscope

@@ -190,18 +190,6 @@ double json_float(float f) {
     return static_cast<float>(d) == f ? d : static_cast<double>(f);
 }
 
-nlohmann::json rf_json(const ReceptiveField& rf) {
-    const char* kind = rf.kind == ReceptiveField::Kind::Exact    ? "exact"
-                       : rf.kind == ReceptiveField::Kind::Global ? "global"
-                                                                 : "unknown";
-    nlohmann::json j = {{"kind", kind}};
-    if (rf.kind == ReceptiveField::Kind::Exact) {
-        j["size"] = {rf.size_y, rf.size_x};
-        j["stride"] = {rf.stride_y, rf.stride_x};
-        j["padding"] = {rf.pad_y, rf.pad_x};
-    }
-    return j;
-}
 
 ReceptiveField rf_from_json(const nlohmann::json& j) {
     ReceptiveField rf;
@@ -637,7 +625,7 @@ nlohmann::json top_patches_to_json(const TopPatchesResult& r) {
         nlohmann::json lj;
         lj["name"] = L.name;
         lj["output_shape"] = L.output_shape;
-        lj["receptive_field"] = rf_json(L.rf);
+        lj["receptive_field"] = receptive_field_json(L.rf);
         lj["box_source"] = L.gradient_boxes ? "gradient" : "receptive_field";
         auto& chans = lj["channels"] = nlohmann::json::array();
         for (size_t c = 0; c < L.channels.size(); ++c) {

@@ -1,8 +1,20 @@
 #include "detail/strings.hpp"
 
 #include <algorithm>
+#include <charconv>
 
 namespace convscope::detail {
+
+bool parse_int64(const std::string& s, int64_t& out) {
+    if (s.empty()) return false;
+    const char* begin = s.data();
+    if (*begin == '+') ++begin;
+    int64_t v = 0;
+    auto [ptr, err] = std::from_chars(begin, s.data() + s.size(), v);
+    if (err != std::errc() || ptr != s.data() + s.size() || ptr == begin) return false;
+    out = v;
+    return true;
+}
 
 size_t edit_distance(const std::string& a, const std::string& b) {
     std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);

@@ -1,5 +1,6 @@
 #pragma once
 // Small string helpers shared by the library.
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -10,6 +11,9 @@ size_t edit_distance(const std::string& a, const std::string& b);
 // ": did you mean 'a', 'b' or 'c'?" with the closest names to `name` (by edit distance and
 // substring), or "" when nothing is close.
 std::string closest_names_hint(const std::string& name, const std::vector<std::string>& names);
+// Parses the whole of `s` as a base-10 int64 (an optional sign, then digits; no spaces, no
+// trailing characters); false for anything else, including overflow.
+bool parse_int64(const std::string& s, int64_t& out);
 // Splits on a single character.
 std::vector<std::string> split(const std::string& s, char sep);
 

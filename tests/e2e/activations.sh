@@ -2,23 +2,8 @@
 # convscope activations end to end: pictures, exact values (equal to PyTorch's forward hooks on
 # the same fixture), statistics, manifest, and exit codes and messages for bad input.
 # Usage: activations.sh <convscope binary> <fixtures dir>
-set -euo pipefail
-BIN=$1
-FIX=$2
-PY=/usr/bin/python3
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
+source "$(dirname "$0")/lib/common.sh" "$@"
 
-expect_fail() {  # expect_fail CODE NEEDLE ARGS...
-    local code=$1 needle=$2
-    shift 2
-    local rc=0
-    "$BIN" "$@" >"$T/out.txt" 2>"$T/err.txt" || rc=$?
-    if [ "$rc" != "$code" ]; then echo "expected exit $code, got $rc: $*"; cat "$T/err.txt"; exit 1; fi
-    if ! grep -q -- "$needle" "$T/err.txt"; then
-        echo "expected '$needle' in the message of: $*"; cat "$T/err.txt"; exit 1
-    fi
-}
 
 "$BIN" activations --help | grep -q -- "--sort"
 

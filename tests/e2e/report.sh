@@ -2,26 +2,13 @@
 # convscope report end to end: index.html with its data inline and every picture beside it, the
 # manifest lists every file, nothing refers to the network; exit codes and messages for bad input.
 # Usage: report.sh <convscope binary> <fixtures dir>
-set -euo pipefail
-BIN=$1
-FIX=$2
-PY=/usr/bin/python3
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
+source "$(dirname "$0")/lib/common.sh" "$@"
 
 M=$FIX/lenet_scripted.pt
 base=(--model "$M" --input-shape 1,28,28 --data fashion-mnist:test --threads 2 --eval-items 400
       --scan-items 200 --patch-channels 3 --vis-steps 8 --map-iterations 100)
 small=("${base[@]}" --examples 2 --vis-channels 2 --map-items 200)
 
-expect_fail() {
-    local code=$1 needle=$2
-    shift 2
-    local rc=0
-    "$BIN" "$@" >"$T/out.txt" 2>"$T/err.txt" || rc=$?
-    if [ "$rc" != "$code" ]; then echo "expected exit $code, got $rc: $*"; cat "$T/err.txt"; exit 1; fi
-    if ! grep -q -- "$needle" "$T/err.txt"; then echo "expected '$needle' in: $*"; cat "$T/err.txt"; exit 1; fi
-}
 
 "$BIN" report --help >/dev/null
 "$BIN" report "${small[@]}" --out "$T/r" --json >"$T/summary.json"

@@ -2,12 +2,7 @@
 # convscope top-patches end to end: outputs and their contents, shards merged into the bytes of
 # one scan, checkpoints, and exit codes and messages for bad input.
 # Usage: top_patches.sh <convscope binary> <fixtures dir>
-set -euo pipefail
-BIN=$1
-FIX=$2
-PY=/usr/bin/python3
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
+source "$(dirname "$0")/lib/common.sh" "$@"
 
 # 40 random 1x28x28 images with labels; images 32..39 repeat 0..7 (ties).
 $PY - "$T" <<'EOF'
@@ -24,19 +19,6 @@ M=$FIX/lenet_scripted.pt
 base=(--model "$M" --data "$T/x.npy" --labels "$T/y.npy" --batch-size 8 --threads 1)
 common=("${base[@]}" --k 4)
 
-# expect_fail CODE NEEDLE ARGS...: the command exits with CODE and says NEEDLE on stderr.
-expect_fail() {
-    local code=$1 needle=$2
-    shift 2
-    local rc=0
-    "$BIN" "$@" >"$T/out.txt" 2>"$T/err.txt" || rc=$?
-    if [ "$rc" != "$code" ]; then
-        echo "expected exit $code, got $rc: $*"; cat "$T/err.txt"; exit 1
-    fi
-    if ! grep -q -- "$needle" "$T/err.txt"; then
-        echo "expected '$needle' in the message of: $*"; cat "$T/err.txt"; exit 1
-    fi
-}
 
 "$BIN" top-patches --help >/dev/null
 

@@ -31,18 +31,6 @@ std::string rf_str(const ReceptiveField& rf) {
     return s.str();
 }
 
-nlohmann::json rf_json(const ReceptiveField& rf) {
-    const char* kind = rf.kind == ReceptiveField::Kind::Exact    ? "exact"
-                       : rf.kind == ReceptiveField::Kind::Global ? "global"
-                                                                 : "unknown";
-    nlohmann::json j = {{"kind", kind}};
-    if (rf.kind == ReceptiveField::Kind::Exact) {
-        j["size"] = {rf.size_y, rf.size_x};
-        j["stride"] = {rf.stride_y, rf.stride_x};
-        j["padding"] = {rf.pad_y, rf.pad_x};
-    }
-    return j;
-}
 
 RunFn setup(CLI::App& app) {
     auto o = std::make_shared<CommonOptions>();
@@ -82,7 +70,7 @@ RunFn setup(CLI::App& app) {
             auto& arr = j["layers"] = nlohmann::json::array();
             for (const auto& l : layers)
                 arr.push_back({{"name", l.name}, {"type", l.type}, {"output_shape", l.output_shape},
-                               {"parameters", l.num_params}, {"receptive_field", rf_json(l.rf)}});
+                               {"parameters", l.num_params}, {"receptive_field", receptive_field_json(l.rf)}});
             std::cout << j.dump(2) << "\n";
             return 0;
         }

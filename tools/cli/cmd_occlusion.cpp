@@ -23,14 +23,10 @@ struct Args {
 };
 
 int64_t parse_int(const std::string& s, const std::string& what, const std::string& spec) {
-    try {
-        size_t used = 0;
-        const long long v = std::stoll(s, &used);
-        if (used != s.size()) throw std::invalid_argument(s);
-        return v;
-    } catch (const std::exception&) {
+    int64_t v = 0;
+    if (!detail::parse_int64(s, v))
         throw UsageError(what + " takes N or NxM with whole numbers (like 8 or 8x4), got '" + spec + "'");
-    }
+    return v;
 }
 
 // "P" or "PxQ" -> {P, Q}; both at least 1.
@@ -71,14 +67,9 @@ OcclusionOptions to_options(const Args& a) {
     } else if (a.target == "label") {
         o.target = OcclusionTarget::Label;
     } else {
-        try {
-            size_t used = 0;
-            o.target_class = std::stoll(a.target, &used);
-            if (used != a.target.size()) throw std::invalid_argument("");
-            o.target = OcclusionTarget::Class;
-        } catch (const std::exception&) {
+        if (!detail::parse_int64(a.target, o.target_class))
             throw UsageError("--target takes pred, label or a class number, got '" + a.target + "'");
-        }
+        o.target = OcclusionTarget::Class;
     }
     if (a.score == "logit") o.score = OcclusionScore::Logit;
     else if (a.score == "prob") o.score = OcclusionScore::Prob;

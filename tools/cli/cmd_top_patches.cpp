@@ -31,17 +31,11 @@ struct Options {
 // "i/n" -> (i, n).
 std::pair<int64_t, int64_t> parse_shard(const std::string& spec) {
     const auto slash = spec.find('/');
-    try {
-        if (slash == std::string::npos) throw std::invalid_argument(spec);
-        size_t used_i = 0, used_n = 0;
-        const std::string a = spec.substr(0, slash), b = spec.substr(slash + 1);
-        const long long i = std::stoll(a, &used_i), n = std::stoll(b, &used_n);
-        if (used_i != a.size() || used_n != b.size() || n < 1 || i < 0 || i >= n)
-            throw std::invalid_argument(spec);
-        return {i, n};
-    } catch (const std::exception&) {
+    int64_t i = -1, n = 0;
+    if (slash == std::string::npos || !detail::parse_int64(spec.substr(0, slash), i) ||
+        !detail::parse_int64(spec.substr(slash + 1), n) || n < 1 || i < 0 || i >= n)
         throw UsageError("--shard takes i/n with 0 <= i < n (like 0/4), got '" + spec + "'");
-    }
+    return {i, n};
 }
 
 std::string file_safe(const std::string& layer) {

@@ -57,15 +57,11 @@ void apply_threads(const CommonOptions& o) {
 std::vector<int64_t> parse_shape(const std::string& spec, const std::string& what) {
     std::vector<int64_t> out;
     for (const auto& part : detail::split(spec, ',')) {
-        try {
-            size_t used = 0;
-            const long long v = std::stoll(part, &used);
-            if (used != part.size() || v <= 0) throw std::invalid_argument(part);
-            out.push_back(v);
-        } catch (const std::exception&) {
+        int64_t v = 0;
+        if (!detail::parse_int64(part, v) || v <= 0)
             throw UsageError(what + " must be positive integers separated by commas (like 1,28,28), got '" +
                              spec + "'");
-        }
+        out.push_back(v);
     }
     return out;
 }

@@ -10,6 +10,7 @@
 
 #include "convscope/error.hpp"
 #include "convscope/explorer.hpp"
+#include "detail/strings.hpp"
 #include "detail/base64.hpp"
 #include "detail/web_assets.hpp"
 
@@ -71,14 +72,10 @@ int64_t int_param(const httplib::Request& req, const std::string& name, int64_t 
         return fallback;
     }
     const std::string v = req.get_param_value(name.c_str());
-    try {
-        size_t used = 0;
-        const long long x = std::stoll(v, &used);
-        if (used != v.size()) throw std::invalid_argument(v);
-        return x;
-    } catch (const std::exception&) {
+    int64_t x = 0;
+    if (!detail::parse_int64(v, x))
         throw Error("the parameter '" + name + "' must be an integer, got '" + v + "'");
-    }
+    return x;
 }
 
 std::string string_param(const httplib::Request& req, const std::string& name) {
@@ -87,14 +84,10 @@ std::string string_param(const httplib::Request& req, const std::string& name) {
 }
 
 int64_t path_index(const std::string& s) {
-    try {
-        size_t used = 0;
-        const long long v = std::stoll(s, &used);
-        if (used != s.size()) throw std::invalid_argument(s);
-        return v;
-    } catch (const std::exception&) {
+    int64_t v = 0;
+    if (!detail::parse_int64(s, v))
         throw NotFoundError("item '" + s + "' does not exist: items are named by their index");
-    }
+    return v;
 }
 
 bool starts_with(const std::string& s, const std::string& prefix) {
