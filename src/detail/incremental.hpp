@@ -38,16 +38,18 @@ public:
     IncrementalEngine(const IncrementalEngine&) = delete;
     IncrementalEngine& operator=(const IncrementalEngine&) = delete;
 
-    // Sets the clean image image_1chw [1,C,H,W] float32 and computes its activations. Returns
-    // the model output for it [1,K].
-    at::Tensor set_image(const at::Tensor& image_1chw);
+    // Sets the clean images images_gchw [G,C,H,W] float32 and computes their activations (memory:
+    // G times every incremental layer's output). Returns the model output for them [G,K].
+    at::Tensor set_images(const at::Tensor& images_gchw);
 
-    // Model outputs [B,K] for B copies of the clean image where copy b has rows
-    // [ys[b], ys[b] + h) and columns [xs[b], xs[b] + w) replaced by patches[b]
+    // Model outputs [B,K] for B occluded copies: copy b is clean image img[b] (in [0, G)) with
+    // rows [ys[b], ys[b] + h) and columns [xs[b], xs[b] + w) replaced by patches[b]
     // (patches [B,C,h,w] float32). Windows must lie inside the image.
-    at::Tensor run(const at::Tensor& patches, const std::vector<int64_t>& ys,
+    at::Tensor run(const at::Tensor& patches, const std::vector<int64_t>& img, const std::vector<int64_t>& ys,
                    const std::vector<int64_t>& xs);
 
+    // Bytes of clean activations set_images keeps per image.
+    int64_t bytes_per_image() const;
     // Number of graph ops computed incrementally.
     int64_t incremental_ops() const;
     // One line for people: which ops run incrementally and where full recomputation starts.
