@@ -249,8 +249,8 @@ struct Axis {
     int64_t in = 0, out = 0;             // input and output length
 };
 
-// Max pooling of win [B,C,L,Lw] (already padded) to [B,C,oh,ow]. A plain loop: on these small
-// patches it is several times faster than LibTorch's pooling kernel. NaN propagates, as there.
+// Max pooling of win [B,C,L,Lw] (already padded) to [B,C,oh,ow]: a plain loop over small
+// patches, single-threaded unless the batch is large. NaN propagates, as in at::max_pool2d.
 at::Tensor max_pool(const at::Tensor& win, const Axis& ay, const Axis& ax, int64_t oh, int64_t ow) {
     const int64_t B = win.size(0), C = win.size(1), L = win.size(2), Lw = win.size(3);
     at::Tensor out = at::empty({B, C, oh, ow}, win.options());

@@ -1,6 +1,7 @@
 #pragma once
 // Incremental inference for occlusion (Nakandala, Kumar & Papakonstantinou, SIGMOD 2019):
-// evaluates a model on many copies of one image that differ from it only inside a small window.
+// evaluates a model on many copies of a few images, each copy differing from its image only inside
+// a small window.
 //
 // The model's inlined forward graph is copied and simplified (module attributes become
 // constants, eval-mode branches and dropout disappear, in-place ops become functional where
@@ -8,8 +9,8 @@
 // (convolutions, max/avg pooling, batch norm, pointwise activations and arithmetic, adds of two
 // feature maps, channel concatenation) run incrementally: for each occluder position only the
 // part of the output the changed input region can reach is recomputed, from a window of the
-// input gathered from the clean activations (computed once per image) with the position's
-// changed values pasted in. All positions of a batch are computed together as one tensor of
+// input gathered from the clean activations of the copy's image (computed once per image) with
+// the position's changed values pasted in. All positions of a batch are computed together as one tensor of
 // equally sized patches [B,C,h,w] (windows clipped at a border are shifted inside). The first
 // node that needs more (flatten, linear, global pooling, an op not handled here) gets full
 // tensors: clean activations with the patches pasted in, and the rest of the graph runs as an
