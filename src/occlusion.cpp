@@ -4,9 +4,11 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <sstream>
 
@@ -48,7 +50,7 @@ void validate_options(const at::Tensor& x, const OcclusionOptions& o) {
         if (o.coarse_step < 1 || (o.coarse_step & (o.coarse_step - 1)) != 0)
             throw Error("the coarse step must be a power of 2 (1, 2, 4, 8, ...), got " +
                         std::to_string(o.coarse_step));
-        if (!(o.refine_drop >= 0) || !(o.refine_spread >= 0))
+        if (!(o.refine_drop >= 0) || !(o.refine_error >= 0))
             throw Error("the refinement thresholds must be >= 0");
     }
     if (o.target == OcclusionTarget::Label && static_cast<int64_t>(o.labels.size()) != x.size(0))
@@ -118,21 +120,23 @@ Grid make_grid(int64_t H, int64_t W, const OcclusionOptions& o) {
     return g;
 }
 
-// Runs the model on occluded copies of one image.
+// Runs the model on occluded copies of a group of images.
 class Evaluator {
 public:
     virtual ~Evaluator() = default;
-    // Sets the image [1,C,H,W] and its baseline [1,C,H,W]; returns the clean output [1,K].
-    virtual at::Tensor set_image(const at::Tensor& image, const at::Tensor& baseline) = 0;
-    // Outputs [B,K] with windows (ys[b], xs[b]) of size ph x pw set to the baseline.
-    virtual at::Tensor outputs(const std::vector<int64_t>& ys, const std::vector<int64_t>& xs) = 0;
+    // Sets the images [G,C,H,W] and their baselines [G,C,H,W]; returns the clean outputs [G,K].
+    virtual at::Tensor set_images(const at::Tensor& images, const at::Tensor& baselines) = 0;
+    // Outputs [B,K]: copy b is image img[b] with the window at (ys[b], xs[b]) of size ph x pw set
+    // to the image's baseline.
+    virtual at::Tensor outputs(const std::vector<int64_t>& img, const std::vector<int64_t>& ys,
+                               const std::vector<int64_t>& xs) = 0;
 };
 
-// Copies the baseline windows into dst: dst [B,C,Hd,Wd] at (dy[b], dx[b]) from base [1,C,Hb,Wb]
-// at (sy[b], sx[b]), ph x pw each.
-void copy_windows(const at::Tensor& base, at::Tensor& dst, const std::vector<int64_t>& sy,
-                  const std::vector<int64_t>& sx, const std::vector<int64_t>& dy,
-                  const std::vector<int64_t>& dx, int64_t ph, int64_t pw) {
+// Copies the baseline windows into dst: dst [B,C,Hd,Wd] at (dy[b], dx[b]) from base[si[b]]
+// (base [G,C,Hb,Wb]) at (sy[b], sx[b]), ph x pw each.
+void copy_windows(const at::Tensor& base, at::Tensor& dst, const std::vector<int64_t>& si,
+                  const std::vector<int64_t>& sy, const std::vector<int64_t>& sx,
+                  const std::vector<int64_t>& dy, const std::vector<int64_t>& dx, int64_t ph, int64_t pw) {
     const int64_t B = dst.size(0), C = dst.size(1), Hd = dst.size(2), Wd = dst.size(3);
     const int64_t Hb = base.size(2), Wb = base.size(3);
     const float* s = base.data_ptr<float>();
@@ -141,8 +145,8 @@ void copy_windows(const at::Tensor& base, at::Tensor& dst, const std::vector<int
         for (int64_t i = begin; i < end; ++i) {
             const int64_t b = i / C, c = i % C;
             for (int64_t r = 0; r < ph; ++r)
-                std::memcpy(d + (i * Hd + dy[b] + r) * Wd + dx[b], s + (c * Hb + sy[b] + r) * Wb + sx[b],
-                            pw * sizeof(float));
+                std::memcpy(d + (i * Hd + dy[b] + r) * Wd + dx[b],
+                            s + ((si[b] * C + c) * Hb + sy[b] + r) * Wb + sx[b], pw * sizeof(float));
         }
     });
 }
@@ -150,17 +154,16 @@ void copy_windows(const at::Tensor& base, at::Tensor& dst, const std::vector<int
 class FullEvaluator : public Evaluator {
 public:
     FullEvaluator(const Model& m, int64_t ph, int64_t pw) : model_(m), ph_(ph), pw_(pw) {}
-    at::Tensor set_image(const at::Tensor& image, const at::Tensor& baseline) override {
-        image_ = image.contiguous();
-        baseline_ = baseline.contiguous();
-        return forward(image_);
+    at::Tensor set_images(const at::Tensor& images, const at::Tensor& baselines) override {
+        images_ = images.contiguous();
+        baselines_ = baselines.contiguous();
+        return forward(images_);
     }
-    at::Tensor outputs(const std::vector<int64_t>& ys, const std::vector<int64_t>& xs) override {
-        const int64_t B = static_cast<int64_t>(ys.size());
-        // A fresh tensor (expand + contiguous would alias the image itself when B = 1).
-        at::Tensor batch = at::empty({B, image_.size(1), image_.size(2), image_.size(3)}, image_.options());
-        batch.copy_(image_.expand({B, -1, -1, -1}));
-        copy_windows(baseline_, batch, ys, xs, ys, xs, ph_, pw_);
+    at::Tensor outputs(const std::vector<int64_t>& img, const std::vector<int64_t>& ys,
+                       const std::vector<int64_t>& xs) override {
+        // A fresh tensor (index_select copies; a view would alias the images themselves).
+        at::Tensor batch = images_.index_select(0, torch::tensor(img, torch::kLong)).contiguous();
+        copy_windows(baselines_, batch, img, ys, xs, ys, xs, ph_, pw_);
         return forward(batch);
     }
 
@@ -177,7 +180,7 @@ private:
 
     const Model& model_;
     int64_t ph_, pw_;
-    at::Tensor image_, baseline_;
+    at::Tensor images_, baselines_;
 };
 
 class IncrementalEvaluator : public Evaluator {
@@ -185,23 +188,25 @@ public:
     IncrementalEvaluator(const Model& m, const std::vector<int64_t>& chw, double tau, int64_t ph,
                          int64_t pw)
         : engine_(m, chw, tau), ph_(ph), pw_(pw) {}
-    at::Tensor set_image(const at::Tensor& image, const at::Tensor& baseline) override {
-        baseline_ = baseline.contiguous();
-        return engine_.set_image(image);
+    at::Tensor set_images(const at::Tensor& images, const at::Tensor& baselines) override {
+        baselines_ = baselines.contiguous();
+        return engine_.set_images(images);
     }
-    at::Tensor outputs(const std::vector<int64_t>& ys, const std::vector<int64_t>& xs) override {
+    at::Tensor outputs(const std::vector<int64_t>& img, const std::vector<int64_t>& ys,
+                       const std::vector<int64_t>& xs) override {
         const int64_t B = static_cast<int64_t>(ys.size());
-        at::Tensor patches = at::empty({B, baseline_.size(1), ph_, pw_}, baseline_.options());
+        at::Tensor patches = at::empty({B, baselines_.size(1), ph_, pw_}, baselines_.options());
         const std::vector<int64_t> zero(B, 0);
-        copy_windows(baseline_, patches, ys, xs, zero, zero, ph_, pw_);
-        return engine_.run(patches, ys, xs);
+        copy_windows(baselines_, patches, img, ys, xs, zero, zero, ph_, pw_);
+        return engine_.run(patches, img, ys, xs);
     }
     const std::string& note() const { return engine_.note(); }
+    int64_t bytes_per_image() const { return engine_.bytes_per_image(); }
 
 private:
     detail::IncrementalEngine engine_;
     int64_t ph_, pw_;
-    at::Tensor baseline_;
+    at::Tensor baselines_;
 };
 
 // Per-position results of one image.
@@ -223,25 +228,37 @@ struct CleanInfo {
     float score = 0;  // target's logit or probability
 };
 
-// Evaluates the positions `which` (indices into the grid) in batches and fills `out`.
-void evaluate(Evaluator& ev, const Grid& g, const std::vector<int64_t>& positions, const CleanInfo& clean,
-              const OcclusionOptions& o, Drops& out, int64_t& forwards,
-              const std::function<void(int64_t)>& done) {
+// One image of the group being processed.
+struct ImageRun {
+    CleanInfo clean;
+    int64_t predicted = 0;
+    Drops d;
+};
+
+struct Job {
+    int64_t img = 0;  // index into the group
+    int64_t pos = 0;  // index into the grid
+};
+
+// Evaluates the jobs in batches and fills the images' drops.
+void evaluate(Evaluator& ev, const Grid& g, const std::vector<Job>& jobs, std::vector<ImageRun>& runs,
+              const OcclusionOptions& o, int64_t& forwards, const std::function<void(int64_t)>& done) {
     // Batches of positions with the same offset modulo 4: CNNs downsample by powers of 2, so such
     // windows change equally large regions of the downsampled layers, and the incremental engine
     // (which pads every patch of a batch to the largest) computes less slack.
-    std::vector<int64_t> which = positions;
-    std::stable_sort(which.begin(), which.end(), [&](int64_t a, int64_t b) {
-        return std::make_pair(g.ys[a] % 4, g.xs[a] % 4) < std::make_pair(g.ys[b] % 4, g.xs[b] % 4);
+    std::vector<Job> which = jobs;
+    std::stable_sort(which.begin(), which.end(), [&](const Job& a, const Job& b) {
+        return std::make_pair(g.ys[a.pos] % 4, g.xs[a.pos] % 4) < std::make_pair(g.ys[b.pos] % 4, g.xs[b.pos] % 4);
     });
     for (size_t start = 0; start < which.size(); start += static_cast<size_t>(o.batch_size)) {
         const size_t end = std::min(which.size(), start + static_cast<size_t>(o.batch_size));
-        std::vector<int64_t> ys, xs;
+        std::vector<int64_t> img, ys, xs;
         for (size_t i = start; i < end; ++i) {
-            ys.push_back(g.ys[which[i]]);
-            xs.push_back(g.xs[which[i]]);
+            img.push_back(which[i].img);
+            ys.push_back(g.ys[which[i].pos]);
+            xs.push_back(g.xs[which[i].pos]);
         }
-        at::Tensor logits = ev.outputs(ys, xs).to(torch::kFloat).contiguous();
+        at::Tensor logits = ev.outputs(img, ys, xs).to(torch::kFloat).contiguous();
         at::Tensor probs = torch::softmax(logits, 1).contiguous();
         auto top = probs.max(1);
         const at::Tensor top_p = std::get<0>(top).contiguous(), top_c = std::get<1>(top).contiguous();
@@ -251,108 +268,216 @@ void evaluate(Evaluator& ev, const Grid& g, const std::vector<int64_t>& position
         const float* tp = top_p.data_ptr<float>();
         const int64_t* tc = top_c.data_ptr<int64_t>();
         for (size_t i = start; i < end; ++i) {
-            const int64_t b = static_cast<int64_t>(i - start), pos = which[i];
-            const float score = o.score == OcclusionScore::Logit ? lp[b * K + clean.target]
-                                                                  : pp[b * K + clean.target];
-            out.drop[pos] = clean.score - score;
-            out.target_prob[pos] = pp[b * K + clean.target];
-            out.top_prob[pos] = tp[b];
-            out.top_class[pos] = tc[b];
-            out.evaluated[pos] = 1;
+            const int64_t b = static_cast<int64_t>(i - start), pos = which[i].pos;
+            ImageRun& r = runs[which[i].img];
+            const int64_t t = r.clean.target;
+            const float score = o.score == OcclusionScore::Logit ? lp[b * K + t] : pp[b * K + t];
+            r.d.drop[pos] = r.clean.score - score;
+            r.d.target_prob[pos] = pp[b * K + t];
+            r.d.top_prob[pos] = tp[b];
+            r.d.top_class[pos] = tc[b];
+            r.d.evaluated[pos] = 1;
         }
         forwards += static_cast<int64_t>(end - start);
         done(static_cast<int64_t>(end - start));
     }
 }
 
-// Coarse-to-fine drill-down: positions on a grid of step coarse_step first; then at each finer
-// level, the new positions of a cell (of the previous level's grid) are evaluated only when the
-// cell's corner drops are large or spread out, or its corners disagree about the class;
-// elsewhere they are interpolated bilinearly from the corners.
-void drill_down(Evaluator& ev, const Grid& g, const CleanInfo& clean, int64_t predicted,
-                const OcclusionOptions& o, Drops& d, int64_t& forwards,
-                const std::function<void(int64_t)>& done) {
-    auto coords = [](int64_t n, int64_t step) {
-        std::vector<int64_t> c;
-        for (int64_t i = 0; i < n; i += step) c.push_back(i);
-        if (c.back() != n - 1) c.push_back(n - 1);
-        return c;
-    };
-    int64_t step = o.coarse_step;
-    while (step > 1 && (step >= g.py && step >= g.px)) step /= 2;  // at least a 2x2 start grid
-    std::vector<int64_t> first;
-    {
-        const auto cy = coords(g.py, step), cx = coords(g.px, step);
-        for (int64_t y : cy)
-            for (int64_t x : cx) first.push_back(y * g.px + x);
-    }
-    evaluate(ev, g, first, clean, o, d, forwards, done);
-    for (int64_t s = step / 2; s >= 1; s /= 2) {
-        const auto py_c = coords(g.py, 2 * s), px_c = coords(g.px, 2 * s);
-        const auto cy = coords(g.py, s), cx = coords(g.px, s);
-        // Known values so far (evaluated or interpolated on the previous level's grid).
-        float lo = 0, hi = 0, max_abs = 0;
-        for (size_t i = 0; i < d.drop.size(); ++i)
-            if (d.evaluated[i]) {
-                lo = std::min(lo, d.drop[i]);
-                hi = std::max(hi, d.drop[i]);
-                max_abs = std::max(max_abs, std::abs(d.drop[i]));
+std::vector<int64_t> grid_coords(int64_t n, int64_t step) {
+    std::vector<int64_t> c;
+    for (int64_t i = 0; i < n; i += step) c.push_back(i);
+    if (c.back() != n - 1) c.push_back(n - 1);
+    return c;
+}
+
+// A cell of the drill-down: the positions [y0, y1] x [x0, x1] (inclusive) of the grid.
+struct Cell {
+    int64_t y0, y1, x0, x1;
+    int64_t yc() const { return (y0 + y1) / 2; }
+    int64_t xc() const { return (x0 + x1) / 2; }
+    int64_t size() const { return std::max(y1 - y0, x1 - x0); }
+    bool splits() const { return y1 - y0 >= 2 || x1 - x0 >= 2; }
+};
+
+// Fills the positions that were not evaluated: at each, a linear function fitted by weighted least
+// squares to the evaluated positions nearby (Gaussian weights, sigma a quarter of the size of the
+// finest drill-down cell there, at least half a position), evaluated there (moving least squares
+// of degree 1). Exact where the drops are linear; a weighted mean where the samples nearby lie on
+// a line. The class is the nearest evaluated position's.
+void interpolate(const Grid& g, const std::vector<float>& cell_size, Drops& d) {
+    const int64_t PY = g.py, PX = g.px;
+    for (int64_t y = 0; y < PY; ++y)
+        for (int64_t x = 0; x < PX; ++x) {
+            const int64_t pos = y * PX + x;
+            if (d.evaluated[pos]) continue;
+            const double sigma = std::max(0.5, cell_size[pos] / 4.0);
+            int64_t R = static_cast<int64_t>(std::ceil(3 * sigma));
+            std::vector<std::array<double, 4>> near;  // dy, dx, weight, index
+            for (;;) {
+                near.clear();
+                for (int64_t yy = std::max<int64_t>(0, y - R); yy <= std::min(PY - 1, y + R); ++yy)
+                    for (int64_t xx = std::max<int64_t>(0, x - R); xx <= std::min(PX - 1, x + R); ++xx) {
+                        const int64_t q = yy * PX + xx;
+                        if (d.evaluated[q] != 1) continue;
+                        const double dy = double(yy - y), dx = double(xx - x);
+                        near.push_back({dy, dx, std::exp(-(dy * dy + dx * dx) / (2 * sigma * sigma)), double(q)});
+                    }
+                if (!near.empty() || (R >= PY && R >= PX)) break;
+                R *= 2;
             }
-        const float range = hi - lo;
-        auto bracket = [](const std::vector<int64_t>& c, int64_t v, int64_t& a, int64_t& b) {
-            auto it = std::lower_bound(c.begin(), c.end(), v);
-            if (*it == v) {
-                a = b = v;
-                return;
-            }
-            b = *it;
-            a = *(it - 1);
-        };
-        std::vector<int64_t> refine;
-        std::vector<std::array<int64_t, 5>> interp;  // pos, y0, y1, x0, x1
-        for (int64_t y : cy)
-            for (int64_t x : cx) {
-                const int64_t pos = y * g.px + x;
-                if (d.evaluated[pos]) continue;
-                int64_t y0, y1, x0, x1;
-                bracket(py_c, y, y0, y1);
-                bracket(px_c, x, x0, x1);
-                const int64_t corners[4] = {y0 * g.px + x0, y0 * g.px + x1, y1 * g.px + x0, y1 * g.px + x1};
-                float cmin = d.drop[corners[0]], cmax = cmin, cabs = 0;
-                bool class_change = false;
-                for (int64_t c : corners) {
-                    cmin = std::min(cmin, d.drop[c]);
-                    cmax = std::max(cmax, d.drop[c]);
-                    cabs = std::max(cabs, std::abs(d.drop[c]));
-                    if (d.top_class[c] != predicted || d.top_class[c] != d.top_class[corners[0]])
-                        class_change = true;
+            if (near.empty()) continue;  // nothing evaluated at all (cannot happen: corners are)
+            // Normalised moments of the weighted samples.
+            double sw = 0, my = 0, mx = 0, syy = 0, sxx = 0, sxy = 0, best_w = -1;
+            int64_t nearest = static_cast<int64_t>(near[0][3]);
+            for (const auto& s : near) {
+                sw += s[2];
+                my += s[2] * s[0];
+                mx += s[2] * s[1];
+                if (s[2] > best_w) {
+                    best_w = s[2];
+                    nearest = static_cast<int64_t>(s[3]);
                 }
-                const bool big = max_abs > 0 && cabs >= o.refine_drop * max_abs;
-                const bool spread = range > 0 && cmax - cmin >= o.refine_spread * range;
-                if (big || spread || class_change) refine.push_back(pos);
-                else interp.push_back({pos, y0, y1, x0, x1});
             }
-        evaluate(ev, g, refine, clean, o, d, forwards, done);
-        for (const auto& e : interp) {
-            const int64_t pos = e[0], y = pos / g.px, x = pos % g.px;
-            const double fy = e[2] == e[1] ? 0.0 : double(y - e[1]) / double(e[2] - e[1]);
-            const double fx = e[4] == e[3] ? 0.0 : double(x - e[3]) / double(e[4] - e[3]);
-            const int64_t c00 = e[1] * g.px + e[3], c01 = e[1] * g.px + e[4];
-            const int64_t c10 = e[2] * g.px + e[3], c11 = e[2] * g.px + e[4];
-            auto lerp = [&](const std::vector<float>& v) {
-                return static_cast<float>((1 - fy) * ((1 - fx) * v[c00] + fx * v[c01]) +
-                                          fy * ((1 - fx) * v[c10] + fx * v[c11]));
-            };
-            d.drop[pos] = lerp(d.drop);
-            d.top_prob[pos] = lerp(d.top_prob);
-            d.target_prob[pos] = lerp(d.target_prob);
-            const int64_t nearest = (fy < 0.5 ? (fx < 0.5 ? c00 : c01) : (fx < 0.5 ? c10 : c11));
+            if (!(sw > 0)) {  // every weight underflowed: the nearest sample alone
+                for (auto& s : near) s[2] = s[3] == double(nearest) ? 1.0 : 0.0;
+                sw = 1;
+                my = mx = 0;
+            }
+            my /= sw;
+            mx /= sw;
+            for (const auto& s : near) {
+                const double w = s[2] / sw, ey = s[0] - my, ex = s[1] - mx;
+                syy += w * ey * ey;
+                sxx += w * ex * ex;
+                sxy += w * ey * ex;
+            }
+            // The fitted value at the point is sum_i w_i (1 - (p_i - m)^T S^-1 m) v_i / sw, with S the
+            // weighted covariance of the sample positions p_i relative to the point and m their mean.
+            const double det = syy * sxx - sxy * sxy;
+            const bool linear = det > 1e-3 * sigma * sigma * sigma * sigma;
+            double iyy = 0, ixx = 0, ixy = 0;
+            if (linear) {
+                iyy = sxx / det;
+                ixx = syy / det;
+                ixy = -sxy / det;
+            }
+            double v_drop = 0, v_top = 0, v_target = 0;
+            for (const auto& s : near) {
+                const int64_t q = static_cast<int64_t>(s[3]);
+                double lambda = s[2] / sw;
+                if (linear) {
+                    const double ey = s[0] - my, ex = s[1] - mx;
+                    // (p - m)^T S^-1 (0 - m)
+                    const double gy = iyy * ey + ixy * ex, gx = ixy * ey + ixx * ex;
+                    lambda *= 1.0 - (gy * my + gx * mx);
+                }
+                v_drop += lambda * d.drop[q];
+                v_top += lambda * d.top_prob[q];
+                v_target += lambda * d.target_prob[q];
+            }
+            d.drop[pos] = static_cast<float>(v_drop);
+            d.top_prob[pos] = static_cast<float>(std::clamp(v_top, 0.0, 1.0));
+            d.target_prob[pos] = static_cast<float>(std::clamp(v_target, 0.0, 1.0));
             d.top_class[pos] = d.top_class[nearest];
         }
-        // Interpolated positions count as known for the next level's corners.
-        for (const auto& e : interp) d.evaluated[e[0]] = 2;
+}
+
+// Coarse-to-fine drill-down for a group of images. The first round evaluates a grid of step
+// coarse_step and the centre of each of its cells. A cell is refined when its centre's drop differs
+// from the mean of its corners' by refine_error x the range of the drops so far (the map is not
+// locally linear there), when its centre reaches refine_drop x the largest |drop| so far (the
+// peak), or when its corners and centre disagree about the most likely class (a confounder may
+// hide there): the next round evaluates its edge midpoints and the centres of its four sub-cells,
+// whose refinement is decided in turn. The other positions are interpolated (interpolate()).
+// All images of the group share the rounds, so batches stay large.
+void drill_down(Evaluator& ev, const Grid& g, std::vector<ImageRun>& runs, const OcclusionOptions& o,
+                int64_t& forwards, const std::function<void(int64_t)>& done) {
+    int64_t step = o.coarse_step;
+    while (step > 1 && (step >= g.py && step >= g.px)) step /= 2;  // at least a 2x2 start grid
+    const auto cy = grid_coords(g.py, step), cx = grid_coords(g.px, step);
+    std::vector<Cell> first;
+    for (size_t i = 0; i + 1 < std::max<size_t>(2, cy.size()); ++i)
+        for (size_t j = 0; j + 1 < std::max<size_t>(2, cx.size()); ++j) {
+            const size_t i1 = std::min(i + 1, cy.size() - 1), j1 = std::min(j + 1, cx.size() - 1);
+            first.push_back({cy[i], cy[i1], cx[j], cx[j1]});
+        }
+    const int64_t G = static_cast<int64_t>(runs.size());
+    std::vector<std::vector<Cell>> cells(G, first);
+    std::vector<std::vector<char>> queued(G, std::vector<char>(g.py * g.px, 0));
+    std::vector<std::vector<float>> cell_size(G, std::vector<float>(g.py * g.px, 0.f));
+    std::vector<Job> jobs;
+    auto mark = [&](int64_t n, int64_t y, int64_t x) {
+        const int64_t pos = y * g.px + x;
+        if (queued[n][pos]) return;
+        queued[n][pos] = 1;
+        jobs.push_back({n, pos});
+    };
+    auto set_size = [&](int64_t n, const Cell& c, float size) {
+        for (int64_t y = c.y0; y <= c.y1; ++y)
+            for (int64_t x = c.x0; x <= c.x1; ++x) cell_size[n][y * g.px + x] = size;
+    };
+    for (int64_t n = 0; n < G; ++n) {
+        for (int64_t y : cy)
+            for (int64_t x : cx) mark(n, y, x);
+        for (const Cell& c : first) {
+            set_size(n, c, static_cast<float>(c.size()));
+            if (c.splits()) mark(n, c.yc(), c.xc());
+        }
     }
-    for (auto& e : d.evaluated) e = e == 1 ? 1 : 0;
+    for (;;) {
+        evaluate(ev, g, jobs, runs, o, forwards, done);
+        jobs.clear();
+        bool more = false;
+        for (int64_t n = 0; n < G; ++n) {
+            const Drops& d = runs[n].d;
+            float lo = 0, hi = 0, max_abs = 0;
+            for (size_t i = 0; i < d.drop.size(); ++i)
+                if (d.evaluated[i]) {
+                    lo = std::min(lo, d.drop[i]);
+                    hi = std::max(hi, d.drop[i]);
+                    max_abs = std::max(max_abs, std::abs(d.drop[i]));
+                }
+            const float range = hi - lo;
+            std::vector<Cell> next;
+            for (const Cell& c : cells[n]) {
+                if (!c.splits()) continue;
+                const int64_t corners[4] = {c.y0 * g.px + c.x0, c.y0 * g.px + c.x1, c.y1 * g.px + c.x0,
+                                            c.y1 * g.px + c.x1};
+                const int64_t centre = c.yc() * g.px + c.xc();
+                float mean = 0;
+                bool class_change = false;
+                for (int64_t q : corners) {
+                    mean += 0.25f * d.drop[q];
+                    if (d.top_class[q] != d.top_class[centre]) class_change = true;
+                }
+                const bool curved = range > 0 && std::abs(d.drop[centre] - mean) >= o.refine_error * range;
+                const bool big = max_abs > 0 && std::abs(d.drop[centre]) >= o.refine_drop * max_abs;
+                if (!(curved || big || class_change)) continue;
+                // Edge midpoints, then the sub-cells (an axis of fewer than 2 steps is not split).
+                const int64_t ym = c.yc(), xm = c.xc();
+                mark(n, c.y0, xm);
+                mark(n, c.y1, xm);
+                mark(n, ym, c.x0);
+                mark(n, ym, c.x1);
+                std::vector<std::pair<int64_t, int64_t>> ys{{c.y0, c.y1}}, xs{{c.x0, c.x1}};
+                if (c.y1 - c.y0 >= 2) ys = {{c.y0, ym}, {ym, c.y1}};
+                if (c.x1 - c.x0 >= 2) xs = {{c.x0, xm}, {xm, c.x1}};
+                for (const auto& [a0, a1] : ys)
+                    for (const auto& [b0, b1] : xs) {
+                        const Cell s{a0, a1, b0, b1};
+                        set_size(n, s, static_cast<float>(s.size()));
+                        if (!s.splits()) continue;
+                        mark(n, s.yc(), s.xc());
+                        next.push_back(s);
+                    }
+            }
+            cells[n] = std::move(next);
+            more = more || !cells[n].empty();
+        }
+        // Cells left whose corners and centre are all known already are decided in the next pass.
+        if (jobs.empty() && !more) break;
+    }
+    for (int64_t n = 0; n < G; ++n) interpolate(g, cell_size[n], runs[n].d);
 }
 
 // Pixel attribution [H,W]: mean drop of the windows covering each pixel, 0 where none does.
@@ -418,12 +543,20 @@ OcclusionResult occlusion(const Model& model, const at::Tensor& images_nchw, con
     std::unique_ptr<Evaluator> ev;
     std::unique_ptr<IncrementalEvaluator> exact;  // Approximate with compare_exact
     const std::vector<int64_t> chw{C, H, W};
+    // Images processed together. The exact modes fill whole batches from one image; the
+    // approximate mode evaluates a few positions per image and drill-down round, so it shares
+    // the rounds between images (at most 32, and at most 256 MiB of clean activations).
+    int64_t group = 1;
     if (o.mode == OcclusionMode::Full) {
         ev = std::make_unique<FullEvaluator>(model, o.patch_h, o.patch_w);
     } else {
         auto inc = std::make_unique<IncrementalEvaluator>(
             model, chw, o.mode == OcclusionMode::Approximate ? o.tau : 1.0, o.patch_h, o.patch_w);
         r.engine_note = inc->note();
+        if (o.mode == OcclusionMode::Approximate) {
+            const int64_t bytes = std::max<int64_t>(1, inc->bytes_per_image());
+            group = std::clamp<int64_t>((int64_t{256} << 20) / bytes, 1, 32);
+        }
         ev = std::move(inc);
         if (o.mode == OcclusionMode::Approximate && o.compare_exact)
             exact = std::make_unique<IncrementalEvaluator>(model, chw, 1.0, o.patch_h, o.patch_w);
@@ -441,60 +574,76 @@ OcclusionResult occlusion(const Model& model, const at::Tensor& images_nchw, con
     const double total = static_cast<double>(N * P) * (exact ? 2.0 : 1.0);
     double done_units = 0;
     report_progress(progress, 0.0);
-    std::vector<int64_t> all(P);
-    for (int64_t i = 0; i < P; ++i) all[i] = i;
-    for (int64_t n = 0; n < N; ++n) {
-        const at::Tensor img = x.slice(0, n, n + 1);
-        const at::Tensor base = baselines.slice(0, n, n + 1);
-        at::Tensor out1 = ev->set_image(img, base).to(torch::kFloat);
-        at::Tensor probs1 = torch::softmax(out1, 1);
-        CleanInfo clean;
-        clean.target = r.targets[n];
-        const float logit = out1[0][clean.target].item<float>();
-        const float prob = probs1[0][clean.target].item<float>();
-        clean.score = o.score == OcclusionScore::Logit ? logit : prob;
-        r.predicted.push_back(out1[0].argmax().item<int64_t>());
-        r.clean_score[n] = clean.score;
-        r.clean_prob[n] = prob;
+    for (int64_t n0 = 0; n0 < N; n0 += group) {
+        const int64_t G = std::min(group, N - n0);
+        const at::Tensor imgs = x.slice(0, n0, n0 + G);
+        const at::Tensor bases = baselines.slice(0, n0, n0 + G);
+        const at::Tensor out = ev->set_images(imgs, bases).to(torch::kFloat);
+        const at::Tensor probs = torch::softmax(out, 1);
+        std::vector<ImageRun> runs(G);
+        std::vector<Job> all;
+        for (int64_t g = 0; g < G; ++g) {
+            const int64_t n = n0 + g;
+            ImageRun& run = runs[g];
+            run.clean.target = r.targets[n];
+            const float logit = out[g][run.clean.target].item<float>();
+            const float prob = probs[g][run.clean.target].item<float>();
+            run.clean.score = o.score == OcclusionScore::Logit ? logit : prob;
+            run.predicted = out[g].argmax().item<int64_t>();
+            run.d.resize(P);
+            r.predicted.push_back(run.predicted);
+            r.clean_score[n] = run.clean.score;
+            r.clean_prob[n] = prob;
+            for (int64_t i = 0; i < P; ++i) all.push_back({g, i});
+        }
 
-        const double image_start = done_units;
-        int64_t image_done = 0;
+        const double group_start = done_units, group_units = static_cast<double>(G * P);
+        int64_t group_done = 0;
         auto done = [&](int64_t k) {
-            image_done += k;
+            group_done += k;
             // Approximate mode evaluates an unknown share of the positions: the bar moves with
-            // the evaluations and jumps to the image's end when it is finished.
-            done_units = std::min(image_start + static_cast<double>(P), image_start + image_done);
+            // the evaluations and jumps to the group's end when it is finished.
+            done_units = std::min(group_start + group_units, group_start + static_cast<double>(group_done));
             report_progress(progress, std::min(1.0, done_units / total));
         };
-        Drops d;
-        d.resize(P);
-        if (o.mode == OcclusionMode::Approximate) drill_down(*ev, grid, clean, r.predicted[n], o, d, r.forwards, done);
-        else evaluate(*ev, grid, all, clean, o, d, r.forwards, done);
-        done_units = image_start + static_cast<double>(P);
+        if (o.mode == OcclusionMode::Approximate) drill_down(*ev, grid, runs, o, r.forwards, done);
+        else evaluate(*ev, grid, all, runs, o, r.forwards, done);
+        done_units = group_start + group_units;
 
-        at::Tensor map = pixel_map(d.drop, grid, H, W, o);
-        r.occlusion[n].copy_(map.unsqueeze(0).expand({C, H, W}));
-        r.coarse[n].copy_(torch::from_blob(d.drop.data(), {grid.py, grid.px}, torch::kFloat));
-        r.top_prob[n].copy_(torch::from_blob(d.top_prob.data(), {grid.py, grid.px}, torch::kFloat));
-        r.target_prob[n].copy_(torch::from_blob(d.target_prob.data(), {grid.py, grid.px}, torch::kFloat));
-        r.top_class[n].copy_(torch::from_blob(d.top_class.data(), {grid.py, grid.px}, torch::kLong));
-        std::vector<uint8_t> ev_flags(d.evaluated.begin(), d.evaluated.end());
-        r.evaluated[n].copy_(torch::from_blob(ev_flags.data(), {grid.py, grid.px}, torch::kUInt8).to(torch::kBool));
-
+        std::vector<ImageRun> exact_runs;
         if (exact) {
-            exact->set_image(img, base);
-            Drops e;
-            e.resize(P);
+            exact->set_images(imgs, bases);
+            exact_runs.resize(G);
+            for (int64_t g = 0; g < G; ++g) {
+                exact_runs[g].clean = runs[g].clean;
+                exact_runs[g].d.resize(P);
+            }
             int64_t ignored = 0;
             auto done_exact = [&](int64_t k) {
                 done_units += static_cast<double>(k);
                 report_progress(progress, std::min(1.0, done_units / total));
             };
-            evaluate(*exact, grid, all, clean, o, e, ignored, done_exact);
-            at::Tensor exact_map = pixel_map(e.drop, grid, H, W, o);
-            r.ssim.push_back(map_ssim(map, exact_map));
-            r.ssim_coarse.push_back(map_ssim(r.coarse[n], torch::from_blob(e.drop.data(), {grid.py, grid.px},
-                                                                            torch::kFloat)));
+            evaluate(*exact, grid, all, exact_runs, o, ignored, done_exact);
+        }
+        for (int64_t g = 0; g < G; ++g) {
+            const int64_t n = n0 + g;
+            Drops& d = runs[g].d;
+            at::Tensor map = pixel_map(d.drop, grid, H, W, o);
+            r.occlusion[n].copy_(map.unsqueeze(0).expand({C, H, W}));
+            r.coarse[n].copy_(torch::from_blob(d.drop.data(), {grid.py, grid.px}, torch::kFloat));
+            r.top_prob[n].copy_(torch::from_blob(d.top_prob.data(), {grid.py, grid.px}, torch::kFloat));
+            r.target_prob[n].copy_(torch::from_blob(d.target_prob.data(), {grid.py, grid.px}, torch::kFloat));
+            r.top_class[n].copy_(torch::from_blob(d.top_class.data(), {grid.py, grid.px}, torch::kLong));
+            std::vector<uint8_t> ev_flags(d.evaluated.begin(), d.evaluated.end());
+            r.evaluated[n].copy_(
+                torch::from_blob(ev_flags.data(), {grid.py, grid.px}, torch::kUInt8).to(torch::kBool));
+            if (exact) {
+                Drops& e = exact_runs[g].d;
+                at::Tensor exact_map = pixel_map(e.drop, grid, H, W, o);
+                r.ssim.push_back(map_ssim(map, exact_map));
+                r.ssim_coarse.push_back(
+                    map_ssim(r.coarse[n], torch::from_blob(e.drop.data(), {grid.py, grid.px}, torch::kFloat)));
+            }
         }
     }
     report_progress(progress, 1.0);

@@ -21,8 +21,12 @@
 //   (1e-4 relative). Ops it does not know are recomputed in full from that point on (still exact).
 // - Approximate: projective-field thresholding (each layer recomputes at most a fraction tau of
 //   its output, centred on the change; the rest is taken as unchanged) and a coarse-to-fine
-//   drill-down (positions on a coarse grid first, then finer positions only in cells whose drops
-//   or predicted classes vary or are large; the others are interpolated).
+//   drill-down: a grid of step coarse_step and the centres of its cells first; a cell is refined
+//   (its edge midpoints and the centres of its quarters evaluated, and so on down to single
+//   steps) where its centre's drop is far from the mean of its corners' (the map is not locally
+//   linear), where the drops are near the largest, or where the most likely class changes. The
+//   other positions are interpolated by a locally weighted linear fit to the evaluated ones.
+//   Images share the drill-down rounds (up to 32 at a time), so batches stay full.
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
@@ -66,12 +70,15 @@ struct OcclusionOptions {
     OcclusionMode mode = OcclusionMode::Incremental;
     int64_t batch_size = 128;  // occluded copies per forward pass (>= 1)
 
-    // Approximate mode. The defaults evaluate about 30% of the positions of a stride-1 grid.
-    double tau = 0.5;            // projective-field threshold in (0, 1]; 1 = no thresholding
-    int64_t coarse_step = 2;     // first drill-down level: every coarse_step-th position (power of 2)
-    double refine_drop = 0.8;    // refine a cell whose largest |drop| is >= this x the largest so far
-    double refine_spread = 0.5;  // ... or whose corner drops differ by >= this x the drop range
-                                 // (cells whose corners predict different classes are always refined)
+    // Approximate mode. The defaults evaluate about 15-20% of the positions of a stride-1 grid.
+    double tau = 0.5;           // projective-field threshold in (0, 1]; 1 = no thresholding
+    int64_t coarse_step = 4;    // first drill-down level: every coarse_step-th position and the
+                                // centres of those cells (a power of 2; 1 = every position)
+    double refine_drop = 1.0;   // refine a cell whose centre's |drop| is >= this x the largest so
+                                // far (1: the cell at the peak; 0: every cell)
+    double refine_error = 0.25; // ... or whose centre's drop differs from the mean of its corners'
+                                // by >= this x the drop range (0: every cell); cells whose corners
+                                // and centre predict different classes are always refined
     bool compare_exact = false;  // also compute the exact map and report the SSIM against it
 };
 

@@ -28,7 +28,8 @@ std::map<const jit::Value*, std::vector<int64_t>> record_shapes(jit::Graph& grap
     }
     while (!g->outputs().empty()) g->eraseOutput(0);
     g->registerOutput(g->insertNode(g->createTuple(dst_values))->output());
-    jit::GraphFunction fn("convscope_shapes", g, nullptr);
+    // The simple executor: the graph runs once, too few times to repay profiling.
+    jit::GraphFunction fn("convscope_shapes", g, nullptr, jit::ExecutorExecutionMode::SIMPLE);
     torch::NoGradGuard no_grad;
     jit::Stack stack{c10::IValue(module._ivalue()), input};
     fn.run(stack);

@@ -173,13 +173,14 @@ bool spatially_constant(const at::Tensor& t) {
 struct IncValue {
     at::Tensor patch;  // [B,C,h,w] contiguous
     int64_t h = 0, w = 0;
+    std::vector<int64_t> img;             // image (index into the clean batch) per position
     std::vector<int64_t> py, px;          // patch box start per position
     std::vector<int64_t> y0, y1, x0, x1;  // changed box per position, [y0,y1) x [x0,x1)
 };
 
 // Copies, for each position b, the window rows [wy[b], wy[b]+L) and columns [wx[b], wx[b]+Lw)
-// of src [1,C,Hs,Ws] into dst[b] ([B,C,L,Lw]), taking the values inside v's patch box (offset by
-// (off_y, off_x) in src coordinates, e.g. the padding) from v's patch.
+// of src[v.img[b]] (src [G,C,Hs,Ws]) into dst[b] ([B,C,L,Lw]), taking the values inside v's patch
+// box (offset by (off_y, off_x) in src coordinates, e.g. the padding) from v's patch.
 at::Tensor gather(const at::Tensor& src, const IncValue& v, int64_t off_y, int64_t off_x,
                   const std::vector<int64_t>& wy, const std::vector<int64_t>& wx, int64_t L,
                   int64_t Lw) {
@@ -190,10 +191,12 @@ at::Tensor gather(const at::Tensor& src, const IncValue& v, int64_t off_y, int64
     const float* p = v.patch.data_ptr<float>();
     float* d = dst.data_ptr<float>();
     const int64_t h = v.h, w = v.w;
-    at::parallel_for(0, B * C, 8, [&](int64_t begin, int64_t end) {
+    // Parallel only when there is enough to copy to repay waking the other threads.
+    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(1, L * Lw));
+    at::parallel_for(0, B * C, grain, [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i) {
             const int64_t b = i / C, c = i % C;
-            const float* sc = s + c * Hs * Ws;
+            const float* sc = s + (v.img[b] * C + c) * Hs * Ws;
             const float* pc = p + i * h * w;
             float* dc = d + i * L * Lw;
             const int64_t y0 = wy[b], x0 = wx[b];
@@ -246,6 +249,36 @@ struct Axis {
     int64_t in = 0, out = 0;             // input and output length
 };
 
+// Max pooling of win [B,C,L,Lw] (already padded) to [B,C,oh,ow]: a plain loop over small
+// patches, single-threaded unless the batch is large. NaN propagates, as in at::max_pool2d.
+at::Tensor max_pool(const at::Tensor& win, const Axis& ay, const Axis& ax, int64_t oh, int64_t ow) {
+    const int64_t B = win.size(0), C = win.size(1), L = win.size(2), Lw = win.size(3);
+    at::Tensor out = at::empty({B, C, oh, ow}, win.options());
+    const float* s = win.data_ptr<float>();
+    float* d = out.data_ptr<float>();
+    // Parallel only when there is enough work to repay waking the other threads.
+    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(1, L * Lw));
+    at::parallel_for(0, B * C, grain, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+            const float* sp = s + i * L * Lw;
+            float* dp = d + i * oh * ow;
+            for (int64_t oy = 0; oy < oh; ++oy)
+                for (int64_t ox = 0; ox < ow; ++ox) {
+                    float m = -std::numeric_limits<float>::infinity();
+                    for (int64_t ky = 0; ky < ay.k; ++ky) {
+                        const float* row = sp + (oy * ay.s + ky * ay.d) * Lw + ox * ax.s;
+                        for (int64_t kx = 0; kx < ax.k; ++kx) {
+                            const float v = row[kx * ax.d];
+                            if (v > m || std::isnan(v)) m = v;  // a NaN stays
+                        }
+                    }
+                    dp[oy * ow + ox] = m;
+                }
+        }
+    });
+    return out;
+}
+
 enum class StepKind { Window, Pointwise, Binary, Cat };
 enum class WindowOp { Conv, MaxPool, AvgPool };
 
@@ -297,8 +330,9 @@ struct IncrementalEngine::Impl {
     void build();
     bool plan_node(jit::Node* n, const std::map<const jit::Value*, std::vector<int64_t>>& shapes,
                    std::unordered_map<const jit::Value*, std::vector<int>>& lists);
-    at::Tensor set_image(const at::Tensor& image_1chw);
-    at::Tensor run(const at::Tensor& patches, const std::vector<int64_t>& ys, const std::vector<int64_t>& xs);
+    at::Tensor set_images(const at::Tensor& images_gchw);
+    at::Tensor run(const at::Tensor& patches, const std::vector<int64_t>& img, const std::vector<int64_t>& ys,
+                   const std::vector<int64_t>& xs);
     IncValue run_step(Step& st, std::vector<std::optional<IncValue>>& vals);
     void fuse_steps();
     void window_range(const Axis& a, int64_t c0, int64_t c1, int64_t& o0, int64_t& o1) const;
@@ -721,6 +755,7 @@ IncValue IncrementalEngine::Impl::run_step(Step& st, std::vector<std::optional<I
     const size_t B = vals[st.inputs[0]]->py.size();
     if (st.kind == StepKind::Window) {
         const IncValue& in = *vals[st.inputs[0]];
+        out.img = in.img;
         out.y0.resize(B), out.y1.resize(B), out.x0.resize(B), out.x1.resize(B);
         for (size_t b = 0; b < B; ++b) {
             window_range(st.ax[0], in.y0[b], in.y1[b], out.y0[b], out.y1[b]);
@@ -745,7 +780,7 @@ IncValue IncrementalEngine::Impl::run_step(Step& st, std::vector<std::optional<I
             out.patch = at::conv2d(win, st.weight, st.bias, stride, zero, dil, st.groups);
             break;
         case WindowOp::MaxPool:
-            out.patch = at::max_pool2d(win, kernel, stride, zero, dil, false);
+            out.patch = max_pool(win, st.ax[0], st.ax[1], out.h, out.w);
             break;
         case WindowOp::AvgPool:
             out.patch = at::avg_pool2d(win, kernel, stride, zero, false, true, st.divisor);
@@ -755,6 +790,7 @@ IncValue IncrementalEngine::Impl::run_step(Step& st, std::vector<std::optional<I
         return out;
     }
     // Binary ops and concatenation: the union of the inputs' changes.
+    out.img = vals[st.inputs[0]]->img;
     out.y0.assign(B, std::numeric_limits<int64_t>::max());
     out.x0.assign(B, std::numeric_limits<int64_t>::max());
     out.y1.assign(B, std::numeric_limits<int64_t>::min());
@@ -808,6 +844,21 @@ IncrementalEngine::IncrementalEngine(const Model& model, const std::vector<int64
 
 IncrementalEngine::~IncrementalEngine() = default;
 
+int64_t IncrementalEngine::bytes_per_image() const {
+    int64_t n = 0;
+    for (const auto& s : impl_->slots) {
+        int64_t e = 1;
+        for (size_t i = 1; i < s.shape.size(); ++i) e *= s.shape[i];
+        n += e;
+    }
+    for (const auto& st : impl_->steps)
+        if (st.kind == StepKind::Window) {
+            const auto& in = impl_->slots[st.inputs[0]].shape;
+            n += in[1] * (in[2] + st.ax[0].p + st.ax[0].pad_hi) * (in[3] + st.ax[1].p + st.ax[1].pad_hi);
+        }
+    return n * static_cast<int64_t>(sizeof(float));
+}
+
 int64_t IncrementalEngine::incremental_ops() const { return static_cast<int64_t>(impl_->steps.size()); }
 const std::string& IncrementalEngine::note() const { return impl_->note; }
 
@@ -819,27 +870,27 @@ Error engine_error(const c10::Error& e) {
 }
 }  // namespace
 
-at::Tensor IncrementalEngine::set_image(const at::Tensor& image_1chw) {
+at::Tensor IncrementalEngine::set_images(const at::Tensor& images_gchw) {
     try {
-        return impl_->set_image(image_1chw);
+        return impl_->set_images(images_gchw);
     } catch (const c10::Error& e) {
         throw engine_error(e);
     }
 }
 
-at::Tensor IncrementalEngine::run(const at::Tensor& patches, const std::vector<int64_t>& ys,
-                                  const std::vector<int64_t>& xs) {
+at::Tensor IncrementalEngine::run(const at::Tensor& patches, const std::vector<int64_t>& img,
+                                  const std::vector<int64_t>& ys, const std::vector<int64_t>& xs) {
     try {
-        return impl_->run(patches, ys, xs);
+        return impl_->run(patches, img, ys, xs);
     } catch (const c10::Error& e) {
         throw engine_error(e);
     }
 }
 
-at::Tensor IncrementalEngine::Impl::set_image(const at::Tensor& image_1chw) {
+at::Tensor IncrementalEngine::Impl::set_images(const at::Tensor& images_gchw) {
     torch::NoGradGuard no_grad;
     auto& I = *this;
-    I.image = image_1chw.contiguous();
+    I.image = images_gchw.contiguous();
     jit::Stack stack{c10::IValue(I.model.module()._ivalue()), I.image};
     I.clean_fn->run(stack);
     const auto& outs = stack[0].toTupleRef().elements();
@@ -855,16 +906,21 @@ at::Tensor IncrementalEngine::Impl::set_image(const at::Tensor& image_1chw) {
     return first_tensor(outs[0]);
 }
 
-at::Tensor IncrementalEngine::Impl::run(const at::Tensor& patches, const std::vector<int64_t>& ys,
-                                        const std::vector<int64_t>& xs) {
+at::Tensor IncrementalEngine::Impl::run(const at::Tensor& patches, const std::vector<int64_t>& img,
+                                        const std::vector<int64_t>& ys, const std::vector<int64_t>& xs) {
     torch::NoGradGuard no_grad;
     auto& I = *this;
     const size_t B = ys.size();
+    const int64_t G = I.image.size(0);
+    for (int64_t g : img) {
+        if (g < 0 || g >= G) throw Error("internal error: occlusion image index out of range");
+    }
     std::vector<std::optional<IncValue>> vals(I.slots.size());
     IncValue in;
     in.patch = patches.contiguous();
     in.h = patches.size(2);
     in.w = patches.size(3);
+    in.img = img;
     in.py = ys;
     in.px = xs;
     in.y0 = ys;

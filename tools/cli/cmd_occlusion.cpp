@@ -17,9 +17,9 @@ struct Args {
     std::string patch = "4", stride = "2", baseline = "0", target = "pred", score = "logit", mode;
     bool approximate = false, report_ssim = false;
     int64_t batch_size = 128;
-    double tau = 0.5, blur_sigma = 0;
-    int64_t coarse_step = 2;
-    double refine_drop = 0.8, refine_spread = 0.5;
+    double tau = OcclusionOptions{}.tau, blur_sigma = 0;
+    int64_t coarse_step = OcclusionOptions{}.coarse_step;
+    double refine_drop = OcclusionOptions{}.refine_drop, refine_error = OcclusionOptions{}.refine_error;
 };
 
 int64_t parse_int(const std::string& s, const std::string& what, const std::string& spec) {
@@ -86,7 +86,7 @@ OcclusionOptions to_options(const Args& a) {
     o.tau = a.tau;
     o.coarse_step = a.coarse_step;
     o.refine_drop = a.refine_drop;
-    o.refine_spread = a.refine_spread;
+    o.refine_error = a.refine_error;
     o.blur_sigma = a.blur_sigma;
     o.compare_exact = a.report_ssim;
     return o;
@@ -153,10 +153,11 @@ RunFn setup(CLI::App& app) {
     app.add_option("--coarse-step", a->coarse_step, "--approximate: first grid step in positions (power of 2)")
         ->capture_default_str();
     app.add_option("--refine-drop", a->refine_drop,
-                   "--approximate: evaluate cells whose |drop| reaches this share of the largest")
+                   "--approximate: evaluate cells whose centre's |drop| reaches this share of the largest")
         ->capture_default_str();
-    app.add_option("--refine-spread", a->refine_spread,
-                   "--approximate: evaluate cells whose drops differ by this share of the range")
+    app.add_option("--refine-error", a->refine_error,
+                   "--approximate: evaluate cells whose centre's drop differs from their corners' mean "
+                   "by this share of the range")
         ->capture_default_str();
     app.add_flag("--report-ssim", a->report_ssim,
                  "--approximate: also compute the exact map and report the SSIM against it");
@@ -195,7 +196,7 @@ RunFn setup(CLI::App& app) {
             options["tau"] = opts.tau;
             options["coarse_step"] = opts.coarse_step;
             options["refine_drop"] = opts.refine_drop;
-            options["refine_spread"] = opts.refine_spread;
+            options["refine_error"] = opts.refine_error;
         }
         OutputDir dir = open_out(*o, options, &model);
         write_npy(dir.file("occlusion.npy", "attribution per pixel (N,C,H,W) float32: mean score drop of "
