@@ -8,7 +8,7 @@ packages=(
   libhnswlib-dev libfftw3-dev zlib1g-dev libopenblas0-openmp
   libgtest-dev libgmock-dev libbenchmark-dev
   dataset-fashion-mnist
-  python3 python3-numpy python3-torch python3-torchvision
+  python3 python3-numpy python3-torch python3-torchvision python3-sklearn
   chromium curl
 )
 missing=()
