@@ -2,12 +2,18 @@
 // recomputation, all in this binary, runs interleaved, medians of several runs. Also checks that
 // incremental equals full and reports the approximate map's SSIM against the exact one.
 //
-//   bench_occlusion [--runs N] [--resnet-runs M] [--images K] [--fixtures DIR] [--threads T]
+//   bench_occlusion [--runs N] [--resnet-runs M] [--trained-runs R] [--images K] [--fixtures DIR]
+//                   [--threads T]
 //
 // Cases: the built-in Fashion-MNIST model (load_default_model(); trained on first use), 28x28,
 // patch 4, stride 1, on the first K test images; and torchvision's ResNet-18
 // (DIR/resnet18_scripted.pt from tests/fixtures/make_fixtures.py, random weights), 224x224,
 // patch 16, stride 8, on a synthetic scene (synthetic_scene() below).
+//
+// Third case, when DIR/resnet18_fashion.pt exists: the same architecture with trained weights
+// (`/usr/bin/python3 bench/train_resnet18.py DIR`: torchvision's ResNet-18 trained briefly on
+// Fashion-MNIST upscaled to 224x224, since pretrained ImageNet weights need a download), on its
+// first test image (DIR/resnet18_fashion_input.npy), 224x224, patch 16, stride 8.
 //
 // Why a synthetic scene for ResNet-18: the fixture's own input (DIR/resnet18_scripted/input.npy)
 // is Gaussian noise, and the occlusion map of a noise image is itself noise: there is no
@@ -157,7 +163,7 @@ int main(int argc, char** argv) {
         setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
         execv("/proc/self/exe", argv);
     }
-    int runs = 5, resnet_runs = 3, threads = 2;
+    int runs = 5, resnet_runs = 3, trained_runs = 3, threads = 2;
     int64_t images = 4;
     std::string fixtures =
         (std::filesystem::path(argv[0]).parent_path() / ".." / "fixtures").lexically_normal().string();
@@ -165,6 +171,7 @@ int main(int argc, char** argv) {
         const std::string a = argv[i];
         if (a == "--runs") runs = std::atoi(argv[i + 1]);
         else if (a == "--resnet-runs") resnet_runs = std::atoi(argv[i + 1]);
+        else if (a == "--trained-runs") trained_runs = std::atoi(argv[i + 1]);
         else if (a == "--images") images = std::atoll(argv[i + 1]);
         else if (a == "--fixtures") fixtures = argv[i + 1];
         else if (a == "--threads") threads = std::atoi(argv[i + 1]);
@@ -196,6 +203,18 @@ int main(int argc, char** argv) {
             run_case("torchvision ResNet-18 (scripted, random weights), 224x224, patch 16, stride 8, "
                      "synthetic scene",
                      model, x, 16, 8, resnet_runs);
+        }
+        const std::string trained = fixtures + "/resnet18_fashion.pt";
+        if (trained_runs > 0 && std::filesystem::exists(trained)) {
+            Model model = Model::load(trained);
+            model.set_input_shape({3, 224, 224});
+            const at::Tensor x = read_npy(fixtures + "/resnet18_fashion_input.npy").slice(0, 0, 1).contiguous();
+            run_case("torchvision ResNet-18 (scripted, trained on Fashion-MNIST at 224x224), 224x224, "
+                     "patch 16, stride 8, first test image",
+                     model, x, 16, 8, trained_runs);
+        } else if (trained_runs > 0) {
+            std::printf("(no %s: make it with /usr/bin/python3 bench/train_resnet18.py %s)\n", trained.c_str(),
+                        fixtures.c_str());
         }
     } catch (const std::exception& e) {
         std::fprintf(stderr, "bench_occlusion: %s\n", e.what());
