@@ -539,6 +539,14 @@ cv::Mat labelled_grid(const std::vector<cv::Mat>& tiles, const GridOptions& opts
                       opts.label_colour, false);
         }
     }
+    // The unused cells of the last row (and the separators between them) take the margin
+    // colour, so that a partial row ends cleanly instead of in a block of separator colour.
+    if (n < rows * cols) {
+        const int first_empty = n % cols;
+        const int left = x0 + first_empty * (cell_w + sep) - (first_empty > 0 ? sep : 0);
+        const int top = y0 + (rows - 1) * (slot_h + sep);
+        canvas(cv::Rect(left, top, width - left, height - top)).setTo(opts.margin_colour);
+    }
     for (size_t r = 0; r < opts.row_labels.size(); ++r) {
         const int top = y0 + static_cast<int>(r) * (slot_h + sep);
         const int baseline = top + (cell_h + ascent) / 2;

@@ -160,7 +160,8 @@ TEST(Activations, TilesHaveExactPixelsOnTheLayerScale) {
                 }
         const cv::Scalar sep = separator_colour_for(Colormap::Gray);
         EXPECT_EQ(px(g, 4, 0), cv::Vec3b(sep[0], sep[1], sep[2]));
-        EXPECT_EQ(px(g, 7, 7), cv::Vec3b(sep[0], sep[1], sep[2]));  // the empty fourth cell
+        EXPECT_EQ(px(g, 7, 7), cv::Vec3b(255, 255, 255));  // the empty fourth cell: margin colour
+        EXPECT_EQ(px(g, 4, 7), cv::Vec3b(255, 255, 255));  // and the separator before it
         // The input beside the grid, scaled to its height, 4 px apart.
         const cv::Mat& p = la.pictures[n];
         ASSERT_EQ(p.rows, 9);

@@ -342,10 +342,11 @@ TEST(RenderGrid, TilePositionsAndSeparatorsAreExact) {
         EXPECT_TRUE(all_pixels(grid, cv::Rect(c * 4, r * 3, 3, 2), colours[i])) << "tile " << i;
     }
     EXPECT_TRUE(all_pixels(grid, cv::Rect(3, 0, 1, 5), sep));   // vertical separator 1
-    EXPECT_TRUE(all_pixels(grid, cv::Rect(7, 0, 1, 5), sep));   // vertical separator 2
+    EXPECT_TRUE(all_pixels(grid, cv::Rect(7, 0, 1, 3), sep));   // vertical separator 2, first row
     EXPECT_TRUE(all_pixels(grid, cv::Rect(0, 2, 11, 1), sep));  // horizontal separator
-    EXPECT_TRUE(all_pixels(grid, cv::Rect(8, 3, 3, 2), sep));   // the empty last cell
-    EXPECT_EQ(count_colour(grid, sep), 11 * 5 - 5 * 6);
+    // The empty last cell and the separator before it take the margin colour (white).
+    EXPECT_TRUE(all_pixels(grid, cv::Rect(7, 3, 4, 2), cv::Vec3b(255, 255, 255)));
+    EXPECT_EQ(count_colour(grid, sep), 11 * 5 - 5 * 6 - 4 * 2);
 
     // cols = 0: near-square, 3 x 2 for 5 tiles; no separators with separator_px = 0.
     EXPECT_EQ(tile_grid(tiles, 0, 0).size(), cv::Size(9, 4));
