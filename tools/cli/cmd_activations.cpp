@@ -59,12 +59,7 @@ RunFn setup(CLI::App& app) {
         if (o->index.empty() && o->indices.empty() && o->image.empty())
             throw UsageError("choose the inputs with --index i, --indices a:b or --image P");
 
-        Model model = open_model(*o);
-        Dataset data = open_data(*o);
-        fit_model_to_data(model, data);
-        const auto indices = selected_indices(*o, data, ":1");
-        const Preprocess pre = preprocess_for(model, data);
-        const at::Tensor images = data.batch(indices, pre);
+        auto [model, data, indices, pre, images, labels] = open_selected_inputs(*o);
         opts.preprocess = pre;
 
         const auto t0 = std::chrono::steady_clock::now();

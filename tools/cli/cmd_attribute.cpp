@@ -86,14 +86,8 @@ RunFn setup(CLI::App& app) {
         ao.batch_size = a->batch_size;
         ao.seed = o->seed;
 
-        Model model = open_model(*o);
-        Dataset data = open_data(*o);
-        fit_model_to_data(model, data);
-        const auto indices = selected_indices(*o, data, ":1");
-        const Preprocess pre = preprocess_for(model, data);
-        const at::Tensor images = data.batch(indices, pre);
-        if (data.has_labels())
-            for (int64_t i : indices) ao.labels.push_back(data.label(i));
+        auto [model, data, indices, pre, images, labels] = open_selected_inputs(*o);
+        ao.labels = labels;
         ao.progress = stderr_progress("attribute");
 
         const AttributionResult r = attribute(model, images, ao);

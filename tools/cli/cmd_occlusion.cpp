@@ -164,15 +164,9 @@ RunFn setup(CLI::App& app) {
     app.add_option("--batch-size", a->batch_size, "occluded copies per forward pass")->capture_default_str();
     return [o, a]() {
         const OcclusionOptions opts = to_options(*a);  // usage errors before any work
-        Model model = open_model(*o);
-        Dataset data = open_data(*o);
-        fit_model_to_data(model, data);
-        const auto indices = selected_indices(*o, data, ":1");
-        const Preprocess pre = preprocess_for(model, data);
-        const at::Tensor images = data.batch(indices, pre);
+        auto [model, data, indices, pre, images, labels] = open_selected_inputs(*o);
         OcclusionOptions run_opts = opts;
-        if (data.has_labels())
-            for (int64_t i : indices) run_opts.labels.push_back(data.label(i));
+        run_opts.labels = labels;
 
         const auto t0 = std::chrono::steady_clock::now();
         const OcclusionResult r = occlusion(model, images, run_opts, stderr_progress("occlusion"));

@@ -107,6 +107,19 @@ Preprocess preprocess_for(const Model& model, const Dataset& data) {
     return data.preprocess_for(model.input_shape(), model.meta().mean, model.meta().std);
 }
 
+SelectedInputs open_selected_inputs(const CommonOptions& o) {
+    Model model = open_model(o);
+    Dataset data = open_data(o);
+    fit_model_to_data(model, data);
+    std::vector<int64_t> indices = selected_indices(o, data, ":1");
+    const Preprocess pre = preprocess_for(model, data);
+    at::Tensor images = data.batch(indices, pre);
+    std::vector<int64_t> labels;
+    if (data.has_labels())
+        for (int64_t i : indices) labels.push_back(data.label(i));
+    return {std::move(model), std::move(data), std::move(indices), pre, std::move(images), std::move(labels)};
+}
+
 OutputDir open_out(const CommonOptions& o, const nlohmann::json& options, const Model* model) {
     OutputDir dir(o.out);
     dir.set_command(command_line(), options, model ? model->path() : "", model ? model->file_hash() : "");

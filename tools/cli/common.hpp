@@ -63,6 +63,19 @@ std::vector<int64_t> selected_indices(const CommonOptions& o, const Dataset& dat
 // The preprocessing for this model and data.
 Preprocess preprocess_for(const Model& model, const Dataset& data);
 
+// What the per-input commands (activations, occlusion, attribute) start from: the model fitted
+// to the data, the chosen items (--index / --indices / --image, default the first), their
+// preprocessing, the preprocessed batch [N,C,H,W] and the items' labels (empty without labels).
+struct SelectedInputs {
+    Model model;
+    Dataset data;
+    std::vector<int64_t> indices;
+    Preprocess pre;
+    at::Tensor images;
+    std::vector<int64_t> labels;
+};
+SelectedInputs open_selected_inputs(const CommonOptions& o);
+
 // The process's command line (set by main).
 std::string& command_line();
 // An output folder for --out with the manifest's command, options and model.
