@@ -63,6 +63,9 @@ int main(int argc, char** argv) {
     std::string knn = "auto";
     double lr = 0.0;
     int iterations = 0;
+    double fft_width = 0.0;
+    int fft_nodes = 0;
+    double momentum = 0.0;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         if (a == "--n" && i + 1 < argc) {
@@ -73,6 +76,12 @@ int main(int argc, char** argv) {
             knn = argv[++i];
         } else if (a == "--lr" && i + 1 < argc) {
             lr = std::atof(argv[++i]);
+        } else if (a == "--momentum" && i + 1 < argc) {
+            momentum = std::atof(argv[++i]);
+        } else if (a == "--fft-nodes" && i + 1 < argc) {
+            fft_nodes = std::atoi(argv[++i]);
+        } else if (a == "--fft-width" && i + 1 < argc) {
+            fft_width = std::atof(argv[++i]);
         } else if (a == "--iterations" && i + 1 < argc) {
             iterations = std::atoi(argv[++i]);
         } else if (a == "--repeat" && i + 1 < argc) {
@@ -80,7 +89,7 @@ int main(int argc, char** argv) {
         } else if (a == "--help" || a == "-h") {
             std::printf(
                 "usage: bench_tsne [features.npy [labels.npy]] [--n N] [--threads T] "
-                "[--repeat R] [--knn auto|exact|hnsw] [--lr L] [--iterations I]\n");
+                "[--repeat R] [--knn auto|exact|hnsw] [--lr L] [--iterations I] [--fft-width W] [--fft-nodes P] [--momentum M]\n");
             return 0;
         } else {
             paths.push_back(a);
@@ -103,6 +112,9 @@ int main(int argc, char** argv) {
         options.threads = threads;
         if (lr > 0) options.learning_rate = lr;
         if (iterations > 0) options.iterations = iterations;
+        if (fft_width > 0) options.fft.max_interval_width = fft_width;
+        if (fft_nodes > 0) options.fft.nodes_per_interval = fft_nodes;
+        if (momentum > 0) options.momentum = momentum;
         if (knn == "exact") options.knn.method = convscope::KnnOptions::Method::Exact;
         if (knn == "hnsw") options.knn.method = convscope::KnnOptions::Method::Hnsw;
         std::vector<double> totals;

@@ -459,18 +459,19 @@ std::vector<std::string> Model::conv_layer_names() const {
 }
 
 std::string Model::penultimate_layer() const {
-    // The embedding layer: the last fully connected layer before the output, else the last
-    // layer that is not the output itself (a ResNet's global pooling).
-    const auto& ls = layers();
+    // The embedding layer: what the output layer reads, i.e. the last whole layer before the
+    // output (after its activation, as Karpathy's "CNN codes"), passing over dropout, which is
+    // the identity at inference: fc1 -> relu5 -> dropout -> fc2 gives relu5; a ResNet's global
+    // pooling; a LeNet's fc2 when its ReLUs are functions, not layers.
     const jit::Value* model_out = impl_->graph->outputs()[0];
-    std::string last_linear, last_other;
-    for (const auto& l : ls) {
+    std::string last;
+    for (const auto& l : layers()) {
         if (impl_->layer_value.at(l.name) == model_out) continue;
         if (l.depth > 0 && l.output_shape.size() != 1) continue;  // inner parts of blocks
-        if (l.is_linear) last_linear = l.name;
-        last_other = l.name;
+        if (l.type.rfind("Dropout", 0) == 0 || l.type == "Identity") continue;
+        last = l.name;
     }
-    return last_linear.empty() ? last_other : last_linear;
+    return last;
 }
 
 int64_t Model::num_classes() const {

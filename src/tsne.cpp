@@ -476,10 +476,19 @@ void fill_normal(double* out, int64_t count, double stddev, uint64_t seed) {
     }
 }
 
+}  // namespace
+
+int tsne_auto_iterations(int64_t n) {
+    if (n <= 20000) return 1000;
+    return int(std::min<int64_t>(2000, 1000 + (n - 20000) / 125));
+}
+
+namespace {
+
 void validate_options(const TsneOptions& o) {
     auto bad = [](const std::string& what) { throw UsageError("t-SNE option " + what); };
     if (o.dims != 2) bad("dims must be 2 (got " + std::to_string(o.dims) + ")");
-    if (o.iterations < 0) bad("iterations must be >= 0");
+    if (o.iterations < 0) bad("iterations must be >= 0 (0: automatic)");
     if (o.early_exaggeration_iters < 0) bad("early_exaggeration_iters must be >= 0");
     if (!(o.early_exaggeration > 0) || !(o.exaggeration > 0)) bad("exaggeration must be > 0");
     if (!(o.learning_rate >= 0) || !std::isfinite(o.learning_rate))
@@ -719,7 +728,9 @@ TsneResult tsne(const float* x, int64_t n, int64_t d, const TsneOptions& options
     constexpr int64_t kBlock = 4096;
     const int64_t blocks = (n + kBlock - 1) / kBlock;
     std::vector<double> block_sum(size_t(2 * blocks));
-    for (int it = 0; it < options.iterations; ++it) {
+    const int iterations = options.iterations > 0 ? options.iterations : tsne_auto_iterations(n);
+    result.iterations = iterations;
+    for (int it = 0; it < iterations; ++it) {
         const bool early = it < options.early_exaggeration_iters;
         const double exaggeration = early ? options.early_exaggeration : options.exaggeration;
         const double momentum = early ? options.momentum_early : options.momentum;
@@ -754,7 +765,7 @@ TsneResult tsne(const float* x, int64_t n, int64_t d, const TsneOptions& options
             }
         });
         if (it % 10 == 9)
-            report_progress(progress, 0.12 + 0.88 * double(it + 1) / double(options.iterations));
+            report_progress(progress, 0.12 + 0.88 * double(it + 1) / double(iterations));
     }
     // KL divergence of the final layout (the approximate Z for the FFT method).
     const double z = exact ? exact_repulsion(y.data(), n, rep.data(), pool)

@@ -31,7 +31,7 @@ TEST(DefaultModel, ShortTrainingLearnsAndLoadsInPython) {
     EXPECT_EQ(m.meta().class_names.size(), 10u);
     EXPECT_EQ(m.meta().class_names[9], "Ankle boot");
     EXPECT_EQ(m.conv_layer_names(), (std::vector<std::string>{"conv1", "conv2", "conv3", "conv4"}));
-    EXPECT_EQ(m.penultimate_layer(), "fc1");
+    EXPECT_EQ(m.penultimate_layer(), "relu5");
     EXPECT_EQ(m.layer("fc1").output_shape, (std::vector<int64_t>{128}));
     EXPECT_EQ(m.layer("pool2").rf.size_y, 16);  // 4 convs 3x3 and two 2x2 pools
     EXPECT_EQ(m.num_classes(), 10);

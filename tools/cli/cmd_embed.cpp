@@ -20,7 +20,7 @@ struct Options {
     double perplexity = 30.0;
     bool pca = false;
     int pca_dims = 50;
-    int iterations = 1000;
+    int iterations = 0;  // 0: automatic (tsne_auto_iterations)
     std::string gradient = "auto";
     int64_t batch_size = 256;
     std::string grid;
@@ -132,8 +132,9 @@ RunFn setup(CLI::App& app) {
         ->capture_default_str();
     app.add_flag("--pca", o->pca, "reduce the features to --pca-dims principal components first");
     app.add_option("--pca-dims", o->pca_dims, "components kept by --pca")->capture_default_str();
-    app.add_option("--iterations", o->iterations, "t-SNE iterations, 250 of them early exaggeration")
-        ->capture_default_str();
+    app.add_option("--iterations", o->iterations,
+                   "t-SNE iterations, 250 of them early exaggeration (default: 1000 up to 20,000 points, "
+                   "then one more per 125 points, at most 2000)");
     app.add_option("--gradient", o->gradient,
                    "t-SNE gradient: exact (O(N^2)), fft (interpolation) or auto (exact below 1000 points)")
         ->check(CLI::IsMember({"auto", "exact", "fft"}))
@@ -148,7 +149,7 @@ RunFn setup(CLI::App& app) {
     return [o]() {
         if (o->map_size < 64 || o->map_size > 16384) throw UsageError("--map-size must be between 64 and 16384");
         if (o->thumb_size < 4 || o->thumb_size > 256) throw UsageError("--thumb-size must be between 4 and 256");
-        if (o->iterations < 1) throw UsageError("--iterations must be at least 1");
+        if (o->iterations < 0) throw UsageError("--iterations must be at least 1 (or 0 for the default)");
         if (o->pca_dims < 1) throw UsageError("--pca-dims must be at least 1");
         if (o->grid_max < 1) throw UsageError("--grid-max must be at least 1");
         std::pair<int, int> grid_shape{0, 0};
@@ -197,7 +198,8 @@ RunFn setup(CLI::App& app) {
         TsneOptions topt;
         topt.perplexity = o->perplexity;
         topt.iterations = o->iterations;
-        topt.early_exaggeration_iters = std::min(topt.early_exaggeration_iters, o->iterations);
+        if (o->iterations > 0)
+            topt.early_exaggeration_iters = std::min(topt.early_exaggeration_iters, o->iterations);
         topt.pca_dims = o->pca ? o->pca_dims : 0;
         topt.gradient = o->gradient == "exact" ? TsneOptions::Gradient::Exact
                         : o->gradient == "fft" ? TsneOptions::Gradient::Fft
@@ -214,7 +216,7 @@ RunFn setup(CLI::App& app) {
                                   {"indices", o->common.indices},
                                   {"perplexity", o->perplexity},
                                   {"pca_dims", topt.pca_dims},
-                                  {"iterations", o->iterations},
+                                  {"iterations", r.tsne.iterations},
                                   {"gradient", o->gradient},
                                   {"seed", o->common.seed},
                                   {"threads", o->common.threads}};
@@ -271,6 +273,7 @@ RunFn setup(CLI::App& app) {
             {"gradient", r.tsne.exact ? "exact" : "fft"},
             {"neighbours", r.tsne.neighbours},
             {"learning_rate", r.tsne.learning_rate},
+            {"iterations", r.tsne.iterations},
             {"seconds",
              {{"features", feature_seconds},
               {"pca", r.tsne.pca_seconds},
