@@ -54,8 +54,8 @@ struct FftRepulsion::Plan {
     double width = 0.0;
     int64_t lda = 0;  // real row stride (floats), a multiple of 16 (64 bytes)
     int64_t columns = 0;  // m/2 + 1 frequency columns of the real transform
-    int64_t ldt = 0;      // complex stride of the transposed spectra: >= m, a multiple of 8 (64
-                          // bytes) but not of 512 (4 KB)
+    int64_t ldt = 0;      // complex stride of the transposed spectra: >= m, an odd multiple of 8
+                          // (64 bytes)
     // charge[0..2]: charges 1, x, y (g rows of lda; columns g..lda stay zero).
     // spec[0..2]: spectra of the charges, transposed: `columns` rows of ldt, entry (c, r) =
     // frequency column c of grid row r (or frequency row r after the column pass).
@@ -77,7 +77,7 @@ struct FftRepulsion::Plan {
         lda = round_up(m, 16);
         columns = m / 2 + 1;
         ldt = round_up(m, 8);
-        if (ldt % 512 == 0) ldt += 8;
+        if ((ldt / 8) % 2 == 0) ldt += 8;  // an odd number of cache lines: all sets in use
         std::lock_guard<std::mutex> lock(planner_mutex());
         for (auto& c : charge) {
             c = fftwf_alloc_real(size_t(g * lda));
