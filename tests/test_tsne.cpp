@@ -318,6 +318,25 @@ TEST(Tsne, BlobsStaySeparatedFft) {
     EXPECT_GT(neighbour_preservation(r.knn, r.embedding.data_ptr<float>(), 10, 2), 0.3);
 }
 
+TEST(Tsne, AutomaticIterationsGrowWithLargeN) {
+    EXPECT_EQ(tsne_auto_iterations(2), 1000);
+    EXPECT_EQ(tsne_auto_iterations(10000), 1000);
+    EXPECT_EQ(tsne_auto_iterations(20000), 1000);
+    EXPECT_EQ(tsne_auto_iterations(20125), 1001);
+    EXPECT_EQ(tsne_auto_iterations(70000), 1400);
+    EXPECT_EQ(tsne_auto_iterations(1000000), 2000);
+    // 0 asks for the automatic count; the result says how many ran.
+    std::vector<int64_t> labels;
+    const auto x = make_blobs(2, 50, 4, labels, 3);
+    TsneOptions o;
+    o.threads = 1;
+    o.gradient = TsneOptions::Gradient::Exact;
+    o.perplexity = 10;
+    EXPECT_EQ(tsne(x.data(), 100, 4, o).iterations, 1000);
+    o.iterations = 30;
+    EXPECT_EQ(tsne(x.data(), 100, 4, o).iterations, 30);
+}
+
 TEST(Tsne, SameSeedAndThreadsGiveSameBytes) {
     std::vector<int64_t> labels;
     const auto x = make_blobs(4, 500, 16, labels, 12);

@@ -65,6 +65,7 @@ assert np.allclose([[float(r[2]), float(r[3])] for r in rows[1:]], e)
 m = json.load(open(t + "/a/metrics.json"))
 assert m["knn_accuracy"] > 0.95, m
 assert 0 < m["neighbour_preservation"] <= 1 and m["kl_divergence"] > 0, m
+assert m["iterations"] == 400 and json.load(open(t + "/a/manifest.json"))["options"]["iterations"] == 400, m
 for stage in ["features", "neighbours", "affinities", "optimisation"]:
     assert m["seconds"][stage] >= 0, stage
 # Brute-force check of the accuracy figure: leave-one-out 10-NN majority vote in 2-D.
