@@ -200,11 +200,17 @@ std::map<const jit::Value*, ReceptiveField> receptive_fields(
                 auto s = int_pair(n->input(2));
                 if (!s) s = k;  // stride [] means stride = kernel
                 auto p = int_pair(n->input(3));
-                std::optional<std::pair<int64_t, int64_t>> d = std::make_pair(1L, 1L);
-                if (kind != c10::aten::avg_pool2d) d = int_pair(n->input(4));
-                if (k && s && p && d)
+                // Dilation: max pooling's fifth input; average pooling has none.
+                std::pair<int64_t, int64_t> d{1, 1};
+                bool d_known = true;
+                if (kind != c10::aten::avg_pool2d) {
+                    const auto given = int_pair(n->input(4));
+                    d_known = given.has_value();
+                    if (given) d = *given;
+                }
+                if (k && s && p && d_known)
                     r = compose(rf.at(n->input(0)), k->first, k->second, s->first, s->second,
-                                p->first, p->second, d->first, d->second);
+                                p->first, p->second, d.first, d.second);
                 else
                     r.kind = Kind::Unknown;
             } else if (is_adaptive && in_shape && in_shape->size() == 4) {
