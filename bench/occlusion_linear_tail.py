@@ -15,7 +15,8 @@ import sys
 
 import numpy as np
 import torch
-from numpy.lib.stride_tricks import sliding_window_view
+
+import occlusion_maps  # beside this script
 
 out_dir, model_path, input_path = sys.argv[1], sys.argv[2], sys.argv[3]
 patch, stride = int(sys.argv[4]), int(sys.argv[5])
@@ -28,25 +29,10 @@ size_y, size_x = inputs.shape[2], inputs.shape[3]
 
 
 def pixel_map(drops):
-    total = np.zeros((size_y, size_x))
-    count = np.zeros((size_y, size_x))
-    for y in range(py):
-        for x in range(px):
-            total[y * stride:y * stride + patch, x * stride:x * stride + patch] += drops[y, x]
-            count[y * stride:y * stride + patch, x * stride:x * stride + patch] += 1
-    return np.where(count > 0, total / np.maximum(count, 1), 0.0)
+    return occlusion_maps.pixel_map(drops, patch, stride, size_y, size_x)
 
 
-def ssim(a, ref, win=7):
-    span = ref.max() - ref.min() or 1.0
-    c1, c2 = (0.01 * span) ** 2, (0.03 * span) ** 2
-    wa, wr = sliding_window_view(a, (win, win)), sliding_window_view(ref, (win, win))
-    k = win * win / (win * win - 1)
-    ma, mr = wa.mean((-1, -2)), wr.mean((-1, -2))
-    va = k * ((wa * wa).mean((-1, -2)) - ma * ma)
-    vr = k * ((wr * wr).mean((-1, -2)) - mr * mr)
-    cv = k * ((wa * wr).mean((-1, -2)) - ma * mr)
-    return float((((2 * ma * mr + c1) * (2 * cv + c2)) / ((ma * ma + mr * mr + c1) * (va + vr + c2))).mean())
+ssim = occlusion_maps.ssim
 
 
 def head(x, cut):
