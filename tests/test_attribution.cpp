@@ -18,12 +18,6 @@ using namespace convscope;
 
 namespace {
 
-Model load_lenet() {
-    Model m = Model::load(fixture("lenet_scripted.pt"));
-    m.set_input_shape({1, 28, 28});
-    return m;
-}
-
 at::Tensor lenet_input() { return read_npy(fixture("lenet_scripted/input.npy")); }
 
 AttributionOptions opts(AttributionMethod method, int64_t target_class = -1) {

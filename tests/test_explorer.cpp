@@ -23,12 +23,6 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-Model lenet() {
-    Model m = Model::load(fixture("lenet_scripted.pt"));
-    m.set_input_shape({1, 28, 28});
-    return m;
-}
-
 ExplorerOptions small_options(const std::string& cache) {
     ExplorerOptions o;
     o.cache_dir = cache;
@@ -64,7 +58,7 @@ at::Tensor dequantise(const json& L) {
 
 TEST(Explorer, LiveActivationsMatchTheModelsTaps) {
     TempDir tmp;
-    Explorer ex(lenet(), Dataset::open("fashion-mnist:test"), small_options(tmp / "cache"));
+    Explorer ex(load_lenet(), Dataset::open("fashion-mnist:test"), small_options(tmp / "cache"));
     const std::string id = ex.add_dataset_image(7);
     EXPECT_EQ(id, "d7");
     const json j = ex.activations(id, {});
@@ -97,7 +91,7 @@ TEST(Explorer, LiveActivationsMatchTheModelsTaps) {
 
 TEST(Explorer, LargeMapsAreAreaAveragedAndChannelsCapped) {
     TempDir tmp;
-    Explorer ex(lenet(), Dataset::open("fashion-mnist:test"), small_options(tmp / "cache"));
+    Explorer ex(load_lenet(), Dataset::open("fashion-mnist:test"), small_options(tmp / "cache"));
     LiveOptions lo;
     lo.layers = {"conv1"};
     lo.max_side = 10;      // 28 -> factor 3 -> 10x10 (the last block is partial)
@@ -128,7 +122,7 @@ TEST(Explorer, LargeMapsAreAreaAveragedAndChannelsCapped) {
 
 TEST(Explorer, UploadsArePreprocessedLikeDatasetItems) {
     TempDir tmp;
-    Explorer ex(lenet(), Dataset::open("fashion-mnist:test"), small_options(tmp / "cache"));
+    Explorer ex(load_lenet(), Dataset::open("fashion-mnist:test"), small_options(tmp / "cache"));
     // Fashion-MNIST pixels are 8-bit, so the PNG of item 5 is the item exactly.
     const std::string png = ex.item_png(5);
     const std::string id = ex.add_encoded_image(png);
@@ -151,7 +145,7 @@ TEST(Explorer, UploadsArePreprocessedLikeDatasetItems) {
 
 TEST(Explorer, BadRequestsGiveTheirErrors) {
     TempDir tmp;
-    Explorer ex(lenet(), Dataset::open("fashion-mnist:test"), small_options(tmp / "cache"));
+    Explorer ex(load_lenet(), Dataset::open("fashion-mnist:test"), small_options(tmp / "cache"));
     expect_throw_kind<UnsupportedMediaError>([&] { ex.add_encoded_image("hello, not an image"); }, "not an image");
     expect_throw_kind<UnsupportedMediaError>([&] { ex.add_encoded_image(std::string("\x89PNG\r\n\x1a\nxx", 10)); },
                                              "cannot be decoded");
@@ -186,7 +180,7 @@ TEST(Explorer, BadRequestsGiveTheirErrors) {
 
 TEST(Explorer, ImageStoreForgetsTheLeastRecentlyUsed) {
     TempDir tmp;
-    Explorer ex(lenet(), Dataset::open("fashion-mnist:test"), small_options(tmp / "cache"));  // keeps 4
+    Explorer ex(load_lenet(), Dataset::open("fashion-mnist:test"), small_options(tmp / "cache"));  // keeps 4
     std::vector<std::string> ids;
     for (int i = 0; i < 5; ++i) {
         const std::string gray(784, char(10 * i + 1));
@@ -200,7 +194,7 @@ TEST(Explorer, ImageStoreForgetsTheLeastRecentlyUsed) {
 
 TEST(Explorer, FilterOfAnActivationIsItsConvsFilter) {
     TempDir tmp;
-    Explorer ex(lenet(), Dataset::open("fashion-mnist:test"), small_options(tmp / "cache"));
+    Explorer ex(load_lenet(), Dataset::open("fashion-mnist:test"), small_options(tmp / "cache"));
     EXPECT_EQ(ex.filter_png("relu1", 2), ex.filter_png("conv1", 2));
     EXPECT_NE(ex.filter_png("conv1", 3), ex.filter_png("conv1", 2));
     const json info = ex.model_info();
@@ -216,7 +210,7 @@ TEST(Explorer, FilterOfAnActivationIsItsConvsFilter) {
 
 TEST(Explorer, OcclusionJobMatchesTheLibrary) {
     TempDir tmp;
-    Explorer ex(lenet(), Dataset::open("fashion-mnist:test"), small_options(tmp / "cache"));
+    Explorer ex(load_lenet(), Dataset::open("fashion-mnist:test"), small_options(tmp / "cache"));
     const json r = ex.run_job({{"kind", "occlusion"}, {"image", "d4"}});
     OcclusionOptions oo;  // the explorer's defaults for 28x28: patch 4, stride 2, probabilities
     oo.patch_h = oo.patch_w = 4;
@@ -234,7 +228,7 @@ TEST(Explorer, OcclusionJobMatchesTheLibrary) {
 
 TEST(Explorer, JobsRunInTheBackgroundAndJoinIdenticalRequests) {
     TempDir tmp;
-    Explorer ex(lenet(), Dataset::open("fashion-mnist:test"), small_options(tmp / "cache"));
+    Explorer ex(load_lenet(), Dataset::open("fashion-mnist:test"), small_options(tmp / "cache"));
     const json req = {{"kind", "attribution"}, {"image", "d3"}, {"method", "saliency"}};
     const json a = ex.start_job(req);
     const json b = ex.start_job(req);
@@ -258,7 +252,7 @@ TEST(Explorer, PatchScanAndMapAreCachedOnDisk) {
     const std::string cache = tmp / "cache";
     json patches, map1;
     {
-        Explorer ex(lenet(), Dataset::open("fashion-mnist:test"), small_options(cache));
+        Explorer ex(load_lenet(), Dataset::open("fashion-mnist:test"), small_options(cache));
         patches = ex.run_job({{"kind", "patches"}, {"layer", "conv2"}, {"channel", 5}});
         (void)ex.run_job({{"kind", "map"}});
         map1 = ex.map_points();
@@ -273,7 +267,7 @@ TEST(Explorer, PatchScanAndMapAreCachedOnDisk) {
     to.lowest = false;
     std::vector<int64_t> idx;
     for (int64_t i = 0; i < 50; ++i) idx.push_back(i);
-    const Model m = lenet();
+    const Model m = load_lenet();
     const Dataset data = Dataset::open("fashion-mnist:test");
     const TopPatchesResult ref = top_patches(m, data, idx, data.preprocess_for({1, 28, 28}, {}, {}), to);
     const auto& want = ref.layers[0].channels[5].top;
@@ -287,7 +281,7 @@ TEST(Explorer, PatchScanAndMapAreCachedOnDisk) {
     // A new explorer reads both from the cache (the files are not rewritten) with equal results.
     std::map<fs::path, fs::file_time_type> times;
     for (const auto& f : files) times[f] = fs::last_write_time(f);
-    Explorer again(lenet(), Dataset::open("fashion-mnist:test"), small_options(cache));
+    Explorer again(load_lenet(), Dataset::open("fashion-mnist:test"), small_options(cache));
     EXPECT_EQ(again.run_job({{"kind", "patches"}, {"layer", "conv2"}, {"channel", 5}})["entries"], patches["entries"]);
     (void)again.run_job({{"kind", "map"}});
     EXPECT_EQ(again.map_points()["x"], map1["x"]);

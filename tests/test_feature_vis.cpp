@@ -17,12 +17,6 @@ using namespace convscope;
 
 namespace {
 
-Model load_lenet() {
-    Model m = Model::load(fixture("lenet_scripted.pt"));
-    m.set_input_shape({1, 28, 28});
-    return m;
-}
-
 FeatureVisOptions channel_opts(const std::string& layer, std::vector<int64_t> units) {
     FeatureVisOptions o;
     o.layer = layer;

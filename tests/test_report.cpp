@@ -55,8 +55,7 @@ ReportOptions small() {
 
 TEST(Report, DataMatchesPlainForwardPassesAndPicturesExist) {
     TempDir tmp;
-    Model model = Model::load(fixture("lenet_scripted.pt"));
-    model.set_input_shape({1, 28, 28});
+    Model model = load_lenet();
     const Dataset data = Dataset::open("fashion-mnist:test");
     OutputDir out(tmp / "r");
     int calls = 0;
@@ -122,8 +121,7 @@ TEST(Report, DataMatchesPlainForwardPassesAndPicturesExist) {
 
 TEST(Report, ScriptEndingStringsInDataAreEscaped) {
     TempDir tmp;
-    Model model = Model::load(fixture("lenet_scripted.pt"));
-    model.set_input_shape({1, 28, 28});
+    Model model = load_lenet();
     OutputDir out(tmp / "r");
     ReportOptions o = small();
     o.title = "a </script><script>alert(1)</script> title";
@@ -139,8 +137,7 @@ TEST(Report, ScriptEndingStringsInDataAreEscaped) {
 
 TEST(Report, BadOptionsAreRefused) {
     TempDir tmp;
-    Model model = Model::load(fixture("lenet_scripted.pt"));
-    model.set_input_shape({1, 28, 28});
+    Model model = load_lenet();
     const Dataset data = Dataset::open("fashion-mnist:test");
     OutputDir out(tmp / "r");
     ReportOptions o = small();

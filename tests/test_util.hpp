@@ -8,12 +8,20 @@
 #include <string>
 
 #include "convscope/error.hpp"
+#include "convscope/model.hpp"
 
 namespace convscope {
 
 // Folder made by tests/fixtures/make_fixtures.py (build/fixtures).
 inline std::string fixtures_dir() { return CONVSCOPE_FIXTURES; }
 inline std::string fixture(const std::string& rel) { return std::string(CONVSCOPE_FIXTURES) + "/" + rel; }
+
+// The LeNet fixture (1x28x28 inputs, 10 classes) with its input shape set.
+inline Model load_lenet() {
+    Model m = Model::load(fixture("lenet_scripted.pt"));
+    m.set_input_shape({1, 28, 28});
+    return m;
+}
 
 // |a - b| <= tol * max(max|b|, 0.01) everywhere, with the same shape: relative to the reference's
 // magnitude (gradients are often small), with a floor for references that are nearly zero.

@@ -62,17 +62,25 @@ std::string filter_layer_for(const Model& model, const std::string& layer) {
     return "";
 }
 
+namespace {
+
+// A map [H,W] as a heatmap with its colour bar (enlarged by factor) and over the input.
+HeatPictures heat_pictures(const cv::Mat& base_rgb, const at::Tensor& map, Colormap cmap, Range range,
+                           int factor) {
+    HeatPictures p;
+    p.factor = factor;
+    p.heat = heat_with_colorbar(upscale_nearest(apply_colormap(map, cmap, range), factor), cmap, range);
+    p.overlay = overlay_map(base_rgb, map, cmap, range, 0.55f);
+    return p;
+}
+
+}  // namespace
+
 HeatPictures occlusion_pictures(const cv::Mat& base_rgb, const OcclusionResult& r, int64_t n,
                                 int factor) {
     // The map is the same for every input channel: channel 0 is the picture.
     const at::Tensor map = r.occlusion[n][0];
-    const Range range = symmetric_range(map);
-    HeatPictures p;
-    p.factor = factor;
-    p.heat = heat_with_colorbar(upscale_nearest(apply_colormap(map, Colormap::Diverging, range), factor),
-                                Colormap::Diverging, range);
-    p.overlay = overlay_map(base_rgb, map, Colormap::Diverging, range, 0.55f);
-    return p;
+    return heat_pictures(base_rgb, map, Colormap::Diverging, symmetric_range(map), factor);
 }
 
 HeatPictures attribution_pictures(const cv::Mat& base_rgb, const AttributionResult& r, int64_t n,
@@ -80,12 +88,7 @@ HeatPictures attribution_pictures(const cv::Mat& base_rgb, const AttributionResu
     const at::Tensor heat = r.heat[n];
     const bool cam = is_cam_method(r.method);
     const Range range{0.f, cam ? value_range(heat).hi : percentile_range(heat, 0, 99.5).hi};
-    HeatPictures p;
-    p.factor = factor;
-    p.heat = heat_with_colorbar(upscale_nearest(apply_colormap(heat, Colormap::Inferno, range), factor),
-                                Colormap::Inferno, range);
-    p.overlay = overlay_map(base_rgb, heat, Colormap::Inferno, range, 0.55f);
-    return p;
+    return heat_pictures(base_rgb, heat, Colormap::Inferno, range, factor);
 }
 
 nlohmann::json box_json(const Box& b) { return {b.y0, b.x0, b.y1, b.x1}; }

@@ -2,27 +2,22 @@
 # End-to-end test of `convscope attribute`: every method on a fixture model, the output files,
 # the completeness gap of integrated gradients, and the exit codes and messages for bad input.
 # Usage: attribute.sh CONVSCOPE_BINARY FIXTURES_DIR
-set -euo pipefail
-bin="$1"
-fix="$2"
-tmp="$(mktemp -d)"
-trap 'rm -rf "$tmp"' EXIT
-py=/usr/bin/python3
+source "$(dirname "$0")/lib/common.sh" "$@"
 
-lenet="$fix/lenet_scripted.pt"
-data="$fix/lenet_scripted/input.npy"   # 2 images, float32 [2,1,28,28]
-$py -c "import numpy as np; np.save('$tmp/labels.npy', np.array([4, 7], dtype=np.int64))"
+lenet="$FIX/lenet_scripted.pt"
+data="$FIX/lenet_scripted/input.npy"   # 2 images, float32 [2,1,28,28]
+$PY -c "import numpy as np; np.save('$T/labels.npy', np.array([4, 7], dtype=np.int64))"
 
 # Every method runs and writes its files.
 for method in saliency guided-backprop deconvnet smoothgrad integrated-gradients grad-cam grad-cam++; do
-    out="$tmp/$method"
-    "$bin" attribute --method "$method" --model "$lenet" --data "$data" --indices 0:2 --target 3 \
-        --samples 4 --steps 32 --threads 1 --out "$out" > "$tmp/$method.log"
+    out="$T/$method"
+    "$BIN" attribute --method "$method" --model "$lenet" --data "$data" --indices 0:2 --target 3 \
+        --samples 4 --steps 32 --threads 1 --out "$out" > "$T/$method.log"
     for f in attributions.npy heat.npy summary.json manifest.json overview.png heatmaps/0.png heatmaps/1.png \
              overlays/0.png overlays/1.png; do
         [ -s "$out/$f" ] || { echo "missing $out/$f"; exit 1; }
     done
-    $py - "$out" "$method" <<'PY'
+    $PY - "$out" "$method" <<'PY'
 import json, sys
 import numpy as np
 out, method = sys.argv[1], sys.argv[2]
@@ -57,40 +52,30 @@ PY
 done
 
 # Labels as targets; the same seed gives the same SmoothGrad bytes.
-"$bin" attribute --method saliency --model "$lenet" --data "$data" --labels "$tmp/labels.npy" --indices 0:2 \
-    --target label --out "$tmp/label" --json > "$tmp/label.json"
-$py -c "import json; s = json.load(open('$tmp/label.json')); assert [i['target'] for i in s['items']] == [4, 7], s"
+"$BIN" attribute --method saliency --model "$lenet" --data "$data" --labels "$T/labels.npy" --indices 0:2 \
+    --target label --out "$T/label" --json > "$T/label.json"
+$PY -c "import json; s = json.load(open('$T/label.json')); assert [i['target'] for i in s['items']] == [4, 7], s"
 for run in a b; do
-    "$bin" attribute --method smoothgrad --model "$lenet" --data "$data" --index 1 --samples 5 --seed 9 \
-        --threads 1 --out "$tmp/sg-$run" > /dev/null
+    "$BIN" attribute --method smoothgrad --model "$lenet" --data "$data" --index 1 --samples 5 --seed 9 \
+        --threads 1 --out "$T/sg-$run" > /dev/null
 done
-cmp "$tmp/sg-a/attributions.npy" "$tmp/sg-b/attributions.npy"
+cmp "$T/sg-a/attributions.npy" "$T/sg-b/attributions.npy"
 
 # A Grad-CAM layer picked by name on a ResNet with in-place ReLUs.
-"$bin" attribute --method grad-cam --model "$fix/resnet_small_scripted.pt" \
-    --data "$fix/resnet_small_scripted/input.npy" --indices 0:2 --layer layer1 --out "$tmp/resnet" > /dev/null
-$py -c "import numpy as np; a = np.load('$tmp/resnet/attributions.npy'); assert a.ndim == 3 and a.shape[0] == 2, a.shape"
+"$BIN" attribute --method grad-cam --model "$FIX/resnet_small_scripted.pt" \
+    --data "$FIX/resnet_small_scripted/input.npy" --indices 0:2 --layer layer1 --out "$T/resnet" > /dev/null
+$PY -c "import numpy as np; a = np.load('$T/resnet/attributions.npy'); assert a.ndim == 3 and a.shape[0] == 2, a.shape"
 
 # Bad input: exit code and message.
-expect_fail() {  # expect_fail CODE NEEDLE ARGS...
-    local code="$1" needle="$2"
-    shift 2
-    set +e
-    "$bin" attribute "$@" > "$tmp/out.txt" 2> "$tmp/err.txt"
-    local rc=$?
-    set -e
-    [ "$rc" -eq "$code" ] || { echo "expected exit $code, got $rc for: $*"; cat "$tmp/err.txt"; exit 1; }
-    grep -qF -- "$needle" "$tmp/err.txt" || { echo "expected '$needle' in:"; cat "$tmp/err.txt"; exit 1; }
-}
-common=(--model "$lenet" --data "$data" --out "$tmp/bad")
-expect_fail 1 "layer 'fc1' is not spatial" --method grad-cam --layer fc1 "${common[@]}"
-expect_fail 1 "target class 10 is out of range: the model has 10 classes" --method saliency --target 10 "${common[@]}"
-expect_fail 1 "needs labelled data" --method saliency --target label "${common[@]}"
-expect_fail 2 "--steps must be at least 1" --method integrated-gradients --steps 0 "${common[@]}"
-expect_fail 2 "--samples must be at least 1" --method smoothgrad --samples 0 "${common[@]}"
-expect_fail 2 "unknown attribution method 'sailency'" --method sailency "${common[@]}"
-expect_fail 2 "bad baseline 'black'" --method integrated-gradients --baseline black "${common[@]}"
-expect_fail 2 "bad target" --method saliency --target best "${common[@]}"
-[ ! -e "$tmp/bad/summary.json" ] || { echo "a failed run left a summary"; exit 1; }
-"$bin" attribute --help | grep -q -- "--baseline"
+common=(--model "$lenet" --data "$data" --out "$T/bad")
+expect_fail 1 "layer 'fc1' is not spatial" attribute --method grad-cam --layer fc1 "${common[@]}"
+expect_fail 1 "target class 10 is out of range: the model has 10 classes" attribute --method saliency --target 10 "${common[@]}"
+expect_fail 1 "needs labelled data" attribute --method saliency --target label "${common[@]}"
+expect_fail 2 "--steps must be at least 1" attribute --method integrated-gradients --steps 0 "${common[@]}"
+expect_fail 2 "--samples must be at least 1" attribute --method smoothgrad --samples 0 "${common[@]}"
+expect_fail 2 "unknown attribution method 'sailency'" attribute --method sailency "${common[@]}"
+expect_fail 2 "bad baseline 'black'" attribute --method integrated-gradients --baseline black "${common[@]}"
+expect_fail 2 "bad target" attribute --method saliency --target best "${common[@]}"
+[ ! -e "$T/bad/summary.json" ] || { echo "a failed run left a summary"; exit 1; }
+"$BIN" attribute --help | grep -q -- "--baseline"
 echo "attribute e2e: ok"

@@ -5,22 +5,14 @@
 # map, the map zooms and opens an item), and opens a `convscope report` from a file URL with no
 # network request. Screenshots go to <build>/test-artifacts/browser/.
 # Usage: browser.sh <convscope binary> <fixtures dir>
-set -euo pipefail
-BIN=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
-FIX=$2
+source "$(dirname "$0")/lib/common.sh" "$@"
+BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
 HERE=$(cd "$(dirname "$0")" && pwd)
 ART=$(dirname "$BIN")/test-artifacts/browser
 if [ ! -d "$HERE/browser/node_modules/playwright-core" ]; then
     echo "playwright-core is not installed in tests/e2e/browser: run scripts/setup.sh (npm ci)"; exit 1
 fi
 [ -x /usr/bin/chromium ] || { echo "/usr/bin/chromium is missing: run scripts/setup.sh"; exit 1; }
-T=$(mktemp -d)
-PID=
-cleanup() {
-    if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; fi
-    rm -rf "$T"
-}
-trap cleanup EXIT
 rm -rf "$ART"
 mkdir -p "$ART"
 

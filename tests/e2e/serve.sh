@@ -4,31 +4,11 @@
 # replies with a JSON error and never a crash; only the app's own assets are served; 32 concurrent
 # clients see every request answered correctly; SIGTERM stops it cleanly.
 # Usage: serve.sh <convscope binary> <fixtures dir>
-set -euo pipefail
-BIN=$1
-FIX=$2
-PY=/usr/bin/python3
-T=$(mktemp -d)
-PID=
-cleanup() {
-    if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; fi
-    rm -rf "$T"
-}
-trap cleanup EXIT
+source "$(dirname "$0")/lib/common.sh" "$@"
 
 M=$FIX/lenet_scripted.pt
 base=(--model "$M" --input-shape 1,28,28 --data fashion-mnist:test --threads 1 --cache-dir "$T/cache")
 common=("${base[@]}" --map-items 300 --map-iterations 100 --scan-items 300 --feature-vis-steps 8)
-
-# expect_fail CODE NEEDLE ARGS...: the command exits with CODE and says NEEDLE on stderr.
-expect_fail() {
-    local code=$1 needle=$2
-    shift 2
-    local rc=0
-    "$BIN" "$@" >"$T/out.txt" 2>"$T/err.txt" || rc=$?
-    if [ "$rc" != "$code" ]; then echo "expected exit $code, got $rc: $*"; cat "$T/err.txt"; exit 1; fi
-    if ! grep -q -- "$needle" "$T/err.txt"; then echo "expected '$needle' in: $*"; cat "$T/err.txt"; exit 1; fi
-}
 
 "$BIN" serve --help >/dev/null
 expect_fail 2 "port" serve "${common[@]}" --port 70000

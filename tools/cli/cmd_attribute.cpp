@@ -9,6 +9,7 @@
 #include "convscope/attribution.hpp"
 #include "convscope/error.hpp"
 #include "convscope/render.hpp"
+#include "detail/views.hpp"
 
 namespace convscope::cli {
 namespace {
@@ -27,10 +28,7 @@ struct AttributeArgs {
 };
 
 std::string class_name(const Model& model, const Dataset& data, int64_t c) {
-    const auto& names =
-        !model.meta().class_names.empty() ? model.meta().class_names : data.class_names();
-    if (c >= 0 && c < static_cast<int64_t>(names.size())) return names[size_t(c)];
-    return std::to_string(c);
+    return detail::class_label(detail::class_names_for(model, data), c);
 }
 
 RunFn setup(CLI::App& app) {

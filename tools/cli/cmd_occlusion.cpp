@@ -9,6 +9,7 @@
 #include "convscope/occlusion.hpp"
 #include "convscope/render.hpp"
 #include "detail/strings.hpp"
+#include "detail/views.hpp"
 
 namespace convscope::cli {
 namespace {
@@ -172,8 +173,7 @@ RunFn setup(CLI::App& app) {
         const OcclusionResult r = occlusion(model, images, run_opts, stderr_progress("occlusion"));
         const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
-        std::vector<std::string> names = model.meta().class_names;
-        if (names.empty()) names = data.class_names();
+        const std::vector<std::string> names = detail::class_names_for(model, data);
         auto class_name = [&](int64_t k) -> nlohmann::json {
             if (k >= 0 && k < static_cast<int64_t>(names.size())) return names[k];
             return nullptr;
