@@ -3,7 +3,7 @@
 // incremental equals full and reports the approximate map's SSIM against the exact one.
 //
 //   bench_occlusion [--runs N] [--resnet-runs M] [--trained-runs R] [--images K] [--fixtures DIR]
-//                   [--threads T]
+//                   [--threads T] [--tau X] [--coarse-step S] [--batch-size B]
 //
 // Cases: the built-in Fashion-MNIST model (load_default_model(); trained on first use), 28x28,
 // patch 4, stride 1, on the first K test images; and torchvision's ResNet-18
@@ -98,9 +98,17 @@ at::Tensor synthetic_scene(int64_t size = 224) {
     return ((img - mean) / sd).unsqueeze(0).contiguous();
 }
 
+// Approximate-mode options from the command line (negative: the library's default).
+double opt_tau = -1;
+int64_t opt_coarse_step = -1;
+int64_t opt_batch = -1;
+
 void run_case(const std::string& title, const Model& model, const at::Tensor& images, int64_t patch,
               int64_t stride, int runs) {
     OcclusionOptions o;
+    if (opt_tau > 0) o.tau = opt_tau;
+    if (opt_coarse_step > 0) o.coarse_step = opt_coarse_step;
+    if (opt_batch > 0) o.batch_size = opt_batch;
     o.patch_h = o.patch_w = patch;
     o.stride_y = o.stride_x = stride;
     OcclusionOptions full = o, inc = o, approx = o;
@@ -175,6 +183,9 @@ int main(int argc, char** argv) {
         else if (a == "--images") images = std::atoll(argv[i + 1]);
         else if (a == "--fixtures") fixtures = argv[i + 1];
         else if (a == "--threads") threads = std::atoi(argv[i + 1]);
+        else if (a == "--tau") opt_tau = std::atof(argv[i + 1]);
+        else if (a == "--coarse-step") opt_coarse_step = std::atoll(argv[i + 1]);
+        else if (a == "--batch-size") opt_batch = std::atoll(argv[i + 1]);
         else {
             std::fprintf(stderr, "unknown option %s\n", a.c_str());
             return 2;
@@ -183,9 +194,10 @@ int main(int argc, char** argv) {
     at::set_num_threads(threads);
     std::string load;
     std::getline(std::ifstream("/proc/loadavg"), load);
-    std::printf("bench_occlusion: %d threads (OMP_WAIT_POLICY=%s), batch 128 occluded copies per forward, "
+    std::printf("bench_occlusion: %d threads (OMP_WAIT_POLICY=%s), batch %lld occluded copies per forward, "
                 "load average at start: %s\n",
-                threads, std::getenv("OMP_WAIT_POLICY"), load.c_str());
+                threads, std::getenv("OMP_WAIT_POLICY"),
+                static_cast<long long>(opt_batch > 0 ? opt_batch : OcclusionOptions{}.batch_size), load.c_str());
     try {
         if (runs > 0) {
             Model model = load_default_model();

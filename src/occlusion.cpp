@@ -25,6 +25,19 @@ int64_t occlusion_positions(int64_t size, int64_t patch, int64_t stride) {
 
 namespace {
 
+// Approximate mode: how many classes per image get the first-order correction (the target and
+// the most likely other).
+constexpr int64_t kCorrectedClasses = 2;
+// Automatic threshold: kAutoTau where a centred window's projective field covers at least this
+// share of some convolution's output (rows and columns), else none (1).
+constexpr double kCoverageForThreshold = 0.9;
+constexpr double kAutoTau = 0.25;
+// Automatic coarse step: 2 where neighbouring windows overlap by at least 3/4 (patch >= 4 x
+// stride on both axes; the map is smooth from one position to the next), else 1 (every position).
+int64_t auto_coarse_step(const OcclusionOptions& o) {
+    return o.patch_h >= 4 * o.stride_y && o.patch_w >= 4 * o.stride_x ? 2 : 1;
+}
+
 std::string dims(int64_t a, int64_t b) { return std::to_string(a) + "x" + std::to_string(b); }
 
 void validate_options(const at::Tensor& x, const OcclusionOptions& o) {
@@ -45,10 +58,11 @@ void validate_options(const at::Tensor& x, const OcclusionOptions& o) {
     if (o.baseline == OcclusionBaseline::Blur && (o.blur_sigma < 0 || !std::isfinite(o.blur_sigma)))
         throw Error("the blur sigma must be a finite number >= 0 (0 = automatic)");
     if (o.mode == OcclusionMode::Approximate) {
-        if (!(o.tau > 0 && o.tau <= 1))
-            throw Error("tau (projective-field threshold) must be in (0, 1], got " + std::to_string(o.tau));
-        if (o.coarse_step < 1 || (o.coarse_step & (o.coarse_step - 1)) != 0)
-            throw Error("the coarse step must be a power of 2 (1, 2, 4, 8, ...), got " +
+        if (!(o.tau >= 0 && o.tau <= 1))
+            throw Error("tau (projective-field threshold) must be in (0, 1] (0 = automatic), got " +
+                        std::to_string(o.tau));
+        if (o.coarse_step < 0 || (o.coarse_step & (o.coarse_step - 1)) != 0)
+            throw Error("the coarse step must be a power of 2 (1, 2, 4, 8, ...; 0 = automatic), got " +
                         std::to_string(o.coarse_step));
         if (!(o.refine_drop >= 0) || !(o.refine_error >= 0))
             throw Error("the refinement thresholds must be >= 0");
@@ -125,7 +139,9 @@ class Evaluator {
 public:
     virtual ~Evaluator() = default;
     // Sets the images [G,C,H,W] and their baselines [G,C,H,W]; returns the clean outputs [G,K].
-    virtual at::Tensor set_images(const at::Tensor& images, const at::Tensor& baselines) = 0;
+    // classes [G,m]: the classes whose outputs the approximate mode corrects (else undefined).
+    virtual at::Tensor set_images(const at::Tensor& images, const at::Tensor& baselines,
+                                  const at::Tensor& classes) = 0;
     // Outputs [B,K]: copy b is image img[b] with the window at (ys[b], xs[b]) of size ph x pw set
     // to the image's baseline.
     virtual at::Tensor outputs(const std::vector<int64_t>& img, const std::vector<int64_t>& ys,
@@ -154,7 +170,7 @@ void copy_windows(const at::Tensor& base, at::Tensor& dst, const std::vector<int
 class FullEvaluator : public Evaluator {
 public:
     FullEvaluator(const Model& m, int64_t ph, int64_t pw) : model_(m), ph_(ph), pw_(pw) {}
-    at::Tensor set_images(const at::Tensor& images, const at::Tensor& baselines) override {
+    at::Tensor set_images(const at::Tensor& images, const at::Tensor& baselines, const at::Tensor&) override {
         images_ = images.contiguous();
         baselines_ = baselines.contiguous();
         return forward(images_);
@@ -185,12 +201,19 @@ private:
 
 class IncrementalEvaluator : public Evaluator {
 public:
-    IncrementalEvaluator(const Model& m, const std::vector<int64_t>& chw, double tau, int64_t ph,
-                         int64_t pw)
-        : engine_(m, chw, tau), ph_(ph), pw_(pw) {}
-    at::Tensor set_images(const at::Tensor& images, const at::Tensor& baselines) override {
+    IncrementalEvaluator(const Model& m, const std::vector<int64_t>& chw, int64_t ph, int64_t pw)
+        : engine_(m, chw, 1.0), ph_(ph), pw_(pw) {}
+    // Approximate mode: the projective-field threshold, and how many classes per image get the
+    // first-order correction for what it cuts.
+    void approximate(double tau, int64_t linear_classes) {
+        engine_.set_tau(tau);
+        engine_.plan_linear(ph_, pw_, tau < 1.0 ? linear_classes : 0);
+    }
+    double field_coverage() const { return engine_.field_coverage(ph_, pw_); }
+    at::Tensor set_images(const at::Tensor& images, const at::Tensor& baselines,
+                          const at::Tensor& classes) override {
         baselines_ = baselines.contiguous();
-        return engine_.set_images(images);
+        return engine_.set_images(images, classes);
     }
     at::Tensor outputs(const std::vector<int64_t>& img, const std::vector<int64_t>& ys,
                        const std::vector<int64_t>& xs) override {
@@ -516,10 +539,12 @@ at::Tensor occlusion_baseline(const at::Tensor& images, const OcclusionOptions& 
     return torch::zeros_like(x);
 }
 
-OcclusionResult occlusion(const Model& model, const at::Tensor& images_nchw, const OcclusionOptions& o,
+OcclusionResult occlusion(const Model& model, const at::Tensor& images_nchw, const OcclusionOptions& options,
                           const ProgressFn& progress) {
     check_input(model, images_nchw);
-    validate_options(images_nchw, o);
+    validate_options(images_nchw, options);
+    OcclusionOptions o = options;  // with the automatic settings resolved
+    if (o.mode == OcclusionMode::Approximate && o.coarse_step == 0) o.coarse_step = auto_coarse_step(o);
     torch::NoGradGuard no_grad;
     const at::Tensor x = images_nchw.contiguous();
     const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
@@ -543,6 +568,11 @@ OcclusionResult occlusion(const Model& model, const at::Tensor& images_nchw, con
     std::unique_ptr<Evaluator> ev;
     std::unique_ptr<IncrementalEvaluator> exact;  // Approximate with compare_exact
     const std::vector<int64_t> chw{C, H, W};
+    // Approximate mode: the classes per image whose outputs get the first-order correction for
+    // what thresholding cuts: the target and the most likely other (the one that can become the
+    // most likely class when a window is occluded).
+    const int64_t K = clean_out.size(1);
+    int64_t linear_classes = 0;
     // Images processed together. The exact modes fill whole batches from one image; the
     // approximate mode evaluates a few positions per image and drill-down round, so it shares
     // the rounds between images (at most 32, and at most 256 MiB of clean activations).
@@ -550,16 +580,23 @@ OcclusionResult occlusion(const Model& model, const at::Tensor& images_nchw, con
     if (o.mode == OcclusionMode::Full) {
         ev = std::make_unique<FullEvaluator>(model, o.patch_h, o.patch_w);
     } else {
-        auto inc = std::make_unique<IncrementalEvaluator>(
-            model, chw, o.mode == OcclusionMode::Approximate ? o.tau : 1.0, o.patch_h, o.patch_w);
+        auto inc = std::make_unique<IncrementalEvaluator>(model, chw, o.patch_h, o.patch_w);
         r.engine_note = inc->note();
         if (o.mode == OcclusionMode::Approximate) {
+            // Automatic threshold: thresholding pays where the occluder's projective field covers
+            // whole feature maps (deep networks on large inputs: there exact incremental inference
+            // recomputes everything); elsewhere it saves little and costs accuracy.
+            if (o.tau == 0) o.tau = inc->field_coverage() >= kCoverageForThreshold ? kAutoTau : 1.0;
+            if (o.tau < 1.0) linear_classes = std::min<int64_t>(K, kCorrectedClasses);
+            inc->approximate(o.tau, linear_classes);
+            r.tau = o.tau;
+            r.coarse_step = o.coarse_step;
             const int64_t bytes = std::max<int64_t>(1, inc->bytes_per_image());
             group = std::clamp<int64_t>((int64_t{256} << 20) / bytes, 1, 32);
         }
         ev = std::move(inc);
         if (o.mode == OcclusionMode::Approximate && o.compare_exact)
-            exact = std::make_unique<IncrementalEvaluator>(model, chw, 1.0, o.patch_h, o.patch_w);
+            exact = std::make_unique<IncrementalEvaluator>(model, chw, o.patch_h, o.patch_w);
     }
 
     r.occlusion = torch::zeros({N, C, H, W});
@@ -578,7 +615,21 @@ OcclusionResult occlusion(const Model& model, const at::Tensor& images_nchw, con
         const int64_t G = std::min(group, N - n0);
         const at::Tensor imgs = x.slice(0, n0, n0 + G);
         const at::Tensor bases = baselines.slice(0, n0, n0 + G);
-        const at::Tensor out = ev->set_images(imgs, bases).to(torch::kFloat);
+        at::Tensor classes;  // the target first, then the most likely other classes
+        if (linear_classes > 0) {
+            classes = torch::empty({G, linear_classes}, torch::kLong);
+            const at::Tensor order = clean_out.slice(0, n0, n0 + G).argsort(1, /*descending=*/true);
+            for (int64_t g = 0; g < G; ++g) {
+                const int64_t t = r.targets[n0 + g];
+                classes[g][0] = t;
+                int64_t j = 1;
+                for (int64_t k = 0; k < K && j < linear_classes; ++k) {
+                    const int64_t c = order[g][k].item<int64_t>();
+                    if (c != t) classes[g][j++] = c;
+                }
+            }
+        }
+        const at::Tensor out = ev->set_images(imgs, bases, classes).to(torch::kFloat);
         const at::Tensor probs = torch::softmax(out, 1);
         std::vector<ImageRun> runs(G);
         std::vector<Job> all;
@@ -612,7 +663,7 @@ OcclusionResult occlusion(const Model& model, const at::Tensor& images_nchw, con
 
         std::vector<ImageRun> exact_runs;
         if (exact) {
-            exact->set_images(imgs, bases);
+            exact->set_images(imgs, bases, at::Tensor());
             exact_runs.resize(G);
             for (int64_t g = 0; g < G; ++g) {
                 exact_runs[g].clean = runs[g].clean;

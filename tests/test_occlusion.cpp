@@ -424,6 +424,7 @@ TEST(Occlusion, ApproximateReportsSsimAndKeepsEvaluatedDropsExact) {
     Model m = load_fixture("lenet_scripted", {1, 28, 28});
     const at::Tensor x = fixture_input("lenet_scripted");
     auto o = opts(4, 4, 1, 1, OcclusionMode::Approximate);
+    o.coarse_step = 4;
     o.compare_exact = true;
     const auto r = occlusion(m, x, o);
     EXPECT_LE(r.forwards, 2 * 25 * 25);
@@ -465,6 +466,7 @@ TEST(Occlusion, ApproximateKeepsTheStructureOfTheExactMap) {
     Model m = detector_model();
     const at::Tensor x = torch::cat({structured_image(), structured_image().flip({3})}, 0);
     auto o = opts(4, 4, 1, 1, OcclusionMode::Approximate);
+    o.coarse_step = 4;
     o.compare_exact = true;
     const auto r = occlusion(m, x, o);
     EXPECT_LT(r.forwards, 2 * 25 * 25 * 2 / 5);
@@ -487,6 +489,7 @@ TEST(Occlusion, ApproximateIsDeterministicAndPerImage) {
     const at::Tensor x = fixture_input("resnet_small_scripted");
     auto o = opts(4, 4, 1, 1, OcclusionMode::Approximate);
     o.tau = 1.0;
+    o.coarse_step = 4;
     const auto a = occlusion(m, x, o);
     const auto b = occlusion(m, x, o);
     EXPECT_TRUE(torch::equal(a.coarse, b.coarse));
@@ -500,6 +503,101 @@ TEST(Occlusion, ApproximateIsDeterministicAndPerImage) {
     // Fewer positions than the exact modes, more than the first round.
     EXPECT_LT(a.forwards, x.size(0) * 29 * 29);
     EXPECT_GE(a.forwards, x.size(0) * (9 * 9 + 8 * 8));
+    // The same with thresholding and its first-order correction (gradients per image).
+    o.tau = 0.3;
+    o.coarse_step = 1;
+    const auto c = occlusion(m, x, o);
+    EXPECT_TRUE(torch::equal(c.coarse, occlusion(m, x, o).coarse));
+    for (int64_t n = 0; n < x.size(0); ++n) {
+        const auto one = occlusion(m, x.slice(0, n, n + 1), o);
+        expect_close(one.coarse[0], c.coarse[n], 1e-3, "thresholded, image " + std::to_string(n) + " alone");
+    }
+}
+
+// A network that is linear in its input (convolutions, a strided and a dilated one, average
+// pooling, a residual sum, batch-norm-like scaling; no activation): the first-order correction
+// of what thresholding cuts off is then exact, so the approximate mode with a tight threshold
+// must give the exact drops of both classes at every position.
+Model linear_model() {
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(11);
+    torch::jit::Module m("LinearNet");
+    m.register_parameter("w1", torch::randn({6, 3, 3, 3}, gen, torch::kFloat) * 0.4, false);
+    m.register_parameter("b1", torch::randn({6}, gen, torch::kFloat) * 0.1, false);
+    m.register_parameter("w2", torch::randn({6, 6, 3, 3}, gen, torch::kFloat) * 0.3, false);
+    m.register_parameter("w3", torch::randn({8, 6, 3, 3}, gen, torch::kFloat) * 0.3, false);
+    m.register_parameter("b3", torch::randn({8}, gen, torch::kFloat) * 0.1, false);
+    m.register_parameter("w4", torch::randn({8, 8, 3, 3}, gen, torch::kFloat) * 0.3, false);
+    m.register_parameter("fc", torch::randn({2, 8 * 8 * 8}, gen, torch::kFloat) * 0.05, false);
+    m.register_buffer("scale", torch::rand({1, 8, 1, 1}, gen, torch::kFloat) + 0.5);
+    m.define(R"(
+def forward(self, x):
+    a = torch.conv2d(x, self.w1, self.b1, [1, 1], [1, 1], [1, 1], 1)
+    b = torch.conv2d(a, self.w2, None, [1, 1], [2, 2], [2, 2], 1) + a
+    c = torch.avg_pool2d(b, [2, 2], [2, 2], [0, 0], False, True)
+    d = torch.conv2d(c, self.w3, self.b3, [2, 2], [1, 1], [1, 1], 1) * self.scale
+    e = torch.conv2d(d, self.w4, None, [1, 1], [1, 1], [1, 1], 1)
+    return torch.matmul(torch.flatten(e, 1), self.fc.t())
+)");
+    Model model = Model::from_module(m, ModelMeta{});
+    model.set_input_shape({3, 32, 32});
+    return model;
+}
+
+TEST(Occlusion, ApproximateCorrectionIsExactOnLinearNetworks) {
+    Model m = linear_model();
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(12);
+    const at::Tensor x = torch::randn({2, 3, 32, 32}, gen, torch::kFloat);
+    const auto exact = occlusion(m, x, opts(6, 6, 2, 2, OcclusionMode::Full));
+    auto o = opts(6, 6, 2, 2, OcclusionMode::Approximate);
+    o.tau = 0.2;  // a quarter of each map at most: the changes are cut at every convolution
+    o.coarse_step = 1;
+    const auto r = occlusion(m, x, o);
+    EXPECT_TRUE(r.evaluated.all().item<bool>());
+    EXPECT_EQ(r.tau, 0.2);
+    expect_close(r.coarse, exact.coarse, 5e-3, "corrected thresholded drops");
+    EXPECT_TRUE(torch::equal(r.top_class, exact.top_class));
+    expect_close(r.top_prob, exact.top_prob, 5e-3, "top probability");
+    // The other class (the runner-up) is corrected too: its drops with target = that class.
+    o.target = OcclusionTarget::Class;
+    for (int64_t k = 0; k < 2; ++k) {
+        o.target_class = k;
+        auto f = opts(6, 6, 2, 2, OcclusionMode::Full);
+        f.target = OcclusionTarget::Class;
+        f.target_class = k;
+        expect_close(occlusion(m, x, o).coarse, occlusion(m, x, f).coarse, 5e-3, "class " + std::to_string(k));
+    }
+}
+
+TEST(Occlusion, ApproximateAutomaticSettings) {
+    // LeNet at 28x28 with a 4x4 window: the projective field stays local (no thresholding);
+    // windows 4 strides wide: drill-down from a step-2 grid; 1 stride wide: every position.
+    Model lenet = load_fixture("lenet_scripted", {1, 28, 28});
+    const at::Tensor xl = fixture_input("lenet_scripted");
+    auto o = opts(4, 4, 1, 1, OcclusionMode::Approximate);
+    auto r = occlusion(lenet, xl, o);
+    EXPECT_EQ(r.tau, 1.0);
+    EXPECT_EQ(r.coarse_step, 2);
+    o = opts(4, 4, 2, 2, OcclusionMode::Approximate);
+    r = occlusion(lenet, xl, o);
+    EXPECT_EQ(r.coarse_step, 1);
+    EXPECT_TRUE(r.evaluated.all().item<bool>());
+    expect_close(r.coarse, occlusion(lenet, xl, opts(4, 4, 2, 2, OcclusionMode::Full)).coarse, 1e-4,
+                 "no thresholding, every position");
+    // The small ResNet at 32x32 with a 16x16 window: by its last stage the field covers the whole
+    // map: tau 0.25, with the correction keeping the map close to the exact one.
+    Model res = load_fixture("resnet_small_scripted", {3, 32, 32});
+    const at::Tensor xr = fixture_input("resnet_small_scripted");
+    o = opts(16, 16, 4, 4, OcclusionMode::Approximate);
+    r = occlusion(res, xr, o);
+    EXPECT_EQ(r.tau, 0.25);
+    EXPECT_EQ(r.coarse_step, 2);
+    o.coarse_step = 1;
+    o.compare_exact = true;
+    r = occlusion(res, xr, o);
+    EXPECT_EQ(r.tau, 0.25);
+    const auto ex = occlusion(res, xr, opts(16, 16, 4, 4, OcclusionMode::Incremental));
+    expect_close(r.coarse, ex.coarse, 0.15, "thresholded with the correction");
+    for (double s : r.ssim) EXPECT_GT(s, 0.9);
 }
 
 // --- SSIM ----------------------------------------------------------------------------------------
@@ -617,10 +715,14 @@ TEST(Occlusion, BadInputGivesClearErrors) {
     o.batch_size = 0;
     expect_error([&] { occlusion(m, x, o); }, "batch size");
     o = opts(4, 4, 2, 2, OcclusionMode::Approximate);
-    o.tau = 0;
+    o.tau = -0.5;
+    expect_error([&] { occlusion(m, x, o); }, "tau");
+    o.tau = 1.5;
     expect_error([&] { occlusion(m, x, o); }, "tau");
     o.tau = 0.5;
     o.coarse_step = 3;
+    expect_error([&] { occlusion(m, x, o); }, "power of 2");
+    o.coarse_step = -2;
     expect_error([&] { occlusion(m, x, o); }, "power of 2");
     expect_error([&] { occlusion(m, torch::zeros({1, 1, 20, 20}), opts(4, 4, 2, 2, OcclusionMode::Full)); },
                  "the data is 20x20 but the model expects 28x28");

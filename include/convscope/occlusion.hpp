@@ -19,14 +19,19 @@
 //   recomputed, on per-position patches; full tensors are formed again at the first op that
 //   needs the whole input (flatten, linear, global pooling). Equals Full within float rounding
 //   (1e-4 relative). Ops it does not know are recomputed in full from that point on (still exact).
-// - Approximate: projective-field thresholding (each layer recomputes at most a fraction tau of
-//   its output, centred on the change; the rest is taken as unchanged) and a coarse-to-fine
-//   drill-down: a grid of step coarse_step and the centres of its cells first; a cell is refined
-//   (its edge midpoints and the centres of its quarters evaluated, and so on down to single
-//   steps) where its centre's drop is far from the mean of its corners' (the map is not locally
-//   linear), where the drops are near the largest, or where the most likely class changes. The
-//   other positions are interpolated by a locally weighted linear fit to the evaluated ones.
-//   Images share the drill-down rounds (up to 32 at a time), so batches stay full.
+// - Approximate: projective-field thresholding (each convolution recomputes at most a fraction
+//   tau of its output, centred on the change) with a first-order correction for what it cuts off
+//   (the cut-off change's effect on the target's and the runner-up's logits through the rest of
+//   the network, from gradients at the clean image: exact for layers that act linearly), changes
+//   propagated in bfloat16 where the CPU supports it; and a coarse-to-fine drill-down: a grid of
+//   step coarse_step and the centres of its cells first; a cell is refined (its edge midpoints
+//   and the centres of its quarters evaluated, and so on down to single steps) where its centre's
+//   drop is far from the mean of its corners' (the map is not locally linear), where the drops
+//   are near the largest, or where the most likely class changes. The other positions are
+//   interpolated by a locally weighted linear fit to the evaluated ones. Images share the
+//   drill-down rounds (up to 32 at a time), so batches stay full. The automatic settings
+//   threshold only where the occluder's projective field covers whole feature maps (where the
+//   exact engine saves nothing) and drill down only where neighbouring windows overlap by 3/4.
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
@@ -70,10 +75,13 @@ struct OcclusionOptions {
     OcclusionMode mode = OcclusionMode::Incremental;
     int64_t batch_size = 128;  // occluded copies per forward pass (>= 1)
 
-    // Approximate mode. The defaults evaluate about 15-20% of the positions of a stride-1 grid.
-    double tau = 0.5;           // projective-field threshold in (0, 1]; 1 = no thresholding
-    int64_t coarse_step = 4;    // first drill-down level: every coarse_step-th position and the
-                                // centres of those cells (a power of 2; 1 = every position)
+    // Approximate mode.
+    double tau = 0;             // projective-field threshold in (0, 1]; 1 = no thresholding;
+                                // 0 = automatic: 0.25 where a window's projective field covers
+                                // whole feature maps (deep networks on large inputs), else 1
+    int64_t coarse_step = 0;    // first drill-down level: every coarse_step-th position and the
+                                // centres of those cells (a power of 2; 1 = every position);
+                                // 0 = automatic: 2 where patch >= 4 x stride on both axes, else 1
     double refine_drop = 1.0;   // refine a cell whose centre's |drop| is >= this x the largest so
                                 // far (1: the cell at the peak; 0: every cell)
     double refine_error = 0.25; // ... or whose centre's drop differs from the mean of its corners'
@@ -99,6 +107,8 @@ struct OcclusionResult {
                                       // occlusion map against the exact one (else empty)
     std::vector<double> ssim_coarse;  // ... and of the coarse drops against the exact ones
     int64_t forwards = 0;             // occluded copies evaluated (all images)
+    double tau = 1;                   // Approximate: the threshold and coarse step it ran with
+    int64_t coarse_step = 1;          // (the automatic settings resolved)
     std::string engine_note;          // Incremental/Approximate: what ran incrementally
 };
 

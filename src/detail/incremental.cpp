@@ -13,6 +13,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -192,7 +193,7 @@ at::Tensor gather(const at::Tensor& src, const IncValue& v, int64_t off_y, int64
     float* d = dst.data_ptr<float>();
     const int64_t h = v.h, w = v.w;
     // Parallel only when there is enough to copy to repay waking the other threads.
-    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(1, L * Lw));
+    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(1, L * Lw));
     at::parallel_for(0, B * C, grain, [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i) {
             const int64_t b = i / C, c = i % C;
@@ -223,6 +224,56 @@ at::Tensor gather(const at::Tensor& src, const IncValue& v, int64_t off_y, int64
     return dst;
 }
 
+// The change of v against the clean values on the windows (as gather), in bfloat16: zero outside
+// v's patch box.
+at::Tensor gather_change(const at::Tensor& clean_padded, const IncValue& v, int64_t off_y, int64_t off_x,
+                         const std::vector<int64_t>& wy, const std::vector<int64_t>& wx, int64_t L,
+                         int64_t Lw) {
+    const int64_t B = static_cast<int64_t>(wy.size());
+    const int64_t C = clean_padded.size(1), Hs = clean_padded.size(2), Ws = clean_padded.size(3);
+    at::Tensor dst = at::zeros({B, C, L, Lw}, clean_padded.options().dtype(at::kBFloat16));
+    const float* s = clean_padded.data_ptr<float>();
+    const float* p = v.patch.data_ptr<float>();
+    c10::BFloat16* d = dst.data_ptr<c10::BFloat16>();
+    const int64_t h = v.h, w = v.w;
+    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(1, h * w));
+    at::parallel_for(0, B * C, grain, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+            const int64_t b = i / C, c = i % C;
+            const float* sc = s + (v.img[b] * C + c) * Hs * Ws;
+            const float* pc = p + i * h * w;
+            c10::BFloat16* dc = d + i * L * Lw;
+            const int64_t py = v.py[b] + off_y, px = v.px[b] + off_x;
+            const int64_t ry0 = std::max(wy[b], py), ry1 = std::min(wy[b] + L, py + h);
+            const int64_t rx0 = std::max(wx[b], px), rx1 = std::min(wx[b] + Lw, px + w);
+            for (int64_t y = ry0; y < ry1; ++y)
+                for (int64_t x = rx0; x < rx1; ++x)
+                    dc[(y - wy[b]) * Lw + x - wx[b]] =
+                        c10::BFloat16(pc[(y - py) * w + x - px] - sc[y * Ws + x]);
+        }
+    });
+    return dst;
+}
+
+// The clean values src[img[b]] [G,C,H,W] on the boxes (py[b], px[b], h, w): [B,C,h,w].
+at::Tensor clean_windows(const at::Tensor& src, const std::vector<int64_t>& img, const std::vector<int64_t>& py,
+                         const std::vector<int64_t>& px, int64_t h, int64_t w) {
+    const int64_t B = static_cast<int64_t>(img.size()), C = src.size(1), Hs = src.size(2), Ws = src.size(3);
+    at::Tensor dst = at::empty({B, C, h, w}, src.options());
+    const float* s = src.data_ptr<float>();
+    float* d = dst.data_ptr<float>();
+    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(1, h * w));
+    at::parallel_for(0, B * C, grain, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+            const int64_t b = i / C, c = i % C;
+            for (int64_t r = 0; r < h; ++r)
+                std::memcpy(d + (i * h + r) * w, s + ((img[b] * C + c) * Hs + py[b] + r) * Ws + px[b],
+                            w * sizeof(float));
+        }
+    });
+    return dst;
+}
+
 // v's values on the boxes (py, px, h, w) of every position: v's patch itself when the boxes are
 // the same, else clean values with v's patch pasted in.
 at::Tensor extract(const at::Tensor& clean, const IncValue& v, const std::vector<int64_t>& py,
@@ -247,6 +298,8 @@ struct Axis {
     int64_t k = 1, s = 1, p = 0, d = 1;  // kernel, stride, padding before, dilation
     int64_t pad_hi = 0;                  // padding after, enough for every window
     int64_t in = 0, out = 0;             // input and output length
+    int64_t min_cap = 1;                 // thresholding keeps at least this many outputs: the
+                                         // occluder's own footprint on this map (plan_linear)
 };
 
 // Max pooling of win [B,C,L,Lw] (already padded) to [B,C,oh,ow]: a plain loop over small
@@ -256,27 +309,72 @@ at::Tensor max_pool(const at::Tensor& win, const Axis& ay, const Axis& ax, int64
     at::Tensor out = at::empty({B, C, oh, ow}, win.options());
     const float* s = win.data_ptr<float>();
     float* d = out.data_ptr<float>();
+    // The larger of m and v, NaN if either is (as at::max_pool2d).
+    auto nanmax = [](float m, float v) { return (v > m || v != v) ? v : m; };
     // Parallel only when there is enough work to repay waking the other threads.
-    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(1, L * Lw));
+    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(1, L * Lw));
     at::parallel_for(0, B * C, grain, [&](int64_t begin, int64_t end) {
+        std::vector<float> rows(Lw);
         for (int64_t i = begin; i < end; ++i) {
             const float* sp = s + i * L * Lw;
             float* dp = d + i * oh * ow;
-            for (int64_t oy = 0; oy < oh; ++oy)
+            for (int64_t oy = 0; oy < oh; ++oy) {
+                // The window rows' maximum per column (contiguous, vectorises), then across columns.
+                const float* r0 = sp + oy * ay.s * Lw;
+                std::copy(r0, r0 + Lw, rows.begin());
+                for (int64_t ky = 1; ky < ay.k; ++ky) {
+                    const float* r = r0 + ky * ay.d * Lw;
+                    for (int64_t x = 0; x < Lw; ++x) rows[x] = nanmax(rows[x], r[x]);
+                }
                 for (int64_t ox = 0; ox < ow; ++ox) {
-                    float m = -std::numeric_limits<float>::infinity();
-                    for (int64_t ky = 0; ky < ay.k; ++ky) {
-                        const float* row = sp + (oy * ay.s + ky * ay.d) * Lw + ox * ax.s;
-                        for (int64_t kx = 0; kx < ax.k; ++kx) {
-                            const float v = row[kx * ax.d];
-                            if (v > m || std::isnan(v)) m = v;  // a NaN stays
-                        }
-                    }
+                    const float* c = rows.data() + ox * ax.s;
+                    float m = c[0];
+                    for (int64_t kx = 1; kx < ax.k; ++kx) m = nanmax(m, c[kx * ax.d]);
                     dp[oy * ow + ox] = m;
                 }
+            }
         }
     });
     return out;
+}
+
+// Whether the CPU multiplies bfloat16 natively (AVX512-BF16): then bfloat16 convolutions run about
+// twice as fast as float32 ones; elsewhere they are emulated and slower.
+bool cpu_has_bf16() {
+#if defined(__x86_64__) || defined(__i386__)
+    static const bool yes = __builtin_cpu_supports("avx512bf16");
+    return yes;
+#else
+    return false;
+#endif
+}
+
+// Dot products of one vector with m others (row j at rows + j * stride), added to acc[j]: the
+// inner loop of the first-order correction.
+inline void dots_body(const float* v, const float* rows, int64_t stride, int64_t n, int64_t m, double* acc) {
+    for (int64_t j = 0; j < m; ++j) {
+        const float* r = rows + j * stride;
+        float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        int64_t i = 0;
+        for (; i + 8 <= n; i += 8)
+            for (int k = 0; k < 8; ++k) part[k] += r[i + k] * v[i + k];
+        double s = 0;
+        for (; i < n; ++i) s += static_cast<double>(r[i]) * v[i];
+        for (int k = 0; k < 8; ++k) s += part[k];
+        acc[j] += s;
+    }
+}
+__attribute__((target("avx2,fma"))) void dots_avx2(const float* v, const float* rows, int64_t stride, int64_t n,
+                                                    int64_t m, double* acc) {
+    dots_body(v, rows, stride, n, m, acc);
+}
+void dots_generic(const float* v, const float* rows, int64_t stride, int64_t n, int64_t m, double* acc) {
+    dots_body(v, rows, stride, n, m, acc);
+}
+void dots(const float* v, const float* rows, int64_t stride, int64_t n, int64_t m, double* acc) {
+    static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (avx2) dots_avx2(v, rows, stride, n, m, acc);
+    else dots_generic(v, rows, stride, n, m, acc);
 }
 
 enum class StepKind { Window, Pointwise, Binary, Cat };
@@ -300,6 +398,14 @@ struct Step {
     std::optional<jit::Operation> operation;
     std::vector<c10::IValue> args;
     std::vector<size_t> dyn_args;  // positions of the dynamic arguments
+    // First-order correction of thresholded convolutions (approximate mode): per image and
+    // corrected class, the gradient of the class's logit at the clean image with respect to this
+    // step's output [G,m,Cout,H,W], and its pull-back through this step onto the padded input
+    // [G,m,Cin,Hp,Wp].
+    bool linear = false;  // this step may be thresholded and gets the correction
+    at::Tensor grad_out, grad_in;
+    at::Tensor weight_bf16;  // the weight in bfloat16, for delta_bf16
+    bool capped = false;  // set by run_step: the threshold cut the output region in this batch
 };
 
 struct Slot {
@@ -324,22 +430,34 @@ struct IncrementalEngine::Impl {
     std::shared_ptr<jit::GraphFunction> clean_fn;  // output + clean activations of all slots
     std::shared_ptr<jit::GraphFunction> rest_fn;   // output from the boundary tensors
     at::Tensor image;
+    at::Tensor clean_out;  // the model's output for the clean images
     std::string note;
+    int64_t linear_classes = 0;  // classes per image that get the first-order correction
+    bool delta_bf16 = false;     // approximate mode: convolve changes in bfloat16 (CPU support)
+    at::Tensor classes;          // [G,m] those classes (int64), set with the images
+    std::shared_ptr<jit::GraphFunction> grad_fn;  // output with a zero probe added at each linear step
 
-    Impl(const Model& m, std::vector<int64_t> shape, double t) : model(m), chw(std::move(shape)), tau(t) {}
+    Impl(const Model& m, std::vector<int64_t> shape, double t) : model(m), chw(std::move(shape)), tau(t) {
+        delta_bf16 = tau < 1.0 && cpu_has_bf16();
+    }
     void build();
     bool plan_node(jit::Node* n, const std::map<const jit::Value*, std::vector<int64_t>>& shapes,
                    std::unordered_map<const jit::Value*, std::vector<int>>& lists);
-    at::Tensor set_images(const at::Tensor& images_gchw);
+    at::Tensor set_images(const at::Tensor& images_gchw, const at::Tensor& classes_gm);
     at::Tensor run(const at::Tensor& patches, const std::vector<int64_t>& img, const std::vector<int64_t>& ys,
                    const std::vector<int64_t>& xs);
     IncValue run_step(Step& st, std::vector<std::optional<IncValue>>& vals);
     void fuse_steps();
-    void window_range(const Axis& a, int64_t c0, int64_t c1, int64_t& o0, int64_t& o1) const;
+    bool window_range(const Axis& a, int64_t c0, int64_t c1, int64_t& o0, int64_t& o1, bool may_cap) const;
+    void plan_linear(int64_t patch_h, int64_t patch_w, int64_t m);
+    double field_coverage(int64_t patch_h, int64_t patch_w) const;
+    std::shared_ptr<jit::GraphFunction> make_clean_fn(const std::vector<size_t>& probed) const;
+    void clean_pass();
+    void add_correction(const Step& st, const IncValue& in, const IncValue& out, std::vector<double>& corr) const;
 };
 
-void IncrementalEngine::Impl::window_range(const Axis& a, int64_t c0, int64_t c1, int64_t& o0,
-                                           int64_t& o1) const {
+bool IncrementalEngine::Impl::window_range(const Axis& a, int64_t c0, int64_t c1, int64_t& o0,
+                                           int64_t& o1, bool may_cap) const {
     // Output o reads input rows [o*s - p, o*s - p + (k-1)*d]; it can change when that range
     // meets the changed rows [c0, c1).
     o0 = std::max<int64_t>(0, ceil_div(c0 + a.p - (a.k - 1) * a.d, a.s));
@@ -348,8 +466,8 @@ void IncrementalEngine::Impl::window_range(const Axis& a, int64_t c0, int64_t c1
         o0 = std::min<int64_t>(std::max<int64_t>(o0, 0), a.out - 1);
         o1 = o0 + 1;
     }
-    if (tau < 1.0) {
-        const int64_t cap = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(tau * a.out)));
+    if (tau < 1.0 && may_cap) {
+        const int64_t cap = std::max<int64_t>(a.min_cap, static_cast<int64_t>(std::ceil(tau * a.out)));
         if (o1 - o0 > cap) {
             // Keep the cap-sized part centred on the change (projective field thresholding).
             const int64_t mid2 = o0 + o1;  // twice the centre
@@ -357,8 +475,10 @@ void IncrementalEngine::Impl::window_range(const Axis& a, int64_t c0, int64_t c1
             start = std::max<int64_t>(0, std::min(start, a.out - cap));
             o0 = start;
             o1 = start + cap;
+            return true;
         }
     }
+    return false;
 }
 
 bool IncrementalEngine::Impl::plan_node(jit::Node* n,
@@ -685,24 +805,7 @@ void IncrementalEngine::Impl::build() {
     for (size_t s = 0; s < slots.size(); ++s)
         if (slots[s].boundary) boundary.push_back(static_cast<int>(s));
 
-    // The clean pass: the graph with a copy of every slot's value as an extra output.
-    {
-        auto g = graph->copy();
-        auto m = map_copy(*graph, *g);
-        // One tuple output: (model output, clean activation of slot 1, slot 2, ...).
-        std::vector<jit::Value*> outs{g->outputs()[0]};
-        for (size_t s = 1; s < slots.size(); ++s) {
-            jit::Value* v = m.at(slots[s].values[0]);
-            jit::WithInsertPoint guard(v->node()->next());
-            outs.push_back(g->insert(c10::aten::clone, {v}));
-        }
-        while (!g->outputs().empty()) g->eraseOutput(0);
-        g->registerOutput(g->insertNode(g->createTuple(outs))->output());
-        jit::EliminateDeadCode(g);
-        // The simple executor: these graphs run a few times per call, too few to repay profiling.
-        clean_fn = std::make_shared<jit::GraphFunction>("convscope_occlusion_clean", g, nullptr,
-                                                        jit::ExecutorExecutionMode::SIMPLE);
-    }
+    clean_fn = make_clean_fn({});
     // The rest: the graph with the boundary values as inputs; what computed them is dead code.
     {
         auto g = graph->copy();
@@ -733,6 +836,226 @@ void IncrementalEngine::Impl::build() {
                                 : "; full recomputation from " + first_rest;
 }
 
+namespace {
+at::Tensor first_tensor(const c10::IValue& v) {
+    if (v.isTensor()) return v.toTensor();
+    if (v.isTuple() && !v.toTupleRef().elements().empty() && v.toTupleRef().elements()[0].isTensor())
+        return v.toTupleRef().elements()[0].toTensor();
+    throw Error("the model does not return a tensor from forward: occlusion needs a classifier "
+                "that returns logits [N,K]");
+}
+}  // namespace
+
+// The largest share of a convolution's output map that a centred window of patch_h x patch_w can
+// change (the smaller of the row and column shares; thresholding ignored).
+double IncrementalEngine::Impl::field_coverage(int64_t patch_h, int64_t patch_w) const {
+    std::vector<std::array<int64_t, 4>> box(slots.size());
+    const int64_t y = std::max<int64_t>(0, (chw[1] - patch_h) / 2), x = std::max<int64_t>(0, (chw[2] - patch_w) / 2);
+    box[0] = {y, std::min(chw[1], y + patch_h), x, std::min(chw[2], x + patch_w)};
+    double most = 0;
+    for (const auto& st : steps) {
+        std::array<int64_t, 4> b = box[st.inputs[0]];
+        if (st.kind == StepKind::Window) {
+            const std::array<int64_t, 4> in = b;
+            window_range(st.ax[0], in[0], in[1], b[0], b[1], false);
+            window_range(st.ax[1], in[2], in[3], b[2], b[3], false);
+            if (st.op == WindowOp::Conv)
+                most = std::max(most, std::min(double(b[1] - b[0]) / double(st.ax[0].out),
+                                               double(b[3] - b[2]) / double(st.ax[1].out)));
+        } else if (st.kind != StepKind::Pointwise) {
+            for (int i : st.inputs) {
+                b[0] = std::min(b[0], box[i][0]);
+                b[1] = std::max(b[1], box[i][1]);
+                b[2] = std::min(b[2], box[i][2]);
+                b[3] = std::max(b[3], box[i][3]);
+            }
+        }
+        box[st.output] = b;
+    }
+    return most;
+}
+
+// Which convolutions thresholding can cut for a window of patch_h x patch_w: the changed rows are
+// propagated through the plan (as run_step does) for every window position along the rows, and
+// likewise the columns (the axes do not interact).
+void IncrementalEngine::Impl::plan_linear(int64_t patch_h, int64_t patch_w, int64_t m) {
+    linear_classes = tau < 1.0 ? m : 0;
+    for (auto& st : steps) st.linear = false;
+    grad_fn.reset();
+    if (linear_classes <= 0) return;
+    // Thresholding never cuts into the occluder's own footprint (the window scaled to the map,
+    // plus one for its alignment): there the changes are large and far from linear.
+    for (auto& st : steps)
+        if (st.kind == StepKind::Window)
+            for (int axis = 0; axis < 2; ++axis) {
+                const int64_t size = chw[1 + axis], patch = axis == 0 ? patch_h : patch_w;
+                st.ax[axis].min_cap = std::min(st.ax[axis].out, ceil_div(patch * st.ax[axis].out, size) + 1);
+            }
+    for (int axis = 0; axis < 2; ++axis) {
+        const int64_t size = chw[1 + axis], patch = axis == 0 ? patch_h : patch_w;
+        for (int64_t start = 0; start + patch <= size; ++start) {
+            std::vector<std::array<int64_t, 2>> box(slots.size());
+            box[0] = {start, start + patch};
+            for (auto& st : steps) {
+                std::array<int64_t, 2> b = box[st.inputs[0]];
+                if (st.kind == StepKind::Window) {
+                    const std::array<int64_t, 2> in = b;
+                    st.linear = window_range(st.ax[axis], in[0], in[1], b[0], b[1], st.op == WindowOp::Conv) ||
+                                st.linear;
+                } else if (st.kind != StepKind::Pointwise) {
+                    for (int i : st.inputs) {
+                        b[0] = std::min(b[0], box[i][0]);
+                        b[1] = std::max(b[1], box[i][1]);
+                    }
+                }
+                box[st.output] = b;
+            }
+        }
+    }
+}
+
+// The clean pass: the graph with a copy of every slot's value as an extra output, one tuple
+// (model output, clean activation of slot 1, slot 2, ...). With probed steps, a probe input (a
+// zero tensor) is added to each of their outputs: the gradient with respect to a probe is the
+// gradient with respect to that output.
+std::shared_ptr<jit::GraphFunction> IncrementalEngine::Impl::make_clean_fn(const std::vector<size_t>& probed) const {
+    auto g = graph->copy();
+    auto m = map_copy(*graph, *g);
+    std::vector<jit::Value*> outs{g->outputs()[0]};
+    for (size_t s = 1; s < slots.size(); ++s) {
+        jit::Value* v = m.at(slots[s].values[0]);
+        jit::WithInsertPoint guard(v->node()->next());
+        outs.push_back(g->insert(c10::aten::clone, {v}));
+    }
+    for (size_t i : probed) {
+        jit::Value* v = m.at(slots[steps[i].output].values[0]);
+        jit::Value* probe = g->addInput("probe")->setType(c10::TensorType::get());
+        jit::Value* sum = nullptr;
+        {
+            jit::WithInsertPoint guard(v->node()->next());
+            sum = g->insert(c10::aten::add, {v, probe});
+        }
+        v->replaceAllUsesAfterNodeWith(sum->node(), sum);
+    }
+    while (!g->outputs().empty()) g->eraseOutput(0);
+    g->registerOutput(g->insertNode(g->createTuple(outs))->output());
+    jit::EliminateDeadCode(g);
+    g->lint();
+    // The simple executor: these graphs run a few times per call, too few to repay profiling.
+    return std::make_shared<jit::GraphFunction>(probed.empty() ? "convscope_occlusion_clean"
+                                                               : "convscope_occlusion_grad",
+                                                g, nullptr, jit::ExecutorExecutionMode::SIMPLE);
+}
+
+// Runs the clean images through the model and keeps every slot's activation (and each window
+// op's padded input). With corrected classes, the same pass records autograd and adds what the
+// correction needs: one backward pass per class column gives the gradients at the linear steps'
+// outputs, and autograd through each step alone pulls them back onto its padded input.
+void IncrementalEngine::Impl::clean_pass() {
+    std::vector<size_t> lin;
+    if (classes.defined())
+        for (size_t i = 0; i < steps.size(); ++i)
+            if (steps[i].linear) lin.push_back(i);
+    if (!lin.empty() && !grad_fn) grad_fn = make_clean_fn(lin);
+    at::AutoGradMode grad_mode(!lin.empty());
+    jit::Stack stack{c10::IValue(model.module()._ivalue()), image};
+    std::vector<at::Tensor> probes;
+    for (size_t i : lin) {
+        const auto& sh = slots[steps[i].output].shape;
+        probes.push_back(at::zeros({image.size(0), sh[1], sh[2], sh[3]}, image.options()).requires_grad_(true));
+        stack.push_back(probes.back());
+    }
+    (lin.empty() ? clean_fn : grad_fn)->run(stack);
+    const auto& outs = stack[0].toTupleRef().elements();
+    slots[0].clean = image;
+    for (size_t s = 1; s < slots.size(); ++s) slots[s].clean = outs[s].toTensor().detach().contiguous();
+    for (auto& st : steps) {
+        st.grad_out = st.grad_in = at::Tensor();
+        if (st.kind != StepKind::Window) continue;
+        st.padded = at::constant_pad_nd(slots[st.inputs[0]].clean,
+                                        {st.ax[1].p, st.ax[1].pad_hi, st.ax[0].p, st.ax[0].pad_hi}, st.pad_value)
+                        .contiguous();
+    }
+    clean_out = first_tensor(outs[0]);
+    if (lin.empty()) return;
+    const int64_t G = image.size(0), m = classes.size(1);
+    const at::Tensor out = clean_out;
+    if (out.dim() != 2 || out.size(0) != G)
+        throw Error("the model's output is not [N,K] logits: the approximate occlusion needs them");
+    clean_out = out.detach();
+    std::vector<std::vector<at::Tensor>> per_class(lin.size());  // [step][class] -> [G,C,H,W]
+    for (int64_t j = 0; j < m; ++j) {
+        const at::Tensor onehot = at::zeros_like(out).scatter_(1, classes.select(1, j).view({G, 1}), 1.0);
+        auto grads = torch::autograd::grad({out}, probes, {onehot}, /*retain_graph=*/j + 1 < m,
+                                           /*create_graph=*/false, /*allow_unused=*/true);
+        for (size_t k = 0; k < lin.size(); ++k)
+            per_class[k].push_back(grads[k].defined() ? grads[k].detach() : at::zeros_like(probes[k]));
+    }
+    for (size_t k = 0; k < lin.size(); ++k) {
+        Step& st = steps[lin[k]];
+        // The pull-back through the convolution alone (the gradient of its input), for all classes
+        // at once; the convolution of the padded input may give more rows than the output has.
+        const int64_t Hp = st.padded.size(2), Wp = st.padded.size(3);
+        const int64_t nh = (Hp - st.ax[0].d * (st.ax[0].k - 1) - 1) / st.ax[0].s + 1;
+        const int64_t nw = (Wp - st.ax[1].d * (st.ax[1].k - 1) - 1) / st.ax[1].s + 1;
+        const at::Tensor go = at::constant_pad_nd(at::cat(per_class[k], 0),
+                                                  {0, nw - st.ax[1].out, 0, nh - st.ax[0].out}, 0.0);
+        const at::Tensor in_shape = at::empty({go.size(0), st.padded.size(1), Hp, Wp}, st.padded.options());
+        const std::vector<int64_t> stride{st.ax[0].s, st.ax[1].s}, dil{st.ax[0].d, st.ax[1].d}, zero{0, 0};
+        const at::Tensor gin = std::get<0>(at::convolution_backward(
+            go, in_shape, st.weight, c10::nullopt, stride, zero, dil, false, zero, st.groups, {true, false, false}));
+        std::vector<at::Tensor> pulled = gin.split(G, 0);
+        // Laid out [G,H,W,m,C]: per position of the map, the m classes' gradients over the channels.
+        st.grad_out = at::stack(per_class[k], 1).permute({0, 3, 4, 1, 2}).contiguous();
+        st.grad_in = at::stack(pulled, 1).permute({0, 3, 4, 1, 2}).contiguous();
+    }
+}
+
+// Adds to corr[b*m + j] the first-order effect on class j of what thresholding cut from this
+// step's output at position b: the change the step's input makes through the whole linear
+// step (the pull-back of the gradient dotted with the input change) minus the part of it inside
+// the computed output box (the gradient dotted with the output change there).
+void IncrementalEngine::Impl::add_correction(const Step& st, const IncValue& in, const IncValue& out,
+                                             std::vector<double>& corr) const {
+    const int64_t B = static_cast<int64_t>(in.py.size()), m = classes.size(1);
+    const at::Tensor& oclean = slots[st.output].clean;
+    // One side: sign * sum over the box (y0, x0, h, w) of the change (patch - clean) dotted with the
+    // gradient grad [G,Hs,Ws,m,C] there.
+    auto side = [&](int64_t b, const at::Tensor& patch, const at::Tensor& clean, const at::Tensor& grad,
+                    int64_t y0, int64_t x0, int64_t h, int64_t w, double sign, std::vector<float>& d,
+                    std::vector<float>& t, double* acc) {
+        const int64_t C = patch.size(1), Hs = clean.size(2), Ws = clean.size(3), g = in.img[b];
+        const float* pp = patch.data_ptr<float>() + b * C * h * w;
+        const float* cp = clean.data_ptr<float>() + g * C * Hs * Ws;
+        d.resize(C * h * w);
+        t.resize(C * h * w);
+        for (int64_t c = 0; c < C; ++c)
+            for (int64_t r = 0; r < h; ++r) {
+                const float* src = pp + (c * h + r) * w;
+                const float* cl = cp + (c * Hs + y0 + r) * Ws + x0;
+                float* dst = d.data() + (c * h + r) * w;
+                for (int64_t x = 0; x < w; ++x) dst[x] = src[x] - cl[x];
+            }
+        for (int64_t c = 0; c < C; ++c)  // to [h,w,C], the gradient's layout
+            for (int64_t k = 0; k < h * w; ++k) t[k * C + c] = d[c * h * w + k];
+        std::vector<double> part(m, 0.0);
+        const float* gp = grad.data_ptr<float>() + g * Hs * Ws * m * C;
+        for (int64_t r = 0; r < h; ++r)
+            for (int64_t x = 0; x < w; ++x)
+                dots(t.data() + (r * w + x) * C, gp + ((y0 + r) * Ws + x0 + x) * m * C, C, C, m, part.data());
+        for (int64_t j = 0; j < m; ++j) acc[j] += sign * part[j];
+    };
+    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+        std::vector<float> d, t;
+        for (int64_t b = begin; b < end; ++b) {
+            double* acc = corr.data() + b * m;
+            side(b, in.patch, st.padded, st.grad_in, in.py[b] + st.ax[0].p, in.px[b] + st.ax[1].p, in.h, in.w,
+                 1.0, d, t, acc);
+            side(b, out.patch, oclean, st.grad_out, out.py[b], out.px[b], out.h, out.w, -1.0, d, t, acc);
+        }
+    });
+}
+
 IncValue IncrementalEngine::Impl::run_step(Step& st, std::vector<std::optional<IncValue>>& vals) {
     IncValue out;
     const Slot& os = slots[st.output];
@@ -757,9 +1080,12 @@ IncValue IncrementalEngine::Impl::run_step(Step& st, std::vector<std::optional<I
         const IncValue& in = *vals[st.inputs[0]];
         out.img = in.img;
         out.y0.resize(B), out.y1.resize(B), out.x0.resize(B), out.x1.resize(B);
+        // Only convolutions are thresholded: their cut-off changes get the first-order correction.
+        const bool may_cap = st.op == WindowOp::Conv;
+        st.capped = false;
         for (size_t b = 0; b < B; ++b) {
-            window_range(st.ax[0], in.y0[b], in.y1[b], out.y0[b], out.y1[b]);
-            window_range(st.ax[1], in.x0[b], in.x1[b], out.x0[b], out.x1[b]);
+            st.capped |= window_range(st.ax[0], in.y0[b], in.y1[b], out.y0[b], out.y1[b], may_cap);
+            st.capped |= window_range(st.ax[1], in.x0[b], in.x1[b], out.x0[b], out.x1[b], may_cap);
         }
         out.h = place(out.y0, out.y1, H, out.py);
         out.w = place(out.x0, out.x1, W, out.px);
@@ -770,11 +1096,21 @@ IncValue IncrementalEngine::Impl::run_step(Step& st, std::vector<std::optional<I
         }
         const int64_t L = (out.h - 1) * st.ax[0].s + (st.ax[0].k - 1) * st.ax[0].d + 1;
         const int64_t Lw = (out.w - 1) * st.ax[1].s + (st.ax[1].k - 1) * st.ax[1].d + 1;
-        at::Tensor win = gather(st.padded, in, st.ax[0].p, st.ax[1].p, wy, wx, L, Lw);
         const std::vector<int64_t> stride{st.ax[0].s, st.ax[1].s};
         const std::vector<int64_t> dil{st.ax[0].d, st.ax[1].d};
         const std::vector<int64_t> kernel{st.ax[0].k, st.ax[1].k};
         const std::vector<int64_t> zero{0, 0};
+        if (delta_bf16 && st.op == WindowOp::Conv) {
+            // Approximate mode: the convolution of the change (linear, no bias) in bfloat16, added
+            // to the clean output; rounding errors scale with the change, not the activations.
+            if (!st.weight_bf16.defined()) st.weight_bf16 = st.weight.to(at::kBFloat16).contiguous();
+            const at::Tensor change = gather_change(st.padded, in, st.ax[0].p, st.ax[1].p, wy, wx, L, Lw);
+            const at::Tensor conv = at::conv2d(change, st.weight_bf16, at::Tensor(), stride, zero, dil, st.groups);
+            out.patch = clean_windows(os.clean, out.img, out.py, out.px, out.h, out.w);
+            out.patch.add_(conv.to(at::kFloat));
+            return out;
+        }
+        at::Tensor win = gather(st.padded, in, st.ax[0].p, st.ax[1].p, wy, wx, L, Lw);
         switch (st.op) {
         case WindowOp::Conv:
             out.patch = at::conv2d(win, st.weight, st.bias, stride, zero, dil, st.groups);
@@ -821,16 +1157,6 @@ IncValue IncrementalEngine::Impl::run_step(Step& st, std::vector<std::optional<I
     return out;
 }
 
-namespace {
-at::Tensor first_tensor(const c10::IValue& v) {
-    if (v.isTensor()) return v.toTensor();
-    if (v.isTuple() && !v.toTupleRef().elements().empty() && v.toTupleRef().elements()[0].isTensor())
-        return v.toTupleRef().elements()[0].toTensor();
-    throw Error("the model does not return a tensor from forward: occlusion needs a classifier "
-                "that returns logits [N,K]");
-}
-}  // namespace
-
 IncrementalEngine::IncrementalEngine(const Model& model, const std::vector<int64_t>& chw, double tau)
     : impl_(std::make_unique<Impl>(model, chw, tau)) {
     try {
@@ -854,7 +1180,10 @@ int64_t IncrementalEngine::bytes_per_image() const {
     for (const auto& st : impl_->steps)
         if (st.kind == StepKind::Window) {
             const auto& in = impl_->slots[st.inputs[0]].shape;
-            n += in[1] * (in[2] + st.ax[0].p + st.ax[0].pad_hi) * (in[3] + st.ax[1].p + st.ax[1].pad_hi);
+            const auto& out = impl_->slots[st.output].shape;
+            const int64_t padded = in[1] * (in[2] + st.ax[0].p + st.ax[0].pad_hi) * (in[3] + st.ax[1].p + st.ax[1].pad_hi);
+            n += padded;
+            if (st.linear) n += impl_->linear_classes * (padded + out[1] * out[2] * out[3]);
         }
     return n * static_cast<int64_t>(sizeof(float));
 }
@@ -870,9 +1199,25 @@ Error engine_error(const c10::Error& e) {
 }
 }  // namespace
 
-at::Tensor IncrementalEngine::set_images(const at::Tensor& images_gchw) {
+double IncrementalEngine::field_coverage(int64_t patch_h, int64_t patch_w) const {
+    return impl_->field_coverage(patch_h, patch_w);
+}
+
+void IncrementalEngine::set_tau(double tau) {
+    impl_->tau = tau;
+    impl_->delta_bf16 = tau < 1.0 && cpu_has_bf16();
+    impl_->grad_fn.reset();
+    for (auto& st : impl_->steps) st.linear = false;
+    impl_->linear_classes = 0;
+}
+
+void IncrementalEngine::plan_linear(int64_t patch_h, int64_t patch_w, int64_t classes_per_image) {
+    impl_->plan_linear(patch_h, patch_w, classes_per_image);
+}
+
+at::Tensor IncrementalEngine::set_images(const at::Tensor& images_gchw, const at::Tensor& classes_gm) {
     try {
-        return impl_->set_images(images_gchw);
+        return impl_->set_images(images_gchw, classes_gm);
     } catch (const c10::Error& e) {
         throw engine_error(e);
     }
@@ -887,23 +1232,17 @@ at::Tensor IncrementalEngine::run(const at::Tensor& patches, const std::vector<i
     }
 }
 
-at::Tensor IncrementalEngine::Impl::set_images(const at::Tensor& images_gchw) {
+at::Tensor IncrementalEngine::Impl::set_images(const at::Tensor& images_gchw, const at::Tensor& classes_gm) {
     torch::NoGradGuard no_grad;
-    auto& I = *this;
-    I.image = images_gchw.contiguous();
-    jit::Stack stack{c10::IValue(I.model.module()._ivalue()), I.image};
-    I.clean_fn->run(stack);
-    const auto& outs = stack[0].toTupleRef().elements();
-    I.slots[0].clean = I.image;
-    for (size_t s = 1; s < I.slots.size(); ++s) I.slots[s].clean = outs[s].toTensor().contiguous();
-    for (auto& st : I.steps) {
-        if (st.kind != StepKind::Window) continue;
-        st.padded = at::constant_pad_nd(I.slots[st.inputs[0]].clean,
-                                        {st.ax[1].p, st.ax[1].pad_hi, st.ax[0].p, st.ax[0].pad_hi},
-                                        st.pad_value)
-                        .contiguous();
+    image = images_gchw.contiguous();
+    classes = at::Tensor();
+    if (linear_classes > 0 && classes_gm.defined()) {
+        if (classes_gm.dim() != 2 || classes_gm.size(0) != image.size(0))
+            throw Error("internal error: occlusion classes do not match the images");
+        classes = classes_gm.to(at::kLong).contiguous();
     }
-    return first_tensor(outs[0]);
+    clean_pass();
+    return clean_out;
 }
 
 at::Tensor IncrementalEngine::Impl::run(const at::Tensor& patches, const std::vector<int64_t>& img,
@@ -932,9 +1271,19 @@ at::Tensor IncrementalEngine::Impl::run(const at::Tensor& patches, const std::ve
         in.x1[b] = xs[b] + in.w;
     }
     vals[0] = std::move(in);
+    const int64_t m = I.classes.defined() ? I.classes.size(1) : 0;
+    std::vector<double> corr(B * m, 0.0);
     for (size_t i = 0; i < I.steps.size(); ++i) {
         Step& st = I.steps[i];
         vals[st.output] = I.run_step(st, vals);
+        if (m > 0 && st.capped) {
+            if (!st.linear) {  // a cut the plan did not foresee: add the step to the corrected ones
+                st.linear = true;
+                I.grad_fn.reset();
+                I.clean_pass();
+            }
+            I.add_correction(st, *vals[st.inputs[0]], *vals[st.output], corr);
+        }
         for (int s : st.inputs)
             if (I.slots[s].last_use == static_cast<int>(i) && !I.slots[s].boundary) vals[s].reset();
     }
@@ -946,7 +1295,17 @@ at::Tensor IncrementalEngine::Impl::run(const at::Tensor& patches, const std::ve
     }
     vals.clear();
     I.rest_fn->run(stack);
-    return first_tensor(stack[0]);
+    at::Tensor out = first_tensor(stack[0]);
+    if (m > 0) {
+        out = out.to(at::kFloat).clone();
+        if (out.dim() != 2 || out.size(0) != static_cast<int64_t>(B))
+            throw Error("the model's output is not [N,K] logits: the approximate occlusion needs them");
+        auto o = out.accessor<float, 2>();
+        auto c = I.classes.accessor<int64_t, 2>();
+        for (size_t b = 0; b < B; ++b)
+            for (int64_t j = 0; j < m; ++j) o[b][c[img[b]][j]] += static_cast<float>(corr[b * m + j]);
+    }
+    return out;
 }
 
 }  // namespace convscope::detail

@@ -16,9 +16,14 @@
 // tensors: clean activations with the patches pasted in, and the rest of the graph runs as an
 // ordinary TorchScript function on them. Exact up to float rounding.
 //
-// With tau < 1 (approximate), every windowed op recomputes at most ceil(tau * size) rows and
+// With tau < 1 (approximate), every convolution recomputes at most ceil(tau * size) rows and
 // columns of its output, centred on the change, and takes the rest as unchanged (projective
-// field thresholding).
+// field thresholding). What the threshold cuts off is not dropped: its first-order effect on the
+// output of a few classes per image is added (plan_linear): for a cut convolution, the gradient
+// of the class's logit at the clean image pulled back onto the convolution's input, dotted with
+// the input's change, minus the gradient at its output dotted with the output's change inside the
+// recomputed box. Exact for networks that are linear after the cut; for ReLU networks the cut-off
+// change travels through the clean image's ReLU pattern instead of its own.
 #include <ATen/core/Tensor.h>
 
 #include <memory>
@@ -39,9 +44,23 @@ public:
     IncrementalEngine(const IncrementalEngine&) = delete;
     IncrementalEngine& operator=(const IncrementalEngine&) = delete;
 
+    // The largest share of a convolution's output map (rows and columns both) that a window of
+    // patch_h x patch_w in the middle of the input can change: near 1 when the occluder's
+    // projective field covers whole maps, where exact incremental inference saves nothing.
+    double field_coverage(int64_t patch_h, int64_t patch_w) const;
+    // Changes the projective-field threshold (then call plan_linear again).
+    void set_tau(double tau);
+
+    // With tau < 1: the outputs of classes_per_image classes per image (set_images' classes_gm)
+    // get the first-order correction for what thresholding cuts, for windows of patch_h x patch_w
+    // (which convolutions can be cut is worked out here). 0: none.
+    void plan_linear(int64_t patch_h, int64_t patch_w, int64_t classes_per_image);
+
     // Sets the clean images images_gchw [G,C,H,W] float32 and computes their activations (memory:
-    // G times every incremental layer's output). Returns the model output for them [G,K].
-    at::Tensor set_images(const at::Tensor& images_gchw);
+    // G times every incremental layer's output). classes_gm [G,m] (int64): the classes whose
+    // outputs are corrected, per image (with plan_linear; else undefined). Returns the model
+    // output for the clean images [G,K].
+    at::Tensor set_images(const at::Tensor& images_gchw, const at::Tensor& classes_gm = {});
 
     // Model outputs [B,K] for B occluded copies: copy b is clean image img[b] (in [0, G)) with
     // rows [ys[b], ys[b] + h) and columns [xs[b], xs[b] + w) replaced by patches[b]
@@ -49,7 +68,7 @@ public:
     at::Tensor run(const at::Tensor& patches, const std::vector<int64_t>& img, const std::vector<int64_t>& ys,
                    const std::vector<int64_t>& xs);
 
-    // Bytes of clean activations set_images keeps per image.
+    // Bytes of clean activations (and gradients for the correction) set_images keeps per image.
     int64_t bytes_per_image() const;
     // Number of graph ops computed incrementally.
     int64_t incremental_ops() const;

@@ -149,9 +149,13 @@ RunFn setup(CLI::App& app) {
                                       "(exact, recomputes only what the occluder changes; default)");
     app.add_flag("--approximate", a->approximate,
                  "approximate: projective-field thresholding and coarse-to-fine drill-down");
-    app.add_option("--tau", a->tau, "--approximate: share of each layer's output recomputed (0,1]")
+    app.add_option("--tau", a->tau,
+                   "--approximate: share of each convolution's output recomputed (0,1], the rest corrected to "
+                   "first order; 0 = automatic (0.25 where the occluder's projective field covers whole maps, else 1)")
         ->capture_default_str();
-    app.add_option("--coarse-step", a->coarse_step, "--approximate: first grid step in positions (power of 2)")
+    app.add_option("--coarse-step", a->coarse_step,
+                   "--approximate: first grid step in positions (power of 2); 0 = automatic (2 where the "
+                   "patch is at least 4 strides, else 1: every position)")
         ->capture_default_str();
     app.add_option("--refine-drop", a->refine_drop,
                    "--approximate: evaluate cells whose centre's |drop| reaches this share of the largest")
@@ -187,7 +191,7 @@ RunFn setup(CLI::App& app) {
         if (opts.baseline == OcclusionBaseline::Value) options["baseline_value"] = opts.baseline_value;
         if (opts.baseline == OcclusionBaseline::Blur) options["blur_sigma"] = opts.blur_sigma;
         if (opts.mode == OcclusionMode::Approximate) {
-            options["tau"] = opts.tau;
+            options["tau"] = opts.tau;  // as asked (0 = automatic); summary.json: what ran
             options["coarse_step"] = opts.coarse_step;
             options["refine_drop"] = opts.refine_drop;
             options["refine_error"] = opts.refine_error;
@@ -270,6 +274,10 @@ RunFn setup(CLI::App& app) {
         nlohmann::json summary = {{"images", all},          {"forwards", r.forwards},
                                   {"seconds", seconds},     {"mode", mode_name(opts.mode)},
                                   {"engine", r.engine_note}};
+        if (opts.mode == OcclusionMode::Approximate) {
+            summary["tau"] = r.tau;
+            summary["coarse_step"] = r.coarse_step;
+        }
         if (!r.ssim.empty()) {
             double mean = 0;
             for (double v : r.ssim) mean += v;
@@ -282,7 +290,10 @@ RunFn setup(CLI::App& app) {
         } else {
             std::cout << "occlusion: " << images.size(0) << " image(s), " << r.positions_y << "x"
                       << r.positions_x << " positions, " << r.forwards << " occluded forwards in "
-                      << seconds << " s (" << mode_name(opts.mode) << ")\n";
+                      << seconds << " s (" << mode_name(opts.mode);
+            if (opts.mode == OcclusionMode::Approximate)
+                std::cout << ": tau " << r.tau << ", coarse step " << r.coarse_step;
+            std::cout << ")\n";
             for (const auto& j : all) {
                 std::cout << "  image " << j["index"] << ": predicted " << j["predicted"] << ", target "
                           << j["target"] << ", max drop " << j["max_drop"] << ", "
