@@ -156,7 +156,7 @@ void run_case(const std::string& title, const Model& model, const at::Tensor& im
     std::printf("  incremental vs full: max relative difference %.2e (coarse), %.2e (map)\n",
                 max_rel_diff(ri.coarse, rf.coarse), max_rel_diff(ri.occlusion, rf.occlusion));
     std::printf("  approximate vs exact: SSIM %.4f (map), %.4f (coarse drops); tau %.2f, coarse step %lld\n",
-                ssim, ssim_coarse, approx.tau, static_cast<long long>(approx.coarse_step));
+                ssim, ssim_coarse, ra.tau, static_cast<long long>(ra.coarse_step));
     std::fflush(stdout);
 }
 

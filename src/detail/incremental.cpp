@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <functional>
 #include <limits>
@@ -92,8 +93,10 @@ void simplify(std::shared_ptr<jit::Graph>& g) {
 // aten::dim(x) and aten::size(x, d) for a non-batch d are fixed for a fixed input shape: replace
 // them by constants (this removes the eval-mode shape checks of batch norm and the like, which
 // would otherwise read every feature map). Returns whether anything changed.
-bool fold_shape_queries(std::shared_ptr<jit::Graph>& g, const jit::Module& module,
-                        const at::Tensor& zeros) {
+// recorded/ids: the shapes it recorded (if it did) and the recorded values' unique ids.
+bool fold_shape_queries(std::shared_ptr<jit::Graph>& g, const jit::Module& module, const at::Tensor& zeros,
+                        std::map<const jit::Value*, std::vector<int64_t>>& recorded,
+                        std::map<const jit::Value*, size_t>& ids) {
     std::vector<jit::Node*> queries;
     for (jit::Node* n : g->nodes()) {
         if (n->kind() == c10::aten::dim && n->inputs().size() == 1 && is_tensor(n->input(0)))
@@ -104,7 +107,10 @@ bool fold_shape_queries(std::shared_ptr<jit::Graph>& g, const jit::Module& modul
         }
     }
     if (queries.empty()) return false;
-    auto shapes = record_shapes(*g, module, zeros);
+    recorded = record_shapes(*g, module, zeros);
+    ids.clear();
+    for (const auto& kv : recorded) ids[kv.first] = kv.first->unique();
+    const auto& shapes = recorded;
     bool changed = false;
     for (jit::Node* n : queries) {
         auto it = shapes.find(n->input(0));
@@ -224,6 +230,20 @@ at::Tensor gather(const at::Tensor& src, const IncValue& v, int64_t off_y, int64
     return dst;
 }
 
+// float <-> bfloat16 bits: round to nearest even (finite values), and back. Plain integer
+// arithmetic that the compiler vectorises, unlike c10::BFloat16's per-value conversion.
+inline uint16_t to_bf16_bits(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, sizeof u);
+    return static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+inline float from_bf16_bits(uint16_t b) {
+    const uint32_t u = static_cast<uint32_t>(b) << 16;
+    float f;
+    std::memcpy(&f, &u, sizeof f);
+    return f;
+}
+
 // The change of v against the clean values on the windows (as gather), in bfloat16: zero outside
 // v's patch box.
 at::Tensor gather_change(const at::Tensor& clean_padded, const IncValue& v, int64_t off_y, int64_t off_x,
@@ -234,7 +254,7 @@ at::Tensor gather_change(const at::Tensor& clean_padded, const IncValue& v, int6
     at::Tensor dst = at::zeros({B, C, L, Lw}, clean_padded.options().dtype(at::kBFloat16));
     const float* s = clean_padded.data_ptr<float>();
     const float* p = v.patch.data_ptr<float>();
-    c10::BFloat16* d = dst.data_ptr<c10::BFloat16>();
+    uint16_t* d = reinterpret_cast<uint16_t*>(dst.data_ptr<c10::BFloat16>());
     const int64_t h = v.h, w = v.w;
     const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(1, h * w));
     at::parallel_for(0, B * C, grain, [&](int64_t begin, int64_t end) {
@@ -242,14 +262,16 @@ at::Tensor gather_change(const at::Tensor& clean_padded, const IncValue& v, int6
             const int64_t b = i / C, c = i % C;
             const float* sc = s + (v.img[b] * C + c) * Hs * Ws;
             const float* pc = p + i * h * w;
-            c10::BFloat16* dc = d + i * L * Lw;
+            uint16_t* dc = d + i * L * Lw;
             const int64_t py = v.py[b] + off_y, px = v.px[b] + off_x;
             const int64_t ry0 = std::max(wy[b], py), ry1 = std::min(wy[b] + L, py + h);
             const int64_t rx0 = std::max(wx[b], px), rx1 = std::min(wx[b] + Lw, px + w);
-            for (int64_t y = ry0; y < ry1; ++y)
-                for (int64_t x = rx0; x < rx1; ++x)
-                    dc[(y - wy[b]) * Lw + x - wx[b]] =
-                        c10::BFloat16(pc[(y - py) * w + x - px] - sc[y * Ws + x]);
+            for (int64_t y = ry0; y < ry1; ++y) {
+                const float* pr = pc + (y - py) * w - px;
+                const float* sr = sc + y * Ws;
+                uint16_t* dr = dc + (y - wy[b]) * Lw - wx[b];
+                for (int64_t x = rx0; x < rx1; ++x) dr[x] = to_bf16_bits(pr[x] - sr[x]);
+            }
         }
     });
     return dst;
@@ -738,11 +760,24 @@ void IncrementalEngine::Impl::build() {
     std::vector<int64_t> nchw{1};
     nchw.insert(nchw.end(), chw.begin(), chw.end());
     const at::Tensor zeros = torch::zeros(nchw);
+    std::map<const jit::Value*, std::vector<int64_t>> shapes;
+    std::map<const jit::Value*, size_t> ids;
     for (int round = 0; round < 4; ++round) {
-        if (!fold_shape_queries(graph, module, zeros)) break;
+        if (!fold_shape_queries(graph, module, zeros, shapes, ids)) break;
         simplify(graph);
     }
-    const auto shapes = record_shapes(*graph, module, zeros);
+    // The last recording still holds if every tensor the graph computes now was recorded (the
+    // simplification after it only folds constants and removes dead code; unique ids tell a
+    // recorded value from a new one at a reused address); else record again.
+    auto recorded = [&](const jit::Value* v) {
+        auto it = ids.find(v);
+        return it != ids.end() && it->second == v->unique();
+    };
+    bool complete = recorded(graph->inputs()[1]);
+    for (jit::Node* n : graph->nodes())
+        for (jit::Value* v : n->outputs())
+            if (complete && is_tensor(v) && !recorded(v)) complete = false;
+    if (!complete) shapes = record_shapes(*graph, module, zeros);
 
     // Walk the nodes: plan the ones that can run incrementally; the others (and everything that
     // depends on their results) form the rest of the graph.
@@ -1022,22 +1057,20 @@ void IncrementalEngine::Impl::add_correction(const Step& st, const IncValue& in,
     // One side: sign * sum over the box (y0, x0, h, w) of the change (patch - clean) dotted with the
     // gradient grad [G,Hs,Ws,m,C] there.
     auto side = [&](int64_t b, const at::Tensor& patch, const at::Tensor& clean, const at::Tensor& grad,
-                    int64_t y0, int64_t x0, int64_t h, int64_t w, double sign, std::vector<float>& d,
-                    std::vector<float>& t, double* acc) {
+                    int64_t y0, int64_t x0, int64_t h, int64_t w, double sign, std::vector<float>& t,
+                    double* acc) {
         const int64_t C = patch.size(1), Hs = clean.size(2), Ws = clean.size(3), g = in.img[b];
         const float* pp = patch.data_ptr<float>() + b * C * h * w;
         const float* cp = clean.data_ptr<float>() + g * C * Hs * Ws;
-        d.resize(C * h * w);
+        // The change, laid out [h,w,C] as the gradient.
         t.resize(C * h * w);
         for (int64_t c = 0; c < C; ++c)
             for (int64_t r = 0; r < h; ++r) {
                 const float* src = pp + (c * h + r) * w;
                 const float* cl = cp + (c * Hs + y0 + r) * Ws + x0;
-                float* dst = d.data() + (c * h + r) * w;
-                for (int64_t x = 0; x < w; ++x) dst[x] = src[x] - cl[x];
+                float* dst = t.data() + r * w * C + c;
+                for (int64_t x = 0; x < w; ++x) dst[x * C] = src[x] - cl[x];
             }
-        for (int64_t c = 0; c < C; ++c)  // to [h,w,C], the gradient's layout
-            for (int64_t k = 0; k < h * w; ++k) t[k * C + c] = d[c * h * w + k];
         std::vector<double> part(m, 0.0);
         const float* gp = grad.data_ptr<float>() + g * Hs * Ws * m * C;
         for (int64_t r = 0; r < h; ++r)
@@ -1046,12 +1079,12 @@ void IncrementalEngine::Impl::add_correction(const Step& st, const IncValue& in,
         for (int64_t j = 0; j < m; ++j) acc[j] += sign * part[j];
     };
     at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-        std::vector<float> d, t;
+        std::vector<float> t;
         for (int64_t b = begin; b < end; ++b) {
             double* acc = corr.data() + b * m;
             side(b, in.patch, st.padded, st.grad_in, in.py[b] + st.ax[0].p, in.px[b] + st.ax[1].p, in.h, in.w,
-                 1.0, d, t, acc);
-            side(b, out.patch, oclean, st.grad_out, out.py[b], out.px[b], out.h, out.w, -1.0, d, t, acc);
+                 1.0, t, acc);
+            side(b, out.patch, oclean, st.grad_out, out.py[b], out.px[b], out.h, out.w, -1.0, t, acc);
         }
     });
 }
@@ -1107,7 +1140,12 @@ IncValue IncrementalEngine::Impl::run_step(Step& st, std::vector<std::optional<I
             const at::Tensor change = gather_change(st.padded, in, st.ax[0].p, st.ax[1].p, wy, wx, L, Lw);
             const at::Tensor conv = at::conv2d(change, st.weight_bf16, at::Tensor(), stride, zero, dil, st.groups);
             out.patch = clean_windows(os.clean, out.img, out.py, out.px, out.h, out.w);
-            out.patch.add_(conv.to(at::kFloat));
+            const at::Tensor delta = conv.contiguous();
+            float* o = out.patch.data_ptr<float>();
+            const uint16_t* dp = reinterpret_cast<const uint16_t*>(delta.data_ptr<c10::BFloat16>());
+            at::parallel_for(0, out.patch.numel(), int64_t{1} << 16, [&](int64_t begin, int64_t end) {
+                for (int64_t i = begin; i < end; ++i) o[i] += from_bf16_bits(dp[i]);
+            });
             return out;
         }
         at::Tensor win = gather(st.padded, in, st.ax[0].p, st.ax[1].p, wy, wx, L, Lw);
