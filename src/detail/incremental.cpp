@@ -175,6 +175,11 @@ bool spatially_constant(const at::Tensor& t) {
     return true;
 }
 
+// Copies n floats; for the short rows of patches a loop beats a memcpy call.
+inline void copy_floats(float* dst, const float* src, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) dst[i] = src[i];
+}
+
 // Per position, the changed box of a value and the box its patch covers. All patches of a batch
 // have the same size h x w; the patch box contains the changed box.
 struct IncValue {
@@ -215,15 +220,10 @@ at::Tensor gather(const at::Tensor& src, const IncValue& v, int64_t off_y, int64
                 const int64_t y = y0 + r;
                 float* drow = dc + r * Lw;
                 const float* srow = sc + y * Ws + x0;
-                if (cols && y >= ry0 && y < ry1) {
-                    const float* prow = pc + (y - py) * w;
-                    if (rx0 > x0) std::memcpy(drow, srow, (rx0 - x0) * sizeof(float));
-                    std::memcpy(drow + (rx0 - x0), prow + (rx0 - px), (rx1 - rx0) * sizeof(float));
-                    if (x0 + Lw > rx1)
-                        std::memcpy(drow + (rx1 - x0), srow + (rx1 - x0), (x0 + Lw - rx1) * sizeof(float));
-                } else {
-                    std::memcpy(drow, srow, Lw * sizeof(float));
-                }
+                // Rows are short (a few to a few dozen values): plain loops, not memcpy calls.
+                copy_floats(drow, srow, Lw);
+                if (cols && y >= ry0 && y < ry1)
+                    copy_floats(drow + (rx0 - x0), pc + (y - py) * w + (rx0 - px), rx1 - rx0);
             }
         }
     });
@@ -289,8 +289,7 @@ at::Tensor clean_windows(const at::Tensor& src, const std::vector<int64_t>& img,
         for (int64_t i = begin; i < end; ++i) {
             const int64_t b = i / C, c = i % C;
             for (int64_t r = 0; r < h; ++r)
-                std::memcpy(d + (i * h + r) * w, s + ((img[b] * C + c) * Hs + py[b] + r) * Ws + px[b],
-                            w * sizeof(float));
+                copy_floats(d + (i * h + r) * w, s + ((img[b] * C + c) * Hs + py[b] + r) * Ws + px[b], w);
         }
     });
     return dst;
@@ -331,30 +330,40 @@ at::Tensor max_pool(const at::Tensor& win, const Axis& ay, const Axis& ax, int64
     at::Tensor out = at::empty({B, C, oh, ow}, win.options());
     const float* s = win.data_ptr<float>();
     float* d = out.data_ptr<float>();
-    // The larger of m and v, NaN if either is (as at::max_pool2d).
+    // The larger of m and v, NaN if either is (as at::max_pool2d); the plain comparison (which
+    // vectorises) is used first, and a plane holding a NaN is done again with nanmax.
     auto nanmax = [](float m, float v) { return (v > m || v != v) ? v : m; };
+    auto fastmax = [](float m, float v) { return m > v ? m : v; };
     // Parallel only when there is enough work to repay waking the other threads.
     const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(1, L * Lw));
     at::parallel_for(0, B * C, grain, [&](int64_t begin, int64_t end) {
         std::vector<float> rows(Lw);
-        for (int64_t i = begin; i < end; ++i) {
-            const float* sp = s + i * L * Lw;
-            float* dp = d + i * oh * ow;
+        auto plane = [&](const float* sp, float* dp, auto&& mx) {
             for (int64_t oy = 0; oy < oh; ++oy) {
-                // The window rows' maximum per column (contiguous, vectorises), then across columns.
+                // The window rows' maximum per column, then across columns.
                 const float* r0 = sp + oy * ay.s * Lw;
                 std::copy(r0, r0 + Lw, rows.begin());
                 for (int64_t ky = 1; ky < ay.k; ++ky) {
                     const float* r = r0 + ky * ay.d * Lw;
-                    for (int64_t x = 0; x < Lw; ++x) rows[x] = nanmax(rows[x], r[x]);
+                    for (int64_t x = 0; x < Lw; ++x) rows[x] = mx(rows[x], r[x]);
                 }
                 for (int64_t ox = 0; ox < ow; ++ox) {
                     const float* c = rows.data() + ox * ax.s;
                     float m = c[0];
-                    for (int64_t kx = 1; kx < ax.k; ++kx) m = nanmax(m, c[kx * ax.d]);
+                    for (int64_t kx = 1; kx < ax.k; ++kx) m = mx(m, c[kx * ax.d]);
                     dp[oy * ow + ox] = m;
                 }
             }
+        };
+        for (int64_t i = begin; i < end; ++i) {
+            const float* sp = s + i * L * Lw;
+            float* dp = d + i * oh * ow;
+            plane(sp, dp, fastmax);
+            bool nan = false;
+            for (int64_t k = 0; k < oh * ow; ++k) nan |= dp[k] != dp[k];
+            for (int64_t k = 0; k < L * Lw && !nan; k += Lw)
+                for (int64_t x = 0; x < Lw; ++x) nan |= sp[k + x] != sp[k + x];
+            if (nan) plane(sp, dp, nanmax);
         }
     });
     return out;
