@@ -78,6 +78,16 @@ s = json.load(open('$T/approx.json'))
 v = s['images'][0]['ssim']
 assert 0 < v <= 1.0 + 1e-9, v
 assert s['mode'] == 'approximate' and s['forwards'] < 625
+# the automatic settings that ran: a 28x28 LeNet keeps its changes local (no threshold), and a
+# window 4 strides wide starts the drill-down from every second position
+assert s['tau'] == 1 and s['coarse_step'] == 2, (s['tau'], s['coarse_step'])
+"
+"$BIN" occlusion --model "$MODEL" --data "$DATA" --index 0 --patch 4 --stride 1 --approximate \
+    --tau 0.3 --coarse-step 1 --json --out "$T/approx2" >"$T/approx2.json" 2>/dev/null || fail "approximate, tau"
+$PY -c "
+import json
+s = json.load(open('$T/approx2.json'))
+assert s['tau'] == 0.3 and s['coarse_step'] == 1 and s['forwards'] == 625, s
 "
 $PY -c "import numpy as np; np.save('$T/labels.npy', np.array([3, 7], dtype=np.int64))"
 "$BIN" occlusion --model "$MODEL" --data "$DATA" --labels "$T/labels.npy" --indices 0:2 --patch 7 \
@@ -98,5 +108,10 @@ expect 1 "has no labels" occlusion --model "$MODEL" --data "$DATA" --target labe
 expect 2 "baseline takes 0, mean, blur or a number" occlusion --model "$MODEL" --data "$DATA" --baseline foo --out "$T/bad6"
 expect 2 "drop --mode" occlusion --model "$MODEL" --data "$DATA" --approximate --mode full --out "$T/bad7"
 expect 2 "takes N or NxM" occlusion --model "$MODEL" --data "$DATA" --patch 4y4 --out "$T/bad8"
+expect 1 "tau (projective-field threshold) must be in (0, 1]" occlusion --model "$MODEL" --data "$DATA" \
+    --approximate --tau 2 --out "$T/bad9"
+expect 1 "coarse step must be a power of 2" occlusion --model "$MODEL" --data "$DATA" --approximate \
+    --coarse-step 3 --out "$T/bad10"
+[ ! -e "$T/bad10/manifest.json" ] || fail "manifest written for a failed run"
 "$BIN" occlusion --help | grep -q -- "--baseline" || fail "--help"
 echo "occlusion e2e: ok"
