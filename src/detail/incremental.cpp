@@ -190,6 +190,18 @@ struct IncValue {
     std::vector<int64_t> y0, y1, x0, x1;  // changed box per position, [y0,y1) x [x0,x1)
 };
 
+// The part of position b's window (rows [wy, wy + L), columns [wx, wx + Lw), source coordinates)
+// that v's patch box, offset by (off_y, off_x), covers: rows [y0, y1) and columns [x0, x1), empty
+// when y0 >= y1 or x0 >= x1; (py, px) is where the patch box starts.
+struct Overlap {
+    int64_t py, px, y0, y1, x0, x1;
+};
+Overlap overlap(const IncValue& v, int64_t b, int64_t off_y, int64_t off_x, int64_t wy, int64_t wx, int64_t L,
+                int64_t Lw) {
+    const int64_t py = v.py[b] + off_y, px = v.px[b] + off_x;
+    return {py, px, std::max(wy, py), std::min(wy + L, py + v.h), std::max(wx, px), std::min(wx + Lw, px + v.w)};
+}
+
 // Copies, for each position b, the window rows [wy[b], wy[b]+L) and columns [wx[b], wx[b]+Lw)
 // of src[v.img[b]] (src [G,C,Hs,Ws]) into dst[b] ([B,C,L,Lw]), taking the values inside v's patch
 // box (offset by (off_y, off_x) in src coordinates, e.g. the padding) from v's patch.
@@ -212,18 +224,14 @@ at::Tensor gather(const at::Tensor& src, const IncValue& v, int64_t off_y, int64
             const float* pc = p + i * h * w;
             float* dc = d + i * L * Lw;
             const int64_t y0 = wy[b], x0 = wx[b];
-            const int64_t py = v.py[b] + off_y, px = v.px[b] + off_x;
-            const int64_t ry0 = std::max(y0, py), ry1 = std::min(y0 + L, py + h);
-            const int64_t rx0 = std::max(x0, px), rx1 = std::min(x0 + Lw, px + w);
-            const bool cols = rx0 < rx1;
+            const Overlap o = overlap(v, b, off_y, off_x, y0, x0, L, Lw);
             for (int64_t r = 0; r < L; ++r) {
                 const int64_t y = y0 + r;
                 float* drow = dc + r * Lw;
-                const float* srow = sc + y * Ws + x0;
                 // Rows are short (a few to a few dozen values): plain loops, not memcpy calls.
-                copy_floats(drow, srow, Lw);
-                if (cols && y >= ry0 && y < ry1)
-                    copy_floats(drow + (rx0 - x0), pc + (y - py) * w + (rx0 - px), rx1 - rx0);
+                copy_floats(drow, sc + y * Ws + x0, Lw);
+                if (o.x0 < o.x1 && y >= o.y0 && y < o.y1)
+                    copy_floats(drow + (o.x0 - x0), pc + (y - o.py) * w + (o.x0 - o.px), o.x1 - o.x0);
             }
         }
     });
@@ -263,14 +271,12 @@ at::Tensor gather_change(const at::Tensor& clean_padded, const IncValue& v, int6
             const float* sc = s + (v.img[b] * C + c) * Hs * Ws;
             const float* pc = p + i * h * w;
             uint16_t* dc = d + i * L * Lw;
-            const int64_t py = v.py[b] + off_y, px = v.px[b] + off_x;
-            const int64_t ry0 = std::max(wy[b], py), ry1 = std::min(wy[b] + L, py + h);
-            const int64_t rx0 = std::max(wx[b], px), rx1 = std::min(wx[b] + Lw, px + w);
-            for (int64_t y = ry0; y < ry1; ++y) {
-                const float* pr = pc + (y - py) * w - px;
+            const Overlap o = overlap(v, b, off_y, off_x, wy[b], wx[b], L, Lw);
+            for (int64_t y = o.y0; y < o.y1; ++y) {
+                const float* pr = pc + (y - o.py) * w - o.px;
                 const float* sr = sc + y * Ws;
                 uint16_t* dr = dc + (y - wy[b]) * Lw - wx[b];
-                for (int64_t x = rx0; x < rx1; ++x) dr[x] = to_bf16_bits(pr[x] - sr[x]);
+                for (int64_t x = o.x0; x < o.x1; ++x) dr[x] = to_bf16_bits(pr[x] - sr[x]);
             }
         }
     });
