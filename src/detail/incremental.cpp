@@ -216,7 +216,7 @@ at::Tensor gather(const at::Tensor& src, const IncValue& v, int64_t off_y, int64
     float* d = dst.data_ptr<float>();
     const int64_t h = v.h, w = v.w;
     // Parallel only when there is enough to copy to repay waking the other threads.
-    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(1, L * Lw));
+    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(1, L * Lw));
     at::parallel_for(0, B * C, grain, [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i) {
             const int64_t b = i / C, c = i % C;
@@ -341,7 +341,7 @@ at::Tensor max_pool(const at::Tensor& win, const Axis& ay, const Axis& ax, int64
     auto nanmax = [](float m, float v) { return (v > m || v != v) ? v : m; };
     auto fastmax = [](float m, float v) { return m > v ? m : v; };
     // Parallel only when there is enough work to repay waking the other threads.
-    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(1, L * Lw));
+    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(1, L * Lw));
     at::parallel_for(0, B * C, grain, [&](int64_t begin, int64_t end) {
         std::vector<float> rows(Lw);
         auto plane = [&](const float* sp, float* dp, auto&& mx) {
