@@ -932,7 +932,6 @@ void IncrementalEngine::Impl::plan_linear(int64_t patch_h, int64_t patch_w, int6
     linear_classes = tau < 1.0 ? m : 0;
     for (auto& st : steps) st.linear = false;
     grad_fn.reset();
-    if (linear_classes <= 0) return;
     // Thresholding never cuts into the occluder's own footprint (the window scaled to the map,
     // plus one for its alignment): there the changes are large and far from linear.
     for (auto& st : steps)
@@ -941,6 +940,7 @@ void IncrementalEngine::Impl::plan_linear(int64_t patch_h, int64_t patch_w, int6
                 const int64_t size = chw[1 + axis], patch = axis == 0 ? patch_h : patch_w;
                 st.ax[axis].min_cap = std::min(st.ax[axis].out, ceil_div(patch * st.ax[axis].out, size) + 1);
             }
+    if (linear_classes <= 0) return;
     for (int axis = 0; axis < 2; ++axis) {
         const int64_t size = chw[1 + axis], patch = axis == 0 ? patch_h : patch_w;
         for (int64_t start = 0; start + patch <= size; ++start) {
