@@ -344,14 +344,22 @@ at::Tensor max_pool(const at::Tensor& win, const Axis& ay, const Axis& ax, int64
     const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(1, L * Lw));
     at::parallel_for(0, B * C, grain, [&](int64_t begin, int64_t end) {
         std::vector<float> rows(Lw);
-        auto plane = [&](const float* sp, float* dp, auto&& mx) {
+        // One plane; nan (if given) collects whether any value the windows read is a NaN.
+        auto plane = [&](const float* sp, float* dp, auto&& mx, bool* nan) {
+            bool bad = false;
             for (int64_t oy = 0; oy < oh; ++oy) {
                 // The window rows' maximum per column, then across columns.
                 const float* r0 = sp + oy * ay.s * Lw;
-                std::copy(r0, r0 + Lw, rows.begin());
+                for (int64_t x = 0; x < Lw; ++x) {
+                    rows[x] = r0[x];
+                    bad |= r0[x] != r0[x];
+                }
                 for (int64_t ky = 1; ky < ay.k; ++ky) {
                     const float* r = r0 + ky * ay.d * Lw;
-                    for (int64_t x = 0; x < Lw; ++x) rows[x] = mx(rows[x], r[x]);
+                    for (int64_t x = 0; x < Lw; ++x) {
+                        rows[x] = mx(rows[x], r[x]);
+                        bad |= r[x] != r[x];
+                    }
                 }
                 for (int64_t ox = 0; ox < ow; ++ox) {
                     const float* c = rows.data() + ox * ax.s;
@@ -360,16 +368,14 @@ at::Tensor max_pool(const at::Tensor& win, const Axis& ay, const Axis& ax, int64
                     dp[oy * ow + ox] = m;
                 }
             }
+            if (nan) *nan = bad;
         };
         for (int64_t i = begin; i < end; ++i) {
             const float* sp = s + i * L * Lw;
             float* dp = d + i * oh * ow;
-            plane(sp, dp, fastmax);
             bool nan = false;
-            for (int64_t k = 0; k < oh * ow; ++k) nan |= dp[k] != dp[k];
-            for (int64_t k = 0; k < L * Lw && !nan; k += Lw)
-                for (int64_t x = 0; x < Lw; ++x) nan |= sp[k + x] != sp[k + x];
-            if (nan) plane(sp, dp, nanmax);
+            plane(sp, dp, fastmax, &nan);
+            if (nan) plane(sp, dp, nanmax, nullptr);
         }
     });
     return out;
@@ -470,13 +476,12 @@ struct IncrementalEngine::Impl {
     at::Tensor clean_out;  // the model's output for the clean images
     std::string note;
     int64_t linear_classes = 0;  // classes per image that get the first-order correction
-    bool delta_bf16 = false;     // approximate mode: convolve changes in bfloat16 (CPU support)
     at::Tensor classes;          // [G,m] those classes (int64), set with the images
     std::shared_ptr<jit::GraphFunction> grad_fn;  // output with a zero probe added at each linear step
 
-    Impl(const Model& m, std::vector<int64_t> shape, double t) : model(m), chw(std::move(shape)), tau(t) {
-        delta_bf16 = tau < 1.0 && cpu_has_bf16();
-    }
+    Impl(const Model& m, std::vector<int64_t> shape, double t) : model(m), chw(std::move(shape)), tau(t) {}
+    // Approximate mode: convolve changes in bfloat16 (where the CPU has it).
+    bool delta_bf16() const { return tau < 1.0 && cpu_has_bf16(); }
     void build();
     bool plan_node(jit::Node* n, const std::map<const jit::Value*, std::vector<int64_t>>& shapes,
                    std::unordered_map<const jit::Value*, std::vector<int>>& lists);
@@ -488,6 +493,8 @@ struct IncrementalEngine::Impl {
     bool window_range(const Axis& a, int64_t c0, int64_t c1, int64_t& o0, int64_t& o1, bool may_cap) const;
     void plan_linear(int64_t patch_h, int64_t patch_w, int64_t m);
     double field_coverage(int64_t patch_h, int64_t patch_w) const;
+    std::vector<std::array<int64_t, 2>> propagate(int axis, int64_t start, int64_t patch, bool may_cap,
+                                                  std::vector<char>& cut) const;
     std::shared_ptr<jit::GraphFunction> make_clean_fn(const std::vector<size_t>& probed) const;
     void clean_pass();
     void add_correction(const Step& st, const IncValue& in, const IncValue& out, std::vector<double>& corr) const;
@@ -896,38 +903,52 @@ at::Tensor first_tensor(const c10::IValue& v) {
 }
 }  // namespace
 
-// The largest share of a convolution's output map that a centred window of patch_h x patch_w can
-// change (the smaller of the row and column shares; thresholding ignored).
-double IncrementalEngine::Impl::field_coverage(int64_t patch_h, int64_t patch_w) const {
-    std::vector<std::array<int64_t, 4>> box(slots.size());
-    const int64_t y = std::max<int64_t>(0, (chw[1] - patch_h) / 2), x = std::max<int64_t>(0, (chw[2] - patch_w) / 2);
-    box[0] = {y, std::min(chw[1], y + patch_h), x, std::min(chw[2], x + patch_w)};
-    double most = 0;
-    for (const auto& st : steps) {
-        std::array<int64_t, 4> b = box[st.inputs[0]];
+// The changed rows (axis 0) or columns (axis 1) of every slot, [begin, end), for a window at
+// [start, start + patch) on that axis, propagated through the plan as run_step does (the axes do
+// not interact); with may_cap, convolutions are thresholded and cut[i] tells whether step i was.
+std::vector<std::array<int64_t, 2>> IncrementalEngine::Impl::propagate(int axis, int64_t start, int64_t patch,
+                                                                        bool may_cap, std::vector<char>& cut) const {
+    std::vector<std::array<int64_t, 2>> box(slots.size());
+    box[0] = {start, std::min(chw[1 + axis], start + patch)};
+    cut.assign(steps.size(), 0);
+    for (size_t i = 0; i < steps.size(); ++i) {
+        const Step& st = steps[i];
+        std::array<int64_t, 2> b = box[st.inputs[0]];
         if (st.kind == StepKind::Window) {
-            const std::array<int64_t, 4> in = b;
-            window_range(st.ax[0], in[0], in[1], b[0], b[1], false);
-            window_range(st.ax[1], in[2], in[3], b[2], b[3], false);
-            if (st.op == WindowOp::Conv)
-                most = std::max(most, std::min(double(b[1] - b[0]) / double(st.ax[0].out),
-                                               double(b[3] - b[2]) / double(st.ax[1].out)));
+            const std::array<int64_t, 2> in = b;
+            cut[i] = window_range(st.ax[axis], in[0], in[1], b[0], b[1], may_cap && st.op == WindowOp::Conv);
         } else if (st.kind != StepKind::Pointwise) {
-            for (int i : st.inputs) {
-                b[0] = std::min(b[0], box[i][0]);
-                b[1] = std::max(b[1], box[i][1]);
-                b[2] = std::min(b[2], box[i][2]);
-                b[3] = std::max(b[3], box[i][3]);
+            for (int k : st.inputs) {
+                b[0] = std::min(b[0], box[k][0]);
+                b[1] = std::max(b[1], box[k][1]);
             }
         }
         box[st.output] = b;
     }
+    return box;
+}
+
+// The largest share of a convolution's output map that a centred window of patch_h x patch_w can
+// change (the smaller of the row and column shares; thresholding ignored).
+double IncrementalEngine::Impl::field_coverage(int64_t patch_h, int64_t patch_w) const {
+    std::vector<char> cut;
+    std::array<std::vector<std::array<int64_t, 2>>, 2> box;
+    for (int axis = 0; axis < 2; ++axis) {
+        const int64_t size = chw[1 + axis], patch = axis == 0 ? patch_h : patch_w;
+        box[axis] = propagate(axis, std::max<int64_t>(0, (size - patch) / 2), patch, false, cut);
+    }
+    double most = 0;
+    for (const auto& st : steps)
+        if (st.kind == StepKind::Window && st.op == WindowOp::Conv) {
+            const auto &y = box[0][st.output], &x = box[1][st.output];
+            most = std::max(most, std::min(double(y[1] - y[0]) / double(st.ax[0].out),
+                                           double(x[1] - x[0]) / double(st.ax[1].out)));
+        }
     return most;
 }
 
-// Which convolutions thresholding can cut for a window of patch_h x patch_w: the changed rows are
-// propagated through the plan (as run_step does) for every window position along the rows, and
-// likewise the columns (the axes do not interact).
+// Which convolutions thresholding can cut for a window of patch_h x patch_w: every window
+// position along the rows, and likewise the columns.
 void IncrementalEngine::Impl::plan_linear(int64_t patch_h, int64_t patch_w, int64_t m) {
     linear_classes = tau < 1.0 ? m : 0;
     for (auto& st : steps) st.linear = false;
@@ -941,25 +962,12 @@ void IncrementalEngine::Impl::plan_linear(int64_t patch_h, int64_t patch_w, int6
                 st.ax[axis].min_cap = std::min(st.ax[axis].out, ceil_div(patch * st.ax[axis].out, size) + 1);
             }
     if (linear_classes <= 0) return;
+    std::vector<char> cut;
     for (int axis = 0; axis < 2; ++axis) {
         const int64_t size = chw[1 + axis], patch = axis == 0 ? patch_h : patch_w;
         for (int64_t start = 0; start + patch <= size; ++start) {
-            std::vector<std::array<int64_t, 2>> box(slots.size());
-            box[0] = {start, start + patch};
-            for (auto& st : steps) {
-                std::array<int64_t, 2> b = box[st.inputs[0]];
-                if (st.kind == StepKind::Window) {
-                    const std::array<int64_t, 2> in = b;
-                    st.linear = window_range(st.ax[axis], in[0], in[1], b[0], b[1], st.op == WindowOp::Conv) ||
-                                st.linear;
-                } else if (st.kind != StepKind::Pointwise) {
-                    for (int i : st.inputs) {
-                        b[0] = std::min(b[0], box[i][0]);
-                        b[1] = std::max(b[1], box[i][1]);
-                    }
-                }
-                box[st.output] = b;
-            }
+            propagate(axis, start, patch, true, cut);
+            for (size_t i = 0; i < steps.size(); ++i) steps[i].linear = steps[i].linear || cut[i];
         }
     }
 }
@@ -1073,7 +1081,7 @@ void IncrementalEngine::Impl::add_correction(const Step& st, const IncValue& in,
     // gradient grad [G,Hs,Ws,m,C] there.
     auto side = [&](int64_t b, const at::Tensor& patch, const at::Tensor& clean, const at::Tensor& grad,
                     int64_t y0, int64_t x0, int64_t h, int64_t w, double sign, std::vector<float>& t,
-                    double* acc) {
+                    std::vector<double>& part, double* acc) {
         const int64_t C = patch.size(1), Hs = clean.size(2), Ws = clean.size(3), g = in.img[b];
         const float* pp = patch.data_ptr<float>() + b * C * h * w;
         const float* cp = clean.data_ptr<float>() + g * C * Hs * Ws;
@@ -1086,7 +1094,7 @@ void IncrementalEngine::Impl::add_correction(const Step& st, const IncValue& in,
                 float* dst = t.data() + r * w * C + c;
                 for (int64_t x = 0; x < w; ++x) dst[x * C] = src[x] - cl[x];
             }
-        std::vector<double> part(m, 0.0);
+        part.assign(m, 0.0);
         const float* gp = grad.data_ptr<float>() + g * Hs * Ws * m * C;
         for (int64_t r = 0; r < h; ++r)
             for (int64_t x = 0; x < w; ++x)
@@ -1095,11 +1103,12 @@ void IncrementalEngine::Impl::add_correction(const Step& st, const IncValue& in,
     };
     at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
         std::vector<float> t;
+        std::vector<double> part;
         for (int64_t b = begin; b < end; ++b) {
             double* acc = corr.data() + b * m;
             side(b, in.patch, st.padded, st.grad_in, in.py[b] + st.ax[0].p, in.px[b] + st.ax[1].p, in.h, in.w,
-                 1.0, t, acc);
-            side(b, out.patch, oclean, st.grad_out, out.py[b], out.px[b], out.h, out.w, -1.0, t, acc);
+                 1.0, t, part, acc);
+            side(b, out.patch, oclean, st.grad_out, out.py[b], out.px[b], out.h, out.w, -1.0, t, part, acc);
         }
     });
 }
@@ -1148,7 +1157,7 @@ IncValue IncrementalEngine::Impl::run_step(Step& st, std::vector<std::optional<I
         const std::vector<int64_t> dil{st.ax[0].d, st.ax[1].d};
         const std::vector<int64_t> kernel{st.ax[0].k, st.ax[1].k};
         const std::vector<int64_t> zero{0, 0};
-        if (delta_bf16 && st.op == WindowOp::Conv) {
+        if (delta_bf16() && st.op == WindowOp::Conv) {
             // Approximate mode: the convolution of the change (linear, no bias) in bfloat16, added
             // to the clean output; rounding errors scale with the change, not the activations.
             if (!st.weight_bf16.defined()) st.weight_bf16 = st.weight.to(at::kBFloat16).contiguous();
@@ -1258,7 +1267,6 @@ double IncrementalEngine::field_coverage(int64_t patch_h, int64_t patch_w) const
 
 void IncrementalEngine::set_tau(double tau) {
     impl_->tau = tau;
-    impl_->delta_bf16 = tau < 1.0 && cpu_has_bf16();
     impl_->grad_fn.reset();
     for (auto& st : impl_->steps) st.linear = false;
     impl_->linear_classes = 0;
