@@ -438,7 +438,7 @@ struct Step {
     c10::optional<int64_t> divisor;
     at::Tensor padded;  // the clean input, padded (per image)
     // Pointwise and binary ops: the node's operation with its constant arguments.
-    std::optional<jit::Operation> operation;
+    mutable std::optional<jit::Operation> operation;  // called from const run paths (stateless)
     std::vector<c10::IValue> args;
     std::vector<size_t> dyn_args;  // positions of the dynamic arguments
     // First-order correction of thresholded convolutions (approximate mode): per image and
@@ -447,8 +447,7 @@ struct Step {
     // [G,m,Cin,Hp,Wp].
     bool linear = false;  // this step may be thresholded and gets the correction
     at::Tensor grad_out, grad_in;
-    at::Tensor weight_bf16;  // the weight in bfloat16, for delta_bf16
-    bool capped = false;  // set by run_step: the threshold cut the output region in this batch
+    at::Tensor weight_bf16;  // the weight in bfloat16, for delta_bf16 (made by run)
 };
 
 struct Slot {
@@ -488,7 +487,9 @@ struct IncrementalEngine::Impl {
     at::Tensor set_images(const at::Tensor& images_gchw, const at::Tensor& classes_gm);
     at::Tensor run(const at::Tensor& patches, const std::vector<int64_t>& img, const std::vector<int64_t>& ys,
                    const std::vector<int64_t>& xs);
-    IncValue run_step(Step& st, std::vector<std::optional<IncValue>>& vals);
+    at::Tensor run_chunk(const at::Tensor& patches, const std::vector<int64_t>& img, const std::vector<int64_t>& ys,
+                         const std::vector<int64_t>& xs, int& unplanned_cut) const;
+    IncValue run_step(const Step& st, std::vector<std::optional<IncValue>>& vals, bool& capped) const;
     void fuse_steps();
     bool window_range(const Axis& a, int64_t c0, int64_t c1, int64_t& o0, int64_t& o1, bool may_cap) const;
     void plan_linear(int64_t patch_h, int64_t patch_w, int64_t m);
@@ -1113,7 +1114,8 @@ void IncrementalEngine::Impl::add_correction(const Step& st, const IncValue& in,
     });
 }
 
-IncValue IncrementalEngine::Impl::run_step(Step& st, std::vector<std::optional<IncValue>>& vals) {
+IncValue IncrementalEngine::Impl::run_step(const Step& st, std::vector<std::optional<IncValue>>& vals,
+                                           bool& capped) const {
     IncValue out;
     const Slot& os = slots[st.output];
     const int64_t H = os.shape[2], W = os.shape[3];
@@ -1139,10 +1141,9 @@ IncValue IncrementalEngine::Impl::run_step(Step& st, std::vector<std::optional<I
         out.y0.resize(B), out.y1.resize(B), out.x0.resize(B), out.x1.resize(B);
         // Only convolutions are thresholded: their cut-off changes get the first-order correction.
         const bool may_cap = st.op == WindowOp::Conv;
-        st.capped = false;
         for (size_t b = 0; b < B; ++b) {
-            st.capped |= window_range(st.ax[0], in.y0[b], in.y1[b], out.y0[b], out.y1[b], may_cap);
-            st.capped |= window_range(st.ax[1], in.x0[b], in.x1[b], out.x0[b], out.x1[b], may_cap);
+            capped |= window_range(st.ax[0], in.y0[b], in.y1[b], out.y0[b], out.y1[b], may_cap);
+            capped |= window_range(st.ax[1], in.x0[b], in.x1[b], out.x0[b], out.x1[b], may_cap);
         }
         out.h = place(out.y0, out.y1, H, out.py);
         out.w = place(out.x0, out.x1, W, out.px);
@@ -1160,7 +1161,6 @@ IncValue IncrementalEngine::Impl::run_step(Step& st, std::vector<std::optional<I
         if (delta_bf16() && st.op == WindowOp::Conv) {
             // Approximate mode: the convolution of the change (linear, no bias) in bfloat16, added
             // to the clean output; rounding errors scale with the change, not the activations.
-            if (!st.weight_bf16.defined()) st.weight_bf16 = st.weight.to(at::kBFloat16).contiguous();
             const at::Tensor change = gather_change(st.padded, in, st.ax[0].p, st.ax[1].p, wy, wx, L, Lw);
             const at::Tensor conv = at::conv2d(change, st.weight_bf16, at::Tensor(), stride, zero, dil, st.groups);
             out.patch = clean_windows(os.clean, out.img, out.py, out.px, out.h, out.w);
@@ -1309,12 +1309,59 @@ at::Tensor IncrementalEngine::Impl::set_images(const at::Tensor& images_gchw, co
 at::Tensor IncrementalEngine::Impl::run(const at::Tensor& patches, const std::vector<int64_t>& img,
                                         const std::vector<int64_t>& ys, const std::vector<int64_t>& xs) {
     torch::NoGradGuard no_grad;
-    auto& I = *this;
-    const size_t B = ys.size();
-    const int64_t G = I.image.size(0);
+    const int64_t B = static_cast<int64_t>(ys.size());
+    const int64_t G = image.size(0);
     for (int64_t g : img) {
         if (g < 0 || g >= G) throw Error("internal error: occlusion image index out of range");
     }
+    if (delta_bf16())
+        for (auto& st : steps)
+            if (st.kind == StepKind::Window && st.op == WindowOp::Conv && !st.weight_bf16.defined())
+                st.weight_bf16 = st.weight.to(at::kBFloat16).contiguous();
+    const at::Tensor all = patches.contiguous();
+    // The positions are split among the threads, each running its share through every op alone:
+    // the per-position patches are small, and waking threads for each small op costs more than
+    // it gains (with two threads, op-level parallelism gave no speed-up at all on a 28x28 model).
+    constexpr int64_t kMinChunk = 16;
+    const int64_t chunks =
+        at::in_parallel_region() ? 1 : std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), B / kMinChunk));
+    for (;;) {
+        std::vector<at::Tensor> outs(chunks);
+        std::vector<int> unplanned(chunks, -1);
+        auto one = [&](int64_t c) {
+            const int64_t b0 = B * c / chunks, b1 = B * (c + 1) / chunks;
+            auto part = [&](const std::vector<int64_t>& v) {
+                return std::vector<int64_t>(v.begin() + b0, v.begin() + b1);
+            };
+            outs[c] = run_chunk(chunks == 1 ? all : all.slice(0, b0, b1), part(img), part(ys), part(xs), unplanned[c]);
+        };
+        if (chunks == 1) {
+            one(0);
+        } else {
+            at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+                torch::NoGradGuard worker_no_grad;  // grad mode is per thread
+                for (int64_t c = begin; c < end; ++c) one(c);
+            });
+        }
+        bool replan = false;
+        for (int u : unplanned)
+            if (u >= 0) {  // a cut the plan did not foresee: add the step to the corrected ones
+                steps[u].linear = true;
+                replan = true;
+            }
+        if (!replan) return chunks == 1 ? outs[0] : at::cat(outs, 0);
+        grad_fn.reset();
+        clean_pass();
+    }
+}
+
+// run() for one share of the positions, on the calling thread's ops. Sets unplanned_cut to a step
+// that thresholding cut without a planned correction (and returns nothing): run() replans.
+at::Tensor IncrementalEngine::Impl::run_chunk(const at::Tensor& patches, const std::vector<int64_t>& img,
+                                              const std::vector<int64_t>& ys, const std::vector<int64_t>& xs,
+                                              int& unplanned_cut) const {
+    const auto& I = *this;
+    const size_t B = ys.size();
     std::vector<std::optional<IncValue>> vals(I.slots.size());
     IncValue in;
     in.patch = patches.contiguous();
@@ -1335,13 +1382,13 @@ at::Tensor IncrementalEngine::Impl::run(const at::Tensor& patches, const std::ve
     const int64_t m = I.classes.defined() ? I.classes.size(1) : 0;
     std::vector<double> corr(B * m, 0.0);
     for (size_t i = 0; i < I.steps.size(); ++i) {
-        Step& st = I.steps[i];
-        vals[st.output] = I.run_step(st, vals);
-        if (m > 0 && st.capped) {
-            if (!st.linear) {  // a cut the plan did not foresee: add the step to the corrected ones
-                st.linear = true;
-                I.grad_fn.reset();
-                I.clean_pass();
+        const Step& st = I.steps[i];
+        bool capped = false;
+        vals[st.output] = I.run_step(st, vals, capped);
+        if (m > 0 && capped) {
+            if (!st.linear) {
+                unplanned_cut = static_cast<int>(i);
+                return {};
             }
             I.add_correction(st, *vals[st.inputs[0]], *vals[st.output], corr);
         }
