@@ -205,9 +205,11 @@ public:
         : engine_(m, chw, 1.0), ph_(ph), pw_(pw) {}
     // Approximate mode: the projective-field threshold, and how many classes per image get the
     // first-order correction for what it cuts.
-    void approximate(double tau, int64_t linear_classes) {
+    // Returns whether the changes are convolved in bfloat16 (asked for and supported).
+    bool approximate(double tau, int64_t linear_classes, bool bf16) {
         engine_.set_tau(tau);
         engine_.plan_linear(ph_, pw_, tau < 1.0 ? linear_classes : 0);
+        return engine_.set_bf16(bf16);
     }
     double field_coverage() const { return engine_.field_coverage(ph_, pw_); }
     at::Tensor set_images(const at::Tensor& images, const at::Tensor& baselines,
@@ -588,7 +590,7 @@ OcclusionResult occlusion(const Model& model, const at::Tensor& images_nchw, con
             // recomputes everything); elsewhere it saves little and costs accuracy.
             if (o.tau == 0) o.tau = inc->field_coverage() >= kCoverageForThreshold ? kAutoTau : 1.0;
             if (o.tau < 1.0) linear_classes = std::min<int64_t>(K, kCorrectedClasses);
-            inc->approximate(o.tau, linear_classes);
+            r.bf16 = inc->approximate(o.tau, linear_classes, o.bf16);
             r.tau = o.tau;
             r.coarse_step = o.coarse_step;
             const int64_t bytes = std::max<int64_t>(1, inc->bytes_per_image());

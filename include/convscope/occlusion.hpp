@@ -23,9 +23,10 @@
 //   tau of its output, centred on the change) with a first-order correction for what it cuts off
 //   (the cut-off change's effect on the target's and the runner-up's logits through the rest of
 //   the network, from gradients at the clean image: exact for layers that act linearly), changes
-//   propagated in bfloat16 where the CPU supports it; and a coarse-to-fine drill-down: a grid of
-//   step coarse_step and the centres of its cells first; a cell is refined (its edge midpoints
-//   and the centres of its quarters evaluated, and so on down to single steps) where its centre's
+//   convolved in bfloat16 where the CPU supports it (opts.bf16); and a coarse-to-fine
+//   drill-down: a grid of step coarse_step and the centres of its cells first; a cell is refined
+//   (its edge midpoints and the centres of its quarters evaluated, and so on down to single
+//   steps) where its centre's
 //   drop is far from the mean of its corners' (the map is not locally linear), where the drops
 //   are near the largest, or where the most likely class changes. The other positions are
 //   interpolated by a locally weighted linear fit to the evaluated ones. Images share the
@@ -87,6 +88,9 @@ struct OcclusionOptions {
     double refine_error = 0.25; // ... or whose centre's drop differs from the mean of its corners'
                                 // by >= this x the drop range (0: every cell); cells whose corners
                                 // and centre predict different classes are always refined
+    bool bf16 = true;           // convolve the changes in bfloat16 where the CPU has AVX512-BF16
+                                // (about twice as fast; the rounding scales with the change, not
+                                // with the activations); false, or such a CPU missing: float32
     bool compare_exact = false;  // also compute the exact map and report the SSIM against it
 };
 
@@ -109,6 +113,7 @@ struct OcclusionResult {
     int64_t forwards = 0;             // occluded copies evaluated (all images)
     double tau = 1;                   // Approximate: the threshold and coarse step it ran with
     int64_t coarse_step = 1;          // (the automatic settings resolved)
+    bool bf16 = false;                // Approximate: the changes were convolved in bfloat16
     std::string engine_note;          // Incremental/Approximate: what ran incrementally
 };
 

@@ -479,8 +479,8 @@ struct IncrementalEngine::Impl {
     std::shared_ptr<jit::GraphFunction> grad_fn;  // output with a zero probe added at each linear step
 
     Impl(const Model& m, std::vector<int64_t> shape, double t) : model(m), chw(std::move(shape)), tau(t) {}
-    // Approximate mode: convolve changes in bfloat16 (where the CPU has it).
-    bool delta_bf16() const { return tau < 1.0 && cpu_has_bf16(); }
+    bool bf16 = false;  // approximate mode: convolve changes in bfloat16 (where the CPU has it)
+    bool delta_bf16() const { return bf16 && cpu_has_bf16(); }
     void build();
     bool plan_node(jit::Node* n, const std::map<const jit::Value*, std::vector<int64_t>>& shapes,
                    std::unordered_map<const jit::Value*, std::vector<int>>& lists);
@@ -1270,6 +1270,11 @@ void IncrementalEngine::set_tau(double tau) {
     impl_->grad_fn.reset();
     for (auto& st : impl_->steps) st.linear = false;
     impl_->linear_classes = 0;
+}
+
+bool IncrementalEngine::set_bf16(bool on) {
+    impl_->bf16 = on;
+    return impl_->delta_bf16();
 }
 
 void IncrementalEngine::plan_linear(int64_t patch_h, int64_t patch_w, int64_t classes_per_image) {

@@ -16,6 +16,8 @@
 // tensors: clean activations with the patches pasted in, and the rest of the graph runs as an
 // ordinary TorchScript function on them. Exact up to float rounding.
 //
+// With set_bf16 (approximate), each convolution convolves its input's change (zero outside the
+// changed box) in bfloat16 and adds it to the clean output, where the CPU has AVX512-BF16.
 // With tau < 1 (approximate), every convolution recomputes at most ceil(tau * size) rows and
 // columns of its output, centred on the change, and takes the rest as unchanged (projective
 // field thresholding). What the threshold cuts off is not dropped: its first-order effect on the
@@ -50,6 +52,9 @@ public:
     double field_coverage(int64_t patch_h, int64_t patch_w) const;
     // Changes the projective-field threshold (then call plan_linear again).
     void set_tau(double tau);
+    // Convolve the changes in bfloat16 (where the CPU has AVX512-BF16; else float32 regardless).
+    // Returns whether bfloat16 is used.
+    bool set_bf16(bool on);
 
     // With tau < 1: the outputs of classes_per_image classes per image (set_images' classes_gm)
     // get the first-order correction for what thresholding cuts, for windows of patch_h x patch_w

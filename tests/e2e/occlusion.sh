@@ -83,11 +83,13 @@ assert s['mode'] == 'approximate' and s['forwards'] < 625
 assert s['tau'] == 1 and s['coarse_step'] == 2, (s['tau'], s['coarse_step'])
 "
 "$BIN" occlusion --model "$MODEL" --data "$DATA" --index 0 --patch 4 --stride 1 --approximate \
-    --tau 0.3 --coarse-step 1 --json --out "$T/approx2" >"$T/approx2.json" 2>/dev/null || fail "approximate, tau"
+    --tau 0.3 --coarse-step 1 --no-bf16 --json --out "$T/approx2" >"$T/approx2.json" 2>/dev/null || fail "approximate, tau"
 $PY -c "
 import json
 s = json.load(open('$T/approx2.json'))
 assert s['tau'] == 0.3 and s['coarse_step'] == 1 and s['forwards'] == 625, s
+assert s['bf16'] is False, s  # --no-bf16: float32 changes
+assert json.load(open('$T/approx2/manifest.json'))['options']['bf16'] is False
 "
 $PY -c "import numpy as np; np.save('$T/labels.npy', np.array([3, 7], dtype=np.int64))"
 "$BIN" occlusion --model "$MODEL" --data "$DATA" --labels "$T/labels.npy" --indices 0:2 --patch 7 \
@@ -113,5 +115,7 @@ expect 1 "tau (projective-field threshold) must be in (0, 1]" occlusion --model 
 expect 1 "coarse step must be a power of 2" occlusion --model "$MODEL" --data "$DATA" --approximate \
     --coarse-step 3 --out "$T/bad10"
 [ ! -e "$T/bad10/manifest.json" ] || fail "manifest written for a failed run"
+expect 2 "--no-bf16 is an option of the approximate mode" occlusion --model "$MODEL" --data "$DATA" \
+    --no-bf16 --out "$T/bad11"
 "$BIN" occlusion --help | grep -q -- "--baseline" || fail "--help"
 echo "occlusion e2e: ok"

@@ -16,7 +16,7 @@ namespace {
 
 struct Args {
     std::string patch = "4", stride = "2", baseline = "0", target = "pred", score = "logit", mode;
-    bool approximate = false, report_ssim = false;
+    bool approximate = false, report_ssim = false, no_bf16 = false;
     int64_t batch_size = 128;
     double tau = OcclusionOptions{}.tau, blur_sigma = 0;
     int64_t coarse_step = OcclusionOptions{}.coarse_step;
@@ -83,6 +83,8 @@ OcclusionOptions to_options(const Args& a) {
     else throw UsageError("--mode takes full or incremental, got '" + a.mode + "'");
     if (a.report_ssim && !a.approximate)
         throw UsageError("--report-ssim compares an approximate map with the exact one: add --approximate");
+    if (a.no_bf16 && !a.approximate)
+        throw UsageError("--no-bf16 is an option of the approximate mode (the exact modes use float32): add --approximate");
     o.batch_size = a.batch_size;
     o.tau = a.tau;
     o.coarse_step = a.coarse_step;
@@ -90,6 +92,7 @@ OcclusionOptions to_options(const Args& a) {
     o.refine_error = a.refine_error;
     o.blur_sigma = a.blur_sigma;
     o.compare_exact = a.report_ssim;
+    o.bf16 = !a.no_bf16;
     return o;
 }
 
@@ -164,6 +167,8 @@ RunFn setup(CLI::App& app) {
                    "--approximate: evaluate cells whose centre's drop differs from their corners' mean "
                    "by this share of the range")
         ->capture_default_str();
+    app.add_flag("--no-bf16", a->no_bf16,
+                 "--approximate: convolve the changes in float32 (default: bfloat16 where the CPU has AVX512-BF16)");
     app.add_flag("--report-ssim", a->report_ssim,
                  "--approximate: also compute the exact map and report the SSIM against it");
     app.add_option("--batch-size", a->batch_size, "occluded copies per forward pass")->capture_default_str();
@@ -195,6 +200,7 @@ RunFn setup(CLI::App& app) {
             options["coarse_step"] = opts.coarse_step;
             options["refine_drop"] = opts.refine_drop;
             options["refine_error"] = opts.refine_error;
+            options["bf16"] = opts.bf16;
         }
         OutputDir dir = open_out(*o, options, &model);
         write_npy(dir.file("occlusion.npy", "attribution per pixel (N,C,H,W) float32: mean score drop of "
@@ -277,6 +283,7 @@ RunFn setup(CLI::App& app) {
         if (opts.mode == OcclusionMode::Approximate) {
             summary["tau"] = r.tau;
             summary["coarse_step"] = r.coarse_step;
+            summary["bf16"] = r.bf16;
         }
         if (!r.ssim.empty()) {
             double mean = 0;
@@ -292,7 +299,8 @@ RunFn setup(CLI::App& app) {
                       << r.positions_x << " positions, " << r.forwards << " occluded forwards in "
                       << seconds << " s (" << mode_name(opts.mode);
             if (opts.mode == OcclusionMode::Approximate)
-                std::cout << ": tau " << r.tau << ", coarse step " << r.coarse_step;
+                std::cout << ": tau " << r.tau << ", coarse step " << r.coarse_step
+                          << (r.bf16 ? ", bfloat16 changes" : "");
             std::cout << ")\n";
             for (const auto& j : all) {
                 std::cout << "  image " << j["index"] << ": predicted " << j["predicted"] << ", target "
