@@ -329,53 +329,70 @@ struct Axis {
                                          // occluder's own footprint on this map (plan_linear)
 };
 
-// Max pooling of win [B,C,L,Lw] (already padded) to [B,C,oh,ow]: a plain loop over small
-// patches, single-threaded unless the batch is large. NaN propagates, as in at::max_pool2d.
-at::Tensor max_pool(const at::Tensor& win, const Axis& ay, const Axis& ax, int64_t oh, int64_t ow) {
-    const int64_t B = win.size(0), C = win.size(1), L = win.size(2), Lw = win.size(3);
-    at::Tensor out = at::empty({B, C, oh, ow}, win.options());
-    const float* s = win.data_ptr<float>();
+// Max pooling, for each position b, of the window rows [wy[b], wy[b]+L) and columns [wx[b],
+// wx[b]+Lw) of src[v.img[b]] (the padded clean input [G,C,Hs,Ws]) with v's patch pasted in (at
+// offset (off_y, off_x)), to [B,C,oh,ow], reading the rows in place rather than gathering the
+// windows first. NaN propagates, as in at::max_pool2d.
+at::Tensor max_pool(const at::Tensor& src, const IncValue& v, int64_t off_y, int64_t off_x,
+                    const std::vector<int64_t>& wy, const std::vector<int64_t>& wx, int64_t L, int64_t Lw,
+                    const Axis& ay, const Axis& ax, int64_t oh, int64_t ow) {
+    const int64_t B = static_cast<int64_t>(wy.size());
+    const int64_t C = src.size(1), Hs = src.size(2), Ws = src.size(3);
+    at::Tensor out = at::empty({B, C, oh, ow}, src.options());
+    const float* s = src.data_ptr<float>();
+    const float* p = v.patch.data_ptr<float>();
     float* d = out.data_ptr<float>();
-    // The larger of m and v, NaN if either is (as at::max_pool2d); the plain comparison (which
-    // vectorises) is used first, and a plane holding a NaN is done again with nanmax.
-    auto nanmax = [](float m, float v) { return (v > m || v != v) ? v : m; };
-    auto fastmax = [](float m, float v) { return m > v ? m : v; };
+    // The larger of m and x, NaN if either is (as at::max_pool2d); fastmax ignores NaN.
+    auto nanmax = [](float m, float x) { return (x > m || x != x) ? x : m; };
+    auto fastmax = [](float m, float x) { return m > x ? m : x; };
     // Parallel only when there is enough work to repay waking the other threads.
-    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(1, L * Lw));
+    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(1, oh * ay.k * Lw));
     at::parallel_for(0, B * C, grain, [&](int64_t begin, int64_t end) {
-        std::vector<float> rows(Lw);
-        // One plane; nan (if given) collects whether any value the windows read is a NaN.
-        auto plane = [&](const float* sp, float* dp, auto&& mx, bool* nan) {
-            bool bad = false;
-            for (int64_t oy = 0; oy < oh; ++oy) {
-                // The window rows' maximum per column, then across columns.
-                const float* r0 = sp + oy * ay.s * Lw;
-                for (int64_t x = 0; x < Lw; ++x) {
-                    rows[x] = r0[x];
-                    bad |= r0[x] != r0[x];
-                }
-                for (int64_t ky = 1; ky < ay.k; ++ky) {
-                    const float* r = r0 + ky * ay.d * Lw;
+        std::vector<float> rows(Lw), mixed(Lw);
+        for (int64_t i = begin; i < end; ++i) {
+            const int64_t b = i / C, c = i % C;
+            const float* sc = s + (v.img[b] * C + c) * Hs * Ws + wx[b];
+            const float* pc = p + i * v.h * v.w;
+            const Overlap o = overlap(v, b, off_y, off_x, wy[b], wx[b], L, Lw);
+            // Window row r: the clean row, or a copy with the patch's part pasted in.
+            auto row = [&](int64_t r) -> const float* {
+                const int64_t y = wy[b] + r;
+                const float* clean = sc + y * Ws;
+                if (o.x0 >= o.x1 || y < o.y0 || y >= o.y1) return clean;
+                copy_floats(mixed.data(), clean, Lw);
+                copy_floats(mixed.data() + (o.x0 - wx[b]), pc + (y - o.py) * v.w + (o.x0 - o.px), o.x1 - o.x0);
+                return mixed.data();
+            };
+            float* dp = d + i * oh * ow;
+            // The plain comparison first (it vectorises); a plane that read a NaN is done again
+            // with nanmax.
+            auto plane = [&](auto&& mx) {
+                int nan_seen = 0;  // a local, so that it stays in a register
+                for (int64_t oy = 0; oy < oh; ++oy) {
+                    // The window rows' maximum per column, then across columns.
+                    const float* r0 = row(oy * ay.s);
+                    float* rs = rows.data();
                     for (int64_t x = 0; x < Lw; ++x) {
-                        rows[x] = mx(rows[x], r[x]);
-                        bad |= r[x] != r[x];
+                        rs[x] = r0[x];
+                        nan_seen |= r0[x] != r0[x];
+                    }
+                    for (int64_t ky = 1; ky < ay.k; ++ky) {
+                        const float* r = row(oy * ay.s + ky * ay.d);
+                        for (int64_t x = 0; x < Lw; ++x) {
+                            rs[x] = mx(rs[x], r[x]);
+                            nan_seen |= r[x] != r[x];
+                        }
+                    }
+                    for (int64_t ox = 0; ox < ow; ++ox) {
+                        const float* cp = rs + ox * ax.s;
+                        float m = cp[0];
+                        for (int64_t kx = 1; kx < ax.k; ++kx) m = mx(m, cp[kx * ax.d]);
+                        dp[oy * ow + ox] = m;
                     }
                 }
-                for (int64_t ox = 0; ox < ow; ++ox) {
-                    const float* c = rows.data() + ox * ax.s;
-                    float m = c[0];
-                    for (int64_t kx = 1; kx < ax.k; ++kx) m = mx(m, c[kx * ax.d]);
-                    dp[oy * ow + ox] = m;
-                }
-            }
-            if (nan) *nan = bad;
-        };
-        for (int64_t i = begin; i < end; ++i) {
-            const float* sp = s + i * L * Lw;
-            float* dp = d + i * oh * ow;
-            bool nan = false;
-            plane(sp, dp, fastmax, &nan);
-            if (nan) plane(sp, dp, nanmax, nullptr);
+                return nan_seen != 0;
+            };
+            if (plane(fastmax)) plane(nanmax);
         }
     });
     return out;
@@ -1172,13 +1189,16 @@ IncValue IncrementalEngine::Impl::run_step(const Step& st, std::vector<std::opti
             });
             return out;
         }
+        if (st.op == WindowOp::MaxPool) {
+            out.patch = max_pool(st.padded, in, st.ax[0].p, st.ax[1].p, wy, wx, L, Lw, st.ax[0], st.ax[1], out.h, out.w);
+            return out;
+        }
         at::Tensor win = gather(st.padded, in, st.ax[0].p, st.ax[1].p, wy, wx, L, Lw);
         switch (st.op) {
         case WindowOp::Conv:
             out.patch = at::conv2d(win, st.weight, st.bias, stride, zero, dil, st.groups);
             break;
         case WindowOp::MaxPool:
-            out.patch = max_pool(win, st.ax[0], st.ax[1], out.h, out.w);
             break;
         case WindowOp::AvgPool:
             out.patch = at::avg_pool2d(win, kernel, stride, zero, false, true, st.divisor);
