@@ -497,6 +497,7 @@ struct IncrementalEngine::Impl {
 
     Impl(const Model& m, std::vector<int64_t> shape, double t) : model(m), chw(std::move(shape)), tau(t) {}
     bool bf16 = false;  // approximate mode: convolve changes in bfloat16 (where the CPU has it)
+    static constexpr int64_t kMinBf16Taps = 32;  // weights per output below which float32 is kept
     bool delta_bf16() const { return bf16 && cpu_has_bf16(); }
     void build();
     bool plan_node(jit::Node* n, const std::map<const jit::Value*, std::vector<int64_t>>& shapes,
@@ -1175,7 +1176,9 @@ IncValue IncrementalEngine::Impl::run_step(const Step& st, std::vector<std::opti
         const std::vector<int64_t> dil{st.ax[0].d, st.ax[1].d};
         const std::vector<int64_t> kernel{st.ax[0].k, st.ax[1].k};
         const std::vector<int64_t> zero{0, 0};
-        if (delta_bf16() && st.op == WindowOp::Conv) {
+        // Convolutions over a few input values per output (a first layer on grey images) gain
+        // nothing from bfloat16: its fixed costs outweigh the arithmetic.
+        if (delta_bf16() && st.op == WindowOp::Conv && st.weight[0].numel() >= kMinBf16Taps) {
             // Approximate mode: the convolution of the change (linear, no bias) in bfloat16, added
             // to the clean output; rounding errors scale with the change, not the activations.
             const at::Tensor change = gather_change(st.padded, in, st.ax[0].p, st.ax[1].p, wy, wx, L, Lw);
