@@ -282,6 +282,41 @@ TEST(Occlusion, IncrementalEqualsFullOnResnet18) {
 
 // --- definition: coverage means, scores, baselines --------------------------------------------
 
+TEST(Occlusion, IncrementalMaxPoolingPropagatesNaNAsFullDoes) {
+    // A NaN made inside the model (0/0 at a zero pixel): max pooling must give NaN wherever its
+    // window reads it (as at::max_pool2d does), whether the NaN is in the clean activations or
+    // beside the occluder's patch; the model turns NaN into a large number afterwards, so a
+    // pooling that dropped it would change the drops. Both the 2x2/stride-2 path and the general
+    // one.
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(5);
+    torch::jit::Module m("NanPool");
+    m.register_parameter("fc", torch::randn({3, 2 * (16 + 9)}, gen, torch::kFloat), false);
+    m.define(R"(
+def forward(self, x):
+    x = x * (x / x)
+    a = torch.max_pool2d(x, [2, 2], [2, 2], [0, 0], [1, 1], False)
+    b = torch.max_pool2d(x, [3, 3], [2, 2], [0, 0], [1, 1], False)
+    a = torch.nan_to_num(a, 50.0)
+    b = torch.nan_to_num(b, -50.0)
+    return torch.matmul(torch.cat([torch.flatten(a, 1), torch.flatten(b, 1)], 1), self.fc.t())
+)");
+    Model model = Model::from_module(m, ModelMeta{});
+    model.set_input_shape({2, 8, 8});
+    at::Tensor x = torch::randn({2, 2, 8, 8}, gen, torch::kFloat);
+    x[0][1][2][4] = 0.f;  // first in its 2x2 window
+    x[1][0][5][7] = 0.f;  // last in its 2x2 window
+    for (int64_t patch : {2, 3}) {
+        auto o = opts(patch, patch, 1, 1, OcclusionMode::Full);
+        o.baseline = OcclusionBaseline::Value;  // a finite fill (0 would be NaN too)
+        o.baseline_value = 0.5;
+        const auto full = occlusion(model, x, o);
+        o.mode = OcclusionMode::Incremental;
+        const auto inc = occlusion(model, x, o);
+        ASSERT_TRUE(torch::isfinite(full.coarse).all().item<bool>());
+        expect_close(inc.coarse, full.coarse, 1e-5, "NaN through max pooling, patch " + std::to_string(patch));
+    }
+}
+
 TEST(Occlusion, CoverageMeansAtBordersByHand) {
     // Image 1x3x5 holding 1..15 row by row, baseline 0, patch 2x2, stride 1x2: windows at rows
     // {0,1} x columns {0,2}; column 4 is never covered (the stride does not divide 5 - 2).

@@ -347,6 +347,7 @@ at::Tensor max_pool(const at::Tensor& src, const IncValue& v, int64_t off_y, int
     auto fastmax = [](float m, float x) { return m > x ? m : x; };
     // Parallel only when there is enough work to repay waking the other threads.
     const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(1, oh * ay.k * Lw));
+    const bool pool2x2 = ay.k == 2 && ay.s == 2 && ax.k == 2 && ax.s == 2 && ay.d == 1 && ax.d == 1;
     at::parallel_for(0, B * C, grain, [&](int64_t begin, int64_t end) {
         std::vector<float> rows(Lw), mixed(Lw);
         for (int64_t i = begin; i < end; ++i) {
@@ -392,7 +393,27 @@ at::Tensor max_pool(const at::Tensor& src, const IncValue& v, int64_t off_y, int
                 }
                 return nan_seen != 0;
             };
-            if (plane(fastmax)) plane(nanmax);
+            // 2x2 windows at stride 2 (the usual pooling): pairs of rows, no row buffer.
+            auto plane2 = [&](auto&& mx) {
+                int nan_seen = 0;
+                for (int64_t oy = 0; oy < oh; ++oy) {
+                    const float* r0 = row(2 * oy);
+                    if (r0 == mixed.data()) {  // row() reuses its buffer: keep this row
+                        copy_floats(rows.data(), r0, Lw);
+                        r0 = rows.data();
+                    }
+                    const float* r1 = row(2 * oy + 1);
+                    for (int64_t x = 0; x < 2 * ow; ++x) nan_seen |= (r0[x] != r0[x]) | (r1[x] != r1[x]);
+                    for (int64_t ox = 0; ox < ow; ++ox)
+                        dp[oy * ow + ox] = mx(mx(r0[2 * ox], r0[2 * ox + 1]), mx(r1[2 * ox], r1[2 * ox + 1]));
+                }
+                return nan_seen != 0;
+            };
+            if (pool2x2) {
+                if (plane2(fastmax)) plane2(nanmax);
+            } else if (plane(fastmax)) {
+                plane(nanmax);
+            }
         }
     });
     return out;
