@@ -2,7 +2,7 @@
 // recomputation, all in this binary, runs interleaved, medians of several runs. Also checks that
 // incremental equals full and reports the approximate map's SSIM against the exact one.
 //
-//   bench_occlusion [--runs N] [--resnet-runs M] [--trained-runs R] [--images K] [--fixtures DIR]
+//   bench_occlusion [--runs N] [--resnet-runs M] [--trained-runs R] [--images K (16)] [--fixtures DIR]
 //                   [--threads T] [--tau X] [--coarse-step S] [--batch-size B]
 //
 // Cases: the built-in Fashion-MNIST model (load_default_model(); trained on first use), 28x28,
@@ -172,7 +172,7 @@ int main(int argc, char** argv) {
         execv("/proc/self/exe", argv);
     }
     int runs = 5, resnet_runs = 3, trained_runs = 3, threads = 2;
-    int64_t images = 4;
+    int64_t images = 16;
     std::string fixtures =
         (std::filesystem::path(argv[0]).parent_path() / ".." / "fixtures").lexically_normal().string();
     for (int i = 1; i + 1 < argc; i += 2) {

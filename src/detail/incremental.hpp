@@ -14,7 +14,9 @@
 // equally sized patches [B,C,h,w] (windows clipped at a border are shifted inside). The first
 // node that needs more (flatten, linear, global pooling, an op not handled here) gets full
 // tensors: clean activations with the patches pasted in, and the rest of the graph runs as an
-// ordinary TorchScript function on them. Exact up to float rounding.
+// ordinary TorchScript function on them. Exact up to float rounding. The positions of a batch
+// are split between the threads, each running its share through every op on its own (the
+// patches are small: waking threads per op would cost more than it saves).
 //
 // With set_bf16 (approximate), each convolution convolves its input's change (zero outside the
 // changed box) in bfloat16 and adds it to the clean output, where the CPU has AVX512-BF16.
