@@ -283,9 +283,11 @@ at::Tensor gather_change(const at::Tensor& clean_padded, const IncValue& v, int6
     return dst;
 }
 
-// The clean values src[img[b]] [G,C,H,W] on the boxes (py[b], px[b], h, w): [B,C,h,w].
+// The clean values src[img[b]] [G,C,H,W] on the boxes (py[b], px[b], h, w): [B,C,h,w], plus
+// add_bf16 ([B,C,h,w] bfloat16 bits) if given.
 at::Tensor clean_windows(const at::Tensor& src, const std::vector<int64_t>& img, const std::vector<int64_t>& py,
-                         const std::vector<int64_t>& px, int64_t h, int64_t w) {
+                         const std::vector<int64_t>& px, int64_t h, int64_t w,
+                         const uint16_t* add_bf16 = nullptr) {
     const int64_t B = static_cast<int64_t>(img.size()), C = src.size(1), Hs = src.size(2), Ws = src.size(3);
     at::Tensor dst = at::empty({B, C, h, w}, src.options());
     const float* s = src.data_ptr<float>();
@@ -294,8 +296,16 @@ at::Tensor clean_windows(const at::Tensor& src, const std::vector<int64_t>& img,
     at::parallel_for(0, B * C, grain, [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i) {
             const int64_t b = i / C, c = i % C;
-            for (int64_t r = 0; r < h; ++r)
-                copy_floats(d + (i * h + r) * w, s + ((img[b] * C + c) * Hs + py[b] + r) * Ws + px[b], w);
+            for (int64_t r = 0; r < h; ++r) {
+                float* dr = d + (i * h + r) * w;
+                const float* sr = s + ((img[b] * C + c) * Hs + py[b] + r) * Ws + px[b];
+                if (!add_bf16) {
+                    copy_floats(dr, sr, w);
+                    continue;
+                }
+                const uint16_t* ar = add_bf16 + (i * h + r) * w;
+                for (int64_t x = 0; x < w; ++x) dr[x] = sr[x] + from_bf16_bits(ar[x]);
+            }
         }
     });
     return dst;
@@ -1204,13 +1214,9 @@ IncValue IncrementalEngine::Impl::run_step(const Step& st, std::vector<std::opti
             // to the clean output; rounding errors scale with the change, not the activations.
             const at::Tensor change = gather_change(st.padded, in, st.ax[0].p, st.ax[1].p, wy, wx, L, Lw);
             const at::Tensor conv = at::conv2d(change, st.weight_bf16, at::Tensor(), stride, zero, dil, st.groups);
-            out.patch = clean_windows(os.clean, out.img, out.py, out.px, out.h, out.w);
             const at::Tensor delta = conv.contiguous();
-            float* o = out.patch.data_ptr<float>();
-            const uint16_t* dp = reinterpret_cast<const uint16_t*>(delta.data_ptr<c10::BFloat16>());
-            at::parallel_for(0, out.patch.numel(), int64_t{1} << 16, [&](int64_t begin, int64_t end) {
-                for (int64_t i = begin; i < end; ++i) o[i] += from_bf16_bits(dp[i]);
-            });
+            out.patch = clean_windows(os.clean, out.img, out.py, out.px, out.h, out.w,
+                                      reinterpret_cast<const uint16_t*>(delta.data_ptr<c10::BFloat16>()));
             return out;
         }
         if (st.op == WindowOp::MaxPool) {
