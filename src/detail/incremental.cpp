@@ -180,6 +180,12 @@ inline void copy_floats(float* dst, const float* src, int64_t n) {
     for (int64_t i = 0; i < n; ++i) dst[i] = src[i];
 }
 
+// Grain for at::parallel_for over planes of `per_plane` values: parallel only when there is
+// enough to do to repay waking the other threads.
+inline int64_t plane_grain(int64_t per_plane) {
+    return std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(1, per_plane));
+}
+
 // Per position, the changed box of a value and the box its patch covers. All patches of a batch
 // have the same size h x w; the patch box contains the changed box.
 struct IncValue {
@@ -215,9 +221,7 @@ at::Tensor gather(const at::Tensor& src, const IncValue& v, int64_t off_y, int64
     const float* p = v.patch.data_ptr<float>();
     float* d = dst.data_ptr<float>();
     const int64_t h = v.h, w = v.w;
-    // Parallel only when there is enough to copy to repay waking the other threads.
-    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(1, L * Lw));
-    at::parallel_for(0, B * C, grain, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, B * C, plane_grain(L * Lw), [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i) {
             const int64_t b = i / C, c = i % C;
             const float* sc = s + (v.img[b] * C + c) * Hs * Ws;
@@ -264,8 +268,7 @@ at::Tensor gather_change(const at::Tensor& clean_padded, const IncValue& v, int6
     const float* p = v.patch.data_ptr<float>();
     uint16_t* d = reinterpret_cast<uint16_t*>(dst.data_ptr<c10::BFloat16>());
     const int64_t h = v.h, w = v.w;
-    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(1, h * w));
-    at::parallel_for(0, B * C, grain, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, B * C, plane_grain(h * w), [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i) {
             const int64_t b = i / C, c = i % C;
             const float* sc = s + (v.img[b] * C + c) * Hs * Ws;
@@ -292,8 +295,7 @@ at::Tensor clean_windows(const at::Tensor& src, const std::vector<int64_t>& img,
     at::Tensor dst = at::empty({B, C, h, w}, src.options());
     const float* s = src.data_ptr<float>();
     float* d = dst.data_ptr<float>();
-    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(1, h * w));
-    at::parallel_for(0, B * C, grain, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, B * C, plane_grain(h * w), [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i) {
             const int64_t b = i / C, c = i % C;
             for (int64_t r = 0; r < h; ++r) {
@@ -355,10 +357,8 @@ at::Tensor max_pool(const at::Tensor& src, const IncValue& v, int64_t off_y, int
     // The larger of m and x, NaN if either is (as at::max_pool2d); fastmax ignores NaN.
     auto nanmax = [](float m, float x) { return (x > m || x != x) ? x : m; };
     auto fastmax = [](float m, float x) { return m > x ? m : x; };
-    // Parallel only when there is enough work to repay waking the other threads.
-    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(1, oh * ay.k * Lw));
     const bool pool2x2 = ay.k == 2 && ay.s == 2 && ax.k == 2 && ax.s == 2 && ay.d == 1 && ax.d == 1;
-    at::parallel_for(0, B * C, grain, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, B * C, plane_grain(oh * ay.k * Lw), [&](int64_t begin, int64_t end) {
         std::vector<float> rows(Lw), mixed(Lw);
         for (int64_t i = begin; i < end; ++i) {
             const int64_t b = i / C, c = i % C;
@@ -528,8 +528,15 @@ struct IncrementalEngine::Impl {
 
     Impl(const Model& m, std::vector<int64_t> shape, double t) : model(m), chw(std::move(shape)), tau(t) {}
     bool bf16 = false;  // approximate mode: convolve changes in bfloat16 (where the CPU has it)
-    static constexpr int64_t kMinBf16Taps = 32;  // weights per output below which float32 is kept
     bool delta_bf16() const { return bf16 && cpu_has_bf16(); }
+    // Whether this step convolves its change in bfloat16: a convolution in that mode, unless it
+    // has few weights per output (a first layer on grey images), where bfloat16's fixed costs
+    // outweigh the arithmetic.
+    bool bf16_step(const Step& st) const {
+        constexpr int64_t kMinBf16Taps = 32;
+        return delta_bf16() && st.kind == StepKind::Window && st.op == WindowOp::Conv &&
+               st.weight.numel() / st.weight.size(0) >= kMinBf16Taps;
+    }
     void build();
     bool plan_node(jit::Node* n, const std::map<const jit::Value*, std::vector<int64_t>>& shapes,
                    std::unordered_map<const jit::Value*, std::vector<int>>& lists);
@@ -1207,14 +1214,12 @@ IncValue IncrementalEngine::Impl::run_step(const Step& st, std::vector<std::opti
         const std::vector<int64_t> dil{st.ax[0].d, st.ax[1].d};
         const std::vector<int64_t> kernel{st.ax[0].k, st.ax[1].k};
         const std::vector<int64_t> zero{0, 0};
-        // Convolutions over a few input values per output (a first layer on grey images) gain
-        // nothing from bfloat16: its fixed costs outweigh the arithmetic.
-        if (delta_bf16() && st.op == WindowOp::Conv && st.weight[0].numel() >= kMinBf16Taps) {
+        if (bf16_step(st)) {
             // Approximate mode: the convolution of the change (linear, no bias) in bfloat16, added
             // to the clean output; rounding errors scale with the change, not the activations.
             const at::Tensor change = gather_change(st.padded, in, st.ax[0].p, st.ax[1].p, wy, wx, L, Lw);
-            const at::Tensor conv = at::conv2d(change, st.weight_bf16, at::Tensor(), stride, zero, dil, st.groups);
-            const at::Tensor delta = conv.contiguous();
+            const at::Tensor delta =
+                at::conv2d(change, st.weight_bf16, at::Tensor(), stride, zero, dil, st.groups).contiguous();
             out.patch = clean_windows(os.clean, out.img, out.py, out.px, out.h, out.w,
                                       reinterpret_cast<const uint16_t*>(delta.data_ptr<c10::BFloat16>()));
             return out;
@@ -1223,18 +1228,10 @@ IncValue IncrementalEngine::Impl::run_step(const Step& st, std::vector<std::opti
             out.patch = max_pool(st.padded, in, st.ax[0].p, st.ax[1].p, wy, wx, L, Lw, st.ax[0], st.ax[1], out.h, out.w);
             return out;
         }
-        at::Tensor win = gather(st.padded, in, st.ax[0].p, st.ax[1].p, wy, wx, L, Lw);
-        switch (st.op) {
-        case WindowOp::Conv:
-            out.patch = at::conv2d(win, st.weight, st.bias, stride, zero, dil, st.groups);
-            break;
-        case WindowOp::MaxPool:
-            break;
-        case WindowOp::AvgPool:
-            out.patch = at::avg_pool2d(win, kernel, stride, zero, false, true, st.divisor);
-            break;
-        }
-        out.patch = out.patch.contiguous();
+        const at::Tensor win = gather(st.padded, in, st.ax[0].p, st.ax[1].p, wy, wx, L, Lw);
+        out.patch = (st.op == WindowOp::Conv ? at::conv2d(win, st.weight, st.bias, stride, zero, dil, st.groups)
+                                             : at::avg_pool2d(win, kernel, stride, zero, false, true, st.divisor))
+                        .contiguous();
         return out;
     }
     // Binary ops and concatenation: the union of the inputs' changes.
@@ -1369,10 +1366,8 @@ at::Tensor IncrementalEngine::Impl::run(const at::Tensor& patches, const std::ve
     for (int64_t g : img) {
         if (g < 0 || g >= G) throw Error("internal error: occlusion image index out of range");
     }
-    if (delta_bf16())
-        for (auto& st : steps)
-            if (st.kind == StepKind::Window && st.op == WindowOp::Conv && !st.weight_bf16.defined())
-                st.weight_bf16 = st.weight.to(at::kBFloat16).contiguous();
+    for (auto& st : steps)
+        if (bf16_step(st) && !st.weight_bf16.defined()) st.weight_bf16 = st.weight.to(at::kBFloat16).contiguous();
     const at::Tensor all = patches.contiguous();
     // The positions are split among the threads, each running its share through every op alone:
     // the per-position patches are small, and waking threads for each small op costs more than
