@@ -32,10 +32,20 @@ constexpr int64_t kCorrectedClasses = 2;
 // share of some convolution's output (rows and columns), else none (1).
 constexpr double kCoverageForThreshold = 0.9;
 constexpr double kAutoTau = 0.25;
-// Automatic coarse step: 2 where neighbouring windows overlap by at least 3/4 (patch >= 4 x
-// stride on both axes; the map is smooth from one position to the next), else 1 (every position).
+// Automatic coarse step: the diagonal lattice (3) where neighbouring windows overlap by at least
+// 3/4 (patch >= 4 x stride on both axes; the map is smooth from one position to the next), else 1
+// (every position). On the default model's maps (patch 4, stride 1) the lattice, a third of the
+// positions, keeps a mean SSIM of 0.97 against the exact map where the quadtree's first level
+// from a step-2 grid (half of them) keeps 0.99 and a step-2 grid alone (a quarter) 0.91.
+constexpr int64_t kLatticeStep = 3;
+// Automatic batch sizes. A copy in full recomputation holds every activation of the model; in the
+// incremental engine only patches about the size of the occluder's projective field, so its
+// batches can be larger: that amortises each op's fixed cost over more positions (on the default
+// model 512 positions per batch ran 8-12% faster than 128, full recomputation ran equally fast).
+constexpr int64_t kFullBatch = 128;
+constexpr int64_t kIncrementalBatch = 512;
 int64_t auto_coarse_step(const OcclusionOptions& o) {
-    return o.patch_h >= 4 * o.stride_y && o.patch_w >= 4 * o.stride_x ? 2 : 1;
+    return o.patch_h >= 4 * o.stride_y && o.patch_w >= 4 * o.stride_x ? kLatticeStep : 1;
 }
 
 std::string dims(int64_t a, int64_t b) { return std::to_string(a) + "x" + std::to_string(b); }
@@ -51,8 +61,9 @@ void validate_options(const at::Tensor& x, const OcclusionOptions& o) {
     if (o.patch_h > H || o.patch_w > W)
         throw Error("the occlusion patch " + dims(o.patch_h, o.patch_w) + " is larger than the input " +
                     dims(H, W) + ": use a patch of at most " + dims(H, W));
-    if (o.batch_size < 1)
-        throw Error("the occlusion batch size must be at least 1, got " + std::to_string(o.batch_size));
+    if (o.batch_size < 0)
+        throw Error("the occlusion batch size must be at least 1 (0 = automatic), got " +
+                    std::to_string(o.batch_size));
     if (o.baseline == OcclusionBaseline::Value && !std::isfinite(o.baseline_value))
         throw Error("the occlusion baseline must be a finite number");
     if (o.baseline == OcclusionBaseline::Blur && (o.blur_sigma < 0 || !std::isfinite(o.blur_sigma)))
@@ -61,9 +72,9 @@ void validate_options(const at::Tensor& x, const OcclusionOptions& o) {
         if (!(o.tau >= 0 && o.tau <= 1))
             throw Error("tau (projective-field threshold) must be in (0, 1] (0 = automatic), got " +
                         std::to_string(o.tau));
-        if (o.coarse_step < 0 || (o.coarse_step & (o.coarse_step - 1)) != 0)
-            throw Error("the coarse step must be a power of 2 (1, 2, 4, 8, ...; 0 = automatic), got " +
-                        std::to_string(o.coarse_step));
+        if (o.coarse_step < 0 || (o.coarse_step != kLatticeStep && (o.coarse_step & (o.coarse_step - 1)) != 0))
+            throw Error("the coarse step must be 3 (the diagonal lattice) or a power of 2 (1, 2, 4, 8, ...; "
+                        "0 = automatic), got " + std::to_string(o.coarse_step));
         if (!(o.refine_drop >= 0) || !(o.refine_error >= 0))
             throw Error("the refinement thresholds must be >= 0");
     }
@@ -505,6 +516,66 @@ void drill_down(Evaluator& ev, const Grid& g, std::vector<ImageRun>& runs, const
     for (int64_t n = 0; n < G; ++n) interpolate(g, cell_size[n], runs[n].d);
 }
 
+// Drill-down from the diagonal lattice (coarse_step 3) for a group of images. The first round
+// evaluates every third position of each row, shifted by one from row to row ((x - y) mod 3 == 0,
+// a third of the positions; every position not on it has two of its row neighbours' and column
+// neighbours' on it), and the grid's corners. Then, in rounds until nothing is added, the
+// positions not yet evaluated are evaluated where their evaluated neighbours (8-neighbourhood)
+// predict different classes (a confounder may hide there) or one of those reaches refine_drop x
+// the largest |drop| so far (the peak). The others are interpolated (interpolate(), a local linear
+// fit at the lattice's scale). refine_error does not apply: a curvature test between lattice
+// positions three apart fires on most of the map (on the default model's maps it evaluated 53% of
+// the positions at refine_error 0.25 for an SSIM of 0.983 instead of 0.974 at 36%); for more
+// accuracy use the quadtree (coarse step 2) or every position.
+void lattice_drill(Evaluator& ev, const Grid& g, std::vector<ImageRun>& runs, const OcclusionOptions& o,
+                   int64_t& forwards, const std::function<void(int64_t)>& done) {
+    const int64_t PY = g.py, PX = g.px, G = static_cast<int64_t>(runs.size());
+    const int64_t k = kLatticeStep;
+    auto on_lattice = [&](int64_t y, int64_t x) { return ((x - y) % k + k) % k == 0; };
+    std::vector<std::vector<char>> queued(G, std::vector<char>(PY * PX, 0));
+    std::vector<Job> jobs;
+    auto mark = [&](int64_t n, int64_t pos) {
+        if (queued[n][pos]) return;
+        queued[n][pos] = 1;
+        jobs.push_back({n, pos});
+    };
+    for (int64_t n = 0; n < G; ++n)
+        for (int64_t y = 0; y < PY; ++y)
+            for (int64_t x = 0; x < PX; ++x)
+                if (on_lattice(y, x) || ((y == 0 || y == PY - 1) && (x == 0 || x == PX - 1))) mark(n, y * PX + x);
+    while (!jobs.empty()) {
+        evaluate(ev, g, jobs, runs, o, forwards, done);
+        jobs.clear();
+        for (int64_t n = 0; n < G; ++n) {
+            const Drops& d = runs[n].d;
+            float max_abs = 0;
+            for (size_t i = 0; i < d.drop.size(); ++i)
+                if (d.evaluated[i]) max_abs = std::max(max_abs, std::abs(d.drop[i]));
+            for (int64_t y = 0; y < PY; ++y)
+                for (int64_t x = 0; x < PX; ++x) {
+                    const int64_t pos = y * PX + x;
+                    if (queued[n][pos]) continue;
+                    int64_t cls = -1;
+                    bool refine = false;
+                    for (int64_t yy = std::max<int64_t>(0, y - 1); yy <= std::min(PY - 1, y + 1) && !refine; ++yy)
+                        for (int64_t xx = std::max<int64_t>(0, x - 1); xx <= std::min(PX - 1, x + 1); ++xx) {
+                            const int64_t q = yy * PX + xx;
+                            if (!d.evaluated[q]) continue;
+                            if ((cls >= 0 && d.top_class[q] != cls) ||
+                                (max_abs > 0 && std::abs(d.drop[q]) >= o.refine_drop * max_abs)) {
+                                refine = true;
+                                break;
+                            }
+                            cls = d.top_class[q];
+                        }
+                    if (refine) mark(n, pos);
+                }
+        }
+    }
+    const std::vector<float> cell_size(PY * PX, 2.f);
+    for (int64_t n = 0; n < G; ++n) interpolate(g, cell_size, runs[n].d);
+}
+
 // Pixel attribution [H,W]: mean drop of the windows covering each pixel, 0 where none does.
 at::Tensor pixel_map(const std::vector<float>& drop, const Grid& g, int64_t H, int64_t W,
                      const OcclusionOptions& o) {
@@ -547,6 +618,7 @@ OcclusionResult occlusion(const Model& model, const at::Tensor& images_nchw, con
     validate_options(images_nchw, options);
     OcclusionOptions o = options;  // with the automatic settings resolved
     if (o.mode == OcclusionMode::Approximate && o.coarse_step == 0) o.coarse_step = auto_coarse_step(o);
+    if (o.batch_size == 0) o.batch_size = o.mode == OcclusionMode::Full ? kFullBatch : kIncrementalBatch;
     torch::NoGradGuard no_grad;
     const at::Tensor x = images_nchw.contiguous();
     const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
@@ -562,6 +634,7 @@ OcclusionResult occlusion(const Model& model, const at::Tensor& images_nchw, con
         throw Error("occlusion needs a classifier whose output is [N,K] logits; this model returns " +
                     std::to_string(clean_out.dim()) + " dimensions");
     OcclusionResult r;
+    r.batch_size = o.batch_size;
     r.targets = choose_targets(clean_out, o);
     r.positions_y = grid.py;
     r.positions_x = grid.px;
@@ -659,7 +732,10 @@ OcclusionResult occlusion(const Model& model, const at::Tensor& images_nchw, con
             done_units = std::min(group_start + group_units, group_start + static_cast<double>(group_done));
             report_progress(progress, std::min(1.0, done_units / total));
         };
-        if (o.mode == OcclusionMode::Approximate) drill_down(*ev, grid, runs, o, r.forwards, done);
+        if (o.mode == OcclusionMode::Approximate && o.coarse_step == kLatticeStep)
+            lattice_drill(*ev, grid, runs, o, r.forwards, done);
+        else if (o.mode == OcclusionMode::Approximate)
+            drill_down(*ev, grid, runs, o, r.forwards, done);
         else evaluate(*ev, grid, all, runs, o, r.forwards, done);
         done_units = group_start + group_units;
 

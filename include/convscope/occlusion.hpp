@@ -74,7 +74,8 @@ struct OcclusionOptions {
     std::vector<int64_t> labels;  // for OcclusionTarget::Label: one per image (-1 = none)
     OcclusionScore score = OcclusionScore::Logit;
     OcclusionMode mode = OcclusionMode::Incremental;
-    int64_t batch_size = 128;  // occluded copies per forward pass (>= 1)
+    int64_t batch_size = 0;  // occluded copies per forward pass (>= 1); 0 = automatic: 128 in Full
+                             // mode, 512 in the others (their copies hold only patches)
 
     // Approximate mode.
     double tau = 0;             // projective-field threshold in (0, 1]; 1 = no thresholding;
@@ -111,6 +112,7 @@ struct OcclusionResult {
                                       // occlusion map against the exact one (else empty)
     std::vector<double> ssim_coarse;  // ... and of the coarse drops against the exact ones
     int64_t forwards = 0;             // occluded copies evaluated (all images)
+    int64_t batch_size = 0;           // copies per forward it ran with (automatic resolved)
     double tau = 1;                   // Approximate: the threshold and coarse step it ran with
     int64_t coarse_step = 1;          // (the automatic settings resolved)
     bool bf16 = false;                // Approximate: the changes were convolved in bfloat16

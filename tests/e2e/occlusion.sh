@@ -78,9 +78,11 @@ s = json.load(open('$T/approx.json'))
 v = s['images'][0]['ssim']
 assert 0 < v <= 1.0 + 1e-9, v
 assert s['mode'] == 'approximate' and s['forwards'] < 625
-# the automatic settings that ran: a 28x28 LeNet keeps its changes local (no threshold), and a
-# window 4 strides wide starts the drill-down from every second position
-assert s['tau'] == 1 and s['coarse_step'] == 2, (s['tau'], s['coarse_step'])
+# the automatic settings that ran: a 28x28 LeNet keeps its changes local (no threshold), a
+# window 4 strides wide starts the drill-down from the diagonal lattice (every third position),
+# and the engine evaluates 512 copies per batch
+assert s['tau'] == 1 and s['coarse_step'] == 3, (s['tau'], s['coarse_step'])
+assert s['batch_size'] == 512, s['batch_size']
 "
 "$BIN" occlusion --model "$MODEL" --data "$DATA" --index 0 --patch 4 --stride 1 --approximate \
     --tau 0.3 --coarse-step 1 --no-bf16 --json --out "$T/approx2" >"$T/approx2.json" 2>/dev/null || fail "approximate, tau"
@@ -112,10 +114,13 @@ expect 2 "drop --mode" occlusion --model "$MODEL" --data "$DATA" --approximate -
 expect 2 "takes N or NxM" occlusion --model "$MODEL" --data "$DATA" --patch 4y4 --out "$T/bad8"
 expect 1 "tau (projective-field threshold) must be in (0, 1]" occlusion --model "$MODEL" --data "$DATA" \
     --approximate --tau 2 --out "$T/bad9"
-expect 1 "coarse step must be a power of 2" occlusion --model "$MODEL" --data "$DATA" --approximate \
-    --coarse-step 3 --out "$T/bad10"
+expect 1 "or a power of 2" occlusion --model "$MODEL" --data "$DATA" --approximate \
+    --coarse-step 6 --out "$T/bad10"
 [ ! -e "$T/bad10/manifest.json" ] || fail "manifest written for a failed run"
 expect 2 "--no-bf16 is an option of the approximate mode" occlusion --model "$MODEL" --data "$DATA" \
     --no-bf16 --out "$T/bad11"
+expect 1 "batch size must be at least 1" occlusion --model "$MODEL" --data "$DATA" --batch-size -5 \
+    --out "$T/bad12"
+[ ! -e "$T/bad12/manifest.json" ] || fail "manifest written for a failed run"
 "$BIN" occlusion --help | grep -q -- "--baseline" || fail "--help"
 echo "occlusion e2e: ok"

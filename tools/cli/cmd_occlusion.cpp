@@ -17,7 +17,7 @@ namespace {
 struct Args {
     std::string patch = "4", stride = "2", baseline = "0", target = "pred", score = "logit", mode;
     bool approximate = false, report_ssim = false, no_bf16 = false;
-    int64_t batch_size = 128;
+    int64_t batch_size = 0;
     double tau = OcclusionOptions{}.tau, blur_sigma = 0;
     int64_t coarse_step = OcclusionOptions{}.coarse_step;
     double refine_drop = OcclusionOptions{}.refine_drop, refine_error = OcclusionOptions{}.refine_error;
@@ -171,7 +171,9 @@ RunFn setup(CLI::App& app) {
                  "--approximate: convolve the changes in float32 (default: bfloat16 where the CPU has AVX512-BF16)");
     app.add_flag("--report-ssim", a->report_ssim,
                  "--approximate: also compute the exact map and report the SSIM against it");
-    app.add_option("--batch-size", a->batch_size, "occluded copies per forward pass")->capture_default_str();
+    app.add_option("--batch-size", a->batch_size,
+                   "occluded copies per forward pass; 0 = automatic (128 with --mode full, else 512)")
+        ->capture_default_str();
     return [o, a]() {
         const OcclusionOptions opts = to_options(*a);  // usage errors before any work
         auto [model, data, indices, pre, images, labels] = open_selected_inputs(*o);
@@ -279,7 +281,7 @@ RunFn setup(CLI::App& app) {
         }
         nlohmann::json summary = {{"images", all},          {"forwards", r.forwards},
                                   {"seconds", seconds},     {"mode", mode_name(opts.mode)},
-                                  {"engine", r.engine_note}};
+                                  {"engine", r.engine_note}, {"batch_size", r.batch_size}};
         if (opts.mode == OcclusionMode::Approximate) {
             summary["tau"] = r.tau;
             summary["coarse_step"] = r.coarse_step;
