@@ -342,21 +342,34 @@ struct Cell {
 // a line. The class is the nearest evaluated position's.
 void interpolate(const Grid& g, const std::vector<float>& cell_size, Drops& d) {
     const int64_t PY = g.py, PX = g.px;
+    std::vector<std::array<double, 4>> near;  // dy, dx, weight, index
+    // exp(-r^2 / (2 sigma^2)) by r^2, for the sigma of the last position (sigma depends on the
+    // cell size alone, so it rarely changes from one position to the next).
+    std::vector<double> gauss;
+    double gauss_sigma = -1;
+    auto weight = [&](int64_t r2, double sigma) {
+        if (sigma != gauss_sigma) {
+            gauss.clear();
+            gauss_sigma = sigma;
+        }
+        while (static_cast<int64_t>(gauss.size()) <= r2)
+            gauss.push_back(std::exp(-static_cast<double>(gauss.size()) / (2 * sigma * sigma)));
+        return gauss[r2];
+    };
     for (int64_t y = 0; y < PY; ++y)
         for (int64_t x = 0; x < PX; ++x) {
             const int64_t pos = y * PX + x;
             if (d.evaluated[pos]) continue;
             const double sigma = std::max(0.5, cell_size[pos] / 4.0);
             int64_t R = static_cast<int64_t>(std::ceil(3 * sigma));
-            std::vector<std::array<double, 4>> near;  // dy, dx, weight, index
             for (;;) {
                 near.clear();
                 for (int64_t yy = std::max<int64_t>(0, y - R); yy <= std::min(PY - 1, y + R); ++yy)
                     for (int64_t xx = std::max<int64_t>(0, x - R); xx <= std::min(PX - 1, x + R); ++xx) {
                         const int64_t q = yy * PX + xx;
                         if (d.evaluated[q] != 1) continue;
-                        const double dy = double(yy - y), dx = double(xx - x);
-                        near.push_back({dy, dx, std::exp(-(dy * dy + dx * dx) / (2 * sigma * sigma)), double(q)});
+                        const int64_t iy = yy - y, ix = xx - x;
+                        near.push_back({double(iy), double(ix), weight(iy * iy + ix * ix, sigma), double(q)});
                     }
                 if (!near.empty() || (R >= PY && R >= PX)) break;
                 R *= 2;
@@ -513,7 +526,9 @@ void drill_down(Evaluator& ev, const Grid& g, std::vector<ImageRun>& runs, const
         // Cells left whose corners and centre are all known already are decided in the next pass.
         if (jobs.empty() && !more) break;
     }
-    for (int64_t n = 0; n < G; ++n) interpolate(g, cell_size[n], runs[n].d);
+    at::parallel_for(0, G, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t n = begin; n < end; ++n) interpolate(g, cell_size[n], runs[n].d);
+    });
 }
 
 // Drill-down from the diagonal lattice (coarse_step 3) for a group of images. The first round
@@ -573,7 +588,9 @@ void lattice_drill(Evaluator& ev, const Grid& g, std::vector<ImageRun>& runs, co
         }
     }
     const std::vector<float> cell_size(PY * PX, 2.f);
-    for (int64_t n = 0; n < G; ++n) interpolate(g, cell_size, runs[n].d);
+    at::parallel_for(0, G, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t n = begin; n < end; ++n) interpolate(g, cell_size, runs[n].d);
+    });
 }
 
 // Pixel attribution [H,W]: mean drop of the windows covering each pixel, 0 where none does.
@@ -625,11 +642,45 @@ OcclusionResult occlusion(const Model& model, const at::Tensor& images_nchw, con
     const Grid grid = make_grid(H, W, o);
     const int64_t P = grid.py * grid.px;
 
-    // Clean outputs first: targets are checked before the long work starts.
-    std::vector<at::Tensor> outs;
-    for (int64_t n = 0; n < N; n += o.batch_size)
-        outs.push_back(model.forward(x.slice(0, n, std::min(N, n + o.batch_size))));
-    const at::Tensor clean_out = torch::cat(outs, 0).to(torch::kFloat);
+    const at::Tensor baselines = occlusion_baseline(x, o);
+    const std::vector<int64_t> chw{C, H, W};
+    std::unique_ptr<IncrementalEvaluator> inc;
+    // Images processed together. The exact modes fill whole batches from one image; the
+    // approximate mode evaluates a few positions per image and drill-down round, so it shares
+    // the rounds between images (at most 32, and at most 256 MiB of clean activations).
+    int64_t group = 1;
+    auto approximate_group = [&] {
+        const int64_t bytes = std::max<int64_t>(1, inc->bytes_per_image());
+        return std::clamp<int64_t>((int64_t{256} << 20) / bytes, 1, 32);
+    };
+    // Clean outputs first: targets are checked before the long work starts. In the approximate
+    // mode without thresholding, when all images fit one group, the engine's clean pass (which it
+    // needs anyway) gives them; else a forward pass.
+    at::Tensor clean_out;
+    bool images_set = false, bf16_used = false;
+    if (o.mode != OcclusionMode::Full) {
+        inc = std::make_unique<IncrementalEvaluator>(model, chw, o.patch_h, o.patch_w);
+        if (o.mode == OcclusionMode::Approximate) {
+            // Automatic threshold: thresholding pays where the occluder's projective field covers
+            // whole feature maps (deep networks on large inputs: there exact incremental inference
+            // recomputes everything); elsewhere it saves little and costs accuracy.
+            if (o.tau == 0) o.tau = inc->field_coverage() >= kCoverageForThreshold ? kAutoTau : 1.0;
+            if (o.tau >= 1.0) {
+                bf16_used = inc->approximate(1.0, 0, o.bf16);
+                group = approximate_group();
+                if (N <= group) {
+                    clean_out = inc->set_images(x, baselines, at::Tensor()).to(torch::kFloat);
+                    images_set = true;
+                }
+            }
+        }
+    }
+    if (!images_set) {
+        std::vector<at::Tensor> outs;
+        for (int64_t n = 0; n < N; n += o.batch_size)
+            outs.push_back(model.forward(x.slice(0, n, std::min(N, n + o.batch_size))));
+        clean_out = torch::cat(outs, 0).to(torch::kFloat);
+    }
     if (clean_out.dim() != 2)
         throw Error("occlusion needs a classifier whose output is [N,K] logits; this model returns " +
                     std::to_string(clean_out.dim()) + " dimensions");
@@ -638,36 +689,25 @@ OcclusionResult occlusion(const Model& model, const at::Tensor& images_nchw, con
     r.targets = choose_targets(clean_out, o);
     r.positions_y = grid.py;
     r.positions_x = grid.px;
-    const at::Tensor baselines = occlusion_baseline(x, o);
 
     std::unique_ptr<Evaluator> ev;
     std::unique_ptr<IncrementalEvaluator> exact;  // Approximate with compare_exact
-    const std::vector<int64_t> chw{C, H, W};
     // Approximate mode: the classes per image whose outputs get the first-order correction for
     // what thresholding cuts: the target and the most likely other (the one that can become the
     // most likely class when a window is occluded).
     const int64_t K = clean_out.size(1);
     int64_t linear_classes = 0;
-    // Images processed together. The exact modes fill whole batches from one image; the
-    // approximate mode evaluates a few positions per image and drill-down round, so it shares
-    // the rounds between images (at most 32, and at most 256 MiB of clean activations).
-    int64_t group = 1;
     if (o.mode == OcclusionMode::Full) {
         ev = std::make_unique<FullEvaluator>(model, o.patch_h, o.patch_w);
     } else {
-        auto inc = std::make_unique<IncrementalEvaluator>(model, chw, o.patch_h, o.patch_w);
         r.engine_note = inc->note();
         if (o.mode == OcclusionMode::Approximate) {
-            // Automatic threshold: thresholding pays where the occluder's projective field covers
-            // whole feature maps (deep networks on large inputs: there exact incremental inference
-            // recomputes everything); elsewhere it saves little and costs accuracy.
-            if (o.tau == 0) o.tau = inc->field_coverage() >= kCoverageForThreshold ? kAutoTau : 1.0;
             if (o.tau < 1.0) linear_classes = std::min<int64_t>(K, kCorrectedClasses);
-            r.bf16 = inc->approximate(o.tau, linear_classes, o.bf16);
+            // (Planned above already when the engine's clean pass gave the clean outputs.)
+            r.bf16 = images_set ? bf16_used : inc->approximate(o.tau, linear_classes, o.bf16);
             r.tau = o.tau;
             r.coarse_step = o.coarse_step;
-            const int64_t bytes = std::max<int64_t>(1, inc->bytes_per_image());
-            group = std::clamp<int64_t>((int64_t{256} << 20) / bytes, 1, 32);
+            group = approximate_group();
         }
         ev = std::move(inc);
         if (o.mode == OcclusionMode::Approximate && o.compare_exact)
@@ -704,7 +744,9 @@ OcclusionResult occlusion(const Model& model, const at::Tensor& images_nchw, con
                 }
             }
         }
-        const at::Tensor out = ev->set_images(imgs, bases, classes).to(torch::kFloat);
+        // The engine holds these images already when its clean pass gave the clean outputs.
+        const at::Tensor out =
+            images_set ? clean_out : ev->set_images(imgs, bases, classes).to(torch::kFloat);
         const at::Tensor probs = torch::softmax(out, 1);
         std::vector<ImageRun> runs(G);
         std::vector<Job> all;

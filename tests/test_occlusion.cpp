@@ -235,6 +235,55 @@ TEST(Occlusion, IncrementalEqualsFullOnResidualModels) {
     }
 }
 
+static at::Tensor structured_image();
+
+// A small CNN ending in flatten -> linear, with the head in three forms: the model's output
+// itself (no bias), followed by more layers, and with the flattened map read twice (then the
+// engine leaves the head to the rest of the graph).
+Model head_model(int form) {
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(11);
+    torch::jit::Module m("HeadNet");
+    m.register_parameter("w1", torch::randn({6, 1, 3, 3}, gen, torch::kFloat) * 0.5, false);
+    m.register_parameter("w2", torch::randn({8, 6, 3, 3}, gen, torch::kFloat) * 0.3, false);
+    m.register_parameter("fc", torch::randn({5, 8 * 7 * 7}, gen, torch::kFloat) * 0.1, false);
+    m.register_parameter("fb", torch::randn({5}, gen, torch::kFloat) * 0.1, false);
+    m.register_parameter("fc2", torch::randn({4, 5}, gen, torch::kFloat), false);
+    const std::string body = R"(
+def forward(self, x):
+    a = torch.max_pool2d(torch.relu(torch.conv2d(x, self.w1, None, [1, 1], [1, 1], [1, 1], 1)), [2, 2], [2, 2], [0, 0], [1, 1], False)
+    b = torch.max_pool2d(torch.relu(torch.conv2d(a, self.w2, None, [1, 1], [1, 1], [1, 1], 1)), [2, 2], [2, 2], [0, 0], [1, 1], False)
+    f = torch.flatten(b, 1)
+)";
+    const char* tails[] = {
+        "    return torch.linear(f, self.fc)\n",
+        "    return torch.linear(torch.relu(torch.linear(f, self.fc, self.fb)), self.fc2)\n",
+        "    return torch.linear(f, self.fc, self.fb) + f.sum(1, True)\n",
+    };
+    m.define(body + tails[form]);
+    Model model = Model::from_module(m, ModelMeta{});
+    model.set_input_shape({1, 28, 28});
+    return model;
+}
+
+TEST(Occlusion, FullyConnectedHeadIsIncrementalAndExact) {
+    const at::Tensor x = torch::cat({structured_image(), structured_image().flip({2})}, 0);
+    for (int form = 0; form < 3; ++form) {
+        SCOPED_TRACE("head form " + std::to_string(form));
+        Model m = head_model(form);
+        const auto full = occlusion(m, x, opts(4, 4, 1, 1, OcclusionMode::Full));
+        const auto inc = occlusion(m, x, opts(4, 4, 1, 1, OcclusionMode::Incremental));
+        EXPECT_EQ(inc.engine_note.find("flatten+linear") != std::string::npos, form < 2) << inc.engine_note;
+        expect_close(inc.coarse, full.coarse, 1e-4, "incremental head");
+        // In bfloat16 mode the head multiplies the change alone: its error scales with the drops.
+        auto o = opts(4, 4, 1, 1, OcclusionMode::Approximate);
+        o.tau = 1.0;
+        o.coarse_step = 1;
+        const auto approx = occlusion(m, x, o);
+        const double scale = full.coarse.abs().max().item<double>();
+        EXPECT_LT((approx.coarse - full.coarse).abs().max().item<double>(), 0.02 * scale);
+    }
+}
+
 TEST(Occlusion, IncrementalEqualsFullOnLenetWithProbScore) {
     Model m = load_fixture("lenet_scripted", {1, 28, 28});
     const at::Tensor x = fixture_input("lenet_scripted");
@@ -245,7 +294,10 @@ TEST(Occlusion, IncrementalEqualsFullOnLenetWithProbScore) {
     const auto full = occlusion(m, x, o);
     o.mode = OcclusionMode::Incremental;
     const auto inc = occlusion(m, x, o);
-    EXPECT_NE(inc.engine_note.find("full recomputation from aten::flatten"), std::string::npos) << inc.engine_note;
+    // The fully connected head (flatten -> linear) is computed by the engine; the rest from its
+    // output on.
+    EXPECT_NE(inc.engine_note.find("flatten+linear x1"), std::string::npos) << inc.engine_note;
+    EXPECT_NE(inc.engine_note.find("full recomputation from aten::relu"), std::string::npos) << inc.engine_note;
     expect_close(inc.coarse, full.coarse, 1e-4, "lenet prob coarse");
     expect_close(inc.occlusion, full.occlusion, 1e-4, "lenet prob map");
 }

@@ -525,6 +525,17 @@ struct IncrementalEngine::Impl {
     int64_t linear_classes = 0;  // classes per image that get the first-order correction
     at::Tensor classes;          // [G,m] those classes (int64), set with the images
     std::shared_ptr<jit::GraphFunction> grad_fn;  // output with a zero probe added at each linear step
+    // The fully connected head: flatten(slot) -> linear, computed here rather than by the rest of
+    // the graph (which then starts from its output): in bfloat16 mode from the change alone.
+    struct Head {
+        int slot = -1;                   // the flattened slot ([1,C,H,W]); -1: no head
+        const jit::Value* out = nullptr;  // the linear's output in the graph
+        at::Tensor weight, bias;          // [O, C*H*W] and [O] (or undefined)
+        at::Tensor weight_bf16;           // made by run in bfloat16 mode
+        at::Tensor clean;                 // [G,O] its output for the clean images
+    } head;
+    bool plan_head(jit::Node* n);
+    at::Tensor run_head(const IncValue& v) const;
 
     Impl(const Model& m, std::vector<int64_t> shape, double t) : model(m), chw(std::move(shape)), tau(t) {}
     bool bf16 = false;  // approximate mode: convolve changes in bfloat16 (where the CPU has it)
@@ -886,6 +897,10 @@ void IncrementalEngine::Impl::build() {
         for (jit::Block* b : n->blocks()) scan(b);
         if (!dynamic) continue;
         if (open && !any_full && n->blocks().empty() && plan_node(n, shapes, lists)) continue;
+        if (open && !any_full && head.slot < 0 && plan_head(n)) {
+            full.insert(head.out);  // image-dependent, and computed before the rest
+            continue;
+        }
         if (first_rest.empty()) first_rest = n->kind().toQualString();
         for (jit::Value* out : n->outputs()) full.insert(out);
         auto mark = [&](jit::Value* in) {
@@ -928,6 +943,10 @@ void IncrementalEngine::Impl::build() {
             jit::Value* in = g->addInput("boundary")->setType(c10::TensorType::get());
             for (const jit::Value* v : slots[s].values) m.at(v)->replaceAllUsesWith(in);
         }
+        if (head.slot >= 0) {
+            jit::Value* in = g->addInput("head")->setType(c10::TensorType::get());
+            m.at(head.out)->replaceAllUsesWith(in);
+        }
         jit::EliminateDeadCode(g);
         g->lint();
         rest_fn = std::make_shared<jit::GraphFunction>("convscope_occlusion_rest", g, nullptr,
@@ -936,7 +955,8 @@ void IncrementalEngine::Impl::build() {
 
     std::map<std::string, int> counts;
     for (const auto& st : steps) counts[st.name]++;
-    note = "incremental: " + std::to_string(steps.size()) + " ops";
+    if (head.slot >= 0) counts["flatten+linear"]++;
+    note = "incremental: " + std::to_string(steps.size() + (head.slot >= 0 ? 1 : 0)) + " ops";
     if (!counts.empty()) {
         note += " (";
         bool first = true;
@@ -1092,6 +1112,10 @@ void IncrementalEngine::Impl::clean_pass() {
                         .contiguous();
     }
     clean_out = first_tensor(outs[0]);
+    if (head.slot >= 0)
+        head.clean = at::linear(slots[head.slot].clean.flatten(1), head.weight,
+                                head.bias.defined() ? c10::optional<at::Tensor>(head.bias) : c10::nullopt)
+                         .contiguous();
     if (lin.empty()) return;
     const int64_t G = image.size(0), m = classes.size(1);
     const at::Tensor out = clean_out;
@@ -1297,7 +1321,9 @@ int64_t IncrementalEngine::bytes_per_image() const {
     return n * static_cast<int64_t>(sizeof(float));
 }
 
-int64_t IncrementalEngine::incremental_ops() const { return static_cast<int64_t>(impl_->steps.size()); }
+int64_t IncrementalEngine::incremental_ops() const {
+    return static_cast<int64_t>(impl_->steps.size()) + (impl_->head.slot >= 0 ? 1 : 0);
+}
 const std::string& IncrementalEngine::note() const { return impl_->note; }
 
 namespace {
@@ -1368,6 +1394,8 @@ at::Tensor IncrementalEngine::Impl::run(const at::Tensor& patches, const std::ve
     }
     for (auto& st : steps)
         if (bf16_step(st) && !st.weight_bf16.defined()) st.weight_bf16 = st.weight.to(at::kBFloat16).contiguous();
+    if (head.slot >= 0 && delta_bf16() && !head.weight_bf16.defined())
+        head.weight_bf16 = head.weight.to(at::kBFloat16).contiguous();
     const at::Tensor all = patches.contiguous();
     // The positions are split among the threads, each running its share through every op alone:
     // the per-position patches are small, and waking threads for each small op costs more than
@@ -1407,6 +1435,73 @@ at::Tensor IncrementalEngine::Impl::run(const at::Tensor& patches, const std::ve
 
 // run() for one share of the positions, on the calling thread's ops. Sets unplanned_cut to a step
 // that thresholding cut without a planned correction (and returns nothing): run() replans.
+// flatten(x, 1) -> linear(., W, b) on a planned slot x [1,C,H,W], the flatten's only reader being
+// the linear, with constant float weights: the head is computed by run_head, and the rest of the
+// graph starts from the linear's output (the flatten and the linear become dead code there).
+bool IncrementalEngine::Impl::plan_head(jit::Node* n) {
+    if (n->kind() != c10::aten::flatten || n->inputs().size() != 3) return false;
+    auto it = slot_of.find(n->input(0));
+    if (it == slot_of.end()) return false;
+    const auto& sh = slots[it->second].shape;
+    if (sh.size() != 4) return false;
+    const auto start = jit::toIValue(n->input(1)), end = jit::toIValue(n->input(2));
+    if (!start || !end || !start->isInt() || !end->isInt() || start->toInt() != 1 ||
+        (end->toInt() != -1 && end->toInt() != 3))
+        return false;
+    if (n->output()->uses().size() != 1) return false;
+    jit::Node* u = n->output()->uses()[0].user;
+    if (u->kind() != c10::aten::linear || u->inputs().size() != 3 || u->input(0) != n->output() ||
+        u->outputs().size() != 1)
+        return false;
+    const auto w = jit::toIValue(u->input(1)), b = jit::toIValue(u->input(2));
+    if (!w || !w->isTensor() || !b || !(b->isNone() || b->isTensor())) return false;
+    const at::Tensor weight = w->toTensor();
+    if (weight.scalar_type() != at::kFloat || weight.dim() != 2 || weight.size(1) != sh[1] * sh[2] * sh[3])
+        return false;
+    if (b->isTensor() && (b->toTensor().scalar_type() != at::kFloat || b->toTensor().dim() != 1 ||
+                          b->toTensor().size(0) != weight.size(0)))
+        return false;
+    head.slot = it->second;
+    head.out = u->output();
+    head.weight = weight.contiguous();
+    head.bias = b->isTensor() ? b->toTensor().contiguous() : at::Tensor();
+    return true;
+}
+
+// The head's output [B,O] for the positions of v (the flattened slot's incremental value). In
+// bfloat16 mode: the clean output plus the weight times the change (zero outside the changed
+// box) in bfloat16, whose rounding scales with the change as in the convolutions; else the linear
+// of the occluded activations in float32.
+at::Tensor IncrementalEngine::Impl::run_head(const IncValue& v) const {
+    const Slot& sl = slots[head.slot];
+    const int64_t B = v.patch.size(0), C = sl.shape[1], H = sl.shape[2], W = sl.shape[3];
+    if (!delta_bf16()) {
+        const std::vector<int64_t> zero(B, 0);
+        const at::Tensor full = extract(sl.clean, v, zero, zero, H, W);
+        return at::linear(full.reshape({B, C * H * W}), head.weight,
+                          head.bias.defined() ? c10::optional<at::Tensor>(head.bias) : c10::nullopt);
+    }
+    at::Tensor delta = at::zeros({B, C, H, W}, v.patch.options());
+    const float* clean = sl.clean.data_ptr<float>();
+    const float* patch = v.patch.data_ptr<float>();
+    float* d = delta.data_ptr<float>();
+    for (int64_t b = 0; b < B; ++b) {
+        // The patch box, clipped to the map (the box lies inside it by construction).
+        const int64_t y0 = std::max<int64_t>(0, v.py[b]), y1 = std::min(H, v.py[b] + v.h);
+        const int64_t x0 = std::max<int64_t>(0, v.px[b]), x1 = std::min(W, v.px[b] + v.w);
+        for (int64_t c = 0; c < C; ++c) {
+            const float* cp = clean + (v.img[b] * C + c) * H * W;
+            const float* pp = patch + (b * C + c) * v.h * v.w;
+            float* dp = d + (b * C + c) * H * W;
+            for (int64_t y = y0; y < y1; ++y)
+                for (int64_t x = x0; x < x1; ++x)
+                    dp[y * W + x] = pp[(y - v.py[b]) * v.w + (x - v.px[b])] - cp[y * W + x];
+        }
+    }
+    const at::Tensor change = at::linear(delta.reshape({B, C * H * W}).to(at::kBFloat16), head.weight_bf16);
+    return head.clean.index_select(0, torch::tensor(v.img, at::kLong)) + change.to(at::kFloat);
+}
+
 at::Tensor IncrementalEngine::Impl::run_chunk(const at::Tensor& patches, const std::vector<int64_t>& img,
                                               const std::vector<int64_t>& ys, const std::vector<int64_t>& xs,
                                               int& unplanned_cut) const {
@@ -1443,7 +1538,8 @@ at::Tensor IncrementalEngine::Impl::run_chunk(const at::Tensor& patches, const s
             I.add_correction(st, *vals[st.inputs[0]], *vals[st.output], corr);
         }
         for (int s : st.inputs)
-            if (I.slots[s].last_use == static_cast<int>(i) && !I.slots[s].boundary) vals[s].reset();
+            if (I.slots[s].last_use == static_cast<int>(i) && !I.slots[s].boundary && s != I.head.slot)
+                vals[s].reset();
     }
     jit::Stack stack{c10::IValue(I.model.module()._ivalue()), I.image};
     for (int s : I.boundary) {
@@ -1451,6 +1547,7 @@ at::Tensor IncrementalEngine::Impl::run_chunk(const at::Tensor& patches, const s
         const std::vector<int64_t> zero(B, 0);
         stack.push_back(extract(I.slots[s].clean, *vals[s], zero, zero, sh[2], sh[3]));
     }
+    if (I.head.slot >= 0) stack.push_back(I.run_head(*vals[I.head.slot]));
     vals.clear();
     I.rest_fn->run(stack);
     at::Tensor out = first_tensor(stack[0]);
