@@ -780,6 +780,7 @@ TEST(Occlusion, ApproximateAutomaticSettings) {
     auto o = opts(4, 4, 1, 1, OcclusionMode::Approximate);
     auto r = occlusion(lenet, xl, o);
     EXPECT_EQ(r.tau, 1.0);
+    EXPECT_FALSE(r.corrected);
     EXPECT_EQ(r.coarse_step, 3);
     EXPECT_EQ(r.batch_size, 512);
     EXPECT_EQ(occlusion(lenet, xl, opts(4, 4, 2, 2, OcclusionMode::Incremental)).batch_size, 512);
@@ -798,6 +799,7 @@ TEST(Occlusion, ApproximateAutomaticSettings) {
     o = opts(16, 16, 4, 4, OcclusionMode::Approximate);
     r = occlusion(res, xr, o);
     EXPECT_EQ(r.tau, 0.25);
+    EXPECT_TRUE(r.corrected);
     EXPECT_EQ(r.coarse_step, 3);
     o.coarse_step = 1;
     o.compare_exact = true;
@@ -806,6 +808,13 @@ TEST(Occlusion, ApproximateAutomaticSettings) {
     const auto ex = occlusion(res, xr, opts(16, 16, 4, 4, OcclusionMode::Incremental));
     expect_close(r.coarse, ex.coarse, 0.15, "thresholded with the correction");
     for (double s : r.ssim) EXPECT_GT(s, 0.9);
+    // Without the correction the same cut is further from the exact drops.
+    o.correct = false;
+    o.compare_exact = false;
+    const auto off = occlusion(res, xr, o);
+    EXPECT_FALSE(off.corrected);
+    EXPECT_GT((off.coarse - ex.coarse).abs().max().item<double>(),
+              (r.coarse - ex.coarse).abs().max().item<double>());
 }
 
 // --- SSIM ----------------------------------------------------------------------------------------

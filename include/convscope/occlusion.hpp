@@ -81,6 +81,9 @@ struct OcclusionOptions {
     double tau = 0;             // projective-field threshold in (0, 1]; 1 = no thresholding;
                                 // 0 = automatic: 0.25 where a window's projective field covers
                                 // whole feature maps (deep networks on large inputs), else 1
+    bool correct = true;        // with tau < 1: add the first-order correction for what the
+                                // threshold cuts; false: drop it (Krypton's approximation: faster,
+                                // less accurate)
     int64_t coarse_step = 0;    // first drill-down level: every coarse_step-th position and the
                                 // centres of those cells (a power of 2; 1 = every position);
                                 // 0 = automatic: 2 where patch >= 4 x stride on both axes, else 1
@@ -115,6 +118,7 @@ struct OcclusionResult {
     int64_t batch_size = 0;           // copies per forward it ran with (automatic resolved)
     double tau = 1;                   // Approximate: the threshold and coarse step it ran with
     int64_t coarse_step = 1;          // (the automatic settings resolved)
+    bool corrected = false;           // Approximate: the cut-off changes got the correction
     bool bf16 = false;                // Approximate: the changes were convolved in bfloat16
     std::string engine_note;          // Incremental/Approximate: what ran incrementally
 };

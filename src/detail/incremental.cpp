@@ -370,8 +370,13 @@ at::Tensor max_pool(const at::Tensor& src, const IncValue& v, int64_t off_y, int
                 const int64_t y = wy[b] + r;
                 const float* clean = sc + y * Ws;
                 if (o.x0 >= o.x1 || y < o.y0 || y >= o.y1) return clean;
-                copy_floats(mixed.data(), clean, Lw);
-                copy_floats(mixed.data() + (o.x0 - wx[b]), pc + (y - o.py) * v.w + (o.x0 - o.px), o.x1 - o.x0);
+                // The patch's part [a, e) of the row, the clean values around it.
+                const int64_t a = o.x0 - wx[b], e = o.x1 - wx[b];
+                const float* prow = pc + (y - o.py) * v.w + (o.x0 - o.px);
+                if (a == 0 && e == Lw) return prow;
+                copy_floats(mixed.data(), clean, a);
+                copy_floats(mixed.data() + a, prow, e - a);
+                copy_floats(mixed.data() + e, clean + e, Lw - e);
                 return mixed.data();
             };
             float* dp = d + i * oh * ow;

@@ -91,7 +91,21 @@ import json
 s = json.load(open('$T/approx2.json'))
 assert s['tau'] == 0.3 and s['coarse_step'] == 1 and s['forwards'] == 625, s
 assert s['bf16'] is False, s  # --no-bf16: float32 changes
+assert s['corrected'] is True, s  # tau < 1: the cut-off changes are corrected
 assert json.load(open('$T/approx2/manifest.json'))['options']['bf16'] is False
+"
+"$BIN" occlusion --model "$MODEL" --data "$DATA" --index 0 --patch 4 --stride 1 --approximate \
+    --tau 0.3 --coarse-step 1 --no-bf16 --no-correction --json --out "$T/approx3" >"$T/approx3.json" 2>/dev/null \
+    || fail "approximate, tau, no correction"
+$PY -c "
+import json
+import numpy as np
+s = json.load(open('$T/approx3.json'))
+assert s['corrected'] is False, s
+assert json.load(open('$T/approx3/manifest.json'))['options']['correct'] is False
+# the same cut without its correction gives other drops
+a, b = np.load('$T/approx2/coarse.npy'), np.load('$T/approx3/coarse.npy')
+assert np.abs(a - b).max() > 0, 'correction made no difference'
 "
 $PY -c "import numpy as np; np.save('$T/labels.npy', np.array([3, 7], dtype=np.int64))"
 "$BIN" occlusion --model "$MODEL" --data "$DATA" --labels "$T/labels.npy" --indices 0:2 --patch 7 \
@@ -119,6 +133,8 @@ expect 1 "or a power of 2" occlusion --model "$MODEL" --data "$DATA" --approxima
 [ ! -e "$T/bad10/manifest.json" ] || fail "manifest written for a failed run"
 expect 2 "--no-bf16 is an option of the approximate mode" occlusion --model "$MODEL" --data "$DATA" \
     --no-bf16 --out "$T/bad11"
+expect 2 "--no-correction is an option of the approximate mode" occlusion --model "$MODEL" --data "$DATA" \
+    --no-correction --out "$T/bad13"
 expect 1 "batch size must be at least 1" occlusion --model "$MODEL" --data "$DATA" --batch-size -5 \
     --out "$T/bad12"
 [ ! -e "$T/bad12/manifest.json" ] || fail "manifest written for a failed run"

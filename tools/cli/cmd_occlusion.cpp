@@ -16,6 +16,7 @@ namespace {
 
 struct Args {
     std::string patch = "4", stride = "2", baseline = "0", target = "pred", score = "logit", mode;
+    bool no_correction = false;
     bool approximate = false, report_ssim = false, no_bf16 = false;
     int64_t batch_size = 0;
     double tau = OcclusionOptions{}.tau, blur_sigma = 0;
@@ -93,6 +94,10 @@ OcclusionOptions to_options(const Args& a) {
     o.blur_sigma = a.blur_sigma;
     o.compare_exact = a.report_ssim;
     o.bf16 = !a.no_bf16;
+    if (a.no_correction && !a.approximate)
+        throw UsageError("--no-correction is an option of the approximate mode (the exact modes cut nothing): "
+                         "add --approximate");
+    o.correct = !a.no_correction;
     return o;
 }
 
@@ -153,19 +158,22 @@ RunFn setup(CLI::App& app) {
     app.add_flag("--approximate", a->approximate,
                  "approximate: projective-field thresholding and coarse-to-fine drill-down");
     app.add_option("--tau", a->tau,
-                   "--approximate: share of each convolution's output recomputed (0,1], the rest corrected to "
-                   "first order; 0 = automatic (0.25 where the occluder's projective field covers whole maps, else 1)")
+                   "--approximate: share of each convolution's output recomputed (0,1]; 0 = automatic (0.25 "
+                   "where the occluder's projective field covers whole maps, else 1)")
         ->capture_default_str();
+    app.add_flag("--no-correction", a->no_correction,
+                 "--approximate: drop what tau cuts instead of correcting it to first order (faster, less accurate)");
     app.add_option("--coarse-step", a->coarse_step,
-                   "--approximate: first grid step in positions (power of 2); 0 = automatic (2 where the "
-                   "patch is at least 4 strides, else 1: every position)")
+                   "--approximate: first drill-down level: 3 = the diagonal lattice (every third position), "
+                   "or a grid step (power of 2); 0 = automatic (3 where the patch is at least 4 strides, "
+                   "else 1: every position)")
         ->capture_default_str();
     app.add_option("--refine-drop", a->refine_drop,
-                   "--approximate: evaluate cells whose centre's |drop| reaches this share of the largest")
+                   "--approximate: evaluate around positions whose |drop| reaches this share of the largest")
         ->capture_default_str();
     app.add_option("--refine-error", a->refine_error,
-                   "--approximate: evaluate cells whose centre's drop differs from their corners' mean "
-                   "by this share of the range")
+                   "--approximate, grid steps 2, 4, ...: evaluate cells whose centre's drop differs from "
+                   "their corners' mean by this share of the range")
         ->capture_default_str();
     app.add_flag("--no-bf16", a->no_bf16,
                  "--approximate: convolve the changes in float32 (default: bfloat16 where the CPU has AVX512-BF16)");
@@ -203,6 +211,7 @@ RunFn setup(CLI::App& app) {
             options["refine_drop"] = opts.refine_drop;
             options["refine_error"] = opts.refine_error;
             options["bf16"] = opts.bf16;
+            options["correct"] = opts.correct;
         }
         OutputDir dir = open_out(*o, options, &model);
         write_npy(dir.file("occlusion.npy", "attribution per pixel (N,C,H,W) float32: mean score drop of "
@@ -286,6 +295,7 @@ RunFn setup(CLI::App& app) {
             summary["tau"] = r.tau;
             summary["coarse_step"] = r.coarse_step;
             summary["bf16"] = r.bf16;
+            summary["corrected"] = r.corrected;
         }
         if (!r.ssim.empty()) {
             double mean = 0;
