@@ -1480,30 +1480,15 @@ bool IncrementalEngine::Impl::plan_head(jit::Node* n) {
 at::Tensor IncrementalEngine::Impl::run_head(const IncValue& v) const {
     const Slot& sl = slots[head.slot];
     const int64_t B = v.patch.size(0), C = sl.shape[1], H = sl.shape[2], W = sl.shape[3];
+    const std::vector<int64_t> zero(B, 0);
     if (!delta_bf16()) {
-        const std::vector<int64_t> zero(B, 0);
         const at::Tensor full = extract(sl.clean, v, zero, zero, H, W);
         return at::linear(full.reshape({B, C * H * W}), head.weight,
                           head.bias.defined() ? c10::optional<at::Tensor>(head.bias) : c10::nullopt);
     }
-    at::Tensor delta = at::zeros({B, C, H, W}, v.patch.options());
-    const float* clean = sl.clean.data_ptr<float>();
-    const float* patch = v.patch.data_ptr<float>();
-    float* d = delta.data_ptr<float>();
-    for (int64_t b = 0; b < B; ++b) {
-        // The patch box, clipped to the map (the box lies inside it by construction).
-        const int64_t y0 = std::max<int64_t>(0, v.py[b]), y1 = std::min(H, v.py[b] + v.h);
-        const int64_t x0 = std::max<int64_t>(0, v.px[b]), x1 = std::min(W, v.px[b] + v.w);
-        for (int64_t c = 0; c < C; ++c) {
-            const float* cp = clean + (v.img[b] * C + c) * H * W;
-            const float* pp = patch + (b * C + c) * v.h * v.w;
-            float* dp = d + (b * C + c) * H * W;
-            for (int64_t y = y0; y < y1; ++y)
-                for (int64_t x = x0; x < x1; ++x)
-                    dp[y * W + x] = pp[(y - v.py[b]) * v.w + (x - v.px[b])] - cp[y * W + x];
-        }
-    }
-    const at::Tensor change = at::linear(delta.reshape({B, C * H * W}).to(at::kBFloat16), head.weight_bf16);
+    // The change on the whole map, in bfloat16 (zero outside the patch box).
+    const at::Tensor delta = gather_change(sl.clean, v, 0, 0, zero, zero, H, W);
+    const at::Tensor change = at::linear(delta.view({B, C * H * W}), head.weight_bf16);
     return head.clean.index_select(0, torch::tensor(v.img, at::kLong)) + change.to(at::kFloat);
 }
 
