@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include <optional>
+#include <unordered_map>
 
 namespace convscope::detail {
 
@@ -28,15 +29,106 @@ std::map<const jit::Value*, std::vector<int64_t>> record_shapes(jit::Graph& grap
     }
     while (!g->outputs().empty()) g->eraseOutput(0);
     g->registerOutput(g->insertNode(g->createTuple(dst_values))->output());
-    // The simple executor: the graph runs once, too few times to repay profiling.
-    jit::GraphFunction fn("convscope_shapes", g, nullptr, jit::ExecutorExecutionMode::SIMPLE);
     torch::NoGradGuard no_grad;
-    jit::Stack stack{c10::IValue(module._ivalue()), input};
-    fn.run(stack);
+    jit::Stack stack;
+    std::optional<GraphRunner> runner;
+    try {
+        runner.emplace(g);
+    } catch (const std::exception&) {
+        runner.reset();  // blocks or an op without an operation
+    }
+    if (runner) {
+        stack = runner->run({c10::IValue(module._ivalue()), input});
+    } else {
+        // The simple executor: the graph runs once, too few times to repay profiling.
+        jit::GraphFunction fn("convscope_shapes", g, nullptr, jit::ExecutorExecutionMode::SIMPLE);
+        stack = {c10::IValue(module._ivalue()), input};
+        fn.run(stack);
+    }
     std::map<const jit::Value*, std::vector<int64_t>> out;
     const auto values = stack[0].toTupleRef().elements();
     for (size_t i = 0; i < src_values.size(); ++i) out[src_values[i]] = values[i].toTensor().sizes().vec();
     out[graph.inputs()[1]] = input.sizes().vec();
+    return out;
+}
+
+GraphRunner::GraphRunner(std::shared_ptr<jit::Graph> graph) : graph_(std::move(graph)) {
+    std::unordered_map<const jit::Value*, int> id;
+    auto id_of = [&](const jit::Value* v) {
+        auto it = id.find(v);
+        if (it != id.end()) return it->second;
+        id[v] = values_;
+        constants_.emplace_back();
+        return values_++;
+    };
+    for (const jit::Value* v : graph_->inputs()) inputs_.push_back(id_of(v));
+    std::vector<int> last_use;
+    for (jit::Node* n : graph_->nodes()) {
+        TORCH_CHECK(n->blocks().empty(), "GraphRunner: the graph has blocks");
+        if (n->kind() == c10::prim::Constant) {
+            const int v = id_of(n->output());
+            constants_[v] = *jit::toIValue(n->output());
+            continue;
+        }
+        Step st;
+        // Tuples and lists are instructions of the interpreter, not operators.
+        const size_t n_in = n->inputs().size(), n_out = n->outputs().size();
+        if (n->kind() == c10::prim::TupleConstruct) {
+            st.op.emplace([n_in](jit::Stack& stack) {
+                std::vector<c10::IValue> items(stack.end() - n_in, stack.end());
+                stack.resize(stack.size() - n_in);
+                stack.emplace_back(c10::ivalue::Tuple::create(std::move(items)));
+            });
+        } else if (n->kind() == c10::prim::ListConstruct) {
+            const c10::TypePtr element = n->output()->type()->expectRef<c10::ListType>().getElementType();
+            st.op.emplace([n_in, element](jit::Stack& stack) {
+                c10::impl::GenericList list(element);
+                list.reserve(n_in);
+                for (size_t i = stack.size() - n_in; i < stack.size(); ++i) list.push_back(stack[i]);
+                stack.resize(stack.size() - n_in);
+                stack.emplace_back(std::move(list));
+            });
+        } else if (n->kind() == c10::prim::TupleUnpack || n->kind() == c10::prim::ListUnpack) {
+            const bool tuple = n->kind() == c10::prim::TupleUnpack;
+            st.op.emplace([tuple, n_out](jit::Stack& stack) {
+                const c10::IValue v = std::move(stack.back());
+                stack.pop_back();
+                std::vector<c10::IValue> items =
+                    tuple ? v.toTupleRef().elements().vec() : v.toListRef().vec();
+                TORCH_CHECK(items.size() == n_out, "unpacking ", items.size(), " values into ", n_out);
+                for (auto& item : items) stack.push_back(std::move(item));
+            });
+        } else {
+            st.op.emplace(n->getOperation());
+        }
+        for (const jit::Value* v : n->inputs()) st.in.push_back(id_of(v));
+        for (const jit::Value* v : n->outputs()) st.out.push_back(id_of(v));
+        steps_.push_back(std::move(st));
+    }
+    for (const jit::Value* v : graph_->outputs()) outputs_.push_back(id_of(v));
+    // Release each computed value after the last step that reads it (never graph outputs).
+    last_use.assign(values_, -1);
+    for (size_t i = 0; i < steps_.size(); ++i)
+        for (int v : steps_[i].in) last_use[v] = static_cast<int>(i);
+    for (int v : outputs_) last_use[v] = -1;
+    for (int v = 0; v < values_; ++v)
+        if (last_use[v] >= 0) steps_[last_use[v]].release.push_back(v);
+}
+
+std::vector<c10::IValue> GraphRunner::run(std::vector<c10::IValue> inputs) const {
+    TORCH_CHECK(inputs.size() == inputs_.size(), "GraphRunner: wrong number of inputs");
+    std::vector<c10::IValue> vals = constants_;
+    for (size_t i = 0; i < inputs.size(); ++i) vals[inputs_[i]] = std::move(inputs[i]);
+    jit::Stack stack;
+    for (const Step& st : steps_) {
+        stack.clear();
+        for (int v : st.in) stack.push_back(vals[v]);
+        (*st.op)(stack);
+        for (size_t k = 0; k < st.out.size(); ++k) vals[st.out[k]] = std::move(stack[k]);
+        for (int v : st.release) vals[v] = c10::IValue();
+    }
+    std::vector<c10::IValue> out;
+    for (int v : outputs_) out.push_back(vals[v]);
     return out;
 }
 

@@ -5,11 +5,36 @@
 #include <torch/csrc/jit/ir/ir.h>
 
 #include <map>
+#include <optional>
 #include <vector>
 
 #include "convscope/receptive_field.hpp"
 
 namespace convscope::detail {
+
+// Runs a straight-line graph (no blocks) node by node with each node's operation, without a
+// GraphExecutor: nothing is compiled or optimised first (about 1 ms for a small CNN's graph,
+// more than running it once). Values are released after their last use. run() may be called
+// from several threads at once.
+class GraphRunner {
+public:
+    // Throws c10::Error (or Error) if the graph has blocks or a node without an operation;
+    // callers then use a GraphFunction.
+    explicit GraphRunner(std::shared_ptr<torch::jit::Graph> graph);
+    // The graph's inputs in, its outputs out.
+    std::vector<c10::IValue> run(std::vector<c10::IValue> inputs) const;
+
+private:
+    struct Step {
+        mutable std::optional<torch::jit::Operation> op;  // called from const run (stateless)
+        std::vector<int> in, out, release;  // value ids: inputs, outputs, dead after this step
+    };
+    std::shared_ptr<torch::jit::Graph> graph_;
+    std::vector<Step> steps_;
+    std::vector<c10::IValue> constants_;  // per value id (none for computed values)
+    std::vector<int> inputs_, outputs_;
+    int values_ = 0;
+};
 
 // Runs the graph once on `input` ([1,C,H,W]) and returns the sizes of every top-level tensor
 // value (parameters included).

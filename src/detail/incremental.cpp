@@ -524,6 +524,9 @@ struct IncrementalEngine::Impl {
     std::unordered_map<const jit::Value*, int> slot_of;
     std::shared_ptr<jit::GraphFunction> clean_fn;  // output + clean activations of all slots
     std::shared_ptr<jit::GraphFunction> rest_fn;   // output from the boundary tensors
+    // The same graphs run node by node where they have no blocks (no compilation on the first
+    // run, which every call of occlusion() would pay: the engine lives for one call).
+    std::optional<GraphRunner> clean_runner, rest_runner;
     at::Tensor image;
     at::Tensor clean_out;  // the model's output for the clean images
     std::string note;
@@ -940,6 +943,11 @@ void IncrementalEngine::Impl::build() {
         if (slots[s].boundary) boundary.push_back(static_cast<int>(s));
 
     clean_fn = make_clean_fn({});
+    try {
+        clean_runner.emplace(clean_fn->graph());
+    } catch (const std::exception&) {
+        clean_runner.reset();  // blocks, or an op without an operation: the GraphFunction runs it
+    }
     // The rest: the graph with the boundary values as inputs; what computed them is dead code.
     {
         auto g = graph->copy();
@@ -954,6 +962,11 @@ void IncrementalEngine::Impl::build() {
         }
         jit::EliminateDeadCode(g);
         g->lint();
+        try {
+            rest_runner.emplace(g);
+        } catch (const std::exception&) {
+            rest_runner.reset();
+        }
         rest_fn = std::make_shared<jit::GraphFunction>("convscope_occlusion_rest", g, nullptr,
                                                        jit::ExecutorExecutionMode::SIMPLE);
     }
@@ -1105,7 +1118,8 @@ void IncrementalEngine::Impl::clean_pass() {
         probes.push_back(at::zeros({image.size(0), sh[1], sh[2], sh[3]}, image.options()).requires_grad_(true));
         stack.push_back(probes.back());
     }
-    (lin.empty() ? clean_fn : grad_fn)->run(stack);
+    if (lin.empty() && clean_runner) stack = clean_runner->run(std::move(stack));
+    else (lin.empty() ? clean_fn : grad_fn)->run(stack);
     const auto& outs = stack[0].toTupleRef().elements();
     slots[0].clean = image;
     for (size_t s = 1; s < slots.size(); ++s) slots[s].clean = outs[s].toTensor().detach().contiguous();
@@ -1539,7 +1553,8 @@ at::Tensor IncrementalEngine::Impl::run_chunk(const at::Tensor& patches, const s
     }
     if (I.head.slot >= 0) stack.push_back(I.run_head(*vals[I.head.slot]));
     vals.clear();
-    I.rest_fn->run(stack);
+    if (I.rest_runner) stack = I.rest_runner->run(std::move(stack));
+    else I.rest_fn->run(stack);
     at::Tensor out = first_tensor(stack[0]);
     if (m > 0) {
         out = out.to(at::kFloat).clone();
