@@ -221,7 +221,7 @@ int main(int argc, char** argv) {
     std::string load;
     std::getline(std::ifstream("/proc/loadavg"), load);
     const std::string batch = opt_batch > 0 ? std::to_string(opt_batch) + " occluded copies per forward"
-                                            : "automatic (full 128, incremental and approximate 512)";
+                                            : "automatic (full 128; incremental and approximate 512 on the default model, 128 on ResNet-18)";
     std::printf("bench_occlusion: %d threads (OMP_WAIT_POLICY=%s), batch %s, load average at start: %s\n", threads,
                 std::getenv("OMP_WAIT_POLICY"), batch.c_str(), load.c_str());
     try {

@@ -17,22 +17,27 @@
 //   batch of occluder positions only the part of each spatial layer (conv, pooling, batch norm,
 //   activations, residual adds, channel concatenation) that the window can change is
 //   recomputed, on per-position patches; full tensors are formed again at the first op that
-//   needs the whole input (flatten, linear, global pooling). Equals Full within float rounding
-//   (1e-4 relative). Ops it does not know are recomputed in full from that point on (still exact).
+//   needs the whole input (flatten, linear, global pooling), except that a flatten followed by
+//   a linear layer is computed by the engine too. Equals Full within float rounding (1e-4
+//   relative). Ops it does not know are recomputed in full from that point on (still exact).
 // - Approximate: projective-field thresholding (each convolution recomputes at most a fraction
 //   tau of its output, centred on the change) with a first-order correction for what it cuts off
 //   (the cut-off change's effect on the target's and the runner-up's logits through the rest of
-//   the network, from gradients at the clean image: exact for layers that act linearly), changes
-//   convolved in bfloat16 where the CPU supports it (opts.bf16); and a coarse-to-fine
-//   drill-down: a grid of step coarse_step and the centres of its cells first; a cell is refined
-//   (its edge midpoints and the centres of its quarters evaluated, and so on down to single
-//   steps) where its centre's
-//   drop is far from the mean of its corners' (the map is not locally linear), where the drops
-//   are near the largest, or where the most likely class changes. The other positions are
-//   interpolated by a locally weighted linear fit to the evaluated ones. Images share the
-//   drill-down rounds (up to 32 at a time), so batches stay full. The automatic settings
-//   threshold only where the occluder's projective field covers whole feature maps (where the
-//   exact engine saves nothing) and drill down only where neighbouring windows overlap by 3/4.
+//   the network, from gradients at the clean image: exact for layers that act linearly; opts.correct
+//   = false drops it instead), changes convolved in bfloat16 where the CPU supports it
+//   (opts.bf16); and a drill-down over the positions. By default (coarse_step 3) it starts from
+//   the diagonal lattice, every third position of each row shifted by one from row to row (a
+//   third of the positions), and evaluates the positions next to evaluated ones whose most likely
+//   classes differ or that hold the largest drop, until none is left. With a coarse_step that is
+//   a power of 2 it is a quadtree instead: a grid of that step and the centres of its cells
+//   first; a cell is refined (its edge midpoints and the centres of its quarters evaluated, and
+//   so on down to single steps) where its centre's drop is far from the mean of its corners' (the
+//   map is not locally linear), where the drops are near the largest, or where the most likely
+//   class changes. The other positions are interpolated by a locally weighted linear fit to the
+//   evaluated ones. Images share the drill-down rounds (up to 32 at a time), so batches stay
+//   full. The automatic settings threshold only where the occluder's projective field covers
+//   whole feature maps (where the exact engine saves nothing) and drill down only where
+//   neighbouring windows overlap by 3/4.
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
@@ -74,8 +79,10 @@ struct OcclusionOptions {
     std::vector<int64_t> labels;  // for OcclusionTarget::Label: one per image (-1 = none)
     OcclusionScore score = OcclusionScore::Logit;
     OcclusionMode mode = OcclusionMode::Incremental;
-    int64_t batch_size = 0;  // occluded copies per forward pass (>= 1); 0 = automatic: 128 in Full
-                             // mode, 512 in the others (their copies hold only patches)
+    int64_t batch_size = 0;  // occluded copies per forward pass (>= 1); 0 = automatic: 512 in the
+                             // incremental engine's modes for models with at most 4 MiB of
+                             // activations per image (their copies hold only small patches),
+                             // else 128
 
     // Approximate mode.
     double tau = 0;             // projective-field threshold in (0, 1]; 1 = no thresholding;
@@ -84,14 +91,16 @@ struct OcclusionOptions {
     bool correct = true;        // with tau < 1: add the first-order correction for what the
                                 // threshold cuts; false: drop it (Krypton's approximation: faster,
                                 // less accurate)
-    int64_t coarse_step = 0;    // first drill-down level: every coarse_step-th position and the
-                                // centres of those cells (a power of 2; 1 = every position);
-                                // 0 = automatic: 2 where patch >= 4 x stride on both axes, else 1
-    double refine_drop = 1.0;   // refine a cell whose centre's |drop| is >= this x the largest so
-                                // far (1: the cell at the peak; 0: every cell)
-    double refine_error = 0.25; // ... or whose centre's drop differs from the mean of its corners'
-                                // by >= this x the drop range (0: every cell); cells whose corners
-                                // and centre predict different classes are always refined
+    int64_t coarse_step = 0;    // first drill-down level: 3 = the diagonal lattice; a power of 2 =
+                                // every coarse_step-th position and the centres of those cells
+                                // (1 = every position); 0 = automatic: 3 where patch >= 4 x stride
+                                // on both axes, else 1
+    double refine_drop = 1.0;   // evaluate around positions (lattice) or refine a cell (quadtree)
+                                // whose |drop| is >= this x the largest so far (1: at the peak;
+                                // 0: everything)
+    double refine_error = 0.25; // quadtree: ... or whose centre's drop differs from the mean of its
+                                // corners' by >= this x the drop range (0: every cell). Where the
+                                // most likely class changes, both always refine
     bool bf16 = true;           // convolve the changes in bfloat16 where the CPU has AVX512-BF16
                                 // (about twice as fast; the rounding scales with the change, not
                                 // with the activations); false, or such a CPU missing: float32

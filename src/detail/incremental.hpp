@@ -14,7 +14,10 @@
 // equally sized patches [B,C,h,w] (windows clipped at a border are shifted inside). The first
 // node that needs more (flatten, linear, global pooling, an op not handled here) gets full
 // tensors: clean activations with the patches pasted in, and the rest of the graph runs as an
-// ordinary TorchScript function on them. Exact up to float rounding. The positions of a batch
+// ordinary TorchScript function on them; a flatten whose only reader is a linear layer with
+// constant weights is the exception: the engine computes that fully connected head itself (in
+// bfloat16 mode from the change alone: the clean output plus the weight times the change), and
+// the rest starts from its output. Exact up to float rounding. The positions of a batch
 // are split between the threads, each running its share through every op on its own (the
 // patches are small: waking threads per op would cost more than it saves).
 //

@@ -180,7 +180,8 @@ RunFn setup(CLI::App& app) {
     app.add_flag("--report-ssim", a->report_ssim,
                  "--approximate: also compute the exact map and report the SSIM against it");
     app.add_option("--batch-size", a->batch_size,
-                   "occluded copies per forward pass; 0 = automatic (128 with --mode full, else 512)")
+                   "occluded copies per forward pass; 0 = automatic (512 in the incremental modes on models "
+                   "with small activation maps, else 128)")
         ->capture_default_str();
     return [o, a]() {
         const OcclusionOptions opts = to_options(*a);  // usage errors before any work
