@@ -354,80 +354,79 @@ at::Tensor max_pool(const at::Tensor& src, const IncValue& v, int64_t off_y, int
     const float* s = src.data_ptr<float>();
     const float* p = v.patch.data_ptr<float>();
     float* d = out.data_ptr<float>();
-    // The larger of m and x, NaN if either is (as at::max_pool2d); fastmax ignores NaN.
+    // The larger of m and x, NaN if either is (as at::max_pool2d); branch-free, so that loops of it
+    // vectorise.
     auto nanmax = [](float m, float x) { return (x > m || x != x) ? x : m; };
-    auto fastmax = [](float m, float x) { return m > x ? m : x; };
     const bool pool2x2 = ay.k == 2 && ay.s == 2 && ax.k == 2 && ax.s == 2 && ay.d == 1 && ax.d == 1;
     at::parallel_for(0, B * C, plane_grain(oh * ay.k * Lw), [&](int64_t begin, int64_t end) {
-        std::vector<float> rows(Lw), mixed(Lw);
+        // Per window row of the current position: where it comes from (the clean row, a row of
+        // the patch, or the clean row with the patch's part pasted in) and the offsets, the same
+        // for every channel; recomputed when the position changes.
+        enum Kind : uint8_t { Clean, Patch, Mixed };
+        std::vector<uint8_t> kind(L);
+        std::vector<int64_t> coff(L), poff(L);
+        std::vector<float> rows(Lw), mixed(static_cast<size_t>(ay.k) * Lw);
+        int64_t a = 0, e = 0, cur_b = -1;
         for (int64_t i = begin; i < end; ++i) {
             const int64_t b = i / C, c = i % C;
+            if (b != cur_b) {
+                cur_b = b;
+                const Overlap o = overlap(v, b, off_y, off_x, wy[b], wx[b], L, Lw);
+                a = o.x0 - wx[b], e = o.x1 - wx[b];
+                for (int64_t r = 0; r < L; ++r) {
+                    const int64_t y = wy[b] + r;
+                    coff[r] = y * Ws;
+                    if (o.x0 >= o.x1 || y < o.y0 || y >= o.y1) {
+                        kind[r] = Clean;
+                        continue;
+                    }
+                    poff[r] = (y - o.py) * v.w + (o.x0 - o.px);
+                    kind[r] = (a == 0 && e == Lw) ? Patch : Mixed;
+                }
+            }
             const float* sc = s + (v.img[b] * C + c) * Hs * Ws + wx[b];
             const float* pc = p + i * v.h * v.w;
-            const Overlap o = overlap(v, b, off_y, off_x, wy[b], wx[b], L, Lw);
-            // Window row r: the clean row, or a copy with the patch's part pasted in.
-            auto row = [&](int64_t r) -> const float* {
-                const int64_t y = wy[b] + r;
-                const float* clean = sc + y * Ws;
-                if (o.x0 >= o.x1 || y < o.y0 || y >= o.y1) return clean;
-                // The patch's part [a, e) of the row, the clean values around it.
-                const int64_t a = o.x0 - wx[b], e = o.x1 - wx[b];
-                const float* prow = pc + (y - o.py) * v.w + (o.x0 - o.px);
-                if (a == 0 && e == Lw) return prow;
-                copy_floats(mixed.data(), clean, a);
-                copy_floats(mixed.data() + a, prow, e - a);
-                copy_floats(mixed.data() + e, clean + e, Lw - e);
-                return mixed.data();
+            // Window row r; a mixed row is assembled in slot (one per row of a window).
+            auto row = [&](int64_t r, int64_t slot) -> const float* {
+                switch (kind[r]) {
+                    case Clean: return sc + coff[r];
+                    case Patch: return pc + poff[r];
+                    default: break;
+                }
+                float* m = mixed.data() + slot * Lw;
+                const float* clean = sc + coff[r];
+                copy_floats(m, clean, a);
+                copy_floats(m + a, pc + poff[r], e - a);
+                copy_floats(m + e, clean + e, Lw - e);
+                return m;
             };
             float* dp = d + i * oh * ow;
-            // The plain comparison first (it vectorises); a plane that read a NaN is done again
-            // with nanmax.
-            auto plane = [&](auto&& mx) {
-                int nan_seen = 0;  // a local, so that it stays in a register
-                for (int64_t oy = 0; oy < oh; ++oy) {
-                    // The window rows' maximum per column, then across columns.
-                    const float* r0 = row(oy * ay.s);
-                    float* rs = rows.data();
-                    for (int64_t x = 0; x < Lw; ++x) {
-                        rs[x] = r0[x];
-                        nan_seen |= r0[x] != r0[x];
-                    }
-                    for (int64_t ky = 1; ky < ay.k; ++ky) {
-                        const float* r = row(oy * ay.s + ky * ay.d);
-                        for (int64_t x = 0; x < Lw; ++x) {
-                            rs[x] = mx(rs[x], r[x]);
-                            nan_seen |= r[x] != r[x];
-                        }
-                    }
-                    for (int64_t ox = 0; ox < ow; ++ox) {
-                        const float* cp = rs + ox * ax.s;
-                        float m = cp[0];
-                        for (int64_t kx = 1; kx < ax.k; ++kx) m = mx(m, cp[kx * ax.d]);
-                        dp[oy * ow + ox] = m;
-                    }
-                }
-                return nan_seen != 0;
-            };
-            // 2x2 windows at stride 2 (the usual pooling): pairs of rows, no row buffer.
-            auto plane2 = [&](auto&& mx) {
-                int nan_seen = 0;
-                for (int64_t oy = 0; oy < oh; ++oy) {
-                    const float* r0 = row(2 * oy);
-                    if (r0 == mixed.data()) {  // row() reuses its buffer: keep this row
-                        copy_floats(rows.data(), r0, Lw);
-                        r0 = rows.data();
-                    }
-                    const float* r1 = row(2 * oy + 1);
-                    for (int64_t x = 0; x < 2 * ow; ++x) nan_seen |= (r0[x] != r0[x]) | (r1[x] != r1[x]);
-                    for (int64_t ox = 0; ox < ow; ++ox)
-                        dp[oy * ow + ox] = mx(mx(r0[2 * ox], r0[2 * ox + 1]), mx(r1[2 * ox], r1[2 * ox + 1]));
-                }
-                return nan_seen != 0;
-            };
+            float* rs = rows.data();
             if (pool2x2) {
-                if (plane2(fastmax)) plane2(nanmax);
-            } else if (plane(fastmax)) {
-                plane(nanmax);
+                // 2x2 windows at stride 2 (the usual pooling): the rows' maximum per column, then
+                // pairs of columns.
+                for (int64_t oy = 0; oy < oh; ++oy) {
+                    const float* r0 = row(2 * oy, 0);
+                    const float* r1 = row(2 * oy + 1, 1);
+                    for (int64_t x = 0; x < 2 * ow; ++x) rs[x] = nanmax(r0[x], r1[x]);
+                    for (int64_t ox = 0; ox < ow; ++ox) dp[oy * ow + ox] = nanmax(rs[2 * ox], rs[2 * ox + 1]);
+                }
+                continue;
+            }
+            for (int64_t oy = 0; oy < oh; ++oy) {
+                // The window rows' maximum per column, then across columns.
+                const float* r0 = row(oy * ay.s, 0);
+                for (int64_t x = 0; x < Lw; ++x) rs[x] = r0[x];
+                for (int64_t ky = 1; ky < ay.k; ++ky) {
+                    const float* r = row(oy * ay.s + ky * ay.d, 0);
+                    for (int64_t x = 0; x < Lw; ++x) rs[x] = nanmax(rs[x], r[x]);
+                }
+                for (int64_t ox = 0; ox < ow; ++ox) {
+                    const float* cp = rs + ox * ax.s;
+                    float m = cp[0];
+                    for (int64_t kx = 1; kx < ax.k; ++kx) m = nanmax(m, cp[kx * ax.d]);
+                    dp[oy * ow + ox] = m;
+                }
             }
         }
     });
