@@ -2,7 +2,7 @@
 // recomputation, all in this binary, runs interleaved, medians of several runs. Also checks that
 // incremental equals full and reports the approximate map's SSIM against the exact one.
 //
-//   bench_occlusion [--runs N] [--resnet-runs M] [--trained-runs R] [--images K (16)] [--fixtures DIR]
+//   bench_occlusion [--runs N (11)] [--resnet-runs M (3)] [--trained-runs R (3)] [--images K (16)] [--fixtures DIR]
 //                   [--threads T] [--tau X] [--coarse-step S] [--batch-size B]
 //                   [--refine-error E] [--refine-drop D] [--approximate-only]
 //
@@ -186,7 +186,7 @@ int main(int argc, char** argv) {
         setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
         execv("/proc/self/exe", argv);
     }
-    int runs = 5, resnet_runs = 3, trained_runs = 3, threads = 2;
+    int runs = 11, resnet_runs = 3, trained_runs = 3, threads = 2;
     int64_t images = 16;
     std::string fixtures =
         (std::filesystem::path(argv[0]).parent_path() / ".." / "fixtures").lexically_normal().string();
