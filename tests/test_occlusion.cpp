@@ -485,19 +485,24 @@ TEST(Occlusion, ApproximateWithoutThresholdsIsExact) {
     EXPECT_NEAR(approx.ssim_coarse[1], 1.0, 1e-6);
 }
 
+// The sum model on a ramp image (drops linear in the window position), patch 4, stride 1: the
+// approximate result from the given coarse step (with the exact comparison) and the full one.
+std::pair<OcclusionResult, OcclusionResult> smooth_map_case(int64_t coarse_step) {
+    Model m = sum_model({1, 20, 20});
+    const at::Tensor ramp = torch::arange(20, torch::kFloat).view({1, 20}) * 0.5 + 1.0;
+    const at::Tensor x = (ramp + ramp.t()).view({1, 1, 20, 20});
+    auto o = opts(4, 4, 1, 1, OcclusionMode::Approximate);
+    o.coarse_step = coarse_step;
+    o.compare_exact = true;
+    return {occlusion(m, x, o), occlusion(m, x, opts(4, 4, 1, 1, OcclusionMode::Full))};
+}
+
 TEST(Occlusion, ApproximateInterpolatesSmoothMapsExactly) {
     // With the sum model on a ramp image the drops are linear in the window position: every cell's
     // centre equals the mean of its corners and is below the largest drop (a corner), so nothing
     // is refined, and the interpolation (a local linear fit) is exact: only the coarse grid and
     // the cell centres need the model.
-    Model m = sum_model({1, 20, 20});
-    const at::Tensor ramp = torch::arange(20, torch::kFloat).view({1, 20}) * 0.5 + 1.0;
-    const at::Tensor x = (ramp + ramp.t()).view({1, 1, 20, 20});
-    auto o = opts(4, 4, 1, 1, OcclusionMode::Approximate);
-    o.coarse_step = 4;
-    o.compare_exact = true;
-    const auto r = occlusion(m, x, o);
-    const auto exact = occlusion(m, x, opts(4, 4, 1, 1, OcclusionMode::Full));
+    const auto [r, exact] = smooth_map_case(4);
     EXPECT_EQ(r.forwards, 5 * 5 + 4 * 4);  // the grid (positions 0, 4, 8, 12, 16) and the centres
     EXPECT_EQ(r.evaluated.sum().item<int64_t>(), r.forwards);
     EXPECT_TRUE(r.evaluated[0][0][0].item<bool>() && r.evaluated[0][16][16].item<bool>());
@@ -514,14 +519,7 @@ TEST(Occlusion, ApproximateLatticeInterpolatesSmoothMapsExactly) {
     // The same linear drops from the diagonal lattice: the positions with (x - y) mod 3 == 0, the
     // grid's corners, and the neighbours of the largest drop (a corner) are evaluated; a local
     // linear fit to the lattice gives the others exactly.
-    Model m = sum_model({1, 20, 20});
-    const at::Tensor ramp = torch::arange(20, torch::kFloat).view({1, 20}) * 0.5 + 1.0;
-    const at::Tensor x = (ramp + ramp.t()).view({1, 1, 20, 20});
-    auto o = opts(4, 4, 1, 1, OcclusionMode::Approximate);
-    o.coarse_step = 3;
-    o.compare_exact = true;
-    const auto r = occlusion(m, x, o);
-    const auto exact = occlusion(m, x, opts(4, 4, 1, 1, OcclusionMode::Full));
+    const auto [r, exact] = smooth_map_case(3);
     int64_t lattice = 0;
     for (int64_t y = 0; y < 17; ++y)
         for (int64_t xx = 0; xx < 17; ++xx) {
