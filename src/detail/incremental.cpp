@@ -365,7 +365,7 @@ at::Tensor max_pool(const at::Tensor& src, const IncValue& v, int64_t off_y, int
         enum Kind : uint8_t { Clean, Patch, Mixed };
         std::vector<uint8_t> kind(L);
         std::vector<int64_t> coff(L), poff(L);
-        std::vector<float> rows(Lw), mixed(static_cast<size_t>(ay.k) * Lw);
+        std::vector<float> rows(Lw), mixed(2 * Lw);  // mixed rows: slot 0, and slot 1 for 2x2's second row
         int64_t a = 0, e = 0, cur_b = -1;
         for (int64_t i = begin; i < end; ++i) {
             const int64_t b = i / C, c = i % C;
@@ -386,7 +386,7 @@ at::Tensor max_pool(const at::Tensor& src, const IncValue& v, int64_t off_y, int
             }
             const float* sc = s + (v.img[b] * C + c) * Hs * Ws + wx[b];
             const float* pc = p + i * v.h * v.w;
-            // Window row r; a mixed row is assembled in slot (one per row of a window).
+            // Window row r; a mixed row is assembled in the given slot of mixed.
             auto row = [&](int64_t r, int64_t slot) -> const float* {
                 switch (kind[r]) {
                     case Clean: return sc + coff[r];
