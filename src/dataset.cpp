@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 #include <set>
@@ -22,6 +23,7 @@
 
 #include "convscope/error.hpp"
 #include "convscope/io.hpp"
+#include "detail/pil_resize.hpp"
 #include "detail/strings.hpp"
 #include "detail/idx.hpp"
 #include "detail/sha256.hpp"
@@ -137,17 +139,19 @@ at::Tensor decode_image(const std::string& path) {
                     ": it is not a readable PNG/JPEG/BMP/WebP/TIFF/PGM/PPM image (corrupt, "
                     "truncated or another format); replace or remove it");
     }
-    double scale = 1.0;
+    // Divided after the conversion, as torchvision's ToTensor does (x / 255 in float32, which
+    // multiplying by a rounded 1/255 would miss by an ulp for some values).
+    float scale = 1.0f;
     switch (m.depth()) {
         case CV_8U:
-            scale = 1.0 / 255.0;
+            scale = 255.0f;
             break;
         case CV_16U:
-            scale = 1.0 / 65535.0;
+            scale = 65535.0f;
             break;
         case CV_32F:
         case CV_64F:
-            scale = 1.0;
+            scale = 1.0f;
             break;  // float images (TIFF) are taken as [0,1] already
         default:
             throw Error("cannot use image " + path +
@@ -172,13 +176,15 @@ at::Tensor decode_image(const std::string& path) {
                         " channels; 1, 3 or 4 are supported");
     }
     cv::Mat f;
-    rgb.convertTo(f, CV_32F, scale);
+    rgb.convertTo(f, CV_32F);
     if (!f.isContinuous()) f = f.clone();
     const int64_t c = f.channels();
     at::Tensor hwc = torch::from_blob(f.data, {f.rows, f.cols, c}, torch::kFloat);
     // clone, not contiguous(): with one channel the permuted view is already contiguous and
     // would keep pointing into the Mat, which is freed on return.
-    return hwc.permute({2, 0, 1}).clone(at::MemoryFormat::Contiguous);
+    at::Tensor chw = hwc.permute({2, 0, 1}).clone(at::MemoryFormat::Contiguous);
+    if (scale != 1.0f) chw.div_(scale);
+    return chw;
 }
 
 // Feeds a file's name, size and sampled bytes into a hash: whole files up to 128 KiB, else the
@@ -219,6 +225,61 @@ std::string trim(const std::string& s) {
 
 // --- Preprocess ------------------------------------------------------------------------------
 
+namespace {
+
+// Per-channel values [1,C,1,1] from a list of size C or 1 (empty = fallback).
+at::Tensor channel_tensor(const std::vector<double>& v, int64_t c, double fallback) {
+    std::vector<float> out(static_cast<size_t>(c), float(fallback));
+    for (int64_t i = 0; i < c; ++i) {
+        if (v.size() == size_t(c)) out[size_t(i)] = float(v[size_t(i)]);
+        else if (v.size() == 1) out[size_t(i)] = float(v[0]);
+    }
+    return torch::tensor(out).view({1, c, 1, 1});
+}
+
+std::string values_text(const std::vector<double>& v) {
+    std::string out;
+    for (size_t i = 0; i < v.size(); ++i) {
+        char buf[32];
+        std::snprintf(buf, sizeof buf, "%.6g", v[i]);
+        out += (i ? "," : "") + std::string(buf);
+    }
+    return out;
+}
+
+}  // namespace
+
+void Preprocess::validate(int64_t channels) const {
+    if (as_is) return;
+    auto check = [&](const std::vector<double>& v, const char* option) {
+        if (!v.empty() && v.size() != 1 && int64_t(v.size()) != channels)
+            throw Error(std::string("--") + option + " has " + std::to_string(v.size()) +
+                        " values but the model's input has " + std::to_string(channels) +
+                        " channels: give one value per channel (or one for all)");
+        for (double x : v)
+            if (!std::isfinite(x))
+                throw Error(std::string("--") + option + " holds a value that is not a finite number");
+    };
+    check(mean, "mean");
+    check(std, "std");
+    for (double s : std)
+        if (s == 0.0) throw Error("--std holds 0: normalisation would divide by zero; give the std of each channel");
+    if (!(pixel_range == 1.0 || pixel_range == 255.0))
+        throw Error("the pixel range must be 0-1 or 0-255 (--pixel-range)");
+    if (resize < 0) throw Error("--resize must be a positive number of pixels (the shorter side)");
+}
+
+at::Tensor Preprocess::normalise(const at::Tensor& pixels) const {
+    if (as_is) return pixels;
+    const int64_t c = pixels.size(1);
+    at::Tensor x = pixels;
+    if (bgr && c == 3) x = x.flip({1});
+    if (pixel_range != 1.0) x = x * pixel_range;
+    if (!mean.empty()) x = x - channel_tensor(mean, c, 0.0);
+    if (!std.empty()) x = x / channel_tensor(std, c, 1.0);
+    return x;
+}
+
 at::Tensor Preprocess::to_display(const at::Tensor& images_nchw) const {
     if (images_nchw.dim() != 4) {
         throw Error("to_display needs images [N,C,H,W]; got " +
@@ -235,21 +296,52 @@ at::Tensor Preprocess::to_display(const at::Tensor& images_nchw) const {
         at::Tensor lo = x.amin({1, 2, 3}, true), hi = x.amax({1, 2, 3}, true);
         at::Tensor range = hi - lo;
         x = torch::where(range > 0, (x - lo) / range.clamp_min(1e-12), torch::zeros_like(x));
-    } else if (!mean.empty() || !std.empty()) {
-        auto channel_values = [&](const std::vector<double>& v, double fallback) {
-            std::vector<float> out(static_cast<size_t>(c), float(fallback));
-            for (int64_t i = 0; i < c; ++i) {
-                if (v.size() == size_t(c))
-                    out[size_t(i)] = float(v[size_t(i)]);
-                else if (v.size() == 1)
-                    out[size_t(i)] = float(v[0]);
-            }
-            return torch::tensor(out).view({1, c, 1, 1});
-        };
-        x = x * channel_values(std, 1.0) + channel_values(mean, 0.0);
+    } else {
+        if (!std.empty()) x = x * channel_tensor(std, c, 1.0);
+        if (!mean.empty()) x = x + channel_tensor(mean, c, 0.0);
+        if (pixel_range != 1.0) x = x / pixel_range;
+        if (bgr && c == 3) x = x.flip({1});
     }
     x = x.clamp(0.0, 1.0).mul(255.0).round();
     return x.to(torch::kByte).permute({0, 2, 3, 1}).contiguous();
+}
+
+std::string Preprocess::describe() const {
+    if (as_is) return "none: float32 .npy data is used as is";
+    std::vector<std::string> steps;
+    if (input_shape.size() == 3) {
+        const std::string hw = std::to_string(input_shape[1]) + "x" + std::to_string(input_shape[2]);
+        if (resize > 0) {
+            steps.push_back("resize the shorter side to " + std::to_string(resize));
+            steps.push_back("centre crop " + hw);
+        } else {
+            steps.push_back("fit to " + hw);
+        }
+    }
+    if (bgr) steps.push_back("BGR channel order");
+    if (pixel_range != 1.0) steps.push_back("pixels 0-255");
+    if (!mean.empty()) steps.push_back("mean " + values_text(mean));
+    if (!std.empty()) steps.push_back("std " + values_text(std));
+    if (mean.empty() && std.empty()) steps.push_back("no normalisation");
+    std::string out;
+    for (size_t i = 0; i < steps.size(); ++i) out += (i ? ", " : "") + steps[i];
+    if (!source.empty()) out += " (" + source + ")";
+    return out;
+}
+
+nlohmann::json to_json(const Preprocess& p) {
+    nlohmann::json j = {{"input_shape", p.input_shape},
+                        {"resize", p.resize},
+                        {"crop", p.input_shape.size() == 3 ? nlohmann::json{p.input_shape[1], p.input_shape[2]}
+                                                            : nlohmann::json(nullptr)},
+                        {"pixel_range", p.pixel_range},
+                        {"bgr", p.bgr},
+                        {"mean", p.mean},
+                        {"std", p.std},
+                        {"as_is", p.as_is},
+                        {"source", p.source},
+                        {"text", p.describe()}};
+    return j;
 }
 
 // --- Dataset ---------------------------------------------------------------------------------
@@ -266,6 +358,8 @@ struct Source {
     int64_t n = 0;
     std::vector<int64_t> labels;  // empty = no labels
     std::vector<std::string> class_names;
+    bool class_folders = false;   // Folder: labels from class subfolders
+    Dataset::ClassMatch match{true, "", ""};
 
     // Idx: uint8 [N,H,W]. Npy: float32 [N,C,H,W] (as_is) or uint8 [N,H,W] / [N,H,W,C].
     at::Tensor data;
@@ -458,6 +552,7 @@ void open_folder(Source& d, const fs::path& dir) {
                             "the sorted folder names, as in torchvision's ImageFolder)");
             }
             d.class_names.push_back(subdirs[k].filename().string());
+            d.class_folders = true;
             for (const auto& f : per_class[k]) {
                 files.push_back(f);
                 d.labels.push_back(int64_t(k));
@@ -680,6 +775,38 @@ at::Tensor resize_and_crop(const at::Tensor& chw, int64_t th, int64_t tw) {
     return x;
 }
 
+// torchvision's Resize(shorter) then CenterCrop(th, tw) on a PIL image: the shorter side
+// becomes `shorter` and the longer int(shorter * long / short), by Pillow's antialiased
+// bilinear filter; the crop's offsets are round((size - crop) / 2) with Python's rounding
+// (halves to even). A crop larger than the resized image is an error (torchvision would pad).
+at::Tensor resize_short_side_and_crop(const at::Tensor& chw, int64_t shorter, int64_t th, int64_t tw,
+                                      int64_t index) {
+    const int64_t h = chw.size(1), w = chw.size(2);
+    int64_t nh = h, nw = w;
+    if (w <= h) {
+        nw = shorter;
+        nh = int64_t(double(shorter) * double(h) / double(w));
+    } else {
+        nh = shorter;
+        nw = int64_t(double(shorter) * double(w) / double(h));
+    }
+    if (th > nh || tw > nw)
+        throw Error("the centre crop " + std::to_string(th) + "x" + std::to_string(tw) +
+                    " is larger than item " + std::to_string(index) + " after resizing (" +
+                    std::to_string(nh) + "x" + std::to_string(nw) +
+                    "): give a --resize of at least " + std::to_string(std::max(th, tw)) +
+                    " or a smaller --crop");
+    at::Tensor x = detail::pil_resize_bilinear(chw, nh, nw, detail::is_eight_bit(chw));
+    auto offset = [](int64_t size, int64_t crop) {
+        const int64_t d = size - crop;  // round(d / 2), halves to even
+        if (d % 2 == 0) return d / 2;
+        const int64_t k = d / 2;
+        return k % 2 == 0 ? k : k + 1;
+    };
+    const int64_t top = offset(nh, th), left = offset(nw, tw);
+    return x.slice(1, top, top + th).slice(2, left, left + tw);
+}
+
 at::Tensor convert_channels(const at::Tensor& chw, int64_t target_c, int64_t index) {
     const int64_t c = chw.size(0);
     if (c == target_c) return chw;
@@ -693,17 +820,6 @@ at::Tensor convert_channels(const at::Tensor& chw, int64_t target_c, int64_t ind
     throw Error("item " + std::to_string(index) + " has " + std::to_string(c) +
                 " channels but the model expects " + std::to_string(target_c) +
                 "; only 1 -> 3 and 3 -> 1 channel conversions are supported, convert the data");
-}
-
-std::vector<float> per_channel(const std::vector<double>& v, int64_t c, const char* what) {
-    if (v.size() != size_t(c) && v.size() != 1) {
-        throw Error(std::string("the ") + what + " has " + std::to_string(v.size()) +
-                    " values but the input has " + std::to_string(c) +
-                    " channels; give one value per channel");
-    }
-    std::vector<float> out(static_cast<size_t>(c));
-    for (int64_t i = 0; i < c; ++i) out[size_t(i)] = float(v.size() == 1 ? v[0] : v[size_t(i)]);
-    return out;
 }
 
 }  // namespace
@@ -729,7 +845,8 @@ at::Tensor Dataset::batch(const std::vector<int64_t>& indices, const Preprocess&
             }
         } else if (!pre.input_shape.empty()) {
             x = convert_channels(x, shape[0], i);
-            x = resize_and_crop(x, shape[1], shape[2]);
+            x = pre.resize > 0 ? resize_short_side_and_crop(x, pre.resize, shape[1], shape[2], i)
+                               : resize_and_crop(x, shape[1], shape[2]);
         }
         if (shape.empty()) {
             shape = x.sizes().vec();  // no model shape: every item must match the first
@@ -741,24 +858,10 @@ at::Tensor Dataset::batch(const std::vector<int64_t>& indices, const Preprocess&
         if (!out.defined()) {
             out = torch::empty({int64_t(indices.size()), shape[0], shape[1], shape[2]},
                                torch::kFloat);
-            if (!pre.as_is && !pre.mean.empty()) mean = per_channel(pre.mean, shape[0], "mean");
-            if (!pre.as_is && !pre.std.empty()) {
-                stdev = per_channel(pre.std, shape[0], "std");
-                for (float s : stdev) {
-                    if (!(s != 0.0f))
-                        throw Error("the std holds 0; normalisation would divide by 0");
-                }
-            }
+            pre.validate(shape[0]);
         }
         at::Tensor row = out[int64_t(k)];
-        row.copy_(x);
-        if (!mean.empty() || !stdev.empty()) {
-            for (int64_t c = 0; c < shape[0]; ++c) {
-                at::Tensor plane = row[c];
-                if (!mean.empty()) plane.sub_(mean[size_t(c)]);
-                if (!stdev.empty()) plane.div_(stdev[size_t(c)]);
-            }
-        }
+        row.copy_(pre.normalise(x.unsqueeze(0))[0]);
         if (!torch::isfinite(row).all().item<bool>()) {
             throw Error("item " + std::to_string(i) +
                         " holds NaN or Inf values; clean the data (numpy.nan_to_num) first");
@@ -787,6 +890,83 @@ Preprocess Dataset::preprocess_for(const std::vector<int64_t>& model_input_chw,
     pre.std = std;
     return pre;
 }
+
+Preprocess Dataset::preprocess_for(const std::vector<int64_t>& model_input_chw,
+                                   const Preprocess& wanted) const {
+    Preprocess pre = preprocess_for(model_input_chw, wanted.mean, wanted.std);
+    if (pre.as_is) return pre;
+    pre.resize = wanted.resize;
+    pre.pixel_range = wanted.pixel_range;
+    pre.bgr = wanted.bgr;
+    pre.source = wanted.source;
+    return pre;
+}
+
+namespace {
+std::string class_key(const std::string& name) {
+    std::string out;
+    for (char ch : name) {
+        const unsigned char c = static_cast<unsigned char>(ch);
+        if (c == ' ' || c == '_' || c == '-') continue;
+        out += char(std::tolower(c));
+    }
+    return out;
+}
+}  // namespace
+
+Dataset::ClassMatch Dataset::match_classes(const std::vector<std::string>& model_classes,
+                                           int64_t num_classes) {
+    Impl& d = *impl_;
+    ClassMatch m{true, "", ""};
+    if (d.labels.empty()) {
+        m = {false, "the data has no labels", ""};
+    } else if (d.class_folders && !model_classes.empty()) {
+        // Subfolder names -> the model's class numbers.
+        std::vector<int64_t> to_model(d.class_names.size(), -1);
+        std::vector<std::string> missing;
+        for (size_t k = 0; k < d.class_names.size(); ++k) {
+            for (size_t c = 0; c < model_classes.size(); ++c)
+                if (class_key(model_classes[c]) == class_key(d.class_names[k])) {
+                    to_model[k] = int64_t(c);
+                    break;
+                }
+            if (to_model[k] < 0) missing.push_back("'" + d.class_names[k] + "'");
+        }
+        if (missing.empty()) {
+            for (auto& l : d.labels) l = to_model[size_t(l)];
+            d.class_names = model_classes;
+            d.class_folders = false;  // labels are the model's now
+            m.note = "class folders matched to the model's class names";
+        } else {
+            std::string list;
+            for (size_t i = 0; i < missing.size() && i < 5; ++i) list += (i ? ", " : "") + missing[i];
+            if (missing.size() > 5) list += " and " + std::to_string(missing.size() - 5) + " more";
+            m = {false, "the class folder(s) " + list +
+                            " are not among the model's class names, so the labels cannot be "
+                            "compared with its predictions: name the subfolders after the model's "
+                            "classes, or give the names with --classes FILE"};
+        }
+    } else if (d.class_folders && int64_t(d.class_names.size()) != num_classes) {
+        m = {false, "the folder has " + std::to_string(d.class_names.size()) +
+                        " class subfolders but the model has " + std::to_string(num_classes) +
+                        " outputs and no class names to match them by: give --classes FILE (one "
+                        "name per line) so subfolders are matched by name"};
+    } else if (d.class_folders) {
+        m.note = "the model has no class names: class folders taken in sorted order as class 0, 1, ... "
+                 "(as torchvision's ImageFolder numbers them); give --classes FILE to match them by name";
+    } else {
+        for (int64_t l : d.labels)
+            if (l >= num_classes) {
+                m = {false, "label " + std::to_string(l) + " is not a class of the model, which has " +
+                                std::to_string(num_classes) + " outputs"};
+                break;
+            }
+    }
+    d.match = m;
+    return m;
+}
+
+const Dataset::ClassMatch& Dataset::class_match() const { return impl_->match; }
 
 // --- parse_indices ---------------------------------------------------------------------------
 

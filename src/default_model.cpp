@@ -17,6 +17,7 @@
 #include "convscope/dataset.hpp"
 #include "convscope/error.hpp"
 #include "convscope/io.hpp"
+#include "convscope/preprocess.hpp"
 
 namespace convscope {
 
@@ -155,8 +156,9 @@ double evaluate_accuracy(const Model& model, const Dataset& data, const std::vec
         idx.resize(static_cast<size_t>(data.size()));
         std::iota(idx.begin(), idx.end(), 0);
     }
-    const auto& meta = model.meta();
-    BatchLoader loader(data, idx, 500, data.preprocess_for(model.input_shape(), meta.mean, meta.std));
+    if (!data.class_match().comparable)
+        throw Error("no accuracy for '" + data.spec() + "': " + data.class_match().why);
+    BatchLoader loader(data, idx, 500, preprocess_for(model, data));
     Batch b;
     int64_t correct = 0, seen = 0;
     while (loader.next(b)) {
@@ -222,6 +224,7 @@ TrainResult train_default_model(const std::string& out_path, const TrainOptions&
     meta.std = {kFashionStd};
     meta.class_names = fashion_mnist_classes();
     meta.dataset = "fashion-mnist";
+    meta.source = meta.classes_source = "metadata in the model file";
     auto model = Model::from_module(net, meta, out_path);
     std::vector<int64_t> test_idx;
     const int64_t n_test = opts.test_limit > 0 ? std::min(opts.test_limit, test.size()) : test.size();

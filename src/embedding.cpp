@@ -11,6 +11,7 @@
 #include "convscope/dataset.hpp"
 #include "convscope/error.hpp"
 #include "convscope/model.hpp"
+#include "convscope/preprocess.hpp"
 
 namespace convscope {
 namespace {
@@ -53,7 +54,7 @@ EmbeddingFeatures layer_features(const Model& model, const Dataset& data,
     r.labels.reserve(indices.size());
 
     const Preprocess pre =
-        data.preprocess_for(model.input_shape(), model.meta().mean, model.meta().std);
+        preprocess_for(model, data);
     BatchLoader loader(data, indices, batch_size, pre);
     const int64_t n = int64_t(indices.size());
     const double batches = double(std::max<int64_t>(1, loader.num_batches()));

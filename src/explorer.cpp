@@ -30,6 +30,7 @@
 #include "convscope/filters.hpp"
 #include "convscope/io.hpp"
 #include "convscope/model.hpp"
+#include "convscope/preprocess.hpp"
 #include "convscope/occlusion.hpp"
 #include "convscope/render.hpp"
 #include "convscope/top_patches.hpp"
@@ -250,7 +251,7 @@ Explorer::Explorer(Model model, Dataset data, ExplorerOptions options)
     if (d.opts.feature_vis_steps < 1) throw UsageError("feature visualisation needs at least 1 step");
     if (d.opts.max_images < 1) throw UsageError("the image store must hold at least 1 image");
     if (d.opts.workers < 1) throw UsageError("at least 1 job worker is needed");
-    d.pre = d.data.preprocess_for(d.model.input_shape(), d.model.meta().mean, d.model.meta().std);
+    d.pre = preprocess_for(d.model, d.data);
     d.layers = d.model.layers();  // computed once here; read-only afterwards
     d.class_names = detail::class_names_for(d.model, d.data);
     d.cache_dir = d.opts.cache_dir.empty() ? fs::path(default_model_path()).parent_path().string()
@@ -407,8 +408,7 @@ std::string Explorer::add_encoded_image(const std::string& bytes) {
             if (!f) throw Error("cannot store the upload in " + d.upload_dir.string());
         }
         Dataset one = Dataset::open(path.string());
-        const Preprocess pre = one.preprocess_for(d.model.input_shape(), d.model.meta().mean,
-                                                  d.model.meta().std);
+        const Preprocess pre = preprocess_for(d.model, one);
         torch::NoGradGuard no_grad;
         input = one.batch({0}, pre);
     } catch (...) {

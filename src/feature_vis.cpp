@@ -37,25 +37,14 @@ std::string fmt(double v) {
     return s.str();
 }
 
-// Per-channel values [1,C,1,1] from a list of size C or 1 (empty = fallback).
-at::Tensor channel_values(const std::vector<double>& v, int64_t c, double fallback,
-                          const char* what) {
-    std::vector<float> out(static_cast<size_t>(c), static_cast<float>(fallback));
-    if (!v.empty() && v.size() != 1 && static_cast<int64_t>(v.size()) != c)
-        throw Error(std::string("the normalisation ") + what + " has " + std::to_string(v.size()) +
-                    " values but the input has " + std::to_string(c) + " channels");
-    for (int64_t i = 0; i < c; ++i)
-        if (!v.empty()) out[size_t(i)] = static_cast<float>(v.size() == 1 ? v[0] : v[size_t(i)]);
-    return torch::tensor(out).view({1, c, 1, 1});
-}
-
 struct Space {
     int64_t c = 0, h = 0, w = 0;
-    at::Tensor mean, std;  // [1,C,1,1]
-    at::Tensor normalise(const at::Tensor& pixels) const { return (pixels - mean) / std; }
+    Preprocess pre;  // pixels [0,1] RGB -> model inputs
+    at::Tensor normalise(const at::Tensor& pixels) const { return pre.normalise(pixels); }
 };
 
-Space input_space(const Model& model, const Preprocess& pre) {
+Space input_space(const Model& model, const FeatureVisOptions& o) {
+    const Preprocess& pre = o.preprocess;
     const std::vector<int64_t> shape =
         pre.input_shape.empty() ? model.input_shape() : pre.input_shape;
     if (shape.size() != 3) throw Error("the feature visualisation input shape must be C,H,W");
@@ -65,12 +54,11 @@ Space input_space(const Model& model, const Preprocess& pre) {
             "input shape");
     Space s;
     s.c = shape[0];
-    s.h = shape[1];
-    s.w = shape[2];
-    const bool normalise = !pre.as_is;
-    s.mean = channel_values(normalise ? pre.mean : std::vector<double>{}, s.c, 0.0, "mean");
-    s.std = channel_values(normalise ? pre.std : std::vector<double>{}, s.c, 1.0, "std");
-    if ((s.std == 0).any().item<bool>()) throw Error("the normalisation std holds a zero");
+    s.h = o.size > 0 ? o.size : shape[1];
+    s.w = o.size > 0 ? o.size : shape[2];
+    s.pre = pre;
+    s.pre.as_is = false;  // synthetic pixels are in [0,1]: always normalised
+    s.pre.validate(s.c);
     return s;
 }
 
@@ -251,7 +239,8 @@ at::Tensor feature_vis_objective(const Model& model, const FeatureVisOptions& o,
 
 FeatureVisResult feature_vis(const Model& model, const FeatureVisOptions& o) {
     check_options(model, o);
-    const Space space = input_space(model, o.preprocess);
+    const Space space = input_space(model, o);
+    if (o.size < 0) throw Error("the feature visualisation size must be >= 0 (0 = the model's input size)");
     const bool channel = o.objective == FeatureVisOptions::Objective::Channel;
     const std::vector<std::string> taps =
         channel ? std::vector<std::string>{o.layer} : std::vector<std::string>{};
@@ -278,7 +267,7 @@ FeatureVisResult feature_vis(const Model& model, const FeatureVisOptions& o) {
             torch::NoGradGuard no_grad;
             const at::Tensor start = space.normalise(param.pixels()).contiguous();
             TapResult r =
-                channel ? model.forward_taps(start, taps) : TapResult{model.forward(start), {}};
+                channel ? model.forward_until(start, taps) : TapResult{model.forward(start), {}};
             init_out.push_back(gather_rows(all_objectives(o, r), units));
         }
         for (int step = 0; step < o.steps; ++step) {
@@ -289,10 +278,12 @@ FeatureVisResult feature_vis(const Model& model, const FeatureVisOptions& o) {
                 space.normalise(transform(pixels, random_thetas(rngs, o, space.h, space.w)));
             // d objective / d input from the runtime, then carried back to the parameters through
             // this graph: d(sum(input * g)) / d param = J^T g.
-            auto g = model.gradients(
-                input.detach().contiguous(),
-                [&](const TapResult& r) { return gather_rows(all_objectives(o, r), units).sum(); },
-                {}, taps);
+            const auto objective = [&](const TapResult& r) {
+                return gather_rows(all_objectives(o, r), units).sum();
+            };
+            // A channel's objective needs the graph only up to its layer.
+            auto g = channel ? model.gradients_until(input.detach().contiguous(), objective, taps)
+                             : model.gradients(input.detach().contiguous(), objective, {}, taps);
             const at::Tensor decay = (pixels - 0.5).pow(2).mean({1, 2, 3}).sum();
             const at::Tensor loss = -(input * g.input_grad).sum() + o.l2_decay * decay;
             loss.backward();
@@ -307,7 +298,7 @@ FeatureVisResult feature_vis(const Model& model, const FeatureVisOptions& o) {
         torch::NoGradGuard no_grad;
         const at::Tensor pixels = param.pixels().detach().contiguous();
         const at::Tensor final_input = space.normalise(pixels).contiguous();
-        TapResult r = channel ? model.forward_taps(final_input, taps)
+        TapResult r = channel ? model.forward_until(final_input, taps)
                               : TapResult{model.forward(final_input), {}};
         act_out.push_back(gather_rows(all_objectives(o, r), units));
         pixels_out.push_back(pixels);

@@ -562,12 +562,15 @@ void OutputDir::set_command(const std::string& command_line, const nlohmann::jso
     model_hash_ = model_hash;
 }
 
+void OutputDir::set_preprocess(const nlohmann::json& preprocess) { preprocess_json_ = preprocess.dump(); }
+
 void OutputDir::write_manifest() const {
     nlohmann::json m;
     m["command"] = command_line_;
     m["options"] =
         options_json_.empty() ? nlohmann::json::object() : nlohmann::json::parse(options_json_);
     m["model"] = {{"path", model_path_}, {"sha256", model_hash_}};
+    if (!preprocess_json_.empty()) m["preprocess"] = nlohmann::json::parse(preprocess_json_);
 #ifdef TORCH_VERSION
     const std::string torch_version = TORCH_VERSION;
 #else

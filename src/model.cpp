@@ -2,6 +2,7 @@
 // forward passes with taps, gradients with respect to the input and taps, and ReLU backward
 // rules for guided backprop and deconvnet.
 #include "convscope/model.hpp"
+#include "convscope/preprocess.hpp"
 
 
 #include <caffe2/serialize/inline_container.h>
@@ -9,6 +10,7 @@
 #include <torch/csrc/jit/ir/alias_analysis.h>
 #include <torch/csrc/jit/ir/ir.h>
 #include <torch/csrc/jit/passes/constant_propagation.h>
+#include <torch/csrc/jit/passes/dead_code_elimination.h>
 #include <torch/csrc/jit/passes/inliner.h>
 #include <torch/csrc/jit/serialization/import.h>
 #include <torch/script.h>
@@ -116,22 +118,17 @@ void precheck_model_file(const std::string& path) {
                     "torch.jit.script(model).save('model.pt')");
 }
 
-ModelMeta parse_meta(const std::string& text) {
-    ModelMeta meta;
-    if (text.empty()) return meta;
+ModelMeta parse_meta(const std::string& text, const std::string& path) {
+    if (text.empty()) return ModelMeta{};
     try {
-        auto j = nlohmann::json::parse(text);
-        if (j.contains("input_shape")) meta.input_shape = j["input_shape"].get<std::vector<int64_t>>();
-        if (j.contains("mean")) meta.mean = j["mean"].get<std::vector<double>>();
-        if (j.contains("std")) meta.std = j["std"].get<std::vector<double>>();
-        if (j.contains("class_names"))
-            meta.class_names = j["class_names"].get<std::vector<std::string>>();
-        if (j.contains("dataset")) meta.dataset = j["dataset"].get<std::string>();
-    } catch (const std::exception&) {
-        // Metadata is a convenience: a model without readable metadata still works.
-        return ModelMeta{};
+        ModelMeta meta = model_meta_from_json(text);
+        meta.source = "metadata in the model file";
+        if (!meta.class_names.empty()) meta.classes_source = "metadata in the model file";
+        return meta;
+    } catch (const Error& e) {
+        throw Error("model file '" + path + "': its convscope.json metadata " + e.what() +
+                    "; write it again with `convscope annotate --model " + path + " ... --save M.pt`");
     }
-    return meta;
 }
 
 // The message of a LibTorch or TorchScript error without its traceback: the last line that
@@ -188,9 +185,10 @@ struct Model::Impl {
 
     void analyse();
     // A function computing (output, taps..., [tap grads probes as inputs]) for the given plan.
+    // with_output = false: the graph ends at the taps (the model output is not computed).
     std::shared_ptr<jit::GraphFunction> function_for(const std::vector<std::string>& taps,
                                                      const std::vector<std::string>& probes,
-                                                     ReluBackward rule) const;
+                                                     ReluBackward rule, bool with_output = true) const;
 };
 
 void Model::Impl::analyse() {
@@ -252,7 +250,7 @@ std::shared_ptr<jit::Graph> build_tap_graph(jit::Graph& source,
                                             const std::map<std::string, jit::Value*>& values,
                                             const std::vector<std::string>& taps,
                                             const std::vector<std::string>& probes,
-                                            Model::ReluBackward rule) {
+                                            Model::ReluBackward rule, bool with_output) {
     auto g = source.copy();
     // Map values of `source` to values of the copy by position in node order.
     std::unordered_map<const jit::Value*, jit::Value*> remap;
@@ -266,7 +264,8 @@ std::shared_ptr<jit::Graph> build_tap_graph(jit::Graph& source,
     if (rule != Model::ReluBackward::Plain)
         detail::rewrite_relus(*g, rule == Model::ReluBackward::Guided, remap);
 
-    std::vector<jit::Value*> outputs{g->outputs()[0]};
+    std::vector<jit::Value*> outputs;
+    if (with_output) outputs.push_back(g->outputs()[0]);
     // Probes first: they change the downstream uses of the value.
     std::map<std::string, jit::Value*> probe_value;
     for (const auto& name : probes) {
@@ -293,6 +292,8 @@ std::shared_ptr<jit::Graph> build_tap_graph(jit::Graph& source,
     // A graph function returns one value: pack everything into a tuple.
     while (!g->outputs().empty()) g->eraseOutput(0);
     g->registerOutput(g->insertNode(g->createTuple(outputs))->output());
+    // Without the model output, what only it needed is dead.
+    if (!with_output) jit::EliminateDeadCode(g);
     g->lint();
     return g;
 }
@@ -300,15 +301,15 @@ std::shared_ptr<jit::Graph> build_tap_graph(jit::Graph& source,
 
 std::shared_ptr<jit::GraphFunction> Model::Impl::function_for(const std::vector<std::string>& taps,
                                                               const std::vector<std::string>& probes,
-                                                              ReluBackward rule) const {
-    std::string key = std::to_string(static_cast<int>(rule)) + "|";
+                                                              ReluBackward rule, bool with_output) const {
+    std::string key = std::to_string(static_cast<int>(rule)) + (with_output ? "|" : "u|");
     for (const auto& t : taps) key += t + ",";
     key += "|";
     for (const auto& p : probes) key += p + ",";
     std::lock_guard<std::mutex> lock(mutex);
     auto it = functions.find(key);
     if (it != functions.end()) return it->second;
-    auto g = build_tap_graph(*graph, layer_value, taps, probes, rule);
+    auto g = build_tap_graph(*graph, layer_value, taps, probes, rule, with_output);
     auto fn = std::make_shared<jit::GraphFunction>("convscope_forward", g, nullptr);
     functions[key] = fn;
     return fn;
@@ -334,7 +335,7 @@ Model::Model(Model&&) noexcept = default;
 Model& Model::operator=(Model&&) noexcept = default;
 Model::~Model() = default;
 
-Model Model::load(const std::string& path) {
+Model Model::load(const std::string& path, bool read_metadata) {
     precheck_model_file(path);
     Model m;
     jit::ExtraFilesMap extra{{"convscope.json", ""}};
@@ -351,7 +352,7 @@ Model Model::load(const std::string& path) {
                     "): export it again with torch.jit.save");
     }
     m.impl_->path = path;
-    m.impl_->meta = parse_meta(extra["convscope.json"]);
+    if (read_metadata) m.impl_->meta = parse_meta(extra["convscope.json"], path);
     m.impl_->hash = sha256_file(path);
     m.impl_->analyse();
     return m;
@@ -373,6 +374,24 @@ const jit::Value* Model::layer_value(const std::string& name) const {
     return impl_->layer_value.at(name);
 }
 const ModelMeta& Model::meta() const { return impl_->meta; }
+
+void Model::set_meta(ModelMeta meta) {
+    std::lock_guard<std::mutex> lock(impl_->mutex);
+    if (meta.input_shape != impl_->meta.input_shape) impl_->layers.clear();
+    impl_->meta = std::move(meta);
+}
+
+Preprocess ModelMeta::preprocess() const {
+    Preprocess p;
+    p.input_shape = input_shape;
+    p.mean = mean;
+    p.std = std;
+    p.resize = resize;
+    p.pixel_range = pixel_range;
+    p.bgr = bgr;
+    p.source = source;
+    return p;
+}
 const std::string& Model::file_hash() const { return impl_->hash; }
 jit::Module& Model::module() const { return impl_->module; }
 
@@ -553,6 +572,54 @@ TapResult Model::forward_taps(const at::Tensor& x, const std::vector<std::string
     TapResult r;
     r.output = output_tensor(values[0], impl_->path);
     for (size_t i = 0; i < layers.size(); ++i) r.taps[layers[i]] = values[i + 1].toTensor();
+    return r;
+}
+
+namespace {
+// The checks of check_input that do not depend on the spatial size.
+void check_input_any_size(const Model& model, const at::Tensor& x) {
+    if (!x.defined() || x.dim() != 4 || x.scalar_type() != at::kFloat)
+        throw Error("model input must be a float32 batch [N,C,H,W]");
+    if (model.has_input_shape() && x.size(1) != model.input_shape()[0])
+        throw Error("the data has " + std::to_string(x.size(1)) + " channels but the model expects " +
+                    std::to_string(model.input_shape()[0]));
+    if (!torch::isfinite(x).all().item<bool>())
+        throw Error("the input holds NaN or Inf values: clean the data (convscope needs finite inputs)");
+}
+}  // namespace
+
+TapResult Model::forward_until(const at::Tensor& x, const std::vector<std::string>& layers) const {
+    check_input_any_size(*this, x);
+    check_layer_names(*this, layers);
+    if (layers.empty()) throw Error("forward_until needs at least one layer");
+    auto fn = impl_->function_for(layers, {}, ReluBackward::Plain, false);
+    torch::NoGradGuard no_grad;
+    jit::Stack stack{c10::IValue(impl_->module._ivalue()), x};
+    const auto values = run_tap_function(*fn, stack, x);
+    TapResult r;
+    for (size_t i = 0; i < layers.size(); ++i) r.taps[layers[i]] = values[i].toTensor();
+    return r;
+}
+
+Model::GradResult Model::gradients_until(const at::Tensor& x,
+                                         const std::function<at::Tensor(const TapResult&)>& scalar_of,
+                                         const std::vector<std::string>& layers) const {
+    check_input_any_size(*this, x);
+    check_layer_names(*this, layers);
+    if (layers.empty()) throw Error("gradients_until needs at least one layer");
+    auto fn = impl_->function_for(layers, {}, ReluBackward::Plain, false);
+    torch::AutoGradMode grad_mode(true);
+    auto input = x.detach().clone().requires_grad_(true);
+    jit::Stack stack{c10::IValue(impl_->module._ivalue()), input};
+    const auto values = run_tap_function(*fn, stack, x);
+    GradResult r;
+    for (size_t i = 0; i < layers.size(); ++i) r.forward.taps[layers[i]] = values[i].toTensor();
+    at::Tensor scalar = scalar_of(r.forward);
+    if (!scalar.defined() || scalar.numel() != 1)
+        throw Error("the value to differentiate must be a single number");
+    auto grads = torch::autograd::grad({scalar.reshape({})}, {input}, {}, false, false, true);
+    r.input_grad = grads[0].defined() ? grads[0] : torch::zeros_like(x);
+    for (auto& kv : r.forward.taps) kv.second = kv.second.detach();
     return r;
 }
 

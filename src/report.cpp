@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cctype>
 #include <cmath>
 #include <filesystem>
@@ -19,6 +20,7 @@
 #include "convscope/filters.hpp"
 #include "convscope/io.hpp"
 #include "convscope/model.hpp"
+#include "convscope/preprocess.hpp"
 #include "convscope/occlusion.hpp"
 #include "convscope/render.hpp"
 #include "convscope/top_patches.hpp"
@@ -119,22 +121,121 @@ void check_options(const ReportOptions& o) {
     auto positive = [](int64_t v, const char* what) {
         if (v < 1) throw UsageError(std::string(what) + " must be at least 1, got " + std::to_string(v));
     };
-    positive(o.eval_items, "the number of evaluated items");
+    auto positive_or_auto = [&](int64_t v, const char* what) {
+        if (v != -1) positive(v, what);
+    };
+    positive_or_auto(o.eval_items, "the number of evaluated items");
     positive(o.examples, "the number of examples");
     positive(o.max_layers, "the number of layers");
     positive(o.max_filters, "the number of filters per layer");
-    positive(o.scan_items, "the number of scanned items");
+    positive_or_auto(o.scan_items, "the number of scanned items");
     positive(o.patch_channels, "the number of channels with patches");
-    positive(o.feature_vis_steps, "the number of feature visualisation steps");
+    positive_or_auto(o.feature_vis_steps, "the number of feature visualisation steps");
     positive(o.map_iterations, "the number of t-SNE iterations");
+    positive_or_auto(o.occlusion_stride, "the occlusion stride");
+    positive_or_auto(o.attribution_steps, "the number of attribution steps");
+    if (o.feature_vis_size < -1) throw UsageError("the feature visualisation size must be >= 0 (0 = the input size)");
+    if (!(o.budget_seconds > 0)) throw UsageError("the time budget must be > 0 seconds");
     if (o.vis_channels < 0) throw UsageError("the number of feature visualisations must be >= 0");
     if (o.max_filter_layers < 0) throw UsageError("the number of filter layers must be >= 0");
-    if (o.map_items != 0 && (o.map_items < 8 || o.map_items > 70000))
+    if (o.map_items != 0 && o.map_items != -1 && (o.map_items < 8 || o.map_items > 70000))
         throw UsageError("the map takes 8..70000 items (0 = no map), got " + std::to_string(o.map_items));
     for (const auto& m : o.attributions) (void)parse_attribution_method(m);
 }
 
+// Seconds of the fastest of a few runs of f (after one warm-up run).
+template <class F>
+double best_seconds(F&& f, int runs = 2) {
+    f();
+    double best = 1e30;
+    for (int i = 0; i < runs; ++i) {
+        const auto t0 = std::chrono::steady_clock::now();
+        f();
+        best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    return best;
+}
+
 }  // namespace
+
+ReportPlan plan_report(const Model& model, const Dataset& data, const std::vector<std::string>& layers,
+                       const ReportOptions& o) {
+    torch::NoGradGuard no_grad;
+    ReportPlan p;
+    const auto shape = model.input_shape();
+    const int64_t batch = 8;
+    const at::Tensor zeros = torch::zeros({batch, shape[0], shape[1], shape[2]});
+    const double t = best_seconds([&] { (void)model.forward(zeros); }) / double(batch);
+    p.forward_ms = 1000.0 * t;
+    const double budget = o.budget_seconds;
+    // Items a share of the budget pays for at one forward pass each.
+    auto items_for = [&](double share, int64_t cap) {
+        const double n = share * budget / std::max(t, 1e-9);
+        return std::max<int64_t>(1, std::min<int64_t>(cap, int64_t(n)));
+    };
+    p.eval_items = o.eval_items > 0 ? o.eval_items : items_for(0.08, 10000);
+    p.scan_items = o.scan_items > 0 ? o.scan_items : items_for(0.12, 2000);
+    p.map_items = o.map_items >= 0 ? o.map_items : std::max<int64_t>(8, items_for(0.08, 2000));
+    const int64_t shown = 2 * o.examples;
+
+    // Occlusion: a seventh of the input per patch, half a patch per step or more (the exact
+    // incremental engine costs about half a forward pass per position).
+    p.occlusion_patch = std::max<int64_t>(1, std::llround(double(std::min(shape[1], shape[2])) / 7.0));
+    if (o.occlusion_stride > 0) {
+        p.occlusion_stride = o.occlusion_stride;
+    } else {
+        p.occlusion_stride = std::max<int64_t>(1, p.occlusion_patch / 2);
+        auto positions = [&](int64_t stride) {
+            const int64_t ny = (shape[1] - p.occlusion_patch) / stride + 1, nx = (shape[2] - p.occlusion_patch) / stride + 1;
+            return double(ny * nx);
+        };
+        while (p.occlusion_stride < p.occlusion_patch &&
+               double(shown) * positions(p.occlusion_stride) * t * 0.5 > 0.15 * budget)
+            ++p.occlusion_stride;
+    }
+
+    // Attributions: a forward and a backward pass (about 3 forward passes) per step or sample.
+    if (o.attribution_steps > 0) {
+        p.attribution_steps = o.attribution_steps;
+    } else {
+        p.attribution_steps = 32;
+        const double methods = std::max<double>(1.0, double(o.attributions.size()));
+        while (p.attribution_steps > 8 &&
+               double(shown) * (3.0 * methods + 3.0 * (p.attribution_steps + 1)) * t > 0.2 * budget)
+            p.attribution_steps /= 2;
+    }
+
+    // Feature visualisation: at most 128 px where the layer's part of the model takes it, and
+    // as many steps (32..128) as its measured forward passes allow.
+    double vis_seconds = 0;
+    for (const auto& name : layers) {
+        int64_t size = o.feature_vis_size >= 0 ? o.feature_vis_size : 0;
+        if (o.feature_vis_size < 0 && std::max(shape[1], shape[2]) > 128) {
+            try {
+                (void)model.forward_until(torch::zeros({1, shape[0], 128, 128}), {name});
+                size = 128;
+            } catch (const Error&) {
+                size = 0;  // this part of the model needs its input size
+            }
+        }
+        p.feature_vis_size.push_back(size);
+        if (o.vis_channels > 0 && o.feature_vis_steps < 0) {
+            const int64_t h = size > 0 ? size : shape[1], w = size > 0 ? size : shape[2];
+            const int64_t units = std::min<int64_t>(o.vis_channels, 16);
+            const at::Tensor x = torch::zeros({units, shape[0], h, w});
+            vis_seconds += 3.0 * best_seconds([&] { (void)model.forward_until(x, {name}); }, 1);
+        }
+    }
+    if (o.feature_vis_steps > 0) {
+        p.feature_vis_steps = o.feature_vis_steps;
+    } else {
+        p.feature_vis_steps = 128;
+        while (p.feature_vis_steps > 32 && double(p.feature_vis_steps) * vis_seconds > 0.3 * budget)
+            p.feature_vis_steps -= 16;
+    }
+    (void)data;
+    return p;
+}
 
 ReportResult write_report(const Model& model, const Dataset& data, OutputDir& out,
                           const ReportOptions& opts, const ProgressFn& progress) {
@@ -142,13 +243,15 @@ ReportResult write_report(const Model& model, const Dataset& data, OutputDir& ou
     torch::NoGradGuard no_grad;
     ReportResult result;
     Pictures pics{out};
-    const Preprocess pre = data.preprocess_for(model.input_shape(), model.meta().mean, model.meta().std);
+    const Preprocess pre = preprocess_for(model, data);
     const auto& layers = model.layers();
     const auto class_names = detail::class_names_for(model, data);
     const auto shape = model.input_shape();
     const int factor = readable_factor(int(shape[1]), int(shape[2]), kPictureTarget);
     for (const auto& l : opts.layers) (void)model.layer(l);  // Error naming the closest layers
     result.layers = opts.layers.empty() ? spread_conv_layers(model, opts.max_layers) : opts.layers;
+    const ReportPlan plan = plan_report(model, data, result.layers, opts);
+    result.plan = plan;
 
     json doc;
     doc["title"] = opts.title.empty() ? "convscope report: " + std::filesystem::path(model.path()).filename().string()
@@ -160,6 +263,18 @@ ReportResult write_report(const Model& model, const Dataset& data, OutputDir& ou
                     {"num_classes", model.num_classes()},
                     {"class_names", class_names}};
     doc["data"] = {{"spec", data.spec()}, {"size", data.size()}, {"has_labels", data.has_labels()}};
+    doc["preprocess"] = to_json(pre);
+    doc["plan"] = {{"forward_ms", plan.forward_ms},
+                   {"budget_seconds", opts.budget_seconds},
+                   {"eval_items", plan.eval_items},
+                   {"scan_items", plan.scan_items},
+                   {"map_items", plan.map_items},
+                   {"occlusion_patch", plan.occlusion_patch},
+                   {"occlusion_stride", plan.occlusion_stride},
+                   {"attribution_steps", plan.attribution_steps},
+                   {"feature_vis_steps", plan.feature_vis_steps},
+                   {"feature_vis_size", plan.feature_vis_size}};
+    const bool labels_comparable = data.has_labels() && data.class_match().comparable;
     auto& layer_rows = doc["layers"] = json::array();
     int64_t total_params = 0;
     for (const auto& p : model.module().parameters()) total_params += p.numel();
@@ -183,17 +298,19 @@ ReportResult write_report(const Model& model, const Dataset& data, OutputDir& ou
 
     // --- 1. accuracy and the examples (0 .. 0.12) ---
     {
-        const int64_t n = std::min(opts.eval_items, data.size());
+        const int64_t n = std::min(plan.eval_items, data.size());
         std::vector<int64_t> indices(static_cast<size_t>(n));
         for (int64_t i = 0; i < n; ++i) indices[size_t(i)] = i;
         BatchLoader loader(data, indices, 256, pre);
+        if (data.has_labels() && !labels_comparable) skip("accuracy: " + data.class_match().why);
         Batch b;
         int64_t right = 0, labelled = 0, batch = 0;
         const int64_t batches = std::max<int64_t>(1, loader.num_batches());
         while (loader.next(b)) {
             const at::Tensor pred = model.forward(b.images).argmax(1);
             for (size_t r = 0; r < b.indices.size(); ++r) {
-                const int64_t p = pred[int64_t(r)].item<int64_t>(), label = b.labels[r];
+                const int64_t p = pred[int64_t(r)].item<int64_t>();
+                const int64_t label = labels_comparable ? b.labels[r] : -1;
                 if (label < 0) {
                     if (int64_t(result.wrong.size()) < 2 * opts.examples) result.wrong.push_back(b.indices[r]);
                     continue;
@@ -267,11 +384,11 @@ ReportResult write_report(const Model& model, const Dataset& data, OutputDir& ou
             doc["examples"].push_back(
                 {{"index", i},
                  {"label", label},
-                 {"label_name", detail::class_label(class_names, label)},
+                 {"label_name", detail::class_label(labels_comparable ? class_names : data.class_names(), label)},
                  {"predicted", predicted},
                  {"predicted_name", detail::class_label(class_names, predicted)},
                  {"prob", probs[int64_t(n)][predicted].item<double>()},
-                 {"correct", label >= 0 && label == predicted},
+                 {"correct", labels_comparable && label >= 0 && label == predicted},
                  {"input", pics.put("examples/" + std::to_string(i) + "/input.png", "example item " + std::to_string(i), base)},
                  {"activations", json::array()},
                  {"attributions", json::array()}});
@@ -305,8 +422,8 @@ ReportResult write_report(const Model& model, const Dataset& data, OutputDir& ou
 
         // Occlusion with confounder flags.
         OcclusionOptions oo;
-        oo.patch_h = oo.patch_w = std::max<int64_t>(1, std::llround(double(std::min(shape[1], shape[2])) / 7.0));
-        oo.stride_y = oo.stride_x = std::max<int64_t>(1, oo.patch_h / 2);
+        oo.patch_h = oo.patch_w = plan.occlusion_patch;
+        oo.stride_y = oo.stride_x = plan.occlusion_stride;
         oo.score = OcclusionScore::Prob;
         const OcclusionResult orr = occlusion(model, images, oo, detail::sub_progress(progress, 0.18, 0.30));
         for (size_t n = 0; n < ex.size(); ++n) {
@@ -327,8 +444,8 @@ ReportResult write_report(const Model& model, const Dataset& data, OutputDir& ou
         for (size_t m = 0; m < methods; ++m) {
             AttributionOptions ao2;
             ao2.method = parse_attribution_method(opts.attributions[m]);
-            ao2.samples = 25;
-            ao2.steps = 32;
+            ao2.samples = plan.attribution_steps;
+            ao2.steps = plan.attribution_steps;
             ao2.seed = opts.seed;
             ao2.progress = detail::sub_progress(progress, 0.30 + 0.15 * double(m) / double(methods),
                                                0.30 + 0.15 * double(m + 1) / double(methods));
@@ -354,7 +471,7 @@ ReportResult write_report(const Model& model, const Dataset& data, OutputDir& ou
     // --- 4. top-9 patches of the chosen layers (0.45 .. 0.62) ---
     doc["patches"] = json::array();
     if (!result.layers.empty()) {
-        const int64_t n = std::min(opts.scan_items, data.size());
+        const int64_t n = std::min(plan.scan_items, data.size());
         std::vector<int64_t> indices(static_cast<size_t>(n));
         for (int64_t i = 0; i < n; ++i) indices[size_t(i)] = i;
         TopPatchesOptions to;
@@ -418,7 +535,8 @@ ReportResult write_report(const Model& model, const Dataset& data, OutputDir& ou
             fo.layer = l.name;
             for (int64_t c = 0; c < std::min(channels, opts.vis_channels); ++c) fo.units.push_back(c);
             if (fo.units.empty()) continue;
-            fo.steps = opts.feature_vis_steps;
+            fo.steps = plan.feature_vis_steps;
+            fo.size = plan.feature_vis_size[li];
             fo.preprocess = pre;
             fo.preprocess.as_is = false;
             fo.seed = opts.seed;
@@ -454,8 +572,8 @@ ReportResult write_report(const Model& model, const Dataset& data, OutputDir& ou
 
     // --- 6. the dataset map (0.80 .. 1) ---
     doc["map"] = nullptr;
-    if (opts.map_items > 0) {
-        const int64_t n = std::min(opts.map_items, data.size());
+    if (plan.map_items > 0) {
+        const int64_t n = std::min(plan.map_items, data.size());
         const std::string layer = model.penultimate_layer();
         if (n < 8 || layer.empty()) {
             skip(n < 8 ? "dataset map: fewer than 8 items" : "dataset map: no layer to take features from");

@@ -615,6 +615,9 @@ nlohmann::json top_patches_to_json(const TopPatchesResult& r) {
     j["preprocess"] = {{"input_shape", r.preprocess.input_shape},
                        {"mean", r.preprocess.mean},
                        {"std", r.preprocess.std},
+                       {"resize", r.preprocess.resize},
+                       {"pixel_range", r.preprocess.pixel_range},
+                       {"bgr", r.preprocess.bgr},
                        {"as_is", r.preprocess.as_is}};
     j["options"] = {{"k", r.k}, {"lowest", r.lowest}, {"batch_size", r.batch_size},
                     {"histogram_bins", r.histogram_bins}, {"histogram_mantissa_bits", kHistogramMantissaBits}};
@@ -681,6 +684,9 @@ TopPatchesResult top_patches_from_json(const nlohmann::json& j, const std::strin
         r.preprocess.mean = p.at("mean").get<std::vector<double>>();
         r.preprocess.std = p.at("std").get<std::vector<double>>();
         r.preprocess.as_is = p.at("as_is").get<bool>();
+        r.preprocess.resize = p.value("resize", int64_t(0));
+        r.preprocess.pixel_range = p.value("pixel_range", 1.0);
+        r.preprocess.bgr = p.value("bgr", false);
         const auto& o = j.at("options");
         r.k = o.at("k");
         r.lowest = o.at("lowest").get<bool>();

@@ -12,23 +12,45 @@
 
 #include <cstdint>
 #include <memory>
+#include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <string>
 #include <vector>
 
 namespace convscope {
 
-// How raw images in [0,1] become model inputs, and how to undo it for display.
+// How raw images in [0,1] become model inputs, and how to undo it for display. The steps, in
+// torchvision's order (Resize -> CenterCrop -> ToTensor -> Normalize): channel conversion
+// (1 <-> 3), resize, centre crop to input_shape's H,W, channel order, value range, mean/std.
 struct Preprocess {
-    std::vector<int64_t> input_shape;  // C,H,W of the model input
-    std::vector<double> mean;          // per channel (size C, or empty = no normalisation)
-    std::vector<double> std;           // per channel (size C, or empty)
-    bool as_is = false;                // inputs are already model inputs (float32 .npy)
+    std::vector<int64_t> input_shape;  // C,H,W of the model input (H,W: the centre crop)
+    std::vector<double> mean;          // per channel (size C, or 1), in pixel_range units; empty = none
+    std::vector<double> std;           // per channel (size C, or 1); empty = none
+    // Shorter side after resizing (torchvision's Resize(N): antialiased bilinear as Pillow,
+    // longer side int(N * long / short)), then a centre crop to H,W that must fit. 0 = scale
+    // each item to cover H,W (area average when shrinking) and crop the centre.
+    int64_t resize = 0;
+    double pixel_range = 1.0;  // the model's pixels span [0, pixel_range] (1, or 255)
+    bool bgr = false;          // the model takes channels as B,G,R
+    bool as_is = false;        // inputs are already model inputs (float32 .npy)
+    std::string source;        // where these settings came from, for people ("model metadata", ...)
 
+    // pixels_nchw [N,C,H,W] float32 in [0,1], RGB -> model inputs: channel order, range,
+    // mean/std. Differentiable (plain tensor ops); as_is inputs are returned unchanged.
+    at::Tensor normalise(const at::Tensor& pixels_nchw) const;
     // images_nchw [N,C,H,W] float32 model inputs -> [N,H,W,C] uint8 pictures (C = 1 or 3).
-    // Undoes mean/std; for as_is inputs scales each image's range to [0,255].
+    // Undoes normalise; for as_is inputs scales each image's range to [0,255].
     at::Tensor to_display(const at::Tensor& images_nchw) const;
+    // One line for people: "resize 256, centre crop 224x224, mean 0.485,0.456,0.406, ...".
+    std::string describe() const;
+    // Throws Error naming the option to fix for a mean/std of the wrong size for `channels`, a
+    // zero or non-finite std, a bad pixel range or a negative resize.
+    void validate(int64_t channels) const;
 };
+
+// {input_shape, resize, crop [H,W], pixel_range, bgr, mean, std, as_is, source, text}: what was
+// done to the inputs, as manifests and summaries record it.
+nlohmann::json to_json(const Preprocess& pre);
 
 struct DatasetOptions {
     std::string labels_path;  // optional .npy of int labels (N) for .npy data
@@ -68,6 +90,24 @@ public:
     Preprocess preprocess_for(const std::vector<int64_t>& model_input_chw,
                               const std::vector<double>& mean,
                               const std::vector<double>& std) const;
+    // The same with every setting of `wanted` (resize, range, channel order, source); its
+    // input_shape is replaced by model_input_chw (or the items' shape when that is empty).
+    Preprocess preprocess_for(const std::vector<int64_t>& model_input_chw, const Preprocess& wanted) const;
+
+    // Whether the labels are the model's class numbers, so that an accuracy means something.
+    // Image folders: subfolder names are matched to `model_classes` by name (case, spaces,
+    // '_' and '-' ignored) and the labels renumbered to the model's classes; without names the
+    // folder order (as torchvision's ImageFolder) is taken when the counts agree. Other
+    // sources: labels are class numbers and must be below num_classes. When they do not
+    // match, labels stay as they are and `why` says why no accuracy can be given.
+    struct ClassMatch {
+        bool comparable = false;
+        std::string why;   // empty when comparable
+        std::string note;  // how the labels were matched, for people (may be empty)
+    };
+    ClassMatch match_classes(const std::vector<std::string>& model_classes, int64_t num_classes);
+    // The result of the last match_classes (comparable when it was never called).
+    const ClassMatch& class_match() const;
 
 private:
     Dataset();

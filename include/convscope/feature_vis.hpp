@@ -6,8 +6,8 @@
 // random jitter, scale and rotation at every step (transformation robustness), and a blur every
 // few steps. Two parameterisations: plain pixels, or a spectrum scaled by 1/frequency and mapped
 // back with an inverse real FFT (Olah et al.'s spatially decorrelated "fourier" space).
-// Images live in pixel space [0,1] (a sigmoid keeps them there) and become model inputs by the
-// normalisation of `preprocess` (mean/std, if any).
+// Images live in pixel space [0,1] (a sigmoid keeps them there) and become model inputs by
+// `preprocess` (Preprocess::normalise: channel order, range, mean/std).
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
@@ -56,6 +56,11 @@ struct FeatureVisOptions {
     // The model's input: its shape C,H,W (empty = model.input_shape()) and normalisation
     // (mean/std per channel, or one value for all; empty = none). Also used for the dataset.
     Preprocess preprocess;
+    // Side of the optimised square image in pixels; 0 = the model's input size. Channel
+    // objectives run only the graph up to their layer, so a convolutional part takes other
+    // sizes (feature visualisation at 128 px, as Lucent does, is much cheaper at 224 px
+    // models); class objectives need the model's input size.
+    int64_t size = 0;
     // Images optimised together in one forward/backward pass.
     int batch_size = 16;
     // The same seed and thread count give the same bytes. Each unit's image depends only on the

@@ -44,13 +44,15 @@ public:
     std::string file(const std::string& relative, const std::string& meaning);
     void set_command(const std::string& command_line, const nlohmann::json& options,
                      const std::string& model_path, const std::string& model_hash);
+    // What was done to the inputs (to_json(Preprocess)), recorded as the manifest's "preprocess".
+    void set_preprocess(const nlohmann::json& preprocess);
     // Writes manifest.json (atomically). Call after all files are written.
     void write_manifest() const;
 
 private:
     std::string dir_;
     std::string command_line_, model_path_, model_hash_;
-    std::string options_json_;
+    std::string options_json_, preprocess_json_;
     std::vector<std::pair<std::string, std::string>> files_;
 };
 

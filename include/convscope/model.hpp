@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "convscope/dataset.hpp"
 #include "convscope/receptive_field.hpp"
 
 namespace torch::jit {
@@ -23,13 +24,25 @@ struct Value;
 
 namespace convscope {
 
-// Metadata convscope stores inside its own model files (as an extra file `convscope.json`;
-// PyTorch ignores it). For other models the fields are empty and options/data fill them in.
+// What a model expects of its inputs and what its outputs mean, stored inside the model file as
+// the extra file `convscope.json` (PyTorch ignores it; `convscope annotate` or
+// torch.jit.save(m, path, _extra_files={"convscope.json": ...}) writes it). The JSON keys are
+// the field names; every key is optional. For models without it the fields keep their defaults
+// and options fill them in (see preprocess.hpp).
 struct ModelMeta {
-    std::vector<int64_t> input_shape;      // C,H,W the model expects; empty if unknown
-    std::vector<double> mean, std;         // per-channel normalisation applied to [0,1] pixels
+    std::vector<int64_t> input_shape;      // C,H,W the model expects (H,W: the crop); empty if unknown
+    std::vector<double> mean, std;         // per-channel normalisation (pixel_range units); empty = none
+    int64_t resize = 0;                    // shorter side before the centre crop; 0 = fit directly
+    double pixel_range = 1.0;              // pixels span [0,1] or [0,255]
+    bool bgr = false;                      // channels in B,G,R order
     std::vector<std::string> class_names;  // one per output class; may be empty
     std::string dataset;                   // the data it was trained on, e.g. "fashion-mnist"
+    // For people, not stored: where the preprocessing came from ("metadata in the model file",
+    // "--preprocess imagenet", ...; "" = nothing known) and where the class names came from.
+    std::string source, classes_source;
+
+    // The preprocessing these fields describe (input_shape, mean, std, resize, range, order).
+    Preprocess preprocess() const;
 };
 
 struct LayerInfo {
@@ -54,7 +67,9 @@ public:
     // Loads a TorchScript file and puts it in eval mode. Throws Error for a missing, empty,
     // truncated or corrupt file and for files that are not TorchScript (a state_dict saved with
     // torch.save, an image), each with a message that says what to do.
-    static Model load(const std::string& path);
+    // Metadata (convscope.json) that does not parse is an Error naming the fix; with
+    // read_metadata = false it is not read at all (for rewriting it).
+    static Model load(const std::string& path, bool read_metadata = true);
     // Wraps an already built TorchScript module (used by `train`).
     static Model from_module(const torch::jit::Module& module, ModelMeta meta,
                              std::string path = "<memory>");
@@ -65,6 +80,9 @@ public:
 
     const std::string& path() const;
     const ModelMeta& meta() const;
+    // Replaces the metadata (for options that describe the model, see preprocess.hpp); a new
+    // input shape takes effect as set_input_shape's.
+    void set_meta(ModelMeta meta);
     // The input shape C,H,W: meta().input_shape if known, else the one set by set_input_shape.
     // Throws Error if neither is known (the message asks for --input-shape).
     std::vector<int64_t> input_shape() const;
@@ -100,6 +118,16 @@ public:
         at::Tensor input_grad;
         std::map<std::string, at::Tensor> tap_grads;
     };
+    // The graph cut after the named layers: only what they need is computed, TapResult::output
+    // stays undefined, and any input size the cut graph accepts may be used (for example a
+    // smaller image through the convolutional part). forward_until runs without autograd;
+    // gradients_until differentiates scalar_of(taps) with respect to the input
+    // (GradResult::input_grad; tap_grads stay empty).
+    TapResult forward_until(const at::Tensor& images_nchw, const std::vector<std::string>& layers) const;
+    GradResult gradients_until(const at::Tensor& images_nchw,
+                               const std::function<at::Tensor(const TapResult&)>& scalar_of,
+                               const std::vector<std::string>& layers) const;
+
     GradResult gradients(const at::Tensor& images_nchw,
                          const std::function<at::Tensor(const TapResult&)>& scalar_of,
                          const std::vector<std::string>& grad_layers = {},

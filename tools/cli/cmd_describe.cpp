@@ -48,10 +48,13 @@ RunFn setup(CLI::App& app) {
             // Say what is needed rather than guess a size.
             (void)model.input_shape();
         }
+        validate_model_meta(model);
         const auto& layers = model.layers();
         std::optional<double> accuracy;
-        if (data && data->has_labels())
+        if (data && data->has_labels() && data->class_match().comparable)
             accuracy = evaluate_accuracy(model, *data, {}, stderr_progress("evaluating"));
+        const ModelMeta& meta = model.meta();
+        const Preprocess pre = data ? preprocess_for(model, *data) : meta.preprocess();
         int64_t total_params = 0;
         for (const auto& p : model.module().parameters()) total_params += p.numel();
 
@@ -62,10 +65,17 @@ RunFn setup(CLI::App& app) {
             j["input_shape"] = model.input_shape();
             j["num_classes"] = model.num_classes();
             j["parameters"] = total_params;
-            if (!model.meta().class_names.empty()) j["class_names"] = model.meta().class_names;
+            if (!meta.class_names.empty()) j["class_names"] = meta.class_names;
+            j["metadata"] = model_meta_to_json(meta);
+            j["metadata_source"] = meta.source.empty() ? nlohmann::json(nullptr) : nlohmann::json(meta.source);
+            j["classes_source"] = meta.classes_source.empty() ? nlohmann::json(nullptr) : nlohmann::json(meta.classes_source);
+            j["preprocess"] = to_json(pre);
             if (accuracy) {
                 j["accuracy"] = *accuracy;
                 j["data"] = data->spec();
+            } else if (data && data->has_labels()) {
+                j["accuracy"] = nullptr;
+                j["no_accuracy"] = data->class_match().why;
             }
             auto& arr = j["layers"] = nlohmann::json::array();
             for (const auto& l : layers)
@@ -76,7 +86,13 @@ RunFn setup(CLI::App& app) {
         }
         std::cout << "model " << model.path() << "\n"
                   << "input " << shape_str(model.input_shape()) << ", " << model.num_classes()
-                  << " outputs, " << total_params << " parameters\n\n";
+                  << " outputs, " << total_params << " parameters\n"
+                  << "preprocessing: " << pre.describe() << "\n"
+                  << "metadata: " << (meta.source.empty() ? "none (the file has no convscope.json)" : meta.source) << "\n"
+                  << "class names: "
+                  << (meta.class_names.empty() ? "none (give --classes FILE)"
+                                               : std::to_string(meta.class_names.size()) + " (" + meta.classes_source + ")")
+                  << "\n\n";
         size_t width = 5;
         for (const auto& l : layers) width = std::max(width, l.name.size() + 2 * l.depth);
         std::cout << std::left << std::setw(static_cast<int>(width + 2)) << "layer" << std::setw(16)
@@ -91,6 +107,8 @@ RunFn setup(CLI::App& app) {
         if (accuracy)
             std::cout << "\naccuracy on " << data->spec() << ": " << std::fixed << std::setprecision(2)
                       << 100.0 * *accuracy << "% (" << data->size() << " items)\n";
+        else if (data && data->has_labels())
+            std::cout << "\nno accuracy: " << data->class_match().why << "\n";
         return 0;
     };
 }

@@ -106,9 +106,8 @@ RunFn setup(CLI::App& app) {
             fo.dataset = &*data;
             if (!o->indices.empty()) fo.dataset_indices = parse_indices(o->indices, data->size());
         } else {
+            fo.preprocess = model.meta().preprocess();
             fo.preprocess.input_shape = model.input_shape();
-            fo.preprocess.mean = model.meta().mean;
-            fo.preprocess.std = model.meta().std;
         }
         fo.progress = stderr_progress("feature-vis");
 

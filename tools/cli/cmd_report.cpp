@@ -26,16 +26,22 @@ RunFn setup(CLI::App& app) {
                    "layers for activations, top patches and feature visualisation, comma-separated "
                    "(default: up to --max-layers conv layers spread over the depth)");
     app.add_option("--max-layers", r->max_layers, "conv layers chosen when --layers is not given")->capture_default_str();
-    app.add_option("--eval-items", r->eval_items, "first N items for the accuracy and the examples")->capture_default_str();
+    app.add_option("--eval-items", r->eval_items, "first N items for the accuracy and the examples (default: from the model's cost, at most 10000)");
     app.add_option("--examples", r->examples, "correctly and wrongly classified inputs shown (each)")->capture_default_str();
     app.add_option("--max-filters", r->max_filters, "filters per layer in the filter grids")->capture_default_str();
     app.add_option("--filter-layers", r->max_filter_layers, "layers with a filter grid")->capture_default_str();
-    app.add_option("--scan-items", r->scan_items, "first N items scanned for top patches")->capture_default_str();
+    app.add_option("--scan-items", r->scan_items, "first N items scanned for top patches (default: from the model's cost, at most 2000)");
     app.add_option("--patch-channels", r->patch_channels, "channels per layer with their top-9 patches")->capture_default_str();
     app.add_option("--vis-channels", r->vis_channels, "channels per layer with a feature visualisation (0 = none)")
         ->capture_default_str();
-    app.add_option("--vis-steps", r->feature_vis_steps, "feature visualisation steps")->capture_default_str();
-    app.add_option("--map-items", r->map_items, "points on the dataset map (0 = no map)")->capture_default_str();
+    app.add_option("--vis-steps", r->feature_vis_steps, "feature visualisation steps (default: from the model's cost, 32..128)");
+    app.add_option("--vis-size", r->feature_vis_size,
+                   "side of the feature visualisations in pixels, 0 = the input size (default: at most 128 where the layer allows)");
+    app.add_option("--map-items", r->map_items, "points on the dataset map, 0 = no map (default: from the model's cost, at most 2000)");
+    app.add_option("--occlusion-stride", r->occlusion_stride, "occluder step in pixels (default: half the patch, more for slow models)");
+    app.add_option("--attribution-steps", r->attribution_steps,
+                   "integrated gradients' steps and SmoothGrad's samples (default: from the model's cost, 8..32)");
+    app.add_option("--budget", r->budget_seconds, "seconds the automatic settings aim at")->capture_default_str();
     app.add_option("--map-iterations", r->map_iterations, "t-SNE iterations of the map")->capture_default_str();
     app.add_option("--attributions", *attributions, "attribution methods, comma-separated ('' = none)")
         ->capture_default_str();
@@ -56,7 +62,11 @@ RunFn setup(CLI::App& app) {
                                         {"vis_channels", opts.vis_channels},
                                         {"vis_steps", opts.feature_vis_steps},
                                         {"map_items", opts.map_items},   {"map_iterations", opts.map_iterations},
-                                        {"attributions", opts.attributions}, {"seed", opts.seed}};
+                                        {"attributions", opts.attributions}, {"seed", opts.seed},
+                                        {"vis_size", opts.feature_vis_size},
+                                        {"occlusion_stride", opts.occlusion_stride},
+                                        {"attribution_steps", opts.attribution_steps},
+                                        {"budget_seconds", opts.budget_seconds}};
         OutputDir out = open_out(*o, options, &model);
         const ReportResult res = write_report(model, data, out, opts, stderr_progress("report", 0.5));
         out.write_manifest();
@@ -68,7 +78,15 @@ RunFn setup(CLI::App& app) {
                                 {"wrong", res.wrong},
                                 {"layers", res.layers},
                                 {"map_points", res.map_points},
-                                {"skipped", res.skipped}};
+                                {"skipped", res.skipped},
+                                {"plan", {{"forward_ms", res.plan.forward_ms},
+                                          {"eval_items", res.plan.eval_items},
+                                          {"scan_items", res.plan.scan_items},
+                                          {"map_items", res.plan.map_items},
+                                          {"occlusion_stride", res.plan.occlusion_stride},
+                                          {"attribution_steps", res.plan.attribution_steps},
+                                          {"feature_vis_steps", res.plan.feature_vis_steps},
+                                          {"feature_vis_size", res.plan.feature_vis_size}}}};
             std::cout << j.dump(2) << "\n";
         } else {
             std::cout << "report: " << res.index_html << "\n";

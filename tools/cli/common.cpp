@@ -2,6 +2,9 @@
 
 #include <ATen/Parallel.h>
 
+#include <cmath>
+#include <iostream>
+#include <optional>
 #include <thread>
 
 #include "convscope/default_model.hpp"
@@ -27,6 +30,71 @@ void add_model_options(CLI::App& app, CommonOptions& o) {
     app.add_option("--input-shape", o.input_shape, "input shape C,H,W for models that do not record it");
     app.add_option("--threads", o.threads, "intra-op threads (default: all cores)")->check(CLI::NonNegativeNumber);
     app.add_option("--seed", o.seed, "random seed");
+    add_preprocess_options(app, o);
+}
+
+void add_preprocess_options(CLI::App& app, CommonOptions& o) {
+    const char* group = "Preprocessing (default: the model's metadata, else none)";
+    app.add_option("--preprocess", o.preprocess,
+                   "model (its metadata), imagenet (resize 256, crop 224, ImageNet mean/std) or none")
+        ->group(group);
+    app.add_option("--mean", o.mean, "per-channel mean R,G,B (or one value) subtracted after scaling")->group(group);
+    app.add_option("--std", o.std, "per-channel std R,G,B (or one value) divided by")->group(group);
+    app.add_option("--resize", o.resize, "resize the shorter side to N pixels before the centre crop (0: fit)")
+        ->group(group);
+    app.add_option("--crop", o.crop, "centre crop HxW (or N): the model's input size")->group(group);
+    app.add_option("--pixel-range", o.pixel_range, "0-1 (default) or 0-255: the model's pixel values")->group(group);
+    app.add_flag("--bgr", o.bgr, "the model takes channels in B,G,R order")->group(group);
+    app.add_option("--classes", o.classes,
+                   "class names: one per line, a JSON list, or ImageNet's index text/JSON")
+        ->group(group);
+}
+
+namespace {
+std::vector<double> parse_values(const std::string& spec, const std::string& what) {
+    std::vector<double> out;
+    if (spec.empty()) return out;
+    for (const auto& part : detail::split(spec, ',')) {
+        try {
+            size_t used = 0;
+            const double v = std::stod(part, &used);
+            if (used != part.size() || !std::isfinite(v)) throw std::invalid_argument(part);
+            out.push_back(v);
+        } catch (const std::exception&) {
+            throw UsageError(what + " takes numbers separated by commas (like 0.485,0.456,0.406), got '" +
+                             spec + "'");
+        }
+    }
+    return out;
+}
+}  // namespace
+
+PreprocessOptions preprocess_options(const CommonOptions& o) {
+    PreprocessOptions p;
+    if (!o.preprocess.empty()) p.preset = parse_preprocess_preset(o.preprocess);
+    p.mean = parse_values(o.mean, "--mean");
+    p.std = parse_values(o.std, "--std");
+    if (o.resize < -1) throw UsageError("--resize must be a positive number of pixels (0: fit)");
+    p.resize = o.resize;
+    if (!o.crop.empty()) {
+        const auto x = o.crop.find_first_of("xX");
+        int64_t h = 0, w = 0;
+        const bool ok = x == std::string::npos
+                            ? detail::parse_int64(o.crop, h) && (w = h) > 0
+                            : detail::parse_int64(o.crop.substr(0, x), h) &&
+                                  detail::parse_int64(o.crop.substr(x + 1), w);
+        if (!ok || h <= 0 || w <= 0)
+            throw UsageError("--crop takes HxW (like 224x224) or one size N, got '" + o.crop + "'");
+        p.crop = {h, w};
+    }
+    if (!o.pixel_range.empty()) {
+        if (o.pixel_range == "0-1" || o.pixel_range == "1") p.pixel_range = 1.0;
+        else if (o.pixel_range == "0-255" || o.pixel_range == "255") p.pixel_range = 255.0;
+        else throw UsageError("--pixel-range takes 0-1 or 0-255, got '" + o.pixel_range + "'");
+    }
+    p.bgr = o.bgr;
+    p.classes_file = o.classes;
+    return p;
 }
 
 void add_data_options(CLI::App& app, CommonOptions& o) {
@@ -66,14 +134,33 @@ std::vector<int64_t> parse_shape(const std::string& spec, const std::string& wha
     return out;
 }
 
+namespace {
+Model load_model_file(const CommonOptions& o) {
+    if (!o.replace_bad_metadata) return Model::load(o.model);
+    try {
+        return Model::load(o.model);
+    } catch (const Error& e) {
+        Model m = Model::load(o.model, /*read_metadata=*/false);  // other errors stand
+        std::cerr << "warning: " << e.what() << "; it is replaced\n";
+        return m;
+    }
+}
+}  // namespace
+
 Model open_model(const CommonOptions& o) {
     apply_threads(o);
     Model model = o.model.empty() ? load_default_model(stderr_progress("training the built-in model"))
-                                  : Model::load(o.model);
+                                  : load_model_file(o);
     if (!o.input_shape.empty()) {
         auto shape = parse_shape(o.input_shape, "--input-shape");
         if (shape.size() != 3) throw UsageError("--input-shape takes three numbers C,H,W, got '" + o.input_shape + "'");
         model.set_input_shape(shape);
+    }
+    const PreprocessOptions pre = preprocess_options(o);
+    if (pre.any()) {
+        std::vector<std::string> warnings;
+        model.set_meta(apply_preprocess_options(model.meta(), pre, &warnings));
+        for (const auto& w : warnings) std::cerr << "warning: " << w << "\n";
     }
     return model;
 }
@@ -87,9 +174,31 @@ Dataset open_data(const CommonOptions& o) {
     return Dataset::open(spec, opts);
 }
 
-void fit_model_to_data(Model& model, const Dataset& data) {
-    if (model.has_input_shape()) return;
-    model.set_input_shape(data.item_shape());
+namespace {
+std::optional<Preprocess>& announced() {
+    static std::optional<Preprocess> p;
+    return p;
+}
+}  // namespace
+
+const Preprocess* announced_preprocess() { return announced() ? &*announced() : nullptr; }
+
+void fit_model_to_data(Model& model, Dataset& data) {
+    if (!model.has_input_shape()) model.set_input_shape(data.item_shape());
+    validate_model_meta(model);
+    const Dataset::ClassMatch match = data.match_classes(model.meta().class_names, model.num_classes());
+    if (!match.comparable && data.has_labels())
+        std::cerr << "note: no accuracy: " << match.why << "\n";
+    else if (!match.note.empty() && data.has_labels())
+        std::cerr << "note: " << match.note << "\n";
+    const Preprocess pre = preprocess_for(model, data);
+    if (!announced()) std::cerr << "preprocessing: " << pre.describe() << "\n";
+    announced() = pre;
+    // A few items through the first layers: are they what the model was trained on?
+    std::vector<int64_t> sample;
+    for (int64_t i = 0; i < std::min<int64_t>(8, data.size()); ++i) sample.push_back(i);
+    for (const auto& w : input_warnings(model, data.batch(sample, pre), pre))
+        std::cerr << "warning: " << w << "\n";
 }
 
 std::vector<int64_t> selected_indices(const CommonOptions& o, const Dataset& data,
@@ -101,10 +210,6 @@ std::vector<int64_t> selected_indices(const CommonOptions& o, const Dataset& dat
     }
     if (!o.indices.empty()) return parse_indices(o.indices, data.size());
     return parse_indices(default_spec, data.size());
-}
-
-Preprocess preprocess_for(const Model& model, const Dataset& data) {
-    return data.preprocess_for(model.input_shape(), model.meta().mean, model.meta().std);
 }
 
 SelectedInputs open_selected_inputs(const CommonOptions& o) {
@@ -123,6 +228,11 @@ SelectedInputs open_selected_inputs(const CommonOptions& o) {
 OutputDir open_out(const CommonOptions& o, const nlohmann::json& options, const Model* model) {
     OutputDir dir(o.out);
     dir.set_command(command_line(), options, model ? model->path() : "", model ? model->file_hash() : "");
+    if (const Preprocess* pre = announced_preprocess()) {
+        dir.set_preprocess(to_json(*pre));
+    } else if (model && model->has_input_shape()) {
+        dir.set_preprocess(to_json(model->meta().preprocess()));
+    }
     return dir;
 }
 

@@ -11,6 +11,7 @@
 #include "convscope/dataset.hpp"
 #include "convscope/io.hpp"
 #include "convscope/model.hpp"
+#include "convscope/preprocess.hpp"
 #include "convscope/progress.hpp"
 
 namespace convscope::cli {
@@ -42,27 +43,39 @@ struct CommonOptions {
     std::string indices;      // --indices a:b
     std::string index;        // --index i
     std::string image;        // --image P (shorthand for --data P)
+    // The model's preprocessing and class names (preprocess.hpp), as given on the command line.
+    std::string preprocess, mean, std, crop, pixel_range, classes;
+    int64_t resize = -1;
+    bool bgr = false;
+    bool replace_bad_metadata = false;  // annotate: unreadable metadata is replaced, with a warning
 };
 
+// --model, --input-shape, --threads, --seed and the preprocessing options (--preprocess,
+// --mean, --std, --resize, --crop, --pixel-range, --bgr, --classes).
 void add_model_options(CLI::App& app, CommonOptions& o);
+void add_preprocess_options(CLI::App& app, CommonOptions& o);
+// The preprocessing options as the library takes them; UsageError for bad syntax.
+PreprocessOptions preprocess_options(const CommonOptions& o);
 void add_data_options(CLI::App& app, CommonOptions& o);
 void add_out_option(CLI::App& app, CommonOptions& o, const std::string& default_dir);
 void add_json_option(CLI::App& app, CommonOptions& o);
 
 // Sets LibTorch's intra-op threads from --threads (0 = all cores).
 void apply_threads(const CommonOptions& o);
-// The model from --model (or the built-in one, trained on first use), with --input-shape.
+// The model from --model (or the built-in one, trained on first use), with --input-shape and
+// the preprocessing options merged into its metadata.
 Model open_model(const CommonOptions& o);
 // The data from --data/--image (default: Fashion-MNIST's test split), with --labels.
 Dataset open_data(const CommonOptions& o);
-// Sets the model's input shape from the data when the model does not know it.
-void fit_model_to_data(Model& model, const Dataset& data);
+// Sets the model's input shape from the data when the model does not know it, checks the
+// metadata against the model (class count, mean/std sizes), matches the data's labels to the
+// model's classes, prints the preprocessing once and warns when a few inputs look wrong.
+void fit_model_to_data(Model& model, Dataset& data);
+// The preprocessing fit_model_to_data announced last (for the manifest), or null.
+const Preprocess* announced_preprocess();
 // Indices from --index / --indices, else `default_spec` (a slice like ":1" or ":").
 std::vector<int64_t> selected_indices(const CommonOptions& o, const Dataset& data,
                                       const std::string& default_spec);
-// The preprocessing for this model and data.
-Preprocess preprocess_for(const Model& model, const Dataset& data);
-
 // What the per-input commands (activations, occlusion, attribute) start from: the model fitted
 // to the data, the chosen items (--index / --indices / --image, default the first), their
 // preprocessing, the preprocessed batch [N,C,H,W] and the items' labels (empty without labels).
