@@ -290,6 +290,7 @@ json Explorer::model_info() const {
     j["input_shape"] = shape;
     j["num_classes"] = d.model.num_classes();
     j["class_names"] = d.class_names;
+    j["preprocess"] = to_json(d.pre);
     j["drawable"] = shape[0] == 1 && shape[1] <= 64 && shape[2] <= 64;
     auto& arr = j["layers"] = json::array();
     std::vector<std::string> shown;

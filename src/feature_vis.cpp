@@ -240,8 +240,11 @@ at::Tensor feature_vis_objective(const Model& model, const FeatureVisOptions& o,
 FeatureVisResult feature_vis(const Model& model, const FeatureVisOptions& o) {
     check_options(model, o);
     const Space space = input_space(model, o);
-    if (o.size < 0) throw Error("the feature visualisation size must be >= 0 (0 = the model's input size)");
     const bool channel = o.objective == FeatureVisOptions::Objective::Channel;
+    if (o.size < 0) throw Error("the feature visualisation size must be >= 0 (0 = the model's input size)");
+    if (o.size > 0 && !channel && model.has_input_shape() &&
+        (o.size != model.input_shape()[1] || o.size != model.input_shape()[2]))
+        throw Error("a class objective needs the model's input size: leave the size at 0");
     const std::vector<std::string> taps =
         channel ? std::vector<std::string>{o.layer} : std::vector<std::string>{};
     const int64_t u_count = static_cast<int64_t>(o.units.size());

@@ -230,7 +230,7 @@ ReportPlan plan_report(const Model& model, const Dataset& data, const std::vecto
         p.feature_vis_steps = o.feature_vis_steps;
     } else {
         p.feature_vis_steps = 128;
-        while (p.feature_vis_steps > 32 && double(p.feature_vis_steps) * vis_seconds > 0.3 * budget)
+        while (p.feature_vis_steps > 32 && double(p.feature_vis_steps) * vis_seconds > 0.45 * budget)
             p.feature_vis_steps -= 16;
     }
     (void)data;
@@ -250,8 +250,16 @@ ReportResult write_report(const Model& model, const Dataset& data, OutputDir& ou
     const int factor = readable_factor(int(shape[1]), int(shape[2]), kPictureTarget);
     for (const auto& l : opts.layers) (void)model.layer(l);  // Error naming the closest layers
     result.layers = opts.layers.empty() ? spread_conv_layers(model, opts.max_layers) : opts.layers;
+    auto stage_start = std::chrono::steady_clock::now();
     const ReportPlan plan = plan_report(model, data, result.layers, opts);
     result.plan = plan;
+    // Seconds per section, for people tuning the settings (and the benchmark).
+    auto stage_done = [&](const std::string& name) {
+        const auto now = std::chrono::steady_clock::now();
+        result.stage_seconds.emplace_back(name, std::chrono::duration<double>(now - stage_start).count());
+        stage_start = now;
+    };
+    stage_done("plan");
 
     json doc;
     doc["title"] = opts.title.empty() ? "convscope report: " + std::filesystem::path(model.path()).filename().string()
@@ -331,6 +339,7 @@ ReportResult write_report(const Model& model, const Dataset& data, OutputDir& ou
         doc["evaluated"] = n;
     }
 
+    stage_done("accuracy");
     // --- 2. filter grids (0.12 .. 0.15) ---
     doc["filters"] = json::array();
     {
@@ -366,6 +375,7 @@ ReportResult write_report(const Model& model, const Dataset& data, OutputDir& ou
         if (spatial.empty()) skip("filters: the model has no layer with spatial weights");
     }
 
+    stage_done("filters");
     // --- 3. examples: inputs, activations, occlusion, attributions (0.15 .. 0.45) ---
     std::vector<int64_t> ex = result.correct;
     ex.insert(ex.end(), result.wrong.begin(), result.wrong.end());
@@ -468,6 +478,7 @@ ReportResult write_report(const Model& model, const Dataset& data, OutputDir& ou
     }
     report_progress(progress, 0.45);
 
+    stage_done("examples");
     // --- 4. top-9 patches of the chosen layers (0.45 .. 0.62) ---
     doc["patches"] = json::array();
     if (!result.layers.empty()) {
@@ -524,6 +535,7 @@ ReportResult write_report(const Model& model, const Dataset& data, OutputDir& ou
     }
     report_progress(progress, 0.62);
 
+    stage_done("patches");
     // --- 5. feature visualisation (0.62 .. 0.80) ---
     doc["feature_vis"] = json::array();
     if (opts.vis_channels > 0 && !result.layers.empty()) {
@@ -570,6 +582,7 @@ ReportResult write_report(const Model& model, const Dataset& data, OutputDir& ou
     }
     report_progress(progress, 0.80);
 
+    stage_done("feature_vis");
     // --- 6. the dataset map (0.80 .. 1) ---
     doc["map"] = nullptr;
     if (plan.map_items > 0) {
@@ -642,6 +655,7 @@ ReportResult write_report(const Model& model, const Dataset& data, OutputDir& ou
         }
     }
 
+    stage_done("map");
     result.index_html = out.file("index.html", "the report: open it in a browser (no server needed)");
     write_file_atomic(result.index_html, render_page(doc["title"].get<std::string>(), doc));
     report_progress(progress, 1.0);

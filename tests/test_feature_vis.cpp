@@ -176,3 +176,28 @@ TEST(FeatureVis, BadInputGivesClearErrors) {
     EXPECT_THROW(parse_feature_vis_param("wavelet"), UsageError);
     EXPECT_EQ(parse_feature_vis_param("fourier"), FeatureVisParam::Fourier);
 }
+
+TEST(FeatureVis, SmallerSizeRunsOnlyUpToTheLayer) {
+    // A channel of an inner layer optimised at 20 px on a 32 px model: the images have that
+    // size, and the reported activation is the layer's on them (the cut graph, checked against
+    // the full graph's tap at the same size through a fully convolutional copy of the input).
+    Model model = Model::load(fixture("resnet_small_scripted.pt"));
+    model.set_input_shape({3, 32, 32});
+    FeatureVisOptions o;
+    o.layer = "layer1";
+    o.units = {0, 5};
+    o.steps = 3;
+    o.size = 20;
+    const FeatureVisResult r = feature_vis(model, o);
+    ASSERT_EQ(r.pixels.sizes(), (std::vector<int64_t>{2, 3, 20, 20}));
+    const at::Tensor tap = model.forward_until(r.images, {"layer1"}).taps.at("layer1");
+    const at::Tensor want = tap.flatten(2).mean(2).index_select(1, torch::tensor({0, 5})).diagonal();
+    expect_close(r.activation, want, 1e-6, "activation at 20 px");
+    // A class objective needs the model's input size.
+    FeatureVisOptions c;
+    c.objective = FeatureVisOptions::Objective::Class;
+    c.units = {1};
+    c.steps = 1;
+    c.size = 20;
+    expect_error([&] { feature_vis(model, c); }, "needs the model's input size");
+}

@@ -156,4 +156,54 @@ TEST(Report, BadOptionsAreRefused) {
 }
 
 }  // namespace
+TEST(Report, PlanFollowsTheModelsCostAndKeepsExplicitSettings) {
+    const Dataset data = Dataset::open("fashion-mnist:test");
+    Model lenet = load_lenet();
+    ReportOptions o;
+    // A small model: every automatic setting at its cap.
+    ReportPlan p = plan_report(lenet, data, {"conv1", "conv2"}, o);
+    EXPECT_GT(p.forward_ms, 0);
+    EXPECT_EQ(p.eval_items, 10000);
+    EXPECT_EQ(p.scan_items, 2000);
+    EXPECT_EQ(p.map_items, 2000);
+    EXPECT_EQ(p.feature_vis_steps, 128);
+    EXPECT_EQ(p.attribution_steps, 32);
+    EXPECT_EQ(p.occlusion_patch, 4);   // 28 / 7
+    EXPECT_EQ(p.occlusion_stride, 2);  // half the patch
+    EXPECT_EQ(p.feature_vis_size, (std::vector<int64_t>{0, 0}));  // 28 px: the input size
+    // The same model with a budget of a millisecond: every automatic setting at its floor; the
+    // item counts are what that budget pays for at the measured cost (at least 1, or 8 points).
+    o.budget_seconds = 1e-3;
+    p = plan_report(lenet, data, {"conv1", "conv2"}, o);
+    EXPECT_LT(p.eval_items, 10000);
+    EXPECT_NEAR(double(p.eval_items), std::max(1.0, std::floor(0.08 * 1e-3 / (p.forward_ms / 1000.0))), 1.0);
+    EXPECT_GE(p.map_items, 8);
+    EXPECT_EQ(p.feature_vis_steps, 32);
+    EXPECT_EQ(p.attribution_steps, 8);
+    EXPECT_EQ(p.occlusion_stride, 4);  // at most the patch
+    // What is given explicitly is kept.
+    o.eval_items = 123;
+    o.feature_vis_steps = 7;
+    o.occlusion_stride = 3;
+    o.attribution_steps = 5;
+    o.map_items = 0;
+    o.feature_vis_size = 20;
+    p = plan_report(lenet, data, {"conv1"}, o);
+    EXPECT_EQ(p.eval_items, 123);
+    EXPECT_EQ(p.feature_vis_steps, 7);
+    EXPECT_EQ(p.occlusion_stride, 3);
+    EXPECT_EQ(p.attribution_steps, 5);
+    EXPECT_EQ(p.map_items, 0);
+    EXPECT_EQ(p.feature_vis_size, (std::vector<int64_t>{20}));
+}
+
+TEST(Report, LargeInputsVisualiseFeaturesAt128PixelsWhereTheLayerAllows) {
+    Model m = Model::load(fixture("resnet_small_scripted.pt"));
+    m.set_input_shape({3, 160, 160});  // fully convolutional up to its pooling
+    const Dataset data = Dataset::open(fixture("resnet_small_scripted/input.npy"));
+    ReportOptions o;
+    const ReportPlan p = plan_report(m, data, {"conv1", "layer2"}, o);
+    EXPECT_EQ(p.feature_vis_size, (std::vector<int64_t>{128, 128}));
+}
+
 }  // namespace convscope

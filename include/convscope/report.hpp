@@ -16,6 +16,7 @@
 // (feature_vis_steps forward+backward passes of a batch per layer). The subset sizes keep it fast.
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "convscope/progress.hpp"
@@ -81,6 +82,9 @@ struct ReportResult {
     int64_t map_points = 0;       // points on the map
     std::vector<std::string> skipped;  // sections left out, with the reason
     ReportPlan plan;                   // the settings used
+    // Wall seconds of each section in order: plan, accuracy, filters, examples, patches,
+    // feature_vis, map.
+    std::vector<std::pair<std::string, double>> stage_seconds;
 };
 
 // Writes the report into `out` (files recorded with their meaning; the caller writes the

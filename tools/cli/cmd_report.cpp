@@ -79,6 +79,7 @@ RunFn setup(CLI::App& app) {
                                 {"layers", res.layers},
                                 {"map_points", res.map_points},
                                 {"skipped", res.skipped},
+                                {"stage_seconds", res.stage_seconds},
                                 {"plan", {{"forward_ms", res.plan.forward_ms},
                                           {"eval_items", res.plan.eval_items},
                                           {"scan_items", res.plan.scan_items},

@@ -603,6 +603,7 @@ async function main() {
         state.dataset = dataset;
         state.cmap = new Uint32Array(model.colormap.map(([r, g, b]) => ((255 << 24) | (b << 16) | (g << 8) | r) >>> 0));
         $('model-name').textContent = `${model.name} · input ${model.input_shape.join('×')} · ${dataset.spec} (${dataset.size} items)`;
+        if (model.preprocess) $('model-name').title = `preprocessing: ${model.preprocess.text}`;
         $('draw-area').hidden = !model.drawable;
         $('input-view').hidden = model.drawable;
         for (const b of document.querySelectorAll('.tab')) b.addEventListener('click', () => showView(b.dataset.view));

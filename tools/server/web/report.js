@@ -41,7 +41,8 @@
     const header = el('header', { class: 'top' }, [
         el('h1', { text: R.title }),
         el('div', { class: 'meta', text: `${m.file} · sha256 ${m.sha256 ? m.sha256.slice(0, 16) + '…' : 'n/a'} · input ${m.input_shape.join('×')} · ${m.num_classes} classes · data ${R.data.spec} (${num(R.data.size)} items) · convscope ${R.version}` }),
-    ]);
+        R.preprocess ? el('div', { class: 'meta', text: `preprocessing: ${R.preprocess.text}` }) : null,
+    ].filter((x) => x));
     const sections = [];
     const toc = [];
     const add = (id, title, lead, children) => { toc.push([id, title]); sections.push(section(id, title, lead, children)); };
@@ -49,7 +50,7 @@
     // --- the model ---
     {
         const stats = el('div', { class: 'stats' }, [
-            el('div', { class: 'stat' }, [el('b', { text: R.accuracy === null ? 'n/a' : pct(R.accuracy) }), el('span', { text: R.accuracy === null ? 'accuracy (no labels)' : `accuracy on the first ${num(R.evaluated)} items` })]),
+            el('div', { class: 'stat' }, [el('b', { text: R.accuracy === null ? 'n/a' : pct(R.accuracy) }), el('span', { text: R.accuracy === null ? (R.data.has_labels ? 'accuracy (labels do not match the model\'s classes: see "Left out")' : 'accuracy (no labels)') : `accuracy on the first ${num(R.evaluated)} items` })]),
             el('div', { class: 'stat' }, [el('b', { text: num(m.parameters) }), el('span', { text: 'parameters' })]),
             el('div', { class: 'stat' }, [el('b', { text: String(R.layers.length) }), el('span', { text: 'layers (modules at every depth)' })]),
         ]);
