@@ -53,6 +53,7 @@ def run(name, extra):
         sys.exit(f"{name}: exit {res.returncode}: {res.stderr[-2000:]}")
     summary = json.loads(res.stdout)
     print(f"{name}: {wall:.1f} s, plan {json.dumps(summary['plan'])}", flush=True)
+    print("  sections: " + ", ".join(f"{k} {v:.1f} s" for k, v in summary["stage_seconds"]), flush=True)
     return wall
 
 

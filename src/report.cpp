@@ -143,7 +143,7 @@ void check_options(const ReportOptions& o) {
     for (const auto& m : o.attributions) (void)parse_attribution_method(m);
 }
 
-// Seconds of the fastest of a few runs of f (after one warm-up run).
+// Seconds of the fastest of `runs` runs of f (after one warm-up run).
 template <class F>
 double best_seconds(F&& f, int runs = 2) {
     f();
@@ -223,7 +223,8 @@ ReportPlan plan_report(const Model& model, const Dataset& data, const std::vecto
             const int64_t h = size > 0 ? size : shape[1], w = size > 0 ? size : shape[2];
             const int64_t units = std::min<int64_t>(o.vis_channels, 16);
             const at::Tensor x = torch::zeros({units, shape[0], h, w});
-            vis_seconds += 3.0 * best_seconds([&] { (void)model.forward_until(x, {name}); }, 1);
+            // The first runs of a new graph include its specialisation: the best of three after one.
+            vis_seconds += 3.0 * best_seconds([&] { (void)model.forward_until(x, {name}); }, 3);
         }
     }
     if (o.feature_vis_steps > 0) {

@@ -68,73 +68,52 @@ inline uint8_t clip8(int64_t v) {
     return uint8_t(v < 0 ? 0 : (v > 255 ? 255 : v));
 }
 
-// One pass along a dimension of a [C, rows, cols] plane stack: `along_cols` filters each row.
-// 8-bit planes (uint8) use fixed point; float planes use the double weights.
-at::Tensor pass_u8(const at::Tensor& src, const Coeffs& c, bool along_cols, int64_t out_len) {
-    const int64_t ch = src.size(0), rows = src.size(1), cols = src.size(2);
-    const std::vector<int32_t> k = fixed_point(c);
-    at::Tensor dst = along_cols ? torch::empty({ch, rows, out_len}, torch::kByte)
-                                : torch::empty({ch, out_len, cols}, torch::kByte);
-    const uint8_t* s = src.data_ptr<uint8_t>();
-    uint8_t* d = dst.data_ptr<uint8_t>();
-    for (int64_t p = 0; p < ch; ++p) {
-        const uint8_t* sp = s + p * rows * cols;
-        if (along_cols) {
-            uint8_t* dp = d + p * rows * out_len;
-            for (int64_t y = 0; y < rows; ++y)
-                for (int64_t o = 0; o < out_len; ++o) {
-                    const int32_t* kk = &k[size_t(o) * size_t(c.ksize)];
-                    const int lo = c.first[size_t(o)];
-                    int64_t acc = int64_t(1) << (kPrecisionBits - 1);
-                    for (int x = 0; x < c.count[size_t(o)]; ++x) acc += int64_t(sp[y * cols + lo + x]) * kk[x];
-                    dp[y * out_len + o] = clip8(acc);
-                }
-        } else {
-            uint8_t* dp = d + p * out_len * cols;
-            for (int64_t o = 0; o < out_len; ++o) {
-                const int32_t* kk = &k[size_t(o) * size_t(c.ksize)];
-                const int lo = c.first[size_t(o)];
-                for (int64_t x = 0; x < cols; ++x) {
-                    int64_t acc = int64_t(1) << (kPrecisionBits - 1);
-                    for (int y = 0; y < c.count[size_t(o)]; ++y) acc += int64_t(sp[(lo + y) * cols + x]) * kk[y];
-                    dp[o * cols + x] = clip8(acc);
-                }
-            }
-        }
-    }
-    return dst;
-}
+// The two ways of summing taps: Pillow's 8-bit fixed point (rounding, clipping to a byte), and
+// double weights for float pictures.
+struct FixedPoint {
+    using Pixel = uint8_t;
+    std::vector<int32_t> k;
+    explicit FixedPoint(const Coeffs& c) : k(fixed_point(c)) {}
+    int64_t start() const { return int64_t(1) << (kPrecisionBits - 1); }
+    int64_t weight(size_t i) const { return k[i]; }
+    static uint8_t finish(int64_t acc) { return clip8(acc); }
+};
+struct Float {
+    using Pixel = float;
+    const std::vector<double>& k;
+    explicit Float(const Coeffs& c) : k(c.weights) {}
+    double start() const { return 0.0; }
+    double weight(size_t i) const { return k[i]; }
+    static float finish(double acc) { return float(acc); }
+};
 
-at::Tensor pass_float(const at::Tensor& src, const Coeffs& c, bool along_cols, int64_t out_len) {
+// One pass along a dimension of a [C, rows, cols] plane stack: `along_cols` filters each row,
+// else each column.
+template <class Sum>
+at::Tensor pass(const at::Tensor& src, const Coeffs& c, bool along_cols, int64_t out_len) {
+    using P = typename Sum::Pixel;
+    const Sum sum(c);
     const int64_t ch = src.size(0), rows = src.size(1), cols = src.size(2);
-    at::Tensor dst = along_cols ? torch::empty({ch, rows, out_len}, torch::kFloat)
-                                : torch::empty({ch, out_len, cols}, torch::kFloat);
-    const float* s = src.data_ptr<float>();
-    float* d = dst.data_ptr<float>();
+    at::Tensor dst = torch::empty(along_cols ? std::vector<int64_t>{ch, rows, out_len}
+                                             : std::vector<int64_t>{ch, out_len, cols},
+                                  src.options());
+    const P* s = src.data_ptr<P>();
+    P* d = dst.data_ptr<P>();
+    // Output (line, o) reads count[o] inputs from first[o] along the filtered dimension.
+    const int64_t lines = along_cols ? rows : cols, in_step = along_cols ? 1 : cols,
+                  line_step = along_cols ? cols : 1, out_line = along_cols ? out_len : 1,
+                  out_step = along_cols ? 1 : cols;
     for (int64_t p = 0; p < ch; ++p) {
-        const float* sp = s + p * rows * cols;
-        if (along_cols) {
-            float* dp = d + p * rows * out_len;
-            for (int64_t y = 0; y < rows; ++y)
-                for (int64_t o = 0; o < out_len; ++o) {
-                    const double* kk = &c.weights[size_t(o) * size_t(c.ksize)];
-                    const int lo = c.first[size_t(o)];
-                    double acc = 0;
-                    for (int x = 0; x < c.count[size_t(o)]; ++x) acc += double(sp[y * cols + lo + x]) * kk[x];
-                    dp[y * out_len + o] = float(acc);
-                }
-        } else {
-            float* dp = d + p * out_len * cols;
+        const P* sp = s + p * rows * cols;
+        P* dp = d + p * dst.size(1) * dst.size(2);
+        for (int64_t line = 0; line < lines; ++line)
             for (int64_t o = 0; o < out_len; ++o) {
-                const double* kk = &c.weights[size_t(o) * size_t(c.ksize)];
-                const int lo = c.first[size_t(o)];
-                for (int64_t x = 0; x < cols; ++x) {
-                    double acc = 0;
-                    for (int y = 0; y < c.count[size_t(o)]; ++y) acc += double(sp[(lo + y) * cols + x]) * kk[y];
-                    dp[o * cols + x] = float(acc);
-                }
+                const size_t k0 = size_t(o) * size_t(c.ksize);
+                const P* in = sp + line * line_step + int64_t(c.first[size_t(o)]) * in_step;
+                auto acc = sum.start();
+                for (int x = 0; x < c.count[size_t(o)]; ++x) acc += decltype(acc)(in[x * in_step]) * sum.weight(k0 + size_t(x));
+                dp[line * out_line + o * out_step] = Sum::finish(acc);
             }
-        }
     }
     return dst;
 }
@@ -155,11 +134,11 @@ at::Tensor pil_resize_bilinear(const at::Tensor& chw, int64_t out_h, int64_t out
     // Horizontal pass first, then vertical, each only where the size changes (as Pillow).
     if (w != out_w) {
         const Coeffs c = precompute(int(w), int(out_w));
-        x = eight_bit ? pass_u8(x, c, true, out_w) : pass_float(x, c, true, out_w);
+        x = eight_bit ? pass<FixedPoint>(x, c, true, out_w) : pass<Float>(x, c, true, out_w);
     }
     if (h != out_h) {
         const Coeffs c = precompute(int(h), int(out_h));
-        x = eight_bit ? pass_u8(x, c, false, out_h) : pass_float(x, c, false, out_h);
+        x = eight_bit ? pass<FixedPoint>(x, c, false, out_h) : pass<Float>(x, c, false, out_h);
     }
     return eight_bit ? x.to(torch::kFloat).div_(255.0f) : x;
 }
