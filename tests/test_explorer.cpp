@@ -10,6 +10,7 @@
 #include "convscope/dataset.hpp"
 #include "convscope/explorer.hpp"
 #include "convscope/filters.hpp"
+#include "convscope/io.hpp"
 #include "convscope/model.hpp"
 #include "convscope/occlusion.hpp"
 #include "convscope/render.hpp"
@@ -54,6 +55,23 @@ at::Tensor dequantise(const json& L) {
     at::Tensor q = torch::from_blob(const_cast<char*>(bytes.data()), {c, h, w}, torch::kUInt8).clone();
     const double lo = L["lo"], hi = L["hi"];
     return q.to(torch::kDouble) / 255.0 * (hi - lo) + lo;
+}
+
+TEST(Explorer, UsesTheModelsPreprocessingAndClassNames) {
+    // A model annotated with torchvision's ImageNet preprocessing and its own class names, on an
+    // image folder: the explorer's inputs are what torchvision's transforms make of the files,
+    // uploads are preprocessed the same way, and the names are the model's.
+    TempDir tmp;
+    Model model = Model::load(fixture("own/resnet18_ft_meta.pt"));
+    Explorer ex(std::move(model), Dataset::open(fixture("own/images")), small_options(tmp / "cache"));
+    const json info = ex.model_info();
+    EXPECT_EQ(info["preprocess"]["resize"], 256);
+    EXPECT_EQ(info["preprocess"]["crop"], json({224, 224}));
+    EXPECT_EQ(info["class_names"], json({"dog", "cat", "bird"}));
+    const at::Tensor ref = read_npy(fixture("own/input.npy"));  // torchvision, ImageFolder order
+    EXPECT_TRUE(at::equal(ex.image_input(ex.add_dataset_image(1))[0], ref[1]));
+    const std::string png = read_file(fixture("own/images/bird/a1.png"));
+    EXPECT_TRUE(at::equal(ex.image_input(ex.add_encoded_image(png))[0], ref[1]));
 }
 
 TEST(Explorer, LiveActivationsMatchTheModelsTaps) {
