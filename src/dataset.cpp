@@ -860,11 +860,19 @@ at::Tensor Dataset::batch(const std::vector<int64_t>& indices, const Preprocess&
                                torch::kFloat);
             pre.validate(shape[0]);
         }
-        at::Tensor row = out[int64_t(k)];
-        row.copy_(pre.normalise(x.unsqueeze(0))[0]);
-        if (!torch::isfinite(row).all().item<bool>()) {
-            throw Error("item " + std::to_string(i) +
-                        " holds NaN or Inf values; clean the data (numpy.nan_to_num) first");
+        out[int64_t(k)].copy_(x);
+    }
+    if (out.defined() && out.size(0) > 0) {
+        // One normalisation for the whole batch (the same float operations as item by item).
+        if (!pre.as_is && (!pre.mean.empty() || !pre.std.empty() || pre.pixel_range != 1.0 || pre.bgr))
+            out = pre.normalise(out).contiguous();
+        if (!torch::isfinite(out).all().item<bool>()) {
+            const at::Tensor where = (~torch::isfinite(out)).nonzero()[0];
+            const int64_t k = where[0].item<int64_t>();
+            throw Error("item " + std::to_string(indices[size_t(k)]) + " holds NaN or Inf values (channel " +
+                        std::to_string(where[1].item<int64_t>()) + ", row " + std::to_string(where[2].item<int64_t>()) +
+                        ", column " + std::to_string(where[3].item<int64_t>()) +
+                        "); clean the data (numpy.nan_to_num) first");
         }
     }
     if (!out.defined()) {

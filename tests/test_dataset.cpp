@@ -509,6 +509,7 @@ TEST(DatasetNpy, FloatUsedAsIsAndChecked) {
     Dataset bad = Dataset::open(dir / "nan.npy");
     EXPECT_NO_THROW(bad.batch({0, 2}, pre));
     EXPECT_ERROR_WITH(bad.batch({0, 1}, pre), "item 1", "NaN");
+    EXPECT_ERROR_WITH(bad.batch({2, 1}, pre), "item 1 holds NaN or Inf values (channel 0, row 1, column 2)");
 }
 
 TEST(DatasetNpy, Uint8ScaledToUnitRange) {
