@@ -1,9 +1,10 @@
 #pragma once
-// A small self-contained SHA-256 (FIPS 180-4), so hashing model files and datasets needs no
-// extra dependency. Incremental: feed bytes with update(), then call hex_digest() once.
+// SHA-256 of model files and datasets, from OpenSSL's libcrypto (EVP). Incremental: feed bytes
+// with update(), then call hex_digest() (or digest()) once.
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 
 namespace convscope::detail {
@@ -11,6 +12,9 @@ namespace convscope::detail {
 class Sha256 {
 public:
     Sha256();
+    ~Sha256();
+    Sha256(const Sha256&) = delete;
+    Sha256& operator=(const Sha256&) = delete;
     // Adds `size` bytes to the message.
     void update(const void* data, size_t size);
     void update(const std::string& data) { update(data.data(), data.size()); }
@@ -20,12 +24,8 @@ public:
     std::string hex_digest();
 
 private:
-    void compress(const uint8_t* block);
-
-    std::array<uint32_t, 8> state_;
-    std::array<uint8_t, 64> buffer_;
-    size_t buffered_ = 0;
-    uint64_t total_bytes_ = 0;
+    struct Ctx;
+    std::unique_ptr<Ctx> ctx_;
 };
 
 }  // namespace convscope::detail
