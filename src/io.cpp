@@ -8,7 +8,7 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <cassert>
+#include "convscope/error.hpp"
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -17,7 +17,6 @@
 #include <nlohmann/json.hpp>
 #include <opencv2/core/version.hpp>
 
-#include "convscope/error.hpp"
 #include "detail/sha256.hpp"
 
 #if __has_include(<torch/version.h>)
@@ -480,7 +479,7 @@ void write_csv(const std::string& path, const std::vector<std::string>& header,
     };
     add_line(header);
     for (const auto& row : rows) {
-        assert(row.size() == header.size());
+        CONVSCOPE_CHECK(row.size() == header.size(), "a CSV row has another number of cells than the header");
         add_line(row);
     }
     write_file_atomic(path, out);

@@ -24,4 +24,23 @@ public:
     Cancelled() : Error("cancelled") {}
 };
 
+// A broken internal invariant: a bug in convscope, not in what the user gave. Always checked,
+// also in Release builds (CONVSCOPE_CHECK below); the message names the file and line. Not an
+// Error, so front ends report it as an internal error (exit 1, HTTP 500), never as bad input.
+class InternalError : public std::logic_error {
+public:
+    using std::logic_error::logic_error;
+};
+
+namespace detail {
+[[noreturn]] void internal_error(const char* file, int line, const char* condition, const std::string& what);
+}
+
 }  // namespace convscope
+
+// Checks an internal invariant in every build: throws convscope::InternalError naming the
+// condition, file and line (and `what`, a short explanation) when it does not hold.
+#define CONVSCOPE_CHECK(condition, what)                                                   \
+    do {                                                                                   \
+        if (!(condition)) ::convscope::detail::internal_error(__FILE__, __LINE__, #condition, (what)); \
+    } while (0)

@@ -17,7 +17,7 @@
 #include <fftw3.h>
 
 #include <algorithm>
-#include <cassert>
+#include "convscope/error.hpp"
 #include <cmath>
 #include <cstring>
 #include <mutex>
@@ -183,7 +183,8 @@ struct FftRepulsion::Plan {
 };
 
 FftRepulsion::FftRepulsion(const FftOptions& options) : options_(options) {
-    assert(options_.nodes_per_interval >= 1 && options_.nodes_per_interval <= kMaxNodes);
+    CONVSCOPE_CHECK(options_.nodes_per_interval >= 1 && options_.nodes_per_interval <= kMaxNodes,
+                    "interpolation nodes per interval out of range");
 }
 
 FftRepulsion::~FftRepulsion() = default;

@@ -331,7 +331,7 @@ float squared_distance(const float* a, const float* b, int64_t d) {
 }
 
 KnnGraph knn_exact(const float* x, int64_t n, int64_t d, int k, ThreadPool& pool) {
-    assert(k >= 1 && k <= n - 1);
+    CONVSCOPE_CHECK(k >= 1 && k <= n - 1, "neighbour count out of range");
     KnnGraph g = make_graph(n, k);
     // Pack the database in tiles of 16 points, dimension-major, so one tile row is two vectors.
     const int64_t tiles = (n + kTileB - 1) / kTileB;
@@ -396,7 +396,7 @@ KnnGraph knn_exact(const float* x, int64_t n, int64_t d, int k, ThreadPool& pool
 
 KnnGraph knn_hnsw(const float* x, int64_t n, int64_t d, int k, const KnnOptions& options,
                   ThreadPool& pool) {
-    assert(k >= 1 && k <= n - 1);
+    CONVSCOPE_CHECK(k >= 1 && k <= n - 1, "neighbour count out of range");
     KnnGraph g = make_graph(n, k);
     // One shard per thread (at most 4, each with more than k points): each is built by a single
     // thread, which makes the graph, and so the result, independent of scheduling.
@@ -442,7 +442,7 @@ KnnGraph knn_hnsw(const float* x, int64_t n, int64_t d, int k, const KnnOptions&
 }
 
 KnnGraph knn_grid_2d(const float* y, int64_t n, int k, ThreadPool& pool) {
-    assert(k >= 1 && k <= n - 1);
+    CONVSCOPE_CHECK(k >= 1 && k <= n - 1, "neighbour count out of range");
     KnnGraph g = make_graph(n, k);
     double lo[2] = {y[0], y[1]}, hi[2] = {y[0], y[1]};
     for (int64_t i = 0; i < n; ++i)

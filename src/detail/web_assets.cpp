@@ -1,6 +1,6 @@
 #include "detail/web_assets.hpp"
 
-#include <cassert>
+#include "convscope/error.hpp"
 
 namespace convscope::detail {
 
@@ -12,8 +12,7 @@ const WebAsset* find_web_asset(const std::string& name) {
 
 std::string web_asset_text(const std::string& name) {
     const WebAsset* a = find_web_asset(name);
-    assert(a && "web asset missing from the build");
-    if (!a) return {};
+    CONVSCOPE_CHECK(a, "web asset missing from the build");
     return std::string(reinterpret_cast<const char*>(a->data), a->size);
 }
 
