@@ -214,12 +214,7 @@ void hash_file(detail::Sha256& h, const fs::path& path, const std::string& name)
     }
 }
 
-std::string trim(const std::string& s) {
-    size_t a = s.find_first_not_of(" \t");
-    if (a == std::string::npos) return "";
-    size_t b = s.find_last_not_of(" \t");
-    return s.substr(a, b - a + 1);
-}
+using detail::trim;
 
 }  // namespace
 

@@ -512,7 +512,7 @@ at::Tensor output_tensor(const c10::IValue& v, const std::string& path) {
 
 }  // namespace
 
-void check_input(const Model& model, const at::Tensor& x) {
+void check_input(const Model& model, const at::Tensor& x, bool check_size) {
     if (!x.defined() || x.dim() != 4)
         throw Error("model input must be a batch [N,C,H,W]; got " +
                     std::string(x.defined() ? std::to_string(x.dim()) + " dimensions" : "nothing"));
@@ -524,7 +524,7 @@ void check_input(const Model& model, const at::Tensor& x) {
             throw Error("the data has " + std::to_string(x.size(1)) + " channels but the model expects " +
                         std::to_string(want[0]) + ": use data with " + std::to_string(want[0]) +
                         " channels or a model made for " + std::to_string(x.size(1)));
-        if (x.size(2) != want[1] || x.size(3) != want[2])
+        if (check_size && (x.size(2) != want[1] || x.size(3) != want[2]))
             throw Error("the data is " + std::to_string(x.size(2)) + "x" + std::to_string(x.size(3)) +
                         " but the model expects " + std::to_string(want[1]) + "x" +
                         std::to_string(want[2]) + ": resize the data or pass --input-shape");
@@ -576,15 +576,9 @@ TapResult Model::forward_taps(const at::Tensor& x, const std::vector<std::string
 }
 
 namespace {
-// The checks of check_input that do not depend on the spatial size.
+// What check_input asks of any input, whatever its spatial size.
 void check_input_any_size(const Model& model, const at::Tensor& x) {
-    if (!x.defined() || x.dim() != 4 || x.scalar_type() != at::kFloat)
-        throw Error("model input must be a float32 batch [N,C,H,W]");
-    if (model.has_input_shape() && x.size(1) != model.input_shape()[0])
-        throw Error("the data has " + std::to_string(x.size(1)) + " channels but the model expects " +
-                    std::to_string(model.input_shape()[0]));
-    if (!torch::isfinite(x).all().item<bool>())
-        throw Error("the input holds NaN or Inf values: clean the data (convscope needs finite inputs)");
+    check_input(model, x, /*check_size=*/false);
 }
 }  // namespace
 

@@ -17,6 +17,7 @@
 #include "convscope/error.hpp"
 #include "convscope/io.hpp"
 #include "convscope/model.hpp"
+#include "detail/strings.hpp"
 
 namespace convscope {
 
@@ -89,12 +90,7 @@ ModelMeta apply_preprocess_options(const ModelMeta& base, const PreprocessOption
 
 namespace {
 
-std::string trim(const std::string& s) {
-    const size_t a = s.find_first_not_of(" \t\r\n");
-    if (a == std::string::npos) return "";
-    const size_t b = s.find_last_not_of(" \t\r\n");
-    return s.substr(a, b - a + 1);
-}
+using detail::trim;
 
 // Names from an indexed map: indices 0..K-1 each exactly once.
 std::vector<std::string> from_indexed(const std::map<int64_t, std::string>& by_index,

@@ -160,7 +160,7 @@ private:
 };
 
 // Checks that a batch fits the model: 4-D float32 with the model's channel count and size, all
-// values finite. Throws Error naming the mismatch and the fix.
-void check_input(const Model& model, const at::Tensor& images_nchw);
+// values finite. Throws Error naming the mismatch and the fix. check_size = false: any H,W.
+void check_input(const Model& model, const at::Tensor& images_nchw, bool check_size = true);
 
 }  // namespace convscope

@@ -80,4 +80,11 @@ std::vector<std::string> split(const std::string& s, char sep) {
     return out;
 }
 
+std::string trim(const std::string& s) {
+    const size_t a = s.find_first_not_of(" \t\r\n");
+    if (a == std::string::npos) return "";
+    const size_t b = s.find_last_not_of(" \t\r\n");
+    return s.substr(a, b - a + 1);
+}
+
 }  // namespace convscope::detail

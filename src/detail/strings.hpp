@@ -14,6 +14,8 @@ std::string closest_names_hint(const std::string& name, const std::vector<std::s
 // Parses the whole of `s` as a base-10 int64 (an optional sign, then digits; no spaces, no
 // trailing characters); false for anything else, including overflow.
 bool parse_int64(const std::string& s, int64_t& out);
+// `s` without leading and trailing spaces, tabs, carriage returns and newlines.
+std::string trim(const std::string& s);
 // Splits on a single character.
 std::vector<std::string> split(const std::string& s, char sep);
 
