@@ -21,10 +21,10 @@
 #include <unistd.h>
 
 #include "bench_util.hpp"
-#include "convscope/activations.hpp"
-#include "convscope/dataset.hpp"
-#include "convscope/model.hpp"
-#include "convscope/render.hpp"
+#include "convscope/methods/activations.hpp"
+#include "convscope/runtime/dataset.hpp"
+#include "convscope/runtime/model.hpp"
+#include "convscope/runtime/render.hpp"
 
 using namespace convscope;
 namespace fs = std::filesystem;

@@ -19,8 +19,8 @@
 #include <vector>
 
 #include "bench_util.hpp"
-#include "convscope/attribution.hpp"
-#include "convscope/model.hpp"
+#include "convscope/methods/attribution.hpp"
+#include "convscope/runtime/model.hpp"
 
 using namespace convscope;
 

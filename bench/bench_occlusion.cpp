@@ -40,11 +40,11 @@
 #include <string>
 #include <vector>
 
-#include "convscope/dataset.hpp"
-#include "convscope/default_model.hpp"
-#include "convscope/io.hpp"
-#include "convscope/model.hpp"
-#include "convscope/occlusion.hpp"
+#include "convscope/runtime/dataset.hpp"
+#include "convscope/runtime/default_model.hpp"
+#include "convscope/runtime/io.hpp"
+#include "convscope/runtime/model.hpp"
+#include "convscope/methods/occlusion.hpp"
 
 using namespace convscope;
 

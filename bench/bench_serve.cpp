@@ -21,12 +21,12 @@
 #include <opencv2/imgproc.hpp>
 
 #include "bench_util.hpp"
-#include "convscope/dataset.hpp"
-#include "convscope/default_model.hpp"
-#include "convscope/explorer.hpp"
-#include "convscope/model.hpp"
-#include "convscope/render.hpp"
-#include "detail/base64.hpp"
+#include "convscope/runtime/dataset.hpp"
+#include "convscope/runtime/default_model.hpp"
+#include "convscope/app/explorer.hpp"
+#include "convscope/runtime/model.hpp"
+#include "convscope/runtime/render.hpp"
+#include "convscope/runtime/base64.hpp"
 
 using namespace convscope;
 using Clock = std::chrono::steady_clock;

@@ -16,10 +16,10 @@
 #include <vector>
 
 #include "bench_util.hpp"
-#include "convscope/dataset.hpp"
-#include "convscope/default_model.hpp"
-#include "convscope/model.hpp"
-#include "convscope/top_patches.hpp"
+#include "convscope/runtime/dataset.hpp"
+#include "convscope/runtime/default_model.hpp"
+#include "convscope/runtime/model.hpp"
+#include "convscope/methods/top_patches.hpp"
 
 using namespace convscope;
 

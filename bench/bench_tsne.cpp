@@ -20,9 +20,9 @@
 #include <string>
 #include <vector>
 
-#include "convscope/error.hpp"
-#include "convscope/io.hpp"
-#include "convscope/tsne.hpp"
+#include "convscope/runtime/error.hpp"
+#include "convscope/runtime/io.hpp"
+#include "convscope/methods/tsne.hpp"
 
 namespace {
 

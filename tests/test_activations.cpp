@@ -7,10 +7,10 @@
 
 #include <filesystem>
 
-#include "convscope/activations.hpp"
-#include "convscope/io.hpp"
-#include "convscope/model.hpp"
-#include "convscope/render.hpp"
+#include "convscope/methods/activations.hpp"
+#include "convscope/runtime/io.hpp"
+#include "convscope/runtime/model.hpp"
+#include "convscope/runtime/render.hpp"
 #include "test_util.hpp"
 
 namespace jit = torch::jit;

@@ -8,10 +8,10 @@
 
 #include <nlohmann/json.hpp>
 
-#include "convscope/attribution.hpp"
-#include "convscope/error.hpp"
-#include "convscope/io.hpp"
-#include "convscope/model.hpp"
+#include "convscope/methods/attribution.hpp"
+#include "convscope/runtime/error.hpp"
+#include "convscope/runtime/io.hpp"
+#include "convscope/runtime/model.hpp"
 #include "test_util.hpp"
 
 using namespace convscope;

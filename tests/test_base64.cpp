@@ -3,7 +3,7 @@
 
 #include <random>
 
-#include "detail/base64.hpp"
+#include "convscope/runtime/base64.hpp"
 #include "test_util.hpp"
 
 using namespace convscope;

@@ -16,9 +16,9 @@
 #include <random>
 #include <thread>
 
-#include "convscope/dataset.hpp"
-#include "convscope/error.hpp"
-#include "convscope/io.hpp"
+#include "convscope/runtime/dataset.hpp"
+#include "convscope/runtime/error.hpp"
+#include "convscope/runtime/io.hpp"
 
 namespace fs = std::filesystem;
 using convscope::Dataset;

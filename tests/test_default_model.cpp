@@ -7,9 +7,9 @@
 #include <cstdlib>
 #include <fstream>
 
-#include "convscope/dataset.hpp"
-#include "convscope/default_model.hpp"
-#include "convscope/io.hpp"
+#include "convscope/runtime/dataset.hpp"
+#include "convscope/runtime/default_model.hpp"
+#include "convscope/runtime/io.hpp"
 #include "test_util.hpp"
 
 using namespace convscope;

@@ -1,6 +1,6 @@
 // Dataset maps: layer features against the model's own taps, the grid assignment against brute
 // force and its invariants, and embed_features' metrics and errors.
-#include "convscope/embedding.hpp"
+#include "convscope/methods/embedding.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -8,9 +8,9 @@
 #include <random>
 #include <set>
 
-#include "convscope/dataset.hpp"
-#include "convscope/io.hpp"
-#include "convscope/model.hpp"
+#include "convscope/runtime/dataset.hpp"
+#include "convscope/runtime/io.hpp"
+#include "convscope/runtime/model.hpp"
 #include "test_util.hpp"
 
 namespace convscope {

@@ -4,7 +4,7 @@
 
 #include <string>
 
-#include "convscope/error.hpp"
+#include "convscope/runtime/error.hpp"
 
 TEST(Errors, ChecksThrowInternalErrorsWithTheirPlace) {
     int calls = 0;

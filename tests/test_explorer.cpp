@@ -7,15 +7,15 @@
 #include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
 
-#include "convscope/dataset.hpp"
-#include "convscope/explorer.hpp"
-#include "convscope/filters.hpp"
-#include "convscope/io.hpp"
-#include "convscope/model.hpp"
-#include "convscope/occlusion.hpp"
-#include "convscope/render.hpp"
-#include "convscope/top_patches.hpp"
-#include "detail/base64.hpp"
+#include "convscope/runtime/dataset.hpp"
+#include "convscope/app/explorer.hpp"
+#include "convscope/methods/filters.hpp"
+#include "convscope/runtime/io.hpp"
+#include "convscope/runtime/model.hpp"
+#include "convscope/methods/occlusion.hpp"
+#include "convscope/runtime/render.hpp"
+#include "convscope/methods/top_patches.hpp"
+#include "convscope/runtime/base64.hpp"
 #include "test_util.hpp"
 
 namespace convscope {

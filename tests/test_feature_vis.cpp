@@ -5,12 +5,12 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
-#include "convscope/dataset.hpp"
-#include "convscope/error.hpp"
-#include "convscope/feature_vis.hpp"
-#include "convscope/io.hpp"
-#include "convscope/model.hpp"
-#include "detail/blur.hpp"
+#include "convscope/runtime/dataset.hpp"
+#include "convscope/runtime/error.hpp"
+#include "convscope/methods/feature_vis.hpp"
+#include "convscope/runtime/io.hpp"
+#include "convscope/runtime/model.hpp"
+#include "methods/detail/blur.hpp"
 #include "test_util.hpp"
 
 using namespace convscope;

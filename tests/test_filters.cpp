@@ -8,9 +8,9 @@
 #include <cmath>
 #include <complex>
 
-#include "convscope/filters.hpp"
-#include "convscope/model.hpp"
-#include "convscope/render.hpp"
+#include "convscope/methods/filters.hpp"
+#include "convscope/runtime/model.hpp"
+#include "convscope/runtime/render.hpp"
 #include "test_util.hpp"
 
 namespace jit = torch::jit;

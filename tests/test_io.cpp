@@ -13,9 +13,9 @@
 #include <random>
 #include <regex>
 
-#include "convscope/error.hpp"
-#include "convscope/io.hpp"
-#include "detail/sha256.hpp"
+#include "convscope/runtime/error.hpp"
+#include "convscope/runtime/io.hpp"
+#include "runtime/detail/sha256.hpp"
 
 namespace fs = std::filesystem;
 using convscope::Error;

@@ -13,10 +13,10 @@
 #include <set>
 #include <opencv2/imgproc.hpp>
 
-#include "convscope/error.hpp"
-#include "convscope/io.hpp"
-#include "convscope/model.hpp"
-#include "convscope/occlusion.hpp"
+#include "convscope/runtime/error.hpp"
+#include "convscope/runtime/io.hpp"
+#include "convscope/runtime/model.hpp"
+#include "convscope/methods/occlusion.hpp"
 #include "test_util.hpp"
 
 using namespace convscope;

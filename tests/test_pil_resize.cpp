@@ -8,7 +8,7 @@
 
 #include <cmath>
 
-#include "detail/pil_resize.hpp"
+#include "runtime/detail/pil_resize.hpp"
 #include "test_util.hpp"
 
 using namespace convscope;

@@ -10,11 +10,11 @@
 #include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
 
-#include "convscope/dataset.hpp"
-#include "convscope/io.hpp"
-#include "convscope/model.hpp"
-#include "convscope/preprocess.hpp"
-#include "detail/pil_resize.hpp"
+#include "convscope/runtime/dataset.hpp"
+#include "convscope/runtime/io.hpp"
+#include "convscope/runtime/model.hpp"
+#include "convscope/runtime/preprocess.hpp"
+#include "runtime/detail/pil_resize.hpp"
 #include "test_util.hpp"
 
 using namespace convscope;

@@ -6,9 +6,9 @@
 #include <string>
 #include <vector>
 
-#include "convscope/error.hpp"
-#include "convscope/progress.hpp"
-#include "detail/progress_printer.hpp"
+#include "convscope/runtime/error.hpp"
+#include "convscope/runtime/progress.hpp"
+#include "runtime/detail/progress_printer.hpp"
 
 namespace {
 

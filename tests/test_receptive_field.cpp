@@ -1,7 +1,7 @@
 #include <gtest/gtest.h>
 
-#include "convscope/receptive_field.hpp"
-#include "detail/strings.hpp"
+#include "convscope/runtime/receptive_field.hpp"
+#include "convscope/runtime/strings.hpp"
 
 using namespace convscope;
 

@@ -15,8 +15,8 @@
 #include <string>
 #include <vector>
 
-#include "convscope/error.hpp"
-#include "convscope/render.hpp"
+#include "convscope/runtime/error.hpp"
+#include "convscope/runtime/render.hpp"
 
 namespace fs = std::filesystem;
 using namespace convscope;

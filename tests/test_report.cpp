@@ -9,10 +9,10 @@
 #include <regex>
 #include <sstream>
 
-#include "convscope/dataset.hpp"
-#include "convscope/io.hpp"
-#include "convscope/model.hpp"
-#include "convscope/report.hpp"
+#include "convscope/runtime/dataset.hpp"
+#include "convscope/runtime/io.hpp"
+#include "convscope/runtime/model.hpp"
+#include "convscope/app/report.hpp"
 #include "test_util.hpp"
 
 namespace convscope {

@@ -6,10 +6,10 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
-#include "convscope/dataset.hpp"
-#include "convscope/io.hpp"
-#include "convscope/model.hpp"
-#include "convscope/top_patches.hpp"
+#include "convscope/runtime/dataset.hpp"
+#include "convscope/runtime/io.hpp"
+#include "convscope/runtime/model.hpp"
+#include "convscope/methods/top_patches.hpp"
 #include "test_util.hpp"
 
 namespace convscope {

@@ -10,8 +10,8 @@
 #include <string>
 #include <vector>
 
-#include "convscope/error.hpp"
-#include "convscope/tsne.hpp"
+#include "convscope/runtime/error.hpp"
+#include "convscope/methods/tsne.hpp"
 
 namespace convscope {
 namespace {

@@ -7,8 +7,8 @@
 #include <functional>
 #include <string>
 
-#include "convscope/error.hpp"
-#include "convscope/model.hpp"
+#include "convscope/runtime/error.hpp"
+#include "convscope/runtime/model.hpp"
 
 namespace convscope {
 

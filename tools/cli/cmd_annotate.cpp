@@ -4,7 +4,7 @@
 #include <iostream>
 
 #include "common.hpp"
-#include "convscope/error.hpp"
+#include "convscope/runtime/error.hpp"
 
 namespace convscope::cli {
 namespace {

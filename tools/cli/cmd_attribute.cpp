@@ -6,10 +6,10 @@
 #include <iostream>
 
 #include "common.hpp"
-#include "convscope/attribution.hpp"
-#include "convscope/error.hpp"
-#include "convscope/render.hpp"
-#include "detail/views.hpp"
+#include "convscope/methods/attribution.hpp"
+#include "convscope/runtime/error.hpp"
+#include "convscope/runtime/render.hpp"
+#include "convscope/app/views.hpp"
 
 namespace convscope::cli {
 namespace {

@@ -5,8 +5,8 @@
 #include <sstream>
 
 #include "common.hpp"
-#include "convscope/default_model.hpp"
-#include "convscope/error.hpp"
+#include "convscope/runtime/default_model.hpp"
+#include "convscope/runtime/error.hpp"
 
 namespace convscope::cli {
 namespace {

@@ -6,9 +6,9 @@
 #include <iostream>
 
 #include "common.hpp"
-#include "convscope/embedding.hpp"
-#include "convscope/error.hpp"
-#include "convscope/render.hpp"
+#include "convscope/methods/embedding.hpp"
+#include "convscope/runtime/error.hpp"
+#include "convscope/runtime/render.hpp"
 
 namespace convscope::cli {
 namespace {

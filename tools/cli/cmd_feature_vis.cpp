@@ -6,9 +6,9 @@
 #include <iostream>
 
 #include "common.hpp"
-#include "convscope/error.hpp"
-#include "convscope/feature_vis.hpp"
-#include "convscope/render.hpp"
+#include "convscope/runtime/error.hpp"
+#include "convscope/methods/feature_vis.hpp"
+#include "convscope/runtime/render.hpp"
 
 namespace convscope::cli {
 namespace {

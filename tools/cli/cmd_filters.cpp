@@ -3,9 +3,9 @@
 #include <iostream>
 
 #include "common.hpp"
-#include "convscope/error.hpp"
-#include "convscope/filters.hpp"
-#include "convscope/render.hpp"
+#include "convscope/runtime/error.hpp"
+#include "convscope/methods/filters.hpp"
+#include "convscope/runtime/render.hpp"
 
 namespace convscope::cli {
 namespace {

@@ -5,11 +5,11 @@
 #include <iostream>
 
 #include "common.hpp"
-#include "convscope/error.hpp"
-#include "convscope/occlusion.hpp"
-#include "convscope/render.hpp"
-#include "detail/strings.hpp"
-#include "detail/views.hpp"
+#include "convscope/runtime/error.hpp"
+#include "convscope/methods/occlusion.hpp"
+#include "convscope/runtime/render.hpp"
+#include "convscope/runtime/strings.hpp"
+#include "convscope/app/views.hpp"
 
 namespace convscope::cli {
 namespace {

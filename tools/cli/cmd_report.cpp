@@ -4,9 +4,9 @@
 #include <iostream>
 
 #include "common.hpp"
-#include "convscope/error.hpp"
-#include "convscope/report.hpp"
-#include "detail/strings.hpp"
+#include "convscope/runtime/error.hpp"
+#include "convscope/app/report.hpp"
+#include "convscope/runtime/strings.hpp"
 
 namespace convscope::cli {
 namespace {

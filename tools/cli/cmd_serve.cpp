@@ -10,8 +10,8 @@
 #include <thread>
 
 #include "common.hpp"
-#include "convscope/error.hpp"
-#include "convscope/explorer.hpp"
+#include "convscope/runtime/error.hpp"
+#include "convscope/app/explorer.hpp"
 #include "server.hpp"
 
 namespace convscope::cli {

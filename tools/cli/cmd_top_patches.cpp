@@ -5,10 +5,10 @@
 #include <iostream>
 
 #include "common.hpp"
-#include "convscope/error.hpp"
-#include "convscope/render.hpp"
-#include "convscope/top_patches.hpp"
-#include "detail/strings.hpp"
+#include "convscope/runtime/error.hpp"
+#include "convscope/runtime/render.hpp"
+#include "convscope/methods/top_patches.hpp"
+#include "convscope/runtime/strings.hpp"
 
 namespace convscope::cli {
 namespace {

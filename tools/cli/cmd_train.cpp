@@ -4,8 +4,8 @@
 #include <iostream>
 
 #include "common.hpp"
-#include "convscope/default_model.hpp"
-#include "convscope/error.hpp"
+#include "convscope/runtime/default_model.hpp"
+#include "convscope/runtime/error.hpp"
 
 namespace convscope::cli {
 namespace {

@@ -7,9 +7,9 @@
 #include <optional>
 #include <thread>
 
-#include "convscope/default_model.hpp"
-#include "convscope/error.hpp"
-#include "detail/strings.hpp"
+#include "convscope/runtime/default_model.hpp"
+#include "convscope/runtime/error.hpp"
+#include "convscope/runtime/strings.hpp"
 
 namespace convscope::cli {
 

@@ -8,11 +8,11 @@
 #include <string>
 #include <vector>
 
-#include "convscope/dataset.hpp"
-#include "convscope/io.hpp"
-#include "convscope/model.hpp"
-#include "convscope/preprocess.hpp"
-#include "convscope/progress.hpp"
+#include "convscope/runtime/dataset.hpp"
+#include "convscope/runtime/io.hpp"
+#include "convscope/runtime/model.hpp"
+#include "convscope/runtime/preprocess.hpp"
+#include "convscope/runtime/progress.hpp"
 
 namespace convscope::cli {
 

@@ -6,7 +6,7 @@
 #include <iostream>
 
 #include "common.hpp"
-#include "convscope/error.hpp"
+#include "convscope/runtime/error.hpp"
 
 int main(int argc, char** argv) {
     using namespace convscope;

@@ -8,11 +8,11 @@
 
 #include <nlohmann/json.hpp>
 
-#include "convscope/error.hpp"
-#include "convscope/explorer.hpp"
-#include "detail/strings.hpp"
-#include "detail/base64.hpp"
-#include "detail/web_assets.hpp"
+#include "convscope/runtime/error.hpp"
+#include "convscope/app/explorer.hpp"
+#include "convscope/runtime/strings.hpp"
+#include "convscope/runtime/base64.hpp"
+#include "convscope/app/web_assets.hpp"
 
 namespace convscope::server {
 

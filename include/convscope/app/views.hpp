@@ -1,0 +1,63 @@
+#pragma once
+// Pictures and small data pulls that both front ends of "see it all" show: the web explorer
+// (src/app/explorer.cpp) and the HTML report (src/app/report.cpp). Everything is drawn with render.hpp;
+// the methods themselves are called, never re-implemented.
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <opencv2/core.hpp>
+#include <string>
+#include <vector>
+
+#include "convscope/methods/attribution.hpp"
+#include "convscope/runtime/dataset.hpp"
+#include "convscope/runtime/model.hpp"
+#include "convscope/methods/occlusion.hpp"
+#include "convscope/runtime/progress.hpp"
+#include "convscope/runtime/receptive_field.hpp"
+
+namespace convscope::detail {
+
+// Class name of class c: the model's names, else the data's, else the number.
+std::string class_label(const std::vector<std::string>& names, int64_t c);
+// The class names to show: the model's if it has them, else the data's.
+std::vector<std::string> class_names_for(const Model& model, const Dataset& data);
+
+// One preprocessed model input input_chw [C,H,W] as the picture a person sees (preprocessing
+// undone).
+cv::Mat input_picture(const Preprocess& pre, const at::Tensor& input_chw);
+// Enlarges img by an integer factor (nearest neighbour) so its longer side reaches target_px.
+cv::Mat readable(const cv::Mat& img, int target_px);
+
+// The layer whose weights make the channels of `layer`: the layer itself if it is a conv,
+// else the conv right before it when only per-channel layers (batch norm, activations, dropout)
+// with the same output shape lie between; "" when there is none.
+std::string filter_layer_for(const Model& model, const std::string& layer);
+// Heat map pictures of one image.
+struct HeatPictures {
+    cv::Mat heat;     // the map on its own, enlarged, with a colorbar
+    cv::Mat overlay;  // the map over the input
+    int factor = 1;   // input pixels -> picture pixels
+};
+// Occlusion: the per-pixel drop map (mean over input channels) of image n on a diverging map.
+HeatPictures occlusion_pictures(const cv::Mat& base_rgb, const OcclusionResult& r, int64_t n,
+                                int factor);
+// Attributions of image n: inferno over [0, 99.5th percentile] (CAM maps: [0, max]), as
+// `convscope attribute` draws them.
+HeatPictures attribution_pictures(const cv::Mat& base_rgb, const AttributionResult& r, int64_t n,
+                                  int factor);
+
+// [y0, x0, y1, x1]
+nlohmann::json box_json(const Box& b);
+// What a reader needs from an occlusion summary (boxes in input pixels, class names).
+nlohmann::json occlusion_summary_json(const OcclusionSummary& s,
+                                      const std::vector<std::string>& class_names);
+
+// Every layer with an output (what scans and live views offer).
+std::vector<std::string> layers_with_output(const Model& model);
+
+// A ProgressFn reporting [lo, hi] of an outer one.
+ProgressFn sub_progress(const ProgressFn& outer, double lo, double hi);
+
+}  // namespace convscope::detail

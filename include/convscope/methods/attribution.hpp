@@ -1,0 +1,134 @@
+#pragma once
+// Gradient attributions: which input pixels (or which places of a conv layer's map) a class
+// score depends on. Methods, with their published definitions:
+//   saliency              d score / d input (Simonyan et al. 2014)
+//   guided-backprop       every ReLU's backward passes only positive gradients at positive
+//                         inputs (Springenberg et al. 2015)
+//   deconvnet             every ReLU's backward applies the ReLU to the gradient only, ignoring
+//                         the forward input (Zeiler & Fergus 2014)
+//   smoothgrad            the saliency averaged over noisy copies of the input (Smilkov et al.
+//   2017) integrated-gradients  (x - baseline) * the gradient averaged along the straight path from
+//   the
+//                         baseline to x (Sundararajan et al. 2017)
+//   grad-cam              ReLU(sum_k w_k A_k), w_k the spatial mean of d score / d A_k, at a
+//                         conv layer A (Selvaraju et al. 2017)
+//   grad-cam++            as Grad-CAM with weights sum_ij alpha_kij ReLU(d score / d A_kij)
+//                         (Chattopadhyay et al. 2018, closed form for an exponential score)
+// The score is the target class's output (the logit, before any softmax). Guided backprop and
+// deconvnet change the ReLU backward inside the model's graph, so they work for ReLUs written
+// as modules, as functional calls and in place.
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "convscope/runtime/progress.hpp"
+
+namespace convscope {
+
+class Model;
+
+enum class AttributionMethod {
+    Saliency,
+    GuidedBackprop,
+    Deconvnet,
+    SmoothGrad,
+    IntegratedGradients,
+    GradCam,
+    GradCamPlusPlus,
+};
+
+// "saliency", "guided-backprop", "deconvnet", "smoothgrad", "integrated-gradients", "grad-cam",
+// "grad-cam++", in enum order.
+const std::vector<std::string>& attribution_method_names();
+const std::string& attribution_method_name(AttributionMethod method);
+// Parses a method name; throws UsageError listing the valid names.
+AttributionMethod parse_attribution_method(const std::string& name);
+// Grad-CAM and Grad-CAM++ give maps at a layer ([N,h,w]); the others give pixels ([N,C,H,W]).
+bool is_cam_method(AttributionMethod method);
+
+// Which class each image's score is taken from.
+struct AttributionTarget {
+    enum class Kind {
+        Predicted,  // the class with the largest output for the image ("pred")
+        Label,      // the image's label (AttributionOptions::labels) ("label")
+        Class,      // one fixed class index for every image ("3")
+    };
+    Kind kind = Kind::Predicted;
+    int64_t class_index = -1;  // for Kind::Class
+};
+// Parses "pred" | "label" | a class index >= 0. Throws UsageError otherwise.
+AttributionTarget parse_attribution_target(const std::string& spec);
+std::string attribution_target_name(const AttributionTarget& target);
+
+// The reference input of integrated gradients.
+struct IgBaseline {
+    enum class Kind {
+        Zero,      // all zeros (in the model's input space) ("zero")
+        Blur,      // the image blurred with a Gaussian of sigma pixels ("blur" or "blur:SIGMA")
+        Mean,      // every pixel set to the image's own mean of that channel ("mean")
+        Constant,  // every value set to `value` ("0.5", "-1")
+    };
+    Kind kind = Kind::Zero;
+    double value = 0.0;  // Constant: the value; Blur: sigma in pixels (<= 0: max(H,W) / 10)
+};
+// Parses "zero" | "blur" | "blur:SIGMA" | "mean" | a number. Throws UsageError otherwise.
+IgBaseline parse_ig_baseline(const std::string& spec);
+std::string ig_baseline_name(const IgBaseline& baseline);
+
+struct AttributionOptions {
+    AttributionMethod method = AttributionMethod::Saliency;
+    AttributionTarget target;
+    // Per image labels (size N, -1 = unknown), needed only for AttributionTarget::Kind::Label.
+    std::vector<int64_t> labels;
+    // Grad-CAM / Grad-CAM++ layer: any layer with a spatial output [C,h,w]. "" = the last conv
+    // layer (model.conv_layer_names().back()).
+    std::string layer;
+    // SmoothGrad: noisy copies per image (>= 1), and the noise's standard deviation as a
+    // fraction of each image's value range (max - min) (>= 0; 0 gives the saliency).
+    int samples = 50;
+    double noise = 0.15;
+    // Integrated gradients: intervals of the path (>= 1); the gradient is taken at steps + 1
+    // points k / steps (trapezoidal rule), which also give score(baseline) and score(x).
+    int steps = 50;
+    IgBaseline baseline;
+    // Rows (images, noisy copies or path points) per forward/backward pass; bounds the memory.
+    int batch_size = 16;
+    // SmoothGrad's noise. The same seed and thread count give the same bytes.
+    uint64_t seed = 0;
+    ProgressFn progress;  // called with the fraction done; returning false cancels
+};
+
+struct AttributionResult {
+    AttributionMethod method = AttributionMethod::Saliency;
+    // Pixel methods: [N,C,H,W] float32, the attribution of every input value, sign kept.
+    // CAM methods: [N,h,w] float32, the class activation map at `layer` (>= 0, not normalised).
+    at::Tensor attributions;
+    // [N,H,W] float32, one value per input pixel for pictures: pixel methods take the maximum
+    // absolute value over channels; CAM methods upsample the map bilinearly to the input size
+    // (align_corners = false).
+    at::Tensor heat;
+    std::string layer;             // CAM methods: the layer used; "" otherwise
+    std::vector<int64_t> targets;  // [N] the class explained for each image
+    at::Tensor scores;             // [N] float32, the target's output at the (clean) image
+    // Integrated gradients only (undefined otherwise), [N] float32 each:
+    at::Tensor baseline_scores;   // the target's output at the baseline
+    at::Tensor attribution_sums;  // sum of attributions over C,H,W
+    // Completeness gap: attribution_sums - (scores - baseline_scores); zero for exact integration.
+    at::Tensor completeness_gap;
+    at::Tensor baselines;  // [N,C,H,W] float32, the baseline inputs used
+};
+
+// Attributions of the target class score for images_nchw [N,C,H,W] float32 (preprocessed model
+// inputs). Throws Error for: a batch that does not fit the model, a target class out of range,
+// "label" targets without labels (or with an image whose label is unknown), samples or steps
+// below 1, a negative noise, a CAM layer without a spatial output [C,h,w] (the message lists the
+// conv layers), or a model without conv layers for the CAM default.
+// Cost (one pass = forward + backward of one image): saliency, guided backprop, deconvnet,
+// Grad-CAM, Grad-CAM++: 1 pass; SmoothGrad: samples passes + 1 forward; integrated gradients:
+// steps + 1 passes, run `batch_size` rows at a time.
+AttributionResult attribute(const Model& model, const at::Tensor& images_nchw,
+                            const AttributionOptions& options);
+
+}  // namespace convscope

@@ -1,0 +1,130 @@
+// Pictures shared by the web explorer and the HTML report, drawn with render.hpp.
+#include "convscope/app/views.hpp"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+
+#include "convscope/runtime/error.hpp"
+#include "convscope/runtime/render.hpp"
+
+namespace convscope::detail {
+
+std::string class_label(const std::vector<std::string>& names, int64_t c) {
+    if (c < 0) return "?";
+    if (c < static_cast<int64_t>(names.size())) return names[size_t(c)];
+    return std::to_string(c);
+}
+
+std::vector<std::string> class_names_for(const Model& model, const Dataset& data) {
+    if (!model.meta().class_names.empty()) return model.meta().class_names;
+    return data.class_names();
+}
+
+cv::Mat input_picture(const Preprocess& pre, const at::Tensor& input_chw) {
+    const at::Tensor display = pre.to_display(input_chw.unsqueeze(0));
+    return image_from_hwc_uint8(display[0]);
+}
+
+cv::Mat readable(const cv::Mat& img, int target_px) {
+    const int f = readable_factor(img.rows, img.cols, target_px);
+    return f > 1 ? upscale_nearest(img, f) : img;
+}
+
+namespace {
+// Layers that keep each channel where it is (so a channel still "is" the conv's filter).
+bool per_channel_type(const std::string& type) {
+    static const std::set<std::string> types = {
+        "BatchNorm2d", "BatchNorm1d", "ReLU",    "ReLU6",   "LeakyReLU", "ELU",
+        "GELU",        "SiLU",        "Sigmoid", "Tanh",    "Dropout",   "Dropout2d",
+        "Identity",    "Hardtanh",    "Hardswish", "PReLU", "Mish",      "CELU", "SELU"};
+    return types.count(type) > 0;
+}
+}  // namespace
+
+std::string filter_layer_for(const Model& model, const std::string& layer) {
+    const auto& layers = model.layers();
+    size_t at = layers.size();
+    for (size_t i = 0; i < layers.size(); ++i)
+        if (layers[i].name == layer) at = i;
+    if (at == layers.size()) return "";
+    if (layers[at].is_conv) return layer;
+    if (!per_channel_type(layers[at].type)) return "";
+    const auto shape = layers[at].output_shape;
+    for (size_t i = at; i-- > 0;) {
+        const LayerInfo& l = layers[i];
+        if (l.output_shape != shape) return "";
+        if (l.is_conv) return l.name;
+        if (!per_channel_type(l.type)) return "";
+    }
+    return "";
+}
+
+namespace {
+
+// A map [H,W] as a heatmap with its colour bar (enlarged by factor) and over the input.
+HeatPictures heat_pictures(const cv::Mat& base_rgb, const at::Tensor& map, Colormap cmap, Range range,
+                           int factor) {
+    HeatPictures p;
+    p.factor = factor;
+    p.heat = heat_with_colorbar(upscale_nearest(apply_colormap(map, cmap, range), factor), cmap, range);
+    p.overlay = overlay_map(base_rgb, map, cmap, range, 0.55f);
+    return p;
+}
+
+}  // namespace
+
+HeatPictures occlusion_pictures(const cv::Mat& base_rgb, const OcclusionResult& r, int64_t n,
+                                int factor) {
+    // The map is the same for every input channel: channel 0 is the picture.
+    const at::Tensor map = r.occlusion[n][0];
+    return heat_pictures(base_rgb, map, Colormap::Diverging, symmetric_range(map), factor);
+}
+
+HeatPictures attribution_pictures(const cv::Mat& base_rgb, const AttributionResult& r, int64_t n,
+                                  int factor) {
+    const at::Tensor heat = r.heat[n];
+    const bool cam = is_cam_method(r.method);
+    const Range range{0.f, cam ? value_range(heat).hi : percentile_range(heat, 0, 99.5).hi};
+    return heat_pictures(base_rgb, heat, Colormap::Inferno, range, factor);
+}
+
+nlohmann::json box_json(const Box& b) { return {b.y0, b.x0, b.y1, b.x1}; }
+
+nlohmann::json occlusion_summary_json(const OcclusionSummary& s,
+                                      const std::vector<std::string>& class_names) {
+    nlohmann::json j;
+    j["target"] = s.target;
+    j["target_name"] = class_label(class_names, s.target);
+    j["predicted"] = s.predicted;
+    j["predicted_name"] = class_label(class_names, s.predicted);
+    j["clean_prob"] = s.clean_prob;
+    j["clean_score"] = s.clean_score;
+    j["max_drop"] = s.max_drop;
+    j["max_window"] = box_json(s.max_window);
+    j["important"] = box_json(s.important);
+    auto& flags = j["confounders"] = nlohmann::json::array();
+    for (const auto& f : s.confounders)
+        flags.push_back({{"window", box_json(f.window)},
+                         {"new_class", f.new_class},
+                         {"new_class_name", class_label(class_names, f.new_class)},
+                         {"new_prob", f.new_prob},
+                         {"drop", f.drop}});
+    return j;
+}
+
+std::vector<std::string> layers_with_output(const Model& model) {
+    std::vector<std::string> out;
+    for (const auto& l : model.layers())
+        if (!l.output_shape.empty()) out.push_back(l.name);
+    return out;
+}
+
+ProgressFn sub_progress(const ProgressFn& outer, double lo, double hi) {
+    if (!outer) return {};
+    return [outer, lo, hi](double f) { return outer(lo + (hi - lo) * std::clamp(f, 0.0, 1.0)); };
+}
+
+}  // namespace convscope::detail

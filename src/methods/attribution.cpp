@@ -1,0 +1,482 @@
+// Gradient attributions: saliency, guided backprop, deconvnet, SmoothGrad, integrated gradients,
+// Grad-CAM and Grad-CAM++, all on top of the model runtime's gradients (with respect to the
+// input and to taps) and its ReLU backward rules.
+#include "convscope/methods/attribution.hpp"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <functional>
+#include <sstream>
+
+#include "convscope/runtime/error.hpp"
+#include "convscope/runtime/model.hpp"
+#include "convscope/runtime/strings.hpp"
+#include "methods/detail/blur.hpp"
+
+namespace convscope {
+
+namespace {
+
+const std::vector<AttributionMethod> kMethods = {
+    AttributionMethod::Saliency,
+    AttributionMethod::GuidedBackprop,
+    AttributionMethod::Deconvnet,
+    AttributionMethod::SmoothGrad,
+    AttributionMethod::IntegratedGradients,
+    AttributionMethod::GradCam,
+    AttributionMethod::GradCamPlusPlus,
+};
+
+std::string join(const std::vector<std::string>& v, const std::string& sep) {
+    std::string out;
+    for (size_t i = 0; i < v.size(); ++i) out += (i ? sep : "") + v[i];
+    return out;
+}
+
+
+bool parse_double(const std::string& s, double& out) {
+    if (s.empty()) return false;
+    try {
+        size_t used = 0;
+        const double v = std::stod(s, &used);
+        if (used != s.size() || !std::isfinite(v)) return false;
+        out = v;
+        return true;
+    } catch (const std::exception&) {
+        return false;
+    }
+}
+
+std::string fmt(double v) {
+    std::ostringstream s;
+    s << v;
+    return s.str();
+}
+
+// Options that make no sense whatever the model: checked before any work.
+void check_options(const Model& model, const at::Tensor& images, const AttributionOptions& o) {
+    check_input(model, images);
+    if (images.size(0) == 0)
+        throw Error("no images to explain: select at least one item (--indices)");
+    if (o.batch_size < 1)
+        throw Error("the batch size must be at least 1, got " + std::to_string(o.batch_size));
+    if (o.method == AttributionMethod::SmoothGrad) {
+        if (o.samples < 1)
+            throw Error("SmoothGrad needs at least 1 sample, got " + std::to_string(o.samples) +
+                        ": pass --samples N with N >= 1 (50 is usual)");
+        if (!(o.noise >= 0) || !std::isfinite(o.noise))
+            throw Error("the SmoothGrad noise must be a fraction >= 0 of the input range, got " +
+                        fmt(o.noise) + ": pass --noise 0.15 for example");
+    }
+    if (o.method == AttributionMethod::IntegratedGradients && o.steps < 1)
+        throw Error("integrated gradients need at least 1 step, got " + std::to_string(o.steps) +
+                    ": pass --steps N with N >= 1 (50 is usual)");
+    if (o.target.kind == AttributionTarget::Kind::Class && o.target.class_index < 0)
+        throw Error("the target class must be >= 0, got " + std::to_string(o.target.class_index));
+    if (o.target.kind == AttributionTarget::Kind::Label) {
+        if (o.labels.empty())
+            throw Error(
+                "the target 'label' needs labelled data, and this data has no labels: "
+                "pass labels (--labels L.npy for .npy data) or use --target pred or a "
+                "class index");
+        if (static_cast<int64_t>(o.labels.size()) != images.size(0))
+            throw Error("got " + std::to_string(o.labels.size()) + " labels for " +
+                        std::to_string(images.size(0)) + " images: give one label per image");
+        for (size_t i = 0; i < o.labels.size(); ++i)
+            if (o.labels[i] < 0)
+                throw Error("image " + std::to_string(i) +
+                            " of the selection has no label: "
+                            "use --target pred or a class index for unlabelled items");
+    }
+}
+
+// The class explained for each row of `output` [B,K]; `first` is the image index of row 0
+// (for labels). Throws Error for a class out of range.
+void check_output(const at::Tensor& output) {
+    if (output.dim() != 2)
+        throw Error(
+            "attributions need a classifier whose output is [N,K] (one score per class); "
+            "this model returns " +
+            std::to_string(output.dim()) + " dimensions");
+}
+
+at::Tensor targets_for(const at::Tensor& output, int64_t first, const AttributionOptions& o) {
+    check_output(output);
+    const int64_t b = output.size(0), k = output.size(1);
+    auto out_of_range = [&](int64_t c, const std::string& what) {
+        return Error(what + " " + std::to_string(c) + " is out of range: the model has " +
+                     std::to_string(k) + " classes (0.." + std::to_string(k - 1) + ")");
+    };
+    switch (o.target.kind) {
+        case AttributionTarget::Kind::Predicted:
+            return output.argmax(1).to(torch::kLong);
+        case AttributionTarget::Kind::Class:
+            if (o.target.class_index >= k) throw out_of_range(o.target.class_index, "target class");
+            return torch::full({b}, o.target.class_index, torch::kLong);
+        case AttributionTarget::Kind::Label: {
+            std::vector<int64_t> t(static_cast<size_t>(b));
+            for (int64_t i = 0; i < b; ++i) {
+                t[size_t(i)] = o.labels.at(size_t(first + i));
+                if (t[size_t(i)] >= k) throw out_of_range(t[size_t(i)], "label");
+            }
+            return torch::tensor(t, torch::kLong);
+        }
+    }
+    return {};
+}
+
+at::Tensor gather_scores(const at::Tensor& output, const at::Tensor& targets) {
+    return output.gather(1, targets.view({-1, 1})).view({-1});
+}
+
+// Forward + backward over `rows` [R,C,H,W], batch_size rows at a time. `targets_of(output, first)`
+// gives the class of each row of a chunk. Returns d score / d row, the scores, the targets and,
+// with a layer, its output and d score / d output.
+struct Passes {
+    at::Tensor input_grad;  // [R,C,H,W]
+    at::Tensor scores;      // [R]
+    at::Tensor targets;     // [R] int64
+    at::Tensor tap, tap_grad;
+};
+
+Passes run_passes(const Model& model, Model::ReluBackward rule, const at::Tensor& rows,
+                  const std::function<at::Tensor(const at::Tensor&, int64_t)>& targets_of,
+                  const std::string& layer, int batch_size,
+                  const std::function<void(int64_t)>& rows_done) {
+    std::vector<at::Tensor> grads, scores, targets, taps, tap_grads;
+    const int64_t r = rows.size(0);
+    const std::vector<std::string> grad_layers =
+        layer.empty() ? std::vector<std::string>{} : std::vector<std::string>{layer};
+    for (int64_t first = 0; first < r; first += batch_size) {
+        const int64_t end = std::min(r, first + batch_size);
+        at::Tensor chunk_targets;
+        auto result = model.gradients_with_relu_rule(
+            rule, rows.slice(0, first, end),
+            [&](const TapResult& fwd) {
+                chunk_targets = targets_of(fwd.output, first);
+                return gather_scores(fwd.output, chunk_targets).sum();
+            },
+            grad_layers);
+        grads.push_back(result.input_grad);
+        scores.push_back(gather_scores(result.forward.output, chunk_targets));
+        targets.push_back(chunk_targets);
+        if (!layer.empty()) {
+            taps.push_back(result.forward.taps.at(layer));
+            tap_grads.push_back(result.tap_grads.at(layer));
+        }
+        if (rows_done) rows_done(end);
+    }
+    Passes p;
+    p.input_grad = torch::cat(grads, 0);
+    p.scores = torch::cat(scores, 0);
+    p.targets = torch::cat(targets, 0);
+    if (!layer.empty()) {
+        p.tap = torch::cat(taps, 0);
+        p.tap_grad = torch::cat(tap_grads, 0);
+    }
+    return p;
+}
+
+// Plain forward in chunks (scores and targets at the clean images).
+at::Tensor forward_chunks(const Model& model, const at::Tensor& images, int batch_size) {
+    std::vector<at::Tensor> outs;
+    for (int64_t first = 0; first < images.size(0); first += batch_size)
+        outs.push_back(
+            model.forward(images.slice(0, first, std::min(images.size(0), first + batch_size))));
+    return torch::cat(outs, 0);
+}
+
+std::vector<int64_t> to_vector(const at::Tensor& t) {
+    at::Tensor c = t.to(torch::kLong).contiguous();
+    return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
+}
+
+// The layer Grad-CAM looks at: the given one, or the last conv layer; it must be spatial.
+std::string cam_layer(const Model& model, const std::string& wanted) {
+    const auto convs = model.conv_layer_names();
+    std::string name = wanted;
+    if (name.empty()) {
+        if (convs.empty())
+            throw Error(
+                "the model has no conv layer with a spatial output for Grad-CAM: pass "
+                "--layer with a layer whose output is [C,h,w] (see `convscope describe`)");
+        name = convs.back();
+    }
+    const LayerInfo& info = model.layer(name);  // throws for unknown names, with suggestions
+    if (info.output_shape.size() != 3) {
+        std::string shape;
+        for (size_t i = 0; i < info.output_shape.size(); ++i)
+            shape += (i ? "x" : "") + std::to_string(info.output_shape[i]);
+        throw Error("layer '" + name + "' is not spatial (its output is " +
+                    (shape.empty() ? std::string("not a tensor") : shape) +
+                    ", Grad-CAM needs a map [C,h,w]): pass --layer with a conv layer" +
+                    (convs.empty() ? std::string() : " such as " + join(convs, ", ")));
+    }
+    return name;
+}
+
+at::Tensor upsample(const at::Tensor& maps_nhw, int64_t h, int64_t w) {
+    namespace F = torch::nn::functional;
+    return F::interpolate(maps_nhw.unsqueeze(1), F::InterpolateFuncOptions()
+                                                     .size(std::vector<int64_t>{h, w})
+                                                     .mode(torch::kBilinear)
+                                                     .align_corners(false))
+        .squeeze(1);
+}
+
+at::Tensor make_baseline(const at::Tensor& x_chw, const IgBaseline& b) {
+    switch (b.kind) {
+        case IgBaseline::Kind::Zero:
+            return torch::zeros_like(x_chw);
+        case IgBaseline::Kind::Constant:
+            return torch::full_like(x_chw, b.value);
+        case IgBaseline::Kind::Mean:
+            return x_chw.mean({1, 2}, true).expand_as(x_chw).contiguous();
+        case IgBaseline::Kind::Blur: {
+            const double sigma =
+                b.value > 0 ? b.value
+                            : static_cast<double>(std::max(x_chw.size(1), x_chw.size(2))) / 10.0;
+            return detail::gaussian_blur(x_chw.unsqueeze(0), sigma).squeeze(0);
+        }
+    }
+    return {};
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+
+const std::vector<std::string>& attribution_method_names() {
+    static const std::vector<std::string> names = {
+        "saliency", "guided-backprop", "deconvnet", "smoothgrad", "integrated-gradients",
+        "grad-cam", "grad-cam++"};
+    return names;
+}
+
+const std::string& attribution_method_name(AttributionMethod method) {
+    return attribution_method_names().at(static_cast<size_t>(method));
+}
+
+AttributionMethod parse_attribution_method(const std::string& name) {
+    std::string n = name;
+    std::transform(n.begin(), n.end(), n.begin(), [](unsigned char c) { return std::tolower(c); });
+    const auto& names = attribution_method_names();
+    for (size_t i = 0; i < names.size(); ++i)
+        if (names[i] == n) return kMethods[i];
+    if (n == "gradcam") return AttributionMethod::GradCam;
+    if (n == "gradcam++" || n == "grad-cam-plus-plus") return AttributionMethod::GradCamPlusPlus;
+    if (n == "ig") return AttributionMethod::IntegratedGradients;
+    throw UsageError("unknown attribution method '" + name + "': use one of " + join(names, ", "));
+}
+
+bool is_cam_method(AttributionMethod m) {
+    return m == AttributionMethod::GradCam || m == AttributionMethod::GradCamPlusPlus;
+}
+
+AttributionTarget parse_attribution_target(const std::string& spec) {
+    AttributionTarget t;
+    if (spec == "pred" || spec == "predicted") return t;
+    if (spec == "label") {
+        t.kind = AttributionTarget::Kind::Label;
+        return t;
+    }
+    int64_t c = 0;
+    if (detail::parse_int64(spec, c) && c >= 0) {
+        t.kind = AttributionTarget::Kind::Class;
+        t.class_index = c;
+        return t;
+    }
+    throw UsageError("bad target '" + spec +
+                     "': use 'pred' (the predicted class), 'label' (the item's label) or a class "
+                     "index >= 0");
+}
+
+std::string attribution_target_name(const AttributionTarget& t) {
+    switch (t.kind) {
+        case AttributionTarget::Kind::Predicted:
+            return "pred";
+        case AttributionTarget::Kind::Label:
+            return "label";
+        case AttributionTarget::Kind::Class:
+            return std::to_string(t.class_index);
+    }
+    return "";
+}
+
+IgBaseline parse_ig_baseline(const std::string& spec) {
+    IgBaseline b;
+    double v = 0;
+    if (spec == "zero" || spec == "zeros") return b;
+    if (spec == "mean") {
+        b.kind = IgBaseline::Kind::Mean;
+        return b;
+    }
+    if (spec == "blur") {
+        b.kind = IgBaseline::Kind::Blur;
+        return b;
+    }
+    if (spec.rfind("blur:", 0) == 0) {
+        if (!parse_double(spec.substr(5), v) || v <= 0)
+            throw UsageError("bad baseline '" + spec +
+                             "': the blur sigma must be a number > 0 "
+                             "(pixels), as in blur:5");
+        b.kind = IgBaseline::Kind::Blur;
+        b.value = v;
+        return b;
+    }
+    if (parse_double(spec, v)) {
+        b.kind = IgBaseline::Kind::Constant;
+        b.value = v;
+        return b;
+    }
+    throw UsageError("bad baseline '" + spec +
+                     "': use zero, blur, blur:SIGMA, mean, or a number (a constant input)");
+}
+
+std::string ig_baseline_name(const IgBaseline& b) {
+    switch (b.kind) {
+        case IgBaseline::Kind::Zero:
+            return "zero";
+        case IgBaseline::Kind::Mean:
+            return "mean";
+        case IgBaseline::Kind::Blur:
+            return b.value > 0 ? "blur:" + fmt(b.value) : "blur";
+        case IgBaseline::Kind::Constant:
+            return fmt(b.value);
+    }
+    return "";
+}
+
+// ---------------------------------------------------------------------------------------------
+
+AttributionResult attribute(const Model& model, const at::Tensor& images_nchw,
+                            const AttributionOptions& o) {
+    check_options(model, images_nchw, o);
+    torch::NoGradGuard no_grad;  // the runtime turns autograd on where it needs it
+    const at::Tensor images = images_nchw.contiguous();
+    const int64_t n = images.size(0), c = images.size(1), h = images.size(2), w = images.size(3);
+    const int batch = o.batch_size;
+
+    AttributionResult r;
+    r.method = o.method;
+    report_progress(o.progress, 0.0);
+
+    const bool cam = is_cam_method(o.method);
+    if (cam) r.layer = cam_layer(model, o.layer);
+
+    // One pass per image: saliency, guided backprop, deconvnet, the CAMs.
+    if (o.method == AttributionMethod::Saliency || o.method == AttributionMethod::GuidedBackprop ||
+        o.method == AttributionMethod::Deconvnet || cam) {
+        const auto rule = o.method == AttributionMethod::GuidedBackprop
+                              ? Model::ReluBackward::Guided
+                          : o.method == AttributionMethod::Deconvnet ? Model::ReluBackward::Deconv
+                                                                     : Model::ReluBackward::Plain;
+        auto p = run_passes(
+            model, rule, images,
+            [&](const at::Tensor& out, int64_t first) { return targets_for(out, first, o); },
+            r.layer, batch,
+            [&](int64_t done) { report_progress(o.progress, double(done) / double(n)); });
+        r.targets = to_vector(p.targets);
+        r.scores = p.scores.to(torch::kFloat);
+        if (!cam) {
+            r.attributions = p.input_grad.to(torch::kFloat).contiguous();
+        } else {
+            const at::Tensor a = p.tap, g = p.tap_grad;
+            at::Tensor weights;
+            if (o.method == AttributionMethod::GradCam) {
+                weights = g.mean({2, 3});
+            } else {
+                // Grad-CAM++ with the closed form for an exponential score:
+                // alpha = g^2 / (2 g^2 + sum_ab A_ab g^3), w = sum_ij alpha_ij relu(g_ij).
+                const at::Tensor g2 = g * g, g3 = g2 * g;
+                const at::Tensor denom = 2.0 * g2 + a.sum({2, 3}, true) * g3;
+                const at::Tensor alpha = torch::where(
+                    denom != 0, g2 / torch::where(denom != 0, denom, torch::ones_like(denom)),
+                    torch::zeros_like(denom));
+                weights = (alpha * torch::relu(g)).sum({2, 3});
+            }
+            r.attributions = torch::relu((weights.unsqueeze(-1).unsqueeze(-1) * a).sum(1))
+                                 .to(torch::kFloat)
+                                 .contiguous();
+        }
+    } else {
+        // Several rows per image: noisy copies or points on the path from the baseline.
+        const at::Tensor clean_out = forward_chunks(model, images, batch);
+        const at::Tensor targets = targets_for(clean_out, 0, o);
+        r.targets = to_vector(targets);
+        r.scores = gather_scores(clean_out, targets).to(torch::kFloat);
+        const bool sg = o.method == AttributionMethod::SmoothGrad;
+        const int64_t per_image = sg ? o.samples : o.steps + 1;
+        at::Tensor attributions = torch::empty({n, c, h, w}, torch::kFloat);
+        at::Tensor baselines, baseline_scores, sums;
+        if (!sg) {
+            baselines = torch::empty({n, c, h, w}, torch::kFloat);
+            baseline_scores = torch::empty({n}, torch::kDouble);
+            sums = torch::empty({n}, torch::kDouble);
+        }
+        at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(o.seed);
+        for (int64_t i = 0; i < n; ++i) {
+            const at::Tensor x = images[i];
+            const int64_t t = r.targets[size_t(i)];
+            at::Tensor rows, weights;
+            at::Tensor base;
+            if (sg) {
+                const double range = (x.max() - x.min()).item<double>();
+                // Drawn image by image in order, so the noise does not depend on batch_size.
+                at::Tensor noise = torch::randn({per_image, c, h, w}, gen, torch::kFloat);
+                rows = x.unsqueeze(0) + noise * (o.noise * range);
+            } else {
+                base = make_baseline(x, o.baseline).to(torch::kFloat);
+                at::Tensor alphas = torch::arange(per_image, torch::kDouble) / double(o.steps);
+                rows = (base.unsqueeze(0).to(torch::kDouble) +
+                        alphas.view({-1, 1, 1, 1}) * (x - base).unsqueeze(0).to(torch::kDouble))
+                           .to(torch::kFloat);
+                // Trapezoidal weights: 1/steps inside, 1/(2 steps) at both ends.
+                weights = torch::full({per_image}, 1.0 / double(o.steps), torch::kDouble);
+                weights[0] = 0.5 / double(o.steps);
+                weights[per_image - 1] = 0.5 / double(o.steps);
+            }
+            auto p = run_passes(
+                model, Model::ReluBackward::Plain, rows,
+                [&](const at::Tensor& out, int64_t) {
+                    check_output(out);
+                    return torch::full({out.size(0)}, t, torch::kLong);
+                },
+                "", batch,
+                [&](int64_t done) {
+                    report_progress(o.progress,
+                                    (double(i) + double(done) / double(per_image)) / double(n));
+                });
+            if (sg) {
+                attributions[i] = p.input_grad.to(torch::kDouble).mean(0).to(torch::kFloat);
+            } else {
+                const at::Tensor avg_grad =
+                    (p.input_grad.to(torch::kDouble) * weights.view({-1, 1, 1, 1})).sum(0);
+                const at::Tensor a = (x - base).to(torch::kDouble) * avg_grad;
+                attributions[i] = a.to(torch::kFloat);
+                baselines[i] = base;
+                sums[i] = a.sum();
+                baseline_scores[i] = p.scores[0].to(torch::kDouble);
+            }
+        }
+        r.attributions = attributions;
+        if (!sg) {
+            r.baselines = baselines;
+            r.baseline_scores = baseline_scores.to(torch::kFloat);
+            r.attribution_sums = sums.to(torch::kFloat);
+            r.completeness_gap =
+                (sums - (r.scores.to(torch::kDouble) - baseline_scores)).to(torch::kFloat);
+        }
+    }
+
+    r.heat = cam ? upsample(r.attributions, h, w).contiguous()
+                 : r.attributions.abs().amax(1).contiguous();
+    report_progress(o.progress, 1.0);
+    return r;
+}
+
+}  // namespace convscope

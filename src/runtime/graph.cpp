@@ -1,0 +1,343 @@
+#include "convscope/runtime/graph.hpp"
+
+#include <torch/csrc/jit/api/function_impl.h>
+#include <torch/csrc/jit/ir/constants.h>
+#include <torch/torch.h>
+
+#include <optional>
+#include <unordered_map>
+
+namespace convscope::detail {
+
+namespace jit = torch::jit;
+using Kind = ReceptiveField::Kind;
+
+std::map<const jit::Value*, std::vector<int64_t>> record_shapes(jit::Graph& graph,
+                                                                const jit::Module& module,
+                                                                const at::Tensor& input) {
+    auto g = graph.copy();
+    std::vector<const jit::Value*> src_values;
+    std::vector<jit::Value*> dst_values;
+    auto s = graph.nodes().begin();
+    auto d = g->nodes().begin();
+    for (; s != graph.nodes().end(); ++s, ++d) {
+        for (size_t i = 0; i < s->outputs().size(); ++i) {
+            if (s->outputs()[i]->type()->kind() != c10::TypeKind::TensorType) continue;
+            src_values.push_back(s->outputs()[i]);
+            dst_values.push_back(d->outputs()[i]);
+        }
+    }
+    while (!g->outputs().empty()) g->eraseOutput(0);
+    g->registerOutput(g->insertNode(g->createTuple(dst_values))->output());
+    torch::NoGradGuard no_grad;
+    jit::Stack stack;
+    std::optional<GraphRunner> runner;
+    try {
+        runner.emplace(g);
+    } catch (const std::exception&) {
+        runner.reset();  // blocks or an op without an operation
+    }
+    if (runner) {
+        stack = runner->run({c10::IValue(module._ivalue()), input});
+    } else {
+        // The simple executor: the graph runs once, too few times to repay profiling.
+        jit::GraphFunction fn("convscope_shapes", g, nullptr, jit::ExecutorExecutionMode::SIMPLE);
+        stack = {c10::IValue(module._ivalue()), input};
+        fn.run(stack);
+    }
+    std::map<const jit::Value*, std::vector<int64_t>> out;
+    const auto values = stack[0].toTupleRef().elements();
+    for (size_t i = 0; i < src_values.size(); ++i) out[src_values[i]] = values[i].toTensor().sizes().vec();
+    out[graph.inputs()[1]] = input.sizes().vec();
+    return out;
+}
+
+GraphRunner::GraphRunner(std::shared_ptr<jit::Graph> graph) : graph_(std::move(graph)) {
+    std::unordered_map<const jit::Value*, int> id;
+    auto id_of = [&](const jit::Value* v) {
+        auto it = id.find(v);
+        if (it != id.end()) return it->second;
+        id[v] = values_;
+        constants_.emplace_back();
+        return values_++;
+    };
+    for (const jit::Value* v : graph_->inputs()) inputs_.push_back(id_of(v));
+    std::vector<int> last_use;
+    for (jit::Node* n : graph_->nodes()) {
+        TORCH_CHECK(n->blocks().empty(), "GraphRunner: the graph has blocks");
+        if (n->kind() == c10::prim::Constant) {
+            const int v = id_of(n->output());
+            constants_[v] = *jit::toIValue(n->output());
+            continue;
+        }
+        Step st;
+        // Tuples and lists are instructions of the interpreter, not operators.
+        const size_t n_in = n->inputs().size(), n_out = n->outputs().size();
+        if (n->kind() == c10::prim::TupleConstruct) {
+            st.op.emplace([n_in](jit::Stack& stack) {
+                std::vector<c10::IValue> items(stack.end() - n_in, stack.end());
+                stack.resize(stack.size() - n_in);
+                stack.emplace_back(c10::ivalue::Tuple::create(std::move(items)));
+            });
+        } else if (n->kind() == c10::prim::ListConstruct) {
+            const c10::TypePtr element = n->output()->type()->expectRef<c10::ListType>().getElementType();
+            st.op.emplace([n_in, element](jit::Stack& stack) {
+                c10::impl::GenericList list(element);
+                list.reserve(n_in);
+                for (size_t i = stack.size() - n_in; i < stack.size(); ++i) list.push_back(stack[i]);
+                stack.resize(stack.size() - n_in);
+                stack.emplace_back(std::move(list));
+            });
+        } else if (n->kind() == c10::prim::TupleUnpack || n->kind() == c10::prim::ListUnpack) {
+            const bool tuple = n->kind() == c10::prim::TupleUnpack;
+            st.op.emplace([tuple, n_out](jit::Stack& stack) {
+                const c10::IValue v = std::move(stack.back());
+                stack.pop_back();
+                std::vector<c10::IValue> items =
+                    tuple ? v.toTupleRef().elements().vec() : v.toListRef().vec();
+                TORCH_CHECK(items.size() == n_out, "unpacking ", items.size(), " values into ", n_out);
+                for (auto& item : items) stack.push_back(std::move(item));
+            });
+        } else {
+            st.op.emplace(n->getOperation());
+        }
+        for (const jit::Value* v : n->inputs()) st.in.push_back(id_of(v));
+        for (const jit::Value* v : n->outputs()) st.out.push_back(id_of(v));
+        steps_.push_back(std::move(st));
+    }
+    for (const jit::Value* v : graph_->outputs()) outputs_.push_back(id_of(v));
+    // Release each computed value after the last step that reads it (never graph outputs).
+    last_use.assign(values_, -1);
+    for (size_t i = 0; i < steps_.size(); ++i)
+        for (int v : steps_[i].in) last_use[v] = static_cast<int>(i);
+    for (int v : outputs_) last_use[v] = -1;
+    for (int v = 0; v < values_; ++v)
+        if (last_use[v] >= 0) steps_[last_use[v]].release.push_back(v);
+}
+
+std::vector<c10::IValue> GraphRunner::run(std::vector<c10::IValue> inputs) const {
+    TORCH_CHECK(inputs.size() == inputs_.size(), "GraphRunner: wrong number of inputs");
+    std::vector<c10::IValue> vals = constants_;
+    for (size_t i = 0; i < inputs.size(); ++i) vals[inputs_[i]] = std::move(inputs[i]);
+    jit::Stack stack;
+    for (const Step& st : steps_) {
+        stack.clear();
+        for (int v : st.in) stack.push_back(vals[v]);
+        (*st.op)(stack);
+        for (size_t k = 0; k < st.out.size(); ++k) vals[st.out[k]] = std::move(stack[k]);
+        for (int v : st.release) vals[v] = c10::IValue();
+    }
+    std::vector<c10::IValue> out;
+    for (int v : outputs_) out.push_back(vals[v]);
+    return out;
+}
+
+namespace {
+
+// A pair of ints from a constant int, int list, or list of constants.
+std::optional<std::pair<int64_t, int64_t>> int_pair(jit::Value* v) {
+    if (auto iv = jit::toIValue(v)) {
+        if (iv->isInt()) return std::make_pair(iv->toInt(), iv->toInt());
+        if (iv->isIntList()) {
+            auto l = iv->toIntVector();
+            if (l.empty()) return std::nullopt;
+            if (l.size() == 1) return std::make_pair(l[0], l[0]);
+            return std::make_pair(l[l.size() - 2], l[l.size() - 1]);
+        }
+        return std::nullopt;
+    }
+    if (v->node()->kind() == c10::prim::ListConstruct) {
+        std::vector<int64_t> l;
+        for (auto* in : v->node()->inputs()) {
+            auto c = jit::toIValue(in);
+            if (!c || !c->isInt()) return std::nullopt;
+            l.push_back(c->toInt());
+        }
+        if (l.empty()) return std::nullopt;
+        if (l.size() == 1) return std::make_pair(l[0], l[0]);
+        return std::make_pair(l[l.size() - 2], l[l.size() - 1]);
+    }
+    return std::nullopt;
+}
+
+ReceptiveField compose(const ReceptiveField& in, int64_t ky, int64_t kx, int64_t sy, int64_t sx,
+                       int64_t py, int64_t px, int64_t dy, int64_t dx) {
+    if (in.kind != Kind::Exact) return in;
+    ReceptiveField r;
+    r.size_y = in.size_y + (ky - 1) * dy * in.stride_y;
+    r.size_x = in.size_x + (kx - 1) * dx * in.stride_x;
+    r.pad_y = in.pad_y + py * in.stride_y;
+    r.pad_x = in.pad_x + px * in.stride_x;
+    r.stride_y = in.stride_y * sy;
+    r.stride_x = in.stride_x * sx;
+    return r;
+}
+
+// Union of the fields of several paths into one value (residual add, concatenation).
+ReceptiveField merge(const std::vector<ReceptiveField>& rfs) {
+    ReceptiveField out = rfs[0];
+    for (size_t i = 1; i < rfs.size(); ++i) {
+        const auto& b = rfs[i];
+        if (out.kind == Kind::Unknown || b.kind == Kind::Unknown) {
+            out.kind = Kind::Unknown;
+            continue;
+        }
+        if (out.kind == Kind::Global || b.kind == Kind::Global) {
+            out.kind = Kind::Global;
+            continue;
+        }
+        if (out.stride_y != b.stride_y || out.stride_x != b.stride_x) {
+            out.kind = Kind::Unknown;  // paths on different grids: no single box formula
+            continue;
+        }
+        auto unite = [](int64_t& size, int64_t& pad, int64_t size_b, int64_t pad_b) {
+            const int64_t start = std::min(-pad, -pad_b);
+            const int64_t end = std::max(-pad + size - 1, -pad_b + size_b - 1);
+            pad = -start;
+            size = end - start + 1;
+        };
+        unite(out.size_y, out.pad_y, b.size_y, b.pad_y);
+        unite(out.size_x, out.pad_x, b.size_x, b.pad_x);
+    }
+    return out;
+}
+
+}  // namespace
+
+std::map<const jit::Value*, ReceptiveField> receptive_fields(
+    jit::Graph& graph, const jit::Module& module,
+    const std::map<const jit::Value*, std::vector<int64_t>>& shapes) {
+    std::map<const jit::Value*, ReceptiveField> rf;
+    rf[graph.inputs()[1]] = ReceptiveField{};
+    auto shape_of = [&](const jit::Value* v) -> const std::vector<int64_t>* {
+        auto it = shapes.find(v);
+        return it == shapes.end() ? nullptr : &it->second;
+    };
+
+    for (jit::Node* n : graph.nodes()) {
+        std::vector<ReceptiveField> ins;
+        const std::vector<int64_t>* in_shape = nullptr;
+        for (jit::Value* in : n->inputs()) {
+            auto it = rf.find(in);
+            if (it == rf.end()) continue;
+            ins.push_back(it->second);
+            if (!in_shape) in_shape = shape_of(in);
+        }
+        if (ins.empty()) continue;
+        const auto kind = n->kind();
+        if (kind == c10::prim::ListConstruct || kind == c10::prim::TupleConstruct) {
+            // A list of feature maps (the input of torch.cat): carry the union, or Unknown if the
+            // maps are on different grids.
+            bool same_grid = true;
+            const std::vector<int64_t>* first = nullptr;
+            for (jit::Value* in : n->inputs()) {
+                if (!rf.count(in)) continue;
+                const auto* s = shape_of(in);
+                if (!s || s->size() != 4) continue;
+                if (!first) first = s;
+                else if ((*s)[2] != (*first)[2] || (*s)[3] != (*first)[3]) same_grid = false;
+            }
+            ReceptiveField r = merge(ins);
+            if (!same_grid && r.kind == Kind::Exact) r.kind = Kind::Unknown;
+            rf[n->output()] = r;
+            continue;
+        }
+        for (jit::Value* out : n->outputs()) {
+            if (out->type()->kind() != c10::TypeKind::TensorType) continue;
+            const auto* out_shape = shape_of(out);
+            ReceptiveField r;
+            const bool spatial_out = out_shape && out_shape->size() == 4;
+            if (!spatial_out) {
+                r.kind = Kind::Global;
+                for (const auto& i : ins)
+                    if (i.kind == Kind::Unknown) r.kind = Kind::Unknown;
+                rf[out] = r;
+                continue;
+            }
+            const bool is_conv = kind == c10::aten::conv2d || kind == c10::aten::_convolution ||
+                                 kind == c10::aten::convolution;
+            const bool is_pool = kind == c10::aten::max_pool2d ||
+                                 kind == c10::aten::max_pool2d_with_indices ||
+                                 kind == c10::aten::avg_pool2d;
+            const bool is_adaptive = kind == c10::aten::adaptive_avg_pool2d ||
+                                     kind == c10::aten::adaptive_max_pool2d;
+            if (is_conv && rf.count(n->input(0))) {
+                const auto* w = shape_of(n->input(1));
+                auto stride = int_pair(n->input(3));
+                auto dilation = int_pair(n->input(5));
+                std::optional<std::pair<int64_t, int64_t>> padding;
+                bool transposed = false;
+                if (kind != c10::aten::conv2d) {
+                    auto t = jit::toIValue(n->input(6));
+                    transposed = t && t->isBool() && t->toBool();
+                }
+                if (w && w->size() == 4 && dilation) {
+                    if (auto pv = jit::toIValue(n->input(4)); pv && pv->isString()) {
+                        if (pv->toStringRef() == "valid") padding = std::make_pair(0L, 0L);
+                        else
+                            padding = std::make_pair((*w)[2] / 2 * dilation->first,
+                                                     (*w)[3] / 2 * dilation->second);
+                    } else {
+                        padding = int_pair(n->input(4));
+                    }
+                }
+                if (w && w->size() == 4 && stride && padding && dilation && !transposed) {
+                    r = compose(rf.at(n->input(0)), (*w)[2], (*w)[3], stride->first, stride->second,
+                                padding->first, padding->second, dilation->first, dilation->second);
+                } else {
+                    r.kind = Kind::Unknown;
+                }
+            } else if (is_pool && rf.count(n->input(0))) {
+                auto k = int_pair(n->input(1));
+                auto s = int_pair(n->input(2));
+                if (!s) s = k;  // stride [] means stride = kernel
+                auto p = int_pair(n->input(3));
+                // Dilation: max pooling's fifth input; average pooling has none.
+                std::pair<int64_t, int64_t> d{1, 1};
+                bool d_known = true;
+                if (kind != c10::aten::avg_pool2d) {
+                    const auto given = int_pair(n->input(4));
+                    d_known = given.has_value();
+                    if (given) d = *given;
+                }
+                if (k && s && p && d_known)
+                    r = compose(rf.at(n->input(0)), k->first, k->second, s->first, s->second,
+                                p->first, p->second, d.first, d.second);
+                else
+                    r.kind = Kind::Unknown;
+            } else if (is_adaptive && in_shape && in_shape->size() == 4) {
+                const int64_t ih = (*in_shape)[2], iw = (*in_shape)[3];
+                const int64_t oh = (*out_shape)[2], ow = (*out_shape)[3];
+                if (oh == 1 && ow == 1) {
+                    r.kind = Kind::Global;
+                } else if (ih % oh == 0 && iw % ow == 0) {
+                    r = compose(rf.at(n->input(0)), ih / oh, iw / ow, ih / oh, iw / ow, 0, 0, 1, 1);
+                } else {
+                    r.kind = Kind::Unknown;
+                }
+            } else {
+                // Elementwise or concatenation: every spatial input on the output's grid.
+                bool same_grid = true;
+                for (jit::Value* in : n->inputs()) {
+                    if (!rf.count(in)) continue;
+                    if (in->type()->kind() != c10::TypeKind::TensorType) continue;  // a list: checked above
+                    const auto* s = shape_of(in);
+                    if (!s || s->size() != 4 || (*s)[2] != (*out_shape)[2] || (*s)[3] != (*out_shape)[3])
+                        same_grid = false;
+                }
+                if (same_grid) {
+                    r = merge(ins);
+                } else {
+                    r.kind = Kind::Unknown;
+                    for (const auto& i : ins)
+                        if (i.kind == Kind::Global) r.kind = Kind::Global;
+                }
+            }
+            rf[out] = r;
+        }
+    }
+    (void)module;
+    return rf;
+}
+
+}  // namespace convscope::detail

@@ -1,0 +1,998 @@
+#include "convscope/runtime/render.hpp"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cctype>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <limits>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+#include <set>
+#include <thread>
+
+#include "convscope/runtime/error.hpp"
+#include "convscope/runtime/io.hpp"
+
+namespace convscope {
+
+namespace {
+
+constexpr int kFont = cv::FONT_HERSHEY_SIMPLEX;
+const cv::Scalar kWhite(255, 255, 255);
+const cv::Scalar kOutline(16, 16, 16);
+const cv::Scalar kDarkText(20, 20, 20);
+const cv::Scalar kFrame(190, 190, 190);
+
+// Any tensor -> contiguous CPU float32 (detached). `what` names the argument in errors.
+at::Tensor cpu_float(const at::Tensor& t, const char* what) {
+    if (!t.defined()) {
+        throw Error(std::string(what) + ": the tensor is undefined (no data)");
+    }
+    return t.detach().to(at::kCPU).to(at::kFloat).contiguous();
+}
+
+std::string shape_of(const at::Tensor& t) {
+    std::string s = "[";
+    for (int64_t i = 0; i < t.dim(); ++i) {
+        if (i) s += ",";
+        s += std::to_string(t.size(i));
+    }
+    return s + "]";
+}
+
+// A picture as CV_8UC3: CV_8UC3 is shared (not copied), CV_8UC1 is expanded to three channels.
+cv::Mat as_rgb(const cv::Mat& img, const char* what) {
+    if (img.empty()) {
+        throw Error(std::string(what) + ": the picture is empty");
+    }
+    if (img.type() == CV_8UC3) return img;
+    if (img.type() == CV_8UC1) {
+        cv::Mat out;
+        cv::cvtColor(img, out, cv::COLOR_GRAY2RGB);
+        return out;
+    }
+    throw Error(std::string(what) +
+                ": expected an 8-bit gray or RGB picture (CV_8UC1/CV_8UC3), got "
+                "type " +
+                std::to_string(img.type()));
+}
+
+int font_thickness(double scale) { return scale < 0.7 ? 1 : 2; }
+
+cv::Vec3b lerp(const cv::Vec3b& a, const cv::Vec3b& b, double t) {
+    cv::Vec3b out;
+    for (int c = 0; c < 3; ++c) {
+        out[c] = static_cast<uchar>(std::lround(a[c] + (b[c] - a[c]) * t));
+    }
+    return out;
+}
+
+std::array<cv::Vec3b, 256> build_table(Colormap cmap) {
+    std::array<cv::Vec3b, 256> table{};
+    switch (cmap) {
+        case Colormap::Gray:
+            for (int i = 0; i < 256; ++i) table[i] = cv::Vec3b(i, i, i);
+            return table;
+        case Colormap::Diverging: {
+            // Blue -> white over indices 0..127, white -> red over 128..255: both middle entries
+            // are white, so a value of exactly 0 (t = 0.5, index 127.5 rounded) is white.
+            const cv::Vec3b blue(40, 80, 180), white(255, 255, 255), red(180, 30, 40);
+            for (int i = 0; i < 128; ++i) table[i] = lerp(blue, white, i / 127.0);
+            for (int i = 128; i < 256; ++i) table[i] = lerp(white, red, (i - 128) / 127.0);
+            return table;
+        }
+        default:
+            break;
+    }
+    // The perceptual maps come from OpenCV's built-in tables (matplotlib's viridis, inferno,
+    // magma and Google's turbo), read back through a 0..255 ramp.
+    int cv_map = cv::COLORMAP_VIRIDIS;
+    if (cmap == Colormap::Inferno) cv_map = cv::COLORMAP_INFERNO;
+    if (cmap == Colormap::Magma) cv_map = cv::COLORMAP_MAGMA;
+    if (cmap == Colormap::Turbo) cv_map = cv::COLORMAP_TURBO;
+    cv::Mat ramp(1, 256, CV_8UC1);
+    for (int i = 0; i < 256; ++i) ramp.at<uchar>(0, i) = static_cast<uchar>(i);
+    cv::Mat bgr;
+    cv::applyColorMap(ramp, bgr, cv_map);
+    for (int i = 0; i < 256; ++i) {
+        const cv::Vec3b v = bgr.at<cv::Vec3b>(0, i);
+        table[i] = cv::Vec3b(v[2], v[1], v[0]);
+    }
+    return table;
+}
+
+// Colour a [H,W] float32 cv::Mat (already resized as needed).
+cv::Mat colourise(const cv::Mat& values, Colormap cmap, Range r) {
+    const auto& table = colormap_table(cmap);
+    const Range e = effective_range(cmap, r);
+    cv::Mat out(values.rows, values.cols, CV_8UC3);
+    for (int y = 0; y < values.rows; ++y) {
+        const float* src = values.ptr<float>(y);
+        cv::Vec3b* dst = out.ptr<cv::Vec3b>(y);
+        for (int x = 0; x < values.cols; ++x) dst[x] = table[colour_index(src[x], e)];
+    }
+    return out;
+}
+
+// A [H,W] float32 tensor as a cv::Mat view (valid while t lives).
+cv::Mat mat_view(const at::Tensor& hw_float) {
+    return cv::Mat(static_cast<int>(hw_float.size(0)), static_cast<int>(hw_float.size(1)), CV_32F,
+                   hw_float.data_ptr<float>());
+}
+
+at::Tensor finite_values(const at::Tensor& t) {
+    at::Tensor f = cpu_float(t, "value range").flatten();
+    return f.masked_select(at::isfinite(f));
+}
+
+double percentile_of_sorted(const at::Tensor& sorted, double pct) {
+    const int64_t n = sorted.numel();
+    const float* v = sorted.data_ptr<float>();
+    const double pos = std::clamp(pct, 0.0, 100.0) / 100.0 * static_cast<double>(n - 1);
+    const int64_t i0 = static_cast<int64_t>(std::floor(pos));
+    const int64_t i1 = std::min(i0 + 1, n - 1);
+    const double frac = pos - static_cast<double>(i0);
+    return v[i0] + (static_cast<double>(v[i1]) - v[i0]) * frac;
+}
+
+std::string format_value(float v) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.3g", static_cast<double>(v));
+    return buf;
+}
+
+// Maps data coordinates into a size x size canvas with a margin, keeping the aspect ratio and
+// putting larger y higher up.
+struct PlotMapping {
+    double xmin = 0, ymin = 0, scale = 0, offx = 0, offy = 0;
+    int size = 0, margin = 0;
+
+    PlotMapping(const at::Tensor& xy, int size_px, int margin_px)
+        : size(size_px), margin(margin_px) {
+        const float* p = xy.data_ptr<float>();
+        double xmax = 0, ymax = 0;
+        bool any = false;
+        for (int64_t i = 0; i < xy.size(0); ++i) {
+            const double x = p[2 * i], y = p[2 * i + 1];
+            if (!std::isfinite(x) || !std::isfinite(y)) continue;
+            if (!any) {
+                xmin = xmax = x;
+                ymin = ymax = y;
+                any = true;
+            }
+            xmin = std::min(xmin, x), xmax = std::max(xmax, x);
+            ymin = std::min(ymin, y), ymax = std::max(ymax, y);
+        }
+        const double avail = std::max(0, size - 1 - 2 * margin);
+        const double extent = std::max(xmax - xmin, ymax - ymin);
+        scale = extent > 0 ? avail / extent : 0.0;
+        offx = (avail - (xmax - xmin) * scale) / 2;
+        offy = (avail - (ymax - ymin) * scale) / 2;
+    }
+
+    cv::Point map(double x, double y) const {
+        const double px = margin + offx + (x - xmin) * scale;
+        const double py = (size - 1) - (margin + offy + (y - ymin) * scale);
+        return cv::Point(static_cast<int>(std::lround(px)), static_cast<int>(std::lround(py)));
+    }
+};
+
+at::Tensor checked_xy(const at::Tensor& xy, const char* what) {
+    at::Tensor p = cpu_float(xy, what);
+    if (p.dim() != 2 || p.size(1) != 2) {
+        throw Error(std::string(what) + ": expected xy of shape [N,2], got " + shape_of(p));
+    }
+    return p;
+}
+
+void check_size(int size_px, const char* what) {
+    if (size_px < 16 || size_px > 16384) {
+        throw Error(std::string(what) + ": size " + std::to_string(size_px) +
+                    " px is out of range; use 16..16384");
+    }
+}
+
+// Copies src into dst at (x, y), clipping to dst.
+void paste(cv::Mat& dst, const cv::Mat& src, int x, int y) {
+    const cv::Rect target = cv::Rect(x, y, src.cols, src.rows) & cv::Rect(0, 0, dst.cols, dst.rows);
+    if (target.empty()) return;
+    src(cv::Rect(target.x - x, target.y - y, target.width, target.height)).copyTo(dst(target));
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Colormaps
+
+const std::vector<std::string>& colormap_names() {
+    static const std::vector<std::string> names = {"viridis", "inferno", "magma",
+                                                   "turbo",   "gray",    "diverging"};
+    return names;
+}
+
+const std::string& colormap_name(Colormap cmap) {
+    return colormap_names().at(static_cast<size_t>(cmap));
+}
+
+Colormap parse_colormap(const std::string& name) {
+    std::string lower;
+    for (char c : name) lower += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    if (lower == "grey") lower = "gray";
+    if (lower == "bwr") lower = "diverging";
+    const auto& names = colormap_names();
+    for (size_t i = 0; i < names.size(); ++i) {
+        if (names[i] == lower) return static_cast<Colormap>(i);
+    }
+    std::string valid;
+    for (const auto& n : names) valid += (valid.empty() ? "" : ", ") + n;
+    throw UsageError("unknown colormap '" + name + "'; valid names: " + valid);
+}
+
+const std::array<cv::Vec3b, 256>& colormap_table(Colormap cmap) {
+    static const std::array<std::array<cv::Vec3b, 256>, 6> tables = {
+        build_table(Colormap::Viridis), build_table(Colormap::Inferno),
+        build_table(Colormap::Magma),   build_table(Colormap::Turbo),
+        build_table(Colormap::Gray),    build_table(Colormap::Diverging)};
+    return tables.at(static_cast<size_t>(cmap));
+}
+
+cv::Scalar separator_colour_for(Colormap cmap) {
+    switch (cmap) {
+        case Colormap::Diverging:
+            return kDarkSeparatorColour;
+        case Colormap::Gray:
+            return cv::Scalar(110, 140, 190);
+        default:
+            return kSeparatorColour;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Value ranges
+
+int colour_index(float v, Range r) {
+    if (!(r.hi > r.lo) || std::isnan(v)) return 128;
+    const double t = (static_cast<double>(v) - r.lo) / (static_cast<double>(r.hi) - r.lo);
+    if (!(t > 0)) return 0;
+    if (t >= 1) return 255;
+    return static_cast<int>(std::lround(t * 255.0));
+}
+
+Range effective_range(Colormap cmap, Range r) {
+    if (cmap != Colormap::Diverging) return r;
+    const float m = std::max(std::fabs(r.lo), std::fabs(r.hi));
+    return Range{-m, m};
+}
+
+cv::Vec3b colour_of(float v, Colormap cmap, Range r) {
+    return colormap_table(cmap)[colour_index(v, effective_range(cmap, r))];
+}
+
+Range value_range(const at::Tensor& t) {
+    const at::Tensor f = cpu_float(t, "value_range");
+    const float* p = f.data_ptr<float>();
+    float lo = std::numeric_limits<float>::infinity(), hi = -lo;
+    for (int64_t i = 0, n = f.numel(); i < n; ++i) {
+        if (!std::isfinite(p[i])) continue;
+        lo = std::min(lo, p[i]);
+        hi = std::max(hi, p[i]);
+    }
+    if (lo > hi) return Range{0.f, 0.f};
+    return Range{lo, hi};
+}
+
+Range symmetric_range(const at::Tensor& t) {
+    const at::Tensor f = cpu_float(t, "symmetric_range");
+    const float* p = f.data_ptr<float>();
+    float m = 0.f;
+    for (int64_t i = 0, n = f.numel(); i < n; ++i) {
+        if (std::isfinite(p[i])) m = std::max(m, std::fabs(p[i]));
+    }
+    return Range{-m, m};
+}
+
+Range percentile_range(const at::Tensor& t, double lo_pct, double hi_pct) {
+    const at::Tensor v = finite_values(t);
+    if (v.numel() == 0) return Range{0.f, 0.f};
+    const at::Tensor sorted = std::get<0>(v.sort()).contiguous();
+    return Range{static_cast<float>(percentile_of_sorted(sorted, lo_pct)),
+                 static_cast<float>(percentile_of_sorted(sorted, hi_pct))};
+}
+
+Range symmetric_percentile_range(const at::Tensor& t, double pct) {
+    const at::Tensor v = finite_values(t).abs();
+    if (v.numel() == 0) return Range{0.f, 0.f};
+    const at::Tensor sorted = std::get<0>(v.sort()).contiguous();
+    const float m = static_cast<float>(percentile_of_sorted(sorted, pct));
+    return Range{-m, m};
+}
+
+Range auto_range(Colormap cmap, const at::Tensor& t) {
+    return cmap == Colormap::Diverging ? symmetric_range(t) : value_range(t);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Value tensors -> pictures
+
+cv::Mat apply_colormap(const at::Tensor& values_hw, Colormap cmap, Range r) {
+    const at::Tensor v = cpu_float(values_hw, "apply_colormap");
+    if (v.dim() != 2) {
+        throw Error("apply_colormap: expected a 2-D map [H,W], got " + shape_of(v));
+    }
+    return colourise(mat_view(v), cmap, r);
+}
+
+cv::Mat apply_colormap(const at::Tensor& values_hw, Colormap cmap, float lo, float hi) {
+    return apply_colormap(values_hw, cmap, Range{lo, hi});
+}
+
+cv::Mat apply_colormap(const at::Tensor& values_hw, Colormap cmap) {
+    return apply_colormap(values_hw, cmap, auto_range(cmap, values_hw));
+}
+
+std::vector<cv::Mat> colormap_tiles(const at::Tensor& maps_nhw, Colormap cmap, bool shared_range,
+                                    int factor) {
+    at::Tensor maps = cpu_float(maps_nhw, "colormap_tiles");
+    if (maps.dim() == 2) maps = maps.unsqueeze(0);
+    if (maps.dim() != 3) {
+        throw Error("colormap_tiles: expected maps of shape [N,H,W], got " + shape_of(maps));
+    }
+    if (factor < 1) throw Error("colormap_tiles: factor must be >= 1");
+    const Range shared = auto_range(cmap, maps);
+    std::vector<cv::Mat> tiles;
+    tiles.reserve(static_cast<size_t>(maps.size(0)));
+    for (int64_t i = 0; i < maps.size(0); ++i) {
+        const at::Tensor m = maps[i];
+        const Range r = shared_range ? shared : auto_range(cmap, m);
+        cv::Mat tile = colourise(mat_view(m), cmap, r);
+        tiles.push_back(factor > 1 ? upscale_nearest(tile, factor) : tile);
+    }
+    return tiles;
+}
+
+cv::Mat image_from_hwc_uint8(const at::Tensor& hwc) {
+    if (!hwc.defined()) throw Error("image_from_hwc_uint8: the tensor is undefined");
+    if (hwc.scalar_type() != at::kByte) {
+        throw Error("image_from_hwc_uint8: expected a uint8 tensor [H,W,C], got dtype " +
+                    std::string(c10::toString(hwc.scalar_type())));
+    }
+    at::Tensor t = hwc.detach().to(at::kCPU).contiguous();
+    if (t.dim() == 2) t = t.unsqueeze(2);
+    if (t.dim() != 3 || (t.size(2) != 1 && t.size(2) != 3)) {
+        throw Error("image_from_hwc_uint8: expected [H,W,1] or [H,W,3] (or [H,W]), got " +
+                    shape_of(hwc));
+    }
+    const int h = static_cast<int>(t.size(0)), w = static_cast<int>(t.size(1));
+    if (h == 0 || w == 0) throw Error("image_from_hwc_uint8: the image is empty");
+    const cv::Mat view(h, w, t.size(2) == 3 ? CV_8UC3 : CV_8UC1, t.data_ptr<uint8_t>());
+    if (t.size(2) == 3) return view.clone();
+    return as_rgb(view, "image_from_hwc_uint8");
+}
+
+cv::Mat image_from_chw_float(const at::Tensor& chw, Range r, Colormap single_channel_cmap) {
+    at::Tensor t = cpu_float(chw, "image_from_chw_float");
+    if (t.dim() == 2) t = t.unsqueeze(0);
+    if (t.dim() != 3 || (t.size(0) != 1 && t.size(0) != 3)) {
+        throw Error("image_from_chw_float: expected [1,H,W] or [3,H,W] (or [H,W]), got " +
+                    shape_of(chw));
+    }
+    if (t.size(0) == 1) return colourise(mat_view(t[0]), single_channel_cmap, r);
+    const int h = static_cast<int>(t.size(1)), w = static_cast<int>(t.size(2));
+    const float* p = t.data_ptr<float>();
+    const int64_t plane = static_cast<int64_t>(h) * w;
+    cv::Mat out(h, w, CV_8UC3);
+    for (int y = 0; y < h; ++y) {
+        cv::Vec3b* dst = out.ptr<cv::Vec3b>(y);
+        for (int x = 0; x < w; ++x) {
+            const int64_t i = static_cast<int64_t>(y) * w + x;
+            for (int c = 0; c < 3; ++c) {
+                dst[x][c] = static_cast<uchar>(colour_index(p[c * plane + i], r));
+            }
+        }
+    }
+    return out;
+}
+
+at::Tensor tensor_from_image(const cv::Mat& img) {
+    const cv::Mat rgb = as_rgb(img, "tensor_from_image");
+    at::Tensor t = at::empty({rgb.rows, rgb.cols, 3}, at::kByte);
+    uint8_t* dst = t.data_ptr<uint8_t>();
+    const size_t row_bytes = static_cast<size_t>(rgb.cols) * 3;
+    for (int y = 0; y < rgb.rows; ++y) std::memcpy(dst + y * row_bytes, rgb.ptr(y), row_bytes);
+    return t;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Resizing
+
+cv::Mat upscale_nearest(const cv::Mat& img, int factor) {
+    if (factor < 1) {
+        throw Error("upscale_nearest: factor must be >= 1, got " + std::to_string(factor));
+    }
+    if (img.empty()) return cv::Mat();
+    if (factor == 1) return img.clone();
+    cv::Mat out(img.rows * factor, img.cols * factor, img.type());
+    const size_t esz = img.elemSize();
+    for (int y = 0; y < img.rows; ++y) {
+        const uchar* src = img.ptr(y);
+        uchar* first = out.ptr(y * factor);
+        // Build one output row, then repeat it factor times.
+        for (int x = 0; x < img.cols; ++x) {
+            for (int k = 0; k < factor; ++k) {
+                std::memcpy(first + (static_cast<size_t>(x) * factor + k) * esz, src + x * esz,
+                            esz);
+            }
+        }
+        for (int k = 1; k < factor; ++k) {
+            std::memcpy(out.ptr(y * factor + k), first, esz * static_cast<size_t>(out.cols));
+        }
+    }
+    return out;
+}
+
+int readable_factor(int h, int w, int target_px) {
+    const int side = std::max(h, w);
+    if (side <= 0 || target_px <= side) return 1;
+    return (target_px + side - 1) / side;
+}
+
+cv::Mat resize_to_fit(const cv::Mat& img, int max_side) {
+    if (img.empty()) throw Error("resize_to_fit: the picture is empty");
+    if (max_side < 1) throw Error("resize_to_fit: max_side must be >= 1");
+    const int side = std::max(img.rows, img.cols);
+    if (side == max_side) return img.clone();
+    if (max_side % side == 0) return upscale_nearest(img, max_side / side);
+    const double s = static_cast<double>(max_side) / side;
+    const cv::Size size(std::max(1, static_cast<int>(std::lround(img.cols * s))),
+                        std::max(1, static_cast<int>(std::lround(img.rows * s))));
+    cv::Mat out;
+    cv::resize(img, out, size, 0, 0, s < 1 ? cv::INTER_AREA : cv::INTER_LINEAR);
+    return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tile grids
+
+cv::Mat tile_grid(const std::vector<cv::Mat>& tiles, int cols, int separator_px,
+                  const cv::Scalar& separator_colour) {
+    GridOptions opts;
+    opts.cols = cols;
+    opts.separator_px = separator_px;
+    opts.separator_colour = separator_colour;
+    return labelled_grid(tiles, opts);
+}
+
+cv::Mat labelled_grid(const std::vector<cv::Mat>& tiles, const GridOptions& opts,
+                      GridLayout* layout) {
+    if (tiles.empty()) throw Error("tile grid: there are no tiles to lay out");
+    const int n = static_cast<int>(tiles.size());
+    int cols = opts.cols;
+    if (cols <= 0) {
+        cols = 1;
+        while (cols * cols < n) ++cols;
+    }
+    const int rows = (n + cols - 1) / cols;
+    const int sep = std::max(0, opts.separator_px);
+    auto check_count = [](const std::vector<std::string>& v, int want, const char* what) {
+        if (!v.empty() && static_cast<int>(v.size()) != want) {
+            throw Error(std::string("tile grid: ") + what + " has " + std::to_string(v.size()) +
+                        " entries but the grid needs " + std::to_string(want));
+        }
+    };
+    check_count(opts.row_labels, rows, "row_labels");
+    check_count(opts.col_labels, cols, "col_labels");
+    check_count(opts.tile_captions, n, "tile_captions");
+
+    std::vector<cv::Mat> rgb;
+    rgb.reserve(tiles.size());
+    int cell_w = 0, cell_h = 0;
+    for (const auto& t : tiles) {
+        rgb.push_back(as_rgb(t, "tile grid"));
+        cell_w = std::max(cell_w, t.cols);
+        cell_h = std::max(cell_h, t.rows);
+    }
+
+    const int pad = 3;
+    const double scale = opts.label_scale;
+    const int text_h = label_size("Ag", scale).height;
+    int label_w = 0;
+    for (const auto& l : opts.row_labels) label_w = std::max(label_w, label_size(l, scale).width);
+    if (!opts.row_labels.empty()) label_w += 2 * pad;
+    const int header_h = opts.col_labels.empty() ? 0 : text_h + 2 * pad;
+    const int caption_h = opts.tile_captions.empty() ? 0 : text_h + 2 * pad;
+    const int x0 = label_w > 0 ? label_w + sep : 0;
+    const int y0 = header_h > 0 ? header_h + sep : 0;
+    const int slot_h = cell_h + caption_h;  // a cell plus its caption
+    const int width = x0 + cols * cell_w + (cols - 1) * sep;
+    const int height = y0 + rows * slot_h + (rows - 1) * sep;
+
+    cv::Mat canvas(height, width, CV_8UC3, opts.separator_colour);
+    if (label_w > 0) canvas(cv::Rect(0, 0, label_w, height)).setTo(opts.margin_colour);
+    if (header_h > 0) canvas(cv::Rect(0, 0, width, header_h)).setTo(opts.margin_colour);
+    // Text baseline for a line of height text_h whose top is at y.
+    const int ascent = cv::getTextSize("Ag", kFont, scale, font_thickness(scale), nullptr).height;
+
+    GridLayout lay;
+    lay.rows = rows;
+    lay.cols = cols;
+    lay.cell = cv::Size(cell_w, cell_h);
+    for (int i = 0; i < n; ++i) {
+        const int r = i / cols, c = i % cols;
+        const cv::Rect cell(x0 + c * (cell_w + sep), y0 + r * (slot_h + sep), cell_w, cell_h);
+        lay.cell_rects.push_back(cell);
+        const cv::Mat& t = rgb[i];
+        t.copyTo(canvas(cv::Rect(cell.x + (cell_w - t.cols) / 2, cell.y + (cell_h - t.rows) / 2,
+                                 t.cols, t.rows)));
+        if (caption_h > 0) {
+            const cv::Rect band(cell.x, cell.y + cell_h, cell_w, caption_h);
+            canvas(band).setTo(opts.margin_colour);
+            const std::string& text = opts.tile_captions[i];
+            const int tw = label_size(text, scale).width;
+            const int tx = band.x + std::max(0, (cell_w - tw) / 2);
+            cv::Mat band_view = canvas(band);  // clips long captions to their own cell
+            put_label(band_view, text, cv::Point(tx - band.x, pad + ascent), scale,
+                      opts.label_colour, false);
+        }
+    }
+    // The unused cells of the last row (and the separators between them) take the margin
+    // colour, so that a partial row ends cleanly instead of in a block of separator colour.
+    if (n < rows * cols) {
+        const int first_empty = n % cols;
+        const int left = x0 + first_empty * (cell_w + sep) - (first_empty > 0 ? sep : 0);
+        const int top = y0 + (rows - 1) * (slot_h + sep);
+        canvas(cv::Rect(left, top, width - left, height - top)).setTo(opts.margin_colour);
+    }
+    for (size_t r = 0; r < opts.row_labels.size(); ++r) {
+        const int top = y0 + static_cast<int>(r) * (slot_h + sep);
+        const int baseline = top + (cell_h + ascent) / 2;
+        put_label(canvas, opts.row_labels[r], cv::Point(pad, baseline), scale, opts.label_colour,
+                  false);
+    }
+    for (size_t c = 0; c < opts.col_labels.size(); ++c) {
+        const int left = x0 + static_cast<int>(c) * (cell_w + sep);
+        const int tw = label_size(opts.col_labels[c], scale).width;
+        put_label(canvas, opts.col_labels[c],
+                  cv::Point(left + std::max(0, (cell_w - tw) / 2), pad + ascent), scale,
+                  opts.label_colour, false);
+    }
+    if (layout) *layout = std::move(lay);
+    return canvas;
+}
+
+cv::Mat side_by_side(const std::vector<cv::Mat>& pictures, int gap_px,
+                     const cv::Scalar& background) {
+    if (pictures.empty()) throw Error("side_by_side: there are no pictures to place");
+    if (gap_px < 0) throw Error("side_by_side: gap_px must be >= 0");
+    std::vector<cv::Mat> rgb;
+    rgb.reserve(pictures.size());
+    int width = 0, height = 0;
+    for (const auto& p : pictures) {
+        rgb.push_back(as_rgb(p, "side_by_side"));
+        width += rgb.back().cols;
+        height = std::max(height, rgb.back().rows);
+    }
+    width += gap_px * static_cast<int>(pictures.size() - 1);
+    cv::Mat out(height, width, CV_8UC3, background);
+    int x = 0;
+    for (const auto& p : rgb) {
+        paste(out, p, x, 0);
+        x += p.cols + gap_px;
+    }
+    return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Overlays
+
+cv::Mat overlay(const cv::Mat& base_rgb, const cv::Mat& heat_rgb, float alpha) {
+    const cv::Mat base = as_rgb(base_rgb, "overlay (base)");
+    cv::Mat heat = as_rgb(heat_rgb, "overlay (heat)");
+    if (heat.size() != base.size()) {
+        cv::Mat resized;
+        cv::resize(heat, resized, base.size(), 0, 0, cv::INTER_LINEAR);
+        heat = resized;
+    }
+    const float a = std::clamp(std::isnan(alpha) ? 0.f : alpha, 0.f, 1.f);
+    cv::Mat out(base.rows, base.cols, CV_8UC3);
+    for (int y = 0; y < base.rows; ++y) {
+        const uchar* b = base.ptr(y);
+        const uchar* h = heat.ptr(y);
+        uchar* o = out.ptr(y);
+        for (int i = 0; i < base.cols * 3; ++i) {
+            // base + a * (heat - base): exactly base at a = 0 and exactly heat at a = 1.
+            const float v = b[i] + a * (static_cast<float>(h[i]) - b[i]);
+            o[i] = static_cast<uchar>(std::clamp(static_cast<int>(std::lround(v)), 0, 255));
+        }
+    }
+    return out;
+}
+
+cv::Mat overlay_map(const cv::Mat& base_rgb, const at::Tensor& map_hw, Colormap cmap, Range r,
+                    float alpha) {
+    const cv::Mat base = as_rgb(base_rgb, "overlay_map (base)");
+    const at::Tensor m = cpu_float(map_hw, "overlay_map");
+    if (m.dim() != 2 || m.numel() == 0) {
+        throw Error("overlay_map: expected a non-empty 2-D map [H,W], got " + shape_of(m));
+    }
+    cv::Mat values = mat_view(m);
+    if (values.size() != base.size()) {
+        cv::Mat resized;
+        cv::resize(values, resized, base.size(), 0, 0, cv::INTER_LINEAR);
+        values = resized;
+    }
+    return overlay(base, colourise(values, cmap, r), alpha);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plots
+
+cv::Mat bar_strip(const at::Tensor& values_f, int height, Colormap cmap, int bar_width, int gap) {
+    const at::Tensor v = cpu_float(values_f, "bar_strip").flatten();
+    const int n = static_cast<int>(v.numel());
+    if (n == 0) throw Error("bar_strip: there are no values to draw");
+    if (height < 1 || bar_width < 1 || gap < 0) {
+        throw Error("bar_strip: height and bar_width must be >= 1 and gap >= 0");
+    }
+    const Range vr = value_range(v);
+    const Range colour_r = auto_range(cmap, v);
+    const double span_lo = std::min(0.f, vr.lo), span_hi = std::max(0.f, vr.hi);
+    const int width = n * bar_width + (n - 1) * gap;
+    cv::Mat out(height, width, CV_8UC3, kWhite);
+    if (!(span_hi > span_lo)) return out;  // all zero: nothing to draw
+    // Pixel boundary (0 = top edge, height = bottom edge) of a value.
+    auto edge = [&](double value) {
+        return static_cast<int>(std::lround((span_hi - value) / (span_hi - span_lo) * height));
+    };
+    const int zero_y = edge(0.0);
+    if (span_lo < 0 && span_hi > 0) {
+        cv::line(out, cv::Point(0, std::min(zero_y, height - 1)),
+                 cv::Point(width - 1, std::min(zero_y, height - 1)), cv::Scalar(160, 160, 160));
+    }
+    const float* p = v.data_ptr<float>();
+    for (int i = 0; i < n; ++i) {
+        if (!std::isfinite(p[i])) continue;
+        const int e = edge(p[i]);
+        const int top = std::min(e, zero_y), bottom = std::max(e, zero_y);
+        if (bottom <= top) continue;
+        const cv::Vec3b c = colour_of(p[i], cmap, colour_r);
+        out(cv::Rect(i * (bar_width + gap), top, bar_width, bottom - top))
+            .setTo(cv::Scalar(c[0], c[1], c[2]));
+    }
+    return out;
+}
+
+cv::Scalar category_colour(int64_t label) {
+    // Twelve hand-picked colours that stay apart from each other and from the gray of unknowns.
+    static const int palette[12][3] = {{34, 102, 204},  {235, 120, 20}, {40, 160, 60},
+                                       {214, 40, 48},   {140, 80, 190}, {140, 90, 55},
+                                       {228, 100, 182}, {20, 180, 195}, {165, 165, 20},
+                                       {20, 36, 110},   {130, 222, 96}, {30, 30, 30}};
+    if (label < 0) return cv::Scalar(150, 150, 150);
+    if (label < 12) return cv::Scalar(palette[label][0], palette[label][1], palette[label][2]);
+    // Further labels: hues spaced by the golden angle, fixed saturation and value.
+    const double hue = std::fmod(static_cast<double>(label) * 137.50776, 360.0) / 60.0;
+    const double s = 0.7, val = 0.85;
+    const double chroma = val * s;
+    const double x = chroma * (1 - std::fabs(std::fmod(hue, 2.0) - 1));
+    double r = 0, g = 0, b = 0;
+    switch (static_cast<int>(hue) % 6) {
+        case 0:
+            r = chroma, g = x;
+            break;
+        case 1:
+            r = x, g = chroma;
+            break;
+        case 2:
+            g = chroma, b = x;
+            break;
+        case 3:
+            g = x, b = chroma;
+            break;
+        case 4:
+            r = x, b = chroma;
+            break;
+        default:
+            r = chroma, b = x;
+            break;
+    }
+    const double m = val - chroma;
+    return cv::Scalar(std::lround((r + m) * 255), std::lround((g + m) * 255),
+                      std::lround((b + m) * 255));
+}
+
+cv::Mat scatter_plot(const at::Tensor& xy, const std::vector<int64_t>& labels,
+                     const std::vector<std::string>& class_names, int size_px, int point_radius) {
+    const at::Tensor p = checked_xy(xy, "scatter_plot");
+    check_size(size_px, "scatter_plot");
+    const int64_t n = p.size(0);
+    if (!labels.empty() && static_cast<int64_t>(labels.size()) != n) {
+        throw Error("scatter_plot: " + std::to_string(labels.size()) + " labels for " +
+                    std::to_string(n) + " points; give one label per point or none");
+    }
+    const int radius = std::clamp(point_radius, 0, size_px / 4);
+    const PlotMapping mapping(p, size_px, radius + std::max(4, size_px / 40));
+
+    // Legend entries: labels present, in increasing order (-1, "unknown", first).
+    std::set<int64_t> present(labels.begin(), labels.end());
+    std::vector<std::pair<cv::Scalar, std::string>> legend;
+    for (int64_t l : present) {
+        std::string name;
+        if (l < 0) {
+            name = "unknown";
+        } else if (l < static_cast<int64_t>(class_names.size())) {
+            name = class_names[static_cast<size_t>(l)];
+        } else {
+            name = std::to_string(l);
+        }
+        legend.emplace_back(category_colour(l < 0 ? -1 : l), name);
+    }
+    const double scale = 0.45;
+    const int pad = 8, swatch = 10;
+    const int row_h = std::max(swatch, label_size("Ag", scale).height) + 6;
+    int legend_w = 0;
+    for (const auto& e : legend) legend_w = std::max(legend_w, label_size(e.second, scale).width);
+    if (!legend.empty()) legend_w += 2 * pad + swatch + 6;
+    const int legend_h = legend.empty() ? 0 : 2 * pad + static_cast<int>(legend.size()) * row_h;
+
+    cv::Mat out(std::max(size_px, legend_h), size_px + legend_w, CV_8UC3, kWhite);
+    cv::rectangle(out, cv::Rect(0, 0, size_px, size_px), kFrame, 1);
+    cv::Mat plot = out(cv::Rect(0, 0, size_px, size_px));
+    const float* xyp = p.data_ptr<float>();
+    for (int64_t i = 0; i < n; ++i) {
+        const float x = xyp[2 * i], y = xyp[2 * i + 1];
+        if (!std::isfinite(x) || !std::isfinite(y)) continue;
+        const cv::Scalar colour = category_colour(labels.empty() ? 0 : labels[i]);
+        const cv::Point c = mapping.map(x, y);
+        if (radius == 0) {
+            plot.at<cv::Vec3b>(c) = cv::Vec3b(colour[0], colour[1], colour[2]);
+        } else {
+            cv::circle(plot, c, radius, colour, cv::FILLED, cv::LINE_AA);
+        }
+    }
+    const int ascent = cv::getTextSize("Ag", kFont, scale, font_thickness(scale), nullptr).height;
+    for (size_t k = 0; k < legend.size(); ++k) {
+        const int top = pad + static_cast<int>(k) * row_h;
+        const int x = size_px + pad;
+        cv::rectangle(out, cv::Rect(x, top + (row_h - swatch) / 2, swatch, swatch), legend[k].first,
+                      cv::FILLED);
+        put_label(out, legend[k].second, cv::Point(x + swatch + 6, top + (row_h + ascent) / 2),
+                  scale, kDarkText, false);
+    }
+    return out;
+}
+
+cv::Mat thumbnail_map(const at::Tensor& xy, const std::vector<cv::Mat>& thumbs, int size_px,
+                      int thumb_px, const std::vector<int64_t>& labels, bool skip_overlapping) {
+    const at::Tensor p = checked_xy(xy, "thumbnail_map");
+    check_size(size_px, "thumbnail_map");
+    const int64_t n = p.size(0);
+    if (static_cast<int64_t>(thumbs.size()) != n) {
+        throw Error("thumbnail_map: " + std::to_string(thumbs.size()) + " thumbnails for " +
+                    std::to_string(n) + " points; give one per point");
+    }
+    if (!labels.empty() && static_cast<int64_t>(labels.size()) != n) {
+        throw Error("thumbnail_map: " + std::to_string(labels.size()) + " labels for " +
+                    std::to_string(n) + " points; give one label per point or none");
+    }
+    if (thumb_px < 1 || thumb_px > size_px / 2) {
+        throw Error("thumbnail_map: thumb_px must be between 1 and size_px / 2");
+    }
+    const PlotMapping mapping(p, size_px, thumb_px / 2 + 1);
+    cv::Mat out(size_px, size_px, CV_8UC3, kWhite);
+    const int cells = (size_px + thumb_px - 1) / thumb_px;
+    std::vector<bool> taken(skip_overlapping ? static_cast<size_t>(cells) * cells : 0, false);
+    const float* xyp = p.data_ptr<float>();
+    for (int64_t i = 0; i < n; ++i) {
+        const float x = xyp[2 * i], y = xyp[2 * i + 1];
+        if (!std::isfinite(x) || !std::isfinite(y)) continue;
+        cv::Point c = mapping.map(x, y);
+        if (skip_overlapping) {
+            const int cx = std::clamp(c.x / thumb_px, 0, cells - 1);
+            const int cy = std::clamp(c.y / thumb_px, 0, cells - 1);
+            const size_t cell = static_cast<size_t>(cy) * cells + static_cast<size_t>(cx);
+            if (taken[cell]) continue;
+            taken[cell] = true;
+            // Centre in the cell, so kept thumbnails never overlap.
+            c = cv::Point(cx * thumb_px + thumb_px / 2, cy * thumb_px + thumb_px / 2);
+        }
+        const cv::Mat t = resize_to_fit(as_rgb(thumbs[i], "thumbnail_map"), thumb_px);
+        const int x0 = c.x - t.cols / 2, y0 = c.y - t.rows / 2;
+        paste(out, t, x0, y0);
+        if (!labels.empty()) {
+            cv::rectangle(out, cv::Rect(x0, y0, t.cols, t.rows), category_colour(labels[i]), 1);
+        }
+    }
+    return out;
+}
+
+cv::Mat line_plot(const at::Tensor& ys, int width, int height,
+                  const std::vector<std::string>& series_names, std::optional<Range> y_range) {
+    at::Tensor v = cpu_float(ys, "line_plot");
+    if (v.dim() == 1) v = v.unsqueeze(0);
+    if (v.dim() != 2 || v.size(1) == 0) {
+        throw Error("line_plot: expected ys of shape [N] or [S,N] with N >= 1, got " +
+                    shape_of(ys));
+    }
+    if (width < 32 || height < 32) throw Error("line_plot: the canvas must be at least 32x32 px");
+    const int64_t s_count = v.size(0), n = v.size(1);
+    if (!series_names.empty() && static_cast<int64_t>(series_names.size()) != s_count) {
+        throw Error("line_plot: " + std::to_string(series_names.size()) + " names for " +
+                    std::to_string(s_count) + " series");
+    }
+    Range r = y_range ? *y_range : value_range(v);
+    if (!(r.hi > r.lo)) r = Range{r.lo - 0.5f, r.lo + 0.5f};
+
+    const double scale = 0.4;
+    const std::string hi_text = format_value(r.hi), lo_text = format_value(r.lo);
+    const int text_w = std::max(label_size(hi_text, scale).width, label_size(lo_text, scale).width);
+    const int ascent = cv::getTextSize("Ag", kFont, scale, font_thickness(scale), nullptr).height;
+    const int left = text_w + 8, right = 6, top = 6, bottom = 6;
+    const cv::Rect frame(left, top, std::max(2, width - left - right),
+                         std::max(2, height - top - bottom));
+    cv::Mat out(height, width, CV_8UC3, kWhite);
+    cv::rectangle(out, frame, kFrame, 1);
+    put_label(out, hi_text, cv::Point(4, top + ascent), scale, kDarkText, false);
+    put_label(out, lo_text, cv::Point(4, frame.y + frame.height - 1), scale, kDarkText, false);
+
+    auto to_px = [&](int64_t j, float y) {
+        const double fx = n == 1 ? 0.5 : static_cast<double>(j) / static_cast<double>(n - 1);
+        const double fy = (static_cast<double>(r.hi) - y) / (static_cast<double>(r.hi) - r.lo);
+        return cv::Point(
+            frame.x + 1 + static_cast<int>(std::lround(fx * (frame.width - 3))),
+            frame.y + 1 +
+                static_cast<int>(std::lround(std::clamp(fy, 0.0, 1.0) * (frame.height - 3))));
+    };
+    for (int64_t s = 0; s < s_count; ++s) {
+        const cv::Scalar colour = category_colour(s);
+        const float* y = v[s].data_ptr<float>();
+        for (int64_t j = 0; j < n; ++j) {
+            if (!std::isfinite(y[j])) continue;
+            const bool next_ok = j + 1 < n && std::isfinite(y[j + 1]);
+            if (next_ok) {
+                cv::line(out, to_px(j, y[j]), to_px(j + 1, y[j + 1]), colour, 2, cv::LINE_AA);
+            } else if (j == 0 || !std::isfinite(y[j - 1])) {
+                cv::circle(out, to_px(j, y[j]), 2, colour, cv::FILLED);  // an isolated point
+            }
+        }
+    }
+    // Legend in the top-right corner on a white box, so lines under it do not hide the text.
+    int legend_text_w = 0;
+    for (const auto& name : series_names) {
+        legend_text_w = std::max(legend_text_w, label_size(name, scale).width);
+    }
+    if (!series_names.empty()) {
+        const int box_w = legend_text_w + 26;
+        const int box_h = static_cast<int>(series_names.size()) * (ascent + 8) + 6;
+        const cv::Rect box(frame.x + frame.width - box_w - 3, frame.y + 3, box_w, box_h);
+        cv::rectangle(out, box & frame, kWhite, cv::FILLED);
+        cv::rectangle(out, box & frame, kFrame, 1);
+    }
+    for (size_t s = 0; s < series_names.size(); ++s) {
+        const int x = frame.x + frame.width - legend_text_w - 26;
+        const int baseline = frame.y + 6 + ascent + static_cast<int>(s) * (ascent + 8);
+        const cv::Scalar colour = category_colour(static_cast<int64_t>(s));
+        cv::line(out, cv::Point(x, baseline - ascent / 2), cv::Point(x + 12, baseline - ascent / 2),
+                 colour, 2);
+        put_label(out, series_names[s], cv::Point(x + 16, baseline), scale, kDarkText, false);
+    }
+    return out;
+}
+
+cv::Mat heat_with_colorbar(const cv::Mat& img, Colormap cmap, Range r, int bar_width) {
+    const cv::Mat base = as_rgb(img, "heat_with_colorbar");
+    if (bar_width < 1) throw Error("heat_with_colorbar: bar_width must be >= 1");
+    const Range e = effective_range(cmap, r);
+    const double scale = 0.4;
+    const std::string hi_text = format_value(e.hi), lo_text = format_value(e.lo);
+    int descent = 0;
+    const cv::Size ts = cv::getTextSize("Ag", kFont, scale, font_thickness(scale), &descent);
+    const int text_w = std::max(label_size(hi_text, scale).width, label_size(lo_text, scale).width);
+    const int gap = 4;
+    const bool show_zero = cmap == Colormap::Diverging && e.hi > 0;
+    const int lines = show_zero ? 3 : 2;  // labels that must fit beside the bar without overlap
+    const int height = std::max(base.rows, lines * (ts.height + descent + 3));
+    const int bar_x = base.cols + gap;
+    const int text_x = bar_x + bar_width + gap;
+    cv::Mat out(height, text_x + text_w + gap, CV_8UC3, kWhite);
+    base.copyTo(out(cv::Rect(0, 0, base.cols, base.rows)));
+    const auto& table = colormap_table(cmap);
+    for (int y = 0; y < height; ++y) {
+        const int idx =
+            height == 1 ? 255 : 255 - static_cast<int>(std::lround(y * 255.0 / (height - 1)));
+        const cv::Vec3b c = table[idx];
+        out(cv::Rect(bar_x, y, bar_width, 1)).setTo(cv::Scalar(c[0], c[1], c[2]));
+    }
+    put_label(out, hi_text, cv::Point(text_x, ts.height + 1), scale, kDarkText, false);
+    put_label(out, lo_text, cv::Point(text_x, height - descent - 1), scale, kDarkText, false);
+    if (show_zero) {
+        put_label(out, "0", cv::Point(text_x, (height + ts.height) / 2), scale, kDarkText, false);
+    }
+    return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Text
+
+void put_label(cv::Mat& img, const std::string& text, cv::Point origin, double scale,
+               const cv::Scalar& colour, bool outline) {
+    if (img.empty() || text.empty()) return;
+    const int thick = font_thickness(scale);
+    if (outline) {
+        cv::putText(img, text, origin, kFont, scale, kOutline, thick + 2, cv::LINE_AA);
+    }
+    cv::putText(img, text, origin, kFont, scale, colour, thick, cv::LINE_AA);
+}
+
+cv::Size label_size(const std::string& text, double scale) {
+    int baseline = 0;
+    const cv::Size s = cv::getTextSize(text, kFont, scale, font_thickness(scale) + 2, &baseline);
+    return cv::Size(s.width, s.height + baseline);
+}
+
+// ---------------------------------------------------------------------------------------------
+// PNG
+
+std::string png_bytes(const cv::Mat& rgb) {
+    if (rgb.empty()) throw Error("PNG: the picture is empty; nothing to encode");
+    cv::Mat bgr;
+    switch (rgb.type()) {
+        case CV_8UC3:
+            cv::cvtColor(rgb, bgr, cv::COLOR_RGB2BGR);
+            break;
+        case CV_8UC4:
+            cv::cvtColor(rgb, bgr, cv::COLOR_RGBA2BGRA);
+            break;
+        case CV_8UC1:
+            bgr = rgb;
+            break;
+        default:
+            throw Error("PNG: expected an 8-bit gray, RGB or RGBA picture, got OpenCV type " +
+                        std::to_string(rgb.type()));
+    }
+    std::vector<uchar> buf;
+    bool ok = false;
+    try {
+        ok = cv::imencode(".png", bgr, buf);
+    } catch (const cv::Exception& e) {
+        throw Error(std::string("PNG: encoding failed: ") + e.what());
+    }
+    if (!ok || buf.empty()) throw Error("PNG: encoding failed");
+    return std::string(buf.begin(), buf.end());
+}
+
+void write_png(const std::string& path, const cv::Mat& rgb) {
+    write_file_atomic(path, png_bytes(rgb));
+}
+
+void write_pngs(const std::vector<std::pair<std::string, cv::Mat>>& files, int threads) {
+    const int n = static_cast<int>(files.size());
+    if (n == 0) return;
+    int workers = threads > 0 ? threads : std::max(4, 2 * at::get_num_threads());
+    workers = std::max(1, std::min(workers, n));
+    // Each file is one task taken from a shared counter; errors are kept per file so the one
+    // rethrown is the first in list order whatever the scheduling.
+    std::vector<std::exception_ptr> errors(static_cast<size_t>(n));
+    std::atomic<int> next{0};
+    auto work = [&]() {
+        for (int i = next++; i < n; i = next++) {
+            try {
+                write_png(files[i].first, files[i].second);
+            } catch (...) {
+                errors[static_cast<size_t>(i)] = std::current_exception();
+            }
+        }
+    };
+    std::vector<std::thread> pool;
+    for (int t = 1; t < workers; ++t) pool.emplace_back(work);
+    work();
+    for (auto& t : pool) t.join();
+    for (const auto& e : errors)
+        if (e) std::rethrow_exception(e);
+}
+
+}  // namespace convscope
