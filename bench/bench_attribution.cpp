@@ -119,7 +119,7 @@ int main(int argc, char** argv) {
     ig.method = AttributionMethod::IntegratedGradients;
     ig.steps = 50;
     ig.batch_size = batch_size;
-    ig.target.kind = AttributionTarget::Kind::Class;
+    ig.target.kind = Target::Kind::Class;
     ig.target.class_index = 0;
     const at::Tensor alphas = torch::arange(51, torch::kFloat) / 50.0;
     const at::Tensor path_points = alphas.view({-1, 1, 1, 1}) * x;  // zero baseline

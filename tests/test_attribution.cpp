@@ -24,7 +24,7 @@ AttributionOptions opts(AttributionMethod method, int64_t target_class = -1) {
     AttributionOptions o;
     o.method = method;
     if (target_class >= 0) {
-        o.target.kind = AttributionTarget::Kind::Class;
+        o.target.kind = Target::Kind::Class;
         o.target.class_index = target_class;
     }
     return o;
@@ -138,8 +138,8 @@ TEST(Attribution, TargetsPredictedAndLabels) {
     auto r = attribute(model, x, opts(AttributionMethod::Saliency));
     EXPECT_EQ(r.targets, (std::vector<int64_t>{pred[0].item<int64_t>(), pred[1].item<int64_t>()}));
     auto o = opts(AttributionMethod::Saliency);
-    o.target.kind = AttributionTarget::Kind::Label;
-    o.labels = {7, 2};
+    o.target.kind = Target::Kind::Label;
+    o.target.labels = {7, 2};
     auto l = attribute(model, x, o);
     EXPECT_EQ(l.targets, (std::vector<int64_t>{7, 2}));
     // Each image's gradient is its own: image 1 explained alone gives the same values.
@@ -158,7 +158,7 @@ TEST(Attribution, IntegratedGradientsCompleteness) {
         auto o = opts(AttributionMethod::IntegratedGradients, 8);
         o.steps = 256;
         o.batch_size = 128;
-        o.baseline = parse_ig_baseline(baseline);
+        o.baseline = parse_baseline(baseline);
         auto r = attribute(model, x, o);
         ASSERT_EQ(r.attributions.sizes(), x.sizes());
         // The reported scores are the model's outputs at x and at the baseline.
@@ -179,7 +179,7 @@ TEST(Attribution, IntegratedGradientsCompleteness) {
     // The zero baseline is zero; the blurred one is smoother than the image.
     auto o = opts(AttributionMethod::IntegratedGradients, 1);
     o.steps = 4;
-    o.baseline = parse_ig_baseline("blur:2");
+    o.baseline = parse_baseline("blur:2");
     auto blurred = attribute(model, x, o);
     EXPECT_LT(blurred.baselines.diff(1, 3).abs().mean().item<double>(),
               x.diff(1, 3).abs().mean().item<double>());
@@ -195,15 +195,16 @@ TEST(Attribution, SmoothGradIsSeededAndReducesToSaliency) {
     auto o = opts(AttributionMethod::SmoothGrad, 4);
     o.samples = 6;
     o.noise = 0.2;
-    o.seed = 3;
-    auto a = attribute(model, x, o);
-    auto b = attribute(model, x, o);
+    RunContext ctx;
+    ctx.seed = 3;
+    auto a = attribute(model, x, o, ctx);
+    auto b = attribute(model, x, o, ctx);
     EXPECT_TRUE(torch::equal(a.attributions, b.attributions)) << "same seed, same bytes";
     o.batch_size = 4;
-    auto c = attribute(model, x, o);
+    auto c = attribute(model, x, o, ctx);
     expect_close(c.attributions, a.attributions, 1e-6, "noise independent of the batch size");
-    o.seed = 4;
-    auto d = attribute(model, x, o);
+    ctx.seed = 4;
+    auto d = attribute(model, x, o, ctx);
     EXPECT_GT((d.attributions - a.attributions).abs().max().item<double>(), 1e-6) << "seed matters";
     // Reference: the mean of the gradients at x + noise for the same noise, drawn by hand.
     auto gen = at::make_generator<at::CPUGeneratorImpl>(3);
@@ -364,12 +365,12 @@ TEST(Attribution, BadInputGivesClearErrors) {
         expect_error([&] { attribute(model, x, opts(method, 10)); },
                      "target class 10 is out of range: the model has 10 classes (0..9)");
     auto label = opts(AttributionMethod::Saliency);
-    label.target.kind = AttributionTarget::Kind::Label;
+    label.target.kind = Target::Kind::Label;
     expect_error([&] { attribute(model, x, label); }, "needs labelled data");
-    label.labels = {1, -1};
+    label.target.labels = {1, -1};
     expect_error([&] { attribute(model, x, label); }, "has no label");
-    label.labels = {1, 12};
-    expect_error([&] { attribute(model, x, label); }, "label 12 is out of range");
+    label.target.labels = {1, 12};
+    expect_error([&] { attribute(model, x, label); }, "label 12 of image 1 is out of range");
     expect_error(
         [&] {
             attribute(model, torch::zeros({1, 3, 28, 28}), opts(AttributionMethod::Saliency));
@@ -387,10 +388,10 @@ TEST(Attribution, BadInputGivesClearErrors) {
     // Option parsing.
     EXPECT_THROW(parse_attribution_method("gradient"), UsageError);
     EXPECT_EQ(parse_attribution_method("grad-cam++"), AttributionMethod::GradCamPlusPlus);
-    EXPECT_THROW(parse_attribution_target("best"), UsageError);
-    EXPECT_THROW(parse_attribution_target("-1"), UsageError);
-    EXPECT_EQ(parse_attribution_target("7").class_index, 7);
-    EXPECT_THROW(parse_ig_baseline("black"), UsageError);
-    EXPECT_THROW(parse_ig_baseline("blur:0"), UsageError);
-    EXPECT_EQ(parse_ig_baseline("0.5").kind, IgBaseline::Kind::Constant);
+    EXPECT_THROW(parse_target("best"), UsageError);
+    EXPECT_THROW(parse_target("-1"), UsageError);
+    EXPECT_EQ(parse_target("7").class_index, 7);
+    EXPECT_THROW(parse_baseline("black"), UsageError);
+    EXPECT_THROW(parse_baseline("blur:0"), UsageError);
+    EXPECT_EQ(parse_baseline("0.5").kind, Baseline::Kind::Constant);
 }

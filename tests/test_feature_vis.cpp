@@ -90,20 +90,20 @@ TEST(FeatureVis, SeededAndIndependentPerUnit) {
     Model model = load_lenet();
     auto o = channel_opts("conv2", {1, 4});
     o.steps = 12;
-    o.seed = 7;
-    auto a = feature_vis(model, o);
-    auto b = feature_vis(model, o);
+    RunContext ctx;
+    ctx.seed = 7;
+    auto a = feature_vis(model, o, ctx);
+    auto b = feature_vis(model, o, ctx);
     EXPECT_TRUE(torch::equal(a.pixels, b.pixels)) << "same seed, same bytes";
     auto single = channel_opts("conv2", {4});
     single.steps = 12;
-    single.seed = 7;
-    auto c = feature_vis(model, single);
+    auto c = feature_vis(model, single, ctx);
     expect_close(c.pixels[0], a.pixels[1], 1e-4, "unit 4 alone");
     o.batch_size = 1;
-    auto d = feature_vis(model, o);
+    auto d = feature_vis(model, o, ctx);
     expect_close(d.pixels, a.pixels, 1e-4, "batch size");
-    o.seed = 8;
-    auto e = feature_vis(model, o);
+    ctx.seed = 8;
+    auto e = feature_vis(model, o, ctx);
     EXPECT_GT((e.pixels - a.pixels).abs().max().item<double>(), 1e-3) << "seed matters";
 }
 

@@ -202,9 +202,9 @@ TEST(Occlusion, ConcatModelMatchesNaiveLoop) {
     Model m = load_fixture("concat_scripted", {3, 32, 32});
     const at::Tensor x = fixture_input("concat_scripted");
     auto o = opts(6, 6, 5, 4, OcclusionMode::Incremental);
-    o.baseline = OcclusionBaseline::Mean;
-    o.target = OcclusionTarget::Class;
-    o.target_class = 2;
+    o.baseline.kind = Baseline::Kind::Mean;
+    o.target.kind = Target::Kind::Class;
+    o.target.class_index = 2;
     const auto r = occlusion(m, x, o);
     EXPECT_NE(r.engine_note.find("cat x1"), std::string::npos) << r.engine_note;
     const auto ref = naive_occlusion(m, x, o, r.targets);
@@ -289,8 +289,8 @@ TEST(Occlusion, IncrementalEqualsFullOnLenetWithProbScore) {
     const at::Tensor x = fixture_input("lenet_scripted");
     auto o = opts(4, 4, 1, 1, OcclusionMode::Full);
     o.score = OcclusionScore::Prob;
-    o.baseline = OcclusionBaseline::Value;
-    o.baseline_value = 1.5;
+    o.baseline.kind = Baseline::Kind::Constant;
+    o.baseline.value = 1.5;
     const auto full = occlusion(m, x, o);
     o.mode = OcclusionMode::Incremental;
     const auto inc = occlusion(m, x, o);
@@ -307,7 +307,7 @@ TEST(Occlusion, IncrementalEqualsFullOnEveryWindowGeometry) {
     const at::Tensor x = torch::randn({2, 3, 20, 23}, at::make_generator<at::CPUGeneratorImpl>(3));
     for (auto [ph, pw, sy, sx] : std::vector<std::array<int64_t, 4>>{{3, 5, 2, 3}, {1, 1, 1, 1}, {20, 23, 1, 1}, {7, 2, 4, 7}}) {
         auto o = opts(ph, pw, sy, sx, OcclusionMode::Full);
-        o.baseline = OcclusionBaseline::Blur;
+        o.baseline.kind = Baseline::Kind::Blur;
         const auto full = occlusion(m, x, o);
         o.mode = OcclusionMode::Incremental;
         const auto inc = occlusion(m, x, o);
@@ -360,8 +360,8 @@ def forward(self, x):
     x[1][0][5][7] = 0.f;  // last in its 2x2 window
     for (int64_t patch : {2, 3}) {
         auto o = opts(patch, patch, 1, 1, OcclusionMode::Full);
-        o.baseline = OcclusionBaseline::Value;  // a finite fill (0 would be NaN too)
-        o.baseline_value = 0.5;
+        o.baseline.kind = Baseline::Kind::Constant;  // a finite fill (0 would be NaN too)
+        o.baseline.value = 0.5;
         const auto full = occlusion(model, x, o);
         o.mode = OcclusionMode::Incremental;
         const auto inc = occlusion(model, x, o);
@@ -413,19 +413,19 @@ TEST(Occlusion, Baselines) {
     auto gen = at::make_generator<at::CPUGeneratorImpl>(5);
     const at::Tensor x = torch::rand({2, 3, 12, 17}, gen, torch::kFloat);
     OcclusionOptions o;
-    o.baseline = OcclusionBaseline::Zero;
+    o.baseline.kind = Baseline::Kind::Zero;
     EXPECT_EQ(occlusion_baseline(x, o).abs().max().item<float>(), 0.f);
-    o.baseline = OcclusionBaseline::Value;
-    o.baseline_value = -0.75;
+    o.baseline.kind = Baseline::Kind::Constant;
+    o.baseline.value = -0.75;
     EXPECT_TRUE(torch::equal(occlusion_baseline(x, o), torch::full_like(x, -0.75)));
-    o.baseline = OcclusionBaseline::Mean;
+    o.baseline.kind = Baseline::Kind::Mean;
     const at::Tensor mean = occlusion_baseline(x, o);
     for (int64_t n = 0; n < 2; ++n)
         for (int64_t c = 0; c < 3; ++c)
             EXPECT_NEAR(mean[n][c][5][7].item<double>(), x[n][c].mean().item<double>(), 1e-6);
     // Blur: OpenCV's Gaussian with the same kernel (radius ceil(3 sigma)) and replicated edges.
-    o.baseline = OcclusionBaseline::Blur;
-    o.blur_sigma = 1.7;
+    o.baseline.kind = Baseline::Kind::Blur;
+    o.baseline.value = 1.7;
     const at::Tensor blur = occlusion_baseline(x, o);
     for (int64_t n = 0; n < 2; ++n)
         for (int64_t c = 0; c < 3; ++c) {
@@ -437,7 +437,7 @@ TEST(Occlusion, Baselines) {
             expect_close(blur[n][c], ref, 1e-5, "blur");
         }
     // The default sigma is max(H, W) / 8 and blurs strongly: far flatter than the image.
-    o.blur_sigma = 0;
+    o.baseline.value = 0;
     EXPECT_LT(occlusion_baseline(x, o).std().item<double>(), 0.3 * x.std().item<double>());
 }
 
@@ -445,7 +445,7 @@ TEST(Occlusion, MeanBaselineDropIsTheRemovedDeviation) {
     Model m = sum_model({2, 4, 4});
     const at::Tensor x = torch::arange(32, torch::kFloat).view({1, 2, 4, 4});
     auto o = opts(2, 3, 2, 1, OcclusionMode::Incremental);
-    o.baseline = OcclusionBaseline::Mean;
+    o.baseline.kind = Baseline::Kind::Mean;
     const auto r = occlusion(m, x, o);
     using torch::indexing::Slice;
     const at::Tensor mean = x.mean({2, 3}, true);
@@ -457,8 +457,8 @@ TEST(Occlusion, LabelTargetUsesTheLabels) {
     Model m = load_fixture("lenet_scripted", {1, 28, 28});
     const at::Tensor x = fixture_input("lenet_scripted");
     auto o = opts(7, 7, 7, 7, OcclusionMode::Incremental);
-    o.target = OcclusionTarget::Label;
-    o.labels = {4, 9};
+    o.target.kind = Target::Kind::Label;
+    o.target.labels = {4, 9};
     const auto r = occlusion(m, x, o);
     EXPECT_EQ(r.targets, (std::vector<int64_t>{4, 9}));
     const auto ref = naive_occlusion(m, x, o, r.targets);
@@ -759,12 +759,12 @@ TEST(Occlusion, ApproximateCorrectionIsExactOnLinearNetworks) {
     EXPECT_TRUE(torch::equal(r.top_class, exact.top_class));
     expect_close(r.top_prob, exact.top_prob, 5e-3, "top probability");
     // The other class (the runner-up) is corrected too: its drops with target = that class.
-    o.target = OcclusionTarget::Class;
+    o.target.kind = Target::Kind::Class;
     for (int64_t k = 0; k < 2; ++k) {
-        o.target_class = k;
+        o.target.class_index = k;
         auto f = opts(6, 6, 2, 2, OcclusionMode::Full);
-        f.target = OcclusionTarget::Class;
-        f.target_class = k;
+        f.target.kind = Target::Kind::Class;
+        f.target.class_index = k;
         expect_close(occlusion(m, x, o).coarse, occlusion(m, x, f).coarse, 5e-3, "class " + std::to_string(k));
     }
 }
@@ -895,14 +895,14 @@ TEST(Occlusion, ProgressCanCancel) {
     const at::Tensor x = fixture_input("lenet_scripted");
     double last = -1;
     bool monotone = true;
-    occlusion(m, x, opts(4, 4, 4, 4, OcclusionMode::Incremental), [&](double f) {
-        monotone = monotone && f >= last;
-        last = f;
-        return true;
-    });
+    occlusion(m, x, opts(4, 4, 4, 4, OcclusionMode::Incremental), RunContext{[&](double f) {
+                  monotone = monotone && f >= last;
+                  last = f;
+                  return true;
+              }});
     EXPECT_TRUE(monotone);
     EXPECT_DOUBLE_EQ(last, 1.0);
-    EXPECT_THROW(occlusion(m, x, opts(4, 4, 4, 4, OcclusionMode::Full), [](double f) { return f < 0.3; }),
+    EXPECT_THROW(occlusion(m, x, opts(4, 4, 4, 4, OcclusionMode::Full), RunContext{[](double f) { return f < 0.3; }}),
                  Cancelled);
 }
 
@@ -915,16 +915,16 @@ TEST(Occlusion, BadInputGivesClearErrors) {
     expect_error([&] { occlusion(m, x, opts(4, 4, 2, -3, OcclusionMode::Full)); }, "stride must be at least 1");
     expect_error([&] { occlusion(m, x, opts(0, 4, 2, 2, OcclusionMode::Full)); }, "at least 1x1");
     auto o = opts(4, 4, 2, 2, OcclusionMode::Incremental);
-    o.target = OcclusionTarget::Class;
-    o.target_class = 10;
+    o.target.kind = Target::Kind::Class;
+    o.target.class_index = 10;
     expect_error([&] { occlusion(m, x, o); }, "target class 10 is out of range: the model has 10 classes");
-    o.target_class = -1;
+    o.target.class_index = -1;
     expect_error([&] { occlusion(m, x, o); }, "out of range");
-    o.target = OcclusionTarget::Label;
+    o.target.kind = Target::Kind::Label;
     expect_error([&] { occlusion(m, x, o); }, "needs one label per image, but the data has no labels");
-    o.labels = {1, -1};
+    o.target.labels = {1, -1};
     expect_error([&] { occlusion(m, x, o); }, "image 1 has none");
-    o.labels = {1, 12};
+    o.target.labels = {1, 12};
     expect_error([&] { occlusion(m, x, o); }, "label 12 of image 1 is out of range");
     o = opts(4, 4, 2, 2, OcclusionMode::Full);
     o.batch_size = -1;

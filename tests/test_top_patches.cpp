@@ -273,8 +273,8 @@ TEST(TopPatches, InterruptedScanResumesToOnePass) {
     opts.checkpoint_path = dir / "scan.ckpt";
     opts.checkpoint_every = 2;
     int calls = 0;
-    opts.progress = [&](double) { return ++calls < 3; };
-    EXPECT_THROW(top_patches(model, data, indices, pre, opts), Cancelled);
+    const RunContext stop_after_two{[&](double) { return ++calls < 3; }};
+    EXPECT_THROW(top_patches(model, data, indices, pre, opts, stop_after_two), Cancelled);
     ASSERT_TRUE(std::filesystem::exists(opts.checkpoint_path));
     const auto saved = nlohmann::json::parse(read_file(opts.checkpoint_path));
     EXPECT_EQ(saved.at("checkpoint_position").get<int64_t>(), 3);
@@ -282,8 +282,8 @@ TEST(TopPatches, InterruptedScanResumesToOnePass) {
 
     // Resuming scans only the 5 remaining batches and gives what one pass gives.
     calls = 0;
-    opts.progress = [&](double) { return ++calls > 0; };
-    const auto resumed = top_patches(model, data, indices, pre, opts);
+    const RunContext count_calls{[&](double) { return ++calls > 0; }};
+    const auto resumed = top_patches(model, data, indices, pre, opts, count_calls);
     EXPECT_EQ(calls, 5);
     EXPECT_EQ(json_of(resumed), json_of(single));
 

@@ -232,6 +232,13 @@ struct Explorer::Impl {
 
     Request parse(const json& j) const;
     json execute(const Request& r, const ProgressFn& progress);
+    // A job's method context: its progress and the explorer's seed.
+    RunContext context(const ProgressFn& progress) const {
+        RunContext ctx;
+        ctx.progress = progress;
+        ctx.seed = opts.seed;
+        return ctx;
+    }
     std::shared_ptr<const TopPatchesResult> ensure_scan(const ProgressFn& progress);
     void ensure_map(const ProgressFn& progress);
     void worker_loop();
@@ -614,8 +621,9 @@ std::shared_ptr<const TopPatchesResult> Explorer::Impl::ensure_scan(const Progre
     }
     std::vector<int64_t> indices(static_cast<size_t>(n));
     for (int64_t i = 0; i < n; ++i) indices[size_t(i)] = i;
-    to.progress = progress;
-    auto r = std::make_shared<TopPatchesResult>(top_patches(model, data, indices, pre, to));
+    RunContext ctx;
+    ctx.progress = progress;
+    auto r = std::make_shared<TopPatchesResult>(top_patches(model, data, indices, pre, to, ctx));
     if (!path.empty()) {
         try {
             fs::create_directories(cache_dir);
@@ -690,11 +698,9 @@ json Explorer::Impl::execute(const Request& r, const ProgressFn& progress) {
         OcclusionOptions oo;
         oo.patch_h = oo.patch_w = r.patch;
         oo.stride_y = oo.stride_x = r.stride;
-        oo.baseline = r.baseline == "mean"   ? OcclusionBaseline::Mean
-                      : r.baseline == "blur" ? OcclusionBaseline::Blur
-                                             : OcclusionBaseline::Zero;
+        oo.baseline = parse_baseline(r.baseline);
         oo.score = OcclusionScore::Prob;
-        const OcclusionResult res = occlusion(model, r.input, oo, progress);
+        const OcclusionResult res = occlusion(model, r.input, oo, context(progress));
         const OcclusionSummary s = summarize_occlusion(res, 0, oo);
         const cv::Mat base = upscale_nearest(detail::input_picture(pre, r.input[0]), factor);
         const detail::HeatPictures p = detail::occlusion_pictures(base, res, 0, factor);
@@ -714,9 +720,7 @@ json Explorer::Impl::execute(const Request& r, const ProgressFn& progress) {
         ao.layer = r.layer;
         ao.samples = 25;
         ao.steps = 32;
-        ao.seed = opts.seed;
-        ao.progress = progress;
-        const AttributionResult res = attribute(model, r.input, ao);
+        const AttributionResult res = attribute(model, r.input, ao, context(progress));
         const cv::Mat base = upscale_nearest(detail::input_picture(pre, r.input[0]), factor);
         const detail::HeatPictures p = detail::attribution_pictures(base, res, 0, factor);
         return {{"method", r.method},
@@ -735,9 +739,7 @@ json Explorer::Impl::execute(const Request& r, const ProgressFn& progress) {
         fo.steps = opts.feature_vis_steps;
         fo.preprocess = pre;
         fo.preprocess.as_is = false;
-        fo.seed = opts.seed;
-        fo.progress = progress;
-        const FeatureVisResult res = feature_vis(model, fo);
+        const FeatureVisResult res = feature_vis(model, fo, context(progress));
         if (!res.display.defined())
             throw Error("the model's input has " + std::to_string(res.pixels.size(1)) +
                         " channels: feature visualisations are pictures for 1 or 3 channels only");

@@ -156,6 +156,14 @@ double best_seconds(F&& f, int runs = 2) {
     return best;
 }
 
+// A section's method context: its share of the report's progress and the report's seed.
+RunContext stage_context(const ReportOptions& opts, ProgressFn progress) {
+    RunContext ctx;
+    ctx.progress = std::move(progress);
+    ctx.seed = opts.seed;
+    return ctx;
+}
+
 }  // namespace
 
 ReportPlan plan_report(const Model& model, const Dataset& data, const std::vector<std::string>& layers,
@@ -436,7 +444,7 @@ ReportResult write_report(const Model& model, const Dataset& data, OutputDir& ou
         oo.patch_h = oo.patch_w = plan.occlusion_patch;
         oo.stride_y = oo.stride_x = plan.occlusion_stride;
         oo.score = OcclusionScore::Prob;
-        const OcclusionResult orr = occlusion(model, images, oo, detail::sub_progress(progress, 0.18, 0.30));
+        const OcclusionResult orr = occlusion(model, images, oo, stage_context(opts, detail::sub_progress(progress, 0.18, 0.30)));
         for (size_t n = 0; n < ex.size(); ++n) {
             const OcclusionSummary s = summarize_occlusion(orr, int64_t(n), oo);
             const detail::HeatPictures p = detail::occlusion_pictures(bases[n], orr, int64_t(n), factor);
@@ -457,14 +465,14 @@ ReportResult write_report(const Model& model, const Dataset& data, OutputDir& ou
             ao2.method = parse_attribution_method(opts.attributions[m]);
             ao2.samples = plan.attribution_steps;
             ao2.steps = plan.attribution_steps;
-            ao2.seed = opts.seed;
-            ao2.progress = detail::sub_progress(progress, 0.30 + 0.15 * double(m) / double(methods),
-                                               0.30 + 0.15 * double(m + 1) / double(methods));
             if (is_cam_method(ao2.method) && model.conv_layer_names().empty()) {
                 skip(opts.attributions[m] + ": the model has no conv layer");
                 continue;
             }
-            const AttributionResult r = attribute(model, images, ao2);
+            const AttributionResult r = attribute(
+                model, images, ao2,
+                stage_context(opts, detail::sub_progress(progress, 0.30 + 0.15 * double(m) / double(methods),
+                                                         0.30 + 0.15 * double(m + 1) / double(methods))));
             for (size_t n = 0; n < ex.size(); ++n) {
                 const detail::HeatPictures p = detail::attribution_pictures(bases[n], r, int64_t(n), factor);
                 const std::string stem = "examples/" + std::to_string(ex[n]) + "/" + opts.attributions[m];
@@ -490,8 +498,8 @@ ReportResult write_report(const Model& model, const Dataset& data, OutputDir& ou
         to.layers = result.layers;
         to.k = std::min<int64_t>(9, n);
         to.lowest = false;
-        to.progress = detail::sub_progress(progress, 0.45, 0.60);
-        const TopPatchesResult tp = top_patches(model, data, indices, pre, to);
+        const TopPatchesResult tp =
+            top_patches(model, data, indices, pre, to, stage_context(opts, detail::sub_progress(progress, 0.45, 0.60)));
         for (const auto& L : tp.layers) {
             const int64_t shown = std::min<int64_t>(opts.patch_channels, int64_t(L.channels.size()));
             std::vector<std::vector<PatchEntry>> lists;
@@ -552,10 +560,10 @@ ReportResult write_report(const Model& model, const Dataset& data, OutputDir& ou
             fo.size = plan.feature_vis_size[li];
             fo.preprocess = pre;
             fo.preprocess.as_is = false;
-            fo.seed = opts.seed;
-            fo.progress = detail::sub_progress(progress, 0.62 + 0.18 * double(li) / double(count),
-                                               0.62 + 0.18 * double(li + 1) / double(count));
-            const FeatureVisResult fr = feature_vis(model, fo);
+            const FeatureVisResult fr = feature_vis(
+                model, fo,
+                stage_context(opts, detail::sub_progress(progress, 0.62 + 0.18 * double(li) / double(count),
+                                                         0.62 + 0.18 * double(li + 1) / double(count))));
             if (!fr.display.defined()) {
                 skip("feature visualisation: the input has neither 1 nor 3 channels");
                 break;

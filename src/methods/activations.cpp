@@ -12,22 +12,12 @@
 #include <thread>
 
 #include "convscope/runtime/error.hpp"
+#include "convscope/runtime/strings.hpp"
 #include "convscope/runtime/model.hpp"
 
 namespace convscope {
 
 namespace {
-
-std::string shape_str(const std::vector<int64_t>& s) {
-    std::string out = "[";
-    for (size_t i = 0; i < s.size(); ++i) out += (i ? "," : "") + std::to_string(s[i]);
-    return out + "]";
-}
-
-std::string lower(std::string s) {
-    for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    return s;
-}
 
 // Channels of one input ordered by mean, largest first; ties keep the lower index first.
 std::vector<int64_t> by_mean(const float* means, int64_t c) {
@@ -91,21 +81,23 @@ const char* activation_scale_name(ActivationScale s) { return s == ActivationSca
 const char* channel_order_name(ChannelOrder o) { return o == ChannelOrder::Index ? "index" : "mean"; }
 
 ActivationScale parse_activation_scale(const std::string& name) {
-    const std::string s = lower(name);
+    const std::string s = detail::lower(name);
     if (s == "layer") return ActivationScale::Layer;
     if (s == "tile") return ActivationScale::Tile;
     throw UsageError("unknown scale '" + name + "': use layer (one range per layer) or tile (one per tile)");
 }
 
 ChannelOrder parse_channel_order(const std::string& name) {
-    const std::string s = lower(name);
+    const std::string s = detail::lower(name);
     if (s == "index") return ChannelOrder::Index;
     if (s == "mean") return ChannelOrder::Mean;
     throw UsageError("unknown channel order '" + name + "': use index or mean");
 }
 
 ActivationsResult activations(const Model& model, const at::Tensor& images_nchw,
-                              const ActivationsOptions& opt, const ProgressFn& progress) {
+                              const ActivationsOptions& opt, const RunContext& context) {
+    const ThreadScope threads(context);
+    const ProgressFn& progress = context.progress;
     if (opt.tile_px < 1 || opt.bar_height < 1 || opt.overlay_px < 1 || opt.input_px < 1)
         throw UsageError("tile_px, bar_height, overlay_px and input_px must be >= 1");
     if (opt.top_channels < 1) throw UsageError("the overlay needs at least 1 channel (top_channels >= 1)");
@@ -117,7 +109,7 @@ ActivationsResult activations(const Model& model, const at::Tensor& images_nchw,
     if (opt.layers.empty()) {
         for (const auto& l : model.layers()) {
             if (l.output_shape.size() == 3 || l.output_shape.size() == 1) names.push_back(l.name);
-            else result.skipped.push_back(l.name + ": output " + shape_str(l.output_shape) +
+            else result.skipped.push_back(l.name + ": output " + detail::shape_str(l.output_shape) +
                                           " is neither C,H,W nor F");
         }
         if (names.empty())
@@ -127,7 +119,7 @@ ActivationsResult activations(const Model& model, const at::Tensor& images_nchw,
         for (const auto& n : opt.layers) {
             const LayerInfo& l = model.layer(n);  // throws for unknown names, with the closest ones
             if (l.output_shape.size() != 3 && l.output_shape.size() != 1)
-                throw Error("layer '" + n + "' gives outputs of shape " + shape_str(l.output_shape) +
+                throw Error("layer '" + n + "' gives outputs of shape " + detail::shape_str(l.output_shape) +
                             ": activations shows C,H,W feature maps and F-vectors only; pick another layer");
             if (seen.insert(n).second) names.push_back(n);
         }
@@ -145,7 +137,7 @@ ActivationsResult activations(const Model& model, const at::Tensor& images_nchw,
         la.name = name;
         la.values = taps.taps.at(name).to(torch::kCPU, torch::kFloat).contiguous();
         if (la.values.dim() != 4 && la.values.dim() != 2)
-            throw Error("layer '" + name + "' gave outputs of shape " + shape_str(la.values.sizes().vec()) +
+            throw Error("layer '" + name + "' gave outputs of shape " + detail::shape_str(la.values.sizes().vec()) +
                         " for this input: activations shows C,H,W feature maps and F-vectors only");
         la.spatial = la.values.dim() == 4 && la.values.size(2) * la.values.size(3) > 1;
         compute_stats(la);

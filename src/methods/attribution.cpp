@@ -15,7 +15,6 @@
 #include "convscope/runtime/error.hpp"
 #include "convscope/runtime/model.hpp"
 #include "convscope/runtime/strings.hpp"
-#include "methods/detail/blur.hpp"
 
 namespace convscope {
 
@@ -31,31 +30,6 @@ const std::vector<AttributionMethod> kMethods = {
     AttributionMethod::GradCamPlusPlus,
 };
 
-std::string join(const std::vector<std::string>& v, const std::string& sep) {
-    std::string out;
-    for (size_t i = 0; i < v.size(); ++i) out += (i ? sep : "") + v[i];
-    return out;
-}
-
-
-bool parse_double(const std::string& s, double& out) {
-    if (s.empty()) return false;
-    try {
-        size_t used = 0;
-        const double v = std::stod(s, &used);
-        if (used != s.size() || !std::isfinite(v)) return false;
-        out = v;
-        return true;
-    } catch (const std::exception&) {
-        return false;
-    }
-}
-
-std::string fmt(double v) {
-    std::ostringstream s;
-    s << v;
-    return s.str();
-}
 
 // Options that make no sense whatever the model: checked before any work.
 void check_options(const Model& model, const at::Tensor& images, const AttributionOptions& o) {
@@ -70,32 +44,15 @@ void check_options(const Model& model, const at::Tensor& images, const Attributi
                         ": pass --samples N with N >= 1 (50 is usual)");
         if (!(o.noise >= 0) || !std::isfinite(o.noise))
             throw Error("the SmoothGrad noise must be a fraction >= 0 of the input range, got " +
-                        fmt(o.noise) + ": pass --noise 0.15 for example");
+                        detail::format_number(o.noise) + ": pass --noise 0.15 for example");
     }
     if (o.method == AttributionMethod::IntegratedGradients && o.steps < 1)
         throw Error("integrated gradients need at least 1 step, got " + std::to_string(o.steps) +
                     ": pass --steps N with N >= 1 (50 is usual)");
-    if (o.target.kind == AttributionTarget::Kind::Class && o.target.class_index < 0)
-        throw Error("the target class must be >= 0, got " + std::to_string(o.target.class_index));
-    if (o.target.kind == AttributionTarget::Kind::Label) {
-        if (o.labels.empty())
-            throw Error(
-                "the target 'label' needs labelled data, and this data has no labels: "
-                "pass labels (--labels L.npy for .npy data) or use --target pred or a "
-                "class index");
-        if (static_cast<int64_t>(o.labels.size()) != images.size(0))
-            throw Error("got " + std::to_string(o.labels.size()) + " labels for " +
-                        std::to_string(images.size(0)) + " images: give one label per image");
-        for (size_t i = 0; i < o.labels.size(); ++i)
-            if (o.labels[i] < 0)
-                throw Error("image " + std::to_string(i) +
-                            " of the selection has no label: "
-                            "use --target pred or a class index for unlabelled items");
-    }
+    if (o.method == AttributionMethod::IntegratedGradients) check_baseline(o.baseline);
+    check_target(o.target, images.size(0));
 }
 
-// The class explained for each row of `output` [B,K]; `first` is the image index of row 0
-// (for labels). Throws Error for a class out of range.
 void check_output(const at::Tensor& output) {
     if (output.dim() != 2)
         throw Error(
@@ -104,29 +61,11 @@ void check_output(const at::Tensor& output) {
             std::to_string(output.dim()) + " dimensions");
 }
 
+// The class explained for each row of `output` [B,K]; `first` is the image index of row 0
+// (for labels). Throws Error for a class out of range.
 at::Tensor targets_for(const at::Tensor& output, int64_t first, const AttributionOptions& o) {
     check_output(output);
-    const int64_t b = output.size(0), k = output.size(1);
-    auto out_of_range = [&](int64_t c, const std::string& what) {
-        return Error(what + " " + std::to_string(c) + " is out of range: the model has " +
-                     std::to_string(k) + " classes (0.." + std::to_string(k - 1) + ")");
-    };
-    switch (o.target.kind) {
-        case AttributionTarget::Kind::Predicted:
-            return output.argmax(1).to(torch::kLong);
-        case AttributionTarget::Kind::Class:
-            if (o.target.class_index >= k) throw out_of_range(o.target.class_index, "target class");
-            return torch::full({b}, o.target.class_index, torch::kLong);
-        case AttributionTarget::Kind::Label: {
-            std::vector<int64_t> t(static_cast<size_t>(b));
-            for (int64_t i = 0; i < b; ++i) {
-                t[size_t(i)] = o.labels.at(size_t(first + i));
-                if (t[size_t(i)] >= k) throw out_of_range(t[size_t(i)], "label");
-            }
-            return torch::tensor(t, torch::kLong);
-        }
-    }
-    return {};
+    return torch::tensor(resolve_targets(o.target, output, first), torch::kLong);
 }
 
 at::Tensor gather_scores(const at::Tensor& output, const at::Tensor& targets) {
@@ -214,7 +153,7 @@ std::string cam_layer(const Model& model, const std::string& wanted) {
         throw Error("layer '" + name + "' is not spatial (its output is " +
                     (shape.empty() ? std::string("not a tensor") : shape) +
                     ", Grad-CAM needs a map [C,h,w]): pass --layer with a conv layer" +
-                    (convs.empty() ? std::string() : " such as " + join(convs, ", ")));
+                    (convs.empty() ? std::string() : " such as " + detail::join(convs, ", ")));
     }
     return name;
 }
@@ -226,24 +165,6 @@ at::Tensor upsample(const at::Tensor& maps_nhw, int64_t h, int64_t w) {
                                                      .mode(torch::kBilinear)
                                                      .align_corners(false))
         .squeeze(1);
-}
-
-at::Tensor make_baseline(const at::Tensor& x_chw, const IgBaseline& b) {
-    switch (b.kind) {
-        case IgBaseline::Kind::Zero:
-            return torch::zeros_like(x_chw);
-        case IgBaseline::Kind::Constant:
-            return torch::full_like(x_chw, b.value);
-        case IgBaseline::Kind::Mean:
-            return x_chw.mean({1, 2}, true).expand_as(x_chw).contiguous();
-        case IgBaseline::Kind::Blur: {
-            const double sigma =
-                b.value > 0 ? b.value
-                            : static_cast<double>(std::max(x_chw.size(1), x_chw.size(2))) / 10.0;
-            return detail::gaussian_blur(x_chw.unsqueeze(0), sigma).squeeze(0);
-        }
-    }
-    return {};
 }
 
 }  // namespace
@@ -270,91 +191,18 @@ AttributionMethod parse_attribution_method(const std::string& name) {
     if (n == "gradcam") return AttributionMethod::GradCam;
     if (n == "gradcam++" || n == "grad-cam-plus-plus") return AttributionMethod::GradCamPlusPlus;
     if (n == "ig") return AttributionMethod::IntegratedGradients;
-    throw UsageError("unknown attribution method '" + name + "': use one of " + join(names, ", "));
+    throw UsageError("unknown attribution method '" + name + "': use one of " + detail::join(names, ", "));
 }
 
 bool is_cam_method(AttributionMethod m) {
     return m == AttributionMethod::GradCam || m == AttributionMethod::GradCamPlusPlus;
 }
 
-AttributionTarget parse_attribution_target(const std::string& spec) {
-    AttributionTarget t;
-    if (spec == "pred" || spec == "predicted") return t;
-    if (spec == "label") {
-        t.kind = AttributionTarget::Kind::Label;
-        return t;
-    }
-    int64_t c = 0;
-    if (detail::parse_int64(spec, c) && c >= 0) {
-        t.kind = AttributionTarget::Kind::Class;
-        t.class_index = c;
-        return t;
-    }
-    throw UsageError("bad target '" + spec +
-                     "': use 'pred' (the predicted class), 'label' (the item's label) or a class "
-                     "index >= 0");
-}
-
-std::string attribution_target_name(const AttributionTarget& t) {
-    switch (t.kind) {
-        case AttributionTarget::Kind::Predicted:
-            return "pred";
-        case AttributionTarget::Kind::Label:
-            return "label";
-        case AttributionTarget::Kind::Class:
-            return std::to_string(t.class_index);
-    }
-    return "";
-}
-
-IgBaseline parse_ig_baseline(const std::string& spec) {
-    IgBaseline b;
-    double v = 0;
-    if (spec == "zero" || spec == "zeros") return b;
-    if (spec == "mean") {
-        b.kind = IgBaseline::Kind::Mean;
-        return b;
-    }
-    if (spec == "blur") {
-        b.kind = IgBaseline::Kind::Blur;
-        return b;
-    }
-    if (spec.rfind("blur:", 0) == 0) {
-        if (!parse_double(spec.substr(5), v) || v <= 0)
-            throw UsageError("bad baseline '" + spec +
-                             "': the blur sigma must be a number > 0 "
-                             "(pixels), as in blur:5");
-        b.kind = IgBaseline::Kind::Blur;
-        b.value = v;
-        return b;
-    }
-    if (parse_double(spec, v)) {
-        b.kind = IgBaseline::Kind::Constant;
-        b.value = v;
-        return b;
-    }
-    throw UsageError("bad baseline '" + spec +
-                     "': use zero, blur, blur:SIGMA, mean, or a number (a constant input)");
-}
-
-std::string ig_baseline_name(const IgBaseline& b) {
-    switch (b.kind) {
-        case IgBaseline::Kind::Zero:
-            return "zero";
-        case IgBaseline::Kind::Mean:
-            return "mean";
-        case IgBaseline::Kind::Blur:
-            return b.value > 0 ? "blur:" + fmt(b.value) : "blur";
-        case IgBaseline::Kind::Constant:
-            return fmt(b.value);
-    }
-    return "";
-}
-
 // ---------------------------------------------------------------------------------------------
 
-AttributionResult attribute(const Model& model, const at::Tensor& images_nchw,
-                            const AttributionOptions& o) {
+AttributionResult attribute(const Model& model, const at::Tensor& images_nchw, const AttributionOptions& o,
+                            const RunContext& context) {
+    const ThreadScope threads(context);
     check_options(model, images_nchw, o);
     torch::NoGradGuard no_grad;  // the runtime turns autograd on where it needs it
     const at::Tensor images = images_nchw.contiguous();
@@ -363,7 +211,7 @@ AttributionResult attribute(const Model& model, const at::Tensor& images_nchw,
 
     AttributionResult r;
     r.method = o.method;
-    report_progress(o.progress, 0.0);
+    report_progress(context.progress, 0.0);
 
     const bool cam = is_cam_method(o.method);
     if (cam) r.layer = cam_layer(model, o.layer);
@@ -379,7 +227,7 @@ AttributionResult attribute(const Model& model, const at::Tensor& images_nchw,
             model, rule, images,
             [&](const at::Tensor& out, int64_t first) { return targets_for(out, first, o); },
             r.layer, batch,
-            [&](int64_t done) { report_progress(o.progress, double(done) / double(n)); });
+            [&](int64_t done) { report_progress(context.progress, double(done) / double(n)); });
         r.targets = to_vector(p.targets);
         r.scores = p.scores.to(torch::kFloat);
         if (!cam) {
@@ -418,7 +266,7 @@ AttributionResult attribute(const Model& model, const at::Tensor& images_nchw,
             baseline_scores = torch::empty({n}, torch::kDouble);
             sums = torch::empty({n}, torch::kDouble);
         }
-        at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(o.seed);
+        at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(context.seed);
         for (int64_t i = 0; i < n; ++i) {
             const at::Tensor x = images[i];
             const int64_t t = r.targets[size_t(i)];
@@ -430,7 +278,7 @@ AttributionResult attribute(const Model& model, const at::Tensor& images_nchw,
                 at::Tensor noise = torch::randn({per_image, c, h, w}, gen, torch::kFloat);
                 rows = x.unsqueeze(0) + noise * (o.noise * range);
             } else {
-                base = make_baseline(x, o.baseline).to(torch::kFloat);
+                base = baseline_images(x.unsqueeze(0), o.baseline, 10.0).squeeze(0);
                 at::Tensor alphas = torch::arange(per_image, torch::kDouble) / double(o.steps);
                 rows = (base.unsqueeze(0).to(torch::kDouble) +
                         alphas.view({-1, 1, 1, 1}) * (x - base).unsqueeze(0).to(torch::kDouble))
@@ -448,7 +296,7 @@ AttributionResult attribute(const Model& model, const at::Tensor& images_nchw,
                 },
                 "", batch,
                 [&](int64_t done) {
-                    report_progress(o.progress,
+                    report_progress(context.progress,
                                     (double(i) + double(done) / double(per_image)) / double(n));
                 });
             if (sg) {
@@ -475,7 +323,7 @@ AttributionResult attribute(const Model& model, const at::Tensor& images_nchw,
 
     r.heat = cam ? upsample(r.attributions, h, w).contiguous()
                  : r.attributions.abs().amax(1).contiguous();
-    report_progress(o.progress, 1.0);
+    report_progress(context.progress, 1.0);
     return r;
 }
 

@@ -14,6 +14,7 @@
 #include <sstream>
 
 #include "convscope/runtime/error.hpp"
+#include "convscope/runtime/strings.hpp"
 #include "convscope/runtime/model.hpp"
 #include "methods/detail/blur.hpp"
 
@@ -29,12 +30,6 @@ uint64_t mix_seed(uint64_t seed, int64_t unit) {
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
     return z ^ (z >> 31);
-}
-
-std::string fmt(double v) {
-    std::ostringstream s;
-    s << v;
-    return s.str();
 }
 
 struct Space {
@@ -77,7 +72,7 @@ void check_options(const Model& model, const FeatureVisOptions& o) {
         throw Error("feature visualisation needs at least 1 step, got " + std::to_string(o.steps) +
                     ": pass --steps N with N >= 1 (256 is usual)");
     if (!(o.learning_rate > 0) || !std::isfinite(o.learning_rate))
-        throw Error("the learning rate must be > 0, got " + fmt(o.learning_rate));
+        throw Error("the learning rate must be > 0, got " + detail::format_number(o.learning_rate));
     if (!(o.l2_decay >= 0) || !(o.jitter >= 0) || !(o.scale >= 0 && o.scale < 1) ||
         !(o.rotate_degrees >= 0) || !(o.blur_sigma >= 0) || o.blur_every < 0)
         throw Error(
@@ -237,7 +232,8 @@ at::Tensor feature_vis_objective(const Model& model, const FeatureVisOptions& o,
     return objective_of_units(model, o, images_nchw);
 }
 
-FeatureVisResult feature_vis(const Model& model, const FeatureVisOptions& o) {
+FeatureVisResult feature_vis(const Model& model, const FeatureVisOptions& o, const RunContext& context) {
+    const ThreadScope threads(context);
     check_options(model, o);
     const Space space = input_space(model, o);
     const bool channel = o.objective == FeatureVisOptions::Objective::Channel;
@@ -255,16 +251,16 @@ FeatureVisResult feature_vis(const Model& model, const FeatureVisOptions& o) {
     result.layer = channel ? o.layer : "";
     result.units = o.units;
     std::vector<at::Tensor> pixels_out, act_out, init_out;
-    report_progress(o.progress, 0.0);
+    report_progress(context.progress, 0.0);
 
     for (int64_t chunk = 0; chunk < chunks; ++chunk) {
         const int64_t first = chunk * o.batch_size;
         const int64_t end = std::min(u_count, first + o.batch_size);
         const std::vector<int64_t> units(o.units.begin() + first, o.units.begin() + end);
         std::vector<std::mt19937_64> rngs;
-        for (int64_t u : units) rngs.emplace_back(mix_seed(o.seed ^ 0x5EEDULL, u));
+        for (int64_t u : units) rngs.emplace_back(mix_seed(context.seed ^ 0x5EEDULL, u));
 
-        Param param = make_param(o.param, space, units, o.seed);
+        Param param = make_param(o.param, space, units, context.seed);
         torch::optim::Adam adam({param.values}, torch::optim::AdamOptions(o.learning_rate));
         {
             torch::NoGradGuard no_grad;
@@ -294,7 +290,7 @@ FeatureVisResult feature_vis(const Model& model, const FeatureVisOptions& o) {
             if (o.blur_every > 0 && o.blur_sigma > 0 && (step + 1) % o.blur_every == 0 &&
                 step + 1 < o.steps)
                 param.blur(o.blur_sigma);
-            report_progress(o.progress, (1.0 - dataset_share) *
+            report_progress(context.progress, (1.0 - dataset_share) *
                                             (double(chunk) + double(step + 1) / double(o.steps)) /
                                             double(chunks));
         }
@@ -341,7 +337,7 @@ FeatureVisResult feature_vis(const Model& model, const FeatureVisOptions& o) {
             const at::Tensor idx = torch::tensor(batch.indices, torch::kLong).index_select(0, rows);
             best_index = torch::where(better, idx, best_index);
             done += static_cast<int64_t>(batch.indices.size());
-            report_progress(o.progress, 1.0 - dataset_share +
+            report_progress(context.progress, 1.0 - dataset_share +
                                             dataset_share * double(done) / double(indices.size()));
         }
         result.dataset_best = best;
@@ -350,7 +346,7 @@ FeatureVisResult feature_vis(const Model& model, const FeatureVisOptions& o) {
             torch::where(best > 0, result.activation / best,
                          torch::full_like(best, std::numeric_limits<float>::quiet_NaN()));
     }
-    report_progress(o.progress, 1.0);
+    report_progress(context.progress, 1.0);
     return result;
 }
 

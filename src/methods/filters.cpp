@@ -37,16 +37,10 @@ at::Tensor weight_of(const jit::Module& m) {
     return {};
 }
 
-std::string join(const std::vector<std::string>& names) {
-    std::string out;
-    for (size_t i = 0; i < names.size(); ++i) out += (i ? ", " : "") + names[i];
-    return out;
-}
-
 std::string spatial_list(const Model& model) {
     const auto names = spatial_weight_layers(model);
     if (names.empty()) return "this model has no layer with spatial (4-D) weights";
-    return "layers with spatial weights: " + join(names);
+    return "layers with spatial weights: " + detail::join(names, ", ");
 }
 
 std::vector<int64_t> checked_indices(const std::vector<int64_t>& wanted, int64_t n,

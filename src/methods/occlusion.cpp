@@ -69,10 +69,7 @@ void validate_options(const at::Tensor& x, const OcclusionOptions& o) {
     if (o.batch_size < 0)
         throw Error("the occlusion batch size must be at least 1 (0 = automatic), got " +
                     std::to_string(o.batch_size));
-    if (o.baseline == OcclusionBaseline::Value && !std::isfinite(o.baseline_value))
-        throw Error("the occlusion baseline must be a finite number");
-    if (o.baseline == OcclusionBaseline::Blur && (o.blur_sigma < 0 || !std::isfinite(o.blur_sigma)))
-        throw Error("the blur sigma must be a finite number >= 0 (0 = automatic)");
+    check_baseline(o.baseline);
     if (o.mode == OcclusionMode::Approximate) {
         if (!(o.tau >= 0 && o.tau <= 1))
             throw Error("tau (projective-field threshold) must be in (0, 1] (0 = automatic), got " +
@@ -83,53 +80,7 @@ void validate_options(const at::Tensor& x, const OcclusionOptions& o) {
         if (!(o.refine_drop >= 0) || !(o.refine_error >= 0))
             throw Error("the refinement thresholds must be >= 0");
     }
-    if (o.target == OcclusionTarget::Label && static_cast<int64_t>(o.labels.size()) != x.size(0))
-        throw Error("target 'label' needs one label per image, but the data has no labels: use "
-                    "--target pred or a class number, or give labels (--labels L.npy for .npy data)");
-}
-
-// Targets per image from the clean outputs [N,K].
-std::vector<int64_t> choose_targets(const at::Tensor& clean_out, const OcclusionOptions& o) {
-    const int64_t N = clean_out.size(0), K = clean_out.size(1);
-    std::vector<int64_t> t(N);
-    for (int64_t n = 0; n < N; ++n) {
-        switch (o.target) {
-        case OcclusionTarget::Predicted: t[n] = clean_out[n].argmax().item<int64_t>(); break;
-        case OcclusionTarget::Class:
-            if (o.target_class < 0 || o.target_class >= K)
-                throw Error("target class " + std::to_string(o.target_class) +
-                            " is out of range: the model has " + std::to_string(K) + " classes (0.." +
-                            std::to_string(K - 1) + ")");
-            t[n] = o.target_class;
-            break;
-        case OcclusionTarget::Label:
-            if (o.labels[n] < 0)
-                throw Error("target 'label' needs a label for every image, but image " + std::to_string(n) +
-                            " has none: use --target pred or a class number");
-            if (o.labels[n] >= K)
-                throw Error("label " + std::to_string(o.labels[n]) + " of image " + std::to_string(n) +
-                            " is out of range: the model has " + std::to_string(K) + " classes (0.." +
-                            std::to_string(K - 1) + ")");
-            t[n] = o.labels[n];
-            break;
-        }
-    }
-    return t;
-}
-
-at::Tensor gaussian_blur(const at::Tensor& x, double sigma) {
-    const int64_t C = x.size(1);
-    const int64_t r = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(3 * sigma)));
-    auto k = torch::arange(-r, r + 1, torch::kDouble);
-    k = torch::exp(-(k * k) / (2 * sigma * sigma));
-    k = (k / k.sum()).to(torch::kFloat);
-    auto ky = k.view({1, 1, 2 * r + 1, 1}).repeat({C, 1, 1, 1});
-    auto kx = k.view({1, 1, 1, 2 * r + 1}).repeat({C, 1, 1, 1});
-    // Edge pixels repeat outwards (reflection would need the image to be larger than the kernel).
-    auto padded = at::replication_pad2d(x, {r, r, r, r});
-    const std::vector<int64_t> one{1, 1}, zero{0, 0};
-    auto y = at::conv2d(padded, ky, at::Tensor(), one, zero, one, C);
-    return at::conv2d(y, kx, at::Tensor(), one, zero, one, C).contiguous();
+    check_target(o.target, x.size(0));
 }
 
 // Window positions (top-left corners) in row-major order.
@@ -611,23 +562,13 @@ at::Tensor pixel_map(const std::vector<float>& drop, const Grid& g, int64_t H, i
 }  // namespace
 
 at::Tensor occlusion_baseline(const at::Tensor& images, const OcclusionOptions& o) {
-    torch::NoGradGuard no_grad;
-    const at::Tensor x = images.to(torch::kFloat).contiguous();
-    switch (o.baseline) {
-    case OcclusionBaseline::Zero: return torch::zeros_like(x);
-    case OcclusionBaseline::Value: return torch::full_like(x, o.baseline_value);
-    case OcclusionBaseline::Mean: return x.mean({2, 3}, true).expand_as(x).contiguous();
-    case OcclusionBaseline::Blur: {
-        const double sigma = o.blur_sigma > 0 ? o.blur_sigma
-                                              : static_cast<double>(std::max(x.size(2), x.size(3))) / 8.0;
-        return gaussian_blur(x, sigma);
-    }
-    }
-    return torch::zeros_like(x);
+    return baseline_images(images, o.baseline, 8.0);
 }
 
 OcclusionResult occlusion(const Model& model, const at::Tensor& images_nchw, const OcclusionOptions& options,
-                          const ProgressFn& progress) {
+                          const RunContext& context) {
+    const ThreadScope threads(context);
+    const ProgressFn& progress = context.progress;
     check_input(model, images_nchw);
     validate_options(images_nchw, options);
     OcclusionOptions o = options;  // with the automatic settings resolved
@@ -702,7 +643,7 @@ OcclusionResult occlusion(const Model& model, const at::Tensor& images_nchw, con
                     std::to_string(clean_out.dim()) + " dimensions");
     OcclusionResult r;
     r.batch_size = o.batch_size;
-    r.targets = choose_targets(clean_out, o);
+    r.targets = resolve_targets(o.target, clean_out);
     r.positions_y = grid.py;
     r.positions_x = grid.px;
 

@@ -344,7 +344,8 @@ void fill_boxes(const Model& model, const Dataset& data, const Preprocess& pre,
 
 TopPatchesResult top_patches(const Model& model, const Dataset& data,
                              const std::vector<int64_t>& indices, const Preprocess& pre,
-                             const TopPatchesOptions& opts) {
+                             const TopPatchesOptions& opts, const RunContext& context) {
+    const ThreadScope threads(context);
     if (opts.k < 1)
         throw UsageError("k must be at least 1 (got " + std::to_string(opts.k) + "): use --k 9");
     if (opts.batch_size < 1)
@@ -476,7 +477,7 @@ TopPatchesResult top_patches(const Model& model, const Dataset& data,
                               (position % std::max<int64_t>(1, opts.checkpoint_every) == 0 || position == total);
             if (save) write_checkpoint(opts.checkpoint_path, state, id, position, images_scanned);
             try {
-                report_progress(opts.progress, double(position) / double(total));
+                report_progress(context.progress, double(position) / double(total));
             } catch (const Cancelled&) {
                 if (!opts.checkpoint_path.empty() && !save)
                     write_checkpoint(opts.checkpoint_path, state, id, position, images_scanned);
@@ -484,7 +485,7 @@ TopPatchesResult top_patches(const Model& model, const Dataset& data,
             }
         }
     } else {
-        report_progress(opts.progress, 1.0);
+        report_progress(context.progress, 1.0);
     }
 
     TopPatchesResult r = make_result(state, id, images_scanned);

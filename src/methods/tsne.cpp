@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "convscope/runtime/error.hpp"
+#include "convscope/runtime/strings.hpp"
 #include "methods/detail/tsne_fft.hpp"
 #include "methods/detail/tsne_knn.hpp"
 #include "methods/detail/tsne_parallel.hpp"
@@ -26,12 +27,6 @@ namespace {
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-std::string fmt(double v) {
-    char buf[64];
-    std::snprintf(buf, sizeof(buf), "%g", v);
-    return buf;
 }
 
 // Throws Error naming the first NaN/Inf of x [n,d].
@@ -53,15 +48,15 @@ double perplexity_bound(int64_t n) { return double(n - 1) / 3.0; }
 
 void check_perplexity(double perplexity, int64_t n) {
     if (!(perplexity >= 1.0) || !std::isfinite(perplexity))
-        throw UsageError("perplexity must be at least 1, got " + fmt(perplexity));
+        throw UsageError("perplexity must be at least 1, got " + detail::format_number(perplexity));
     if (!(3.0 * perplexity < double(n - 1))) {
         const double bound = perplexity_bound(n);
-        std::string msg = "perplexity " + fmt(perplexity) + " is too large for " +
+        std::string msg = "perplexity " + detail::format_number(perplexity) + " is too large for " +
                           std::to_string(n) + " points: t-SNE needs 3*perplexity < N-1, so the " +
-                          "perplexity must be below " + fmt(bound);
+                          "perplexity must be below " + detail::format_number(bound);
         const double suggest = std::ceil(bound) - 1.0;
         if (suggest >= 1.0)
-            msg += " (the largest whole value allowed is " + fmt(suggest) + ")";
+            msg += " (the largest whole value allowed is " + detail::format_number(suggest) + ")";
         else
             msg += ", and even perplexity 1 needs at least 5 points";
         throw UsageError(msg);
@@ -548,7 +543,7 @@ SparseMatrix conditional_affinities(const KnnGraph& knn, double perplexity, int 
     if (knn.n < 2 || knn.k < 1)
         throw Error("affinities need a neighbour graph of at least 2 points");
     if (!(perplexity >= 1.0) || !(perplexity < double(knn.k) + 1e-9))
-        throw UsageError("perplexity " + fmt(perplexity) +
+        throw UsageError("perplexity " + detail::format_number(perplexity) +
                          " must be in [1, k = " + std::to_string(knn.k) + "]");
     ThreadPool pool(threads);
     return conditional_from_knn(knn, perplexity, pool, betas);
@@ -558,7 +553,7 @@ SparseMatrix conditional_affinities_all_pairs(const float* x, int64_t n, int64_t
                                               double perplexity, int threads) {
     if (n < 2) throw Error("t-SNE needs at least 2 points, got " + std::to_string(n));
     if (!(perplexity >= 1.0) || !(perplexity < double(n - 1) + 1e-9))
-        throw UsageError("perplexity " + fmt(perplexity) + " must be in [1, N-1]");
+        throw UsageError("perplexity " + detail::format_number(perplexity) + " must be in [1, N-1]");
     ThreadPool pool(threads);
     return all_pairs_conditional(x, n, d, perplexity, pool);
 }

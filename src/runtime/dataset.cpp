@@ -48,11 +48,6 @@ std::string fashion_mnist_dir() {
     return "/usr/share/datasets/fashion-mnist";
 }
 
-std::string lower(std::string s) {
-    for (char& c : s) c = char(std::tolower(static_cast<unsigned char>(c)));
-    return s;
-}
-
 bool ends_with(const std::string& s, const std::string& suffix) {
     return s.size() >= suffix.size() &&
            s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
@@ -61,7 +56,7 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 bool is_image_file(const fs::path& p) {
     static const std::set<std::string> exts = {".png", ".jpg",  ".jpeg", ".bmp", ".webp",
                                                ".tif", ".tiff", ".pgm",  ".ppm"};
-    return exts.count(lower(p.extension().string())) > 0;
+    return exts.count(detail::lower(p.extension().string())) > 0;
 }
 
 bool is_hidden(const fs::path& p) {
@@ -89,12 +84,6 @@ std::string numpy_name(at::ScalarType t) {
         default:
             return c10::toString(t);
     }
-}
-
-std::string shape_str(const std::vector<int64_t>& shape) {
-    std::string s = "[";
-    for (size_t i = 0; i < shape.size(); ++i) s += (i ? "," : "") + std::to_string(shape[i]);
-    return s + "]";
 }
 
 // Sorts paths the way torchvision's ImageFolder walks a tree: by folder, then by file name.
@@ -278,7 +267,7 @@ at::Tensor Preprocess::normalise(const at::Tensor& pixels) const {
 at::Tensor Preprocess::to_display(const at::Tensor& images_nchw) const {
     if (images_nchw.dim() != 4) {
         throw Error("to_display needs images [N,C,H,W]; got " +
-                    shape_str(images_nchw.sizes().vec()));
+                    detail::shape_str(images_nchw.sizes().vec()));
     }
     const int64_t c = images_nchw.size(1);
     if (c != 1 && c != 3) {
@@ -450,7 +439,7 @@ std::vector<int64_t> read_idx_labels(const std::string& path, int64_t n,
                                      const std::string& images_path) {
     at::Tensor t = detail::read_idx(path);
     if (t.dim() != 1 || t.size(0) != n) {
-        throw Error("labels file " + path + " has shape " + shape_str(t.sizes().vec()) + " but " +
+        throw Error("labels file " + path + " has shape " + detail::shape_str(t.sizes().vec()) + " but " +
                     images_path + " has " + std::to_string(n) +
                     " images; use the labels file that belongs to these images");
     }
@@ -464,7 +453,7 @@ void open_idx(Source& d, const fs::path& path) {
     d.kind = Source::Kind::Idx;
     at::Tensor images = detail::read_idx(path.string());
     if (images.dim() != 3) {
-        throw Error("IDX file " + path.string() + " has shape " + shape_str(images.sizes().vec()) +
+        throw Error("IDX file " + path.string() + " has shape " + detail::shape_str(images.sizes().vec()) +
                     ": image files must have 3 dimensions (N,H,W); is this a labels file? "
                     "give the *-images-idx3-ubyte file");
     }
@@ -587,7 +576,7 @@ void open_npy(Source& d, const fs::path& path) {
         }
     } else {
         throw Error("cannot use " + path.string() + ": array of " + numpy_name(a.scalar_type()) +
-                    " with shape " + shape_str(shape) + supported);
+                    " with shape " + detail::shape_str(shape) + supported);
     }
     if (a.size(0) == 0) throw Error("the array " + path.string() + " holds no items (N = 0)");
     if (a.numel() == 0) throw Error("the array " + path.string() + " has a dimension of size 0");
@@ -604,7 +593,7 @@ void open_labels_npy(Source& d, const std::string& labels_path) {
                     "; labels must be int64, int32 or uint8 (a.astype(numpy.int64))");
     }
     if (t.dim() != 1 || t.size(0) != d.n) {
-        throw Error("labels " + labels_path + " have shape " + shape_str(t.sizes().vec()) +
+        throw Error("labels " + labels_path + " have shape " + detail::shape_str(t.sizes().vec()) +
                     " but the data has " + std::to_string(d.n) +
                     " items; give one label per item (length " + std::to_string(d.n) + ")");
     }
@@ -653,7 +642,7 @@ Dataset Dataset::open(const std::string& spec, const DatasetOptions& opts) {
         open_folder(d, path);
         d.kind_name = "folder";
     } else if (fs::is_regular_file(path, ec)) {
-        const std::string name = lower(path.filename().string());
+        const std::string name = detail::lower(path.filename().string());
         std::string type;
         if (ends_with(name, ".npy"))
             type = "npy";
@@ -822,7 +811,7 @@ at::Tensor convert_channels(const at::Tensor& chw, int64_t target_c, int64_t ind
 at::Tensor Dataset::batch(const std::vector<int64_t>& indices, const Preprocess& pre) const {
     torch::NoGradGuard no_grad;
     if (!pre.input_shape.empty() && pre.input_shape.size() != 3) {
-        throw Error("the input shape " + shape_str(pre.input_shape) + " must be C,H,W");
+        throw Error("the input shape " + detail::shape_str(pre.input_shape) + " must be C,H,W");
     }
     for (int64_t i : indices) impl_->check_index(i);
     std::vector<int64_t> shape = pre.input_shape;
@@ -834,8 +823,8 @@ at::Tensor Dataset::batch(const std::vector<int64_t>& indices, const Preprocess&
         if (pre.as_is) {
             if (!shape.empty() && x.sizes().vec() != shape) {
                 throw Error("item " + std::to_string(i) + " has shape " +
-                            shape_str(x.sizes().vec()) + " but the model expects " +
-                            shape_str(shape) + "; float32 .npy data is used as is, so save it " +
+                            detail::shape_str(x.sizes().vec()) + " but the model expects " +
+                            detail::shape_str(shape) + "; float32 .npy data is used as is, so save it " +
                             "in the model's input shape");
             }
         } else if (!pre.input_shape.empty()) {
@@ -846,8 +835,8 @@ at::Tensor Dataset::batch(const std::vector<int64_t>& indices, const Preprocess&
         if (shape.empty()) {
             shape = x.sizes().vec();  // no model shape: every item must match the first
         } else if (x.sizes().vec() != shape) {
-            throw Error("item " + std::to_string(i) + " has shape " + shape_str(x.sizes().vec()) +
-                        " but item " + std::to_string(indices[0]) + " has " + shape_str(shape) +
+            throw Error("item " + std::to_string(i) + " has shape " + detail::shape_str(x.sizes().vec()) +
+                        " but item " + std::to_string(indices[0]) + " has " + detail::shape_str(shape) +
                         "; give the model's input shape (--input-shape) so items are resized");
         }
         if (!out.defined()) {

@@ -63,7 +63,7 @@ RunFn setup(CLI::App& app) {
         opts.preprocess = pre;
 
         const auto t0 = std::chrono::steady_clock::now();
-        const ActivationsResult r = activations(model, images, opts, stderr_progress("activations"));
+        const ActivationsResult r = activations(model, images, opts, run_context(*o, "activations"));
 
         nlohmann::json options = {{"layers", a->layers},       {"colormap", colormap_name(opts.colormap)},
                                   {"scale", a->scale},         {"sort", a->sort},

@@ -66,7 +66,7 @@ RunFn setup(CLI::App& app) {
         // Option values first, before any slow work.
         AttributionOptions ao;
         ao.method = parse_attribution_method(a->method);
-        ao.target = parse_attribution_target(a->target);
+        ao.target = parse_target(a->target);
         if (a->samples < 1)
             throw UsageError("--samples must be at least 1, got " + std::to_string(a->samples));
         if (!(a->noise >= 0))
@@ -75,20 +75,18 @@ RunFn setup(CLI::App& app) {
             throw UsageError("--steps must be at least 1, got " + std::to_string(a->steps));
         if (a->batch_size < 1) throw UsageError("--batch-size must be at least 1");
         if (!(a->alpha >= 0 && a->alpha <= 1)) throw UsageError("--alpha must be between 0 and 1");
-        ao.baseline = parse_ig_baseline(a->baseline);
+        ao.baseline = parse_baseline(a->baseline);
         const Colormap cmap = parse_colormap(a->colormap);
         ao.layer = a->layer;
         ao.samples = a->samples;
         ao.noise = a->noise;
         ao.steps = a->steps;
         ao.batch_size = a->batch_size;
-        ao.seed = o->seed;
 
         auto [model, data, indices, pre, images, labels] = open_selected_inputs(*o);
-        ao.labels = labels;
-        ao.progress = stderr_progress("attribute");
+        ao.target.labels = labels;
 
-        const AttributionResult r = attribute(model, images, ao);
+        const AttributionResult r = attribute(model, images, ao, run_context(*o, "attribute"));
 
         const nlohmann::json options = {{"method", attribution_method_name(ao.method)},
                                         {"target", a->target},
@@ -96,7 +94,7 @@ RunFn setup(CLI::App& app) {
                                         {"samples", ao.samples},
                                         {"noise", ao.noise},
                                         {"steps", ao.steps},
-                                        {"baseline", ig_baseline_name(ao.baseline)},
+                                        {"baseline", baseline_name(ao.baseline)},
                                         {"batch_size", ao.batch_size},
                                         {"seed", o->seed},
                                         {"data", data.spec()},
@@ -165,7 +163,7 @@ RunFn setup(CLI::App& app) {
                   labelled_grid(tiles, grid));
 
         nlohmann::json summary = {{"method", attribution_method_name(ao.method)},
-                                  {"target", attribution_target_name(ao.target)},
+                                  {"target", target_name(ao.target)},
                                   {"model", model.path()},
                                   {"data", data.spec()},
                                   {"items", items}};
@@ -177,7 +175,7 @@ RunFn setup(CLI::App& app) {
         }
         if (r.completeness_gap.defined()) {
             summary["steps"] = ao.steps;
-            summary["baseline"] = ig_baseline_name(ao.baseline);
+            summary["baseline"] = baseline_name(ao.baseline);
             double max_rel = 0, max_abs = 0;
             for (const auto& it : items) {
                 max_rel = std::max(max_rel, it["relative_gap"].get<double>());

@@ -76,7 +76,6 @@ RunFn setup(CLI::App& app) {
     return [o, a]() {
         FeatureVisOptions fo = a->lib;
         fo.param = parse_feature_vis_param(a->param);
-        fo.seed = o->seed;
         if (fo.steps < 1)
             throw UsageError("--steps must be at least 1, got " + std::to_string(fo.steps));
         if (fo.batch_size < 1) throw UsageError("--batch-size must be at least 1");
@@ -109,9 +108,8 @@ RunFn setup(CLI::App& app) {
             fo.preprocess = model.meta().preprocess();
             fo.preprocess.input_shape = model.input_shape();
         }
-        fo.progress = stderr_progress("feature-vis");
 
-        const FeatureVisResult r = feature_vis(model, fo);
+        const FeatureVisResult r = feature_vis(model, fo, run_context(*o, "feature-vis"));
 
         const nlohmann::json options = {{"layer", r.layer},
                                         {"units", r.units},

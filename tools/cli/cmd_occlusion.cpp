@@ -48,31 +48,13 @@ OcclusionOptions to_options(const Args& a) {
     OcclusionOptions o;
     std::tie(o.patch_h, o.patch_w) = parse_size(a.patch, "--patch", "patch");
     std::tie(o.stride_y, o.stride_x) = parse_size(a.stride, "--stride", "stride");
-    if (a.baseline == "0" || a.baseline == "zero") {
-        o.baseline = OcclusionBaseline::Zero;
-    } else if (a.baseline == "mean") {
-        o.baseline = OcclusionBaseline::Mean;
-    } else if (a.baseline == "blur") {
-        o.baseline = OcclusionBaseline::Blur;
-    } else {
-        try {
-            size_t used = 0;
-            o.baseline_value = std::stod(a.baseline, &used);
-            if (used != a.baseline.size() || !std::isfinite(o.baseline_value)) throw std::invalid_argument("");
-            o.baseline = OcclusionBaseline::Value;
-        } catch (const std::exception&) {
-            throw UsageError("--baseline takes 0, mean, blur or a number, got '" + a.baseline + "'");
-        }
+    o.baseline = parse_baseline(a.baseline);
+    if (a.blur_sigma != 0) {
+        if (o.baseline.kind != Baseline::Kind::Blur)
+            throw UsageError("--blur-sigma sets the sigma of --baseline blur: add --baseline blur (or use blur:SIGMA)");
+        o.baseline.value = a.blur_sigma;
     }
-    if (a.target == "pred" || a.target == "predicted") {
-        o.target = OcclusionTarget::Predicted;
-    } else if (a.target == "label") {
-        o.target = OcclusionTarget::Label;
-    } else {
-        if (!detail::parse_int64(a.target, o.target_class))
-            throw UsageError("--target takes pred, label or a class number, got '" + a.target + "'");
-        o.target = OcclusionTarget::Class;
-    }
+    o.target = parse_target(a.target);
     if (a.score == "logit") o.score = OcclusionScore::Logit;
     else if (a.score == "prob") o.score = OcclusionScore::Prob;
     else throw UsageError("--score takes logit or prob, got '" + a.score + "'");
@@ -91,7 +73,6 @@ OcclusionOptions to_options(const Args& a) {
     o.coarse_step = a.coarse_step;
     o.refine_drop = a.refine_drop;
     o.refine_error = a.refine_error;
-    o.blur_sigma = a.blur_sigma;
     o.compare_exact = a.report_ssim;
     o.bf16 = !a.no_bf16;
     if (a.no_correction && !a.approximate)
@@ -99,16 +80,6 @@ OcclusionOptions to_options(const Args& a) {
                          "add --approximate");
     o.correct = !a.no_correction;
     return o;
-}
-
-const char* baseline_name(OcclusionBaseline b) {
-    switch (b) {
-    case OcclusionBaseline::Zero: return "0";
-    case OcclusionBaseline::Mean: return "mean";
-    case OcclusionBaseline::Blur: return "blur";
-    case OcclusionBaseline::Value: return "value";
-    }
-    return "";
 }
 
 const char* mode_name(OcclusionMode m) {
@@ -146,10 +117,10 @@ RunFn setup(CLI::App& app) {
     app.add_option("--patch", a->patch, "occluder size P or PxQ in input pixels")->capture_default_str();
     app.add_option("--stride", a->stride, "step between occluder positions, S or SxT")->capture_default_str();
     app.add_option("--baseline", a->baseline,
-                   "what the occluder holds: 0, mean (the image's channel means), blur (a blurred "
-                   "copy) or a number, in model-input units")
+                   "what the occluder holds: 0, mean (the image's channel means), blur or blur:SIGMA (a "
+                   "blurred copy) or a number, in model-input units")
         ->capture_default_str();
-    app.add_option("--blur-sigma", a->blur_sigma, "Gaussian sigma for --baseline blur (0 = max(H,W)/8)");
+    app.add_option("--blur-sigma", a->blur_sigma, "Gaussian sigma for --baseline blur (0 = max(H,W)/8; same as blur:SIGMA)");
     app.add_option("--target", a->target, "class whose score is measured: pred, label or a class number")
         ->capture_default_str();
     app.add_option("--score", a->score, "logit (raw output) or prob (softmax)")->capture_default_str();
@@ -187,10 +158,10 @@ RunFn setup(CLI::App& app) {
         const OcclusionOptions opts = to_options(*a);  // usage errors before any work
         auto [model, data, indices, pre, images, labels] = open_selected_inputs(*o);
         OcclusionOptions run_opts = opts;
-        run_opts.labels = labels;
+        run_opts.target.labels = labels;
 
         const auto t0 = std::chrono::steady_clock::now();
-        const OcclusionResult r = occlusion(model, images, run_opts, stderr_progress("occlusion"));
+        const OcclusionResult r = occlusion(model, images, run_opts, run_context(*o, "occlusion"));
         const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
         const std::vector<std::string> names = detail::class_names_for(model, data);
@@ -201,11 +172,9 @@ RunFn setup(CLI::App& app) {
 
         nlohmann::json options = {
             {"patch", {opts.patch_h, opts.patch_w}}, {"stride", {opts.stride_y, opts.stride_x}},
-            {"baseline", baseline_name(opts.baseline)}, {"target", a->target}, {"score", a->score},
+            {"baseline", baseline_name(opts.baseline)}, {"target", target_name(opts.target)}, {"score", a->score},
             {"mode", mode_name(opts.mode)}, {"batch_size", opts.batch_size}, {"data", data.spec()},
             {"indices", indices}};
-        if (opts.baseline == OcclusionBaseline::Value) options["baseline_value"] = opts.baseline_value;
-        if (opts.baseline == OcclusionBaseline::Blur) options["blur_sigma"] = opts.blur_sigma;
         if (opts.mode == OcclusionMode::Approximate) {
             options["tau"] = opts.tau;  // as asked (0 = automatic); summary.json: what ran
             options["coarse_step"] = opts.coarse_step;

@@ -188,7 +188,6 @@ RunFn setup(CLI::App& app) {
         opts.checkpoint_every = o->checkpoint_every;
         opts.gradient_boxes = o->gradient_boxes;
         if (!o->shard.empty()) std::tie(opts.shard_index, opts.shard_count) = parse_shard(o->shard);
-        opts.progress = stderr_progress("scanning");
         const auto indices = selected_indices(o->common, data, ":");
 
         nlohmann::json options = {{"layers", opts.layers},       {"k", opts.k},
@@ -197,7 +196,8 @@ RunFn setup(CLI::App& app) {
                                   {"shard", o->shard},           {"gradient_boxes", opts.gradient_boxes},
                                   {"crop_size", o->crop_px},     {"data", data.spec()},
                                   {"indices", o->common.indices}};
-        TopPatchesResult r = top_patches(model, data, indices, preprocess_for(model, data), opts);
+        TopPatchesResult r = top_patches(model, data, indices, preprocess_for(model, data), opts,
+                                         run_context(o->common, "scanning"));
         r.data_labels = o->common.labels;  // so --merge can reopen the same data
         OutputDir out = open_out(o->common, options, &model);
         write_outputs(out, r, data, o->crop_px);

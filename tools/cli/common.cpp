@@ -122,6 +122,14 @@ void apply_threads(const CommonOptions& o) {
     at::set_num_threads(n);
 }
 
+RunContext run_context(const CommonOptions& o, const std::string& label) {
+    RunContext ctx;
+    ctx.progress = stderr_progress(label);
+    ctx.threads = o.threads;
+    ctx.seed = o.seed;
+    return ctx;
+}
+
 std::vector<int64_t> parse_shape(const std::string& spec, const std::string& what) {
     std::vector<int64_t> out;
     for (const auto& part : detail::split(spec, ',')) {

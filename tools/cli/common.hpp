@@ -13,6 +13,7 @@
 #include "convscope/runtime/model.hpp"
 #include "convscope/runtime/preprocess.hpp"
 #include "convscope/runtime/progress.hpp"
+#include "convscope/runtime/run_context.hpp"
 
 namespace convscope::cli {
 
@@ -62,6 +63,9 @@ void add_json_option(CLI::App& app, CommonOptions& o);
 
 // Sets LibTorch's intra-op threads from --threads (0 = all cores).
 void apply_threads(const CommonOptions& o);
+// The context a command runs its method with: --threads, --seed and a progress bar on stderr
+// labelled `label`.
+RunContext run_context(const CommonOptions& o, const std::string& label);
 // The model from --model (or the built-in one, trained on first use), with --input-shape and
 // the preprocessing options merged into its metadata.
 Model open_model(const CommonOptions& o);

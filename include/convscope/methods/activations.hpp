@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "convscope/runtime/dataset.hpp"
-#include "convscope/runtime/progress.hpp"
+#include "convscope/runtime/run_context.hpp"
 #include "convscope/runtime/render.hpp"
 
 namespace convscope {
@@ -93,7 +93,7 @@ struct ActivationsResult {
 // neither C,H,W nor F. Pictures of different layers and inputs are made in parallel
 // (at::parallel_for). Cost: one forward pass plus O(activation values + picture pixels).
 ActivationsResult activations(const Model& model, const at::Tensor& images_nchw,
-                              const ActivationsOptions& options, const ProgressFn& progress = {});
+                              const ActivationsOptions& options, const RunContext& context = {});
 
 // Names: "layer"/"tile" and "index"/"mean"; the parsers throw UsageError listing the valid ones.
 const char* activation_scale_name(ActivationScale s);

@@ -23,7 +23,8 @@
 #include <string>
 #include <vector>
 
-#include "convscope/runtime/progress.hpp"
+#include "convscope/methods/target.hpp"
+#include "convscope/runtime/run_context.hpp"
 
 namespace convscope {
 
@@ -48,40 +49,9 @@ AttributionMethod parse_attribution_method(const std::string& name);
 // Grad-CAM and Grad-CAM++ give maps at a layer ([N,h,w]); the others give pixels ([N,C,H,W]).
 bool is_cam_method(AttributionMethod method);
 
-// Which class each image's score is taken from.
-struct AttributionTarget {
-    enum class Kind {
-        Predicted,  // the class with the largest output for the image ("pred")
-        Label,      // the image's label (AttributionOptions::labels) ("label")
-        Class,      // one fixed class index for every image ("3")
-    };
-    Kind kind = Kind::Predicted;
-    int64_t class_index = -1;  // for Kind::Class
-};
-// Parses "pred" | "label" | a class index >= 0. Throws UsageError otherwise.
-AttributionTarget parse_attribution_target(const std::string& spec);
-std::string attribution_target_name(const AttributionTarget& target);
-
-// The reference input of integrated gradients.
-struct IgBaseline {
-    enum class Kind {
-        Zero,      // all zeros (in the model's input space) ("zero")
-        Blur,      // the image blurred with a Gaussian of sigma pixels ("blur" or "blur:SIGMA")
-        Mean,      // every pixel set to the image's own mean of that channel ("mean")
-        Constant,  // every value set to `value` ("0.5", "-1")
-    };
-    Kind kind = Kind::Zero;
-    double value = 0.0;  // Constant: the value; Blur: sigma in pixels (<= 0: max(H,W) / 10)
-};
-// Parses "zero" | "blur" | "blur:SIGMA" | "mean" | a number. Throws UsageError otherwise.
-IgBaseline parse_ig_baseline(const std::string& spec);
-std::string ig_baseline_name(const IgBaseline& baseline);
-
 struct AttributionOptions {
     AttributionMethod method = AttributionMethod::Saliency;
-    AttributionTarget target;
-    // Per image labels (size N, -1 = unknown), needed only for AttributionTarget::Kind::Label.
-    std::vector<int64_t> labels;
+    Target target;  // whose score is explained
     // Grad-CAM / Grad-CAM++ layer: any layer with a spatial output [C,h,w]. "" = the last conv
     // layer (model.conv_layer_names().back()).
     std::string layer;
@@ -92,12 +62,9 @@ struct AttributionOptions {
     // Integrated gradients: intervals of the path (>= 1); the gradient is taken at steps + 1
     // points k / steps (trapezoidal rule), which also give score(baseline) and score(x).
     int steps = 50;
-    IgBaseline baseline;
+    Baseline baseline;  // integrated gradients' start; Blur's automatic sigma is max(H, W) / 10
     // Rows (images, noisy copies or path points) per forward/backward pass; bounds the memory.
     int batch_size = 16;
-    // SmoothGrad's noise. The same seed and thread count give the same bytes.
-    uint64_t seed = 0;
-    ProgressFn progress;  // called with the fraction done; returning false cancels
 };
 
 struct AttributionResult {
@@ -128,7 +95,8 @@ struct AttributionResult {
 // Cost (one pass = forward + backward of one image): saliency, guided backprop, deconvnet,
 // Grad-CAM, Grad-CAM++: 1 pass; SmoothGrad: samples passes + 1 forward; integrated gradients:
 // steps + 1 passes, run `batch_size` rows at a time.
-AttributionResult attribute(const Model& model, const at::Tensor& images_nchw,
-                            const AttributionOptions& options);
+// The context's seed draws SmoothGrad's noise: the same seed and thread count give the same bytes.
+AttributionResult attribute(const Model& model, const at::Tensor& images_nchw, const AttributionOptions& options,
+                            const RunContext& context = {});
 
 }  // namespace convscope

@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "convscope/runtime/dataset.hpp"
-#include "convscope/runtime/progress.hpp"
+#include "convscope/runtime/run_context.hpp"
 
 namespace convscope {
 
@@ -63,17 +63,12 @@ struct FeatureVisOptions {
     int64_t size = 0;
     // Images optimised together in one forward/backward pass.
     int batch_size = 16;
-    // The same seed and thread count give the same bytes. Each unit's image depends only on the
-    // seed and the unit (not on which other units are optimised with it).
-    uint64_t seed = 0;
 
     // Optional: a dataset on which to find each unit's best activation (the maximum over images
     // of the objective), preprocessed with `preprocess`. dataset_indices empty = every item.
     const Dataset* dataset = nullptr;
     std::vector<int64_t> dataset_indices;
     int dataset_batch_size = 64;
-
-    ProgressFn progress;  // fraction done; returning false cancels
 };
 
 struct FeatureVisResult {
@@ -97,7 +92,9 @@ struct FeatureVisResult {
 // a non-positive learning rate, negative regulariser settings, a preprocess whose shape does not
 // fit the model. Cost: steps forward + backward passes of ceil(U / batch_size) batches, plus one
 // forward pass of the dataset when given.
-FeatureVisResult feature_vis(const Model& model, const FeatureVisOptions& options);
+// The context's seed starts the images: the same seed and thread count give the same bytes, and
+// each unit's image depends only on the seed and the unit (not on the units optimised with it).
+FeatureVisResult feature_vis(const Model& model, const FeatureVisOptions& options, const RunContext& context = {});
 
 // The objective (channel spatial mean, unit value, or class logit) of every unit for every
 // image: images_nchw [N,C,H,W] model inputs -> [N,U] float32. One forward pass. Exposed for

@@ -44,24 +44,14 @@
 #include <string>
 #include <vector>
 
-#include "convscope/runtime/progress.hpp"
+#include "convscope/methods/target.hpp"
+#include "convscope/runtime/run_context.hpp"
 #include "convscope/runtime/receptive_field.hpp"
 
 namespace convscope {
 
 class Model;
 
-enum class OcclusionBaseline {
-    Zero,   // 0 in model-input space (after normalisation)
-    Mean,   // the image's own per-channel mean
-    Blur,   // a strongly blurred copy of the image (Gaussian, sigma = blur_sigma)
-    Value,  // the number baseline_value in model-input space
-};
-enum class OcclusionTarget {
-    Predicted,  // the class the model predicts for the clean image
-    Label,      // the image's label (OcclusionOptions::labels)
-    Class,      // a fixed class (OcclusionOptions::target_class)
-};
 enum class OcclusionScore {
     Logit,  // the model's raw output for the target class
     Prob,   // softmax probability of the target class
@@ -71,12 +61,8 @@ enum class OcclusionMode { Full, Incremental, Approximate };
 struct OcclusionOptions {
     int64_t patch_h = 4, patch_w = 4;    // occluder size in input pixels (>= 1, <= the input)
     int64_t stride_y = 2, stride_x = 2;  // step between positions (>= 1)
-    OcclusionBaseline baseline = OcclusionBaseline::Zero;
-    double baseline_value = 0.0;  // fill for OcclusionBaseline::Value
-    double blur_sigma = 0.0;      // Blur: Gaussian sigma in pixels; 0 = max(H, W) / 8
-    OcclusionTarget target = OcclusionTarget::Predicted;
-    int64_t target_class = 0;     // for OcclusionTarget::Class, in [0, classes)
-    std::vector<int64_t> labels;  // for OcclusionTarget::Label: one per image (-1 = none)
+    Baseline baseline;  // what the window holds; Blur's automatic sigma is max(H, W) / 8
+    Target target;      // whose score drops
     OcclusionScore score = OcclusionScore::Logit;
     OcclusionMode mode = OcclusionMode::Incremental;
     int64_t batch_size = 0;  // occluded copies per forward pass (>= 1); 0 = automatic: 512 in the
@@ -136,15 +122,16 @@ struct OcclusionResult {
 // Throws Error for a patch larger than the input, a stride or patch < 1, a target class out of
 // range, a Label target without labels, a bad batch size or tau, and inputs that do not fit
 // the model. Cost: N * PY * PX occluded forward passes in Full mode; Incremental recomputes
-// only what each window changes (about 3x less work on small CNNs); Approximate evaluates a
-// fraction of the positions. Progress (cancellable) is reported per batch.
-OcclusionResult occlusion(const Model& model, const at::Tensor& images_nchw,
-                          const OcclusionOptions& opts, const ProgressFn& progress = {});
+// only what each window changes; Approximate evaluates a fraction of the positions. Progress
+// (cancellable) is reported per batch.
+OcclusionResult occlusion(const Model& model, const at::Tensor& images_nchw, const OcclusionOptions& opts,
+                          const RunContext& context = {});
 
 // Number of window positions along an axis: (size - patch) / stride + 1 (0 if patch > size).
 int64_t occlusion_positions(int64_t size, int64_t patch, int64_t stride);
 
-// The baseline images [N,C,H,W] float32 the windows are filled from (opts.baseline).
+// The baseline images [N,C,H,W] float32 the windows are filled from (opts.baseline; blur's
+// automatic sigma max(H, W) / 8).
 at::Tensor occlusion_baseline(const at::Tensor& images_nchw, const OcclusionOptions& opts);
 
 // A candidate confounder: a position outside the most important region whose occlusion

@@ -20,7 +20,7 @@
 #include <vector>
 
 #include "convscope/runtime/dataset.hpp"
-#include "convscope/runtime/progress.hpp"
+#include "convscope/runtime/run_context.hpp"
 #include "convscope/runtime/receptive_field.hpp"
 
 namespace convscope {
@@ -40,16 +40,13 @@ struct TopPatchesOptions {
     bool gradient_boxes = false;
     // Checkpoint file ("" = none). If it exists, the scan resumes from it (it must come from the
     // same model, data, selection and options, else Error); the state is written atomically every
-    // `checkpoint_every` batches, when the progress callback cancels, and at the end.
+    // `checkpoint_every` batches, when the context's progress cancels, and at the end.
     std::string checkpoint_path;
     int64_t checkpoint_every = 10;
     // Shard i of n: scan batches b with b % n == i (of the selection cut into batch_size
     // batches). Results of shards 0..n-1 merge exactly (merge_top_patches).
     int64_t shard_index = 0;
     int64_t shard_count = 1;
-    // Fraction of this shard's batches done; returning false cancels (throws Cancelled after
-    // writing the checkpoint).
-    ProgressFn progress;
 };
 
 // One image in a channel's top or bottom list.
@@ -104,11 +101,12 @@ struct TopPatchesResult {
 // Scans `indices` of `data` (preprocessed with `pre`) through `model`. Throws Error for k < 1,
 // k larger than the selection, unknown layers, a shard index outside 0..n-1 or more shards than
 // batches, and a checkpoint that belongs to another model, data or options. Cancelled if the
-// progress callback asks to stop. Cost: one forward pass per batch (plus, where boxes come from
+// context's progress (the fraction of this shard's batches done) asks to stop, after writing the
+// checkpoint. Cost: one forward pass per batch (plus, where boxes come from
 // gradients, one forward+backward per kept entry at the end).
 TopPatchesResult top_patches(const Model& model, const Dataset& data,
                              const std::vector<int64_t>& indices, const Preprocess& pre,
-                             const TopPatchesOptions& opts);
+                             const TopPatchesOptions& opts, const RunContext& context = {});
 
 // Merges the results of shards 0..n-1 of one scan into the result one scan gives. Throws Error
 // if they come from different models, data or options, or a shard is missing or given twice.

@@ -18,5 +18,15 @@ bool parse_int64(const std::string& s, int64_t& out);
 std::string trim(const std::string& s);
 // Splits on a single character.
 std::vector<std::string> split(const std::string& s, char sep);
+// The strings with `sep` between them.
+std::string join(const std::vector<std::string>& parts, const std::string& sep);
+// ASCII lower case.
+std::string lower(std::string s);
+// Parses the whole of `s` as a finite number; false for anything else.
+bool parse_double(const std::string& s, double& out);
+// A number as people read it: 6 significant digits, no trailing zeros ("%g").
+std::string format_number(double v);
+// "[1,28,28]".
+std::string shape_str(const std::vector<int64_t>& shape);
 
 }  // namespace convscope::detail

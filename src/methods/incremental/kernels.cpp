@@ -5,8 +5,9 @@
 
 namespace convscope::incremental {
 
-// Copies n floats; for the short rows of patches a loop beats a memcpy call.
 namespace {
+// Copies n floats; rows of patches are short (a few to a few dozen values), where a loop beats
+// a memcpy call.
 inline void copy_floats(float* dst, const float* src, int64_t n) {
     for (int64_t i = 0; i < n; ++i) dst[i] = src[i];
 }
@@ -19,37 +20,53 @@ Overlap overlap(const IncValue& v, int64_t b, int64_t off_y, int64_t off_x, int6
     return {py, px, std::max(wy, py), std::min(wy + L, py + v.h), std::max(wx, px), std::min(wx + Lw, px + v.w)};
 }
 
+namespace {
+// Calls fn(i, b, src_plane, patch_plane, overlap) in parallel for every plane i = b * C + c of
+// the windows of gather and gather_change: position b, channel c, src[v.img[b]]'s plane c and
+// v's patch plane i, and where the patch box meets the window.
+template <class Fn>
+void for_each_plane(const at::Tensor& src, const IncValue& v, int64_t off_y, int64_t off_x,
+                    const std::vector<int64_t>& wy, const std::vector<int64_t>& wx, int64_t L, int64_t Lw,
+                    int64_t grain, Fn fn) {
+    const int64_t B = static_cast<int64_t>(wy.size());
+    const int64_t C = src.size(1), plane = src.size(2) * src.size(3);
+    const float* s = src.data_ptr<float>();
+    const float* p = v.patch.data_ptr<float>();
+    const int64_t patch_plane = v.h * v.w;
+    at::parallel_for(0, B * C, grain, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+            const int64_t b = i / C, c = i % C;
+            fn(i, b, s + (v.img[b] * C + c) * plane, p + i * patch_plane,
+               overlap(v, b, off_y, off_x, wy[b], wx[b], L, Lw));
+        }
+    });
+}
+
+}  // namespace
+
 // Copies, for each position b, the window rows [wy[b], wy[b]+L) and columns [wx[b], wx[b]+Lw)
 // of src[v.img[b]] (src [G,C,Hs,Ws]) into dst[b] ([B,C,L,Lw]), taking the values inside v's patch
 // box (offset by (off_y, off_x) in src coordinates, e.g. the padding) from v's patch.
 at::Tensor gather(const at::Tensor& src, const IncValue& v, int64_t off_y, int64_t off_x,
                   const std::vector<int64_t>& wy, const std::vector<int64_t>& wx, int64_t L,
                   int64_t Lw) {
-    const int64_t B = static_cast<int64_t>(wy.size());
-    const int64_t C = src.size(1), Hs = src.size(2), Ws = src.size(3);
+    const int64_t B = static_cast<int64_t>(wy.size()), C = src.size(1), Ws = src.size(3);
     at::Tensor dst = at::empty({B, C, L, Lw}, src.options());
-    const float* s = src.data_ptr<float>();
-    const float* p = v.patch.data_ptr<float>();
     float* d = dst.data_ptr<float>();
-    const int64_t h = v.h, w = v.w;
-    at::parallel_for(0, B * C, plane_grain(L * Lw), [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {
-            const int64_t b = i / C, c = i % C;
-            const float* sc = s + (v.img[b] * C + c) * Hs * Ws;
-            const float* pc = p + i * h * w;
-            float* dc = d + i * L * Lw;
-            const int64_t y0 = wy[b], x0 = wx[b];
-            const Overlap o = overlap(v, b, off_y, off_x, y0, x0, L, Lw);
-            for (int64_t r = 0; r < L; ++r) {
-                const int64_t y = y0 + r;
-                float* drow = dc + r * Lw;
-                // Rows are short (a few to a few dozen values): plain loops, not memcpy calls.
-                copy_floats(drow, sc + y * Ws + x0, Lw);
-                if (o.x0 < o.x1 && y >= o.y0 && y < o.y1)
-                    copy_floats(drow + (o.x0 - x0), pc + (y - o.py) * w + (o.x0 - o.px), o.x1 - o.x0);
-            }
-        }
-    });
+    const int64_t w = v.w;
+    for_each_plane(src, v, off_y, off_x, wy, wx, L, Lw, plane_grain(L * Lw),
+                   [&](int64_t i, int64_t b, const float* sc, const float* pc, const Overlap& o) {
+                       float* dc = d + i * L * Lw;
+                       const int64_t y0 = wy[b], x0 = wx[b];
+                       for (int64_t r = 0; r < L; ++r) {
+                           const int64_t y = y0 + r;
+                           float* drow = dc + r * Lw;
+                           copy_floats(drow, sc + y * Ws + x0, Lw);
+                           if (o.x0 < o.x1 && y >= o.y0 && y < o.y1)
+                               copy_floats(drow + (o.x0 - x0), pc + (y - o.py) * w + (o.x0 - o.px),
+                                           o.x1 - o.x0);
+                       }
+                   });
     return dst;
 }
 
@@ -75,28 +92,20 @@ inline float from_bf16_bits(uint16_t b) {
 at::Tensor gather_change(const at::Tensor& clean_padded, const IncValue& v, int64_t off_y, int64_t off_x,
                          const std::vector<int64_t>& wy, const std::vector<int64_t>& wx, int64_t L,
                          int64_t Lw) {
-    const int64_t B = static_cast<int64_t>(wy.size());
-    const int64_t C = clean_padded.size(1), Hs = clean_padded.size(2), Ws = clean_padded.size(3);
+    const int64_t B = static_cast<int64_t>(wy.size()), C = clean_padded.size(1), Ws = clean_padded.size(3);
     at::Tensor dst = at::zeros({B, C, L, Lw}, clean_padded.options().dtype(at::kBFloat16));
-    const float* s = clean_padded.data_ptr<float>();
-    const float* p = v.patch.data_ptr<float>();
     uint16_t* d = reinterpret_cast<uint16_t*>(dst.data_ptr<c10::BFloat16>());
-    const int64_t h = v.h, w = v.w;
-    at::parallel_for(0, B * C, plane_grain(h * w), [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {
-            const int64_t b = i / C, c = i % C;
-            const float* sc = s + (v.img[b] * C + c) * Hs * Ws;
-            const float* pc = p + i * h * w;
-            uint16_t* dc = d + i * L * Lw;
-            const Overlap o = overlap(v, b, off_y, off_x, wy[b], wx[b], L, Lw);
-            for (int64_t y = o.y0; y < o.y1; ++y) {
-                const float* pr = pc + (y - o.py) * w - o.px;
-                const float* sr = sc + y * Ws;
-                uint16_t* dr = dc + (y - wy[b]) * Lw - wx[b];
-                for (int64_t x = o.x0; x < o.x1; ++x) dr[x] = to_bf16_bits(pr[x] - sr[x]);
-            }
-        }
-    });
+    const int64_t w = v.w;
+    for_each_plane(clean_padded, v, off_y, off_x, wy, wx, L, Lw, plane_grain(v.h * w),
+                   [&](int64_t i, int64_t b, const float* sc, const float* pc, const Overlap& o) {
+                       uint16_t* dc = d + i * L * Lw;
+                       for (int64_t y = o.y0; y < o.y1; ++y) {
+                           const float* pr = pc + (y - o.py) * w - o.px;
+                           const float* sr = sc + y * Ws;
+                           uint16_t* dr = dc + (y - wy[b]) * Lw - wx[b];
+                           for (int64_t x = o.x0; x < o.x1; ++x) dr[x] = to_bf16_bits(pr[x] - sr[x]);
+                       }
+                   });
     return dst;
 }
 

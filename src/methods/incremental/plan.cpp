@@ -408,6 +408,17 @@ std::string make_note(const Plan& p) {
     return note;
 }
 
+// Calls fn on every value node n reads: its inputs and, inside its blocks (If/Loop bodies), the
+// inputs of every node and the blocks' outputs.
+template <class Fn>
+void for_each_use(jit::Node* n, const Fn& fn) {
+    for (const jit::Value* in : n->inputs()) fn(in);
+    for (jit::Block* b : n->blocks()) {
+        for (jit::Node* inner : b->nodes()) for_each_use(inner, fn);
+        for (const jit::Value* out : b->outputs()) fn(out);
+    }
+}
+
 // Walks the nodes: plans the ones that can run incrementally; the others (and everything that
 // depends on their results) form the rest of the graph, whose inputs are the boundary slots.
 void walk(Plan& p, const Shapes& shapes) {
@@ -426,19 +437,10 @@ void walk(Plan& p, const Shapes& shapes) {
     };
     for (jit::Node* n : p.graph->nodes()) {
         bool dynamic = false, any_full = false;
-        auto look = [&](const jit::Value* in) {
+        for_each_use(n, [&](const jit::Value* in) {
             if (p.slot_of.count(in) || planner.is_list(in)) dynamic = true;
             if (full.count(in)) dynamic = any_full = true;
-        };
-        for (jit::Value* in : n->inputs()) look(in);
-        // Image-dependent values inside blocks (If/Loop bodies) count as uses of the block node.
-        std::function<void(jit::Block*)> scan = [&](jit::Block* b) {
-            for (jit::Node* inner : b->nodes()) {
-                for (jit::Value* in : inner->inputs()) look(in);
-                for (jit::Block* sub : inner->blocks()) scan(sub);
-            }
-        };
-        for (jit::Block* b : n->blocks()) scan(b);
+        });
         if (!dynamic) continue;
         if (open && !any_full && n->blocks().empty() && planner.plan_node(n)) continue;
         if (open && !any_full && p.head.slot < 0 && planner.plan_head(n)) {
@@ -447,15 +449,7 @@ void walk(Plan& p, const Shapes& shapes) {
         }
         if (p.first_rest.empty()) p.first_rest = n->kind().toQualString();
         for (jit::Value* out : n->outputs()) full.insert(out);
-        for (jit::Value* in : n->inputs()) mark(in);
-        std::function<void(jit::Block*)> mark_block = [&](jit::Block* b) {
-            for (jit::Node* inner : b->nodes()) {
-                for (jit::Value* in : inner->inputs()) mark(in);
-                for (jit::Block* sub : inner->blocks()) mark_block(sub);
-            }
-            for (jit::Value* in : b->outputs()) mark(in);
-        };
-        for (jit::Block* b : n->blocks()) mark_block(b);
+        for_each_use(n, mark);
         // After an op that may write to its inputs or has other effects, nothing is incremental
         // any more: later ops must see what it did.
         const auto schema = n->maybeSchema();
@@ -485,96 +479,6 @@ Plan make_plan(const Model& model, const std::vector<int64_t>& chw) {
         std::string what = e.what_without_backtrace();
         throw Error("cannot prepare the model for incremental occlusion (" + what.substr(0, what.find('\n')) +
                     "): use --mode full");
-    }
-}
-
-bool window_range(const Axis& a, int64_t c0, int64_t c1, double tau, bool may_cap, int64_t& o0, int64_t& o1) {
-    // Output o reads input rows [o*s - p, o*s - p + (k-1)*d]; it can change when that range
-    // meets the changed rows [c0, c1).
-    o0 = std::max<int64_t>(0, ceil_div(c0 + a.p - (a.k - 1) * a.d, a.s));
-    o1 = std::min<int64_t>(a.out, floor_div(c1 - 1 + a.p, a.s) + 1);
-    if (o1 <= o0) {  // nothing can change (a strided op skips the rows): keep one unit
-        o0 = std::min<int64_t>(std::max<int64_t>(o0, 0), a.out - 1);
-        o1 = o0 + 1;
-    }
-    if (tau < 1.0 && may_cap) {
-        const int64_t cap = std::max<int64_t>(a.min_cap, static_cast<int64_t>(std::ceil(tau * a.out)));
-        if (o1 - o0 > cap) {
-            // Keep the cap-sized part centred on the change (projective field thresholding).
-            const int64_t mid2 = o0 + o1;  // twice the centre
-            int64_t start = (mid2 - cap) / 2;
-            start = std::max<int64_t>(0, std::min(start, a.out - cap));
-            o0 = start;
-            o1 = start + cap;
-            return true;
-        }
-    }
-    return false;
-}
-
-std::vector<std::array<int64_t, 2>> propagate(const Plan& plan, int axis, int64_t start, int64_t patch,
-                                              bool may_cap, std::vector<char>& cut) {
-    std::vector<std::array<int64_t, 2>> box(plan.slots.size());
-    box[0] = {start, std::min(plan.chw[1 + axis], start + patch)};
-    cut.assign(plan.steps.size(), 0);
-    for (size_t i = 0; i < plan.steps.size(); ++i) {
-        const Step& st = plan.steps[i];
-        std::array<int64_t, 2> b = box[st.inputs[0]];
-        if (st.kind == StepKind::Window) {
-            const std::array<int64_t, 2> in = b;
-            cut[i] = window_range(st.ax[axis], in[0], in[1], plan.settings.tau, may_cap && st.op == WindowOp::Conv,
-                                  b[0], b[1]);
-        } else if (st.kind != StepKind::Pointwise) {
-            for (int k : st.inputs) {
-                b[0] = std::min(b[0], box[k][0]);
-                b[1] = std::max(b[1], box[k][1]);
-            }
-        }
-        box[st.output] = b;
-    }
-    return box;
-}
-
-double field_coverage(const Plan& plan, int64_t patch_h, int64_t patch_w) {
-    std::vector<char> cut;
-    std::array<std::vector<std::array<int64_t, 2>>, 2> box;
-    for (int axis = 0; axis < 2; ++axis) {
-        const int64_t size = plan.chw[1 + axis], patch = axis == 0 ? patch_h : patch_w;
-        box[axis] = propagate(plan, axis, std::max<int64_t>(0, (size - patch) / 2), patch, false, cut);
-    }
-    double most = 0;
-    for (const auto& st : plan.steps)
-        if (st.kind == StepKind::Window && st.op == WindowOp::Conv) {
-            const auto &y = box[0][st.output], &x = box[1][st.output];
-            most = std::max(most, std::min(double(y[1] - y[0]) / double(st.ax[0].out),
-                                           double(x[1] - x[0]) / double(st.ax[1].out)));
-        }
-    return most;
-}
-
-void configure(Plan& plan, const EngineSettings& settings) {
-    plan.settings = settings;
-    auto& s = plan.settings;
-    if (s.patch_h <= 0) s.patch_h = plan.chw[1];
-    if (s.patch_w <= 0) s.patch_w = plan.chw[2];
-    if (s.tau >= 1.0) s.corrected_classes = 0;
-    for (auto& st : plan.steps) st.linear = false;
-    // Thresholding never cuts into the occluder's own footprint (the window scaled to the map,
-    // plus one for its alignment): there the changes are large and far from linear.
-    for (auto& st : plan.steps)
-        if (st.kind == StepKind::Window)
-            for (int axis = 0; axis < 2; ++axis) {
-                const int64_t size = plan.chw[1 + axis], patch = axis == 0 ? s.patch_h : s.patch_w;
-                st.ax[axis].min_cap = std::min(st.ax[axis].out, ceil_div(patch * st.ax[axis].out, size) + 1);
-            }
-    if (s.corrected_classes <= 0) return;
-    std::vector<char> cut;
-    for (int axis = 0; axis < 2; ++axis) {
-        const int64_t size = plan.chw[1 + axis], patch = axis == 0 ? s.patch_h : s.patch_w;
-        for (int64_t start = 0; start + patch <= size; ++start) {
-            propagate(plan, axis, start, patch, true, cut);
-            for (size_t i = 0; i < plan.steps.size(); ++i) plan.steps[i].linear = plan.steps[i].linear || cut[i];
-        }
     }
 }
 
@@ -625,25 +529,6 @@ std::shared_ptr<jit::Graph> rest_graph(const Plan& plan) {
     jit::EliminateDeadCode(g);
     g->lint();
     return g;
-}
-
-int64_t bytes_per_image(const Plan& plan) {
-    int64_t n = 0;
-    for (const auto& s : plan.slots) {
-        int64_t e = 1;
-        for (size_t i = 1; i < s.shape.size(); ++i) e *= s.shape[i];
-        n += e;
-    }
-    for (const auto& st : plan.steps)
-        if (st.kind == StepKind::Window) {
-            const auto& in = plan.slots[st.inputs[0]].shape;
-            const auto& out = plan.slots[st.output].shape;
-            const int64_t padded =
-                in[1] * (in[2] + st.ax[0].p + st.ax[0].pad_hi) * (in[3] + st.ax[1].p + st.ax[1].pad_hi);
-            n += padded;
-            if (st.linear) n += plan.settings.corrected_classes * (padded + out[1] * out[2] * out[3]);
-        }
-    return n * static_cast<int64_t>(sizeof(float));
 }
 
 }  // namespace convscope::incremental
