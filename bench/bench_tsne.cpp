@@ -109,7 +109,9 @@ int main(int argc, char** argv) {
                     (long long)features.size(1), threads,
                     paths.empty() ? "synthetic clusters" : paths[0].c_str());
         convscope::TsneOptions options;
-        options.threads = threads;
+        convscope::RunContext ctx;
+        ctx.threads = threads;
+        ctx.seed = 42;
         if (lr > 0) options.learning_rate = lr;
         if (iterations > 0) options.iterations = iterations;
         if (fft_width > 0) options.fft.max_interval_width = fft_width;
@@ -120,7 +122,7 @@ int main(int argc, char** argv) {
         std::vector<double> totals;
         for (int r = 0; r < repeat; ++r) {
             const auto t0 = std::chrono::steady_clock::now();
-            const convscope::TsneResult result = convscope::tsne(features, options);
+            const convscope::TsneResult result = convscope::tsne(features, options, ctx);
             const double total =
                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
             totals.push_back(total);

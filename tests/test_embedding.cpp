@@ -161,7 +161,8 @@ TEST(LayerFeatures, EqualTheTapsFlattened) {
         int calls = 0;
         // Batch size 3: two full batches and a partial one.
         const EmbeddingFeatures f =
-            layer_features(model, data, indices, layer, 3, [&](double) { return ++calls, true; }, true);
+            layer_features(model, data, indices, LayerFeaturesOptions{layer, 3, true},
+                           RunContext{[&](double) { return ++calls, true; }});
         const std::string name = layer.empty() ? model.penultimate_layer() : layer;
         EXPECT_EQ(f.layer, name);
         EXPECT_EQ(calls, 3);
@@ -175,10 +176,10 @@ TEST(LayerFeatures, EqualTheTapsFlattened) {
         EXPECT_EQ(f.display.sizes(), (std::vector<int64_t>{7, 28, 28, 1}));
         EXPECT_TRUE(torch::equal(f.display, pre.to_display(batch)));
     }
-    EXPECT_FALSE(layer_features(model, data, {0, 1}, "", 8).display.defined());
-    expect_error([&] { layer_features(model, data, {0, 1}, "no_such_layer", 8); }, "no_such_layer");
-    expect_error([&] { layer_features(model, data, {}, "", 8); }, "no items");
-    expect_error([&] { layer_features(model, data, {0}, "", 0); }, "batch size");
+    EXPECT_FALSE(layer_features(model, data, {0, 1}, LayerFeaturesOptions{"", 8}).display.defined());
+    expect_error([&] { layer_features(model, data, {0, 1}, LayerFeaturesOptions{"no_such_layer", 8}); }, "no_such_layer");
+    expect_error([&] { layer_features(model, data, {}, LayerFeaturesOptions{"", 8}); }, "no items");
+    expect_error([&] { layer_features(model, data, {0}, LayerFeaturesOptions{"", 0}); }, "batch size");
 }
 
 // Three well-separated Gaussian blobs of `per` points in `d` dimensions, labels 0..2.
@@ -199,21 +200,22 @@ TEST(EmbedFeatures, BlobsSeparatedAndDeterministic) {
     o.perplexity = 10;
     o.iterations = 300;
     o.early_exaggeration_iters = 100;  // enough for three far-apart blobs
-    o.threads = 2;
-    const EmbeddingResult a = embed_features(x, labels, o);
+    RunContext ctx;
+    ctx.threads = 2;
+    const EmbeddingResult a = embed_features(x, labels, o, ctx);
     EXPECT_EQ(a.tsne.embedding.sizes(), (std::vector<int64_t>{120, 2}));
     EXPECT_EQ(a.metric_k, 10);
     EXPECT_DOUBLE_EQ(a.knn_accuracy, 1.0);
     // The metrics match the library's metric functions on the same embedding.
     EXPECT_DOUBLE_EQ(a.neighbour_preservation, neighbour_preservation(x, a.tsne.embedding, 10, 2));
     EXPECT_GT(a.neighbour_preservation, 0.3);
-    const EmbeddingResult b = embed_features(x, labels, o);
+    const EmbeddingResult b = embed_features(x, labels, o, ctx);
     EXPECT_TRUE(torch::equal(a.tsne.embedding, b.tsne.embedding));
     // No labels (or unknown ones): no accuracy.
-    EXPECT_TRUE(std::isnan(embed_features(x, {}, o).knn_accuracy));
+    EXPECT_TRUE(std::isnan(embed_features(x, {}, o, ctx).knn_accuracy));
     // With PCA the preservation is still measured in the given feature space.
     o.pca_dims = 3;
-    const EmbeddingResult c = embed_features(x, labels, o);
+    const EmbeddingResult c = embed_features(x, labels, o, ctx);
     EXPECT_DOUBLE_EQ(c.neighbour_preservation, neighbour_preservation(x, c.tsne.embedding, 10, 2));
 }
 
@@ -223,9 +225,10 @@ TEST(EmbedFeatures, FftPathUsesItsNeighbours) {
     o.perplexity = 5;
     o.iterations = 300;
     o.early_exaggeration_iters = 100;  // enough for three far-apart blobs
-    o.threads = 2;
+    RunContext ctx;
+    ctx.threads = 2;
     o.gradient = TsneOptions::Gradient::Fft;
-    const EmbeddingResult r = embed_features(x, labels, o);
+    const EmbeddingResult r = embed_features(x, labels, o, ctx);
     EXPECT_FALSE(r.tsne.exact);
     EXPECT_DOUBLE_EQ(r.knn_accuracy, 1.0);
     // Small data: t-SNE's neighbours are exact, so the figure equals a fresh computation.

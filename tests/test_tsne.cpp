@@ -280,8 +280,9 @@ TEST(Tsne, BlobsStaySeparatedExact) {
     std::vector<int64_t> labels;
     const auto x = make_blobs(5, 60, 20, labels);
     TsneOptions o;
-    o.threads = 2;
-    const TsneResult r = tsne(x.data(), 300, 20, o);
+    RunContext ctx;
+    ctx.threads = 2;
+    const TsneResult r = tsne(x.data(), 300, 20, o, ctx);
     EXPECT_TRUE(r.exact);
     ASSERT_EQ(r.embedding.sizes(), (std::vector<int64_t>{300, 2}));
     EXPECT_TRUE(r.embedding.isfinite().all().item<bool>());
@@ -295,12 +296,13 @@ TEST(Tsne, BlobsStaySeparatedFft) {
     std::vector<int64_t> labels;
     const auto x = make_blobs(5, 200, 20, labels, 11);
     TsneOptions o;
-    o.threads = 2;
+    RunContext ctx;
+    ctx.threads = 2;
     o.gradient = TsneOptions::Gradient::Fft;
     o.iterations = 400;
     o.early_exaggeration_iters = 150;
     o.perplexity = 20;
-    const TsneResult r = tsne(at::from_blob(const_cast<float*>(x.data()), {1000, 20}), o);
+    const TsneResult r = tsne(at::from_blob(const_cast<float*>(x.data()), {1000, 20}), o, ctx);
     EXPECT_FALSE(r.exact);
     EXPECT_EQ(r.neighbours, 60);
     EXPECT_EQ(r.knn.n, 1000);
@@ -329,12 +331,13 @@ TEST(Tsne, AutomaticIterationsGrowWithLargeN) {
     std::vector<int64_t> labels;
     const auto x = make_blobs(2, 50, 4, labels, 3);
     TsneOptions o;
-    o.threads = 1;
+    RunContext ctx;
+    ctx.threads = 1;
     o.gradient = TsneOptions::Gradient::Exact;
     o.perplexity = 10;
-    EXPECT_EQ(tsne(x.data(), 100, 4, o).iterations, 1000);
+    EXPECT_EQ(tsne(x.data(), 100, 4, o, ctx).iterations, 1000);
     o.iterations = 30;
-    EXPECT_EQ(tsne(x.data(), 100, 4, o).iterations, 30);
+    EXPECT_EQ(tsne(x.data(), 100, 4, o, ctx).iterations, 30);
 }
 
 TEST(Tsne, SameSeedAndThreadsGiveSameBytes) {
@@ -356,21 +359,22 @@ TEST(Tsne, SameSeedAndThreadsGiveSameBytes) {
                           Case{TsneOptions::Gradient::Fft, KnnOptions::Method::Hnsw, 2000, 80},
                           Case{TsneOptions::Gradient::Fft, KnnOptions::Method::Exact, 2000, 60}}) {
         TsneOptions o;
-        o.threads = 2;
+        RunContext ctx;
+        ctx.threads = 2;
         o.gradient = c.gradient;
         o.knn.method = c.knn;
         o.iterations = c.iterations;
         o.early_exaggeration_iters = c.iterations / 2;
-        const TsneResult a = tsne(x.data(), c.n, 16, o);
-        const TsneResult b = tsne(x.data(), c.n, 16, o);
+        const TsneResult a = tsne(x.data(), c.n, 16, o, ctx);
+        const TsneResult b = tsne(x.data(), c.n, 16, o, ctx);
         EXPECT_TRUE(same_bytes(a, b)) << "n " << c.n;
         EXPECT_EQ(a.knn.index, b.knn.index);
         if (c.knn == KnnOptions::Method::Exact) continue;
         // Another seed gives another layout (random initialisation).
         o.init = TsneOptions::Init::Random;
-        const TsneResult r1 = tsne(x.data(), c.n, 16, o);
-        o.seed = 43;
-        const TsneResult r2 = tsne(x.data(), c.n, 16, o);
+        const TsneResult r1 = tsne(x.data(), c.n, 16, o, ctx);
+        ctx.seed = 43;
+        const TsneResult r2 = tsne(x.data(), c.n, 16, o, ctx);
         EXPECT_FALSE(r1.embedding.equal(r2.embedding));
     }
 }
@@ -409,7 +413,7 @@ TEST(Tsne, BadInputGivesClearErrors) {
     EXPECT_THROW(knn_label_accuracy(at::zeros({5, 2}), at::zeros({4}, at::kLong)), Error);
     // Cancelling through the progress callback.
     o.perplexity = 5;
-    EXPECT_THROW(tsne(x.data(), 50, 4, o, [](double f) { return f < 0.5; }), Cancelled);
+    EXPECT_THROW(tsne(x.data(), 50, 4, o, RunContext{[](double f) { return f < 0.5; }}), Cancelled);
 }
 
 TEST(TsneMetrics, AccuracyAndPreservationAgainstDefinitions) {

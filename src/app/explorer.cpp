@@ -655,10 +655,9 @@ void Explorer::Impl::ensure_map(const ProgressFn& progress) {
     to.iterations = opts.map_iterations;
     to.early_exaggeration_iters = std::min(to.early_exaggeration_iters, std::max(1, to.iterations / 3));
     to.perplexity = std::min(30.0, (double(n) - 2.0) / 3.0 - 0.01);
-    to.seed = opts.seed;
     const std::string identity = "map-v1|" + model.file_hash() + "|" + data.hash() + "|" + layer +
                                  "|" + std::to_string(n) + "|" + std::to_string(to.iterations) + "|" +
-                                 std::to_string(to.perplexity) + "|" + std::to_string(to.seed);
+                                 std::to_string(to.perplexity) + "|" + std::to_string(opts.seed);
     const std::string path = cache_path("map", identity, ".npy");
     at::Tensor xy;
     if (!path.empty() && fs::exists(path)) {
@@ -673,10 +672,11 @@ void Explorer::Impl::ensure_map(const ProgressFn& progress) {
     if (!xy.defined()) {
         std::vector<int64_t> indices(static_cast<size_t>(n));
         for (int64_t i = 0; i < n; ++i) indices[size_t(i)] = i;
-        const EmbeddingFeatures ef = layer_features(model, data, indices, layer, 256,
-                                                    detail::sub_progress(progress, 0.0, 0.2));
+        LayerFeaturesOptions fo;
+        fo.layer = layer;
+        const EmbeddingFeatures ef = layer_features(model, data, indices, fo, context(detail::sub_progress(progress, 0.0, 0.2)));
         if (ef.features.size(1) > 50) to.pca_dims = 50;
-        xy = tsne(ef.features, to, detail::sub_progress(progress, 0.2, 1.0)).embedding;
+        xy = tsne(ef.features, to, context(detail::sub_progress(progress, 0.2, 1.0))).embedding;
         if (!path.empty()) {
             try {
                 fs::create_directories(cache_dir);

@@ -604,8 +604,11 @@ ReportResult write_report(const Model& model, const Dataset& data, OutputDir& ou
             for (int64_t i = 0; i < n; ++i) indices[size_t(i)] = i;
             // Features and the items' pictures in one pass.
             const int thumb_px = n > 10000 ? 16 : (shape[1] <= 28 && shape[2] <= 28 ? 28 : 32);
-            const EmbeddingFeatures ef = layer_features(model, data, indices, layer, 256,
-                                                        detail::sub_progress(progress, 0.80, 0.84), true);
+            LayerFeaturesOptions lo;
+            lo.layer = layer;
+            lo.keep_display = true;
+            const EmbeddingFeatures ef =
+                layer_features(model, data, indices, lo, stage_context(opts, detail::sub_progress(progress, 0.80, 0.84)));
             std::vector<cv::Mat> thumbs;
             for (int64_t i = 0; i < n; ++i)
                 thumbs.push_back(resize_to_fit(image_from_hwc_uint8(ef.display[i]), thumb_px));
@@ -614,9 +617,8 @@ ReportResult write_report(const Model& model, const Dataset& data, OutputDir& ou
             to.iterations = opts.map_iterations;
             to.early_exaggeration_iters = std::min(to.early_exaggeration_iters, std::max(1, to.iterations / 3));
             to.perplexity = std::min(30.0, (double(n) - 2.0) / 3.0 - 0.01);
-            to.seed = opts.seed;
             if (ef.features.size(1) > 50) to.pca_dims = 50;
-            const EmbeddingResult er = embed_features(ef.features, labels, to, detail::sub_progress(progress, 0.84, 0.97));
+            const EmbeddingResult er = embed_features(ef.features, labels, to, stage_context(opts, detail::sub_progress(progress, 0.84, 0.97)));
             const TsneResult& tr = er.tsne;
             const at::Tensor xy = tr.embedding.to(torch::kFloat).contiguous();
             write_npy(out.file("map_embedding.npy", "t-SNE of " + layer + " for the first " + std::to_string(n) +

@@ -40,9 +40,12 @@ void rank_unit(std::vector<double>& v) {
 
 }  // namespace
 
-EmbeddingFeatures layer_features(const Model& model, const Dataset& data,
-                                 const std::vector<int64_t>& indices, const std::string& layer,
-                                 int64_t batch_size, const ProgressFn& progress, bool keep_display) {
+EmbeddingFeatures layer_features(const Model& model, const Dataset& data, const std::vector<int64_t>& indices,
+                                 const LayerFeaturesOptions& options, const RunContext& context) {
+    const ThreadScope threads(context);
+    const std::string& layer = options.layer;
+    const int64_t batch_size = options.batch_size;
+    const bool keep_display = options.keep_display;
     const auto t0 = std::chrono::steady_clock::now();
     if (indices.empty()) throw Error("no items selected: give --indices that select at least 2 items");
     if (batch_size < 1)
@@ -79,7 +82,7 @@ EmbeddingFeatures layer_features(const Model& model, const Dataset& data,
         }
         r.labels.insert(r.labels.end(), b.labels.begin(), b.labels.end());
         row += f.size(0);
-        report_progress(progress, double(++done) / batches);
+        report_progress(context.progress, double(++done) / batches);
     }
     r.seconds = seconds_since(t0);
     return r;
@@ -189,7 +192,7 @@ std::vector<int64_t> grid_assignment(const at::Tensor& xy, int rows, int cols) {
 }
 
 EmbeddingResult embed_features(const at::Tensor& features_nd, const std::vector<int64_t>& labels,
-                               const TsneOptions& options, const ProgressFn& progress) {
+                               const TsneOptions& options, const RunContext& context) {
     if (!features_nd.defined() || features_nd.dim() != 2)
         throw Error("features must be a matrix [N,D] (one row per item)");
     const int64_t n = features_nd.size(0);
@@ -198,7 +201,8 @@ EmbeddingResult embed_features(const at::Tensor& features_nd, const std::vector<
                     std::to_string(labels.size()) +
                     " labels: give one label per feature row (or no labels)");
     EmbeddingResult r;
-    r.tsne = tsne(features_nd, options, progress);
+    r.tsne = tsne(features_nd, options, context);
+    const int threads = context.threads > 0 ? context.threads : at::get_num_threads();
 
     const auto t0 = std::chrono::steady_clock::now();
     r.metric_k = int(std::min<int64_t>(10, n - 1));
@@ -206,16 +210,16 @@ EmbeddingResult embed_features(const at::Tensor& features_nd, const std::vector<
     const bool all_labelled =
         !labels.empty() && std::all_of(labels.begin(), labels.end(), [](int64_t l) { return l >= 0; });
     r.knn_accuracy = all_labelled ? knn_label_accuracy(e.data_ptr<float>(), labels.data(), n,
-                                                       r.metric_k, options.threads)
+                                                       r.metric_k, threads)
                                   : std::numeric_limits<double>::quiet_NaN();
     // t-SNE's own neighbour lists are in feature space unless PCA reduced the features first.
     const bool reduced = options.pca_dims > 0 && options.pca_dims < features_nd.size(1);
     if (!reduced && r.tsne.knn.n == n && r.tsne.knn.k >= r.metric_k)
         r.neighbour_preservation =
-            neighbour_preservation(r.tsne.knn, e.data_ptr<float>(), r.metric_k, options.threads);
+            neighbour_preservation(r.tsne.knn, e.data_ptr<float>(), r.metric_k, threads);
     else
         r.neighbour_preservation =
-            neighbour_preservation(features_nd, e, r.metric_k, options.threads);
+            neighbour_preservation(features_nd, e, r.metric_k, threads);
     r.metrics_seconds = seconds_since(t0);
     return r;
 }

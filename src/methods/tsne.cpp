@@ -492,7 +492,6 @@ void validate_options(const TsneOptions& o) {
         bad("momentum must be in [0, 1)");
     if (!(o.min_gain > 0)) bad("min_gain must be > 0");
     if (o.pca_dims < 0) bad("pca_dims must be >= 0");
-    if (o.threads < 0) bad("threads must be >= 0");
     if (o.fft.nodes_per_interval < 1 || o.fft.nodes_per_interval > 8)
         bad("fft.nodes_per_interval must be in 1..8");
     if (o.fft.min_intervals < 1) bad("fft.min_intervals must be >= 1");
@@ -614,10 +613,12 @@ PcaResult pca(const float* x, int64_t n, int64_t d, int components, int threads)
 
 // --- t-SNE -------------------------------------------------------------------------------
 
-TsneResult tsne(const float* x, int64_t n, int64_t d, const TsneOptions& options,
-                const ProgressFn& progress) {
+TsneResult tsne(const float* x, int64_t n, int64_t d, const TsneOptions& options, const RunContext& context) {
     using clock = std::chrono::steady_clock;
     validate_options(options);
+    if (context.threads < 0) throw UsageError("threads must be >= 0");
+    const ProgressFn& progress = context.progress;
+    const uint64_t seed = context.seed;
     if (n < 2) throw Error("t-SNE needs at least 2 points, got " + std::to_string(n));
     if (d < 1)
         throw Error("t-SNE needs features with at least 1 dimension, got " + std::to_string(d));
@@ -625,7 +626,7 @@ TsneResult tsne(const float* x, int64_t n, int64_t d, const TsneOptions& options
     check_perplexity(options.perplexity, n);
     report_progress(progress, 0.0);
 
-    ThreadPool pool(options.threads);
+    ThreadPool pool(context.threads > 0 ? context.threads : at::get_num_threads());
     TsneResult result;
 
     // 1. PCA: optional reduction, and the initial layout.
@@ -651,7 +652,7 @@ TsneResult tsne(const float* x, int64_t n, int64_t d, const TsneOptions& options
         const int c = int(std::min<int64_t>(2, dim));
         PcaResult r = pca_impl(data, n, dim, c, pool);
         const float* pr = r.projected.data_ptr<float>();
-        fill_normal(y.data(), 2 * n, 1.0, options.seed);  // only used if dim == 1
+        fill_normal(y.data(), 2 * n, 1.0, seed);  // only used if dim == 1
         for (int64_t i = 0; i < n; ++i)
             for (int k = 0; k < c; ++k) y[size_t(2 * i + k)] = pr[i * c + k];
         have_init = true;
@@ -666,9 +667,9 @@ TsneResult tsne(const float* x, int64_t n, int64_t d, const TsneOptions& options
         const double sd = std::sqrt(var / double(n));
         const double s = sd > 0 ? 1e-4 / sd : 1.0;
         for (auto& v : y) v *= s;
-        if (!(sd > 0)) fill_normal(y.data(), 2 * n, 1e-4, options.seed);  // all points equal
+        if (!(sd > 0)) fill_normal(y.data(), 2 * n, 1e-4, seed);  // all points equal
     } else {
-        fill_normal(y.data(), 2 * n, 1e-4, options.seed);
+        fill_normal(y.data(), 2 * n, 1e-4, seed);
     }
     result.pca_seconds = seconds_since(t0);
 
@@ -692,7 +693,7 @@ TsneResult tsne(const float* x, int64_t n, int64_t d, const TsneOptions& options
         const int k = neighbours_for(options.perplexity, n);
         result.neighbours = k;
         KnnOptions ko = options.knn;
-        ko.seed = options.seed;
+        ko.seed = seed;
         ko.threads = pool.size();
         result.knn = use_exact_knn(ko, n) ? detail::knn_exact(data, n, dim, k, pool)
                                           : detail::knn_hnsw(data, n, dim, k, ko, pool);
@@ -775,10 +776,9 @@ TsneResult tsne(const float* x, int64_t n, int64_t d, const TsneOptions& options
     return result;
 }
 
-TsneResult tsne(const at::Tensor& features_nd, const TsneOptions& options,
-                const ProgressFn& progress) {
+TsneResult tsne(const at::Tensor& features_nd, const TsneOptions& options, const RunContext& context) {
     at::Tensor f = as_float_matrix(features_nd, "t-SNE features");
-    return tsne(f.data_ptr<float>(), f.size(0), f.size(1), options, progress);
+    return tsne(f.data_ptr<float>(), f.size(0), f.size(1), options, context);
 }
 
 // --- metrics -----------------------------------------------------------------------------

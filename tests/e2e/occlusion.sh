@@ -124,6 +124,8 @@ expect 2 "stride must be at least 1" occlusion --model "$MODEL" --data "$DATA" -
 expect 1 "target class 12 is out of range" occlusion --model "$MODEL" --data "$DATA" --target 12 --out "$T/bad4"
 expect 1 "has no labels" occlusion --model "$MODEL" --data "$DATA" --target label --out "$T/bad5"
 expect 2 "baseline takes 0, mean, blur or a number" occlusion --model "$MODEL" --data "$DATA" --baseline foo --out "$T/bad6"
+expect 2 "add --baseline blur" occlusion --model "$MODEL" --data "$DATA" --blur-sigma 2 --out "$T/bad6b"
+expect 2 "bad target '-1'" occlusion --model "$MODEL" --data "$DATA" --target -1 --out "$T/bad6c"
 expect 2 "drop --mode" occlusion --model "$MODEL" --data "$DATA" --approximate --mode full --out "$T/bad7"
 expect 2 "takes N or NxM" occlusion --model "$MODEL" --data "$DATA" --patch 4y4 --out "$T/bad8"
 expect 1 "tau (projective-field threshold) must be in (0, 1]" occlusion --model "$MODEL" --data "$DATA" \

@@ -183,8 +183,11 @@ RunFn setup(CLI::App& app) {
             Dataset data = open_data(o->common);
             fit_model_to_data(*model, data);
             indices = selected_indices(o->common, data, ":");
-            EmbeddingFeatures ef = layer_features(*model, data, indices, o->layer, o->batch_size,
-                                                  stderr_progress("features"), true);
+            LayerFeaturesOptions lo;
+            lo.layer = o->layer;
+            lo.batch_size = o->batch_size;
+            lo.keep_display = true;
+            EmbeddingFeatures ef = layer_features(*model, data, indices, lo, run_context(o->common, "features"));
             features = ef.features;
             labels = ef.labels;
             layer = ef.layer;
@@ -204,9 +207,7 @@ RunFn setup(CLI::App& app) {
         topt.gradient = o->gradient == "exact" ? TsneOptions::Gradient::Exact
                         : o->gradient == "fft" ? TsneOptions::Gradient::Fft
                                                : TsneOptions::Gradient::Auto;
-        topt.seed = o->common.seed;
-        topt.threads = o->common.threads;
-        const EmbeddingResult r = embed_features(features, labels, topt, stderr_progress("t-SNE"));
+        const EmbeddingResult r = embed_features(features, labels, topt, run_context(o->common, "t-SNE"));
         const at::Tensor& xy = r.tsne.embedding;
         const int64_t n = xy.size(0);
 

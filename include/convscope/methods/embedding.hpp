@@ -10,7 +10,7 @@
 #include <utility>
 #include <vector>
 
-#include "convscope/runtime/progress.hpp"
+#include "convscope/runtime/run_context.hpp"
 #include "convscope/methods/tsne.hpp"
 
 namespace convscope {
@@ -30,17 +30,20 @@ struct EmbeddingFeatures {
     double seconds = 0.0;          // wall-clock time of the whole pass
 };
 
-// Runs the model over data[indices] in batches of `batch_size` (decoding on a worker thread,
-// BatchLoader) and keeps the output of `layer` (empty = model.penultimate_layer()) for every
-// item, flattened to one row. The data is preprocessed for the model
-// (Dataset::preprocess_for with the model's input shape and normalisation).
-// Throws Error for an unknown layer (naming close names), no indices, or batch_size < 1.
-// `progress` gets the fraction of batches done and may cancel (Cancelled).
+struct LayerFeaturesOptions {
+    std::string layer;          // "" = model.penultimate_layer()
+    int64_t batch_size = 256;   // items per forward pass (>= 1)
+    bool keep_display = false;  // also keep the items' pictures (EmbeddingFeatures::display)
+};
+
+// Runs the model over data[indices] in batches (decoding on a worker thread, BatchLoader) and
+// keeps the output of the layer for every item, flattened to one row. The data is preprocessed
+// for the model (Dataset::preprocess_for with the model's input shape and normalisation).
+// Throws Error for an unknown layer (naming close names), no indices, or a batch size < 1.
+// The context's progress gets the fraction of batches done and may cancel (Cancelled).
 // Cost: one forward pass per item; memory N*D*4 bytes (+ N*H*W*C for keep_display).
-EmbeddingFeatures layer_features(const Model& model, const Dataset& data,
-                                 const std::vector<int64_t>& indices, const std::string& layer = "",
-                                 int64_t batch_size = 256, const ProgressFn& progress = {},
-                                 bool keep_display = false);
+EmbeddingFeatures layer_features(const Model& model, const Dataset& data, const std::vector<int64_t>& indices,
+                                 const LayerFeaturesOptions& options = {}, const RunContext& context = {});
 
 // Karpathy's grid view. Places points of xy [N,2] (any floating dtype, finite) into the cells of
 // a rows x cols grid, each cell holding at most one point, so that the total squared distance
@@ -82,6 +85,6 @@ struct EmbeddingResult {
 // Deterministic for the same seed and thread count. Cost: tsne() plus, for PCA-reduced or
 // exact-gradient runs, one more k-NN search in feature space.
 EmbeddingResult embed_features(const at::Tensor& features_nd, const std::vector<int64_t>& labels,
-                               const TsneOptions& options = {}, const ProgressFn& progress = {});
+                               const TsneOptions& options = {}, const RunContext& context = {});
 
 }  // namespace convscope

@@ -17,7 +17,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "convscope/runtime/progress.hpp"
+#include "convscope/runtime/run_context.hpp"
 
 namespace convscope {
 
@@ -96,11 +96,8 @@ struct TsneOptions {
     int pca_dims = 0;  // >0: reduce the features to this many PCs first
 
     // Nearest neighbours for the affinities (not used by the exact gradient). The seed and
-    // thread count of this struct are ignored: the ones below apply.
+    // thread count of this struct are ignored: the run context's apply.
     KnnOptions knn;
-
-    uint64_t seed = 42;
-    int threads = 0;  // 0 = all hardware threads
 };
 
 struct TsneResult {
@@ -122,14 +119,15 @@ struct TsneResult {
 
 // Runs t-SNE on x [n,d] float32, row-major. Throws Error for n < 2, d < 1, a non-finite value
 // (names the first one); UsageError (an Error) for a perplexity too large for n (names the
-// largest allowed) and other bad options. `progress` gets the fraction done (neighbours 0-0.1,
-// affinities -0.12, then every 10 iterations) and may cancel: Cancelled is thrown.
+// largest allowed) and other bad options. The context's progress gets the fraction done
+// (neighbours 0-0.1, affinities -0.12, then every 10 iterations) and may cancel (Cancelled); its
+// seed draws the random initialisation and hnswlib's graphs; its threads (0: LibTorch's intra-op
+// count) split the work. The same seed and thread count give the same bytes.
 // Peak memory besides the features: about 4 KB per point with k = 90 (300 MB for 70,000).
 TsneResult tsne(const float* x, int64_t n, int64_t d, const TsneOptions& options = {},
-                const ProgressFn& progress = {});
+                const RunContext& context = {});
 // features_nd [N,D], any floating dtype (converted to float32), CPU.
-TsneResult tsne(const at::Tensor& features_nd, const TsneOptions& options = {},
-                const ProgressFn& progress = {});
+TsneResult tsne(const at::Tensor& features_nd, const TsneOptions& options = {}, const RunContext& context = {});
 
 // The default number of iterations for n points: 1000 (FIt-SNE's default) up to 20,000 points;
 // above that one more per 125 points, at most 2000 (70,000 points: 1400). Large maps keep

@@ -1,0 +1,110 @@
+// The shared Target and Baseline (parsing, resolution per image, baseline images) and the
+// RunContext's thread scope, each against a plain reference.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <opencv2/imgproc.hpp>
+
+#include "convscope/methods/target.hpp"
+#include "convscope/runtime/error.hpp"
+#include "convscope/runtime/run_context.hpp"
+#include "test_util.hpp"
+
+using namespace convscope;
+
+TEST(Target, ParseAndNameRoundTrip) {
+    for (const std::string spec : {"pred", "label", "0", "7", "123"})
+        EXPECT_EQ(target_name(parse_target(spec)), spec);
+    EXPECT_EQ(parse_target("predicted").kind, Target::Kind::Predicted);
+    EXPECT_EQ(parse_target("7").class_index, 7);
+    for (const std::string bad : {"", "best", "-1", "3.5", "7x", "99999999999999999999"})
+        expect_error([&] { parse_target(bad); }, "bad target '" + bad + "'");
+}
+
+TEST(Target, ResolvesEachKindAgainstArgmax) {
+    torch::manual_seed(5);
+    const at::Tensor out = torch::randn({6, 4});
+    const at::Tensor arg = out.argmax(1);
+    Target pred;
+    const auto p = resolve_targets(pred, out);
+    for (int64_t i = 0; i < 6; ++i) EXPECT_EQ(p[size_t(i)], arg[i].item<int64_t>());
+    Target cls;
+    cls.kind = Target::Kind::Class;
+    cls.class_index = 3;
+    EXPECT_EQ(resolve_targets(cls, out), std::vector<int64_t>(6, 3));
+    cls.class_index = 4;
+    expect_error([&] { resolve_targets(cls, out); }, "target class 4 is out of range: the model has 4 classes (0..3)");
+    // Labels of a chunk start at `first`.
+    Target lab;
+    lab.kind = Target::Kind::Label;
+    lab.labels = {0, 1, 2, 3, 2, 1, 0, 3};
+    check_target(lab, 8);
+    EXPECT_EQ(resolve_targets(lab, out, 2), (std::vector<int64_t>{2, 3, 2, 1, 0, 3}));
+    lab.labels[5] = 4;
+    expect_error([&] { resolve_targets(lab, out, 2); }, "label 4 of image 5 is out of range");
+    // What check_target finds before the model runs.
+    expect_error([&] { check_target(lab, 7); }, "one label per image, but got 8 labels for 7 images");
+    lab.labels[1] = -1;
+    expect_error([&] { check_target(lab, 8); }, "image 1 has none");
+    lab.labels.clear();
+    expect_error([&] { check_target(lab, 8); }, "the data has no labels");
+    cls.class_index = -2;
+    expect_error([&] { check_target(cls, 8); }, "target class -2 is out of range");
+}
+
+TEST(Baseline, ParseAndNameRoundTrip) {
+    for (const std::string spec : {"zero", "mean", "blur", "blur:2.5", "0.5", "-1"})
+        EXPECT_EQ(baseline_name(parse_baseline(spec)), spec);
+    EXPECT_EQ(parse_baseline("0").kind, Baseline::Kind::Zero);
+    EXPECT_EQ(parse_baseline("blur:3").value, 3.0);
+    for (const std::string bad : {"black", "blur:0", "blur:-1", "blur:x", "nan", "inf", ""})
+        expect_error([&] { parse_baseline(bad); }, "bad baseline '" + bad + "'");
+    Baseline b;
+    b.kind = Baseline::Kind::Constant;
+    b.value = std::nan("");
+    expect_error([&] { check_baseline(b); }, "finite");
+    b.kind = Baseline::Kind::Blur;
+    b.value = -1;
+    expect_error([&] { check_baseline(b); }, "sigma");
+}
+
+TEST(Baseline, ImagesMatchTheirDefinitions) {
+    torch::manual_seed(2);
+    const at::Tensor x = torch::rand({2, 3, 9, 13});
+    EXPECT_TRUE(torch::equal(baseline_images(x, parse_baseline("zero"), 8), torch::zeros_like(x)));
+    EXPECT_TRUE(torch::equal(baseline_images(x, parse_baseline("-1"), 8), torch::full_like(x, -1.0)));
+    const at::Tensor mean = baseline_images(x, parse_baseline("mean"), 8);
+    for (int64_t n = 0; n < 2; ++n)
+        for (int64_t c = 0; c < 3; ++c)
+            EXPECT_NEAR(mean[n][c][4][6].item<double>(), x[n][c].mean().item<double>(), 1e-6);
+    // Blur with the automatic sigma max(H, W) / divisor: OpenCV's Gaussian with replicated edges,
+    // radius ceil(3 sigma).
+    const double sigma = 13.0 / 5.0;
+    const at::Tensor blur = baseline_images(x, parse_baseline("blur"), 5.0);
+    const int r = static_cast<int>(std::ceil(3 * sigma));
+    for (int64_t n = 0; n < 2; ++n)
+        for (int64_t c = 0; c < 3; ++c) {
+            at::Tensor plane = x[n][c].contiguous();
+            cv::Mat src(9, 13, CV_32F, plane.data_ptr<float>()), dst;
+            cv::GaussianBlur(src, dst, cv::Size(2 * r + 1, 2 * r + 1), sigma, sigma, cv::BORDER_REPLICATE);
+            expect_close(blur[n][c], torch::from_blob(dst.ptr<float>(), {9, 13}, torch::kFloat).clone(), 1e-5,
+                         "blur");
+        }
+}
+
+TEST(RunContext, ThreadScopeSetsAndRestores) {
+    const int before = at::get_num_threads();
+    {
+        RunContext ctx;
+        ctx.threads = 1;
+        const ThreadScope scope(ctx);
+        EXPECT_EQ(at::get_num_threads(), 1);
+    }
+    EXPECT_EQ(at::get_num_threads(), before);
+    {
+        const ThreadScope scope(RunContext{});  // 0: the process's setting stays
+        EXPECT_EQ(at::get_num_threads(), before);
+    }
+}
