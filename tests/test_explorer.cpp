@@ -239,7 +239,7 @@ TEST(Explorer, OcclusionJobMatchesTheLibrary) {
     EXPECT_EQ(r["positions"], json({13, 13}));
     EXPECT_EQ(r["target"].get<int64_t>(), s.target);
     EXPECT_FLOAT_EQ(r["max_drop"].get<float>(), s.max_drop);
-    EXPECT_EQ(r["important"], json({s.important.y0, s.important.x0, s.important.y1, s.important.x1}));
+    EXPECT_EQ(r["important_region"], json({s.important.y0, s.important.x0, s.important.y1, s.important.x1}));
     EXPECT_EQ(r["confounders"].size(), s.confounders.size());
     EXPECT_EQ(r["overlay"].get<std::string>().rfind("data:image/png;base64,", 0), 0u);
 }

@@ -28,7 +28,9 @@
 #include "convscope/methods/embedding.hpp"
 #include "convscope/methods/feature_vis.hpp"
 #include "convscope/methods/filters.hpp"
+#include "convscope/methods/json.hpp"
 #include "convscope/runtime/io.hpp"
+#include "convscope/runtime/json.hpp"
 #include "convscope/runtime/model.hpp"
 #include "convscope/runtime/preprocess.hpp"
 #include "convscope/methods/occlusion.hpp"
@@ -303,24 +305,10 @@ json Explorer::model_info() const {
     std::vector<std::string> shown;
     for (const auto& l : d.layers) {
         if (l.output_shape.empty()) continue;
-        json rf = {{"kind", l.rf.kind == ReceptiveField::Kind::Exact    ? "exact"
-                            : l.rf.kind == ReceptiveField::Kind::Global ? "global"
-                                                                        : "unknown"}};
-        if (l.rf.kind == ReceptiveField::Kind::Exact) {
-            rf["size"] = {l.rf.size_y, l.rf.size_x};
-            rf["stride"] = {l.rf.stride_y, l.rf.stride_x};
-            rf["padding"] = {l.rf.pad_y, l.rf.pad_x};
-        }
+        json info = to_json(l);
         const std::string filter = detail::filter_layer_for(d.model, l.name);
-        arr.push_back({{"name", l.name},
-                       {"type", l.type},
-                       {"shape", l.output_shape},
-                       {"depth", l.depth},
-                       {"params", l.num_params},
-                       {"is_conv", l.is_conv},
-                       {"is_linear", l.is_linear},
-                       {"rf", rf},
-                       {"filter", filter.empty() ? json(nullptr) : json(filter)}});
+        info["filter"] = filter.empty() ? json(nullptr) : json(filter);
+        arr.push_back(std::move(info));
     }
     // A small model shows every layer; a deep one its top-level modules first.
     const bool all = arr.size() <= 30;
@@ -353,7 +341,7 @@ json Explorer::items(int64_t start, int64_t count) const {
     json out = json::array();
     for (int64_t i = start; i < std::min(d.data.size(), start + count); ++i) {
         const int64_t label = d.data.label(i);
-        out.push_back({{"index", i}, {"label", label}, {"label_name", detail::class_label(d.class_names, label)}});
+        out.push_back({{"index", i}, {"label", label}, {"label_name", class_name(d.class_names, label)}});
     }
     return out;
 }
@@ -704,7 +692,7 @@ json Explorer::Impl::execute(const Request& r, const ProgressFn& progress) {
         const OcclusionSummary s = summarize_occlusion(res, 0, oo);
         const cv::Mat base = upscale_nearest(detail::input_picture(pre, r.input[0]), factor);
         const detail::HeatPictures p = detail::occlusion_pictures(base, res, 0, factor);
-        json j = detail::occlusion_summary_json(s, class_names);
+        json j = to_json(s, class_names);
         j["overlay"] = png_url(p.overlay);
         j["heat"] = png_url(p.heat);
         j["scale"] = factor;
@@ -726,7 +714,7 @@ json Explorer::Impl::execute(const Request& r, const ProgressFn& progress) {
         return {{"method", r.method},
                 {"layer", res.layer},
                 {"target", res.targets[0]},
-                {"target_name", detail::class_label(class_names, res.targets[0])},
+                {"target_name", class_name(class_names, res.targets[0])},
                 {"score", res.scores[0].item<double>()},
                 {"overlay", png_url(p.overlay)},
                 {"heat", png_url(p.heat)}};
@@ -766,11 +754,11 @@ json Explorer::Impl::execute(const Request& r, const ProgressFn& progress) {
             const PatchEntry& e = c.top[i];
             entries.push_back({{"index", e.image},
                                {"label", e.label},
-                               {"label_name", detail::class_label(class_names, e.label)},
+                               {"label_name", class_name(class_names, e.label)},
                                {"value", e.value},
                                {"y", e.y},
                                {"x", e.x},
-                               {"box", detail::box_json(e.box)},
+                               {"box", to_json(e.box)},
                                {"crop", png_url(crops[0][i])}});
         }
         report_progress(progress, 1.0);

@@ -16,6 +16,8 @@
 #include "convscope/runtime/dataset.hpp"
 #include "convscope/methods/embedding.hpp"
 #include "convscope/runtime/error.hpp"
+#include "convscope/runtime/json.hpp"
+#include "convscope/methods/json.hpp"
 #include "convscope/methods/feature_vis.hpp"
 #include "convscope/methods/filters.hpp"
 #include "convscope/runtime/io.hpp"
@@ -41,17 +43,6 @@ std::string file_safe(const std::string& name) {
     std::string s = name;
     for (auto& c : s)
         if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-')) c = '_';
-    return s;
-}
-
-std::string rf_text(const ReceptiveField& rf) {
-    if (rf.kind == ReceptiveField::Kind::Global) return "global";
-    if (rf.kind == ReceptiveField::Kind::Unknown) return "unknown";
-    std::string s = std::to_string(rf.size_y) + "x" + std::to_string(rf.size_x) + " /" +
-                    std::to_string(rf.stride_y);
-    if (rf.stride_x != rf.stride_y) s += "x" + std::to_string(rf.stride_x);
-    s += " p" + std::to_string(rf.pad_y);
-    if (rf.pad_x != rf.pad_y) s += "x" + std::to_string(rf.pad_x);
     return s;
 }
 
@@ -297,15 +288,7 @@ ReportResult write_report(const Model& model, const Dataset& data, OutputDir& ou
     for (const auto& p : model.module().parameters()) total_params += p.numel();
     doc["model"]["parameters"] = total_params;
     for (const auto& l : layers)
-        layer_rows.push_back({{"name", l.name},
-                              {"type", l.type},
-                              {"shape", l.output_shape},
-                              {"params", l.num_params},
-                              {"depth", l.depth},
-                              {"rf", rf_text(l.rf)},
-                              {"rf_size", l.rf.kind == ReceptiveField::Kind::Exact
-                                              ? json{l.rf.size_y, l.rf.size_x}
-                                              : json(nullptr)}});
+        layer_rows.push_back(to_json(l));
     doc["chosen_layers"] = result.layers;
     auto skip = [&](const std::string& why) {
         result.skipped.push_back(why);
@@ -403,9 +386,9 @@ ReportResult write_report(const Model& model, const Dataset& data, OutputDir& ou
             doc["examples"].push_back(
                 {{"index", i},
                  {"label", label},
-                 {"label_name", detail::class_label(labels_comparable ? class_names : data.class_names(), label)},
+                 {"label_name", class_name(labels_comparable ? class_names : data.class_names(), label)},
                  {"predicted", predicted},
-                 {"predicted_name", detail::class_label(class_names, predicted)},
+                 {"predicted_name", class_name(class_names, predicted)},
                  {"prob", probs[int64_t(n)][predicted].item<double>()},
                  {"correct", labels_comparable && label >= 0 && label == predicted},
                  {"input", pics.put("examples/" + std::to_string(i) + "/input.png", "example item " + std::to_string(i), base)},
@@ -449,7 +432,7 @@ ReportResult write_report(const Model& model, const Dataset& data, OutputDir& ou
             const OcclusionSummary s = summarize_occlusion(orr, int64_t(n), oo);
             const detail::HeatPictures p = detail::occlusion_pictures(bases[n], orr, int64_t(n), factor);
             const std::string stem = "examples/" + std::to_string(ex[n]) + "/occlusion";
-            json j = detail::occlusion_summary_json(s, class_names);
+            json j = to_json(s, class_names);
             j["overlay"] = pics.put(stem + "_overlay.png", "occlusion map over item " + std::to_string(ex[n]), p.overlay);
             j["heat"] = pics.put(stem + ".png", "occlusion map of item " + std::to_string(ex[n]) +
                                                    " (red: occluding lowers the predicted class's probability)", p.heat);
@@ -479,7 +462,7 @@ ReportResult write_report(const Model& model, const Dataset& data, OutputDir& ou
                 doc["examples"][n]["attributions"].push_back(
                     {{"method", opts.attributions[m]},
                      {"layer", r.layer},
-                     {"target_name", detail::class_label(class_names, r.targets[n])},
+                     {"target_name", class_name(class_names, r.targets[n])},
                      {"overlay", pics.put(stem + "_overlay.png", opts.attributions[m] + " over item " + std::to_string(ex[n]), p.overlay)},
                      {"heat", pics.put(stem + ".png", opts.attributions[m] + " map of item " + std::to_string(ex[n]), p.heat)}});
             }
@@ -519,14 +502,14 @@ ReportResult write_report(const Model& model, const Dataset& data, OutputDir& ou
                 json dom = nullptr;
                 const auto d = dominant_labels(ch);
                 if (!d.empty()) {
-                    row += " " + detail::class_label(class_names, d[0].first) + " " + std::to_string(d[0].second) +
+                    row += " " + class_name(class_names, d[0].first) + " " + std::to_string(d[0].second) +
                            "/" + std::to_string(ch.top.size());
-                    dom = {{"label", d[0].first}, {"name", detail::class_label(class_names, d[0].first)}, {"count", d[0].second}};
+                    dom = {{"label", d[0].first}, {"name", class_name(class_names, d[0].first)}, {"count", d[0].second}};
                 }
                 grid.row_labels.push_back(row);
                 json entries = json::array();
                 for (const auto& e : ch.top)
-                    entries.push_back({{"index", e.image}, {"label", e.label}, {"value", e.value}, {"box", detail::box_json(e.box)}});
+                    entries.push_back({{"index", e.image}, {"label", e.label}, {"value", e.value}, {"box", to_json(e.box)}});
                 channels.push_back({{"channel", c}, {"dominant", dom}, {"dead", ch.dead}, {"entries", entries}});
             }
             doc["patches"].push_back(
@@ -648,20 +631,18 @@ ReportResult write_report(const Model& model, const Dataset& data, OutputDir& ou
                 colours.push_back({int(s[0]), int(s[1]), int(s[2])});
             }
             const cv::Scalar unknown = category_colour(-1);
-            doc["map"] = {{"n", n},
-                          {"layer", layer},
-                          {"kl", tr.kl_divergence},
-                          {"knn_accuracy", std::isnan(er.knn_accuracy) ? json(nullptr) : json(er.knn_accuracy)},
-                          {"neighbour_preservation", er.neighbour_preservation},
-                          {"scatter", scatter},
-                          {"thumbnails", thumbmap},
-                          {"sprite", {{"src", sprite}, {"cols", cols}, {"thumb", thumb_px}}},
-                          {"x", x},
-                          {"y", y},
-                          {"labels", labels},
-                          {"class_names", class_names},
-                          {"class_colours", colours},
-                          {"unknown_colour", {int(unknown[0]), int(unknown[1]), int(unknown[2])}}};
+            json& map = doc["map"] = to_json(er);
+            map.update(json{{"n", n},
+                            {"layer", layer},
+                            {"scatter", scatter},
+                            {"thumbnails", thumbmap},
+                            {"sprite", {{"src", sprite}, {"cols", cols}, {"thumb", thumb_px}}},
+                            {"x", x},
+                            {"y", y},
+                            {"labels", labels},
+                            {"class_names", class_names},
+                            {"class_colours", colours},
+                            {"unknown_colour", {int(unknown[0]), int(unknown[1]), int(unknown[2])}}});
             result.map_points = n;
         }
     }

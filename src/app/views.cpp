@@ -12,12 +12,6 @@
 
 namespace convscope::detail {
 
-std::string class_label(const std::vector<std::string>& names, int64_t c) {
-    if (c < 0) return "?";
-    if (c < static_cast<int64_t>(names.size())) return names[size_t(c)];
-    return std::to_string(c);
-}
-
 std::vector<std::string> class_names_for(const Model& model, const Dataset& data) {
     if (!model.meta().class_names.empty()) return model.meta().class_names;
     return data.class_names();
@@ -89,30 +83,6 @@ HeatPictures attribution_pictures(const cv::Mat& base_rgb, const AttributionResu
     const bool cam = is_cam_method(r.method);
     const Range range{0.f, cam ? value_range(heat).hi : percentile_range(heat, 0, 99.5).hi};
     return heat_pictures(base_rgb, heat, Colormap::Inferno, range, factor);
-}
-
-nlohmann::json box_json(const Box& b) { return {b.y0, b.x0, b.y1, b.x1}; }
-
-nlohmann::json occlusion_summary_json(const OcclusionSummary& s,
-                                      const std::vector<std::string>& class_names) {
-    nlohmann::json j;
-    j["target"] = s.target;
-    j["target_name"] = class_label(class_names, s.target);
-    j["predicted"] = s.predicted;
-    j["predicted_name"] = class_label(class_names, s.predicted);
-    j["clean_prob"] = s.clean_prob;
-    j["clean_score"] = s.clean_score;
-    j["max_drop"] = s.max_drop;
-    j["max_window"] = box_json(s.max_window);
-    j["important"] = box_json(s.important);
-    auto& flags = j["confounders"] = nlohmann::json::array();
-    for (const auto& f : s.confounders)
-        flags.push_back({{"window", box_json(f.window)},
-                         {"new_class", f.new_class},
-                         {"new_class_name", class_label(class_names, f.new_class)},
-                         {"new_prob", f.new_prob},
-                         {"drop", f.drop}});
-    return j;
 }
 
 std::vector<std::string> layers_with_output(const Model& model) {

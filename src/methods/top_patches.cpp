@@ -19,6 +19,7 @@
 #include <unordered_map>
 
 #include "convscope/runtime/error.hpp"
+#include "convscope/runtime/json.hpp"
 #include "convscope/runtime/io.hpp"
 #include "convscope/runtime/model.hpp"
 #include "convscope/runtime/render.hpp"
@@ -227,11 +228,6 @@ PatchEntry entry_from_json(const nlohmann::json& j) {
     const auto& b = j.at("box");
     e.box = Box{b.at(0), b.at(1), b.at(2), b.at(3)};
     return e;
-}
-
-std::string class_name(const std::vector<std::string>& names, int64_t label) {
-    if (label >= 0 && label < static_cast<int64_t>(names.size())) return names[size_t(label)];
-    return label < 0 ? "unknown" : std::to_string(label);
 }
 
 // --- the scan ---------------------------------------------------------------------------------
@@ -629,7 +625,7 @@ nlohmann::json top_patches_to_json(const TopPatchesResult& r) {
         nlohmann::json lj;
         lj["name"] = L.name;
         lj["output_shape"] = L.output_shape;
-        lj["receptive_field"] = receptive_field_json(L.rf);
+        lj["receptive_field"] = to_json(L.rf);
         lj["box_source"] = L.gradient_boxes ? "gradient" : "receptive_field";
         auto& chans = lj["channels"] = nlohmann::json::array();
         for (size_t c = 0; c < L.channels.size(); ++c) {

@@ -585,17 +585,4 @@ void OutputDir::write_manifest() const {
     write_json((fs::path(dir_) / "manifest.json").string(), m);
 }
 
-nlohmann::json receptive_field_json(const ReceptiveField& rf) {
-    const char* kind = rf.kind == ReceptiveField::Kind::Exact    ? "exact"
-                       : rf.kind == ReceptiveField::Kind::Global ? "global"
-                                                                 : "unknown";
-    nlohmann::json j = {{"kind", kind}};
-    if (rf.kind == ReceptiveField::Kind::Exact) {
-        j["size"] = {rf.size_y, rf.size_x};
-        j["stride"] = {rf.stride_y, rf.stride_x};
-        j["padding"] = {rf.pad_y, rf.pad_x};
-    }
-    return j;
-}
-
 }  // namespace convscope

@@ -8,6 +8,8 @@
 #include "common.hpp"
 #include "convscope/methods/attribution.hpp"
 #include "convscope/runtime/error.hpp"
+#include "convscope/runtime/json.hpp"
+#include "convscope/methods/json.hpp"
 #include "convscope/runtime/render.hpp"
 #include "convscope/app/views.hpp"
 
@@ -26,10 +28,6 @@ struct AttributeArgs {
     std::string colormap = "inferno";
     float alpha = 0.5f;
 };
-
-std::string class_name(const Model& model, const Dataset& data, int64_t c) {
-    return detail::class_label(detail::class_names_for(model, data), c);
-}
 
 RunFn setup(CLI::App& app) {
     auto o = std::make_shared<CommonOptions>();
@@ -120,6 +118,7 @@ RunFn setup(CLI::App& app) {
                                            static_cast<int>(images.size(3)), 160);
         std::vector<cv::Mat> tiles;
         std::vector<std::string> row_labels;
+        const std::vector<std::string> names = detail::class_names_for(model, data);
         nlohmann::json items = nlohmann::json::array();
         for (size_t i = 0; i < indices.size(); ++i) {
             const int64_t n = static_cast<int64_t>(i);
@@ -137,11 +136,11 @@ RunFn setup(CLI::App& app) {
             tiles.push_back(heat_img);
             tiles.push_back(over);
             const int64_t t = r.targets[i];
-            row_labels.push_back("#" + stem + " " + class_name(model, data, t));
+            row_labels.push_back("#" + stem + " " + class_name(names, t));
 
             nlohmann::json item = {{"index", indices[i]},
                                    {"target", t},
-                                   {"target_name", class_name(model, data, t)},
+                                   {"target_name", class_name(names, t)},
                                    {"score", r.scores[n].item<double>()}};
             if (data.has_labels()) item["label"] = data.label(indices[i]);
             if (r.completeness_gap.defined()) {

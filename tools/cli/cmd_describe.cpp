@@ -7,6 +7,7 @@
 #include "common.hpp"
 #include "convscope/runtime/default_model.hpp"
 #include "convscope/runtime/error.hpp"
+#include "convscope/runtime/json.hpp"
 
 namespace convscope::cli {
 namespace {
@@ -79,8 +80,7 @@ RunFn setup(CLI::App& app) {
             }
             auto& arr = j["layers"] = nlohmann::json::array();
             for (const auto& l : layers)
-                arr.push_back({{"name", l.name}, {"type", l.type}, {"output_shape", l.output_shape},
-                               {"parameters", l.num_params}, {"receptive_field", receptive_field_json(l.rf)}});
+                arr.push_back(to_json(l));
             std::cout << j.dump(2) << "\n";
             return 0;
         }

@@ -6,6 +6,7 @@
 #include <iostream>
 
 #include "common.hpp"
+#include "convscope/methods/json.hpp"
 #include "convscope/methods/embedding.hpp"
 #include "convscope/runtime/error.hpp"
 #include "convscope/runtime/render.hpp"
@@ -262,26 +263,9 @@ RunFn setup(CLI::App& app) {
         write_pngs(pictures, o->common.threads);
         write_projector(out, features, labels, indices, names, thumbs, layer);
 
-        const auto finite_or_null = [](double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(); };
-        nlohmann::json metrics = {
-            {"n", n},
-            {"dims", features.size(1)},
-            {"layer", layer},
-            {"metric_k", r.metric_k},
-            {"knn_accuracy", finite_or_null(r.knn_accuracy)},
-            {"neighbour_preservation", r.neighbour_preservation},
-            {"kl_divergence", r.tsne.kl_divergence},
-            {"gradient", r.tsne.exact ? "exact" : "fft"},
-            {"neighbours", r.tsne.neighbours},
-            {"learning_rate", r.tsne.learning_rate},
-            {"iterations", r.tsne.iterations},
-            {"seconds",
-             {{"features", feature_seconds},
-              {"pca", r.tsne.pca_seconds},
-              {"neighbours", r.tsne.neighbours_seconds},
-              {"affinities", r.tsne.affinities_seconds},
-              {"optimisation", r.tsne.optimisation_seconds},
-              {"metrics", r.metrics_seconds}}}};
+        nlohmann::json metrics = to_json(r);
+        metrics.update(nlohmann::json{{"n", n}, {"dims", features.size(1)}, {"layer", layer}});
+        metrics["seconds"]["features"] = feature_seconds;
         if (grid_rows > 0) metrics["grid"] = {grid_rows, grid_cols};
         write_json(out.file("metrics.json",
                             "leave-one-out " + std::to_string(r.metric_k) +

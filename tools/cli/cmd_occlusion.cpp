@@ -6,6 +6,7 @@
 
 #include "common.hpp"
 #include "convscope/runtime/error.hpp"
+#include "convscope/methods/json.hpp"
 #include "convscope/methods/occlusion.hpp"
 #include "convscope/runtime/render.hpp"
 #include "convscope/runtime/strings.hpp"
@@ -91,8 +92,6 @@ const char* mode_name(OcclusionMode m) {
     return "";
 }
 
-nlohmann::json box_json(const Box& b) { return {{"y0", b.y0}, {"x0", b.x0}, {"y1", b.y1}, {"x1", b.x1}}; }
-
 nlohmann::json grid_json(const at::Tensor& t) {
     nlohmann::json rows = nlohmann::json::array();
     const at::Tensor c = t.contiguous();
@@ -165,10 +164,6 @@ RunFn setup(CLI::App& app) {
         const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
         const std::vector<std::string> names = detail::class_names_for(model, data);
-        auto class_name = [&](int64_t k) -> nlohmann::json {
-            if (k >= 0 && k < static_cast<int64_t>(names.size())) return names[k];
-            return nullptr;
-        };
 
         nlohmann::json options = {
             {"patch", {opts.patch_h, opts.patch_w}}, {"stride", {opts.stride_y, opts.stride_x}},
@@ -222,29 +217,14 @@ RunFn setup(CLI::App& app) {
                                          Colormap::Viridis, unit));
 
             const OcclusionSummary s = summarize_occlusion(r, n, opts);
-            nlohmann::json j;
+            nlohmann::json j = to_json(s, names);
             j["index"] = indices[n];
             if (data.has_labels()) j["label"] = data.label(indices[n]);
-            j["target"] = s.target;
-            j["target_name"] = class_name(s.target);
-            j["predicted"] = s.predicted;
-            j["predicted_name"] = class_name(s.predicted);
             j["score"] = a->score;
-            j["clean_score"] = s.clean_score;
-            j["clean_prob"] = s.clean_prob;
-            j["max_drop"] = s.max_drop;
-            j["max_position"] = {s.max_py, s.max_px};
-            j["max_window"] = box_json(s.max_window);
-            j["important_region"] = box_json(s.important);
             j["positions"] = {{"y", r.positions_y}, {"x", r.positions_x}};
             j["most_likely_class"] = grid_json(r.top_class[n]);
             j["most_likely_prob"] = grid_json(r.top_prob[n]);
             j["prediction_changes"] = (r.top_class[n] != s.predicted).sum().item<int64_t>();
-            auto& flags = j["confounders"] = nlohmann::json::array();
-            for (const auto& f : s.confounders)
-                flags.push_back({{"position", {f.py, f.px}}, {"window", box_json(f.window)},
-                                 {"class", f.new_class}, {"class_name", class_name(f.new_class)},
-                                 {"prob", f.new_prob}, {"drop", f.drop}});
             if (!r.ssim.empty()) {
                 j["ssim"] = r.ssim[n];
                 j["ssim_coarse"] = r.ssim_coarse[n];

@@ -19,8 +19,6 @@
 
 namespace convscope::detail {
 
-// Class name of class c: the model's names, else the data's, else the number.
-std::string class_label(const std::vector<std::string>& names, int64_t c);
 // The class names to show: the model's if it has them, else the data's.
 std::vector<std::string> class_names_for(const Model& model, const Dataset& data);
 
@@ -47,12 +45,6 @@ HeatPictures occlusion_pictures(const cv::Mat& base_rgb, const OcclusionResult& 
 // `convscope attribute` draws them.
 HeatPictures attribution_pictures(const cv::Mat& base_rgb, const AttributionResult& r, int64_t n,
                                   int factor);
-
-// [y0, x0, y1, x1]
-nlohmann::json box_json(const Box& b);
-// What a reader needs from an occlusion summary (boxes in input pixels, class names).
-nlohmann::json occlusion_summary_json(const OcclusionSummary& s,
-                                      const std::vector<std::string>& class_names);
 
 // Every layer with an output (what scans and live views offer).
 std::vector<std::string> layers_with_output(const Model& model);

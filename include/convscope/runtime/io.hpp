@@ -23,10 +23,6 @@ std::string npy_bytes(const at::Tensor& t);
 at::Tensor read_npy(const std::string& path);
 
 void write_json(const std::string& path, const nlohmann::json& j);
-// A receptive field as JSON: {"kind": "exact", "size": [y,x], "stride": [y,x], "padding": [y,x]}
-// for exact ones, {"kind": "global"} or {"kind": "unknown"} otherwise.
-struct ReceptiveField;
-nlohmann::json receptive_field_json(const ReceptiveField& rf);
 void write_csv(const std::string& path, const std::vector<std::string>& header,
                const std::vector<std::vector<std::string>>& rows);
 

@@ -170,7 +170,7 @@ function makeCards() {
     const info = new Map(state.model.layers.map((l) => [l.name, l]));
     for (const name of state.model.default_layers) {
         const l = info.get(name);
-        const head = el('header', {}, [el('b', { text: name }), el('span', { class: 'muted', text: `${l.type} · ${l.shape.join('×')}` }), el('span', { class: 'muted range' })]);
+        const head = el('header', {}, [el('b', { text: name }), el('span', { class: 'muted', text: `${l.type} · ${l.output_shape.join('×')}` }), el('span', { class: 'muted range' })]);
         const canvas = el('canvas', { 'data-layer': name, width: '10', height: '10' });
         const card = el('div', { class: 'layer', 'data-layer': name }, [head, canvas]);
         root.appendChild(card);
@@ -295,7 +295,7 @@ function openChannel(layer, channel) {
     const opening = $('channel-panel').hidden;
     $('channel-panel').hidden = false;
     if (opening) relayout();
-    $('channel-title').textContent = `${layer} · ${info.shape.length === 3 && info.shape[1] * info.shape[2] > 1 ? 'channel' : 'unit'} ${channel}`;
+    $('channel-title').textContent = `${layer} · ${info.output_shape.length === 3 && info.output_shape[1] * info.output_shape[2] > 1 ? 'channel' : 'unit'} ${channel}`;
     document.body.dataset.channel = `${layer}:${channel}`;
 
     refreshOverlay();
@@ -343,7 +343,7 @@ function refreshOverlay() {
     if (!sel || !state.image) return;
     const info = state.model.layers.find((l) => l.name === sel.layer);
     const img = $('channel-overlay');
-    if (info && info.shape.length === 3 && info.shape[1] * info.shape[2] > 1) {
+    if (info && info.output_shape.length === 3 && info.output_shape[1] * info.output_shape[2] > 1) {
         img.hidden = false;
         img.src = `/api/overlay.png?image=${encodeURIComponent(state.image)}&layer=${encodeURIComponent(sel.layer)}&channel=${sel.channel}`;
         $('channel-overlay-note').textContent = 'the channel\'s activation (viridis) upsampled over the input';
@@ -504,14 +504,14 @@ function setupExplain() {
         try {
             const r = await runJob({ kind: 'occlusion', image: state.image }, $('explain-progress'));
             const [H, W] = r.input_size;
-            const over = el('div', {}, [el('img', { src: r.overlay, alt: 'occlusion overlay', id: 'occlusion-overlay' }), boxDiv(r.important, H, W, '')]);
+            const over = el('div', {}, [el('img', { src: r.overlay, alt: 'occlusion overlay', id: 'occlusion-overlay' }), boxDiv(r.important_region, H, W, '')]);
             for (const f of r.confounders.slice(0, 5)) over.appendChild(boxDiv(f.window, H, W, 'flag'));
             const heat = el('div', {}, [el('img', { src: r.heat, alt: 'occlusion map' })]);
             const items = [el('li', { text: `target ${r.target_name} (p = ${r.clean_prob.toFixed(3)}), largest drop ${r.max_drop.toPrecision(3)}` }),
                 el('li', { text: `yellow: most important region (patch ${r.patch}, stride ${r.stride})` })];
             if (r.confounders.length) {
                 for (const f of r.confounders.slice(0, 5))
-                    items.push(el('li', { class: 'error', text: `possible confounder: occluding [${f.window.join(', ')}] gives ${f.new_class_name} (p = ${f.new_prob.toFixed(2)})` }));
+                    items.push(el('li', { class: 'error', text: `possible confounder: occluding [${f.window.join(', ')}] gives ${f.class_name} (p = ${f.prob.toFixed(2)})` }));
             } else {
                 items.push(el('li', { text: 'no confounders: occluding outside that region never changes the prediction' }));
             }

@@ -21,6 +21,10 @@
     const fig = (src, caption, alt) => el('figure', {}, [pic(src, alt || caption), el('figcaption', { text: caption })]);
     const pct = (v) => (100 * v).toFixed(2) + '%';
     const num = (v) => (Math.abs(v) >= 1000 ? v.toLocaleString('en-US') : String(v));
+    // "5x5 /1 p2": size, effective stride and padding (one figure where rows and columns agree).
+    const pair = (p, sep) => (p[0] === p[1] ? String(p[0]) : p[0] + sep + p[1]);
+    const rfText = (rf) => (rf.kind !== 'exact' ? rf.kind
+        : `${rf.size[0]}x${rf.size[1]} /${pair(rf.stride, 'x')} p${pair(rf.padding, 'x')}`);
 
     function section(id, title, lead, children) {
         return el('section', { id }, [el('h2', { text: title }), lead ? el('p', { class: 'lead', text: lead }) : null, ...children]);
@@ -56,8 +60,8 @@
         ]);
         const chosen = new Set(R.chosen_layers);
         const rows = R.layers.map((l) => el('tr', { class: `depth${Math.min(3, l.depth)}` + (chosen.has(l.name) ? ' chosen' : '') }, [
-            el('td', { text: l.name }), el('td', { text: l.type }), el('td', { text: l.shape.length ? l.shape.join('×') : '–' }),
-            el('td', { class: 'num', text: num(l.params) }), el('td', { text: l.rf }),
+            el('td', { text: l.name }), el('td', { text: l.type }), el('td', { text: l.output_shape.length ? l.output_shape.join('×') : '–' }),
+            el('td', { class: 'num', text: num(l.parameters) }), el('td', { text: rfText(l.receptive_field) }),
         ]));
         const table = el('div', { class: 'scroll' }, [el('table', { id: 'layer-table' }, [
             el('thead', {}, [el('tr', {}, ['layer', 'type', 'output', 'parameters', 'receptive field (size /stride pad)'].map((t) => el('th', { text: t })))]),
@@ -82,7 +86,7 @@
             const top = el('div', { class: 'row' }, [fig(e.input, 'input as the model sees it')]);
             const o = e.occlusion;
             if (o) {
-                const boxes = [[o.important, '']].concat(o.confounders.slice(0, 5).map((f) => [f.window, 'flag']));
+                const boxes = [[o.important_region, '']].concat(o.confounders.slice(0, 5).map((f) => [f.window, 'flag']));
                 top.appendChild(el('figure', {}, [boxed(o.overlay, 'occlusion overlay', H, W, boxes), el('figcaption', { text: `occlusion (patch ${o.patch}, stride ${o.stride}): yellow = most important region, largest drop ${o.max_drop.toPrecision(3)}` })]));
                 top.appendChild(fig(o.heat, 'probability drop per pixel'));
             }
@@ -90,7 +94,7 @@
             const parts = [title, top];
             if (o) {
                 const flags = o.confounders.length
-                    ? o.confounders.slice(0, 5).map((f) => el('li', { class: 'warn', text: `possible confounder: occluding rows ${f.window[0]}–${f.window[2]}, columns ${f.window[1]}–${f.window[3]} (outside the important region) makes it ${f.new_class_name} (p = ${f.new_prob.toFixed(2)})` }))
+                    ? o.confounders.slice(0, 5).map((f) => el('li', { class: 'warn', text: `possible confounder: occluding rows ${f.window[0]}–${f.window[2]}, columns ${f.window[1]}–${f.window[3]} (outside the important region) makes it ${f.class_name} (p = ${f.prob.toFixed(2)})` }))
                     : [el('li', { text: 'no confounder flags: occluding outside the important region never changes the prediction' })];
                 parts.push(el('ul', { class: 'flags' }, flags));
             }
@@ -132,7 +136,7 @@
         const info = el('span', { class: 'note', id: 'map-info', text: 'drag to pan, wheel or buttons to zoom, hover a point to see its item' });
         const zin = el('button', { id: 'map-zoom-in', text: '+' }), zout = el('button', { id: 'map-zoom-out', text: '−' }), fit = el('button', { id: 'map-fit', text: 'Fit' });
         const wrap = el('div', { class: 'map-wrap' }, [canvas, hover, legend]);
-        add('map', 'Dataset map', `t-SNE of the ${mp.layer} features of the first ${num(mp.n)} items: items the network sees as similar lie close together. Final KL divergence ${mp.kl.toFixed(3)}` +
+        add('map', 'Dataset map', `t-SNE of the ${mp.layer} features of the first ${num(mp.n)} items: items the network sees as similar lie close together. Final KL divergence ${mp.kl_divergence.toFixed(3)}` +
             (mp.knn_accuracy !== null ? `, 10-NN label accuracy in the map ${pct(mp.knn_accuracy)}` : '') +
             `, neighbour preservation ${mp.neighbour_preservation.toFixed(3)} (share of each item's 10 nearest neighbours in feature space that stay among its 10 nearest on the map).`, [
             el('div', { class: 'toolbar' }, [zin, zout, fit, info]), wrap,

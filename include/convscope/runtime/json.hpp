@@ -1,0 +1,29 @@
+#pragma once
+// The one JSON shape of each runtime struct, used by the CLI, the explorer and the report alike.
+// The methods' results have theirs in convscope/methods/json.hpp.
+#include <cstdint>
+#include <nlohmann/json_fwd.hpp>
+#include <string>
+#include <vector>
+
+namespace convscope {
+
+struct Box;
+struct LayerInfo;
+struct ReceptiveField;
+
+// [y0, x0, y1, x1] in input pixels (end exclusive).
+nlohmann::json to_json(const Box& box);
+// {"kind": "exact"|"global"|"unknown"} and, for exact ones, "size", "stride" and "padding" as
+// [y, x] pairs.
+nlohmann::json to_json(const ReceptiveField& rf);
+// {"name", "type", "output_shape" (without the batch), "parameters", "depth", "is_conv",
+// "is_linear", "receptive_field"}.
+nlohmann::json to_json(const LayerInfo& layer);
+// "exact", "global", "unknown" (ReceptiveField::Kind).
+const char* receptive_field_kind_name(const ReceptiveField& rf);
+
+// The name of class c: names[c] where known, else the number; "unknown" for c < 0 (no class).
+std::string class_name(const std::vector<std::string>& names, int64_t c);
+
+}  // namespace convscope
