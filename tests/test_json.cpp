@@ -9,8 +9,10 @@
 #include "convscope/methods/embedding.hpp"
 #include "convscope/methods/json.hpp"
 #include "convscope/methods/occlusion.hpp"
+#include "convscope/runtime/enum_names.hpp"
 #include "convscope/runtime/json.hpp"
 #include "convscope/runtime/model.hpp"
+#include "test_util.hpp"
 
 using namespace convscope;
 using nlohmann::json;
@@ -104,4 +106,22 @@ TEST(Json, EmbeddingMetrics) {
     j = to_json(r);
     EXPECT_EQ(j["knn_accuracy"], 0.25);
     EXPECT_EQ(j["gradient"], "fft");
+}
+
+namespace {
+enum class Fruit { Apple, Pear, Plum };
+constexpr EnumTable<Fruit, 4> kFruit = {
+    {{Fruit::Apple, "apple"}, {Fruit::Pear, "pear"}, {Fruit::Plum, "plum"}, {Fruit::Pear, "poire"}}};
+}  // namespace
+
+TEST(EnumNames, OneTableParsesAndPrints) {
+    EXPECT_EQ(parse_enum(kFruit, "Pear", "fruit"), Fruit::Pear);
+    EXPECT_EQ(parse_enum(kFruit, "poire", "fruit"), Fruit::Pear);  // an alias
+    EXPECT_STREQ(enum_name(kFruit, Fruit::Pear), "pear");          // printed by its first name
+    EXPECT_EQ(enum_names(kFruit), (std::vector<std::string>{"apple", "pear", "plum"}));
+    expect_error([] { parse_enum(kFruit, "kiwi", "fruit"); }, "unknown fruit 'kiwi': use apple, pear or plum");
+    // The library's tables round-trip.
+    for (const auto& n : {"full", "incremental", "approximate"})
+        EXPECT_STREQ(occlusion_mode_name(parse_occlusion_mode(n)), n);
+    for (const auto& n : {"logit", "prob"}) EXPECT_STREQ(occlusion_score_name(parse_occlusion_score(n)), n);
 }

@@ -11,6 +11,7 @@
 #include <set>
 #include <thread>
 
+#include "convscope/runtime/enum_names.hpp"
 #include "convscope/runtime/error.hpp"
 #include "convscope/runtime/strings.hpp"
 #include "convscope/runtime/model.hpp"
@@ -77,22 +78,15 @@ void run_parallel(int64_t n, int threads, const std::function<void(int64_t)>& wo
 
 }  // namespace
 
-const char* activation_scale_name(ActivationScale s) { return s == ActivationScale::Layer ? "layer" : "tile"; }
-const char* channel_order_name(ChannelOrder o) { return o == ChannelOrder::Index ? "index" : "mean"; }
+namespace {
+constexpr EnumTable<ActivationScale, 2> kScaleNames = {{{ActivationScale::Layer, "layer"}, {ActivationScale::Tile, "tile"}}};
+constexpr EnumTable<ChannelOrder, 2> kOrderNames = {{{ChannelOrder::Index, "index"}, {ChannelOrder::Mean, "mean"}}};
+}  // namespace
 
-ActivationScale parse_activation_scale(const std::string& name) {
-    const std::string s = detail::lower(name);
-    if (s == "layer") return ActivationScale::Layer;
-    if (s == "tile") return ActivationScale::Tile;
-    throw UsageError("unknown scale '" + name + "': use layer (one range per layer) or tile (one per tile)");
-}
-
-ChannelOrder parse_channel_order(const std::string& name) {
-    const std::string s = detail::lower(name);
-    if (s == "index") return ChannelOrder::Index;
-    if (s == "mean") return ChannelOrder::Mean;
-    throw UsageError("unknown channel order '" + name + "': use index or mean");
-}
+const char* activation_scale_name(ActivationScale s) { return enum_name(kScaleNames, s); }
+const char* channel_order_name(ChannelOrder o) { return enum_name(kOrderNames, o); }
+ActivationScale parse_activation_scale(const std::string& name) { return parse_enum(kScaleNames, name, "scale"); }
+ChannelOrder parse_channel_order(const std::string& name) { return parse_enum(kOrderNames, name, "channel order"); }
 
 ActivationsResult activations(const Model& model, const at::Tensor& images_nchw,
                               const ActivationsOptions& opt, const RunContext& context) {

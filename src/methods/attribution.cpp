@@ -12,6 +12,7 @@
 #include <functional>
 #include <sstream>
 
+#include "convscope/runtime/enum_names.hpp"
 #include "convscope/runtime/error.hpp"
 #include "convscope/runtime/model.hpp"
 #include "convscope/runtime/strings.hpp"
@@ -20,15 +21,6 @@ namespace convscope {
 
 namespace {
 
-const std::vector<AttributionMethod> kMethods = {
-    AttributionMethod::Saliency,
-    AttributionMethod::GuidedBackprop,
-    AttributionMethod::Deconvnet,
-    AttributionMethod::SmoothGrad,
-    AttributionMethod::IntegratedGradients,
-    AttributionMethod::GradCam,
-    AttributionMethod::GradCamPlusPlus,
-};
 
 
 // Options that make no sense whatever the model: checked before any work.
@@ -171,10 +163,24 @@ at::Tensor upsample(const at::Tensor& maps_nhw, int64_t h, int64_t w) {
 
 // ---------------------------------------------------------------------------------------------
 
+namespace {
+constexpr EnumTable<AttributionMethod, 11> kMethodNames = {{
+    {AttributionMethod::Saliency, "saliency"},
+    {AttributionMethod::GuidedBackprop, "guided-backprop"},
+    {AttributionMethod::Deconvnet, "deconvnet"},
+    {AttributionMethod::SmoothGrad, "smoothgrad"},
+    {AttributionMethod::IntegratedGradients, "integrated-gradients"},
+    {AttributionMethod::GradCam, "grad-cam"},
+    {AttributionMethod::GradCamPlusPlus, "grad-cam++"},
+    {AttributionMethod::GradCam, "gradcam"},
+    {AttributionMethod::GradCamPlusPlus, "gradcam++"},
+    {AttributionMethod::GradCamPlusPlus, "grad-cam-plus-plus"},
+    {AttributionMethod::IntegratedGradients, "ig"},
+}};
+}  // namespace
+
 const std::vector<std::string>& attribution_method_names() {
-    static const std::vector<std::string> names = {
-        "saliency", "guided-backprop", "deconvnet", "smoothgrad", "integrated-gradients",
-        "grad-cam", "grad-cam++"};
+    static const std::vector<std::string> names = enum_names(kMethodNames);
     return names;
 }
 
@@ -183,15 +189,7 @@ const std::string& attribution_method_name(AttributionMethod method) {
 }
 
 AttributionMethod parse_attribution_method(const std::string& name) {
-    std::string n = name;
-    std::transform(n.begin(), n.end(), n.begin(), [](unsigned char c) { return std::tolower(c); });
-    const auto& names = attribution_method_names();
-    for (size_t i = 0; i < names.size(); ++i)
-        if (names[i] == n) return kMethods[i];
-    if (n == "gradcam") return AttributionMethod::GradCam;
-    if (n == "gradcam++" || n == "grad-cam-plus-plus") return AttributionMethod::GradCamPlusPlus;
-    if (n == "ig") return AttributionMethod::IntegratedGradients;
-    throw UsageError("unknown attribution method '" + name + "': use one of " + detail::join(names, ", "));
+    return parse_enum(kMethodNames, name, "attribution method");
 }
 
 bool is_cam_method(AttributionMethod m) {

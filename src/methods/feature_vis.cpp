@@ -13,6 +13,7 @@
 #include <random>
 #include <sstream>
 
+#include "convscope/runtime/enum_names.hpp"
 #include "convscope/runtime/error.hpp"
 #include "convscope/runtime/strings.hpp"
 #include "convscope/runtime/model.hpp"
@@ -202,15 +203,17 @@ at::Tensor gather_rows(const at::Tensor& all, const std::vector<int64_t>& units)
 
 }  // namespace
 
+namespace {
+constexpr EnumTable<FeatureVisParam, 2> kParamNames = {{{FeatureVisParam::Pixel, "pixel"}, {FeatureVisParam::Fourier, "fourier"}}};
+}  // namespace
+
 FeatureVisParam parse_feature_vis_param(const std::string& name) {
-    if (name == "pixel") return FeatureVisParam::Pixel;
-    if (name == "fourier") return FeatureVisParam::Fourier;
-    throw UsageError("unknown parameterisation '" + name + "': use pixel or fourier");
+    return parse_enum(kParamNames, name, "parameterisation");
 }
 
 const std::string& feature_vis_param_name(FeatureVisParam param) {
-    static const std::string pixel = "pixel", fourier = "fourier";
-    return param == FeatureVisParam::Pixel ? pixel : fourier;
+    static const std::vector<std::string> names = enum_names(kParamNames);
+    return names.at(static_cast<size_t>(param));
 }
 
 namespace {

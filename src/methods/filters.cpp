@@ -8,6 +8,7 @@
 #include <cmath>
 #include <optional>
 
+#include "convscope/runtime/enum_names.hpp"
 #include "convscope/runtime/error.hpp"
 #include "convscope/runtime/model.hpp"
 #include "convscope/runtime/render.hpp"
@@ -131,36 +132,21 @@ std::vector<std::string> spatial_weight_layers(const Model& model) {
     return out;
 }
 
-const char* filter_mode_name(FilterMode mode) {
-    switch (mode) {
-    case FilterMode::Auto: return "auto";
-    case FilterMode::Rgb: return "rgb";
-    case FilterMode::Gray: return "gray";
-    case FilterMode::Channels: return "channels";
-    case FilterMode::Summary: return "summary";
-    }
-    return "";
-}
+namespace {
+constexpr EnumTable<FilterMode, 5> kModeNames = {{{FilterMode::Auto, "auto"},
+                                                  {FilterMode::Rgb, "rgb"},
+                                                  {FilterMode::Gray, "gray"},
+                                                  {FilterMode::Channels, "channels"},
+                                                  {FilterMode::Summary, "summary"}}};
+constexpr EnumTable<FilterNormalize, 2> kNormalizeNames = {
+    {{FilterNormalize::Filter, "filter"}, {FilterNormalize::Layer, "layer"}}};
+}  // namespace
 
-const char* filter_normalize_name(FilterNormalize n) {
-    return n == FilterNormalize::Filter ? "filter" : "layer";
-}
-
-FilterMode parse_filter_mode(const std::string& name) {
-    std::string s = name;
-    for (auto& ch : s) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-    for (FilterMode m : {FilterMode::Auto, FilterMode::Rgb, FilterMode::Gray, FilterMode::Channels,
-                         FilterMode::Summary})
-        if (s == filter_mode_name(m)) return m;
-    throw UsageError("unknown filter mode '" + name + "': use auto, rgb, gray, channels or summary");
-}
-
+const char* filter_mode_name(FilterMode mode) { return enum_name(kModeNames, mode); }
+const char* filter_normalize_name(FilterNormalize n) { return enum_name(kNormalizeNames, n); }
+FilterMode parse_filter_mode(const std::string& name) { return parse_enum(kModeNames, name, "filter mode"); }
 FilterNormalize parse_filter_normalize(const std::string& name) {
-    std::string s = name;
-    for (auto& ch : s) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-    if (s == "filter") return FilterNormalize::Filter;
-    if (s == "layer") return FilterNormalize::Layer;
-    throw UsageError("unknown normalisation '" + name + "': use filter or layer");
+    return parse_enum(kNormalizeNames, name, "normalisation");
 }
 
 double filter_noise_score(const at::Tensor& filter_ckk) {

@@ -13,6 +13,7 @@
 #include <optional>
 #include <sstream>
 
+#include "convscope/runtime/enum_names.hpp"
 #include "convscope/runtime/error.hpp"
 #include "convscope/runtime/model.hpp"
 #include "methods/incremental/engine.hpp"
@@ -560,6 +561,18 @@ at::Tensor pixel_map(const std::vector<float>& drop, const Grid& g, int64_t H, i
 }
 
 }  // namespace
+
+namespace {
+constexpr EnumTable<OcclusionScore, 2> kScoreNames = {{{OcclusionScore::Logit, "logit"}, {OcclusionScore::Prob, "prob"}}};
+constexpr EnumTable<OcclusionMode, 3> kModeNames = {{{OcclusionMode::Full, "full"},
+                                                     {OcclusionMode::Incremental, "incremental"},
+                                                     {OcclusionMode::Approximate, "approximate"}}};
+}  // namespace
+
+const char* occlusion_score_name(OcclusionScore score) { return enum_name(kScoreNames, score); }
+OcclusionScore parse_occlusion_score(const std::string& name) { return parse_enum(kScoreNames, name, "score"); }
+const char* occlusion_mode_name(OcclusionMode mode) { return enum_name(kModeNames, mode); }
+OcclusionMode parse_occlusion_mode(const std::string& name) { return parse_enum(kModeNames, name, "occlusion mode"); }
 
 at::Tensor occlusion_baseline(const at::Tensor& images, const OcclusionOptions& o) {
     return baseline_images(images, o.baseline, 8.0);

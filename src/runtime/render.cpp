@@ -15,6 +15,7 @@
 #include <set>
 #include <thread>
 
+#include "convscope/runtime/enum_names.hpp"
 #include "convscope/runtime/error.hpp"
 #include "convscope/runtime/io.hpp"
 
@@ -209,9 +210,19 @@ void paste(cv::Mat& dst, const cv::Mat& src, int x, int y) {
 // ---------------------------------------------------------------------------------------------
 // Colormaps
 
+namespace {
+constexpr EnumTable<Colormap, 8> kColormapNames = {{{Colormap::Viridis, "viridis"},
+                                                    {Colormap::Inferno, "inferno"},
+                                                    {Colormap::Magma, "magma"},
+                                                    {Colormap::Turbo, "turbo"},
+                                                    {Colormap::Gray, "gray"},
+                                                    {Colormap::Diverging, "diverging"},
+                                                    {Colormap::Gray, "grey"},
+                                                    {Colormap::Diverging, "bwr"}}};
+}  // namespace
+
 const std::vector<std::string>& colormap_names() {
-    static const std::vector<std::string> names = {"viridis", "inferno", "magma",
-                                                   "turbo",   "gray",    "diverging"};
+    static const std::vector<std::string> names = enum_names(kColormapNames);
     return names;
 }
 
@@ -219,19 +230,7 @@ const std::string& colormap_name(Colormap cmap) {
     return colormap_names().at(static_cast<size_t>(cmap));
 }
 
-Colormap parse_colormap(const std::string& name) {
-    std::string lower;
-    for (char c : name) lower += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    if (lower == "grey") lower = "gray";
-    if (lower == "bwr") lower = "diverging";
-    const auto& names = colormap_names();
-    for (size_t i = 0; i < names.size(); ++i) {
-        if (names[i] == lower) return static_cast<Colormap>(i);
-    }
-    std::string valid;
-    for (const auto& n : names) valid += (valid.empty() ? "" : ", ") + n;
-    throw UsageError("unknown colormap '" + name + "'; valid names: " + valid);
-}
+Colormap parse_colormap(const std::string& name) { return parse_enum(kColormapNames, name, "colormap"); }
 
 const std::array<cv::Vec3b, 256>& colormap_table(Colormap cmap) {
     static const std::array<std::array<cv::Vec3b, 256>, 6> tables = {

@@ -56,15 +56,13 @@ OcclusionOptions to_options(const Args& a) {
         o.baseline.value = a.blur_sigma;
     }
     o.target = parse_target(a.target);
-    if (a.score == "logit") o.score = OcclusionScore::Logit;
-    else if (a.score == "prob") o.score = OcclusionScore::Prob;
-    else throw UsageError("--score takes logit or prob, got '" + a.score + "'");
+    o.score = parse_occlusion_score(a.score);
     if (a.approximate && !a.mode.empty())
         throw UsageError("--approximate is a mode of its own: drop --mode " + a.mode);
     if (a.approximate) o.mode = OcclusionMode::Approximate;
-    else if (a.mode.empty() || a.mode == "incremental") o.mode = OcclusionMode::Incremental;
-    else if (a.mode == "full") o.mode = OcclusionMode::Full;
-    else throw UsageError("--mode takes full or incremental, got '" + a.mode + "'");
+    else if (!a.mode.empty()) o.mode = parse_occlusion_mode(a.mode);
+    if (o.mode == OcclusionMode::Approximate && !a.approximate)
+        throw UsageError("--mode takes full or incremental; the approximate mode is --approximate");
     if (a.report_ssim && !a.approximate)
         throw UsageError("--report-ssim compares an approximate map with the exact one: add --approximate");
     if (a.no_bf16 && !a.approximate)
@@ -81,15 +79,6 @@ OcclusionOptions to_options(const Args& a) {
                          "add --approximate");
     o.correct = !a.no_correction;
     return o;
-}
-
-const char* mode_name(OcclusionMode m) {
-    switch (m) {
-    case OcclusionMode::Full: return "full";
-    case OcclusionMode::Incremental: return "incremental";
-    case OcclusionMode::Approximate: return "approximate";
-    }
-    return "";
 }
 
 nlohmann::json grid_json(const at::Tensor& t) {
@@ -168,7 +157,7 @@ RunFn setup(CLI::App& app) {
         nlohmann::json options = {
             {"patch", {opts.patch_h, opts.patch_w}}, {"stride", {opts.stride_y, opts.stride_x}},
             {"baseline", baseline_name(opts.baseline)}, {"target", target_name(opts.target)}, {"score", a->score},
-            {"mode", mode_name(opts.mode)}, {"batch_size", opts.batch_size}, {"data", data.spec()},
+            {"mode", occlusion_mode_name(opts.mode)}, {"batch_size", opts.batch_size}, {"data", data.spec()},
             {"indices", indices}};
         if (opts.mode == OcclusionMode::Approximate) {
             options["tau"] = opts.tau;  // as asked (0 = automatic); summary.json: what ran
@@ -239,7 +228,7 @@ RunFn setup(CLI::App& app) {
             all.push_back(j);
         }
         nlohmann::json summary = {{"images", all},          {"forwards", r.forwards},
-                                  {"seconds", seconds},     {"mode", mode_name(opts.mode)},
+                                  {"seconds", seconds},     {"mode", occlusion_mode_name(opts.mode)},
                                   {"engine", r.engine_note}, {"batch_size", r.batch_size}};
         if (opts.mode == OcclusionMode::Approximate) {
             summary["tau"] = r.tau;
@@ -259,7 +248,7 @@ RunFn setup(CLI::App& app) {
         } else {
             std::cout << "occlusion: " << images.size(0) << " image(s), " << r.positions_y << "x"
                       << r.positions_x << " positions, " << r.forwards << " occluded forwards in "
-                      << seconds << " s (" << mode_name(opts.mode);
+                      << seconds << " s (" << occlusion_mode_name(opts.mode);
             if (opts.mode == OcclusionMode::Approximate)
                 std::cout << ": tau " << r.tau << ", coarse step " << r.coarse_step
                           << (r.bf16 ? ", bfloat16 changes" : "");

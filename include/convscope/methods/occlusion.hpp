@@ -57,6 +57,12 @@ enum class OcclusionScore {
     Prob,   // softmax probability of the target class
 };
 enum class OcclusionMode { Full, Incremental, Approximate };
+// "logit" | "prob" and "full" | "incremental" | "approximate"; the parsers throw UsageError
+// naming the valid ones.
+const char* occlusion_score_name(OcclusionScore score);
+OcclusionScore parse_occlusion_score(const std::string& name);
+const char* occlusion_mode_name(OcclusionMode mode);
+OcclusionMode parse_occlusion_mode(const std::string& name);
 
 struct OcclusionOptions {
     int64_t patch_h = 4, patch_w = 4;    // occluder size in input pixels (>= 1, <= the input)
