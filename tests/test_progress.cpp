@@ -152,3 +152,34 @@ TEST(ProgressBar, StderrProgressWritesPlainLinesWhenRedirected) {
     quiet(1.0);
     EXPECT_EQ(testing::internal::GetCapturedStderr(), "");
 }
+
+TEST(StagedProgress, StagesGetTheirShareInOrder) {
+    using convscope::Cancelled;
+    using convscope::ProgressFn;
+    using convscope::StagedProgress;
+    std::vector<double> seen;
+    StagedProgress stages([&](double f) { return seen.push_back(f), true; }, {{"a", 1.0}, {"b", 0.0}, {"c", 3.0}});
+    stages.report("a", 0.5);
+    EXPECT_DOUBLE_EQ(seen.back(), 0.125);
+    stages.finish("a");
+    EXPECT_DOUBLE_EQ(seen.back(), 0.25);
+    stages.finish("b");  // no weight: no progress, still timed
+    EXPECT_DOUBLE_EQ(seen.back(), 0.25);
+    const ProgressFn half = stages.part("c", 0.5, 1.0);
+    half(0.0);
+    EXPECT_DOUBLE_EQ(seen.back(), 0.25 + 0.75 * 0.5);
+    half(2.0);  // clamped to the part's end
+    EXPECT_DOUBLE_EQ(seen.back(), 1.0);
+    stages.finish("c");
+    ASSERT_EQ(stages.seconds().size(), 3u);
+    EXPECT_EQ(stages.seconds()[1].first, "b");
+    for (const auto& [name, s] : stages.seconds()) EXPECT_GE(s, 0.0) << name;
+    // Cancelling through the outer callback.
+    StagedProgress cancel([](double f) { return f < 0.5; }, {{"x", 1.0}});
+    EXPECT_NO_THROW(cancel.report("x", 0.25));
+    EXPECT_THROW(cancel.report("x", 0.75), Cancelled);
+    // Without a callback nothing is reported; parts are empty.
+    StagedProgress none({}, {{"x", 1.0}});
+    EXPECT_FALSE(static_cast<bool>(none.part("x")));
+    EXPECT_NO_THROW(none.finish("x"));
+}

@@ -662,9 +662,9 @@ void Explorer::Impl::ensure_map(const ProgressFn& progress) {
         for (int64_t i = 0; i < n; ++i) indices[size_t(i)] = i;
         LayerFeaturesOptions fo;
         fo.layer = layer;
-        const EmbeddingFeatures ef = layer_features(model, data, indices, fo, context(detail::sub_progress(progress, 0.0, 0.2)));
+        const EmbeddingFeatures ef = layer_features(model, data, indices, fo, context(sub_progress(progress, 0.0, 0.2)));
         if (ef.features.size(1) > 50) to.pca_dims = 50;
-        xy = tsne(ef.features, to, context(detail::sub_progress(progress, 0.2, 1.0))).embedding;
+        xy = tsne(ef.features, to, context(sub_progress(progress, 0.2, 1.0))).embedding;
         if (!path.empty()) {
             try {
                 fs::create_directories(cache_dir);
@@ -740,7 +740,7 @@ json Explorer::Impl::execute(const Request& r, const ProgressFn& progress) {
                 {"steps", fo.steps}};
     }
     if (r.kind == "patches") {
-        const auto s = ensure_scan(detail::sub_progress(progress, 0.0, 0.95));
+        const auto s = ensure_scan(sub_progress(progress, 0.0, 0.95));
         const LayerPatches* lp = nullptr;
         for (const auto& l : s->layers)
             if (l.name == r.layer) lp = &l;

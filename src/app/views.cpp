@@ -92,9 +92,4 @@ std::vector<std::string> layers_with_output(const Model& model) {
     return out;
 }
 
-ProgressFn sub_progress(const ProgressFn& outer, double lo, double hi) {
-    if (!outer) return {};
-    return [outer, lo, hi](double f) { return outer(lo + (hi - lo) * std::clamp(f, 0.0, 1.0)); };
-}
-
 }  // namespace convscope::detail

@@ -3,6 +3,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -16,6 +17,49 @@ namespace convscope {
 
 void report_progress(const ProgressFn& fn, double fraction) {
     if (fn && !fn(fraction)) throw Cancelled();
+}
+
+ProgressFn sub_progress(const ProgressFn& outer, double lo, double hi) {
+    if (!outer) return {};
+    return [outer, lo, hi](double f) { return outer(lo + (hi - lo) * std::clamp(f, 0.0, 1.0)); };
+}
+
+StagedProgress::StagedProgress(ProgressFn outer, std::vector<std::pair<std::string, double>> weights)
+    : outer_(std::move(outer)), weights_(std::move(weights)), last_(std::chrono::steady_clock::now()) {
+    double total = 0;
+    for (const auto& [name, w] : weights_) {
+        CONVSCOPE_CHECK(w >= 0, "stage weights are >= 0");
+        total += w;
+    }
+    CONVSCOPE_CHECK(total > 0, "some stage has a weight");
+    for (auto& [name, w] : weights_) w /= total;
+}
+
+std::pair<double, double> StagedProgress::range(const std::string& stage) const {
+    double lo = 0;
+    for (const auto& [name, w] : weights_) {
+        if (name == stage) return {lo, std::min(1.0, lo + w)};
+        lo += w;
+    }
+    CONVSCOPE_CHECK(false, "a stage of the plan");
+    return {0, 0};
+}
+
+ProgressFn StagedProgress::part(const std::string& stage, double lo, double hi) const {
+    const auto [a, b] = range(stage);
+    return sub_progress(outer_, a + (b - a) * lo, a + (b - a) * hi);
+}
+
+void StagedProgress::report(const std::string& stage, double f) const {
+    const auto [a, b] = range(stage);
+    report_progress(outer_, a + (b - a) * std::clamp(f, 0.0, 1.0));
+}
+
+void StagedProgress::finish(const std::string& stage) {
+    report(stage, 1.0);
+    const auto now = std::chrono::steady_clock::now();
+    seconds_.emplace_back(stage, std::chrono::duration<double>(now - last_).count());
+    last_ = now;
 }
 
 namespace detail {

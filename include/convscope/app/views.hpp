@@ -49,7 +49,5 @@ HeatPictures attribution_pictures(const cv::Mat& base_rgb, const AttributionResu
 // Every layer with an output (what scans and live views offer).
 std::vector<std::string> layers_with_output(const Model& model);
 
-// A ProgressFn reporting [lo, hi] of an outer one.
-ProgressFn sub_progress(const ProgressFn& outer, double lo, double hi);
 
 }  // namespace convscope::detail

@@ -1,0 +1,52 @@
+#pragma once
+// The report's sections, one function each: each adds its part of the page's data (and its
+// pictures) to the context's document. write_report (src/app/report.cpp) runs them in order.
+#include <nlohmann/json.hpp>
+#include <opencv2/core.hpp>
+#include <string>
+#include <vector>
+
+#include "convscope/app/report.hpp"
+#include "convscope/runtime/dataset.hpp"
+#include "convscope/runtime/io.hpp"
+#include "convscope/runtime/model.hpp"
+#include "convscope/runtime/preprocess.hpp"
+#include "convscope/runtime/progress.hpp"
+#include "convscope/runtime/run_context.hpp"
+
+namespace convscope::detail {
+
+// The stages of a report and their shares of its progress.
+const std::vector<std::pair<std::string, double>>& report_stages();
+
+struct ReportContext {
+    const Model& model;
+    const Dataset& data;
+    OutputDir& out;
+    const ReportOptions& opts;
+    const ReportPlan& plan;
+    const Preprocess pre;                        // the model's preprocessing for the data
+    const std::vector<std::string> class_names;  // the model's, else the data's
+    const int factor;                            // input pixels -> picture pixels
+    const bool labels_comparable;                // the data's labels are the model's classes
+    StagedProgress& stages;
+    ReportResult& result;
+    nlohmann::json& doc;  // the page's data
+
+    // Writes a picture into img/ and returns its path relative to index.html.
+    std::string put(const std::string& rel, const std::string& meaning, const cv::Mat& img);
+    // Records a section (or part) left out, with the reason.
+    void skip(const std::string& why);
+    // A method's context for [lo, hi] of a stage: that share of the progress and the seed.
+    RunContext context(const std::string& stage, double lo, double hi) const;
+};
+
+void report_header(ReportContext& c);
+void report_accuracy(ReportContext& c);
+void report_filters(ReportContext& c);
+void report_examples(ReportContext& c);
+void report_patches(ReportContext& c);
+void report_feature_vis(ReportContext& c);
+void report_map(ReportContext& c);
+
+}  // namespace convscope::detail

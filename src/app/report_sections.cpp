@@ -1,0 +1,506 @@
+// The report's sections (src/app/detail/report_sections.hpp): each runs its methods and adds
+// its data and pictures to the page.
+#include "app/detail/report_sections.hpp"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <filesystem>
+
+#include "convscope/app/views.hpp"
+#include "convscope/methods/activations.hpp"
+#include "convscope/methods/attribution.hpp"
+#include "convscope/methods/embedding.hpp"
+#include "convscope/methods/feature_vis.hpp"
+#include "convscope/methods/filters.hpp"
+#include "convscope/methods/json.hpp"
+#include "convscope/methods/occlusion.hpp"
+#include "convscope/methods/top_patches.hpp"
+#include "convscope/methods/tsne.hpp"
+#include "convscope/runtime/error.hpp"
+#include "convscope/runtime/json.hpp"
+#include "convscope/runtime/render.hpp"
+
+namespace convscope::detail {
+
+using nlohmann::json;
+
+namespace {
+
+constexpr int kCropPx = 48;
+
+std::string file_safe(const std::string& name) {
+    std::string s = name;
+    for (auto& c : s)
+        if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-')) c = '_';
+    return s;
+}
+
+std::string short_value(double v) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.3g", v);
+    return buf;
+}
+
+}  // namespace
+
+const std::vector<std::pair<std::string, double>>& report_stages() {
+    static const std::vector<std::pair<std::string, double>> stages = {
+        {"plan", 0.0},     {"accuracy", 0.12},    {"filters", 0.03}, {"examples", 0.30},
+        {"patches", 0.17}, {"feature_vis", 0.18}, {"map", 0.20}};
+    return stages;
+}
+
+std::string ReportContext::put(const std::string& rel, const std::string& meaning, const cv::Mat& img) {
+    write_png(out.file("img/" + rel, meaning), img);
+    return "img/" + rel;
+}
+
+void ReportContext::skip(const std::string& why) {
+    result.skipped.push_back(why);
+    doc["skipped"].push_back(why);
+}
+
+RunContext ReportContext::context(const std::string& stage, double lo, double hi) const {
+    RunContext ctx;
+    ctx.progress = stages.part(stage, lo, hi);
+    ctx.seed = opts.seed;
+    return ctx;
+}
+
+// The page's title, model, data, preprocessing, plan and layer table.
+void report_header(ReportContext& c) {
+    const Model& model = c.model;
+    const ReportPlan& plan = c.plan;
+    json& doc = c.doc;
+    const std::string file = std::filesystem::path(model.path()).filename().string();
+    doc["title"] = c.opts.title.empty() ? "convscope report: " + file : c.opts.title;
+    doc["version"] = CONVSCOPE_VERSION;
+    int64_t total_params = 0;
+    for (const auto& p : model.module().parameters()) total_params += p.numel();
+    doc["model"] = {{"file", file},
+                    {"sha256", model.file_hash()},
+                    {"input_shape", model.input_shape()},
+                    {"num_classes", model.num_classes()},
+                    {"class_names", c.class_names},
+                    {"parameters", total_params}};
+    doc["data"] = {{"spec", c.data.spec()}, {"size", c.data.size()}, {"has_labels", c.data.has_labels()}};
+    doc["preprocess"] = to_json(c.pre);
+    doc["plan"] = {{"forward_ms", plan.forward_ms},
+                   {"budget_seconds", c.opts.budget_seconds},
+                   {"eval_items", plan.eval_items},
+                   {"scan_items", plan.scan_items},
+                   {"map_items", plan.map_items},
+                   {"occlusion_patch", plan.occlusion_patch},
+                   {"occlusion_stride", plan.occlusion_stride},
+                   {"attribution_steps", plan.attribution_steps},
+                   {"feature_vis_steps", plan.feature_vis_steps},
+                   {"feature_vis_size", plan.feature_vis_size}};
+    auto& layer_rows = doc["layers"] = json::array();
+    for (const auto& l : model.layers()) layer_rows.push_back(to_json(l));
+    doc["chosen_layers"] = c.result.layers;
+    doc["skipped"] = json::array();
+}
+
+// Accuracy on the first items, and which of them are shown as correct and wrong examples.
+void report_accuracy(ReportContext& c) {
+    const Model& model = c.model;
+    const Dataset& data = c.data;
+    const ReportOptions& opts = c.opts;
+    const ReportPlan& plan = c.plan;
+    const Preprocess& pre = c.pre;
+    ReportResult& result = c.result;
+    json& doc = c.doc;
+    const bool labels_comparable = c.labels_comparable;
+    {
+        const int64_t n = std::min(plan.eval_items, data.size());
+        std::vector<int64_t> indices(static_cast<size_t>(n));
+        for (int64_t i = 0; i < n; ++i) indices[size_t(i)] = i;
+        BatchLoader loader(data, indices, 256, pre);
+        if (data.has_labels() && !labels_comparable) c.skip("accuracy: " + data.class_match().why);
+        Batch b;
+        int64_t right = 0, labelled = 0, batch = 0;
+        const int64_t batches = std::max<int64_t>(1, loader.num_batches());
+        while (loader.next(b)) {
+            const at::Tensor pred = model.forward(b.images).argmax(1);
+            for (size_t r = 0; r < b.indices.size(); ++r) {
+                const int64_t p = pred[int64_t(r)].item<int64_t>();
+                const int64_t label = labels_comparable ? b.labels[r] : -1;
+                if (label < 0) {
+                    if (int64_t(result.wrong.size()) < 2 * opts.examples) result.wrong.push_back(b.indices[r]);
+                    continue;
+                }
+                ++labelled;
+                if (p == label) {
+                    ++right;
+                    if (int64_t(result.correct.size()) < opts.examples) result.correct.push_back(b.indices[r]);
+                } else if (int64_t(result.wrong.size()) < opts.examples) {
+                    result.wrong.push_back(b.indices[r]);
+                }
+            }
+            c.stages.report("accuracy", double(++batch) / double(batches));
+        }
+        result.evaluated = n;
+        if (labelled > 0) result.accuracy = double(right) / double(labelled);
+        doc["accuracy"] = labelled > 0 ? json(result.accuracy) : json(nullptr);
+        doc["evaluated"] = n;
+    }
+}
+
+// Filter grids of the first layers with spatial weights.
+void report_filters(ReportContext& c) {
+    const Model& model = c.model;
+    const ReportOptions& opts = c.opts;
+    json& doc = c.doc;
+    doc["filters"] = json::array();
+    {
+        const auto spatial = spatial_weight_layers(model);
+        const int64_t count = std::min<int64_t>(opts.max_filter_layers, int64_t(spatial.size()));
+        for (int64_t i = 0; i < count; ++i) {
+            const std::string& name = spatial[size_t(i)];
+            const auto fshape = filter_shape(model, name);
+            FiltersOptions fo;
+            fo.layer = name;
+            for (int64_t f = 0; f < std::min(fshape[0], opts.max_filters); ++f) fo.filters.push_back(f);
+            fo.mode = FilterMode::Auto;
+            const FiltersResult fr = filters(model, fo);
+            double noise = 0;
+            json noisiest = json::array();
+            std::vector<FilterStats> sorted = fr.stats;
+            for (const auto& s : fr.stats) noise += s.noise;
+            std::sort(sorted.begin(), sorted.end(), [](const FilterStats& a, const FilterStats& b) { return a.noise > b.noise; });
+            for (size_t k = 0; k < std::min<size_t>(3, sorted.size()); ++k)
+                noisiest.push_back({{"filter", sorted[k].filter}, {"noise", sorted[k].noise}});
+            doc["filters"].push_back(
+                {{"layer", name},
+                 {"picture", c.put("filters_" + file_safe(name) + ".png",
+                                      "filters of layer " + name + " (" + filter_mode_name(fr.mode) + " tiles)",
+                                      fr.picture)},
+                 {"mode", filter_mode_name(fr.mode)},
+                 {"weight_shape", fr.weight_shape},
+                 {"shown", fr.filters.size()},
+                 {"mean_noise", fr.stats.empty() ? 0.0 : noise / double(fr.stats.size())},
+                 {"noisiest", noisiest}});
+            c.stages.report("filters", double(i + 1) / double(std::max<int64_t>(count, 1)));
+        }
+        if (spatial.empty()) c.skip("filters: the model has no layer with spatial weights");
+    }
+}
+
+// The correct and wrong examples: inputs, activation maps, occlusion with confounder flags and
+// gradient attributions.
+void report_examples(ReportContext& c) {
+    const Model& model = c.model;
+    const Dataset& data = c.data;
+    const ReportOptions& opts = c.opts;
+    const ReportPlan& plan = c.plan;
+    const Preprocess& pre = c.pre;
+    const std::vector<std::string>& class_names = c.class_names;
+    ReportResult& result = c.result;
+    json& doc = c.doc;
+    const int factor = c.factor;
+    const bool labels_comparable = c.labels_comparable;
+    std::vector<int64_t> ex = result.correct;
+    ex.insert(ex.end(), result.wrong.begin(), result.wrong.end());
+    doc["examples"] = json::array();
+    if (!ex.empty()) {
+        const at::Tensor images = data.batch(ex, pre);
+        const at::Tensor logits = model.forward(images);
+        const at::Tensor probs = torch::softmax(logits, 1);
+        std::vector<cv::Mat> bases;
+        for (size_t n = 0; n < ex.size(); ++n) {
+            const int64_t i = ex[n];
+            const int64_t label = data.label(i);
+            const int64_t predicted = logits[int64_t(n)].argmax().item<int64_t>();
+            const cv::Mat base = upscale_nearest(detail::input_picture(pre, images[int64_t(n)]), factor);
+            bases.push_back(base);
+            doc["examples"].push_back(
+                {{"index", i},
+                 {"label", label},
+                 {"label_name", class_name(labels_comparable ? class_names : data.class_names(), label)},
+                 {"predicted", predicted},
+                 {"predicted_name", class_name(class_names, predicted)},
+                 {"prob", probs[int64_t(n)][predicted].item<double>()},
+                 {"correct", labels_comparable && label >= 0 && label == predicted},
+                 {"input", c.put("examples/" + std::to_string(i) + "/input.png", "example item " + std::to_string(i), base)},
+                 {"activations", json::array()},
+                 {"attributions", json::array()}});
+        }
+        // Activation maps of the chosen layers, one forward pass for all examples.
+        if (!result.layers.empty()) {
+            ActivationsOptions ao;
+            ao.layers = result.layers;
+            ao.preprocess = pre;
+            ao.overlays = true;
+            ao.tile_px = 48;
+            const ActivationsResult ar = activations(model, images, ao);
+            for (const auto& la : ar.layers) {
+                for (size_t n = 0; n < ex.size(); ++n) {
+                    const std::string stem = "examples/" + std::to_string(ex[n]) + "/act_" + file_safe(la.name);
+                    json a = {{"layer", la.name},
+                              {"spatial", la.spatial},
+                              {"picture", c.put(stem + ".png", "activations of " + la.name + " for item " + std::to_string(ex[n]),
+                                                   la.grids[n])}};
+                    if (n < la.overlays.size() && !la.overlays[n].empty())
+                        a["overlay"] = c.put(stem + "_overlay.png",
+                                                "strongest channels of " + la.name + " over item " + std::to_string(ex[n]),
+                                                la.overlays[n]);
+                    doc["examples"][n]["activations"].push_back(a);
+                }
+            }
+        } else {
+            c.skip("activation maps: the model has no conv layers and no layers were chosen");
+        }
+        c.stages.report("examples", 0.1);
+
+        // Occlusion with confounder flags.
+        OcclusionOptions oo;
+        oo.patch_h = oo.patch_w = plan.occlusion_patch;
+        oo.stride_y = oo.stride_x = plan.occlusion_stride;
+        oo.score = OcclusionScore::Prob;
+        const OcclusionResult orr = occlusion(model, images, oo, c.context("examples", 0.1, 0.5));
+        for (size_t n = 0; n < ex.size(); ++n) {
+            const OcclusionSummary s = summarize_occlusion(orr, int64_t(n), oo);
+            const detail::HeatPictures p = detail::occlusion_pictures(bases[n], orr, int64_t(n), factor);
+            const std::string stem = "examples/" + std::to_string(ex[n]) + "/occlusion";
+            json j = to_json(s, class_names);
+            j["overlay"] = c.put(stem + "_overlay.png", "occlusion map over item " + std::to_string(ex[n]), p.overlay);
+            j["heat"] = c.put(stem + ".png", "occlusion map of item " + std::to_string(ex[n]) +
+                                                   " (red: occluding lowers the predicted class's probability)", p.heat);
+            j["patch"] = oo.patch_h;
+            j["stride"] = oo.stride_y;
+            doc["examples"][n]["occlusion"] = j;
+        }
+
+        // Gradient attributions.
+        const size_t methods = opts.attributions.size();
+        for (size_t m = 0; m < methods; ++m) {
+            AttributionOptions ao2;
+            ao2.method = parse_attribution_method(opts.attributions[m]);
+            ao2.samples = plan.attribution_steps;
+            ao2.steps = plan.attribution_steps;
+            if (is_cam_method(ao2.method) && model.conv_layer_names().empty()) {
+                c.skip(opts.attributions[m] + ": the model has no conv layer");
+                continue;
+            }
+            const AttributionResult r = attribute(
+                model, images, ao2,
+                c.context("examples", 0.5 + 0.5 * double(m) / double(methods), 0.5 + 0.5 * double(m + 1) / double(methods)));
+            for (size_t n = 0; n < ex.size(); ++n) {
+                const detail::HeatPictures p = detail::attribution_pictures(bases[n], r, int64_t(n), factor);
+                const std::string stem = "examples/" + std::to_string(ex[n]) + "/" + opts.attributions[m];
+                doc["examples"][n]["attributions"].push_back(
+                    {{"method", opts.attributions[m]},
+                     {"layer", r.layer},
+                     {"target_name", class_name(class_names, r.targets[n])},
+                     {"overlay", c.put(stem + "_overlay.png", opts.attributions[m] + " over item " + std::to_string(ex[n]), p.overlay)},
+                     {"heat", c.put(stem + ".png", opts.attributions[m] + " map of item " + std::to_string(ex[n]), p.heat)}});
+            }
+        }
+    }
+}
+
+// The top-9 dataset patches of the chosen layers' first channels.
+void report_patches(ReportContext& c) {
+    const Model& model = c.model;
+    const Dataset& data = c.data;
+    const ReportOptions& opts = c.opts;
+    const ReportPlan& plan = c.plan;
+    const Preprocess& pre = c.pre;
+    const std::vector<std::string>& class_names = c.class_names;
+    ReportResult& result = c.result;
+    json& doc = c.doc;
+    doc["patches"] = json::array();
+    if (!result.layers.empty()) {
+        const int64_t n = std::min(plan.scan_items, data.size());
+        std::vector<int64_t> indices(static_cast<size_t>(n));
+        for (int64_t i = 0; i < n; ++i) indices[size_t(i)] = i;
+        TopPatchesOptions to;
+        to.layers = result.layers;
+        to.k = std::min<int64_t>(9, n);
+        to.lowest = false;
+        const TopPatchesResult tp =
+            top_patches(model, data, indices, pre, to, c.context("patches", 0.0, 0.9));
+        for (const auto& L : tp.layers) {
+            const int64_t shown = std::min<int64_t>(opts.patch_channels, int64_t(L.channels.size()));
+            std::vector<std::vector<PatchEntry>> lists;
+            for (int64_t c = 0; c < shown; ++c) lists.push_back(L.channels[size_t(c)].top);
+            const auto crops = patch_crops(data, tp.preprocess, lists, kCropPx);
+            std::vector<cv::Mat> tiles;
+            GridOptions grid;
+            grid.cols = int(to.k);
+            json channels = json::array();
+            for (int64_t c = 0; c < shown; ++c) {
+                const auto& ch = L.channels[size_t(c)];
+                for (int64_t j = 0; j < to.k; ++j)
+                    tiles.push_back(j < int64_t(crops[size_t(c)].size())
+                                        ? crops[size_t(c)][size_t(j)]
+                                        : cv::Mat(kCropPx, kCropPx, CV_8UC3, cv::Scalar(255, 255, 255)));
+                std::string row = "c" + std::to_string(c);
+                json dom = nullptr;
+                const auto d = dominant_labels(ch);
+                if (!d.empty()) {
+                    row += " " + class_name(class_names, d[0].first) + " " + std::to_string(d[0].second) +
+                           "/" + std::to_string(ch.top.size());
+                    dom = {{"label", d[0].first}, {"name", class_name(class_names, d[0].first)}, {"count", d[0].second}};
+                }
+                grid.row_labels.push_back(row);
+                json entries = json::array();
+                for (const auto& e : ch.top)
+                    entries.push_back({{"index", e.image}, {"label", e.label}, {"value", e.value}, {"box", to_json(e.box)}});
+                channels.push_back({{"channel", c}, {"dominant", dom}, {"dead", ch.dead}, {"entries", entries}});
+            }
+            doc["patches"].push_back(
+                {{"layer", L.name},
+                 {"picture", c.put("patches_" + file_safe(L.name) + ".png",
+                                      "top-" + std::to_string(to.k) + " patches of the first " + std::to_string(shown) +
+                                          " channels of " + L.name + " (a row per channel)",
+                                      labelled_grid(tiles, grid))},
+                 {"channels", channels},
+                 {"total_channels", L.channels.size()},
+                 {"images_scanned", tp.images_scanned}});
+        }
+    } else {
+        c.skip("top patches: no layers chosen");
+    }
+}
+
+// Feature visualisations of the chosen layers' first channels.
+void report_feature_vis(ReportContext& c) {
+    const Model& model = c.model;
+    const ReportOptions& opts = c.opts;
+    const ReportPlan& plan = c.plan;
+    const Preprocess& pre = c.pre;
+    ReportResult& result = c.result;
+    json& doc = c.doc;
+    doc["feature_vis"] = json::array();
+    if (opts.vis_channels > 0 && !result.layers.empty()) {
+        const size_t count = result.layers.size();
+        for (size_t li = 0; li < count; ++li) {
+            const LayerInfo& l = model.layer(result.layers[li]);
+            const int64_t channels = l.output_shape.empty() ? 0 : l.output_shape[0];
+            FeatureVisOptions fo;
+            fo.layer = l.name;
+            for (int64_t c = 0; c < std::min(channels, opts.vis_channels); ++c) fo.units.push_back(c);
+            if (fo.units.empty()) continue;
+            fo.steps = plan.feature_vis_steps;
+            fo.size = plan.feature_vis_size[li];
+            fo.preprocess = pre;
+            fo.preprocess.as_is = false;
+            const FeatureVisResult fr = feature_vis(
+                model, fo,
+                c.context("feature_vis", double(li) / double(count), double(li + 1) / double(count)));
+            if (!fr.display.defined()) {
+                c.skip("feature visualisation: the input has neither 1 nor 3 channels");
+                break;
+            }
+            std::vector<cv::Mat> tiles;
+            GridOptions grid;
+            json units = json::array();
+            for (size_t u = 0; u < fo.units.size(); ++u) {
+                tiles.push_back(detail::readable(image_from_hwc_uint8(fr.display[int64_t(u)]), 96));
+                grid.tile_captions.push_back("c" + std::to_string(fo.units[u]) + " " +
+                                             short_value(fr.activation[int64_t(u)].item<double>()));
+                units.push_back({{"channel", fo.units[u]},
+                                 {"activation", fr.activation[int64_t(u)].item<double>()},
+                                 {"initial_activation", fr.initial_activation[int64_t(u)].item<double>()}});
+            }
+            doc["feature_vis"].push_back(
+                {{"layer", l.name},
+                 {"steps", fo.steps},
+                 {"picture", c.put("featurevis_" + file_safe(l.name) + ".png",
+                                      "feature visualisations of the first channels of " + l.name +
+                                          " (caption: channel and its mean activation)",
+                                      labelled_grid(tiles, grid))},
+                 {"channels", units}});
+        }
+    }
+}
+
+// The t-SNE dataset map of the penultimate layer's features, as pictures and as data for the
+// interactive view.
+void report_map(ReportContext& c) {
+    const Model& model = c.model;
+    const Dataset& data = c.data;
+    const ReportOptions& opts = c.opts;
+    const ReportPlan& plan = c.plan;
+    const std::vector<std::string>& class_names = c.class_names;
+    ReportResult& result = c.result;
+    json& doc = c.doc;
+    const std::vector<int64_t> shape = c.model.input_shape();
+    OutputDir& out = c.out;
+    doc["map"] = nullptr;
+    if (plan.map_items > 0) {
+        const int64_t n = std::min(plan.map_items, data.size());
+        const std::string layer = model.penultimate_layer();
+        if (n < 8 || layer.empty()) {
+            c.skip(n < 8 ? "dataset map: fewer than 8 items" : "dataset map: no layer to take features from");
+        } else {
+            std::vector<int64_t> indices(static_cast<size_t>(n));
+            for (int64_t i = 0; i < n; ++i) indices[size_t(i)] = i;
+            // Features and the items' pictures in one pass.
+            const int thumb_px = n > 10000 ? 16 : (shape[1] <= 28 && shape[2] <= 28 ? 28 : 32);
+            LayerFeaturesOptions lo;
+            lo.layer = layer;
+            lo.keep_display = true;
+            const EmbeddingFeatures ef =
+                layer_features(model, data, indices, lo, c.context("map", 0.0, 0.2));
+            std::vector<cv::Mat> thumbs;
+            for (int64_t i = 0; i < n; ++i)
+                thumbs.push_back(resize_to_fit(image_from_hwc_uint8(ef.display[i]), thumb_px));
+            const std::vector<int64_t>& labels = ef.labels;
+            TsneOptions to;
+            to.iterations = opts.map_iterations;
+            to.early_exaggeration_iters = std::min(to.early_exaggeration_iters, std::max(1, to.iterations / 3));
+            to.perplexity = std::min(30.0, (double(n) - 2.0) / 3.0 - 0.01);
+            if (ef.features.size(1) > 50) to.pca_dims = 50;
+            const EmbeddingResult er = embed_features(ef.features, labels, to, c.context("map", 0.2, 0.85));
+            const TsneResult& tr = er.tsne;
+            const at::Tensor xy = tr.embedding.to(torch::kFloat).contiguous();
+            write_npy(out.file("map_embedding.npy", "t-SNE of " + layer + " for the first " + std::to_string(n) +
+                                                        " items [N,2] float32"),
+                      xy);
+            bool any_label = false;
+            for (int64_t l : labels) any_label = any_label || l >= 0;
+            const std::vector<int64_t> plot_labels = any_label ? labels : std::vector<int64_t>{};
+            const std::string scatter = c.put("map_scatter.png", "t-SNE map coloured by label",
+                                                 scatter_plot(xy, plot_labels, class_names, 720, 2));
+            const std::string thumbmap = c.put("map_thumbnails.png", "t-SNE map with item thumbnails",
+                                                  thumbnail_map(xy, thumbs, 1200, 28, plot_labels, true));
+            const int cols = int(std::ceil(std::sqrt(double(n))));
+            const std::string sprite = c.put("map_sprite.png",
+                                                "thumbnails of the map's items, row-major, " + std::to_string(cols) +
+                                                    " per row, " + std::to_string(thumb_px) + " px each",
+                                                tile_grid(thumbs, cols, 0));
+            const float* p = xy.data_ptr<float>();
+            std::vector<float> x(static_cast<size_t>(n)), y(static_cast<size_t>(n));
+            for (int64_t i = 0; i < n; ++i) {
+                x[size_t(i)] = std::round(p[2 * i] * 1000.f) / 1000.f;
+                y[size_t(i)] = std::round(p[2 * i + 1] * 1000.f) / 1000.f;
+            }
+            json colours = json::array();
+            for (size_t c = 0; c < std::max<size_t>(class_names.size(), 1); ++c) {
+                const cv::Scalar s = category_colour(int64_t(c));
+                colours.push_back({int(s[0]), int(s[1]), int(s[2])});
+            }
+            const cv::Scalar unknown = category_colour(-1);
+            json& map = doc["map"] = to_json(er);
+            map.update(json{{"n", n},
+                            {"layer", layer},
+                            {"scatter", scatter},
+                            {"thumbnails", thumbmap},
+                            {"sprite", {{"src", sprite}, {"cols", cols}, {"thumb", thumb_px}}},
+                            {"x", x},
+                            {"y", y},
+                            {"labels", labels},
+                            {"class_names", class_names},
+                            {"class_colours", colours},
+                            {"unknown_colour", {int(unknown[0]), int(unknown[1]), int(unknown[2])}}});
+            result.map_points = n;
+        }
+    }
+}
+
+}  // namespace convscope::detail
