@@ -748,3 +748,29 @@ TEST(BatchLoader, DestroyedEarlyDoesNotHang) {
     }
     EXPECT_EQ(first_rows, 16);
 }
+
+// A format of one's own through the DataSource interface: items, labels and class names as the
+// source gives them, index checks and batching as for the built-in formats.
+TEST(DataSource, OwnFormatWorksLikeTheBuiltInOnes) {
+    struct Ramp final : convscope::DataSource {
+        std::string kind() const override { return "ramp"; }
+        int64_t size() const override { return 5; }
+        at::Tensor raw(int64_t i) const override { return torch::full({1, 4, 6}, double(i) / 10.0); }
+        std::vector<int64_t> labels() const override { return {0, 1, 0, 1, -1}; }
+        std::vector<std::pair<std::string, std::string>> hashed_files() const override { return {}; }
+    };
+    convscope::Dataset d = convscope::Dataset::from_source(std::make_unique<Ramp>(), "ramp");
+    EXPECT_EQ(d.size(), 5);
+    EXPECT_EQ(d.spec(), "ramp");
+    EXPECT_TRUE(d.has_labels());
+    EXPECT_EQ(d.label(3), 1);
+    EXPECT_EQ(d.label(4), -1);
+    EXPECT_EQ(d.class_names(), (std::vector<std::string>{"0", "1"}));
+    EXPECT_EQ(d.item_shape(), (std::vector<int64_t>{1, 4, 6}));
+    EXPECT_THROW(d.raw(5), convscope::Error);
+    const at::Tensor b = d.batch({2, 3}, d.preprocess_for({1, 4, 6}, {}, {}));
+    ASSERT_EQ(b.sizes(), (std::vector<int64_t>{2, 1, 4, 6}));
+    EXPECT_NEAR(b[1].mean().item<double>(), 0.3, 1e-6);
+    EXPECT_EQ(d.hash().size(), 64u);
+    EXPECT_THROW(convscope::Dataset::from_source(nullptr, "none"), convscope::Error);
+}

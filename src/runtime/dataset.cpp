@@ -1,25 +1,19 @@
-// Datasets (Fashion-MNIST, IDX, image folders, .npy, single images), preprocessing, index
-// parsing and the prefetching batch loader.
+// Datasets over their sources (one file per format in sources/), preprocessing, index parsing
+// and the prefetching batch loader.
 #include "convscope/runtime/dataset.hpp"
 
 #include <torch/torch.h>
 
 #include <algorithm>
-#include <charconv>
 #include <cmath>
-#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
-#include <deque>
 #include <exception>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
 #include <nlohmann/json.hpp>
-#include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
-#include <set>
-#include <thread>
 
 #include "convscope/runtime/error.hpp"
 #include "convscope/runtime/io.hpp"
@@ -27,6 +21,7 @@
 #include "convscope/runtime/strings.hpp"
 #include "runtime/detail/idx.hpp"
 #include "runtime/detail/sha256.hpp"
+#include "runtime/sources/sources.hpp"
 
 namespace fs = std::filesystem;
 
@@ -41,140 +36,13 @@ const std::vector<std::string>& fashion_mnist_classes() {
 
 namespace {
 
-// Where Debian's dataset-fashion-mnist puts the files. CONVSCOPE_FASHION_MNIST_DIR overrides it
-// (for machines without the package but with the files elsewhere).
-std::string fashion_mnist_dir() {
-    if (const char* dir = std::getenv("CONVSCOPE_FASHION_MNIST_DIR"); dir && *dir) return dir;
-    return "/usr/share/datasets/fashion-mnist";
-}
 
-bool ends_with(const std::string& s, const std::string& suffix) {
-    return s.size() >= suffix.size() &&
-           s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
 
-bool is_image_file(const fs::path& p) {
-    static const std::set<std::string> exts = {".png", ".jpg",  ".jpeg", ".bmp", ".webp",
-                                               ".tif", ".tiff", ".pgm",  ".ppm"};
-    return exts.count(detail::lower(p.extension().string())) > 0;
-}
 
-bool is_hidden(const fs::path& p) {
-    const std::string name = p.filename().string();
-    return !name.empty() && name[0] == '.';
-}
 
-// numpy's name for a dtype, as users know it from their arrays.
-std::string numpy_name(at::ScalarType t) {
-    switch (t) {
-        case at::kFloat:
-            return "float32";
-        case at::kDouble:
-            return "float64";
-        case at::kLong:
-            return "int64";
-        case at::kInt:
-            return "int32";
-        case at::kByte:
-            return "uint8";
-        case at::kChar:
-            return "int8";
-        case at::kBool:
-            return "bool";
-        default:
-            return c10::toString(t);
-    }
-}
 
-// Sorts paths the way torchvision's ImageFolder walks a tree: by folder, then by file name.
-void sort_like_os_walk(std::vector<fs::path>& files) {
-    std::sort(files.begin(), files.end(), [](const fs::path& a, const fs::path& b) {
-        const std::string pa = a.parent_path().string(), pb = b.parent_path().string();
-        if (pa != pb) return pa < pb;
-        return a.filename().string() < b.filename().string();
-    });
-}
 
-// All image files below `dir` (recursive), skipping hidden files and folders.
-std::vector<fs::path> list_images(const fs::path& dir) {
-    std::vector<fs::path> out;
-    std::error_code ec;
-    fs::recursive_directory_iterator it(dir, fs::directory_options::skip_permission_denied, ec);
-    if (ec) throw Error("cannot list the folder " + dir.string() + ": " + ec.message());
-    for (; it != fs::recursive_directory_iterator(); it.increment(ec)) {
-        if (ec) throw Error("cannot list the folder " + dir.string() + ": " + ec.message());
-        if (is_hidden(it->path())) {
-            if (it->is_directory(ec)) it.disable_recursion_pending();
-            continue;
-        }
-        if (it->is_regular_file(ec) && is_image_file(it->path())) out.push_back(it->path());
-    }
-    sort_like_os_walk(out);
-    return out;
-}
 
-// Decodes an image file to float32 [C,H,W] in [0,1], C = 1 (gray) or 3 (RGB); alpha dropped.
-at::Tensor decode_image(const std::string& path) {
-    std::error_code ec;
-    const auto size = fs::file_size(path, ec);
-    if (ec) throw Error("cannot read image " + path + ": " + ec.message() + "; check the path");
-    if (size == 0) {
-        throw Error("cannot read image " + path +
-                    ": the file is empty (0 bytes); replace or remove it");
-    }
-    cv::Mat m = cv::imread(path, cv::IMREAD_UNCHANGED);
-    if (m.empty()) {
-        throw Error("cannot decode image " + path +
-                    ": it is not a readable PNG/JPEG/BMP/WebP/TIFF/PGM/PPM image (corrupt, "
-                    "truncated or another format); replace or remove it");
-    }
-    // Divided after the conversion, as torchvision's ToTensor does (x / 255 in float32, which
-    // multiplying by a rounded 1/255 would miss by an ulp for some values).
-    float scale = 1.0f;
-    switch (m.depth()) {
-        case CV_8U:
-            scale = 255.0f;
-            break;
-        case CV_16U:
-            scale = 65535.0f;
-            break;
-        case CV_32F:
-        case CV_64F:
-            scale = 1.0f;
-            break;  // float images (TIFF) are taken as [0,1] already
-        default:
-            throw Error("cannot use image " + path +
-                        ": signed integer pixels are not supported; save it as 8- or 16-bit");
-    }
-    cv::Mat rgb;
-    switch (m.channels()) {
-        case 1:
-            rgb = m;
-            break;
-        case 2:
-            cv::extractChannel(m, rgb, 0);
-            break;  // gray + alpha
-        case 3:
-            cv::cvtColor(m, rgb, cv::COLOR_BGR2RGB);
-            break;
-        case 4:
-            cv::cvtColor(m, rgb, cv::COLOR_BGRA2RGB);
-            break;
-        default:
-            throw Error("cannot use image " + path + ": it has " + std::to_string(m.channels()) +
-                        " channels; 1, 3 or 4 are supported");
-    }
-    cv::Mat f;
-    rgb.convertTo(f, CV_32F);
-    if (!f.isContinuous()) f = f.clone();
-    const int64_t c = f.channels();
-    at::Tensor hwc = torch::from_blob(f.data, {f.rows, f.cols, c}, torch::kFloat);
-    // clone, not contiguous(): with one channel the permuted view is already contiguous and
-    // would keep pointing into the Mat, which is freed on return.
-    at::Tensor chw = hwc.permute({2, 0, 1}).clone(at::MemoryFormat::Contiguous);
-    if (scale != 1.0f) chw.div_(scale);
-    return chw;
-}
 
 // Feeds a file's name, size and sampled bytes into a hash: whole files up to 128 KiB, else the
 // first and last 64 KiB. Cheap, yet sensitive to the usual changes (re-encoding, truncation).
@@ -207,154 +75,20 @@ using detail::trim;
 
 }  // namespace
 
-// --- Preprocess ------------------------------------------------------------------------------
-
-namespace {
-
-// Per-channel values [1,C,1,1] from a list of size C or 1 (empty = fallback).
-at::Tensor channel_tensor(const std::vector<double>& v, int64_t c, double fallback) {
-    std::vector<float> out(static_cast<size_t>(c), float(fallback));
-    for (int64_t i = 0; i < c; ++i) {
-        if (v.size() == size_t(c)) out[size_t(i)] = float(v[size_t(i)]);
-        else if (v.size() == 1) out[size_t(i)] = float(v[0]);
-    }
-    return torch::tensor(out).view({1, c, 1, 1});
-}
-
-std::string values_text(const std::vector<double>& v) {
-    std::string out;
-    for (size_t i = 0; i < v.size(); ++i) {
-        char buf[32];
-        std::snprintf(buf, sizeof buf, "%.6g", v[i]);
-        out += (i ? "," : "") + std::string(buf);
-    }
-    return out;
-}
-
-}  // namespace
-
-void Preprocess::validate(int64_t channels) const {
-    if (as_is) return;
-    auto check = [&](const std::vector<double>& v, const char* option) {
-        if (!v.empty() && v.size() != 1 && int64_t(v.size()) != channels)
-            throw Error(std::string("--") + option + " has " + std::to_string(v.size()) +
-                        " values but the model's input has " + std::to_string(channels) +
-                        " channels: give one value per channel (or one for all)");
-        for (double x : v)
-            if (!std::isfinite(x))
-                throw Error(std::string("--") + option + " holds a value that is not a finite number");
-    };
-    check(mean, "mean");
-    check(std, "std");
-    for (double s : std)
-        if (s == 0.0) throw Error("--std holds 0: normalisation would divide by zero; give the std of each channel");
-    if (!(pixel_range == 1.0 || pixel_range == 255.0))
-        throw Error("the pixel range must be 0-1 or 0-255 (--pixel-range)");
-    if (resize < 0) throw Error("--resize must be a positive number of pixels (the shorter side)");
-}
-
-at::Tensor Preprocess::normalise(const at::Tensor& pixels) const {
-    if (as_is) return pixels;
-    const int64_t c = pixels.size(1);
-    at::Tensor x = pixels;
-    if (bgr && c == 3) x = x.flip({1});
-    if (pixel_range != 1.0) x = x * pixel_range;
-    if (!mean.empty()) x = x - channel_tensor(mean, c, 0.0);
-    if (!std.empty()) x = x / channel_tensor(std, c, 1.0);
-    return x;
-}
-
-at::Tensor Preprocess::to_display(const at::Tensor& images_nchw) const {
-    if (images_nchw.dim() != 4) {
-        throw Error("to_display needs images [N,C,H,W]; got " +
-                    detail::shape_str(images_nchw.sizes().vec()));
-    }
-    const int64_t c = images_nchw.size(1);
-    if (c != 1 && c != 3) {
-        throw Error("cannot show images with " + std::to_string(c) +
-                    " channels as pictures: only 1 (gray) or 3 (RGB) channels can be shown");
-    }
-    at::Tensor x = images_nchw.detach().to(torch::kCPU, torch::kFloat);
-    if (as_is) {
-        // Inputs of unknown scale: stretch each image's own range to [0,1].
-        at::Tensor lo = x.amin({1, 2, 3}, true), hi = x.amax({1, 2, 3}, true);
-        at::Tensor range = hi - lo;
-        x = torch::where(range > 0, (x - lo) / range.clamp_min(1e-12), torch::zeros_like(x));
-    } else {
-        if (!std.empty()) x = x * channel_tensor(std, c, 1.0);
-        if (!mean.empty()) x = x + channel_tensor(mean, c, 0.0);
-        if (pixel_range != 1.0) x = x / pixel_range;
-        if (bgr && c == 3) x = x.flip({1});
-    }
-    x = x.clamp(0.0, 1.0).mul(255.0).round();
-    return x.to(torch::kByte).permute({0, 2, 3, 1}).contiguous();
-}
-
-std::string Preprocess::describe() const {
-    if (as_is) return "none: float32 .npy data is used as is";
-    std::vector<std::string> steps;
-    if (input_shape.size() == 3) {
-        const std::string hw = std::to_string(input_shape[1]) + "x" + std::to_string(input_shape[2]);
-        if (resize > 0) {
-            steps.push_back("resize the shorter side to " + std::to_string(resize));
-            steps.push_back("centre crop " + hw);
-        } else {
-            steps.push_back("fit to " + hw);
-        }
-    }
-    if (bgr) steps.push_back("BGR channel order");
-    if (pixel_range != 1.0) steps.push_back("pixels 0-255");
-    if (!mean.empty()) steps.push_back("mean " + values_text(mean));
-    if (!std.empty()) steps.push_back("std " + values_text(std));
-    if (mean.empty() && std.empty()) steps.push_back("no normalisation");
-    std::string out;
-    for (size_t i = 0; i < steps.size(); ++i) out += (i ? ", " : "") + steps[i];
-    if (!source.empty()) out += " (" + source + ")";
-    return out;
-}
-
-nlohmann::json to_json(const Preprocess& p) {
-    nlohmann::json j = {{"input_shape", p.input_shape},
-                        {"resize", p.resize},
-                        {"crop", p.input_shape.size() == 3 ? nlohmann::json{p.input_shape[1], p.input_shape[2]}
-                                                            : nlohmann::json(nullptr)},
-                        {"pixel_range", p.pixel_range},
-                        {"bgr", p.bgr},
-                        {"mean", p.mean},
-                        {"std", p.std},
-                        {"as_is", p.as_is},
-                        {"source", p.source},
-                        {"text", p.describe()}};
-    return j;
-}
-
 // --- Dataset ---------------------------------------------------------------------------------
 
-namespace {
-
-// Everything a dataset knows. Lives outside Dataset::Impl (which is private) so the helpers
-// that open each kind of source can fill it in.
-struct Source {
-    enum class Kind { Idx, Folder, Npy, Image };
+// Everything a dataset knows: its source (the format) and the labels and class names in use
+// (the source's, or those given apart).
+struct Dataset::Impl {
     std::string spec;
-    std::string kind_name;  // "fashion-mnist", "idx", "folder", "npy", "image" (for the hash)
-    Kind kind = Kind::Idx;
+    std::unique_ptr<DataSource> source;
     int64_t n = 0;
     std::vector<int64_t> labels;  // empty = no labels
     std::vector<std::string> class_names;
-    bool class_folders = false;   // Folder: labels from class subfolders
+    bool class_folders = false;   // labels from class subfolders (until matched to the model)
     Dataset::ClassMatch match{true, "", ""};
-
-    // Idx: uint8 [N,H,W]. Npy: float32 [N,C,H,W] (as_is) or uint8 [N,H,W] / [N,H,W,C].
-    at::Tensor data;
-    bool float_as_is = false;
-
-    // Folder / Image: the files, with names relative to the root for the hash.
-    std::vector<std::string> files;
-    std::vector<std::string> file_names;
-
-    // Files that make up the source (for the hash), as (path, name used in the hash).
-    std::vector<std::pair<fs::path, std::string>> hashed_files;
+    // Files of the content hash beyond the source's (a labels .npy), as (path, name).
+    std::vector<std::pair<std::string, std::string>> extra_hashed;
 
     mutable std::once_flag hash_once, shape_once;
     mutable std::string hash;
@@ -370,28 +104,9 @@ struct Source {
 
     at::Tensor raw(int64_t i) const {
         check_index(i);
-        switch (kind) {
-            case Kind::Idx:
-                return data[i].unsqueeze(0).to(torch::kFloat).div_(255.0);
-            case Kind::Npy: {
-                if (float_as_is) return data[i].clone();
-                at::Tensor item = data[i];
-                if (item.dim() == 2) return item.unsqueeze(0).to(torch::kFloat).div_(255.0);
-                item = item.permute({2, 0, 1});
-                if (item.size(0) == 4) item = item.slice(0, 0, 3);  // drop alpha
-                return item.to(torch::kFloat).div_(255.0).contiguous();
-            }
-            case Kind::Folder:
-            case Kind::Image:
-                return decode_image(files[size_t(i)]);
-        }
-        return {};
+        return source->raw(i);
     }
 };
-
-}  // namespace
-
-struct Dataset::Impl : Source {};
 
 Dataset::Dataset() : impl_(std::make_unique<Impl>()) {}
 Dataset::Dataset(Dataset&&) noexcept = default;
@@ -399,32 +114,6 @@ Dataset& Dataset::operator=(Dataset&&) noexcept = default;
 Dataset::~Dataset() = default;
 
 namespace {
-
-// Looks for the labels file that belongs to an IDX image file: "...images-idx3..." becomes
-// "...labels-idx1..." (or "idx3" becomes "idx1"), with and without ".gz".
-std::string find_idx_labels(const fs::path& images) {
-    std::string name = images.filename().string();
-    std::string candidate = name;
-    size_t pos = candidate.find("images-idx3");
-    if (pos != std::string::npos) {
-        candidate.replace(pos, 11, "labels-idx1");
-    } else if ((pos = candidate.find("idx3")) != std::string::npos) {
-        candidate.replace(pos, 4, "idx1");
-    } else {
-        return "";
-    }
-    std::vector<std::string> names = {candidate};
-    if (ends_with(candidate, ".gz"))
-        names.push_back(candidate.substr(0, candidate.size() - 3));
-    else
-        names.push_back(candidate + ".gz");
-    for (const auto& n : names) {
-        fs::path p = images.parent_path() / n;
-        std::error_code ec;
-        if (fs::is_regular_file(p, ec)) return p.string();
-    }
-    return "";
-}
 
 std::vector<std::string> numbered_classes(const std::vector<int64_t>& labels) {
     int64_t max_label = -1;
@@ -434,179 +123,28 @@ std::vector<std::string> numbered_classes(const std::vector<int64_t>& labels) {
     return names;
 }
 
-// Reads labels from an IDX (1-D) file; must match the image count.
-std::vector<int64_t> read_idx_labels(const std::string& path, int64_t n,
-                                     const std::string& images_path) {
-    at::Tensor t = detail::read_idx(path);
-    if (t.dim() != 1 || t.size(0) != n) {
-        throw Error("labels file " + path + " has shape " + detail::shape_str(t.sizes().vec()) + " but " +
-                    images_path + " has " + std::to_string(n) +
-                    " images; use the labels file that belongs to these images");
-    }
-    std::vector<int64_t> labels(static_cast<size_t>(n));
-    const uint8_t* p = t.data_ptr<uint8_t>();
-    for (int64_t i = 0; i < n; ++i) labels[size_t(i)] = p[i];
-    return labels;
-}
-
-void open_idx(Source& d, const fs::path& path) {
-    d.kind = Source::Kind::Idx;
-    at::Tensor images = detail::read_idx(path.string());
-    if (images.dim() != 3) {
-        throw Error("IDX file " + path.string() + " has shape " + detail::shape_str(images.sizes().vec()) +
-                    ": image files must have 3 dimensions (N,H,W); is this a labels file? "
-                    "give the *-images-idx3-ubyte file");
-    }
-    if (images.size(1) < 1 || images.size(2) < 1) {
-        throw Error("IDX file " + path.string() + " has images of size 0; the file is damaged");
-    }
-    d.data = images;
-    d.n = images.size(0);
-    d.hashed_files.emplace_back(path, path.filename().string());
-    const std::string labels_path = find_idx_labels(path);
-    if (!labels_path.empty()) {
-        d.labels = read_idx_labels(labels_path, d.n, path.string());
-        d.hashed_files.emplace_back(labels_path, fs::path(labels_path).filename().string());
-    }
-}
-
-void open_fashion_mnist(Source& d, const std::string& spec) {
-    std::string split = "test";
-    if (spec.size() > std::string("fashion-mnist").size()) {
-        split = spec.substr(std::string("fashion-mnist:").size());
-        if (spec[13] != ':' || (split != "train" && split != "test" && split != "all")) {
-            throw UsageError("unknown data '" + spec +
-                             "': use fashion-mnist, fashion-mnist:train, fashion-mnist:test or "
-                             "fashion-mnist:all");
-        }
-    }
-    const fs::path dir = fashion_mnist_dir();
-    auto open_split = [&](Source& s, const std::string& prefix) {
-        const fs::path images = dir / (prefix + "-images-idx3-ubyte.gz");
-        const fs::path labels = dir / (prefix + "-labels-idx1-ubyte.gz");
-        std::error_code ec;
-        if (!fs::is_regular_file(images, ec) || !fs::is_regular_file(labels, ec)) {
-            throw Error("Fashion-MNIST is not installed (no " + images.string() + " or " +
-                        labels.string() + "): run scripts/setup.sh as root, which installs Debian's " +
-                        "package (apt-get install dataset-fashion-mnist)");
-        }
-        open_idx(s, images);
-    };
-    if (split == "all") {
-        // The 60,000 training images (items 0..59999), then the 10,000 test images.
-        Source test;
-        open_split(d, "train");
-        open_split(test, "t10k");
-        d.data = torch::cat({d.data, test.data});
-        d.n += test.n;
-        d.labels.insert(d.labels.end(), test.labels.begin(), test.labels.end());
-        d.hashed_files.insert(d.hashed_files.end(), test.hashed_files.begin(), test.hashed_files.end());
-    } else {
-        open_split(d, split == "train" ? "train" : "t10k");
-    }
-    d.kind_name = "fashion-mnist:" + split;
-    d.class_names = fashion_mnist_classes();
-}
-
-void open_folder(Source& d, const fs::path& dir) {
-    d.kind = Source::Kind::Folder;
-    // ImageFolder when some subfolder holds images; then (as torchvision does) every visible
-    // subfolder is a class and images directly in the root are not items.
-    std::vector<fs::path> subdirs;
-    std::error_code ec;
-    for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
-        if (!is_hidden(it->path()) && it->is_directory(ec)) subdirs.push_back(it->path());
-    }
-    if (ec) throw Error("cannot list the folder " + dir.string() + ": " + ec.message());
-    std::sort(subdirs.begin(), subdirs.end());
-
-    std::vector<std::vector<fs::path>> per_class;
-    bool any_in_subdirs = false;
-    for (const auto& sub : subdirs) {
-        per_class.push_back(list_images(sub));
-        any_in_subdirs = any_in_subdirs || !per_class.back().empty();
-    }
-
-    std::vector<fs::path> files;
-    if (any_in_subdirs) {
-        for (size_t k = 0; k < subdirs.size(); ++k) {
-            if (per_class[k].empty()) {
-                throw Error("class folder " + subdirs[k].string() +
-                            " has no images; add images or remove it (class numbers follow " +
-                            "the sorted folder names, as in torchvision's ImageFolder)");
-            }
-            d.class_names.push_back(subdirs[k].filename().string());
-            d.class_folders = true;
-            for (const auto& f : per_class[k]) {
-                files.push_back(f);
-                d.labels.push_back(int64_t(k));
-            }
-        }
-    } else {
-        files = list_images(dir);
-    }
-    if (files.empty()) {
-        throw Error("the folder " + dir.string() +
-                    " holds no images (looked for .png .jpg .jpeg .bmp .webp .tif .tiff .pgm "
-                    ".ppm, also in subfolders); give a folder with images");
-    }
-    for (const auto& f : files) {
-        d.files.push_back(f.string());
-        d.file_names.push_back(fs::relative(f, dir, ec).generic_string());
-        d.hashed_files.emplace_back(f, d.file_names.back());
-    }
-    d.n = int64_t(files.size());
-}
-
-void open_npy(Source& d, const fs::path& path) {
-    d.kind = Source::Kind::Npy;
-    at::Tensor a = read_npy(path.string());
-    const auto shape = a.sizes().vec();
-    const std::string supported =
-        "; supported: N,C,H,W float32 (used as is) or N,H,W / N,H,W,C uint8 (scaled to [0,1]); "
-        "convert with a.astype(numpy.float32) or a.astype(numpy.uint8)";
-    if (a.scalar_type() == torch::kFloat && a.dim() == 4) {
-        d.float_as_is = true;
-    } else if (a.scalar_type() == torch::kByte && a.dim() == 3) {
-    } else if (a.scalar_type() == torch::kByte && a.dim() == 4) {
-        const int64_t c = a.size(3);
-        if (c != 1 && c != 3 && c != 4) {
-            throw Error("cannot use " + path.string() + ": uint8 N,H,W,C data has C = " +
-                        std::to_string(c) + "; C must be 1, 3 or 4 (RGBA, alpha dropped)");
-        }
-    } else {
-        throw Error("cannot use " + path.string() + ": array of " + numpy_name(a.scalar_type()) +
-                    " with shape " + detail::shape_str(shape) + supported);
-    }
-    if (a.size(0) == 0) throw Error("the array " + path.string() + " holds no items (N = 0)");
-    if (a.numel() == 0) throw Error("the array " + path.string() + " has a dimension of size 0");
-    d.data = a;
-    d.n = a.size(0);
-    d.hashed_files.emplace_back(path, path.filename().string());
-}
-
-void open_labels_npy(Source& d, const std::string& labels_path) {
+// Labels given apart from the data (--labels L.npy) replace the source's.
+std::vector<int64_t> read_labels_npy(const std::string& labels_path, int64_t n) {
     at::Tensor t = read_npy(labels_path);
     const auto st = t.scalar_type();
     if (st != torch::kLong && st != torch::kInt && st != torch::kByte) {
-        throw Error("labels " + labels_path + " are " + numpy_name(st) +
+        throw Error("labels " + labels_path + " are " + sources::numpy_name(st) +
                     "; labels must be int64, int32 or uint8 (a.astype(numpy.int64))");
     }
-    if (t.dim() != 1 || t.size(0) != d.n) {
+    if (t.dim() != 1 || t.size(0) != n) {
         throw Error("labels " + labels_path + " have shape " + detail::shape_str(t.sizes().vec()) +
-                    " but the data has " + std::to_string(d.n) +
-                    " items; give one label per item (length " + std::to_string(d.n) + ")");
+                    " but the data has " + std::to_string(n) +
+                    " items; give one label per item (length " + std::to_string(n) + ")");
     }
     t = t.to(torch::kLong).contiguous();
-    d.labels.assign(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + d.n);
-    for (int64_t l : d.labels) {
+    std::vector<int64_t> labels(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + n);
+    for (int64_t l : labels) {
         if (l < -1) {
             throw Error("labels " + labels_path + " hold " + std::to_string(l) +
                         "; labels must be >= 0 (-1 for unknown)");
         }
     }
-    d.class_names = numbered_classes(d.labels);
-    d.hashed_files.emplace_back(labels_path, "labels:" + fs::path(labels_path).filename().string());
+    return labels;
 }
 
 // Recognises IDX / NPY files by their first bytes when the name does not tell.
@@ -636,56 +174,72 @@ Dataset Dataset::open(const std::string& spec, const DatasetOptions& opts) {
     }
     std::error_code ec;
     const fs::path path(spec);
+    bool installed_idx = false;
     if (spec.rfind("fashion-mnist", 0) == 0 && !fs::exists(path, ec)) {
-        open_fashion_mnist(d, spec);
+        d.source = sources::open_fashion_mnist(spec);
     } else if (fs::is_directory(path, ec)) {
-        open_folder(d, path);
-        d.kind_name = "folder";
+        d.source = sources::open_folder(path);
     } else if (fs::is_regular_file(path, ec)) {
         const std::string name = detail::lower(path.filename().string());
         std::string type;
-        if (ends_with(name, ".npy"))
+        if (sources::ends_with(name, ".npy"))
             type = "npy";
-        else if (is_image_file(path))
+        else if (sources::is_image_file(path))
             type = "image";
-        else if (name.find("idx") != std::string::npos || ends_with(name, "-ubyte") ||
-                 ends_with(name, "-ubyte.gz"))
+        else if (name.find("idx") != std::string::npos || sources::ends_with(name, "-ubyte") ||
+                 sources::ends_with(name, "-ubyte.gz"))
             type = "idx";
         else
             type = sniff(path);
 
         if (type == "npy") {
-            open_npy(d, path);
+            d.source = sources::open_npy(path);
         } else if (type == "image") {
-            d.kind = Impl::Kind::Image;
-            d.files = {path.string()};
-            d.file_names = {path.filename().string()};
-            d.hashed_files.emplace_back(path, path.filename().string());
-            d.n = 1;
+            d.source = sources::open_image(path);
         } else if (type == "idx") {
-            open_idx(d, path);
+            d.source = sources::open_idx(path);
             // The IDX files of the installed Fashion-MNIST get its class names.
             fs::path parent = fs::weakly_canonical(path.parent_path(), ec);
-            if (!ec && parent == fs::weakly_canonical(fashion_mnist_dir(), ec) && !ec) {
-                d.class_names = fashion_mnist_classes();
-            }
+            installed_idx = !ec && parent == fs::weakly_canonical(sources::fashion_mnist_dir(), ec) && !ec;
         } else {
             throw Error("cannot tell what kind of data " + spec +
                         " is: give an image (.png, .jpg, ...), a .npy array, an IDX file "
                         "(*-idx3-ubyte[.gz]) or a folder of images");
         }
-        if (d.kind_name.empty()) d.kind_name = type;
     } else {
         throw Error("no data at '" + spec +
                     "': give fashion-mnist[:train|:test], an IDX file, a folder of images, a "
                     ".npy file or an image file");
     }
+    d.n = d.source->size();
+    d.labels = d.source->labels();
+    d.class_names = installed_idx ? fashion_mnist_classes() : d.source->class_names();
+    d.class_folders = d.source->class_folders();
     if (!opts.labels_path.empty()) {
-        d.labels.clear();
-        open_labels_npy(d, opts.labels_path);
+        d.labels = read_labels_npy(opts.labels_path, d.n);
+        d.class_names = numbered_classes(d.labels);
+        d.class_folders = false;
+        d.extra_hashed.emplace_back(opts.labels_path, "labels:" + fs::path(opts.labels_path).filename().string());
     }
     if (d.class_names.empty() && !d.labels.empty()) d.class_names = numbered_classes(d.labels);
     if (d.n == 0) throw Error("the data " + spec + " holds no items; give non-empty data");
+    return ds;
+}
+
+Dataset Dataset::from_source(std::unique_ptr<DataSource> source, const std::string& spec) {
+    if (!source || source->size() < 1) throw Error("the data " + spec + " holds no items; give non-empty data");
+    Dataset ds;
+    Impl& d = *ds.impl_;
+    d.spec = spec;
+    d.source = std::move(source);
+    d.n = d.source->size();
+    d.labels = d.source->labels();
+    if (!d.labels.empty() && static_cast<int64_t>(d.labels.size()) != d.n)
+        throw Error("the data " + spec + " has " + std::to_string(d.labels.size()) + " labels for " +
+                    std::to_string(d.n) + " items; give one label per item (or none)");
+    d.class_names = d.source->class_names();
+    if (d.class_names.empty() && !d.labels.empty()) d.class_names = numbered_classes(d.labels);
+    d.class_folders = d.source->class_folders();
     return ds;
 }
 
@@ -702,19 +256,7 @@ const std::vector<std::string>& Dataset::class_names() const { return impl_->cla
 
 std::vector<int64_t> Dataset::item_shape() const {
     const Impl& d = *impl_;
-    std::call_once(d.shape_once, [&] {
-        switch (d.kind) {
-            case Impl::Kind::Idx:
-                d.item_shape = {1, d.data.size(1), d.data.size(2)};
-                break;
-            case Impl::Kind::Npy:
-            case Impl::Kind::Folder:
-            case Impl::Kind::Image:
-                // Decoding item 0 is the reliable way to learn channels after alpha/gray rules.
-                d.item_shape = d.raw(0).sizes().vec();
-                break;
-        }
-    });
+    std::call_once(d.shape_once, [&] { d.item_shape = d.source->item_shape(); });
     return d.item_shape;
 }
 
@@ -722,8 +264,9 @@ const std::string& Dataset::hash() const {
     const Impl& d = *impl_;
     std::call_once(d.hash_once, [&] {
         detail::Sha256 h;
-        h.update("convscope-dataset-v1\n" + d.kind_name + "\n" + std::to_string(d.n) + "\n");
-        for (const auto& [path, name] : d.hashed_files) hash_file(h, path, name);
+        h.update("convscope-dataset-v1\n" + d.source->kind() + "\n" + std::to_string(d.n) + "\n");
+        for (const auto& [path, name] : d.source->hashed_files()) hash_file(h, path, name);
+        for (const auto& [path, name] : d.extra_hashed) hash_file(h, path, name);
         d.hash = h.hex_digest();
     });
     return d.hash;
@@ -873,7 +416,7 @@ Preprocess Dataset::preprocess_for(const std::vector<int64_t>& model_input_chw,
                                    const std::vector<double>& std) const {
     Preprocess pre;
     pre.input_shape = model_input_chw.empty() ? item_shape() : model_input_chw;
-    if (impl_->kind == Impl::Kind::Npy && impl_->float_as_is) {
+    if (impl_->source->as_is()) {
         // The user's floats are already model inputs: no resizing and no normalisation.
         pre.as_is = true;
         return pre;
@@ -1043,109 +586,5 @@ std::vector<int64_t> parse_indices(const std::string& spec, int64_t n) {
     }
     return out;
 }
-
-// --- BatchLoader -----------------------------------------------------------------------------
-
-struct BatchLoader::Impl {
-    const Dataset* data = nullptr;
-    std::vector<int64_t> indices;
-    int64_t batch_size = 1;
-    Preprocess pre;
-    size_t prefetch = 2;
-    int64_t num_batches = 0;
-
-    std::mutex mutex;
-    std::condition_variable changed;  // queue, stop or done changed
-    std::deque<Batch> queue;
-    bool stop = false;         // the consumer is gone: the worker should end
-    bool worker_done = false;  // no more batches will come
-    std::exception_ptr error;  // what stopped the worker, rethrown by next()
-    std::thread worker;
-
-    Batch make_batch(int64_t b) const {
-        Batch batch;
-        const int64_t begin = b * batch_size;
-        const int64_t end = std::min<int64_t>(begin + batch_size, int64_t(indices.size()));
-        batch.indices.assign(indices.begin() + begin, indices.begin() + end);
-        batch.images = data->batch(batch.indices, pre);
-        for (int64_t i : batch.indices) batch.labels.push_back(data->label(i));
-        return batch;
-    }
-
-    void run() {
-        for (int64_t b = 0; b < num_batches; ++b) {
-            {
-                std::unique_lock<std::mutex> lock(mutex);
-                changed.wait(lock, [&] { return stop || queue.size() < prefetch; });
-                if (stop) break;
-            }
-            // Decode outside the lock so the consumer can take finished batches meanwhile.
-            Batch batch;
-            try {
-                batch = make_batch(b);
-            } catch (...) {
-                std::lock_guard<std::mutex> lock(mutex);
-                error = std::current_exception();
-                break;
-            }
-            std::lock_guard<std::mutex> lock(mutex);
-            queue.push_back(std::move(batch));
-            changed.notify_all();
-        }
-        std::lock_guard<std::mutex> lock(mutex);
-        worker_done = true;
-        changed.notify_all();
-    }
-};
-
-BatchLoader::BatchLoader(const Dataset& data, std::vector<int64_t> indices, int64_t batch_size,
-                         Preprocess pre, int prefetch)
-    : impl_(std::make_unique<Impl>()) {
-    if (batch_size < 1) {
-        throw UsageError("the batch size must be at least 1 (got " + std::to_string(batch_size) +
-                         ")");
-    }
-    // Check indices here so a bad one fails at once, not on a later next().
-    for (int64_t i : indices) {
-        if (i < 0 || i >= data.size()) {
-            throw Error("index " + std::to_string(i) + " is out of range: the data has " +
-                        std::to_string(data.size()) + " items (0.." +
-                        std::to_string(data.size() - 1) + ")");
-        }
-    }
-    Impl& d = *impl_;
-    d.data = &data;
-    d.indices = std::move(indices);
-    d.batch_size = batch_size;
-    d.pre = std::move(pre);
-    d.prefetch = size_t(std::max(1, prefetch));
-    d.num_batches = (int64_t(d.indices.size()) + batch_size - 1) / batch_size;
-    d.worker = std::thread([&d] { d.run(); });
-}
-
-BatchLoader::~BatchLoader() {
-    {
-        std::lock_guard<std::mutex> lock(impl_->mutex);
-        impl_->stop = true;
-    }
-    impl_->changed.notify_all();
-    // The worker finishes at most the batch it is making, then sees `stop`.
-    if (impl_->worker.joinable()) impl_->worker.join();
-}
-
-bool BatchLoader::next(Batch& out) {
-    std::unique_lock<std::mutex> lock(impl_->mutex);
-    impl_->changed.wait(lock, [&] { return !impl_->queue.empty() || impl_->worker_done; });
-    if (!impl_->queue.empty()) {
-        out = std::move(impl_->queue.front());
-        impl_->queue.pop_front();
-        impl_->changed.notify_all();
-        return true;
-    }
-    if (impl_->error) std::rethrow_exception(impl_->error);
-    return false;
-}
-
-int64_t BatchLoader::num_batches() const { return impl_->num_batches; }
 
 }  // namespace convscope

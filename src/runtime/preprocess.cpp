@@ -14,6 +14,7 @@
 #include <regex>
 #include <sstream>
 
+#include "convscope/runtime/dataset.hpp"
 #include "convscope/runtime/error.hpp"
 #include "convscope/runtime/io.hpp"
 #include "convscope/runtime/model.hpp"
@@ -318,6 +319,127 @@ std::vector<std::string> input_warnings(const Model& model, const at::Tensor& im
                       "(or store it with convscope annotate)");
     }
     return out;
+}
+
+// --- Preprocess ------------------------------------------------------------------------------
+
+namespace {
+
+// Per-channel values [1,C,1,1] from a list of size C or 1 (empty = fallback).
+at::Tensor channel_tensor(const std::vector<double>& v, int64_t c, double fallback) {
+    std::vector<float> out(static_cast<size_t>(c), float(fallback));
+    for (int64_t i = 0; i < c; ++i) {
+        if (v.size() == size_t(c)) out[size_t(i)] = float(v[size_t(i)]);
+        else if (v.size() == 1) out[size_t(i)] = float(v[0]);
+    }
+    return torch::tensor(out).view({1, c, 1, 1});
+}
+
+std::string values_text(const std::vector<double>& v) {
+    std::string out;
+    for (size_t i = 0; i < v.size(); ++i) {
+        char buf[32];
+        std::snprintf(buf, sizeof buf, "%.6g", v[i]);
+        out += (i ? "," : "") + std::string(buf);
+    }
+    return out;
+}
+
+}  // namespace
+
+void Preprocess::validate(int64_t channels) const {
+    if (as_is) return;
+    auto check = [&](const std::vector<double>& v, const char* option) {
+        if (!v.empty() && v.size() != 1 && int64_t(v.size()) != channels)
+            throw Error(std::string("--") + option + " has " + std::to_string(v.size()) +
+                        " values but the model's input has " + std::to_string(channels) +
+                        " channels: give one value per channel (or one for all)");
+        for (double x : v)
+            if (!std::isfinite(x))
+                throw Error(std::string("--") + option + " holds a value that is not a finite number");
+    };
+    check(mean, "mean");
+    check(std, "std");
+    for (double s : std)
+        if (s == 0.0) throw Error("--std holds 0: normalisation would divide by zero; give the std of each channel");
+    if (!(pixel_range == 1.0 || pixel_range == 255.0))
+        throw Error("the pixel range must be 0-1 or 0-255 (--pixel-range)");
+    if (resize < 0) throw Error("--resize must be a positive number of pixels (the shorter side)");
+}
+
+at::Tensor Preprocess::normalise(const at::Tensor& pixels) const {
+    if (as_is) return pixels;
+    const int64_t c = pixels.size(1);
+    at::Tensor x = pixels;
+    if (bgr && c == 3) x = x.flip({1});
+    if (pixel_range != 1.0) x = x * pixel_range;
+    if (!mean.empty()) x = x - channel_tensor(mean, c, 0.0);
+    if (!std.empty()) x = x / channel_tensor(std, c, 1.0);
+    return x;
+}
+
+at::Tensor Preprocess::to_display(const at::Tensor& images_nchw) const {
+    if (images_nchw.dim() != 4) {
+        throw Error("to_display needs images [N,C,H,W]; got " +
+                    detail::shape_str(images_nchw.sizes().vec()));
+    }
+    const int64_t c = images_nchw.size(1);
+    if (c != 1 && c != 3) {
+        throw Error("cannot show images with " + std::to_string(c) +
+                    " channels as pictures: only 1 (gray) or 3 (RGB) channels can be shown");
+    }
+    at::Tensor x = images_nchw.detach().to(torch::kCPU, torch::kFloat);
+    if (as_is) {
+        // Inputs of unknown scale: stretch each image's own range to [0,1].
+        at::Tensor lo = x.amin({1, 2, 3}, true), hi = x.amax({1, 2, 3}, true);
+        at::Tensor range = hi - lo;
+        x = torch::where(range > 0, (x - lo) / range.clamp_min(1e-12), torch::zeros_like(x));
+    } else {
+        if (!std.empty()) x = x * channel_tensor(std, c, 1.0);
+        if (!mean.empty()) x = x + channel_tensor(mean, c, 0.0);
+        if (pixel_range != 1.0) x = x / pixel_range;
+        if (bgr && c == 3) x = x.flip({1});
+    }
+    x = x.clamp(0.0, 1.0).mul(255.0).round();
+    return x.to(torch::kByte).permute({0, 2, 3, 1}).contiguous();
+}
+
+std::string Preprocess::describe() const {
+    if (as_is) return "none: float32 .npy data is used as is";
+    std::vector<std::string> steps;
+    if (input_shape.size() == 3) {
+        const std::string hw = std::to_string(input_shape[1]) + "x" + std::to_string(input_shape[2]);
+        if (resize > 0) {
+            steps.push_back("resize the shorter side to " + std::to_string(resize));
+            steps.push_back("centre crop " + hw);
+        } else {
+            steps.push_back("fit to " + hw);
+        }
+    }
+    if (bgr) steps.push_back("BGR channel order");
+    if (pixel_range != 1.0) steps.push_back("pixels 0-255");
+    if (!mean.empty()) steps.push_back("mean " + values_text(mean));
+    if (!std.empty()) steps.push_back("std " + values_text(std));
+    if (mean.empty() && std.empty()) steps.push_back("no normalisation");
+    std::string out;
+    for (size_t i = 0; i < steps.size(); ++i) out += (i ? ", " : "") + steps[i];
+    if (!source.empty()) out += " (" + source + ")";
+    return out;
+}
+
+nlohmann::json to_json(const Preprocess& p) {
+    nlohmann::json j = {{"input_shape", p.input_shape},
+                        {"resize", p.resize},
+                        {"crop", p.input_shape.size() == 3 ? nlohmann::json{p.input_shape[1], p.input_shape[2]}
+                                                            : nlohmann::json(nullptr)},
+                        {"pixel_range", p.pixel_range},
+                        {"bgr", p.bgr},
+                        {"mean", p.mean},
+                        {"std", p.std},
+                        {"as_is", p.as_is},
+                        {"source", p.source},
+                        {"text", p.describe()}};
+    return j;
 }
 
 }  // namespace convscope

@@ -17,6 +17,8 @@
 #include <string>
 #include <vector>
 
+#include "convscope/runtime/data_source.hpp"
+
 namespace convscope {
 
 // How raw images in [0,1] become model inputs, and how to undo it for display. The steps, in
@@ -61,6 +63,9 @@ public:
     // Opens a data spec (see above). Throws Error for missing/corrupt/empty sources with a
     // message that names the problem and the fix. Never allocates more than a file holds.
     static Dataset open(const std::string& spec, const DatasetOptions& opts = {});
+    // A dataset over a source of one's own (a format convscope does not read): `spec` names it
+    // in manifests. Throws Error for an empty source.
+    static Dataset from_source(std::unique_ptr<DataSource> source, const std::string& spec);
 
     Dataset(Dataset&&) noexcept;
     Dataset& operator=(Dataset&&) noexcept;
