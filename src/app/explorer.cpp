@@ -40,6 +40,7 @@
 #include "convscope/runtime/base64.hpp"
 #include "convscope/runtime/strings.hpp"
 #include "convscope/app/views.hpp"
+#include "app/detail/job_queue.hpp"
 
 namespace convscope {
 
@@ -53,11 +54,6 @@ constexpr int64_t kPatchK = 9;
 constexpr int kPictureTarget = 224;   // pictures of inputs are enlarged to about this size
 constexpr int kCropPx = 64;           // top-patch crops
 constexpr int64_t kMaxPixels = 40'000'000;  // uploads larger than this are refused
-
-std::string error_line(const std::exception& e) {
-    std::string s = e.what();
-    return s.substr(0, s.find('\n'));
-}
 
 std::string png_url(const cv::Mat& img) { return detail::data_url("image/png", png_bytes(img)); }
 
@@ -136,25 +132,8 @@ struct Explorer::Impl {
         std::string layer, method, baseline;
         int64_t channel = 0, patch = 0, stride = 0;
     };
-    struct Job {
-        std::string id;
-        Request request;
-        std::atomic<double> progress{0.0};
-        std::atomic<bool> cancel{false};
-        std::string state = "queued";  // guarded by jobs_mutex
-        json result;
-        std::string error;
-        int64_t finished_order = -1;
-    };
-    mutable std::mutex jobs_mutex;
-    std::condition_variable jobs_cv;
-    std::deque<std::shared_ptr<Job>> queue;
-    std::map<std::string, std::shared_ptr<Job>> jobs;
-    std::map<std::string, std::shared_ptr<Job>> jobs_by_key;
-    std::deque<std::string> finished;  // ids, oldest first (bounded)
-    int64_t next_job = 1;
-    bool stopping = false;
-    std::vector<std::thread> workers;
+    // Reset first by ~Explorer: its workers run execute() on this Impl.
+    std::unique_ptr<detail::JobQueue> jobs;
 
     // --- the scan and the map (computed once, cached on disk) ---
     std::mutex scan_mutex;
@@ -243,8 +222,6 @@ struct Explorer::Impl {
     }
     std::shared_ptr<const TopPatchesResult> ensure_scan(const ProgressFn& progress);
     void ensure_map(const ProgressFn& progress);
-    void worker_loop();
-    json status_of(const Job& job) const;  // jobs_mutex held
 };
 
 // --- construction ---------------------------------------------------------------------------
@@ -268,18 +245,13 @@ Explorer::Explorer(Model model, Dataset data, ExplorerOptions options)
     d.upload_dir = fs::temp_directory_path() /
                    ("convscope-uploads-" + std::to_string(::getpid()) + "-" +
                     std::to_string(reinterpret_cast<uintptr_t>(this) & 0xffffff));
-    for (int i = 0; i < d.opts.workers; ++i) d.workers.emplace_back([&d] { d.worker_loop(); });
+    // 64 queued jobs at most; the last 256 finished ones (and their results) kept for late pollers.
+    d.jobs = std::make_unique<detail::JobQueue>(d.opts.workers, 64, 256);
 }
 
 Explorer::~Explorer() {
     Impl& d = *impl_;
-    {
-        std::lock_guard<std::mutex> lock(d.jobs_mutex);
-        d.stopping = true;
-        for (auto& [id, job] : d.jobs) job->cancel = true;
-    }
-    d.jobs_cv.notify_all();
-    for (auto& t : d.workers) t.join();
+    d.jobs.reset();  // cancels and joins the workers before anything they use goes
     std::error_code ec;
     fs::remove_all(d.upload_dir, ec);
 }
@@ -604,7 +576,7 @@ std::shared_ptr<const TopPatchesResult> Explorer::Impl::ensure_scan(const Progre
             scan = r;
             return scan;
         } catch (const std::exception& e) {
-            std::cerr << "convscope: ignoring the unreadable cache " << path << ": " << error_line(e) << "\n";
+            std::cerr << "convscope: ignoring the unreadable cache " << path << ": " << current_error().message << "\n";
         }
     }
     std::vector<int64_t> indices(static_cast<size_t>(n));
@@ -617,7 +589,7 @@ std::shared_ptr<const TopPatchesResult> Explorer::Impl::ensure_scan(const Progre
             fs::create_directories(cache_dir);
             write_json(path, top_patches_to_json(*r));
         } catch (const std::exception& e) {
-            std::cerr << "convscope: cannot cache the patch scan in " << cache_dir << ": " << error_line(e) << "\n";
+            std::cerr << "convscope: cannot cache the patch scan in " << cache_dir << ": " << current_error().message << "\n";
         }
     }
     scan = r;
@@ -653,7 +625,7 @@ void Explorer::Impl::ensure_map(const ProgressFn& progress) {
             xy = read_npy(path);
             if (xy.dim() != 2 || xy.size(0) != n || xy.size(1) != 2) xy = at::Tensor();
         } catch (const std::exception& e) {
-            std::cerr << "convscope: ignoring the unreadable cache " << path << ": " << error_line(e) << "\n";
+            std::cerr << "convscope: ignoring the unreadable cache " << path << ": " << current_error().message << "\n";
             xy = at::Tensor();
         }
     }
@@ -670,7 +642,7 @@ void Explorer::Impl::ensure_map(const ProgressFn& progress) {
                 fs::create_directories(cache_dir);
                 write_npy(path, xy);
             } catch (const std::exception& e) {
-                std::cerr << "convscope: cannot cache the map in " << cache_dir << ": " << error_line(e) << "\n";
+                std::cerr << "convscope: cannot cache the map in " << cache_dir << ": " << current_error().message << "\n";
             }
         }
     }
@@ -774,110 +746,15 @@ json Explorer::Impl::execute(const Request& r, const ProgressFn& progress) {
     return {{"n", map_xy.size(0)}, {"layer", map_layer}};
 }
 
-json Explorer::Impl::status_of(const Job& job) const {
-    json j = {{"id", job.id}, {"kind", job.request.kind}, {"state", job.state},
-              {"progress", job.state == "done" ? 1.0 : job.progress.load()}};
-    if (job.state == "done") j["result"] = job.result;
-    if (job.state == "error") j["error"] = job.error;
-    return j;
-}
-
-void Explorer::Impl::worker_loop() {
-    while (true) {
-        std::shared_ptr<Job> job;
-        {
-            std::unique_lock<std::mutex> lock(jobs_mutex);
-            jobs_cv.wait(lock, [&] { return stopping || !queue.empty(); });
-            if (stopping) return;
-            job = queue.front();
-            queue.pop_front();
-            if (job->cancel) {
-                job->state = "cancelled";
-                continue;
-            }
-            job->state = "running";
-        }
-        std::string state = "done", error;
-        json result;
-        try {
-            Job* raw = job.get();
-            ProgressFn progress = [raw](double f) {
-                raw->progress = std::clamp(f, 0.0, 1.0);
-                return !raw->cancel.load();
-            };
-            result = execute(job->request, progress);
-        } catch (const Cancelled&) {
-            state = "cancelled";
-        } catch (const Error& e) {
-            state = "error";
-            error = e.what();
-        } catch (const c10::Error& e) {
-            state = "error";
-            std::string what = e.what_without_backtrace();
-            error = "LibTorch error: " + what.substr(0, what.find('\n'));
-        } catch (const std::bad_alloc&) {
-            state = "error";
-            error = "out of memory";
-        } catch (const std::exception& e) {
-            state = "error";
-            error = error_line(e);
-        }
-        std::lock_guard<std::mutex> lock(jobs_mutex);
-        job->state = state;
-        job->result = std::move(result);
-        job->error = error;
-        finished.push_back(job->id);
-        // Keep the last 256 finished jobs (and their results) for late pollers.
-        while (finished.size() > 256) {
-            auto it = jobs.find(finished.front());
-            if (it != jobs.end()) {
-                auto k = jobs_by_key.find(it->second->request.key);
-                if (k != jobs_by_key.end() && k->second == it->second) jobs_by_key.erase(k);
-                jobs.erase(it);
-            }
-            finished.pop_front();
-        }
-    }
-}
-
 json Explorer::start_job(const json& request) {
     Impl& d = *impl_;
-    Impl::Request r = d.parse(request);
-    std::lock_guard<std::mutex> lock(d.jobs_mutex);
-    if (d.stopping) throw Error("the explorer is shutting down");
-    auto same = d.jobs_by_key.find(r.key);
-    if (same != d.jobs_by_key.end()) {
-        const std::string& st = same->second->state;
-        if (st == "queued" || st == "running" || st == "done") return d.status_of(*same->second);
-    }
-    if (d.queue.size() >= 64) throw Error("too many queued jobs: wait for some to finish");
-    auto job = std::make_shared<Impl::Job>();
-    job->id = "j" + std::to_string(d.next_job++);
-    job->request = std::move(r);
-    d.jobs[job->id] = job;
-    d.jobs_by_key[job->request.key] = job;
-    d.queue.push_back(job);
-    d.jobs_cv.notify_one();
-    return d.status_of(*job);
+    auto r = std::make_shared<const Impl::Request>(d.parse(request));
+    return d.jobs->start(r->key, r->kind, [&d, r](const ProgressFn& progress) { return d.execute(*r, progress); });
 }
 
-json Explorer::job(const std::string& id) const {
-    const Impl& d = *impl_;
-    std::lock_guard<std::mutex> lock(d.jobs_mutex);
-    auto it = d.jobs.find(id);
-    if (it == d.jobs.end()) throw NotFoundError("unknown job '" + id + "'");
-    return d.status_of(*it->second);
-}
+json Explorer::job(const std::string& id) const { return impl_->jobs->status(id); }
 
-json Explorer::cancel_job(const std::string& id) {
-    Impl& d = *impl_;
-    std::lock_guard<std::mutex> lock(d.jobs_mutex);
-    auto it = d.jobs.find(id);
-    if (it == d.jobs.end()) throw NotFoundError("unknown job '" + id + "'");
-    it->second->cancel = true;
-    if (it->second->state == "queued") it->second->state = "cancelled";
-    return d.status_of(*it->second);
-}
+json Explorer::cancel_job(const std::string& id) { return impl_->jobs->cancel(id); }
 
 json Explorer::run_job(const json& request) {
     Impl& d = *impl_;

@@ -37,25 +37,11 @@ int main(int argc, char** argv) {
     try {
         for (auto& [sub, run] : commands)
             if (sub->parsed()) return run();
-    } catch (const Cancelled&) {
-        std::cerr << "convscope: cancelled\n";
-        return 1;
-    } catch (const UsageError& e) {
-        std::cerr << "convscope: " << e.what() << "\n";
-        return 2;
-    } catch (const Error& e) {
-        std::cerr << "convscope: " << e.what() << "\n";
-        return 1;
-    } catch (const c10::Error& e) {
-        std::string what = e.what_without_backtrace();
-        std::cerr << "convscope: LibTorch error: " << what.substr(0, what.find('\n')) << "\n";
-        return 1;
-    } catch (const std::bad_alloc&) {
-        std::cerr << "convscope: out of memory: use fewer items (--indices) or smaller batches\n";
-        return 1;
-    } catch (const std::exception& e) {
-        std::cerr << "convscope: " << e.what() << "\n";
-        return 1;
+    } catch (...) {
+        const ErrorReport e = current_error();
+        std::cerr << "convscope: " << e.message
+                  << (e.kind == ErrorKind::OutOfMemory ? ": use fewer items (--indices) or smaller batches" : "") << "\n";
+        return e.kind == ErrorKind::Usage ? 2 : 1;
     }
     return 2;
 }

@@ -36,8 +36,6 @@ void send_png(httplib::Response& res, const std::string& png, bool cacheable) {
     res.set_content(png, "image/png");
 }
 
-std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
-
 // Every handler runs inside this: nothing escapes to httplib.
 httplib::Server::Handler guarded(std::function<void(const httplib::Request&, httplib::Response&)> f) {
     return [f = std::move(f)](const httplib::Request& req, httplib::Response& res) {
@@ -47,20 +45,17 @@ httplib::Server::Handler guarded(std::function<void(const httplib::Request&, htt
             send_error(res, 404, e.what());
         } catch (const UnsupportedMediaError& e) {
             send_error(res, 415, e.what());
-        } catch (const Cancelled&) {
-            send_error(res, 409, "cancelled");
-        } catch (const Error& e) {  // includes UsageError: a bad request
-            send_error(res, 400, e.what());
         } catch (const json::exception& e) {
             send_error(res, 400, std::string("bad JSON in the request: ") + e.what());
-        } catch (const c10::Error& e) {
-            send_error(res, 500, "LibTorch error: " + first_line(e.what_without_backtrace()));
-        } catch (const std::bad_alloc&) {
-            send_error(res, 500, "out of memory");
-        } catch (const std::exception& e) {
-            send_error(res, 500, "internal error: " + first_line(e.what()));
         } catch (...) {
-            send_error(res, 500, "internal error");
+            const ErrorReport e = current_error();
+            switch (e.kind) {
+            case ErrorKind::Cancelled: send_error(res, 409, e.message); break;
+            case ErrorKind::Usage:
+            case ErrorKind::Input: send_error(res, 400, e.message); break;  // a bad request
+            case ErrorKind::Internal: send_error(res, 500, "internal error: " + e.message); break;
+            default: send_error(res, 500, e.message); break;
+            }
         }
     };
 }

@@ -32,6 +32,23 @@ public:
     using std::logic_error::logic_error;
 };
 
+// What a front end reports for the exception being handled: its kind (which decides the exit
+// code or HTTP status) and a one-line message. The one place where exceptions become messages.
+enum class ErrorKind {
+    Usage,        // UsageError: how the command was called (exit 2, HTTP 400)
+    Input,        // Error: what the user gave (exit 1, HTTP 400)
+    Cancelled,    // Cancelled: the progress callback stopped the work
+    LibTorch,     // c10::Error: LibTorch refused (exit 1, HTTP 500)
+    OutOfMemory,  // std::bad_alloc
+    Internal,     // anything else, InternalError included: a bug (exit 1, HTTP 500)
+};
+struct ErrorReport {
+    ErrorKind kind = ErrorKind::Internal;
+    std::string message;
+};
+// Call inside a catch block (it rethrows std::current_exception() to classify it).
+ErrorReport current_error();
+
 namespace detail {
 [[noreturn]] void internal_error(const char* file, int line, const char* condition, const std::string& what);
 }

@@ -1,0 +1,71 @@
+#pragma once
+// Background jobs of the explorer, apart from what they compute and from HTTP: a bounded queue,
+// worker threads, states, progress, cancellation, de-duplication by key and a bounded history
+// of finished jobs for late pollers.
+#include <nlohmann/json.hpp>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "convscope/runtime/progress.hpp"
+
+namespace convscope::detail {
+
+enum class JobState { Queued, Running, Done, Error, Cancelled };
+// "queued", "running", "done", "error", "cancelled" (the page reads them).
+const char* job_state_name(JobState s);
+
+class JobQueue {
+public:
+    // What a job computes: its result as JSON, reporting progress (which may cancel it).
+    using Work = std::function<nlohmann::json(const ProgressFn&)>;
+
+    JobQueue(int workers, size_t max_queued, size_t keep_finished);
+    ~JobQueue();  // cancels what is left and joins the workers
+    JobQueue(const JobQueue&) = delete;
+    JobQueue& operator=(const JobQueue&) = delete;
+
+    // Queues `work` under `key`, unless a job with that key is queued, running or done: then its
+    // status. Throws Error when the queue is full or shutting down.
+    nlohmann::json start(const std::string& key, const std::string& kind, Work work);
+    // {"id", "kind", "state", "progress"} and "result" (done) or "error" (error). Throws
+    // NotFoundError for an unknown (or forgotten) id.
+    nlohmann::json status(const std::string& id) const;
+    // Asks the job to stop (a queued one never starts); its status.
+    nlohmann::json cancel(const std::string& id);
+
+private:
+    struct Job {
+        std::string id, key, kind;
+        Work work;
+        std::atomic<double> progress{0.0};
+        std::atomic<bool> cancel{false};
+        JobState state = JobState::Queued;  // guarded by mutex_
+        nlohmann::json result;
+        std::string error;
+    };
+    nlohmann::json status_of(const Job& job) const;  // mutex_ held
+    const std::shared_ptr<Job>& find(const std::string& id) const;  // mutex_ held
+    void worker_loop();
+
+    const size_t max_queued_, keep_finished_;
+    mutable std::mutex mutex_;
+    std::condition_variable cv_;
+    std::deque<std::shared_ptr<Job>> queue_;
+    std::map<std::string, std::shared_ptr<Job>> jobs_, by_key_;
+    std::deque<std::string> finished_;  // ids, oldest first
+    int64_t next_ = 1;
+    bool stopping_ = false;
+    std::vector<std::thread> workers_;
+};
+
+}  // namespace convscope::detail
