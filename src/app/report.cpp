@@ -233,14 +233,15 @@ ReportResult write_report(const Model& model, const Dataset& data, OutputDir& ou
                             stages,
                             result,
                             doc};
-    detail::report_header(c);
+    c.write_header();
     // Each section, then its seconds (for people tuning the settings, and the benchmark).
-    const std::vector<std::pair<std::string, void (*)(detail::ReportContext&)>> sections = {
-        {"accuracy", detail::report_accuracy},     {"filters", detail::report_filters},
-        {"examples", detail::report_examples},     {"patches", detail::report_patches},
-        {"feature_vis", detail::report_feature_vis}, {"map", detail::report_map}};
+    using Section = void (detail::ReportContext::*)();
+    const std::vector<std::pair<std::string, Section>> sections = {
+        {"accuracy", &detail::ReportContext::write_accuracy}, {"filters", &detail::ReportContext::write_filters},
+        {"examples", &detail::ReportContext::write_examples}, {"patches", &detail::ReportContext::write_patches},
+        {"feature_vis", &detail::ReportContext::write_feature_vis}, {"map", &detail::ReportContext::write_map}};
     for (const auto& [stage, section] : sections) {
-        section(c);
+        (c.*section)();
         stages.finish(stage);
     }
     result.stage_seconds = stages.seconds();

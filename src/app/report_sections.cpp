@@ -22,6 +22,7 @@
 #include "convscope/runtime/error.hpp"
 #include "convscope/runtime/json.hpp"
 #include "convscope/runtime/render.hpp"
+#include "convscope/runtime/strings.hpp"
 
 namespace convscope::detail {
 
@@ -30,19 +31,6 @@ using nlohmann::json;
 namespace {
 
 constexpr int kCropPx = 48;
-
-std::string file_safe(const std::string& name) {
-    std::string s = name;
-    for (auto& c : s)
-        if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-')) c = '_';
-    return s;
-}
-
-std::string short_value(double v) {
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "%.3g", v);
-    return buf;
-}
 
 }  // namespace
 
@@ -71,12 +59,9 @@ RunContext ReportContext::context(const std::string& stage, double lo, double hi
 }
 
 // The page's title, model, data, preprocessing, plan and layer table.
-void report_header(ReportContext& c) {
-    const Model& model = c.model;
-    const ReportPlan& plan = c.plan;
-    json& doc = c.doc;
+void ReportContext::write_header() {
     const std::string file = std::filesystem::path(model.path()).filename().string();
-    doc["title"] = c.opts.title.empty() ? "convscope report: " + file : c.opts.title;
+    doc["title"] = opts.title.empty() ? "convscope report: " + file : opts.title;
     doc["version"] = CONVSCOPE_VERSION;
     int64_t total_params = 0;
     for (const auto& p : model.module().parameters()) total_params += p.numel();
@@ -84,12 +69,12 @@ void report_header(ReportContext& c) {
                     {"sha256", model.file_hash()},
                     {"input_shape", model.input_shape()},
                     {"num_classes", model.num_classes()},
-                    {"class_names", c.class_names},
+                    {"class_names", class_names},
                     {"parameters", total_params}};
-    doc["data"] = {{"spec", c.data.spec()}, {"size", c.data.size()}, {"has_labels", c.data.has_labels()}};
-    doc["preprocess"] = to_json(c.pre);
+    doc["data"] = {{"spec", data.spec()}, {"size", data.size()}, {"has_labels", data.has_labels()}};
+    doc["preprocess"] = to_json(pre);
     doc["plan"] = {{"forward_ms", plan.forward_ms},
-                   {"budget_seconds", c.opts.budget_seconds},
+                   {"budget_seconds", opts.budget_seconds},
                    {"eval_items", plan.eval_items},
                    {"scan_items", plan.scan_items},
                    {"map_items", plan.map_items},
@@ -100,26 +85,18 @@ void report_header(ReportContext& c) {
                    {"feature_vis_size", plan.feature_vis_size}};
     auto& layer_rows = doc["layers"] = json::array();
     for (const auto& l : model.layers()) layer_rows.push_back(to_json(l));
-    doc["chosen_layers"] = c.result.layers;
+    doc["chosen_layers"] = result.layers;
     doc["skipped"] = json::array();
 }
 
 // Accuracy on the first items, and which of them are shown as correct and wrong examples.
-void report_accuracy(ReportContext& c) {
-    const Model& model = c.model;
-    const Dataset& data = c.data;
-    const ReportOptions& opts = c.opts;
-    const ReportPlan& plan = c.plan;
-    const Preprocess& pre = c.pre;
-    ReportResult& result = c.result;
-    json& doc = c.doc;
-    const bool labels_comparable = c.labels_comparable;
+void ReportContext::write_accuracy() {
     {
         const int64_t n = std::min(plan.eval_items, data.size());
         std::vector<int64_t> indices(static_cast<size_t>(n));
         for (int64_t i = 0; i < n; ++i) indices[size_t(i)] = i;
         BatchLoader loader(data, indices, 256, pre);
-        if (data.has_labels() && !labels_comparable) c.skip("accuracy: " + data.class_match().why);
+        if (data.has_labels() && !labels_comparable) skip("accuracy: " + data.class_match().why);
         Batch b;
         int64_t right = 0, labelled = 0, batch = 0;
         const int64_t batches = std::max<int64_t>(1, loader.num_batches());
@@ -140,7 +117,7 @@ void report_accuracy(ReportContext& c) {
                     result.wrong.push_back(b.indices[r]);
                 }
             }
-            c.stages.report("accuracy", double(++batch) / double(batches));
+            stages.report("accuracy", double(++batch) / double(batches));
         }
         result.evaluated = n;
         if (labelled > 0) result.accuracy = double(right) / double(labelled);
@@ -150,10 +127,7 @@ void report_accuracy(ReportContext& c) {
 }
 
 // Filter grids of the first layers with spatial weights.
-void report_filters(ReportContext& c) {
-    const Model& model = c.model;
-    const ReportOptions& opts = c.opts;
-    json& doc = c.doc;
+void ReportContext::write_filters() {
     doc["filters"] = json::array();
     {
         const auto spatial = spatial_weight_layers(model);
@@ -175,7 +149,7 @@ void report_filters(ReportContext& c) {
                 noisiest.push_back({{"filter", sorted[k].filter}, {"noise", sorted[k].noise}});
             doc["filters"].push_back(
                 {{"layer", name},
-                 {"picture", c.put("filters_" + file_safe(name) + ".png",
+                 {"picture", put("filters_" + detail::file_safe(name) + ".png",
                                       "filters of layer " + name + " (" + filter_mode_name(fr.mode) + " tiles)",
                                       fr.picture)},
                  {"mode", filter_mode_name(fr.mode)},
@@ -183,25 +157,15 @@ void report_filters(ReportContext& c) {
                  {"shown", fr.filters.size()},
                  {"mean_noise", fr.stats.empty() ? 0.0 : noise / double(fr.stats.size())},
                  {"noisiest", noisiest}});
-            c.stages.report("filters", double(i + 1) / double(std::max<int64_t>(count, 1)));
+            stages.report("filters", double(i + 1) / double(std::max<int64_t>(count, 1)));
         }
-        if (spatial.empty()) c.skip("filters: the model has no layer with spatial weights");
+        if (spatial.empty()) skip("filters: the model has no layer with spatial weights");
     }
 }
 
 // The correct and wrong examples: inputs, activation maps, occlusion with confounder flags and
 // gradient attributions.
-void report_examples(ReportContext& c) {
-    const Model& model = c.model;
-    const Dataset& data = c.data;
-    const ReportOptions& opts = c.opts;
-    const ReportPlan& plan = c.plan;
-    const Preprocess& pre = c.pre;
-    const std::vector<std::string>& class_names = c.class_names;
-    ReportResult& result = c.result;
-    json& doc = c.doc;
-    const int factor = c.factor;
-    const bool labels_comparable = c.labels_comparable;
+void ReportContext::write_examples() {
     std::vector<int64_t> ex = result.correct;
     ex.insert(ex.end(), result.wrong.begin(), result.wrong.end());
     doc["examples"] = json::array();
@@ -224,7 +188,7 @@ void report_examples(ReportContext& c) {
                  {"predicted_name", class_name(class_names, predicted)},
                  {"prob", probs[int64_t(n)][predicted].item<double>()},
                  {"correct", labels_comparable && label >= 0 && label == predicted},
-                 {"input", c.put("examples/" + std::to_string(i) + "/input.png", "example item " + std::to_string(i), base)},
+                 {"input", put("examples/" + std::to_string(i) + "/input.png", "example item " + std::to_string(i), base)},
                  {"activations", json::array()},
                  {"attributions", json::array()}});
         }
@@ -238,36 +202,36 @@ void report_examples(ReportContext& c) {
             const ActivationsResult ar = activations(model, images, ao);
             for (const auto& la : ar.layers) {
                 for (size_t n = 0; n < ex.size(); ++n) {
-                    const std::string stem = "examples/" + std::to_string(ex[n]) + "/act_" + file_safe(la.name);
+                    const std::string stem = "examples/" + std::to_string(ex[n]) + "/act_" + detail::file_safe(la.name);
                     json a = {{"layer", la.name},
                               {"spatial", la.spatial},
-                              {"picture", c.put(stem + ".png", "activations of " + la.name + " for item " + std::to_string(ex[n]),
+                              {"picture", put(stem + ".png", "activations of " + la.name + " for item " + std::to_string(ex[n]),
                                                    la.grids[n])}};
                     if (n < la.overlays.size() && !la.overlays[n].empty())
-                        a["overlay"] = c.put(stem + "_overlay.png",
+                        a["overlay"] = put(stem + "_overlay.png",
                                                 "strongest channels of " + la.name + " over item " + std::to_string(ex[n]),
                                                 la.overlays[n]);
                     doc["examples"][n]["activations"].push_back(a);
                 }
             }
         } else {
-            c.skip("activation maps: the model has no conv layers and no layers were chosen");
+            skip("activation maps: the model has no conv layers and no layers were chosen");
         }
-        c.stages.report("examples", 0.1);
+        stages.report("examples", 0.1);
 
         // Occlusion with confounder flags.
         OcclusionOptions oo;
         oo.patch_h = oo.patch_w = plan.occlusion_patch;
         oo.stride_y = oo.stride_x = plan.occlusion_stride;
         oo.score = OcclusionScore::Prob;
-        const OcclusionResult orr = occlusion(model, images, oo, c.context("examples", 0.1, 0.5));
+        const OcclusionResult orr = occlusion(model, images, oo, context("examples", 0.1, 0.5));
         for (size_t n = 0; n < ex.size(); ++n) {
             const OcclusionSummary s = summarize_occlusion(orr, int64_t(n), oo);
             const detail::HeatPictures p = detail::occlusion_pictures(bases[n], orr, int64_t(n), factor);
             const std::string stem = "examples/" + std::to_string(ex[n]) + "/occlusion";
             json j = to_json(s, class_names);
-            j["overlay"] = c.put(stem + "_overlay.png", "occlusion map over item " + std::to_string(ex[n]), p.overlay);
-            j["heat"] = c.put(stem + ".png", "occlusion map of item " + std::to_string(ex[n]) +
+            j["overlay"] = put(stem + "_overlay.png", "occlusion map over item " + std::to_string(ex[n]), p.overlay);
+            j["heat"] = put(stem + ".png", "occlusion map of item " + std::to_string(ex[n]) +
                                                    " (red: occluding lowers the predicted class's probability)", p.heat);
             j["patch"] = oo.patch_h;
             j["stride"] = oo.stride_y;
@@ -282,12 +246,12 @@ void report_examples(ReportContext& c) {
             ao2.samples = plan.attribution_steps;
             ao2.steps = plan.attribution_steps;
             if (is_cam_method(ao2.method) && model.conv_layer_names().empty()) {
-                c.skip(opts.attributions[m] + ": the model has no conv layer");
+                skip(opts.attributions[m] + ": the model has no conv layer");
                 continue;
             }
             const AttributionResult r = attribute(
                 model, images, ao2,
-                c.context("examples", 0.5 + 0.5 * double(m) / double(methods), 0.5 + 0.5 * double(m + 1) / double(methods)));
+                context("examples", 0.5 + 0.5 * double(m) / double(methods), 0.5 + 0.5 * double(m + 1) / double(methods)));
             for (size_t n = 0; n < ex.size(); ++n) {
                 const detail::HeatPictures p = detail::attribution_pictures(bases[n], r, int64_t(n), factor);
                 const std::string stem = "examples/" + std::to_string(ex[n]) + "/" + opts.attributions[m];
@@ -295,23 +259,15 @@ void report_examples(ReportContext& c) {
                     {{"method", opts.attributions[m]},
                      {"layer", r.layer},
                      {"target_name", class_name(class_names, r.targets[n])},
-                     {"overlay", c.put(stem + "_overlay.png", opts.attributions[m] + " over item " + std::to_string(ex[n]), p.overlay)},
-                     {"heat", c.put(stem + ".png", opts.attributions[m] + " map of item " + std::to_string(ex[n]), p.heat)}});
+                     {"overlay", put(stem + "_overlay.png", opts.attributions[m] + " over item " + std::to_string(ex[n]), p.overlay)},
+                     {"heat", put(stem + ".png", opts.attributions[m] + " map of item " + std::to_string(ex[n]), p.heat)}});
             }
         }
     }
 }
 
 // The top-9 dataset patches of the chosen layers' first channels.
-void report_patches(ReportContext& c) {
-    const Model& model = c.model;
-    const Dataset& data = c.data;
-    const ReportOptions& opts = c.opts;
-    const ReportPlan& plan = c.plan;
-    const Preprocess& pre = c.pre;
-    const std::vector<std::string>& class_names = c.class_names;
-    ReportResult& result = c.result;
-    json& doc = c.doc;
+void ReportContext::write_patches() {
     doc["patches"] = json::array();
     if (!result.layers.empty()) {
         const int64_t n = std::min(plan.scan_items, data.size());
@@ -322,7 +278,7 @@ void report_patches(ReportContext& c) {
         to.k = std::min<int64_t>(9, n);
         to.lowest = false;
         const TopPatchesResult tp =
-            top_patches(model, data, indices, pre, to, c.context("patches", 0.0, 0.9));
+            top_patches(model, data, indices, pre, to, context("patches", 0.0, 0.9));
         for (const auto& L : tp.layers) {
             const int64_t shown = std::min<int64_t>(opts.patch_channels, int64_t(L.channels.size()));
             std::vector<std::vector<PatchEntry>> lists;
@@ -354,7 +310,7 @@ void report_patches(ReportContext& c) {
             }
             doc["patches"].push_back(
                 {{"layer", L.name},
-                 {"picture", c.put("patches_" + file_safe(L.name) + ".png",
+                 {"picture", put("patches_" + detail::file_safe(L.name) + ".png",
                                       "top-" + std::to_string(to.k) + " patches of the first " + std::to_string(shown) +
                                           " channels of " + L.name + " (a row per channel)",
                                       labelled_grid(tiles, grid))},
@@ -363,18 +319,12 @@ void report_patches(ReportContext& c) {
                  {"images_scanned", tp.images_scanned}});
         }
     } else {
-        c.skip("top patches: no layers chosen");
+        skip("top patches: no layers chosen");
     }
 }
 
 // Feature visualisations of the chosen layers' first channels.
-void report_feature_vis(ReportContext& c) {
-    const Model& model = c.model;
-    const ReportOptions& opts = c.opts;
-    const ReportPlan& plan = c.plan;
-    const Preprocess& pre = c.pre;
-    ReportResult& result = c.result;
-    json& doc = c.doc;
+void ReportContext::write_feature_vis() {
     doc["feature_vis"] = json::array();
     if (opts.vis_channels > 0 && !result.layers.empty()) {
         const size_t count = result.layers.size();
@@ -391,9 +341,9 @@ void report_feature_vis(ReportContext& c) {
             fo.preprocess.as_is = false;
             const FeatureVisResult fr = feature_vis(
                 model, fo,
-                c.context("feature_vis", double(li) / double(count), double(li + 1) / double(count)));
+                context("feature_vis", double(li) / double(count), double(li + 1) / double(count)));
             if (!fr.display.defined()) {
-                c.skip("feature visualisation: the input has neither 1 nor 3 channels");
+                skip("feature visualisation: the input has neither 1 nor 3 channels");
                 break;
             }
             std::vector<cv::Mat> tiles;
@@ -402,7 +352,7 @@ void report_feature_vis(ReportContext& c) {
             for (size_t u = 0; u < fo.units.size(); ++u) {
                 tiles.push_back(detail::readable(image_from_hwc_uint8(fr.display[int64_t(u)]), 96));
                 grid.tile_captions.push_back("c" + std::to_string(fo.units[u]) + " " +
-                                             short_value(fr.activation[int64_t(u)].item<double>()));
+                                             detail::format_number(fr.activation[int64_t(u)].item<double>(), 3));
                 units.push_back({{"channel", fo.units[u]},
                                  {"activation", fr.activation[int64_t(u)].item<double>()},
                                  {"initial_activation", fr.initial_activation[int64_t(u)].item<double>()}});
@@ -410,7 +360,7 @@ void report_feature_vis(ReportContext& c) {
             doc["feature_vis"].push_back(
                 {{"layer", l.name},
                  {"steps", fo.steps},
-                 {"picture", c.put("featurevis_" + file_safe(l.name) + ".png",
+                 {"picture", put("featurevis_" + detail::file_safe(l.name) + ".png",
                                       "feature visualisations of the first channels of " + l.name +
                                           " (caption: channel and its mean activation)",
                                       labelled_grid(tiles, grid))},
@@ -421,22 +371,14 @@ void report_feature_vis(ReportContext& c) {
 
 // The t-SNE dataset map of the penultimate layer's features, as pictures and as data for the
 // interactive view.
-void report_map(ReportContext& c) {
-    const Model& model = c.model;
-    const Dataset& data = c.data;
-    const ReportOptions& opts = c.opts;
-    const ReportPlan& plan = c.plan;
-    const std::vector<std::string>& class_names = c.class_names;
-    ReportResult& result = c.result;
-    json& doc = c.doc;
-    const std::vector<int64_t> shape = c.model.input_shape();
-    OutputDir& out = c.out;
+void ReportContext::write_map() {
+    const std::vector<int64_t> shape = model.input_shape();
     doc["map"] = nullptr;
     if (plan.map_items > 0) {
         const int64_t n = std::min(plan.map_items, data.size());
         const std::string layer = model.penultimate_layer();
         if (n < 8 || layer.empty()) {
-            c.skip(n < 8 ? "dataset map: fewer than 8 items" : "dataset map: no layer to take features from");
+            skip(n < 8 ? "dataset map: fewer than 8 items" : "dataset map: no layer to take features from");
         } else {
             std::vector<int64_t> indices(static_cast<size_t>(n));
             for (int64_t i = 0; i < n; ++i) indices[size_t(i)] = i;
@@ -446,7 +388,7 @@ void report_map(ReportContext& c) {
             lo.layer = layer;
             lo.keep_display = true;
             const EmbeddingFeatures ef =
-                layer_features(model, data, indices, lo, c.context("map", 0.0, 0.2));
+                layer_features(model, data, indices, lo, context("map", 0.0, 0.2));
             std::vector<cv::Mat> thumbs;
             for (int64_t i = 0; i < n; ++i)
                 thumbs.push_back(resize_to_fit(image_from_hwc_uint8(ef.display[i]), thumb_px));
@@ -456,7 +398,7 @@ void report_map(ReportContext& c) {
             to.early_exaggeration_iters = std::min(to.early_exaggeration_iters, std::max(1, to.iterations / 3));
             to.perplexity = std::min(30.0, (double(n) - 2.0) / 3.0 - 0.01);
             if (ef.features.size(1) > 50) to.pca_dims = 50;
-            const EmbeddingResult er = embed_features(ef.features, labels, to, c.context("map", 0.2, 0.85));
+            const EmbeddingResult er = embed_features(ef.features, labels, to, context("map", 0.2, 0.85));
             const TsneResult& tr = er.tsne;
             const at::Tensor xy = tr.embedding.to(torch::kFloat).contiguous();
             write_npy(out.file("map_embedding.npy", "t-SNE of " + layer + " for the first " + std::to_string(n) +
@@ -465,12 +407,12 @@ void report_map(ReportContext& c) {
             bool any_label = false;
             for (int64_t l : labels) any_label = any_label || l >= 0;
             const std::vector<int64_t> plot_labels = any_label ? labels : std::vector<int64_t>{};
-            const std::string scatter = c.put("map_scatter.png", "t-SNE map coloured by label",
+            const std::string scatter = put("map_scatter.png", "t-SNE map coloured by label",
                                                  scatter_plot(xy, plot_labels, class_names, 720, 2));
-            const std::string thumbmap = c.put("map_thumbnails.png", "t-SNE map with item thumbnails",
+            const std::string thumbmap = put("map_thumbnails.png", "t-SNE map with item thumbnails",
                                                   thumbnail_map(xy, thumbs, 1200, 28, plot_labels, true));
             const int cols = int(std::ceil(std::sqrt(double(n))));
-            const std::string sprite = c.put("map_sprite.png",
+            const std::string sprite = put("map_sprite.png",
                                                 "thumbnails of the map's items, row-major, " + std::to_string(cols) +
                                                     " per row, " + std::to_string(thumb_px) + " px each",
                                                 tile_grid(thumbs, cols, 0));

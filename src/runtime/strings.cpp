@@ -115,10 +115,17 @@ bool parse_double(const std::string& s, double& out) {
     }
 }
 
-std::string format_number(double v) {
+std::string format_number(double v, int digits) {
     char buf[64];
-    std::snprintf(buf, sizeof(buf), "%g", v);
+    std::snprintf(buf, sizeof(buf), "%.*g", digits, v);
     return buf;
+}
+
+std::string file_safe(const std::string& name) {
+    std::string s = name;
+    for (auto& c : s)
+        if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-')) c = '_';
+    return s;
 }
 
 std::string shape_str(const std::vector<int64_t>& shape) {

@@ -38,19 +38,6 @@ std::pair<int64_t, int64_t> parse_shard(const std::string& spec) {
     return {i, n};
 }
 
-std::string file_safe(const std::string& layer) {
-    std::string s = layer;
-    for (auto& c : s)
-        if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-')) c = '_';
-    return s;
-}
-
-std::string short_value(float v) {
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "%.3g", double(v));
-    return buf;
-}
-
 std::string label_text(const TopPatchesResult& r, int64_t label) {
     if (label < 0) return "?";
     if (label < static_cast<int64_t>(r.class_names.size())) return r.class_names[size_t(label)];
@@ -75,7 +62,7 @@ void write_outputs(OutputDir& out, const TopPatchesResult& r, const Dataset& dat
             lists.push_back(c.bottom);
         }
         const auto crops = patch_crops(data, r.preprocess, lists, crop_px);
-        const std::string base = file_safe(L.name);
+        const std::string base = detail::file_safe(L.name);
         std::vector<cv::Mat> tiles;
         GridOptions grid;
         grid.cols = k;
@@ -103,7 +90,7 @@ void write_outputs(OutputDir& out, const TopPatchesResult& r, const Dataset& dat
                 const bool have = j < int(crops[2 * c].size());
                 ctiles.push_back(have ? crops[2 * c][size_t(j)] : blank_tile(crop_px));
                 const auto& e = have ? L.channels[c].top[size_t(j)] : PatchEntry{};
-                g.tile_captions.push_back(have ? short_value(e.value) + " " + label_text(r, e.label) : "");
+                g.tile_captions.push_back(have ? detail::format_number(e.value, 3) + " " + label_text(r, e.label) : "");
             }
             if (r.lowest) {
                 g.row_labels.push_back("bottom");
@@ -111,7 +98,7 @@ void write_outputs(OutputDir& out, const TopPatchesResult& r, const Dataset& dat
                     const bool have = j < int(crops[2 * c + 1].size());
                     ctiles.push_back(have ? crops[2 * c + 1][size_t(j)] : blank_tile(crop_px));
                     const auto& e = have ? L.channels[c].bottom[size_t(j)] : PatchEntry{};
-                    g.tile_captions.push_back(have ? short_value(e.value) + " " + label_text(r, e.label) : "");
+                    g.tile_captions.push_back(have ? detail::format_number(e.value, 3) + " " + label_text(r, e.label) : "");
                 }
             }
             write_png(out.file("channels/" + base + "/channel_" + std::to_string(c) + ".png",

@@ -24,8 +24,11 @@ std::string join(const std::vector<std::string>& parts, const std::string& sep);
 std::string lower(std::string s);
 // Parses the whole of `s` as a finite number; false for anything else.
 bool parse_double(const std::string& s, double& out);
-// A number as people read it: 6 significant digits, no trailing zeros ("%g").
-std::string format_number(double v);
+// A number as people read it: `digits` significant digits, no trailing zeros ("%g").
+std::string format_number(double v, int digits = 6);
+// `name` with every character other than letters, digits, '.', '_' and '-' replaced by '_': a
+// file name for a layer ("layer1.0/conv" -> "layer1.0_conv").
+std::string file_safe(const std::string& name);
 // "[1,28,28]".
 std::string shape_str(const std::vector<int64_t>& shape);
 

@@ -1,6 +1,7 @@
 #pragma once
-// The report's sections, one function each: each adds its part of the page's data (and its
-// pictures) to the context's document. write_report (src/app/report.cpp) runs them in order.
+// The report's sections, one member function each of the context they share: each adds its
+// part of the page's data (and its pictures) to the document; write_report (src/app/report.cpp)
+// runs them in order.
 #include <nlohmann/json.hpp>
 #include <opencv2/core.hpp>
 #include <string>
@@ -39,14 +40,15 @@ struct ReportContext {
     void skip(const std::string& why);
     // A method's context for [lo, hi] of a stage: that share of the progress and the seed.
     RunContext context(const std::string& stage, double lo, double hi) const;
-};
 
-void report_header(ReportContext& c);
-void report_accuracy(ReportContext& c);
-void report_filters(ReportContext& c);
-void report_examples(ReportContext& c);
-void report_patches(ReportContext& c);
-void report_feature_vis(ReportContext& c);
-void report_map(ReportContext& c);
+    // The sections, in the page's order (src/app/report_sections.cpp).
+    void write_header();       // title, model, data, preprocessing, plan, layer table
+    void write_accuracy();     // accuracy, and the correct and wrong examples to show
+    void write_filters();      // filter grids
+    void write_examples();     // inputs, activation maps, occlusion, gradient attributions
+    void write_patches();      // top-9 dataset patches
+    void write_feature_vis();  // feature visualisations
+    void write_map();          // the t-SNE dataset map
+};
 
 }  // namespace convscope::detail
