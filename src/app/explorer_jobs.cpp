@@ -1,0 +1,272 @@
+// The explorer's jobs: requests parsed and checked, one handler per kind (occlusion,
+// attribution, feature visualisation, top patches, the dataset map), and the scan and the map
+// computed once and cached on disk. The queue that runs them: job_queue.cpp.
+#include "app/detail/explorer_impl.hpp"
+
+namespace convscope {
+
+Explorer::Impl::Request Explorer::Impl::parse(const json& j) const {
+    if (!j.is_object()) throw Error("a job request must be a JSON object with a \"kind\"");
+    Request r;
+    r.kind = get_string(j, "kind", "", true);
+    if (r.kind == "occlusion" || r.kind == "attribution") {
+        r.image = get_string(j, "image", "", true);
+        r.input = input_of(r.image);
+        if (r.kind == "occlusion") {
+            const int64_t h = r.input.size(2), w = r.input.size(3);
+            const int64_t def_patch = std::max<int64_t>(1, std::llround(double(std::min(h, w)) / 7.0));
+            r.patch = get_int(j, "patch", def_patch);
+            r.stride = get_int(j, "stride", std::max<int64_t>(1, r.patch / 2));
+            if (r.patch < 1 || r.patch > std::min(h, w))
+                throw Error("patch must be 1.." + std::to_string(std::min(h, w)) + " pixels, got " +
+                            std::to_string(r.patch));
+            if (r.stride < 1 || r.stride > std::min(h, w))
+                throw Error("stride must be 1.." + std::to_string(std::min(h, w)) + ", got " +
+                            std::to_string(r.stride));
+            r.baseline = get_string(j, "baseline", "zero");
+            if (r.baseline != "zero" && r.baseline != "mean" && r.baseline != "blur")
+                throw Error("baseline must be zero, mean or blur, got '" + r.baseline + "'");
+            r.key = "occlusion|" + r.image + "|" + std::to_string(r.patch) + "|" +
+                    std::to_string(r.stride) + "|" + r.baseline;
+        } else {
+            r.method = get_string(j, "method", "saliency");
+            (void)parse_attribution_method(r.method);  // UsageError listing the names
+            r.layer = get_string(j, "layer", "");
+            if (!r.layer.empty()) (void)find_layer(r.layer);
+            r.key = "attribution|" + r.image + "|" + r.method + "|" + r.layer;
+        }
+    } else if (r.kind == "feature-vis" || r.kind == "patches") {
+        r.layer = get_string(j, "layer", "", true);
+        r.channel = get_int(j, "channel", 0, true);
+        const LayerInfo& l = find_layer(r.layer);
+        check_channel(l, r.channel);
+        r.key = r.kind + "|" + r.layer + "|" + std::to_string(r.channel);
+    } else if (r.kind == "map") {
+        r.key = "map";
+    } else {
+        throw Error("unknown job kind '" + r.kind +
+                    "': use occlusion, attribution, feature-vis, patches or map");
+    }
+    // Uploaded images are keyed by content, dataset items by index: equal keys, equal work.
+    return r;
+}
+
+std::shared_ptr<const TopPatchesResult> Explorer::Impl::ensure_scan(const ProgressFn& progress) {
+    std::lock_guard<std::mutex> lock(scan_mutex);  // one scan at a time; others wait for it
+    if (scan) return scan;
+    const int64_t n = std::min(opts.scan_items, data.size());
+    TopPatchesOptions to;
+    to.layers = detail::layers_with_output(model);
+    to.k = std::min<int64_t>(kPatchK, n);
+    to.lowest = false;
+    std::string identity = "top-patches-v1|" + model.file_hash() + "|" + data.hash() + "|" +
+                           std::to_string(n) + "|" + std::to_string(to.k) + "|" +
+                           std::to_string(to.batch_size);
+    for (const auto& l : to.layers) identity += "|" + l;
+    const std::string path = cache_path("top-patches", identity, ".json");
+    if (!path.empty() && fs::exists(path)) {
+        try {
+            auto r = std::make_shared<TopPatchesResult>(
+                top_patches_from_json(json::parse(read_file(path)), path));
+            scan = r;
+            return scan;
+        } catch (const std::exception& e) {
+            std::cerr << "convscope: ignoring the unreadable cache " << path << ": " << current_error().message << "\n";
+        }
+    }
+    std::vector<int64_t> indices(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) indices[size_t(i)] = i;
+    RunContext ctx;
+    ctx.progress = progress;
+    auto r = std::make_shared<TopPatchesResult>(top_patches(model, data, indices, pre, to, ctx));
+    if (!path.empty()) {
+        try {
+            fs::create_directories(cache_dir);
+            write_json(path, top_patches_to_json(*r));
+        } catch (const std::exception& e) {
+            std::cerr << "convscope: cannot cache the patch scan in " << cache_dir << ": " << current_error().message << "\n";
+        }
+    }
+    scan = r;
+    return scan;
+}
+
+void Explorer::Impl::ensure_map(const ProgressFn& progress) {
+    {
+        std::lock_guard<std::mutex> lock(map_mutex);
+        if (map_xy.defined()) return;
+    }
+    static std::mutex compute_mutex;  // one map computation at a time
+    std::lock_guard<std::mutex> compute(compute_mutex);
+    {
+        std::lock_guard<std::mutex> lock(map_mutex);
+        if (map_xy.defined()) return;
+    }
+    const int64_t n = std::min(opts.map_items, data.size());
+    if (n < 8) throw Error("the dataset map needs at least 8 items, the data has " + std::to_string(n));
+    const std::string layer = model.penultimate_layer();
+    if (layer.empty()) throw Error("the model has no layer to take map features from");
+    TsneOptions to;
+    to.iterations = opts.map_iterations;
+    to.early_exaggeration_iters = std::min(to.early_exaggeration_iters, std::max(1, to.iterations / 3));
+    to.perplexity = std::min(30.0, (double(n) - 2.0) / 3.0 - 0.01);
+    const std::string identity = "map-v1|" + model.file_hash() + "|" + data.hash() + "|" + layer +
+                                 "|" + std::to_string(n) + "|" + std::to_string(to.iterations) + "|" +
+                                 std::to_string(to.perplexity) + "|" + std::to_string(opts.seed);
+    const std::string path = cache_path("map", identity, ".npy");
+    at::Tensor xy;
+    if (!path.empty() && fs::exists(path)) {
+        try {
+            xy = read_npy(path);
+            if (xy.dim() != 2 || xy.size(0) != n || xy.size(1) != 2) xy = at::Tensor();
+        } catch (const std::exception& e) {
+            std::cerr << "convscope: ignoring the unreadable cache " << path << ": " << current_error().message << "\n";
+            xy = at::Tensor();
+        }
+    }
+    if (!xy.defined()) {
+        std::vector<int64_t> indices(static_cast<size_t>(n));
+        for (int64_t i = 0; i < n; ++i) indices[size_t(i)] = i;
+        LayerFeaturesOptions fo;
+        fo.layer = layer;
+        const EmbeddingFeatures ef = layer_features(model, data, indices, fo, context(sub_progress(progress, 0.0, 0.2)));
+        if (ef.features.size(1) > 50) to.pca_dims = 50;
+        xy = tsne(ef.features, to, context(sub_progress(progress, 0.2, 1.0))).embedding;
+        if (!path.empty()) {
+            try {
+                fs::create_directories(cache_dir);
+                write_npy(path, xy);
+            } catch (const std::exception& e) {
+                std::cerr << "convscope: cannot cache the map in " << cache_dir << ": " << current_error().message << "\n";
+            }
+        }
+    }
+    std::lock_guard<std::mutex> lock(map_mutex);
+    map_xy = xy.to(torch::kFloat).contiguous();
+    map_layer = layer;
+}
+
+json Explorer::Impl::run_occlusion(const Request& r, const ProgressFn& progress) {
+    const int factor = readable_factor(int(r.input.size(2)), int(r.input.size(3)), kPictureTarget);
+    OcclusionOptions oo;
+    oo.patch_h = oo.patch_w = r.patch;
+    oo.stride_y = oo.stride_x = r.stride;
+    oo.baseline = parse_baseline(r.baseline);
+    oo.score = OcclusionScore::Prob;
+    const OcclusionResult res = occlusion(model, r.input, oo, context(progress));
+    const OcclusionSummary s = summarize_occlusion(res, 0, oo);
+    const cv::Mat base = upscale_nearest(detail::input_picture(pre, r.input[0]), factor);
+    const detail::HeatPictures p = detail::occlusion_pictures(base, res, 0, factor);
+    json j = to_json(s, class_names);
+    j["overlay"] = png_url(p.overlay);
+    j["heat"] = png_url(p.heat);
+    j["scale"] = factor;
+    j["input_size"] = {r.input.size(2), r.input.size(3)};
+    j["patch"] = r.patch;
+    j["stride"] = r.stride;
+    j["positions"] = {res.positions_y, res.positions_x};
+    return j;
+}
+
+json Explorer::Impl::run_attribution(const Request& r, const ProgressFn& progress) {
+    const int factor = readable_factor(int(r.input.size(2)), int(r.input.size(3)), kPictureTarget);
+    AttributionOptions ao;
+    ao.method = parse_attribution_method(r.method);
+    ao.layer = r.layer;
+    ao.samples = 25;
+    ao.steps = 32;
+    const AttributionResult res = attribute(model, r.input, ao, context(progress));
+    const cv::Mat base = upscale_nearest(detail::input_picture(pre, r.input[0]), factor);
+    const detail::HeatPictures p = detail::attribution_pictures(base, res, 0, factor);
+    return {{"method", r.method},
+            {"layer", res.layer},
+            {"target", res.targets[0]},
+            {"target_name", class_name(class_names, res.targets[0])},
+            {"score", res.scores[0].item<double>()},
+            {"overlay", png_url(p.overlay)},
+            {"heat", png_url(p.heat)}};
+}
+
+json Explorer::Impl::run_feature_vis(const Request& r, const ProgressFn& progress) {
+    FeatureVisOptions fo;
+    fo.objective = FeatureVisOptions::Objective::Channel;
+    fo.layer = r.layer;
+    fo.units = {r.channel};
+    fo.steps = opts.feature_vis_steps;
+    fo.preprocess = pre;
+    fo.preprocess.as_is = false;
+    const FeatureVisResult res = feature_vis(model, fo, context(progress));
+    if (!res.display.defined())
+        throw Error("the model's input has " + std::to_string(res.pixels.size(1)) +
+                    " channels: feature visualisations are pictures for 1 or 3 channels only");
+    const cv::Mat img = detail::readable(image_from_hwc_uint8(res.display[0]), 160);
+    return {{"layer", r.layer},
+            {"channel", r.channel},
+            {"image", png_url(img)},
+            {"activation", res.activation[0].item<double>()},
+            {"initial_activation", res.initial_activation[0].item<double>()},
+            {"steps", fo.steps}};
+}
+
+json Explorer::Impl::run_patches(const Request& r, const ProgressFn& progress) {
+    const auto s = ensure_scan(sub_progress(progress, 0.0, 0.95));
+    const LayerPatches* lp = nullptr;
+    for (const auto& l : s->layers)
+        if (l.name == r.layer) lp = &l;
+    if (!lp) throw NotFoundError("layer '" + r.layer + "' was not scanned");
+    if (r.channel >= int64_t(lp->channels.size()))
+        throw NotFoundError("layer '" + r.layer + "' has no channel " + std::to_string(r.channel));
+    const ChannelPatches& c = lp->channels[size_t(r.channel)];
+    const auto crops = patch_crops(data, s->preprocess, {c.top}, kCropPx);
+    json entries = json::array();
+    for (size_t i = 0; i < c.top.size(); ++i) {
+        const PatchEntry& e = c.top[i];
+        entries.push_back({{"index", e.image},
+                           {"label", e.label},
+                           {"label_name", class_name(class_names, e.label)},
+                           {"value", e.value},
+                           {"y", e.y},
+                           {"x", e.x},
+                           {"box", to_json(e.box)},
+                           {"crop", png_url(crops[0][i])}});
+    }
+    report_progress(progress, 1.0);
+    return {{"layer", r.layer},
+            {"channel", r.channel},
+            {"entries", entries},
+            {"dead", c.dead},
+            {"images_scanned", s->images_scanned}};
+}
+
+json Explorer::Impl::run_map(const Request&, const ProgressFn& progress) {
+    ensure_map(progress);
+    std::lock_guard<std::mutex> lock(map_mutex);
+    return {{"n", map_xy.size(0)}, {"layer", map_layer}};
+}
+
+json Explorer::Impl::execute(const Request& r, const ProgressFn& progress) {
+    using Handler = json (Impl::*)(const Request&, const ProgressFn&);
+    static const std::map<std::string, Handler> handlers = {
+        {"occlusion", &Impl::run_occlusion}, {"attribution", &Impl::run_attribution},
+        {"feature-vis", &Impl::run_feature_vis}, {"patches", &Impl::run_patches}, {"map", &Impl::run_map}};
+    const auto it = handlers.find(r.kind);
+    CONVSCOPE_CHECK(it != handlers.end(), "parse() admits only the kinds with a handler");
+    return (this->*(it->second))(r, progress);
+}
+
+json Explorer::start_job(const json& request) {
+    Impl& d = *impl_;
+    auto r = std::make_shared<const Impl::Request>(d.parse(request));
+    return d.jobs->start(r->key, r->kind, [&d, r](const ProgressFn& progress) { return d.execute(*r, progress); });
+}
+
+json Explorer::job(const std::string& id) const { return impl_->jobs->status(id); }
+
+json Explorer::cancel_job(const std::string& id) { return impl_->jobs->cancel(id); }
+
+json Explorer::run_job(const json& request) {
+    Impl& d = *impl_;
+    return d.execute(d.parse(request), {});
+}
+
+}  // namespace convscope
