@@ -202,7 +202,7 @@ EmbeddingResult embed_features(const at::Tensor& features_nd, const std::vector<
                     " labels: give one label per feature row (or no labels)");
     EmbeddingResult r;
     r.tsne = tsne(features_nd, options, context);
-    const int threads = context.threads > 0 ? context.threads : at::get_num_threads();
+    const int threads = thread_count(context);
 
     const auto t0 = std::chrono::steady_clock::now();
     r.metric_k = int(std::min<int64_t>(10, n - 1));

@@ -626,7 +626,7 @@ TsneResult tsne(const float* x, int64_t n, int64_t d, const TsneOptions& options
     check_perplexity(options.perplexity, n);
     report_progress(progress, 0.0);
 
-    ThreadPool pool(context.threads > 0 ? context.threads : at::get_num_threads());
+    ThreadPool pool(thread_count(context));
     TsneResult result;
 
     // 1. PCA: optional reduction, and the initial layout.

@@ -14,6 +14,9 @@ struct RunContext {
     uint64_t seed = 0;    // random choices (noise, initialisation, sampling): same seed, same bytes
 };
 
+// The threads a call runs with: ctx.threads, or LibTorch's intra-op count when it is 0.
+int thread_count(const RunContext& ctx);
+
 // Runs the enclosing scope with ctx.threads intra-op threads (when > 0) and restores the
 // previous count when it ends.
 class ThreadScope {
