@@ -23,13 +23,14 @@
 #include "convscope/runtime/io.hpp"
 #include "convscope/runtime/model.hpp"
 #include "convscope/runtime/render.hpp"
+#include "methods/detail/top_patches_files.hpp"
 
 namespace convscope {
 
 namespace {
 
-constexpr const char* kFormat = "convscope-top-patches-1";
-constexpr const char* kCheckpointFormat = "convscope-top-patches-checkpoint-1";
+using namespace top_patches_detail;
+
 constexpr int kFineShift = 23 - kHistogramMantissaBits;
 
 // --- fine histogram buckets -------------------------------------------------------------------
@@ -180,56 +181,6 @@ void check_same_scan(const TopPatchesResult& a, const TopPatchesResult& b, const
         fail("batch size", std::to_string(a.batch_size), std::to_string(b.batch_size));
 }
 
-// --- JSON helpers -----------------------------------------------------------------------------
-// The double whose shortest decimal is the float's shortest decimal, so files show 0.1, not
-// 0.10000000149011612, and reading back gives the same float.
-double json_float(float f) {
-    if (!std::isfinite(f)) return static_cast<double>(f);
-    char buf[32];
-    auto res = std::to_chars(buf, buf + sizeof buf, f);
-    double d = std::strtod(std::string(buf, res.ptr).c_str(), nullptr);
-    return static_cast<float>(d) == f ? d : static_cast<double>(f);
-}
-
-
-ReceptiveField rf_from_json(const nlohmann::json& j) {
-    ReceptiveField rf;
-    const std::string kind = j.at("kind").get<std::string>();
-    if (kind == "global") rf.kind = ReceptiveField::Kind::Global;
-    else if (kind == "unknown") rf.kind = ReceptiveField::Kind::Unknown;
-    else {
-        rf.kind = ReceptiveField::Kind::Exact;
-        rf.size_y = j.at("size")[0];
-        rf.size_x = j.at("size")[1];
-        rf.stride_y = j.at("stride")[0];
-        rf.stride_x = j.at("stride")[1];
-        rf.pad_y = j.at("padding")[0];
-        rf.pad_x = j.at("padding")[1];
-    }
-    return rf;
-}
-
-nlohmann::json entry_json(const PatchEntry& e) {
-    return {{"image", e.image},
-            {"label", e.label},
-            {"value", json_float(e.value)},
-            {"y", e.y},
-            {"x", e.x},
-            {"box", {e.box.y0, e.box.x0, e.box.y1, e.box.x1}}};
-}
-
-PatchEntry entry_from_json(const nlohmann::json& j) {
-    PatchEntry e;
-    e.image = j.at("image");
-    e.label = j.at("label");
-    e.value = static_cast<float>(j.at("value").get<double>());
-    e.y = j.at("y");
-    e.x = j.at("x");
-    const auto& b = j.at("box");
-    e.box = Box{b.at(0), b.at(1), b.at(2), b.at(3)};
-    return e;
-}
-
 // --- the scan ---------------------------------------------------------------------------------
 
 // Folds one batch's activation of one layer into the state. act: [B,C,H*W] float32 contiguous.
@@ -301,47 +252,8 @@ void write_checkpoint(const std::string& path, const std::vector<LayerState>& st
     write_file_atomic(path, j.dump() + "\n");
 }
 
-// Fills every entry's box: the analytic receptive field, or the gradient-derived region.
-void fill_boxes(const Model& model, const Dataset& data, const Preprocess& pre,
-                TopPatchesResult& r, int64_t chunk) {
-    const int64_t H = pre.input_shape.at(1), W = pre.input_shape.at(2);
-    for (auto& L : r.layers) {
-        if (!L.gradient_boxes) {
-            for (auto& c : L.channels) {
-                for (auto* list : {&c.top, &c.bottom})
-                    for (auto& e : *list) e.box = unit_box(L.rf, e.y, e.x, H, W);
-            }
-            continue;
-        }
-        // Entries sorted by image, so each chunk loads a run of images once.
-        std::vector<std::pair<PatchEntry*, int64_t>> todo;  // entry, channel
-        for (size_t ci = 0; ci < L.channels.size(); ++ci)
-            for (auto* list : {&L.channels[ci].top, &L.channels[ci].bottom})
-                for (auto& e : *list) todo.emplace_back(&e, int64_t(ci));
-        std::stable_sort(todo.begin(), todo.end(),
-                         [](const auto& a, const auto& b) { return a.first->image < b.first->image; });
-        for (size_t start = 0; start < todo.size(); start += size_t(chunk)) {
-            const size_t end = std::min(todo.size(), start + size_t(chunk));
-            std::vector<int64_t> idx;
-            std::vector<std::array<int64_t, 3>> units;
-            for (size_t i = start; i < end; ++i) {
-                idx.push_back(todo[i].first->image);
-                units.push_back({todo[i].second, todo[i].first->y, todo[i].first->x});
-            }
-            const auto boxes = gradient_boxes(model, L.name, data.batch(idx, pre), units);
-            for (size_t i = start; i < end; ++i) todo[i].first->box = boxes[i - start];
-        }
-    }
-}
-
-}  // namespace
-
-// ------------------------------------------------------------------------------------------------
-
-TopPatchesResult top_patches(const Model& model, const Dataset& data,
-                             const std::vector<int64_t>& indices, const Preprocess& pre,
-                             const TopPatchesOptions& opts, const RunContext& context) {
-    const ThreadScope threads(context);
+// Throws for options that cannot run on n selected images.
+void check_options(const TopPatchesOptions& opts, int64_t n, const Preprocess& pre) {
     if (opts.k < 1)
         throw UsageError("k must be at least 1 (got " + std::to_string(opts.k) + "): use --k 9");
     if (opts.batch_size < 1)
@@ -351,7 +263,6 @@ TopPatchesResult top_patches(const Model& model, const Dataset& data,
     if (opts.shard_count < 1 || opts.shard_index < 0 || opts.shard_index >= opts.shard_count)
         throw UsageError("shard " + std::to_string(opts.shard_index) + "/" + std::to_string(opts.shard_count) +
                          " does not exist: give --shard i/n with 0 <= i < n");
-    const int64_t n = static_cast<int64_t>(indices.size());
     if (n == 0) throw Error("no images selected: check --indices");
     if (opts.k > n)
         throw Error("k = " + std::to_string(opts.k) + " is larger than the " + std::to_string(n) +
@@ -363,18 +274,18 @@ TopPatchesResult top_patches(const Model& model, const Dataset& data,
                          " images: use at most " + std::to_string(num_batches) +
                          " shards or a smaller --batch-size");
     if (pre.input_shape.size() != 3) throw Error("the preprocessing has no input shape C,H,W");
+}
 
-    // Layers and their shapes.
-    const std::vector<std::string> names = opts.layers.empty() ? model.conv_layer_names() : opts.layers;
-    if (names.empty())
-        throw Error("model '" + model.path() + "' has no conv layers: choose layers with --layers");
+// What identifies the scan (model, data, selection, options, layers), without results.
+TopPatchesResult scan_identity(const Model& model, const Dataset& data, const std::vector<int64_t>& indices,
+                               const Preprocess& pre, const TopPatchesOptions& opts) {
     TopPatchesResult id;
     id.model_path = model.path();
     id.model_hash = model_identity(model);
     id.data_spec = data.spec();
     id.data_hash = data.hash();
     id.indices_hash = indices_identity(indices);
-    id.num_selected = n;
+    id.num_selected = static_cast<int64_t>(indices.size());
     id.class_names = data.class_names().empty() ? model.meta().class_names : data.class_names();
     id.preprocess = pre;
     id.k = opts.k;
@@ -383,6 +294,13 @@ TopPatchesResult top_patches(const Model& model, const Dataset& data,
     id.histogram_bins = opts.histogram_bins;
     id.shard_index = opts.shard_index;
     id.shard_count = opts.shard_count;
+    return id;
+}
+
+// The empty state of each layer; adds the layers to the identity. Throws for a layer listed
+// twice, an unknown one, or one without maps [C,H,W] or features [F].
+std::vector<LayerState> layer_states(const Model& model, const std::vector<std::string>& names,
+                                     bool gradient_boxes, TopPatchesResult& id) {
     std::vector<LayerState> state;
     for (size_t i = 0; i < names.size(); ++i) {
         for (size_t j = 0; j < i; ++j)
@@ -407,84 +325,117 @@ TopPatchesResult top_patches(const Model& model, const Dataset& data,
         lp.name = info.name;
         lp.output_shape = info.output_shape;
         lp.rf = info.rf;
-        lp.gradient_boxes = opts.gradient_boxes || info.rf.kind == ReceptiveField::Kind::Unknown;
+        lp.gradient_boxes = gradient_boxes || info.rf.kind == ReceptiveField::Kind::Unknown;
         id.layers.push_back(std::move(lp));
     }
+    return state;
+}
 
-    // This shard's batches.
+// Where a scan goes on from.
+struct ScanPosition {
+    int64_t position = 0;        // batches of the shard done
+    int64_t images_scanned = 0;
+};
+
+// Loads the checkpoint at path into state when it exists; throws when it is damaged or from
+// another scan or shard. total: the shard's batch count.
+ScanPosition resume(const std::string& path, const TopPatchesResult& id, int64_t total,
+                    std::vector<LayerState>& state) {
+    ScanPosition at;
+    if (path.empty() || !std::filesystem::exists(path)) return at;
+    const std::string what = "checkpoint '" + path + "'";
+    nlohmann::json j;
+    try {
+        j = nlohmann::json::parse(read_file(path));
+    } catch (const nlohmann::json::exception&) {
+        throw Error(what + " is not valid JSON (truncated or not a checkpoint): delete it to start over");
+    }
+    if (!j.is_object() || j.value("format", "") != kCheckpointFormat)
+        throw Error(what + " is not a top-patches checkpoint: choose another --checkpoint file");
+    TopPatchesResult saved = top_patches_from_json(j, what);
+    check_same_scan(saved, id, what, "this scan",
+                    "use the same model, data and options, or delete the checkpoint to start over");
+    if (saved.shard_index != id.shard_index || saved.shard_count != id.shard_count)
+        throw Error(what + " is from shard " + std::to_string(saved.shard_index) + "/" +
+                    std::to_string(saved.shard_count) + ", not " + std::to_string(id.shard_index) + "/" +
+                    std::to_string(id.shard_count) + ": use that shard's checkpoint file");
+    at.position = j.at("checkpoint_position").get<int64_t>();
+    if (at.position < 0 || at.position > total) throw Error(what + " has an invalid position: delete it to start over");
+    at.images_scanned = saved.images_scanned;
+    for (size_t i = 0; i < state.size(); ++i) {
+        if (saved.layers[i].channels.size() != state[i].ch.size())
+            throw Error(what + " has another channel count for layer '" + state[i].name +
+                        "': delete it to start over");
+        for (size_t c = 0; c < state[i].ch.size(); ++c)
+            state[i].ch[c] = from_patches(saved.layers[i].channels[c], at.images_scanned);
+    }
+    return at;
+}
+
+// Streams the images through the model and folds each batch into the state, writing the
+// checkpoint every checkpoint_every batches, at the end and when cancelled.
+void scan(const Model& model, const Dataset& data, std::vector<int64_t> todo, int64_t total, const Preprocess& pre,
+          const TopPatchesOptions& opts, const TopPatchesResult& id, const ProgressFn& progress,
+          std::vector<LayerState>& state, ScanPosition& at) {
+    std::vector<std::string> names;
+    for (const auto& L : state) names.push_back(L.name);
+    BatchLoader loader(data, std::move(todo), opts.batch_size, pre);
+    c10::InferenceMode inference;
+    Batch batch;
+    const size_t k = static_cast<size_t>(opts.k);
+    while (loader.next(batch)) {
+        TapResult taps = model.forward_taps(batch.images, names);
+        for (auto& L : state) {
+            at::Tensor t = taps.taps.at(L.name);
+            if (t.scalar_type() != at::kFloat) t = t.to(at::kFloat);
+            t = t.reshape({t.size(0), L.channels, -1}).contiguous();
+            update_layer(L, t, batch.indices, batch.labels, k, opts.lowest);
+        }
+        at.images_scanned += static_cast<int64_t>(batch.indices.size());
+        ++at.position;
+        const bool save = !opts.checkpoint_path.empty() &&
+                          (at.position % std::max<int64_t>(1, opts.checkpoint_every) == 0 || at.position == total);
+        if (save) write_checkpoint(opts.checkpoint_path, state, id, at.position, at.images_scanned);
+        try {
+            report_progress(progress, double(at.position) / double(total));
+        } catch (const Cancelled&) {
+            if (!opts.checkpoint_path.empty() && !save)
+                write_checkpoint(opts.checkpoint_path, state, id, at.position, at.images_scanned);
+            throw;
+        }
+    }
+}
+
+}  // namespace
+
+TopPatchesResult top_patches(const Model& model, const Dataset& data,
+                             const std::vector<int64_t>& indices, const Preprocess& pre,
+                             const TopPatchesOptions& opts, const RunContext& context) {
+    const ThreadScope threads(context);
+    const int64_t n = static_cast<int64_t>(indices.size());
+    check_options(opts, n, pre);
+    const std::vector<std::string> names = opts.layers.empty() ? model.conv_layer_names() : opts.layers;
+    if (names.empty())
+        throw Error("model '" + model.path() + "' has no conv layers: choose layers with --layers");
+    TopPatchesResult id = scan_identity(model, data, indices, pre, opts);
+    std::vector<LayerState> state = layer_states(model, names, opts.gradient_boxes, id);
+
+    // This shard's batches, from where a checkpoint left off.
+    const int64_t num_batches = (n + opts.batch_size - 1) / opts.batch_size;
     std::vector<int64_t> shard_batches;
     for (int64_t b = opts.shard_index; b < num_batches; b += opts.shard_count) shard_batches.push_back(b);
     const int64_t total = static_cast<int64_t>(shard_batches.size());
-
-    // Resume.
-    int64_t position = 0, images_scanned = 0;
-    if (!opts.checkpoint_path.empty() && std::filesystem::exists(opts.checkpoint_path)) {
-        const std::string what = "checkpoint '" + opts.checkpoint_path + "'";
-        nlohmann::json j;
-        try {
-            j = nlohmann::json::parse(read_file(opts.checkpoint_path));
-        } catch (const nlohmann::json::exception&) {
-            throw Error(what + " is not valid JSON (truncated or not a checkpoint): delete it to start over");
-        }
-        if (!j.is_object() || j.value("format", "") != kCheckpointFormat)
-            throw Error(what + " is not a top-patches checkpoint: choose another --checkpoint file");
-        TopPatchesResult saved = top_patches_from_json(j, what);
-        check_same_scan(saved, id, what, "this scan",
-                        "use the same model, data and options, or delete the checkpoint to start over");
-        if (saved.shard_index != id.shard_index || saved.shard_count != id.shard_count)
-            throw Error(what + " is from shard " + std::to_string(saved.shard_index) + "/" +
-                        std::to_string(saved.shard_count) + ", not " + std::to_string(id.shard_index) + "/" +
-                        std::to_string(id.shard_count) + ": use that shard's checkpoint file");
-        position = j.at("checkpoint_position").get<int64_t>();
-        if (position < 0 || position > total) throw Error(what + " has an invalid position: delete it to start over");
-        images_scanned = saved.images_scanned;
-        for (size_t i = 0; i < state.size(); ++i) {
-            if (saved.layers[i].channels.size() != state[i].ch.size())
-                throw Error(what + " has another channel count for layer '" + state[i].name +
-                            "': delete it to start over");
-            for (size_t c = 0; c < state[i].ch.size(); ++c)
-                state[i].ch[c] = from_patches(saved.layers[i].channels[c], images_scanned);
-        }
-    }
-
-    // Stream the remaining batches.
-    std::vector<int64_t> todo_indices;
-    for (int64_t p = position; p < total; ++p) {
+    ScanPosition at = resume(opts.checkpoint_path, id, total, state);
+    std::vector<int64_t> todo;
+    for (int64_t p = at.position; p < total; ++p) {
         const int64_t b = shard_batches[size_t(p)];
         const int64_t end = std::min(n, (b + 1) * opts.batch_size);
-        todo_indices.insert(todo_indices.end(), indices.begin() + b * opts.batch_size, indices.begin() + end);
+        todo.insert(todo.end(), indices.begin() + b * opts.batch_size, indices.begin() + end);
     }
-    if (position < total) {
-        BatchLoader loader(data, std::move(todo_indices), opts.batch_size, pre);
-        c10::InferenceMode inference;
-        Batch batch;
-        const size_t k = static_cast<size_t>(opts.k);
-        while (loader.next(batch)) {
-            TapResult taps = model.forward_taps(batch.images, names);
-            for (auto& L : state) {
-                at::Tensor t = taps.taps.at(L.name);
-                if (t.scalar_type() != at::kFloat) t = t.to(at::kFloat);
-                t = t.reshape({t.size(0), L.channels, -1}).contiguous();
-                update_layer(L, t, batch.indices, batch.labels, k, opts.lowest);
-            }
-            images_scanned += static_cast<int64_t>(batch.indices.size());
-            ++position;
-            const bool save = !opts.checkpoint_path.empty() &&
-                              (position % std::max<int64_t>(1, opts.checkpoint_every) == 0 || position == total);
-            if (save) write_checkpoint(opts.checkpoint_path, state, id, position, images_scanned);
-            try {
-                report_progress(context.progress, double(position) / double(total));
-            } catch (const Cancelled&) {
-                if (!opts.checkpoint_path.empty() && !save)
-                    write_checkpoint(opts.checkpoint_path, state, id, position, images_scanned);
-                throw;
-            }
-        }
-    } else {
-        report_progress(context.progress, 1.0);
-    }
+    if (at.position < total) scan(model, data, std::move(todo), total, pre, opts, id, context.progress, state, at);
+    else report_progress(context.progress, 1.0);
 
-    TopPatchesResult r = make_result(state, id, images_scanned);
+    TopPatchesResult r = make_result(state, id, at.images_scanned);
     fill_boxes(model, data, pre, r, opts.batch_size);
     return r;
 }
@@ -596,215 +547,6 @@ std::vector<std::pair<int64_t, int64_t>> dominant_labels(const ChannelPatches& c
     for (const auto& e : c.top) ++counts[e.label];
     std::vector<std::pair<int64_t, int64_t>> out(counts.begin(), counts.end());
     std::stable_sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
-    return out;
-}
-
-nlohmann::json top_patches_to_json(const TopPatchesResult& r) {
-    nlohmann::json j;
-    j["format"] = kFormat;
-    j["model"] = {{"path", r.model_path}, {"sha256", r.model_hash}};
-    j["data"] = {{"spec", r.data_spec},
-                 {"hash", r.data_hash},
-                 {"labels", r.data_labels},
-                 {"selected", r.num_selected},
-                 {"indices_sha256", r.indices_hash},
-                 {"class_names", r.class_names}};
-    j["preprocess"] = {{"input_shape", r.preprocess.input_shape},
-                       {"mean", r.preprocess.mean},
-                       {"std", r.preprocess.std},
-                       {"resize", r.preprocess.resize},
-                       {"pixel_range", r.preprocess.pixel_range},
-                       {"bgr", r.preprocess.bgr},
-                       {"as_is", r.preprocess.as_is}};
-    j["options"] = {{"k", r.k}, {"lowest", r.lowest}, {"batch_size", r.batch_size},
-                    {"histogram_bins", r.histogram_bins}, {"histogram_mantissa_bits", kHistogramMantissaBits}};
-    j["shard"] = {{"index", r.shard_index}, {"count", r.shard_count}};
-    j["images_scanned"] = r.images_scanned;
-    auto& layers = j["layers"] = nlohmann::json::array();
-    for (const auto& L : r.layers) {
-        nlohmann::json lj;
-        lj["name"] = L.name;
-        lj["output_shape"] = L.output_shape;
-        lj["receptive_field"] = to_json(L.rf);
-        lj["box_source"] = L.gradient_boxes ? "gradient" : "receptive_field";
-        auto& chans = lj["channels"] = nlohmann::json::array();
-        for (size_t c = 0; c < L.channels.size(); ++c) {
-            const auto& ch = L.channels[c];
-            nlohmann::json cj;
-            cj["channel"] = c;
-            auto& top = cj["top"] = nlohmann::json::array();
-            for (const auto& e : ch.top) top.push_back(entry_json(e));
-            auto& bottom = cj["bottom"] = nlohmann::json::array();
-            for (const auto& e : ch.bottom) bottom.push_back(entry_json(e));
-            auto& dom = cj["dominant_labels"] = nlohmann::json::array();
-            for (const auto& [label, count] : dominant_labels(ch))
-                dom.push_back({{"label", label}, {"name", class_name(r.class_names, label)}, {"count", count}});
-            cj["dead_count"] = ch.dead;
-            cj["dead_fraction"] = r.images_scanned > 0 ? double(ch.dead) / double(r.images_scanned) : 0.0;
-            const Histogram h = make_histogram(ch, r.histogram_bins);
-            nlohmann::json edges = nlohmann::json::array();
-            for (float e : h.edges) edges.push_back(json_float(e));
-            cj["histogram"] = {{"min", json_float(ch.min)}, {"max", json_float(ch.max)},
-                               {"edges", edges}, {"counts", h.counts}};
-            // The mergeable state: counts per fine bucket (see kHistogramMantissaBits).
-            std::vector<uint32_t> keys;
-            std::vector<int64_t> counts;
-            for (const auto& [key, count] : ch.fine) {
-                keys.push_back(key);
-                counts.push_back(count);
-            }
-            cj["fine_histogram"] = {{"keys", keys}, {"counts", counts}};
-            chans.push_back(std::move(cj));
-        }
-        layers.push_back(std::move(lj));
-    }
-    return j;
-}
-
-TopPatchesResult top_patches_from_json(const nlohmann::json& j, const std::string& what) {
-    const std::string format = j.is_object() ? j.value("format", "") : "";
-    if (format != kFormat && format != kCheckpointFormat)
-        throw Error(what + " is not a top_patches.json written by convscope top-patches");
-    TopPatchesResult r;
-    try {
-        r.model_path = j.at("model").at("path").get<std::string>();
-        r.model_hash = j.at("model").at("sha256").get<std::string>();
-        const auto& d = j.at("data");
-        r.data_spec = d.at("spec").get<std::string>();
-        r.data_hash = d.at("hash").get<std::string>();
-        r.data_labels = d.at("labels").get<std::string>();
-        r.num_selected = d.at("selected");
-        r.indices_hash = d.at("indices_sha256").get<std::string>();
-        r.class_names = d.at("class_names").get<std::vector<std::string>>();
-        const auto& p = j.at("preprocess");
-        r.preprocess.input_shape = p.at("input_shape").get<std::vector<int64_t>>();
-        r.preprocess.mean = p.at("mean").get<std::vector<double>>();
-        r.preprocess.std = p.at("std").get<std::vector<double>>();
-        r.preprocess.as_is = p.at("as_is").get<bool>();
-        r.preprocess.resize = p.value("resize", int64_t(0));
-        r.preprocess.pixel_range = p.value("pixel_range", 1.0);
-        r.preprocess.bgr = p.value("bgr", false);
-        const auto& o = j.at("options");
-        r.k = o.at("k");
-        r.lowest = o.at("lowest").get<bool>();
-        r.batch_size = o.at("batch_size");
-        r.histogram_bins = o.at("histogram_bins");
-        if (o.at("histogram_mantissa_bits").get<int>() != kHistogramMantissaBits)
-            throw Error(what + " uses another histogram resolution: it was written by another convscope version");
-        r.shard_index = j.at("shard").at("index");
-        r.shard_count = j.at("shard").at("count");
-        r.images_scanned = j.at("images_scanned");
-        for (const auto& lj : j.at("layers")) {
-            LayerPatches L;
-            L.name = lj.at("name").get<std::string>();
-            L.output_shape = lj.at("output_shape").get<std::vector<int64_t>>();
-            L.rf = rf_from_json(lj.at("receptive_field"));
-            L.gradient_boxes = lj.at("box_source").get<std::string>() == "gradient";
-            for (const auto& cj : lj.at("channels")) {
-                ChannelPatches c;
-                for (const auto& e : cj.at("top")) c.top.push_back(entry_from_json(e));
-                for (const auto& e : cj.at("bottom")) c.bottom.push_back(entry_from_json(e));
-                c.dead = cj.at("dead_count");
-                c.min = static_cast<float>(cj.at("histogram").at("min").get<double>());
-                c.max = static_cast<float>(cj.at("histogram").at("max").get<double>());
-                const auto keys = cj.at("fine_histogram").at("keys").get<std::vector<uint32_t>>();
-                const auto counts = cj.at("fine_histogram").at("counts").get<std::vector<int64_t>>();
-                if (keys.size() != counts.size()) throw Error(what + " has a damaged histogram");
-                for (size_t i = 0; i < keys.size(); ++i) c.fine.emplace_back(keys[i], counts[i]);
-                L.channels.push_back(std::move(c));
-            }
-            r.layers.push_back(std::move(L));
-        }
-    } catch (const nlohmann::json::exception& e) {
-        throw Error(what + " is incomplete or damaged (" + std::string(e.what()) +
-                    "): use the top_patches.json that convscope top-patches wrote");
-    }
-    if (r.shard_count < 1 || r.shard_index < 0 || r.shard_index >= r.shard_count || r.k < 1)
-        throw Error(what + " has an invalid shard or k: use the top_patches.json that convscope top-patches wrote");
-    return r;
-}
-
-// ------------------------------------------------------------------------------------------------
-
-std::vector<Box> gradient_boxes(const Model& model, const std::string& layer,
-                                const at::Tensor& images_nchw,
-                                const std::vector<std::array<int64_t, 3>>& units) {
-    const int64_t N = images_nchw.size(0);
-    if (static_cast<int64_t>(units.size()) != N)
-        throw Error("gradient_boxes needs one unit per image (" + std::to_string(N) + " images, " +
-                    std::to_string(units.size()) + " units)");
-    std::vector<Box> boxes;
-    if (N == 0) return boxes;
-    std::vector<int64_t> ch(static_cast<size_t>(N)), ys(static_cast<size_t>(N)), xs(static_cast<size_t>(N));
-    for (int64_t i = 0; i < N; ++i) {
-        ch[size_t(i)] = units[size_t(i)][0];
-        ys[size_t(i)] = units[size_t(i)][1];
-        xs[size_t(i)] = units[size_t(i)][2];
-    }
-    const auto opt = torch::TensorOptions().dtype(torch::kLong);
-    const at::Tensor rows = torch::arange(N, opt);
-    const at::Tensor c_t = torch::tensor(ch, opt), y_t = torch::tensor(ys, opt), x_t = torch::tensor(xs, opt);
-    // Images of a batch are independent in eval mode, so the sum of the units (one per image)
-    // gives each image the gradient of its own unit.
-    auto scalar_of = [&](const TapResult& r) {
-        const at::Tensor& t = r.taps.at(layer);
-        if (t.dim() == 4) return t.index({rows, c_t, y_t, x_t}).sum();
-        if (t.dim() == 2) return t.index({rows, c_t}).sum();
-        throw Error("layer '" + layer + "' has no [C,H,W] or [F] output");
-    };
-    const auto g = model.gradients(images_nchw, scalar_of, {}, {layer});
-    const at::Tensor mag = g.input_grad.abs().sum(1).ne(0).to(torch::kCPU).contiguous();  // [N,H,W] bool
-    const int64_t H = mag.size(1), W = mag.size(2);
-    const bool* p = mag.data_ptr<bool>();
-    for (int64_t i = 0; i < N; ++i) {
-        Box b{H, W, 0, 0};
-        for (int64_t y = 0; y < H; ++y)
-            for (int64_t x = 0; x < W; ++x)
-                if (p[(i * H + y) * W + x]) {
-                    b.y0 = std::min(b.y0, y);
-                    b.x0 = std::min(b.x0, x);
-                    b.y1 = std::max(b.y1, y + 1);
-                    b.x1 = std::max(b.x1, x + 1);
-                }
-        if (b.y1 <= b.y0) b = Box{0, 0, H, W};  // no gradient at all: the unit is flat here
-        boxes.push_back(b);
-    }
-    return boxes;
-}
-
-std::vector<std::vector<cv::Mat>> patch_crops(const Dataset& data, const Preprocess& pre,
-                                              const std::vector<std::vector<PatchEntry>>& entries,
-                                              int size_px) {
-    std::vector<std::vector<cv::Mat>> out(entries.size());
-    std::vector<std::pair<int64_t, std::pair<size_t, size_t>>> todo;  // image, (list, slot)
-    for (size_t i = 0; i < entries.size(); ++i) {
-        out[i].resize(entries[i].size());
-        for (size_t j = 0; j < entries[i].size(); ++j) todo.push_back({entries[i][j].image, {i, j}});
-    }
-    std::sort(todo.begin(), todo.end());
-    constexpr size_t kChunk = 64;  // images decoded at a time
-    size_t t = 0;
-    while (t < todo.size()) {
-        std::vector<int64_t> images;
-        size_t end = t;
-        while (end < todo.size() && (images.size() < kChunk || todo[end].first == images.back())) {
-            if (images.empty() || images.back() != todo[end].first) images.push_back(todo[end].first);
-            ++end;
-        }
-        const at::Tensor shown = pre.to_display(data.batch(images, pre));  // [n,H,W,C] uint8
-        const int64_t H = shown.size(1), W = shown.size(2);
-        size_t row = 0;
-        for (size_t i = t; i < end; ++i) {
-            while (images[row] != todo[i].first) ++row;
-            const auto [li, slot] = todo[i].second;
-            const Box& b = entries[li][slot].box;
-            const int64_t y0 = std::clamp<int64_t>(b.y0, 0, H - 1), x0 = std::clamp<int64_t>(b.x0, 0, W - 1);
-            const int64_t y1 = std::clamp<int64_t>(b.y1, y0 + 1, H), x1 = std::clamp<int64_t>(b.x1, x0 + 1, W);
-            const at::Tensor crop = shown[int64_t(row)].slice(0, y0, y1).slice(1, x0, x1).contiguous();
-            out[li][slot] = resize_to_fit(image_from_hwc_uint8(crop), size_px);
-        }
-        t = end;
-    }
     return out;
 }
 

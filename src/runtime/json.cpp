@@ -28,6 +28,25 @@ nlohmann::json to_json(const ReceptiveField& rf) {
     return j;
 }
 
+Box box_from_json(const nlohmann::json& j) { return Box{j.at(0), j.at(1), j.at(2), j.at(3)}; }
+
+ReceptiveField receptive_field_from_json(const nlohmann::json& j) {
+    ReceptiveField rf;
+    const std::string kind = j.at("kind").get<std::string>();
+    if (kind == "global") rf.kind = ReceptiveField::Kind::Global;
+    else if (kind == "unknown") rf.kind = ReceptiveField::Kind::Unknown;
+    else {
+        rf.kind = ReceptiveField::Kind::Exact;
+        rf.size_y = j.at("size").at(0);
+        rf.size_x = j.at("size").at(1);
+        rf.stride_y = j.at("stride").at(0);
+        rf.stride_x = j.at("stride").at(1);
+        rf.pad_y = j.at("padding").at(0);
+        rf.pad_x = j.at("padding").at(1);
+    }
+    return rf;
+}
+
 nlohmann::json to_json(const LayerInfo& l) {
     return {{"name", l.name},          {"type", l.type},       {"output_shape", l.output_shape},
             {"parameters", l.num_params}, {"depth", l.depth},   {"is_conv", l.is_conv},

@@ -20,6 +20,10 @@ nlohmann::json to_json(const ReceptiveField& rf);
 // {"name", "type", "output_shape" (without the batch), "parameters", "depth", "is_conv",
 // "is_linear", "receptive_field"}.
 nlohmann::json to_json(const LayerInfo& layer);
+// The inverses of the two above; throw nlohmann::json::exception on a missing or mistyped field
+// (callers name the file).
+Box box_from_json(const nlohmann::json& j);
+ReceptiveField receptive_field_from_json(const nlohmann::json& j);
 // "exact", "global", "unknown" (ReceptiveField::Kind).
 const char* receptive_field_kind_name(const ReceptiveField& rf);
 
