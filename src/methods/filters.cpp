@@ -20,11 +20,7 @@ namespace jit = torch::jit;
 
 namespace {
 
-std::string shape_str(at::IntArrayRef s) {
-    std::string out = "[";
-    for (size_t i = 0; i < s.size(); ++i) out += (i ? "," : "") + std::to_string(s[i]);
-    return out + "]";
-}
+std::string shape_str(at::IntArrayRef s) { return detail::shape_str(s.vec()); }
 
 std::string type_name(const jit::Module& m) {
     const auto& qn = m.type()->name();

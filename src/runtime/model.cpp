@@ -1,40 +1,27 @@
-// The model runtime: TorchScript loading, layer discovery through the inlined forward graph,
-// forward passes with taps, gradients with respect to the input and taps, and ReLU backward
-// rules for guided backprop and deconvnet.
+// The model runtime: layer discovery through the inlined forward graph, the layer table and the
+// tap graphs the forward passes and gradients run (model_run.cpp); loading is in model_load.cpp.
 #include "convscope/runtime/model.hpp"
-#include "convscope/runtime/preprocess.hpp"
 
-
-#include <caffe2/serialize/inline_container.h>
-#include <torch/csrc/jit/api/function_impl.h>
 #include <torch/csrc/jit/ir/alias_analysis.h>
-#include <torch/csrc/jit/ir/ir.h>
 #include <torch/csrc/jit/passes/constant_propagation.h>
 #include <torch/csrc/jit/passes/dead_code_elimination.h>
 #include <torch/csrc/jit/passes/inliner.h>
-#include <torch/csrc/jit/serialization/import.h>
 #include <torch/script.h>
 #include <torch/torch.h>
 
 #include <malloc.h>
 
 #include <algorithm>
-#include <filesystem>
-#include <fstream>
-#include <mutex>
-#include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
 
 #include "convscope/runtime/error.hpp"
-#include "convscope/runtime/io.hpp"
 #include "convscope/runtime/graph.hpp"
-#include "runtime/detail/relu_rules.hpp"
 #include "convscope/runtime/strings.hpp"
+#include "runtime/detail/model_impl.hpp"
+#include "runtime/detail/relu_rules.hpp"
 
 namespace convscope {
-
-namespace jit = torch::jit;
 
 namespace {
 
@@ -62,134 +49,7 @@ std::string node_module_path(const jit::Node* n) {
     return path;
 }
 
-// Checks the file before handing it to torch::jit::load, so that common mistakes get a message
-// that says what the file is and what to do, instead of a deserializer trace.
-void precheck_model_file(const std::string& path) {
-    namespace fs = std::filesystem;
-    std::error_code ec;
-    if (!fs::exists(path, ec))
-        throw Error("model file '" + path + "' does not exist: check the path given to --model");
-    if (fs::is_directory(path, ec))
-        throw Error("model path '" + path + "' is a folder: give the TorchScript .pt file itself");
-    const auto size = fs::file_size(path, ec);
-    if (ec) throw Error("cannot read model file '" + path + "': " + ec.message());
-    if (size == 0)
-        throw Error("model file '" + path +
-                    "' is empty (0 bytes): export the model again with torch.jit.save");
-    std::ifstream in(path, std::ios::binary);
-    char magic[8] = {0};
-    in.read(magic, sizeof magic);
-    const std::string head(magic, static_cast<size_t>(in.gcount()));
-    if (head.rfind("\x89PNG", 0) == 0 || head.rfind("\xff\xd8\xff", 0) == 0)
-        throw Error("model file '" + path +
-                    "' is an image, not a TorchScript model: pass the image with --data and the "
-                    "model (exported with torch.jit.script or torch.jit.trace) with --model");
-    if (head.rfind("PK\x03\x04", 0) != 0) {
-        if (!head.empty() && static_cast<unsigned char>(head[0]) == 0x80)
-            throw Error("model file '" + path +
-                        "' is a legacy pickled PyTorch file, not TorchScript: export the model "
-                        "with torch.jit.script(model).save('model.pt')");
-        throw Error("model file '" + path +
-                    "' is not a TorchScript archive (it is not a zip file): export the model with "
-                    "torch.jit.script(model).save('model.pt') or torch.jit.trace");
-    }
-    std::vector<std::string> records;
-    try {
-        caffe2::serialize::PyTorchStreamReader reader(path);
-        records = reader.getAllRecords();
-    } catch (const std::exception&) {
-        throw Error("model file '" + path +
-                    "' is truncated or corrupt (its zip archive cannot be read): copy or export "
-                    "it again");
-    }
-    bool has_code = false, has_data = false;
-    for (const auto& r : records) {
-        if (r.rfind("code/", 0) == 0) has_code = true;
-        if (r == "data.pkl") has_data = true;
-    }
-    if (!has_code && has_data)
-        throw Error("model file '" + path +
-                    "' is a PyTorch checkpoint (torch.save of a state_dict or module), not "
-                    "TorchScript: load it in Python and export with "
-                    "torch.jit.script(model).save('model.pt')");
-    if (!has_code)
-        throw Error("model file '" + path +
-                    "' is a zip archive without TorchScript code: export the model with "
-                    "torch.jit.script(model).save('model.pt')");
-}
-
-ModelMeta parse_meta(const std::string& text, const std::string& path) {
-    if (text.empty()) return ModelMeta{};
-    try {
-        ModelMeta meta = model_meta_from_json(text);
-        meta.source = "metadata in the model file";
-        if (!meta.class_names.empty()) meta.classes_source = "metadata in the model file";
-        return meta;
-    } catch (const Error& e) {
-        throw Error("model file '" + path + "': its convscope.json metadata " + e.what() +
-                    "; write it again with `convscope annotate --model " + path + " ... --save M.pt`");
-    }
-}
-
-// The message of a LibTorch or TorchScript error without its traceback: the last line that
-// names the failure (TorchScript puts the traceback first and the error last).
-std::string first_error_line(const std::exception& e) {
-    std::string what;
-    if (const auto* c = dynamic_cast<const c10::Error*>(&e)) what = c->what_without_backtrace();
-    else what = e.what();
-    std::vector<std::string> lines;
-    std::string cur;
-    for (char ch : what) {
-        if (ch == '\n') {
-            if (!cur.empty()) lines.push_back(cur);
-            cur.clear();
-        } else {
-            cur += ch;
-        }
-    }
-    if (!cur.empty()) lines.push_back(cur);
-    if (lines.empty()) return "unknown error";
-    for (auto it = lines.rbegin(); it != lines.rend(); ++it)
-        if (it->find("Error:") != std::string::npos) return it->substr(it->find("Error:") + 7);
-    return lines.size() > 1 && lines[0].find("following operation failed") != std::string::npos ? lines.back() : lines[0];
-}
-
-std::string join_shape(const std::vector<int64_t>& s) {
-    std::string out;
-    for (size_t i = 0; i < s.size(); ++i) out += (i ? "," : "") + std::to_string(s[i]);
-    return out;
-}
-
 }  // namespace
-
-// ------------------------------------------------------------------------------------------
-struct Model::Impl {
-    jit::Module module;
-    ModelMeta meta;
-    std::string path;
-    std::string hash;
-    std::vector<int64_t> input_shape;  // override when the model has no metadata
-
-    // The inlined forward graph and, for every module path that computes something, the last
-    // tensor value produced inside it (its output).
-    std::shared_ptr<jit::Graph> graph;
-    std::vector<std::string> layer_order;
-    std::map<std::string, jit::Value*> layer_value;
-    std::map<std::string, std::string> layer_types;
-    std::map<std::string, int64_t> layer_params;
-
-    mutable std::mutex mutex;
-    mutable std::vector<LayerInfo> layers;
-    mutable std::vector<int64_t> layers_for_shape;
-    mutable std::map<std::string, std::shared_ptr<jit::GraphFunction>> functions;
-
-    void analyse();
-    // A function computing (output, taps..., [tap grads probes as inputs]) for the given plan.
-    // with_output = false: the graph ends at the taps (the model output is not computed).
-    std::shared_ptr<jit::GraphFunction> function_for(const std::vector<std::string>& taps,
-                                                     const std::vector<std::string>& probes,
-                                                     ReluBackward rule, bool with_output = true) const;
-};
 
 void Model::Impl::analyse() {
     module.eval();
@@ -335,38 +195,6 @@ Model::Model(Model&&) noexcept = default;
 Model& Model::operator=(Model&&) noexcept = default;
 Model::~Model() = default;
 
-Model Model::load(const std::string& path, bool read_metadata) {
-    precheck_model_file(path);
-    Model m;
-    jit::ExtraFilesMap extra{{"convscope.json", ""}};
-    try {
-        m.impl_->module = jit::load(path, c10::kCPU, extra);
-    } catch (const c10::Error& e) {
-        std::string what = e.what_without_backtrace();
-        what = what.substr(0, what.find('\n'));
-        throw Error("model file '" + path + "' cannot be loaded as TorchScript (" + what +
-                    "): the file is corrupt or was written by an incompatible PyTorch; export it "
-                    "again with torch.jit.save");
-    } catch (const std::exception& e) {
-        throw Error("model file '" + path + "' cannot be loaded (" + std::string(e.what()) +
-                    "): export it again with torch.jit.save");
-    }
-    m.impl_->path = path;
-    if (read_metadata) m.impl_->meta = parse_meta(extra["convscope.json"], path);
-    m.impl_->hash = sha256_file(path);
-    m.impl_->analyse();
-    return m;
-}
-
-Model Model::from_module(const jit::Module& module, ModelMeta meta, std::string path) {
-    Model m;
-    m.impl_->module = module.clone();
-    m.impl_->meta = std::move(meta);
-    m.impl_->path = std::move(path);
-    m.impl_->analyse();
-    return m;
-}
-
 const std::string& Model::path() const { return impl_->path; }
 std::shared_ptr<jit::Graph> Model::inlined_graph() const { return impl_->graph; }
 const jit::Value* Model::layer_value(const std::string& name) const {
@@ -409,7 +237,7 @@ std::vector<int64_t> Model::input_shape() const {
 void Model::set_input_shape(const std::vector<int64_t>& chw) {
     if (chw.size() != 3 || chw[0] <= 0 || chw[1] <= 0 || chw[2] <= 0)
         throw UsageError("input shape must be three positive numbers C,H,W, got '" +
-                         join_shape(chw) + "'");
+                         detail::dims_str(chw) + "'");
     std::lock_guard<std::mutex> lock(impl_->mutex);
     if (impl_->input_shape != chw) impl_->layers.clear();
     impl_->input_shape = chw;
@@ -430,7 +258,7 @@ const std::vector<LayerInfo>& Model::layers() const {
         shapes = detail::record_shapes(*impl_->graph, impl_->module, zeros);
     } catch (const std::exception& e) {
         throw Error("model '" + impl_->path + "' cannot run on inputs of shape " +
-                    join_shape(shape) + " (" + first_error_line(e) +
+                    detail::dims_str(shape) + " (" + first_error_line(e) +
                     "): pass the right --input-shape C,H,W");
     }
     auto rfs = detail::receptive_fields(*impl_->graph, impl_->module, shapes);
@@ -499,178 +327,6 @@ int64_t Model::num_classes() const {
     nchw.insert(nchw.end(), shape.begin(), shape.end());
     auto out = forward(torch::zeros(nchw));
     return out.size(-1);
-}
-
-namespace {
-at::Tensor output_tensor(const c10::IValue& v, const std::string& path) {
-    if (v.isTensor()) return v.toTensor();
-    if (v.isTuple() && !v.toTupleRef().elements().empty() && v.toTupleRef().elements()[0].isTensor())
-        return v.toTupleRef().elements()[0].toTensor();
-    throw Error("model '" + path + "' does not return a tensor from forward: convscope needs a "
-                "classifier that returns logits [N,K]");
-}
-
-}  // namespace
-
-void check_input(const Model& model, const at::Tensor& x, bool check_size) {
-    if (!x.defined() || x.dim() != 4)
-        throw Error("model input must be a batch [N,C,H,W]; got " +
-                    std::string(x.defined() ? std::to_string(x.dim()) + " dimensions" : "nothing"));
-    if (x.scalar_type() != at::kFloat)
-        throw Error("model input must be float32, got " + std::string(c10::toString(x.scalar_type())));
-    if (model.has_input_shape()) {
-        auto want = model.input_shape();
-        if (x.size(1) != want[0])
-            throw Error("the data has " + std::to_string(x.size(1)) + " channels but the model expects " +
-                        std::to_string(want[0]) + ": use data with " + std::to_string(want[0]) +
-                        " channels or a model made for " + std::to_string(x.size(1)));
-        if (check_size && (x.size(2) != want[1] || x.size(3) != want[2]))
-            throw Error("the data is " + std::to_string(x.size(2)) + "x" + std::to_string(x.size(3)) +
-                        " but the model expects " + std::to_string(want[1]) + "x" +
-                        std::to_string(want[2]) + ": resize the data or pass --input-shape");
-    }
-    if (!torch::isfinite(x).all().item<bool>())
-        throw Error("the input holds NaN or Inf values: clean the data (convscope needs finite inputs)");
-}
-
-at::Tensor Model::forward(const at::Tensor& x) const {
-    check_input(*this, x);
-    torch::NoGradGuard no_grad;
-    try {
-        return output_tensor(impl_->module.forward({x}), impl_->path);
-    } catch (const std::exception& e) {
-        throw Error("the model failed on inputs of shape [" + join_shape(x.sizes().vec()) + "] (" +
-                    first_error_line(e) + "): check --input-shape and the data");
-    }
-}
-
-namespace {
-// Runs a tap function and returns its outputs (model output, then the taps), turning LibTorch's
-// errors into one clear message.
-std::vector<c10::IValue> run_tap_function(jit::GraphFunction& fn, jit::Stack& stack, const at::Tensor& x) {
-    try {
-        fn.run(stack);
-    } catch (const std::exception& e) {
-        throw Error("the model failed on inputs of shape [" + join_shape(x.sizes().vec()) + "] (" +
-                    first_error_line(e) + "): check --input-shape and the data");
-    }
-    return stack[0].toTupleRef().elements().vec();
-}
-
-void check_layer_names(const Model& m, const std::vector<std::string>& names) {
-    for (const auto& n : names) (void)m.layer(n);  // throws with the closest names
-}
-}  // namespace
-
-TapResult Model::forward_taps(const at::Tensor& x, const std::vector<std::string>& layers) const {
-    check_input(*this, x);
-    check_layer_names(*this, layers);
-    auto fn = impl_->function_for(layers, {}, ReluBackward::Plain);
-    torch::NoGradGuard no_grad;
-    jit::Stack stack{c10::IValue(impl_->module._ivalue()), x};
-    const auto values = run_tap_function(*fn, stack, x);
-    TapResult r;
-    r.output = output_tensor(values[0], impl_->path);
-    for (size_t i = 0; i < layers.size(); ++i) r.taps[layers[i]] = values[i + 1].toTensor();
-    return r;
-}
-
-namespace {
-// What check_input asks of any input, whatever its spatial size.
-void check_input_any_size(const Model& model, const at::Tensor& x) {
-    check_input(model, x, /*check_size=*/false);
-}
-}  // namespace
-
-TapResult Model::forward_until(const at::Tensor& x, const std::vector<std::string>& layers) const {
-    check_input_any_size(*this, x);
-    check_layer_names(*this, layers);
-    if (layers.empty()) throw Error("forward_until needs at least one layer");
-    auto fn = impl_->function_for(layers, {}, ReluBackward::Plain, false);
-    torch::NoGradGuard no_grad;
-    jit::Stack stack{c10::IValue(impl_->module._ivalue()), x};
-    const auto values = run_tap_function(*fn, stack, x);
-    TapResult r;
-    for (size_t i = 0; i < layers.size(); ++i) r.taps[layers[i]] = values[i].toTensor();
-    return r;
-}
-
-Model::GradResult Model::gradients_until(const at::Tensor& x,
-                                         const std::function<at::Tensor(const TapResult&)>& scalar_of,
-                                         const std::vector<std::string>& layers) const {
-    check_input_any_size(*this, x);
-    check_layer_names(*this, layers);
-    if (layers.empty()) throw Error("gradients_until needs at least one layer");
-    auto fn = impl_->function_for(layers, {}, ReluBackward::Plain, false);
-    torch::AutoGradMode grad_mode(true);
-    auto input = x.detach().clone().requires_grad_(true);
-    jit::Stack stack{c10::IValue(impl_->module._ivalue()), input};
-    const auto values = run_tap_function(*fn, stack, x);
-    GradResult r;
-    for (size_t i = 0; i < layers.size(); ++i) r.forward.taps[layers[i]] = values[i].toTensor();
-    at::Tensor scalar = scalar_of(r.forward);
-    if (!scalar.defined() || scalar.numel() != 1)
-        throw Error("the value to differentiate must be a single number");
-    auto grads = torch::autograd::grad({scalar.reshape({})}, {input}, {}, false, false, true);
-    r.input_grad = grads[0].defined() ? grads[0] : torch::zeros_like(x);
-    for (auto& kv : r.forward.taps) kv.second = kv.second.detach();
-    return r;
-}
-
-Model::GradResult Model::gradients(const at::Tensor& x,
-                                   const std::function<at::Tensor(const TapResult&)>& scalar_of,
-                                   const std::vector<std::string>& grad_layers,
-                                   const std::vector<std::string>& tap_layers) const {
-    return gradients_with_relu_rule(ReluBackward::Plain, x, scalar_of, grad_layers, tap_layers);
-}
-
-Model::GradResult Model::gradients_with_relu_rule(
-    ReluBackward rule, const at::Tensor& x,
-    const std::function<at::Tensor(const TapResult&)>& scalar_of,
-    const std::vector<std::string>& grad_layers, const std::vector<std::string>& tap_layers) const {
-    check_input(*this, x);
-    check_layer_names(*this, grad_layers);
-    check_layer_names(*this, tap_layers);
-    std::vector<std::string> taps = grad_layers;
-    for (const auto& t : tap_layers)
-        if (std::find(taps.begin(), taps.end(), t) == taps.end()) taps.push_back(t);
-    auto fn = impl_->function_for(taps, grad_layers, rule);
-
-    torch::AutoGradMode grad_mode(true);
-    auto input = x.detach().clone().requires_grad_(true);
-    // Probe shapes come from the layer table (computed for the model's input shape); the batch
-    // size is the current one.
-    jit::Stack stack{c10::IValue(impl_->module._ivalue()), input};
-    std::vector<at::Tensor> probes;
-    for (const auto& name : grad_layers) {
-        std::vector<int64_t> shape{x.size(0)};
-        const auto& os = layer(name).output_shape;
-        shape.insert(shape.end(), os.begin(), os.end());
-        if (os.empty())
-            throw Error("layer '" + name + "' has no tensor output to differentiate");
-        auto p = torch::zeros(shape).requires_grad_(true);
-        probes.push_back(p);
-        stack.push_back(p);
-    }
-    const auto values = run_tap_function(*fn, stack, x);
-    GradResult r;
-    r.forward.output = output_tensor(values[0], impl_->path);
-    for (size_t i = 0; i < taps.size(); ++i) r.forward.taps[taps[i]] = values[i + 1].toTensor();
-    at::Tensor scalar = scalar_of(r.forward);
-    if (!scalar.defined() || scalar.numel() != 1)
-        throw Error("the value to differentiate must be a single number");
-    std::vector<at::Tensor> wrt{input};
-    wrt.insert(wrt.end(), probes.begin(), probes.end());
-    auto grads = torch::autograd::grad({scalar.reshape({})}, wrt, /*grad_outputs=*/{},
-                                       /*retain_graph=*/false, /*create_graph=*/false,
-                                       /*allow_unused=*/true);
-    r.input_grad = grads[0].defined() ? grads[0] : torch::zeros_like(x);
-    for (size_t i = 0; i < grad_layers.size(); ++i)
-        r.tap_grads[grad_layers[i]] = grads[i + 1].defined() ? grads[i + 1] : torch::zeros_like(probes[i]);
-    // Results are plain tensors: detach them from the finished autograd graph.
-    r.forward.output = r.forward.output.detach();
-    for (auto& kv : r.forward.taps) kv.second = kv.second.detach();
-    return r;
 }
 
 at::Tensor Model::parameter(const std::string& layer_name, const std::string& name) const {

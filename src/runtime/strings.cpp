@@ -128,10 +128,12 @@ std::string file_safe(const std::string& name) {
     return s;
 }
 
-std::string shape_str(const std::vector<int64_t>& shape) {
-    std::string s = "[";
+std::string dims_str(const std::vector<int64_t>& shape) {
+    std::string s;
     for (size_t i = 0; i < shape.size(); ++i) s += (i ? "," : "") + std::to_string(shape[i]);
-    return s + "]";
+    return s;
 }
+
+std::string shape_str(const std::vector<int64_t>& shape) { return "[" + dims_str(shape) + "]"; }
 
 }  // namespace convscope::detail

@@ -29,6 +29,8 @@ std::string format_number(double v, int digits = 6);
 // `name` with every character other than letters, digits, '.', '_' and '-' replaced by '_': a
 // file name for a layer ("layer1.0/conv" -> "layer1.0_conv").
 std::string file_safe(const std::string& name);
+// "1,28,28" (as --input-shape takes it).
+std::string dims_str(const std::vector<int64_t>& shape);
 // "[1,28,28]".
 std::string shape_str(const std::vector<int64_t>& shape);
 

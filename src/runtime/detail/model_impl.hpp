@@ -1,0 +1,55 @@
+#pragma once
+// Model's private state, shared by its files: model.cpp (graph analysis, layers, tap graphs),
+// model_load.cpp (reading TorchScript files) and model_run.cpp (forward passes and gradients).
+#include <torch/csrc/jit/api/function_impl.h>
+#include <torch/csrc/jit/api/module.h>
+#include <torch/csrc/jit/ir/ir.h>
+
+#include <exception>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "convscope/runtime/model.hpp"
+#include "convscope/runtime/preprocess.hpp"
+
+namespace convscope {
+
+namespace jit = torch::jit;
+
+// ------------------------------------------------------------------------------------------
+struct Model::Impl {
+    jit::Module module;
+    ModelMeta meta;
+    std::string path;
+    std::string hash;
+    std::vector<int64_t> input_shape;  // override when the model has no metadata
+
+    // The inlined forward graph and, for every module path that computes something, the last
+    // tensor value produced inside it (its output).
+    std::shared_ptr<jit::Graph> graph;
+    std::vector<std::string> layer_order;
+    std::map<std::string, jit::Value*> layer_value;
+    std::map<std::string, std::string> layer_types;
+    std::map<std::string, int64_t> layer_params;
+
+    mutable std::mutex mutex;
+    mutable std::vector<LayerInfo> layers;
+    mutable std::vector<int64_t> layers_for_shape;
+    mutable std::map<std::string, std::shared_ptr<jit::GraphFunction>> functions;
+
+    void analyse();
+    // A function computing (output, taps..., [tap grads probes as inputs]) for the given plan.
+    // with_output = false: the graph ends at the taps (the model output is not computed).
+    std::shared_ptr<jit::GraphFunction> function_for(const std::vector<std::string>& taps,
+                                                     const std::vector<std::string>& probes,
+                                                     ReluBackward rule, bool with_output = true) const;
+};
+
+// The message of a LibTorch or TorchScript error without its traceback: the last line that
+// names the failure (TorchScript puts the traceback first and the error last).
+std::string first_error_line(const std::exception& e);
+
+}  // namespace convscope

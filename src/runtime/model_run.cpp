@@ -1,0 +1,205 @@
+// Running the model: forward passes with taps, and gradients with respect to the input and taps
+// (with the ReLU backward rules of guided backprop and deconvnet).
+#include <torch/script.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+
+#include "convscope/runtime/error.hpp"
+#include "convscope/runtime/strings.hpp"
+#include "runtime/detail/model_impl.hpp"
+
+namespace convscope {
+
+std::string first_error_line(const std::exception& e) {
+    std::string what;
+    if (const auto* c = dynamic_cast<const c10::Error*>(&e)) what = c->what_without_backtrace();
+    else what = e.what();
+    std::vector<std::string> lines;
+    std::string cur;
+    for (char ch : what) {
+        if (ch == '\n') {
+            if (!cur.empty()) lines.push_back(cur);
+            cur.clear();
+        } else {
+            cur += ch;
+        }
+    }
+    if (!cur.empty()) lines.push_back(cur);
+    if (lines.empty()) return "unknown error";
+    for (auto it = lines.rbegin(); it != lines.rend(); ++it)
+        if (it->find("Error:") != std::string::npos) return it->substr(it->find("Error:") + 7);
+    return lines.size() > 1 && lines[0].find("following operation failed") != std::string::npos ? lines.back() : lines[0];
+}
+
+namespace {
+
+
+at::Tensor output_tensor(const c10::IValue& v, const std::string& path) {
+    if (v.isTensor()) return v.toTensor();
+    if (v.isTuple() && !v.toTupleRef().elements().empty() && v.toTupleRef().elements()[0].isTensor())
+        return v.toTupleRef().elements()[0].toTensor();
+    throw Error("model '" + path + "' does not return a tensor from forward: convscope needs a "
+                "classifier that returns logits [N,K]");
+}
+
+// Runs a tap function and returns its outputs (model output, then the taps), turning LibTorch's
+// errors into one clear message.
+std::vector<c10::IValue> run_tap_function(jit::GraphFunction& fn, jit::Stack& stack, const at::Tensor& x) {
+    try {
+        fn.run(stack);
+    } catch (const std::exception& e) {
+        throw Error("the model failed on inputs of shape " + detail::shape_str(x.sizes().vec()) + " (" +
+                    first_error_line(e) + "): check --input-shape and the data");
+    }
+    return stack[0].toTupleRef().elements().vec();
+}
+
+void check_layer_names(const Model& m, const std::vector<std::string>& names) {
+    for (const auto& n : names) (void)m.layer(n);  // throws with the closest names
+}
+
+// What check_input asks of any input, whatever its spatial size.
+void check_input_any_size(const Model& model, const at::Tensor& x) {
+    check_input(model, x, /*check_size=*/false);
+}
+
+}  // namespace
+
+void check_input(const Model& model, const at::Tensor& x, bool check_size) {
+    if (!x.defined() || x.dim() != 4)
+        throw Error("model input must be a batch [N,C,H,W]; got " +
+                    std::string(x.defined() ? std::to_string(x.dim()) + " dimensions" : "nothing"));
+    if (x.scalar_type() != at::kFloat)
+        throw Error("model input must be float32, got " + std::string(c10::toString(x.scalar_type())));
+    if (model.has_input_shape()) {
+        auto want = model.input_shape();
+        if (x.size(1) != want[0])
+            throw Error("the data has " + std::to_string(x.size(1)) + " channels but the model expects " +
+                        std::to_string(want[0]) + ": use data with " + std::to_string(want[0]) +
+                        " channels or a model made for " + std::to_string(x.size(1)));
+        if (check_size && (x.size(2) != want[1] || x.size(3) != want[2]))
+            throw Error("the data is " + std::to_string(x.size(2)) + "x" + std::to_string(x.size(3)) +
+                        " but the model expects " + std::to_string(want[1]) + "x" +
+                        std::to_string(want[2]) + ": resize the data or pass --input-shape");
+    }
+    if (!torch::isfinite(x).all().item<bool>())
+        throw Error("the input holds NaN or Inf values: clean the data (convscope needs finite inputs)");
+}
+
+at::Tensor Model::forward(const at::Tensor& x) const {
+    check_input(*this, x);
+    torch::NoGradGuard no_grad;
+    try {
+        return output_tensor(impl_->module.forward({x}), impl_->path);
+    } catch (const std::exception& e) {
+        throw Error("the model failed on inputs of shape " + detail::shape_str(x.sizes().vec()) + " (" +
+                    first_error_line(e) + "): check --input-shape and the data");
+    }
+}
+
+TapResult Model::forward_taps(const at::Tensor& x, const std::vector<std::string>& layers) const {
+    check_input(*this, x);
+    check_layer_names(*this, layers);
+    auto fn = impl_->function_for(layers, {}, ReluBackward::Plain);
+    torch::NoGradGuard no_grad;
+    jit::Stack stack{c10::IValue(impl_->module._ivalue()), x};
+    const auto values = run_tap_function(*fn, stack, x);
+    TapResult r;
+    r.output = output_tensor(values[0], impl_->path);
+    for (size_t i = 0; i < layers.size(); ++i) r.taps[layers[i]] = values[i + 1].toTensor();
+    return r;
+}
+
+TapResult Model::forward_until(const at::Tensor& x, const std::vector<std::string>& layers) const {
+    check_input_any_size(*this, x);
+    check_layer_names(*this, layers);
+    if (layers.empty()) throw Error("forward_until needs at least one layer");
+    auto fn = impl_->function_for(layers, {}, ReluBackward::Plain, false);
+    torch::NoGradGuard no_grad;
+    jit::Stack stack{c10::IValue(impl_->module._ivalue()), x};
+    const auto values = run_tap_function(*fn, stack, x);
+    TapResult r;
+    for (size_t i = 0; i < layers.size(); ++i) r.taps[layers[i]] = values[i].toTensor();
+    return r;
+}
+
+Model::GradResult Model::gradients_until(const at::Tensor& x,
+                                         const std::function<at::Tensor(const TapResult&)>& scalar_of,
+                                         const std::vector<std::string>& layers) const {
+    check_input_any_size(*this, x);
+    check_layer_names(*this, layers);
+    if (layers.empty()) throw Error("gradients_until needs at least one layer");
+    auto fn = impl_->function_for(layers, {}, ReluBackward::Plain, false);
+    torch::AutoGradMode grad_mode(true);
+    auto input = x.detach().clone().requires_grad_(true);
+    jit::Stack stack{c10::IValue(impl_->module._ivalue()), input};
+    const auto values = run_tap_function(*fn, stack, x);
+    GradResult r;
+    for (size_t i = 0; i < layers.size(); ++i) r.forward.taps[layers[i]] = values[i].toTensor();
+    at::Tensor scalar = scalar_of(r.forward);
+    if (!scalar.defined() || scalar.numel() != 1)
+        throw Error("the value to differentiate must be a single number");
+    auto grads = torch::autograd::grad({scalar.reshape({})}, {input}, {}, false, false, true);
+    r.input_grad = grads[0].defined() ? grads[0] : torch::zeros_like(x);
+    for (auto& kv : r.forward.taps) kv.second = kv.second.detach();
+    return r;
+}
+
+Model::GradResult Model::gradients(const at::Tensor& x,
+                                   const std::function<at::Tensor(const TapResult&)>& scalar_of,
+                                   const std::vector<std::string>& grad_layers,
+                                   const std::vector<std::string>& tap_layers) const {
+    return gradients_with_relu_rule(ReluBackward::Plain, x, scalar_of, grad_layers, tap_layers);
+}
+
+Model::GradResult Model::gradients_with_relu_rule(
+    ReluBackward rule, const at::Tensor& x,
+    const std::function<at::Tensor(const TapResult&)>& scalar_of,
+    const std::vector<std::string>& grad_layers, const std::vector<std::string>& tap_layers) const {
+    check_input(*this, x);
+    check_layer_names(*this, grad_layers);
+    check_layer_names(*this, tap_layers);
+    std::vector<std::string> taps = grad_layers;
+    for (const auto& t : tap_layers)
+        if (std::find(taps.begin(), taps.end(), t) == taps.end()) taps.push_back(t);
+    auto fn = impl_->function_for(taps, grad_layers, rule);
+
+    torch::AutoGradMode grad_mode(true);
+    auto input = x.detach().clone().requires_grad_(true);
+    // Probe shapes come from the layer table (computed for the model's input shape); the batch
+    // size is the current one.
+    jit::Stack stack{c10::IValue(impl_->module._ivalue()), input};
+    std::vector<at::Tensor> probes;
+    for (const auto& name : grad_layers) {
+        std::vector<int64_t> shape{x.size(0)};
+        const auto& os = layer(name).output_shape;
+        shape.insert(shape.end(), os.begin(), os.end());
+        if (os.empty())
+            throw Error("layer '" + name + "' has no tensor output to differentiate");
+        auto p = torch::zeros(shape).requires_grad_(true);
+        probes.push_back(p);
+        stack.push_back(p);
+    }
+    const auto values = run_tap_function(*fn, stack, x);
+    GradResult r;
+    r.forward.output = output_tensor(values[0], impl_->path);
+    for (size_t i = 0; i < taps.size(); ++i) r.forward.taps[taps[i]] = values[i + 1].toTensor();
+    at::Tensor scalar = scalar_of(r.forward);
+    if (!scalar.defined() || scalar.numel() != 1)
+        throw Error("the value to differentiate must be a single number");
+    std::vector<at::Tensor> wrt{input};
+    wrt.insert(wrt.end(), probes.begin(), probes.end());
+    auto grads = torch::autograd::grad({scalar.reshape({})}, wrt, /*grad_outputs=*/{},
+                                       /*retain_graph=*/false, /*create_graph=*/false,
+                                       /*allow_unused=*/true);
+    r.input_grad = grads[0].defined() ? grads[0] : torch::zeros_like(x);
+    for (size_t i = 0; i < grad_layers.size(); ++i)
+        r.tap_grads[grad_layers[i]] = grads[i + 1].defined() ? grads[i + 1] : torch::zeros_like(probes[i]);
+    // Results are plain tensors: detach them from the finished autograd graph.
+    r.forward.output = r.forward.output.detach();
+    for (auto& kv : r.forward.taps) kv.second = kv.second.detach();
+    return r;
+}
+
+}  // namespace convscope
