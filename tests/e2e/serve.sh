@@ -50,6 +50,9 @@ check GET / 200
 json_has "convscope explorer"
 grep -qi "content-security-policy: default-src 'none'" "$T/headers" || { echo "no CSP"; cat "$T/headers"; exit 1; }
 check GET /app.js 200
+check GET /live.js 200
+check GET /inputs.js 200
+check GET /explain.js 200
 check GET /mapview.js 200
 check GET /app.css 200
 check GET /report.js 404

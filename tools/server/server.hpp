@@ -4,7 +4,7 @@
 // convscope::Error becomes a 4xx JSON reply {"error": "..."}, anything else a 500 JSON reply.
 //
 // Routes (all JSON unless noted):
-//   GET  /, /app.js, /app.css, /mapview.js    the app's own embedded assets (nothing else)
+//   GET  /, /app.js, /live.js, /inputs.js, /explain.js, /mapview.js, /app.css   the app's own embedded assets (nothing else)
 //   GET  /api/model                           model_info()
 //   GET  /api/dataset                         dataset_info()
 //   GET  /api/items?start=S&count=N           items(S, N)

@@ -1,0 +1,119 @@
+// convscope explorer, explanations on demand (occlusion, attributions) and the dataset map.
+// Loaded before app.js, which holds the shared state and helpers and starts the app.
+'use strict';
+
+// --- explanations ----------------------------------------------------------------------------
+
+function boxDiv(box, H, W, cls) {
+    const [y0, x0, y1, x1] = box;
+    return el('div', { class: 'box ' + cls, style: `left:${100 * x0 / W}%;top:${100 * y0 / H}%;width:${100 * (x1 - x0) / W}%;height:${100 * (y1 - y0) / H}%` });
+}
+
+// Scrolls a result into view once its pictures have their size.
+function reveal(node) {
+    const pending = [...node.querySelectorAll('img')].filter((i) => !i.complete)
+        .map((i) => new Promise((r) => { i.addEventListener('load', r); i.addEventListener('error', r); }));
+    Promise.all(pending).then(() => node.scrollIntoView({ block: 'end' }));
+}
+
+function setupExplain() {
+    const select = $('attr-method');
+    for (const m of state.model.attribution_methods || []) select.appendChild(el('option', { value: m, text: m }));
+    const out = $('explain-result');
+    const busy = (on) => { $('run-occlusion').disabled = on; $('run-attribution').disabled = on; };
+    $('run-occlusion').addEventListener('click', async () => {
+        if (!state.image) return;
+        busy(true);
+        out.replaceChildren(el('p', { class: 'note', text: 'occluding…' }));
+        try {
+            const r = await runJob({ kind: 'occlusion', image: state.image }, $('explain-progress'));
+            const [H, W] = r.input_size;
+            const over = el('div', {}, [el('img', { src: r.overlay, alt: 'occlusion overlay', id: 'occlusion-overlay' }), boxDiv(r.important_region, H, W, '')]);
+            for (const f of r.confounders.slice(0, 5)) over.appendChild(boxDiv(f.window, H, W, 'flag'));
+            const heat = el('div', {}, [el('img', { src: r.heat, alt: 'occlusion map' })]);
+            const items = [el('li', { text: `target ${r.target_name} (p = ${r.clean_prob.toFixed(3)}), largest drop ${r.max_drop.toPrecision(3)}` }),
+                el('li', { text: `yellow: most important region (patch ${r.patch}, stride ${r.stride})` })];
+            if (r.confounders.length) {
+                for (const f of r.confounders.slice(0, 5))
+                    items.push(el('li', { class: 'error', text: `possible confounder: occluding [${f.window.join(', ')}] gives ${f.class_name} (p = ${f.prob.toFixed(2)})` }));
+            } else {
+                items.push(el('li', { text: 'no confounders: occluding outside that region never changes the prediction' }));
+            }
+            out.replaceChildren(el('h3', { text: 'Occlusion' }), el('div', { class: 'pics' }, [over, heat]), el('ul', {}, items));
+            out.dataset.kind = 'occlusion';
+            reveal(out);
+        } catch (e) {
+            out.replaceChildren(el('p', { class: 'note error', text: e.message }));
+        } finally {
+            busy(false);
+        }
+    });
+    $('run-attribution').addEventListener('click', async () => {
+        if (!state.image) return;
+        busy(true);
+        const method = select.value;
+        out.replaceChildren(el('p', { class: 'note', text: `computing ${method}…` }));
+        try {
+            const r = await runJob({ kind: 'attribution', image: state.image, method }, $('explain-progress'));
+            out.replaceChildren(el('h3', { text: method + (r.layer ? ` at ${r.layer}` : '') }),
+                el('div', { class: 'pics' }, [el('div', {}, [el('img', { src: r.overlay, alt: 'attribution overlay' })]), el('div', {}, [el('img', { src: r.heat, alt: 'attribution map' })])]),
+                el('p', { class: 'note', text: `explaining ${r.target_name} (score ${r.score.toFixed(3)})` }));
+            out.dataset.kind = 'attribution';
+            reveal(out);
+        } catch (e) {
+            out.replaceChildren(el('p', { class: 'note error', text: e.message }));
+        } finally {
+            busy(false);
+        }
+    });
+}
+
+// --- the dataset map -------------------------------------------------------------------------
+
+async function ensureMap() {
+    if (state.mapView || state.mapLoading) return;
+    state.mapLoading = true;
+    $('map-info').textContent = 'computing the map (t-SNE of the penultimate layer)…';
+    try {
+        await runJob({ kind: 'map' }, $('map-progress'));
+        const m = await api('/api/map');
+        const hover = $('map-hover');
+        const canvas = $('map');
+        state.mapView = new MapView(canvas, { x: m.x, y: m.y, labels: m.labels, colours: m.class_colours, unknownColour: m.unknown_colour }, {
+            onHover(i, e) {
+                if (i < 0) { hover.hidden = true; return; }
+                const r = canvas.getBoundingClientRect();
+                hover.hidden = false;
+                hover.style.left = `${Math.min(e.clientX - r.left + 14, r.width - 100)}px`;
+                hover.style.top = `${Math.max(0, e.clientY - r.top - 100)}px`;
+                const src = `/api/items/${i}.png`;
+                if ($('map-hover-img').getAttribute('src') !== src) $('map-hover-img').src = src;
+                $('map-hover-label').textContent = `#${i} ${m.labels[i] >= 0 ? m.class_names[m.labels[i]] || m.labels[i] : ''}`;
+                hover.dataset.index = String(i);
+            },
+            onClick(i) {
+                hover.hidden = true;
+                showView('explore');
+                selectItem(i);
+            },
+        });
+        const legend = m.class_names.map((name, c) => el('div', {}, [el('span', { style: `background:rgb(${m.class_colours[c].join(',')})` }), document.createTextNode(name)]));
+        $('map-legend').replaceChildren(...legend);
+        $('map-info').textContent = `${m.n} items · t-SNE of ${m.layer} · drag to pan, wheel to zoom, click a point to explore it`;
+    } catch (e) {
+        $('map-info').textContent = e.message;
+        $('map-info').classList.add('error');
+    } finally {
+        state.mapLoading = false;
+    }
+}
+
+function showView(view) {
+    for (const b of document.querySelectorAll('.tab')) b.classList.toggle('active', b.dataset.view === view);
+    $('view-explore').hidden = view !== 'explore';
+    $('view-map').hidden = view !== 'map';
+    if (view === 'map') {
+        ensureMap();
+        if (state.mapView) state.mapView.resize();
+    }
+}
