@@ -190,6 +190,16 @@ FftRepulsion::FftRepulsion(const FftOptions& options) : options_(options) {
 FftRepulsion::~FftRepulsion() = default;
 
 double FftRepulsion::repulsion(const double* y, int64_t n, double* rep, ThreadPool& pool) {
+    const Frame f = fit_grid(y, n, pool);
+    sort_points(y, n, f, pool);
+    spread_charges(y, n, f, pool);
+    const double z = convolve(pool);
+    return z - interpolate(n, f, rep, pool);
+}
+
+// The square grid that covers the embedding, the plan (grid and kernel spectra) made again
+// only when the grid changes.
+FftRepulsion::Frame FftRepulsion::fit_grid(const double* y, int64_t n, ThreadPool& pool) {
     const int p = options_.nodes_per_interval;
     const double max_width = options_.max_interval_width;
     const int64_t min_boxes = options_.min_intervals;
@@ -221,29 +231,24 @@ double FftRepulsion::repulsion(const double* y, int64_t n, double* rep, ThreadPo
         plan_ = std::make_unique<Plan>(boxes, p, width, pool.size());
         plan_->compute_kernels(p, pool);
     }
-    Plan& P = *plan_;
-    const int64_t boxes = P.boxes, g = P.g, m = P.m, lda = P.lda, ldt = P.ldt;
-    last_grid_ = g;
-    const double h = width / p;  // node spacing
-    const double centre[2] = {0.5 * (lo[0] + hi[0]), 0.5 * (lo[1] + hi[1])};
-    const double origin[2] = {centre[0] - 0.5 * double(boxes) * width,
-                              centre[1] - 0.5 * double(boxes) * width};
-
-    // Lagrange basis on the nodes (k + 0.5)/p of the unit box.
-    double node[kMaxNodes], inv_denom[kMaxNodes];
-    for (int k = 0; k < p; ++k) node[k] = (k + 0.5) / p;
-    for (int k = 0; k < p; ++k) {
-        double den = 1.0;
-        for (int l = 0; l < p; ++l)
-            if (l != k) den *= node[k] - node[l];
-        inv_denom[k] = 1.0 / den;
+    last_grid_ = plan_->g;
+    Frame f;
+    f.width = width;
+    for (int c = 0; c < 2; ++c) {
+        f.centre[c] = 0.5 * (lo[c] + hi[c]);
+        f.origin[c] = f.centre[c] - 0.5 * double(plan_->boxes) * width;
     }
-    const double inv_width = 1.0 / width;
+    return f;
+}
+
+// Box of every point, then the points sorted by box (stable): each box's nodes are then written
+// by one thread only, and the per-point data below is read and written in order.
+void FftRepulsion::sort_points(const double* y, int64_t n, const Frame& f, ThreadPool& pool) {
+    const int64_t boxes = plan_->boxes;
+    const double inv_width = 1.0 / f.width;
     auto cell_of = [&](double v, int c) {
-        return std::clamp<int64_t>(int64_t(std::floor((v - origin[c]) * inv_width)), 0, boxes - 1);
+        return std::clamp<int64_t>(int64_t(std::floor((v - f.origin[c]) * inv_width)), 0, boxes - 1);
     };
-    // Box of every point, then the points sorted by box (stable): each box's nodes are then
-    // written by one thread only, and the per-point data below is read and written in order.
     box_of_.resize(size_t(n));
     pool.for_range(n, [&](int64_t b, int64_t e) {
         for (int64_t i = b; i < e; ++i)
@@ -258,10 +263,28 @@ double FftRepulsion::repulsion(const double* y, int64_t n, double* rep, ThreadPo
         for (int64_t i = 0; i < n; ++i)
             order_[size_t(fill[size_t(box_of_[size_t(i)])]++)] = int32_t(i);
     }
+}
 
-    // Spread the charges: thread t owns a band of box rows and so a band of node rows. For each
-    // point (in box order) its weights and centred coordinates are kept for the way back.
-    // Charge coordinates are taken from the centre, to keep them small in single precision.
+// Spreads the charges (1, x, y) onto the grid nodes with Lagrange weights, then the forward row
+// transforms. Thread t owns a band of box rows and so a band of node rows. For each point (in box
+// order) its weights and centred coordinates are kept for the way back. Charge coordinates are
+// taken from the centre, to keep them small in single precision.
+void FftRepulsion::spread_charges(const double* y, int64_t n, const Frame& f, ThreadPool& pool) {
+    const int p = options_.nodes_per_interval;
+    Plan& P = *plan_;
+    const int64_t boxes = P.boxes, g = P.g, lda = P.lda;
+    const double* origin = f.origin;
+    const double* centre = f.centre;
+    const double inv_width = 1.0 / f.width;
+    // Lagrange basis on the nodes (k + 0.5)/p of the unit box.
+    double node[kMaxNodes], inv_denom[kMaxNodes];
+    for (int k = 0; k < p; ++k) node[k] = (k + 0.5) / p;
+    for (int k = 0; k < p; ++k) {
+        double den = 1.0;
+        for (int l = 0; l < p; ++l)
+            if (l != k) den *= node[k] - node[l];
+        inv_denom[k] = 1.0 / den;
+    }
     weights_.resize(size_t(n) * 2 * p);
     coords_.resize(size_t(2 * n));
     pool.run([&](int t) {
@@ -308,7 +331,13 @@ double FftRepulsion::repulsion(const double* y, int64_t n, double* rep, ThreadPo
                 fftwf_execute_dft_r2c(part.rows_forward, P.charge[k] + part.row0 * lda,
                                       P.spec[k] + part.row0);
     });
+}
 
+// The forward column transforms, Z, the products with the kernel's spectrum and the backward
+// column transforms; returns Z including the self terms.
+double FftRepulsion::convolve(ThreadPool& pool) {
+    Plan& P = *plan_;
+    const int64_t g = P.g, m = P.m, ldt = P.ldt;
     // Column transforms over all m rows, per column share, after clearing the padding half that
     // the in-place transforms overwrote last time.
     pool.run([&](int t) {
@@ -355,6 +384,16 @@ double FftRepulsion::repulsion(const double* y, int64_t n, double* rep, ThreadPo
     });
     double z_total = 0.0;
     for (double z : z_part) z_total += z;  // in share order
+    return z_total;
+}
+
+// The backward row transforms and the potentials interpolated back to the points: writes rep and
+// returns the sum of the points' self terms.
+double FftRepulsion::interpolate(int64_t n, const Frame& f, double* rep, ThreadPool& pool) {
+    const int p = options_.nodes_per_interval;
+    Plan& P = *plan_;
+    const int64_t boxes = P.boxes, lda = P.lda;
+    const double h = f.width / p;  // node spacing
     // Kernel 1/(1+d^2) between two nodes of one box, by node offset (|dx|, |dy|) < p: used to
     // remove each point's interaction with itself as the interpolation sees it (not exactly 1,
     // which matters when Z is not much larger than N).
@@ -414,7 +453,7 @@ double FftRepulsion::repulsion(const double* y, int64_t n, double* rep, ThreadPo
     });
     double self_total = 0.0;
     for (double v : self_part) self_total += v;  // in band order
-    return z_total - self_total;
+    return self_total;
 }
 
 }  // namespace convscope::detail

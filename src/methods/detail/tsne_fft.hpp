@@ -34,6 +34,17 @@ public:
 
 private:
     struct Plan;
+    // Where the grid lies: its lower corner, the embedding's centre, the interval width.
+    struct Frame {
+        double origin[2] = {0, 0}, centre[2] = {0, 0};
+        double width = 1;
+    };
+    // The steps of repulsion(), in order.
+    Frame fit_grid(const double* y, int64_t n, ThreadPool& pool);
+    void sort_points(const double* y, int64_t n, const Frame& f, ThreadPool& pool);
+    void spread_charges(const double* y, int64_t n, const Frame& f, ThreadPool& pool);
+    double convolve(ThreadPool& pool);
+    double interpolate(int64_t n, const Frame& f, double* rep, ThreadPool& pool);
     FftOptions options_;
     std::unique_ptr<Plan> plan_;
     int64_t last_grid_ = 0;
