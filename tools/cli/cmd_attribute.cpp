@@ -16,71 +16,157 @@
 namespace convscope::cli {
 namespace {
 
+// The command's arguments: the library's options (defaults from AttributionOptions{}) and the
+// specs that are parsed when the command runs.
 struct AttributeArgs {
+    AttributionOptions ao;
     std::string method;
     std::string target = "pred";
-    std::string layer;
-    int samples = 50;
-    double noise = 0.15;
-    int steps = 50;
-    std::string baseline = "zero";
-    int batch_size = 16;
+    std::string baseline = baseline_name(AttributionOptions{}.baseline);
     std::string colormap = "inferno";
     float alpha = 0.5f;
 };
 
+void add_options(CLI::App& app, AttributeArgs& a) {
+    std::string methods;
+    for (const auto& m : attribution_method_names()) methods += (methods.empty() ? "" : ", ") + m;
+    app.add_option("--method", a.method, "attribution method: " + methods)->required();
+    app.add_option("--target", a.target,
+                   "class to explain: pred (the predicted class), label (the item's label) or a "
+                   "class index")
+        ->capture_default_str();
+    app.add_option("--layer", a.ao.layer, "Grad-CAM layer (default: the last conv layer)");
+    app.add_option("--samples", a.ao.samples, "SmoothGrad: noisy copies per image")->capture_default_str();
+    app.add_option("--noise", a.ao.noise, "SmoothGrad: noise standard deviation as a fraction of the input range")
+        ->capture_default_str();
+    app.add_option("--steps", a.ao.steps, "integrated gradients: steps along the path")->capture_default_str();
+    app.add_option("--baseline", a.baseline, "integrated gradients: zero, blur, blur:SIGMA, mean or a number")
+        ->capture_default_str();
+    app.add_option("--batch-size", a.ao.batch_size, "rows per forward/backward pass")->capture_default_str();
+    app.add_option("--colormap", a.colormap, "colormap of the heat maps")->capture_default_str();
+    app.add_option("--alpha", a.alpha, "opacity of the heat map in the overlays (0..1)")->capture_default_str();
+}
+
+// The options with the specs parsed and every value checked, before any slow work.
+AttributionOptions parse_options(const AttributeArgs& a) {
+    AttributionOptions ao = a.ao;
+    ao.method = parse_attribution_method(a.method);
+    ao.target = parse_target(a.target);
+    if (ao.samples < 1) throw UsageError("--samples must be at least 1, got " + std::to_string(ao.samples));
+    if (!(ao.noise >= 0)) throw UsageError("--noise must be >= 0 (a fraction of the input range)");
+    if (ao.steps < 1) throw UsageError("--steps must be at least 1, got " + std::to_string(ao.steps));
+    if (ao.batch_size < 1) throw UsageError("--batch-size must be at least 1");
+    if (!(a.alpha >= 0 && a.alpha <= 1)) throw UsageError("--alpha must be between 0 and 1");
+    ao.baseline = parse_baseline(a.baseline);
+    return ao;
+}
+
+// Per item the heat map and the overlay on the image, and one overview; returns the items'
+// summaries (target, score and, for integrated gradients, the completeness gap).
+nlohmann::json write_pictures(OutputDir& out, const AttributionResult& r, const Model& model, const Dataset& data,
+                              const std::vector<int64_t>& indices, const Preprocess& pre, const at::Tensor& images,
+                              Colormap cmap, float alpha) {
+    const bool cam = is_cam_method(r.method);
+    const at::Tensor display = pre.to_display(images);  // [N,H,W,C] uint8
+    const int factor = readable_factor(static_cast<int>(images.size(2)), static_cast<int>(images.size(3)), 160);
+    std::vector<cv::Mat> tiles;
+    std::vector<std::string> row_labels;
+    const std::vector<std::string> names = detail::class_names_for(model, data);
+    nlohmann::json items = nlohmann::json::array();
+    for (size_t i = 0; i < indices.size(); ++i) {
+        const int64_t n = static_cast<int64_t>(i);
+        const at::Tensor heat = r.heat[n];
+        // Maps of magnitudes: 0 to a high percentile, so that a few extreme pixels do not
+        // wash out the picture (CAM maps are smooth: their maximum).
+        Range range{0.f, cam ? value_range(heat).hi : percentile_range(heat, 0, 99.5).hi};
+        const cv::Mat base = upscale_nearest(image_from_hwc_uint8(display[n]), factor);
+        const cv::Mat heat_img = upscale_nearest(apply_colormap(heat, cmap, range), factor);
+        const cv::Mat over = overlay_map(base, heat, cmap, range, alpha);
+        const std::string stem = std::to_string(indices[i]);
+        write_png(out.file("heatmaps/" + stem + ".png", "heat map of item " + stem), heat_img);
+        write_png(out.file("overlays/" + stem + ".png", "heat map over item " + stem), over);
+        tiles.push_back(base);
+        tiles.push_back(heat_img);
+        tiles.push_back(over);
+        const int64_t t = r.targets[i];
+        row_labels.push_back("#" + stem + " " + class_name(names, t));
+
+        nlohmann::json item = {{"index", indices[i]},
+                               {"target", t},
+                               {"target_name", class_name(names, t)},
+                               {"score", r.scores[n].item<double>()}};
+        if (data.has_labels()) item["label"] = data.label(indices[i]);
+        if (r.completeness_gap.defined()) {
+            const double delta = (r.scores[n] - r.baseline_scores[n]).item<double>();
+            const double gap = r.completeness_gap[n].item<double>();
+            item["baseline_score"] = r.baseline_scores[n].item<double>();
+            item["attribution_sum"] = r.attribution_sums[n].item<double>();
+            item["completeness_gap"] = gap;
+            item["relative_gap"] = delta != 0 ? std::abs(gap) / std::abs(delta) : 0.0;
+        }
+        items.push_back(item);
+    }
+    GridOptions grid;
+    grid.cols = 3;
+    grid.col_labels = {"image", "heat", "overlay"};
+    grid.row_labels = row_labels;
+    grid.separator_colour = separator_colour_for(cmap);
+    write_png(out.file("overview.png", "per item: the image, the heat map and the overlay"), labelled_grid(tiles, grid));
+    return items;
+}
+
+nlohmann::json make_summary(const AttributionOptions& ao, const AttributionResult& r, const Model& model,
+                            const Dataset& data, nlohmann::json items, uint64_t seed) {
+    nlohmann::json summary = {{"method", attribution_method_name(ao.method)},
+                              {"target", target_name(ao.target)},
+                              {"model", model.path()},
+                              {"data", data.spec()},
+                              {"items", items}};
+    if (is_cam_method(ao.method)) summary["layer"] = r.layer;
+    if (ao.method == AttributionMethod::SmoothGrad) {
+        summary["samples"] = ao.samples;
+        summary["noise"] = ao.noise;
+        summary["seed"] = seed;
+    }
+    if (r.completeness_gap.defined()) {
+        summary["steps"] = ao.steps;
+        summary["baseline"] = baseline_name(ao.baseline);
+        double max_rel = 0, max_abs = 0;
+        for (const auto& it : items) {
+            max_rel = std::max(max_rel, it["relative_gap"].get<double>());
+            max_abs = std::max(max_abs, std::abs(it["completeness_gap"].get<double>()));
+        }
+        summary["completeness"] = {{"max_abs_gap", max_abs}, {"max_relative_gap", max_rel}};
+    }
+    return summary;
+}
+
+void print_summary(const nlohmann::json& summary, const AttributionResult& r, const std::string& dir) {
+    const nlohmann::json& items = summary["items"];
+    std::cout << summary["method"].get<std::string>() << (is_cam_method(r.method) ? " at " + r.layer : "")
+              << " for " << items.size() << " item(s) -> " << dir << "\n";
+    for (const auto& it : items) {
+        std::cout << "  #" << it["index"].get<int64_t>() << " target " << it["target_name"].get<std::string>()
+                  << " score " << std::setprecision(4) << it["score"].get<double>();
+        if (it.contains("completeness_gap"))
+            std::cout << " completeness gap " << it["completeness_gap"].get<double>() << " (" << std::setprecision(2)
+                      << 100.0 * it["relative_gap"].get<double>() << "%)";
+        std::cout << "\n";
+    }
+}
+
 RunFn setup(CLI::App& app) {
     auto o = std::make_shared<CommonOptions>();
     auto a = std::make_shared<AttributeArgs>();
-    std::string methods;
-    for (const auto& m : attribution_method_names()) methods += (methods.empty() ? "" : ", ") + m;
-    app.add_option("--method", a->method, "attribution method: " + methods)->required();
+    add_options(app, *a);
     add_model_options(app, *o);
     add_data_options(app, *o);
     add_out_option(app, *o, "attribution");
     add_json_option(app, *o);
-    app.add_option("--target", a->target,
-                   "class to explain: pred (the predicted class), label (the item's label) or a "
-                   "class index")
-        ->capture_default_str();
-    app.add_option("--layer", a->layer, "Grad-CAM layer (default: the last conv layer)");
-    app.add_option("--samples", a->samples, "SmoothGrad: noisy copies per image")
-        ->capture_default_str();
-    app.add_option("--noise", a->noise,
-                   "SmoothGrad: noise standard deviation as a fraction of the input range")
-        ->capture_default_str();
-    app.add_option("--steps", a->steps, "integrated gradients: steps along the path")
-        ->capture_default_str();
-    app.add_option("--baseline", a->baseline,
-                   "integrated gradients: zero, blur, blur:SIGMA, mean or a number")
-        ->capture_default_str();
-    app.add_option("--batch-size", a->batch_size, "rows per forward/backward pass")
-        ->capture_default_str();
-    app.add_option("--colormap", a->colormap, "colormap of the heat maps")->capture_default_str();
-    app.add_option("--alpha", a->alpha, "opacity of the heat map in the overlays (0..1)")
-        ->capture_default_str();
 
     return [o, a]() {
-        // Option values first, before any slow work.
-        AttributionOptions ao;
-        ao.method = parse_attribution_method(a->method);
-        ao.target = parse_target(a->target);
-        if (a->samples < 1)
-            throw UsageError("--samples must be at least 1, got " + std::to_string(a->samples));
-        if (!(a->noise >= 0))
-            throw UsageError("--noise must be >= 0 (a fraction of the input range)");
-        if (a->steps < 1)
-            throw UsageError("--steps must be at least 1, got " + std::to_string(a->steps));
-        if (a->batch_size < 1) throw UsageError("--batch-size must be at least 1");
-        if (!(a->alpha >= 0 && a->alpha <= 1)) throw UsageError("--alpha must be between 0 and 1");
-        ao.baseline = parse_baseline(a->baseline);
+        AttributionOptions ao = parse_options(*a);
         const Colormap cmap = parse_colormap(a->colormap);
-        ao.layer = a->layer;
-        ao.samples = a->samples;
-        ao.noise = a->noise;
-        ao.steps = a->steps;
-        ao.batch_size = a->batch_size;
-
         auto [model, data, indices, pre, images, labels] = open_selected_inputs(*o);
         ao.target.labels = labels;
 
@@ -104,106 +190,19 @@ RunFn setup(CLI::App& app) {
                            cam ? "class activation maps [N,h,w] float32 at layer " + r.layer
                                : "attributions [N,C,H,W] float32, one per input value, sign kept"),
                   r.attributions);
-        write_npy(
-            out.file("heat.npy", cam ? "the maps upsampled bilinearly to the input [N,H,W] float32"
-                                     : "max |attribution| over channels [N,H,W] float32"),
-            r.heat);
+        write_npy(out.file("heat.npy", cam ? "the maps upsampled bilinearly to the input [N,H,W] float32"
+                                           : "max |attribution| over channels [N,H,W] float32"),
+                  r.heat);
         if (r.baselines.defined())
-            write_npy(out.file("baselines.npy", "integrated-gradients baselines [N,C,H,W] float32"),
-                      r.baselines);
+            write_npy(out.file("baselines.npy", "integrated-gradients baselines [N,C,H,W] float32"), r.baselines);
 
-        // Pictures: per item the heat map and the overlay on the image, and one overview.
-        const at::Tensor display = pre.to_display(images);  // [N,H,W,C] uint8
-        const int factor = readable_factor(static_cast<int>(images.size(2)),
-                                           static_cast<int>(images.size(3)), 160);
-        std::vector<cv::Mat> tiles;
-        std::vector<std::string> row_labels;
-        const std::vector<std::string> names = detail::class_names_for(model, data);
-        nlohmann::json items = nlohmann::json::array();
-        for (size_t i = 0; i < indices.size(); ++i) {
-            const int64_t n = static_cast<int64_t>(i);
-            const at::Tensor heat = r.heat[n];
-            // Maps of magnitudes: 0 to a high percentile, so that a few extreme pixels do not
-            // wash out the picture (CAM maps are smooth: their maximum).
-            Range range{0.f, cam ? value_range(heat).hi : percentile_range(heat, 0, 99.5).hi};
-            const cv::Mat base = upscale_nearest(image_from_hwc_uint8(display[n]), factor);
-            const cv::Mat heat_img = upscale_nearest(apply_colormap(heat, cmap, range), factor);
-            const cv::Mat over = overlay_map(base, heat, cmap, range, a->alpha);
-            const std::string stem = std::to_string(indices[i]);
-            write_png(out.file("heatmaps/" + stem + ".png", "heat map of item " + stem), heat_img);
-            write_png(out.file("overlays/" + stem + ".png", "heat map over item " + stem), over);
-            tiles.push_back(base);
-            tiles.push_back(heat_img);
-            tiles.push_back(over);
-            const int64_t t = r.targets[i];
-            row_labels.push_back("#" + stem + " " + class_name(names, t));
-
-            nlohmann::json item = {{"index", indices[i]},
-                                   {"target", t},
-                                   {"target_name", class_name(names, t)},
-                                   {"score", r.scores[n].item<double>()}};
-            if (data.has_labels()) item["label"] = data.label(indices[i]);
-            if (r.completeness_gap.defined()) {
-                const double delta = (r.scores[n] - r.baseline_scores[n]).item<double>();
-                const double gap = r.completeness_gap[n].item<double>();
-                item["baseline_score"] = r.baseline_scores[n].item<double>();
-                item["attribution_sum"] = r.attribution_sums[n].item<double>();
-                item["completeness_gap"] = gap;
-                item["relative_gap"] = delta != 0 ? std::abs(gap) / std::abs(delta) : 0.0;
-            }
-            items.push_back(item);
-        }
-        GridOptions grid;
-        grid.cols = 3;
-        grid.col_labels = {"image", "heat", "overlay"};
-        grid.row_labels = row_labels;
-        grid.separator_colour = separator_colour_for(cmap);
-        write_png(out.file("overview.png", "per item: the image, the heat map and the overlay"),
-                  labelled_grid(tiles, grid));
-
-        nlohmann::json summary = {{"method", attribution_method_name(ao.method)},
-                                  {"target", target_name(ao.target)},
-                                  {"model", model.path()},
-                                  {"data", data.spec()},
-                                  {"items", items}};
-        if (cam) summary["layer"] = r.layer;
-        if (ao.method == AttributionMethod::SmoothGrad) {
-            summary["samples"] = ao.samples;
-            summary["noise"] = ao.noise;
-            summary["seed"] = o->seed;
-        }
-        if (r.completeness_gap.defined()) {
-            summary["steps"] = ao.steps;
-            summary["baseline"] = baseline_name(ao.baseline);
-            double max_rel = 0, max_abs = 0;
-            for (const auto& it : items) {
-                max_rel = std::max(max_rel, it["relative_gap"].get<double>());
-                max_abs = std::max(max_abs, std::abs(it["completeness_gap"].get<double>()));
-            }
-            summary["completeness"] = {{"max_abs_gap", max_abs}, {"max_relative_gap", max_rel}};
-        }
-        write_json(
-            out.file("summary.json",
-                     "targets, scores and (integrated gradients) the completeness gap per item"),
-            summary);
+        nlohmann::json items = write_pictures(out, r, model, data, indices, pre, images, cmap, a->alpha);
+        const nlohmann::json summary = make_summary(ao, r, model, data, std::move(items), o->seed);
+        write_json(out.file("summary.json", "targets, scores and (integrated gradients) the completeness gap per item"),
+                   summary);
         out.write_manifest();
-
-        if (o->json) {
-            std::cout << summary.dump(2) << "\n";
-        } else {
-            std::cout << attribution_method_name(ao.method) << (cam ? " at " + r.layer : "")
-                      << " for " << indices.size() << " item(s) -> " << out.dir() << "\n";
-            for (const auto& it : items) {
-                std::cout << "  #" << it["index"].get<int64_t>() << " target "
-                          << it["target_name"].get<std::string>() << " score "
-                          << std::setprecision(4) << it["score"].get<double>();
-                if (it.contains("completeness_gap"))
-                    std::cout << " completeness gap " << it["completeness_gap"].get<double>()
-                              << " (" << std::setprecision(2)
-                              << 100.0 * it["relative_gap"].get<double>() << "%)";
-                std::cout << "\n";
-            }
-        }
+        if (o->json) std::cout << summary.dump(2) << "\n";
+        else print_summary(summary, r, out.dir());
         return 0;
     };
 }
