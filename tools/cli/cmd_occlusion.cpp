@@ -95,13 +95,8 @@ nlohmann::json grid_json(const at::Tensor& t) {
     return rows;
 }
 
-RunFn setup(CLI::App& app) {
-    auto o = std::make_shared<CommonOptions>();
-    auto a = std::make_shared<Args>();
-    add_model_options(app, *o);
-    add_data_options(app, *o);
-    add_out_option(app, *o, "occlusion-out");
-    add_json_option(app, *o);
+void add_options(CLI::App& app, Args& args) {
+    Args* a = &args;
     app.add_option("--patch", a->patch, "occluder size P or PxQ in input pixels")->capture_default_str();
     app.add_option("--stride", a->stride, "step between occluder positions, S or SxT")->capture_default_str();
     app.add_option("--baseline", a->baseline,
@@ -142,6 +137,116 @@ RunFn setup(CLI::App& app) {
                    "occluded copies per forward pass; 0 = automatic (512 in the incremental modes on models "
                    "with small activation maps, else 128)")
         ->capture_default_str();
+}
+
+void write_arrays(OutputDir& dir, const OcclusionResult& r) {
+    write_npy(dir.file("occlusion.npy", "attribution per pixel (N,C,H,W) float32: mean score drop of "
+                                        "the occluder positions covering the pixel, 0 where none does"),
+              r.occlusion);
+    write_npy(dir.file("coarse.npy", "score drop per occluder position (N,positions_y,positions_x) "
+                                     "float32; position (i,j) covers rows i*stride_y.. and columns "
+                                     "j*stride_x.."),
+              r.coarse);
+    write_npy(dir.file("target_prob.npy", "target class probability with the occluder at each position "
+                                          "(N,positions_y,positions_x) float32"),
+              r.target_prob);
+    write_npy(dir.file("top_class.npy", "most likely class with the occluder at each position "
+                                        "(N,positions_y,positions_x) int64"),
+              r.top_class);
+}
+
+// Image n's pictures (heat map, overlay, target probability over positions) and summary.
+nlohmann::json write_image(OutputDir& dir, const OcclusionResult& r, int64_t n, int64_t index,
+                           const at::Tensor& display, const OcclusionOptions& opts, const Dataset& data,
+                           const std::vector<std::string>& names, const std::string& score) {
+    const std::string folder = "image_" + std::to_string(index) + "/";
+    const at::Tensor map = r.occlusion[n][0];
+    const Range range = symmetric_range(map);
+    const int factor = readable_factor(static_cast<int>(map.size(0)), static_cast<int>(map.size(1)), 256);
+    cv::Mat heat = upscale_nearest(apply_colormap(map, Colormap::Diverging, range), factor);
+    write_png(dir.file(folder + "heatmap.png",
+                       "occlusion map of image " + std::to_string(index) +
+                           " (red: occluding lowers the target's score, blue: raises it)"),
+              heat_with_colorbar(heat, Colormap::Diverging, range));
+    cv::Mat base = upscale_nearest(image_from_hwc_uint8(display[n]), factor);
+    write_png(dir.file(folder + "overlay.png", "the occlusion map over the input image"),
+              overlay_map(base, map, Colormap::Diverging, range, 0.5f));
+    const at::Tensor tp = r.target_prob[n];
+    const int pf = readable_factor(static_cast<int>(tp.size(0)), static_cast<int>(tp.size(1)), 256);
+    const Range unit{0.f, 1.f};
+    write_png(dir.file(folder + "target_prob.png",
+                       "probability of the target class as a function of the occluder position"),
+              heat_with_colorbar(upscale_nearest(apply_colormap(tp, Colormap::Viridis, unit), pf),
+                                 Colormap::Viridis, unit));
+
+    const OcclusionSummary s = summarize_occlusion(r, n, opts);
+    nlohmann::json j = to_json(s, names);
+    j["index"] = index;
+    if (data.has_labels()) j["label"] = data.label(index);
+    j["score"] = score;
+    j["positions"] = {{"y", r.positions_y}, {"x", r.positions_x}};
+    j["most_likely_class"] = grid_json(r.top_class[n]);
+    j["most_likely_prob"] = grid_json(r.top_prob[n]);
+    j["prediction_changes"] = (r.top_class[n] != s.predicted).sum().item<int64_t>();
+    if (!r.ssim.empty()) {
+        j["ssim"] = r.ssim[n];
+        j["ssim_coarse"] = r.ssim_coarse[n];
+    }
+    if (opts.mode == OcclusionMode::Approximate) j["evaluated_positions"] = r.evaluated[n].sum().item<int64_t>();
+    write_json(dir.file(folder + "summary.json",
+                        "image " + std::to_string(index) +
+                            ": clean score and prediction, most important region, most likely "
+                            "class per occluder position, candidate confounders"),
+               j);
+    return j;
+}
+
+nlohmann::json make_summary(const OcclusionResult& r, const OcclusionOptions& opts, nlohmann::json images,
+                            double seconds) {
+    nlohmann::json summary = {{"images", std::move(images)}, {"forwards", r.forwards},
+                              {"seconds", seconds},          {"mode", occlusion_mode_name(opts.mode)},
+                              {"engine", r.engine_note},     {"batch_size", r.batch_size}};
+    if (opts.mode == OcclusionMode::Approximate) {
+        summary["tau"] = r.tau;
+        summary["coarse_step"] = r.coarse_step;
+        summary["bf16"] = r.bf16;
+        summary["corrected"] = r.corrected;
+    }
+    if (!r.ssim.empty()) {
+        double mean = 0;
+        for (double v : r.ssim) mean += v;
+        summary["ssim_mean"] = mean / static_cast<double>(r.ssim.size());
+    }
+    return summary;
+}
+
+void print_summary(const nlohmann::json& summary, const OcclusionResult& r, const OcclusionOptions& opts,
+                   const std::string& dir) {
+    const nlohmann::json& all = summary["images"];
+    std::cout << "occlusion: " << all.size() << " image(s), " << r.positions_y << "x" << r.positions_x
+              << " positions, " << r.forwards << " occluded forwards in " << summary["seconds"].get<double>()
+              << " s (" << occlusion_mode_name(opts.mode);
+    if (opts.mode == OcclusionMode::Approximate)
+        std::cout << ": tau " << r.tau << ", coarse step " << r.coarse_step << (r.bf16 ? ", bfloat16 changes" : "");
+    std::cout << ")\n";
+    for (const auto& j : all) {
+        std::cout << "  image " << j["index"] << ": predicted " << j["predicted"] << ", target " << j["target"]
+                  << ", max drop " << j["max_drop"] << ", " << j["confounders"].size()
+                  << " candidate confounder position(s)";
+        if (j.contains("ssim")) std::cout << ", SSIM vs exact " << j["ssim"];
+        std::cout << "\n";
+    }
+    std::cout << "wrote " << dir << "\n";
+}
+
+RunFn setup(CLI::App& app) {
+    auto o = std::make_shared<CommonOptions>();
+    auto a = std::make_shared<Args>();
+    add_model_options(app, *o);
+    add_data_options(app, *o);
+    add_out_option(app, *o, "occlusion-out");
+    add_json_option(app, *o);
+    add_options(app, *a);
     return [o, a]() {
         const OcclusionOptions opts = to_options(*a);  // usage errors before any work
         auto [model, data, indices, pre, images, labels] = open_selected_inputs(*o);
@@ -151,8 +256,6 @@ RunFn setup(CLI::App& app) {
         const auto t0 = std::chrono::steady_clock::now();
         const OcclusionResult r = occlusion(model, images, run_opts, run_context(*o, "occlusion"));
         const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-
-        const std::vector<std::string> names = detail::class_names_for(model, data);
 
         nlohmann::json options = {
             {"patch", {opts.patch_h, opts.patch_w}}, {"stride", {opts.stride_y, opts.stride_x}},
@@ -168,100 +271,17 @@ RunFn setup(CLI::App& app) {
             options["correct"] = opts.correct;
         }
         OutputDir dir = open_out(*o, options, &model);
-        write_npy(dir.file("occlusion.npy", "attribution per pixel (N,C,H,W) float32: mean score drop of "
-                                            "the occluder positions covering the pixel, 0 where none does"),
-                  r.occlusion);
-        write_npy(dir.file("coarse.npy", "score drop per occluder position (N,positions_y,positions_x) "
-                                         "float32; position (i,j) covers rows i*stride_y.. and columns "
-                                         "j*stride_x.."),
-                  r.coarse);
-        write_npy(dir.file("target_prob.npy", "target class probability with the occluder at each position "
-                                              "(N,positions_y,positions_x) float32"),
-                  r.target_prob);
-        write_npy(dir.file("top_class.npy", "most likely class with the occluder at each position "
-                                            "(N,positions_y,positions_x) int64"),
-                  r.top_class);
-
+        write_arrays(dir, r);
         const at::Tensor display = pre.to_display(images);
+        const std::vector<std::string> names = detail::class_names_for(model, data);
         nlohmann::json all = nlohmann::json::array();
-        for (int64_t n = 0; n < images.size(0); ++n) {
-            const std::string folder = "image_" + std::to_string(indices[n]) + "/";
-            const at::Tensor map = r.occlusion[n][0];
-            const Range range = symmetric_range(map);
-            const int factor = readable_factor(static_cast<int>(map.size(0)), static_cast<int>(map.size(1)), 256);
-            cv::Mat heat = upscale_nearest(apply_colormap(map, Colormap::Diverging, range), factor);
-            write_png(dir.file(folder + "heatmap.png",
-                               "occlusion map of image " + std::to_string(indices[n]) +
-                                   " (red: occluding lowers the target's score, blue: raises it)"),
-                      heat_with_colorbar(heat, Colormap::Diverging, range));
-            cv::Mat base = upscale_nearest(image_from_hwc_uint8(display[n]), factor);
-            write_png(dir.file(folder + "overlay.png", "the occlusion map over the input image"),
-                      overlay_map(base, map, Colormap::Diverging, range, 0.5f));
-            const at::Tensor tp = r.target_prob[n];
-            const int pf = readable_factor(static_cast<int>(tp.size(0)), static_cast<int>(tp.size(1)), 256);
-            const Range unit{0.f, 1.f};
-            write_png(dir.file(folder + "target_prob.png",
-                               "probability of the target class as a function of the occluder position"),
-                      heat_with_colorbar(upscale_nearest(apply_colormap(tp, Colormap::Viridis, unit), pf),
-                                         Colormap::Viridis, unit));
-
-            const OcclusionSummary s = summarize_occlusion(r, n, opts);
-            nlohmann::json j = to_json(s, names);
-            j["index"] = indices[n];
-            if (data.has_labels()) j["label"] = data.label(indices[n]);
-            j["score"] = a->score;
-            j["positions"] = {{"y", r.positions_y}, {"x", r.positions_x}};
-            j["most_likely_class"] = grid_json(r.top_class[n]);
-            j["most_likely_prob"] = grid_json(r.top_prob[n]);
-            j["prediction_changes"] = (r.top_class[n] != s.predicted).sum().item<int64_t>();
-            if (!r.ssim.empty()) {
-                j["ssim"] = r.ssim[n];
-                j["ssim_coarse"] = r.ssim_coarse[n];
-            }
-            if (opts.mode == OcclusionMode::Approximate)
-                j["evaluated_positions"] = r.evaluated[n].sum().item<int64_t>();
-            write_json(dir.file(folder + "summary.json",
-                                "image " + std::to_string(indices[n]) +
-                                    ": clean score and prediction, most important region, most likely "
-                                    "class per occluder position, candidate confounders"),
-                       j);
-            all.push_back(j);
-        }
-        nlohmann::json summary = {{"images", all},          {"forwards", r.forwards},
-                                  {"seconds", seconds},     {"mode", occlusion_mode_name(opts.mode)},
-                                  {"engine", r.engine_note}, {"batch_size", r.batch_size}};
-        if (opts.mode == OcclusionMode::Approximate) {
-            summary["tau"] = r.tau;
-            summary["coarse_step"] = r.coarse_step;
-            summary["bf16"] = r.bf16;
-            summary["corrected"] = r.corrected;
-        }
-        if (!r.ssim.empty()) {
-            double mean = 0;
-            for (double v : r.ssim) mean += v;
-            summary["ssim_mean"] = mean / static_cast<double>(r.ssim.size());
-        }
+        for (int64_t n = 0; n < images.size(0); ++n)
+            all.push_back(write_image(dir, r, n, indices[n], display, opts, data, names, a->score));
+        const nlohmann::json summary = make_summary(r, opts, std::move(all), seconds);
         write_json(dir.file("summary.json", "all images' summaries, forward passes, time, engine"), summary);
         dir.write_manifest();
-        if (o->json) {
-            std::cout << summary.dump(2) << "\n";
-        } else {
-            std::cout << "occlusion: " << images.size(0) << " image(s), " << r.positions_y << "x"
-                      << r.positions_x << " positions, " << r.forwards << " occluded forwards in "
-                      << seconds << " s (" << occlusion_mode_name(opts.mode);
-            if (opts.mode == OcclusionMode::Approximate)
-                std::cout << ": tau " << r.tau << ", coarse step " << r.coarse_step
-                          << (r.bf16 ? ", bfloat16 changes" : "");
-            std::cout << ")\n";
-            for (const auto& j : all) {
-                std::cout << "  image " << j["index"] << ": predicted " << j["predicted"] << ", target "
-                          << j["target"] << ", max drop " << j["max_drop"] << ", "
-                          << j["confounders"].size() << " candidate confounder position(s)";
-                if (j.contains("ssim")) std::cout << ", SSIM vs exact " << j["ssim"];
-                std::cout << "\n";
-            }
-            std::cout << "wrote " << dir.dir() << "\n";
-        }
+        if (o->json) std::cout << summary.dump(2) << "\n";
+        else print_summary(summary, r, opts, dir.dir());
         return 0;
     };
 }
