@@ -40,10 +40,8 @@ nlohmann::json number_or_null(double v) {
     return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json();
 }
 
-RunFn setup(CLI::App& app) {
-    auto o = std::make_shared<CommonOptions>();
-    auto a = std::make_shared<FeatureVisArgs>();
-    add_model_options(app, *o);
+void add_options(CLI::App& app, FeatureVisArgs& args) {
+    FeatureVisArgs* a = &args;
     app.add_option("--layer", a->layer,
                    "layer whose channels to visualise (see `convscope describe`)");
     auto* ch = app.add_option("--channels", a->channels,
@@ -67,48 +65,120 @@ RunFn setup(CLI::App& app) {
         ->capture_default_str();
     app.add_option("--batch-size", a->lib.batch_size, "images optimised together")
         ->capture_default_str();
-    app.add_option("--data", o->data,
-                   "data on which to find each unit's best activation (optional)");
+}
+
+// The library's options: the objective and its units from the model, the preprocessing, and
+// the dataset to compare with when given.
+// Usage errors, before the model is read.
+void check_args(const FeatureVisArgs& a) {
+    (void)parse_feature_vis_param(a.param);
+    if (a.lib.steps < 1) throw UsageError("--steps must be at least 1, got " + std::to_string(a.lib.steps));
+    if (a.lib.batch_size < 1) throw UsageError("--batch-size must be at least 1");
+    if (a.classes.empty() && a.layer.empty()) throw UsageError("give --layer L (with --channels a:b) or --class c");
+}
+
+FeatureVisOptions resolve_options(const FeatureVisArgs& a, const CommonOptions& o, Model& model,
+                                  std::optional<Dataset>& data) {
+    FeatureVisOptions fo = a.lib;
+    fo.param = parse_feature_vis_param(a.param);
+    const bool by_class = !a.classes.empty();
+    if (!o.data.empty()) {
+        data.emplace(open_data(o));
+        fit_model_to_data(model, *data);
+    }
+    if (by_class) {
+        fo.objective = FeatureVisOptions::Objective::Class;
+        fo.units = select_units(a.classes, model.num_classes(), "--class", "class");
+    } else {
+        fo.objective = FeatureVisOptions::Objective::Channel;
+        fo.layer = a.layer;
+        const auto& shape = model.layer(a.layer).output_shape;
+        if (shape.empty()) throw Error("layer '" + a.layer + "' has no channels to visualise");
+        fo.units = select_units(a.channels.empty() ? ":16" : a.channels, shape[0], "--channels",
+                                "channel of layer '" + a.layer + "'");
+    }
+    if (data) {
+        fo.preprocess = preprocess_for(model, *data);
+        fo.dataset = &*data;
+        if (!o.indices.empty()) fo.dataset_indices = parse_indices(o.indices, data->size());
+    } else {
+        fo.preprocess = model.meta().preprocess();
+        fo.preprocess.input_shape = model.input_shape();
+    }
+    return fo;
+}
+
+// A PNG per unit and the grid of all; returns the units' summaries.
+nlohmann::json write_units(OutputDir& out, const FeatureVisResult& r, bool by_class) {
+    const int h = static_cast<int>(r.pixels.size(2)), w = static_cast<int>(r.pixels.size(3));
+    const int factor = readable_factor(h, w, 128);
+    std::vector<cv::Mat> tiles;
+    std::vector<std::string> captions;
+    nlohmann::json units = nlohmann::json::array();
+    for (size_t i = 0; i < r.units.size(); ++i) {
+        const int64_t n = static_cast<int64_t>(i);
+        const cv::Mat picture =
+            r.display.defined() ? image_from_hwc_uint8(r.display[n])
+                                : image_from_chw_float(r.pixels[n].mean(0), Range{0.f, 1.f});
+        const cv::Mat big = upscale_nearest(picture, factor);
+        const std::string name =
+            (by_class ? "class_" : "channel_") + std::to_string(r.units[i]);
+        write_png(out.file("units/" + name + ".png", (by_class ? "image maximising class "
+                                                               : "image maximising channel ") +
+                                                         std::to_string(r.units[i])),
+                  big);
+        tiles.push_back(big);
+        captions.push_back((by_class ? "class " : "ch ") + std::to_string(r.units[i]));
+        nlohmann::json u = {{"unit", r.units[i]},
+                            {"activation", r.activation[n].item<double>()},
+                            {"initial_activation", r.initial_activation[n].item<double>()},
+                            {"image", "units/" + name + ".png"}};
+        if (r.dataset_best.defined()) {
+            u["dataset_best"] = r.dataset_best[n].item<double>();
+            u["dataset_best_index"] = r.dataset_best_index[n].item<int64_t>();
+            u["ratio"] = number_or_null(r.ratio[n].item<double>());
+        }
+        units.push_back(u);
+    }
+    GridOptions grid;
+    grid.tile_captions = captions;
+    write_png(out.file("grid.png", "all optimised images, one per unit"),
+              labelled_grid(tiles, grid));
+
+return units;
+}
+
+void print_summary(const nlohmann::json& summary, const FeatureVisResult& r, bool by_class, const std::string& dir) {
+    const nlohmann::json& units = summary["units"];
+    std::cout << "feature visualisation of " << r.units.size() << " unit(s)"
+              << (by_class ? std::string(" (classes)") : " of " + r.layer) << " -> " << dir << "\n";
+    for (const auto& u : units) {
+        std::cout << "  " << (by_class ? "class " : "channel ") << u["unit"].get<int64_t>() << ": activation "
+                  << std::setprecision(4) << u["activation"].get<double>();
+        if (u.contains("dataset_best")) {
+            std::cout << ", dataset best " << u["dataset_best"].get<double>();
+            if (!u["ratio"].is_null()) std::cout << ", ratio " << u["ratio"].get<double>();
+        }
+        std::cout << "\n";
+    }
+}
+
+RunFn setup(CLI::App& app) {
+    auto o = std::make_shared<CommonOptions>();
+    auto a = std::make_shared<FeatureVisArgs>();
+    add_model_options(app, *o);
+    add_options(app, *a);
+    app.add_option("--data", o->data, "data on which to find each unit's best activation (optional)");
     app.add_option("--indices", o->indices, "items of --data to search (default: all)");
     add_out_option(app, *o, "feature-vis");
     add_json_option(app, *o);
 
     return [o, a]() {
-        FeatureVisOptions fo = a->lib;
-        fo.param = parse_feature_vis_param(a->param);
-        if (fo.steps < 1)
-            throw UsageError("--steps must be at least 1, got " + std::to_string(fo.steps));
-        if (fo.batch_size < 1) throw UsageError("--batch-size must be at least 1");
-        const bool by_class = !a->classes.empty();
-        if (!by_class && a->layer.empty())
-            throw UsageError("give --layer L (with --channels a:b) or --class c");
-
+        check_args(*a);
         Model model = open_model(*o);
         std::optional<Dataset> data;
-        if (!o->data.empty()) {
-            data.emplace(open_data(*o));
-            fit_model_to_data(model, *data);
-        }
-        if (by_class) {
-            fo.objective = FeatureVisOptions::Objective::Class;
-            fo.units = select_units(a->classes, model.num_classes(), "--class", "class");
-        } else {
-            fo.objective = FeatureVisOptions::Objective::Channel;
-            fo.layer = a->layer;
-            const auto& shape = model.layer(a->layer).output_shape;
-            if (shape.empty()) throw Error("layer '" + a->layer + "' has no channels to visualise");
-            fo.units = select_units(a->channels.empty() ? ":16" : a->channels, shape[0],
-                                    "--channels", "channel of layer '" + a->layer + "'");
-        }
-        if (data) {
-            fo.preprocess = preprocess_for(model, *data);
-            fo.dataset = &*data;
-            if (!o->indices.empty()) fo.dataset_indices = parse_indices(o->indices, data->size());
-        } else {
-            fo.preprocess = model.meta().preprocess();
-            fo.preprocess.input_shape = model.input_shape();
-        }
-
+        const FeatureVisOptions fo = resolve_options(*a, *o, model, data);
+        const bool by_class = fo.objective == FeatureVisOptions::Objective::Class;
         const FeatureVisResult r = feature_vis(model, fo, run_context(*o, "feature-vis"));
 
         const nlohmann::json options = {{"layer", r.layer},
@@ -133,41 +203,7 @@ RunFn setup(CLI::App& app) {
             out.file("pixels.npy", "the same images in pixel space [U,C,H,W] float32 in [0,1]"),
             r.pixels);
 
-        const int h = static_cast<int>(r.pixels.size(2)), w = static_cast<int>(r.pixels.size(3));
-        const int factor = readable_factor(h, w, 128);
-        std::vector<cv::Mat> tiles;
-        std::vector<std::string> captions;
-        nlohmann::json units = nlohmann::json::array();
-        for (size_t i = 0; i < r.units.size(); ++i) {
-            const int64_t n = static_cast<int64_t>(i);
-            const cv::Mat picture =
-                r.display.defined() ? image_from_hwc_uint8(r.display[n])
-                                    : image_from_chw_float(r.pixels[n].mean(0), Range{0.f, 1.f});
-            const cv::Mat big = upscale_nearest(picture, factor);
-            const std::string name =
-                (by_class ? "class_" : "channel_") + std::to_string(r.units[i]);
-            write_png(out.file("units/" + name + ".png", (by_class ? "image maximising class "
-                                                                   : "image maximising channel ") +
-                                                             std::to_string(r.units[i])),
-                      big);
-            tiles.push_back(big);
-            captions.push_back((by_class ? "class " : "ch ") + std::to_string(r.units[i]));
-            nlohmann::json u = {{"unit", r.units[i]},
-                                {"activation", r.activation[n].item<double>()},
-                                {"initial_activation", r.initial_activation[n].item<double>()},
-                                {"image", "units/" + name + ".png"}};
-            if (r.dataset_best.defined()) {
-                u["dataset_best"] = r.dataset_best[n].item<double>();
-                u["dataset_best_index"] = r.dataset_best_index[n].item<int64_t>();
-                u["ratio"] = number_or_null(r.ratio[n].item<double>());
-            }
-            units.push_back(u);
-        }
-        GridOptions grid;
-        grid.tile_captions = captions;
-        write_png(out.file("grid.png", "all optimised images, one per unit"),
-                  labelled_grid(tiles, grid));
-
+        const nlohmann::json units = write_units(out, r, by_class);
         nlohmann::json summary = {
             {"model", model.path()}, {"objective", by_class ? "class" : "channel"},
             {"layer", r.layer},      {"param", feature_vis_param_name(fo.param)},
@@ -180,23 +216,8 @@ RunFn setup(CLI::App& app) {
             summary);
         out.write_manifest();
 
-        if (o->json) {
-            std::cout << summary.dump(2) << "\n";
-        } else {
-            std::cout << "feature visualisation of " << r.units.size() << " unit(s)"
-                      << (by_class ? std::string(" (classes)") : " of " + r.layer) << " -> "
-                      << out.dir() << "\n";
-            for (const auto& u : units) {
-                std::cout << "  " << (by_class ? "class " : "channel ") << u["unit"].get<int64_t>()
-                          << ": activation " << std::setprecision(4)
-                          << u["activation"].get<double>();
-                if (u.contains("dataset_best")) {
-                    std::cout << ", dataset best " << u["dataset_best"].get<double>();
-                    if (!u["ratio"].is_null()) std::cout << ", ratio " << u["ratio"].get<double>();
-                }
-                std::cout << "\n";
-            }
-        }
+        if (o->json) std::cout << summary.dump(2) << "\n";
+        else print_summary(summary, r, by_class, out.dir());
         return 0;
     };
 }
