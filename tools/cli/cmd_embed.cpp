@@ -9,6 +9,7 @@
 #include "convscope/methods/json.hpp"
 #include "convscope/methods/embedding.hpp"
 #include "convscope/runtime/error.hpp"
+#include "convscope/runtime/json.hpp"
 #include "convscope/runtime/render.hpp"
 
 namespace convscope::cli {
@@ -62,12 +63,6 @@ std::vector<int64_t> read_labels(const std::string& path) {
     return std::vector<int64_t>(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + t.numel());
 }
 
-std::string class_of(int64_t label, const std::vector<std::string>& names) {
-    if (label < 0) return "unknown";
-    if (label < int64_t(names.size())) return names[size_t(label)];
-    return std::to_string(label);
-}
-
 void write_projector(OutputDir& out, const at::Tensor& features, const std::vector<int64_t>& labels,
                      const std::vector<int64_t>& indices, const std::vector<std::string>& names,
                      const std::vector<cv::Mat>& thumbs, const std::string& tensor_name) {
@@ -88,7 +83,7 @@ void write_projector(OutputDir& out, const at::Tensor& features, const std::vect
     std::string meta = "index\tlabel\tclass\n";
     for (int64_t i = 0; i < n; ++i) {
         const int64_t label = labels.empty() ? -1 : labels[size_t(i)];
-        meta += std::to_string(indices[size_t(i)]) + "\t" + std::to_string(label) + "\t" + class_of(label, names) +
+        meta += std::to_string(indices[size_t(i)]) + "\t" + std::to_string(label) + "\t" + class_name(names, label) +
                 "\n";
     }
     write_file_atomic(out.file("projector/metadata.tsv", "TensorBoard projector: index, label and class per row"),
@@ -121,8 +116,8 @@ void write_projector(OutputDir& out, const at::Tensor& features, const std::vect
                       config);
 }
 
-RunFn setup(CLI::App& app) {
-    auto o = std::make_shared<Options>();
+void add_options(CLI::App& app, Options& opts) {
+    Options* o = &opts;
     add_model_options(app, o->common);
     add_data_options(app, o->common);
     add_out_option(app, o->common, "embed");
@@ -147,70 +142,149 @@ RunFn setup(CLI::App& app) {
         ->capture_default_str();
     app.add_option("--thumb-size", o->thumb_size, "side of each image in thumbnails.png and grid.png")
         ->capture_default_str();
+}
+
+// Usage errors, before any work; returns the --grid shape (0 x 0: automatic).
+std::pair<int, int> check_options(const Options& opts) {
+    const Options* o = &opts;
+    if (o->map_size < 64 || o->map_size > 16384) throw UsageError("--map-size must be between 64 and 16384");
+    if (o->thumb_size < 4 || o->thumb_size > 256) throw UsageError("--thumb-size must be between 4 and 256");
+    if (o->iterations < 0) throw UsageError("--iterations must be at least 1 (or 0 for the default)");
+    if (o->pca_dims < 1) throw UsageError("--pca-dims must be at least 1");
+    if (o->grid_max < 1) throw UsageError("--grid-max must be at least 1");
+    std::pair<int, int> grid_shape{0, 0};
+    if (!o->grid.empty()) grid_shape = parse_grid(o->grid);
+    const bool given = !o->features.empty();
+    if (given && (!o->common.model.empty() || !o->common.data.empty() || !o->common.image.empty() ||
+                  !o->layer.empty() || !o->common.indices.empty() || !o->common.index.empty()))
+        throw UsageError("--features embeds the given vectors: --model, --data, --image, --layer and "
+                         "--indices do not apply to it");
+    return grid_shape;
+}
+
+// What is embedded: given vectors, or a layer's features of the selected images (with their
+// pictures for the maps).
+struct Inputs {
+    at::Tensor features;  // [N,D]
+    std::vector<int64_t> labels, indices;
+    std::vector<std::string> names;
+    std::vector<cv::Mat> thumbs;
+    std::string layer;
+    double feature_seconds = 0.0;
+    std::optional<Model> model;
+};
+
+Inputs load_inputs(const Options& opts) {
+    const Options* o = &opts;
+    Inputs in;
+    if (!o->features.empty()) {
+        in.features = read_npy(o->features);
+        if (in.features.dim() != 2 || !at::isFloatingType(in.features.scalar_type()))
+            throw Error("features '" + o->features + "' must be a 2-D float array [N,D], got " +
+                        std::to_string(in.features.dim()) + "-D " +
+                        std::string(c10::toString(in.features.scalar_type())));
+        if (!o->common.labels.empty()) in.labels = read_labels(o->common.labels);
+        in.indices.resize(size_t(in.features.size(0)));
+        for (size_t i = 0; i < in.indices.size(); ++i) in.indices[i] = int64_t(i);
+        in.layer = "features";
+        return in;
+    }
+    in.model.emplace(open_model(o->common));
+    Dataset data = open_data(o->common);
+    fit_model_to_data(*in.model, data);
+    in.indices = selected_indices(o->common, data, ":");
+    LayerFeaturesOptions lo;
+    lo.layer = o->layer;
+    lo.batch_size = o->batch_size;
+    lo.keep_display = true;
+    EmbeddingFeatures ef = layer_features(*in.model, data, in.indices, lo, run_context(o->common, "features"));
+    in.features = ef.features;
+    in.labels = ef.labels;
+    in.layer = ef.layer;
+    in.feature_seconds = ef.seconds;
+    in.names = data.class_names();
+    if (in.names.empty()) in.names = in.model->meta().class_names;
+    in.thumbs.reserve(in.indices.size());
+    for (int64_t i = 0; i < ef.display.size(0); ++i) in.thumbs.push_back(image_from_hwc_uint8(ef.display[i]));
+    return in;
+}
+
+TsneOptions tsne_options(const Options& opts) {
+    const Options* o = &opts;
+    TsneOptions topt;
+    topt.perplexity = o->perplexity;
+    topt.iterations = o->iterations;
+    if (o->iterations > 0)
+        topt.early_exaggeration_iters = std::min(topt.early_exaggeration_iters, o->iterations);
+    topt.pca_dims = o->pca ? o->pca_dims : 0;
+    topt.gradient = o->gradient == "exact" ? TsneOptions::Gradient::Exact
+                    : o->gradient == "fft" ? TsneOptions::Gradient::Fft
+                                           : TsneOptions::Gradient::Auto;
+    return topt;
+}
+
+// embedding.npy, embedding.csv and (for a layer) features.npy.
+void write_tables(OutputDir& out, const at::Tensor& xy, const Inputs& in) {
+    const int64_t n = xy.size(0);
+    write_npy(out.file("embedding.npy", "t-SNE embedding [N,2] float32, rows in the order of embedding.csv"), xy);
+    const at::Tensor e = xy.contiguous();
+    const float* ep = e.data_ptr<float>();
+    std::vector<std::vector<std::string>> rows;
+    rows.reserve(size_t(n));
+    for (int64_t i = 0; i < n; ++i)
+        rows.push_back({std::to_string(in.indices[size_t(i)]), std::to_string(in.labels.empty() ? -1 : in.labels[size_t(i)]),
+                        num(ep[2 * i]), num(ep[2 * i + 1])});
+    write_csv(out.file("embedding.csv", "per item: dataset index, label (-1 unknown), x, y"),
+              {"index", "label", "x", "y"}, rows);
+    if (in.model)  // a layer's features, not given ones
+        write_npy(out.file("features.npy", "the features of layer " + in.layer +
+                                               " [N,D] float32 (embed them again with --features)"),
+                  in.features);
+}
+
+// scatter.png and, with pictures, thumbnails.png and grid.png; returns the grid's rows and
+// columns (0 x 0 without pictures).
+std::pair<int, int> write_maps(OutputDir& out, const at::Tensor& xy, const Inputs& in, const Options& opts,
+                               std::pair<int, int> grid_shape) {
+    const Options* o = &opts;
+    const int64_t n = xy.size(0);
+    std::vector<std::pair<std::string, cv::Mat>> pictures;
+    pictures.emplace_back(out.file("scatter.png", "the embedding, one dot per item coloured by label"),
+                          scatter_plot(xy, in.labels, in.names, o->map_size));
+    int grid_rows = 0, grid_cols = 0;
+    if (!in.thumbs.empty()) {
+        pictures.emplace_back(out.file("thumbnails.png", "each image drawn at its place in the embedding"),
+                              thumbnail_map(xy, in.thumbs, o->map_size, o->thumb_size, in.labels));
+        std::tie(grid_rows, grid_cols) =
+            o->grid.empty() ? near_square_grid(std::min(n, o->grid_max)) : grid_shape;
+        const auto cells = grid_assignment(xy, grid_rows, grid_cols);
+        const cv::Mat blank(o->thumb_size, o->thumb_size, CV_8UC3, cv::Scalar(255, 255, 255));
+        std::vector<cv::Mat> tiles;
+        tiles.reserve(cells.size());
+        for (int64_t c : cells) tiles.push_back(c < 0 ? blank : resize_to_fit(in.thumbs[size_t(c)], o->thumb_size));
+        pictures.emplace_back(out.file("grid.png", "grid view: " + std::to_string(grid_rows) + "x" +
+                                                       std::to_string(grid_cols) +
+                                                       " cells, one image each, placed so that neighbours in "
+                                                       "the embedding stay neighbours"),
+                              tile_grid(tiles, grid_cols, 0, cv::Scalar(255, 255, 255)));
+    }
+    write_pngs(pictures, o->common.threads);
+    return {grid_rows, grid_cols};
+}
+
+RunFn setup(CLI::App& app) {
+    auto o = std::make_shared<Options>();
+    add_options(app, *o);
     return [o]() {
-        if (o->map_size < 64 || o->map_size > 16384) throw UsageError("--map-size must be between 64 and 16384");
-        if (o->thumb_size < 4 || o->thumb_size > 256) throw UsageError("--thumb-size must be between 4 and 256");
-        if (o->iterations < 0) throw UsageError("--iterations must be at least 1 (or 0 for the default)");
-        if (o->pca_dims < 1) throw UsageError("--pca-dims must be at least 1");
-        if (o->grid_max < 1) throw UsageError("--grid-max must be at least 1");
-        std::pair<int, int> grid_shape{0, 0};
-        if (!o->grid.empty()) grid_shape = parse_grid(o->grid);
+        const std::pair<int, int> grid_shape = check_options(*o);
         apply_threads(o->common);
         const bool given = !o->features.empty();
-        if (given && (!o->common.model.empty() || !o->common.data.empty() || !o->common.image.empty() ||
-                      !o->layer.empty() || !o->common.indices.empty() || !o->common.index.empty()))
-            throw UsageError("--features embeds the given vectors: --model, --data, --image, --layer and "
-                             "--indices do not apply to it");
-
-        at::Tensor features;
-        std::vector<int64_t> labels, indices;
-        std::vector<std::string> names;
-        std::vector<cv::Mat> thumbs;
-        std::string layer;
-        double feature_seconds = 0.0;
-        std::optional<Model> model;
-        if (given) {
-            features = read_npy(o->features);
-            if (features.dim() != 2 || !at::isFloatingType(features.scalar_type()))
-                throw Error("features '" + o->features + "' must be a 2-D float array [N,D], got " +
-                            std::to_string(features.dim()) + "-D " +
-                            std::string(c10::toString(features.scalar_type())));
-            if (!o->common.labels.empty()) labels = read_labels(o->common.labels);
-            indices.resize(size_t(features.size(0)));
-            for (size_t i = 0; i < indices.size(); ++i) indices[i] = int64_t(i);
-            layer = "features";
-        } else {
-            model.emplace(open_model(o->common));
-            Dataset data = open_data(o->common);
-            fit_model_to_data(*model, data);
-            indices = selected_indices(o->common, data, ":");
-            LayerFeaturesOptions lo;
-            lo.layer = o->layer;
-            lo.batch_size = o->batch_size;
-            lo.keep_display = true;
-            EmbeddingFeatures ef = layer_features(*model, data, indices, lo, run_context(o->common, "features"));
-            features = ef.features;
-            labels = ef.labels;
-            layer = ef.layer;
-            feature_seconds = ef.seconds;
-            names = data.class_names();
-            if (names.empty()) names = model->meta().class_names;
-            thumbs.reserve(indices.size());
-            for (int64_t i = 0; i < ef.display.size(0); ++i) thumbs.push_back(image_from_hwc_uint8(ef.display[i]));
-        }
-
-        TsneOptions topt;
-        topt.perplexity = o->perplexity;
-        topt.iterations = o->iterations;
-        if (o->iterations > 0)
-            topt.early_exaggeration_iters = std::min(topt.early_exaggeration_iters, o->iterations);
-        topt.pca_dims = o->pca ? o->pca_dims : 0;
-        topt.gradient = o->gradient == "exact" ? TsneOptions::Gradient::Exact
-                        : o->gradient == "fft" ? TsneOptions::Gradient::Fft
-                                               : TsneOptions::Gradient::Auto;
-        const EmbeddingResult r = embed_features(features, labels, topt, run_context(o->common, "t-SNE"));
+        const Inputs in = load_inputs(*o);
+        const TsneOptions topt = tsne_options(*o);
+        const EmbeddingResult r = embed_features(in.features, in.labels, topt, run_context(o->common, "t-SNE"));
         const at::Tensor& xy = r.tsne.embedding;
         const int64_t n = xy.size(0);
+        const std::string& layer = in.layer;
 
         nlohmann::json options = {{"layer", layer},
                                   {"features", o->features},
@@ -223,49 +297,15 @@ RunFn setup(CLI::App& app) {
                                   {"seed", o->common.seed},
                                   {"threads", o->common.threads}};
         if (!given) options["data"] = o->common.data.empty() ? "fashion-mnist:test" : o->common.data;
-        OutputDir out = open_out(o->common, options, model ? &*model : nullptr);
+        OutputDir out = open_out(o->common, options, in.model ? &*in.model : nullptr);
 
-        write_npy(out.file("embedding.npy", "t-SNE embedding [N,2] float32, rows in the order of embedding.csv"), xy);
-        const at::Tensor e = xy.contiguous();
-        const float* ep = e.data_ptr<float>();
-        std::vector<std::vector<std::string>> rows;
-        rows.reserve(size_t(n));
-        for (int64_t i = 0; i < n; ++i)
-            rows.push_back({std::to_string(indices[size_t(i)]), std::to_string(labels.empty() ? -1 : labels[size_t(i)]),
-                            num(ep[2 * i]), num(ep[2 * i + 1])});
-        write_csv(out.file("embedding.csv", "per item: dataset index, label (-1 unknown), x, y"),
-                  {"index", "label", "x", "y"}, rows);
-        if (!given)
-            write_npy(out.file("features.npy", "the features of layer " + layer +
-                                                   " [N,D] float32 (embed them again with --features)"),
-                      features);
-
-        std::vector<std::pair<std::string, cv::Mat>> pictures;
-        pictures.emplace_back(out.file("scatter.png", "the embedding, one dot per item coloured by label"),
-                              scatter_plot(xy, labels, names, o->map_size));
-        int grid_rows = 0, grid_cols = 0;
-        if (!thumbs.empty()) {
-            pictures.emplace_back(out.file("thumbnails.png", "each image drawn at its place in the embedding"),
-                                  thumbnail_map(xy, thumbs, o->map_size, o->thumb_size, labels));
-            std::tie(grid_rows, grid_cols) =
-                o->grid.empty() ? near_square_grid(std::min(n, o->grid_max)) : grid_shape;
-            const auto cells = grid_assignment(xy, grid_rows, grid_cols);
-            const cv::Mat blank(o->thumb_size, o->thumb_size, CV_8UC3, cv::Scalar(255, 255, 255));
-            std::vector<cv::Mat> tiles;
-            tiles.reserve(cells.size());
-            for (int64_t c : cells) tiles.push_back(c < 0 ? blank : resize_to_fit(thumbs[size_t(c)], o->thumb_size));
-            pictures.emplace_back(out.file("grid.png", "grid view: " + std::to_string(grid_rows) + "x" +
-                                                           std::to_string(grid_cols) +
-                                                           " cells, one image each, placed so that neighbours in "
-                                                           "the embedding stay neighbours"),
-                                  tile_grid(tiles, grid_cols, 0, cv::Scalar(255, 255, 255)));
-        }
-        write_pngs(pictures, o->common.threads);
-        write_projector(out, features, labels, indices, names, thumbs, layer);
+        write_tables(out, xy, in);
+        const auto [grid_rows, grid_cols] = write_maps(out, xy, in, *o, grid_shape);
+        write_projector(out, in.features, in.labels, in.indices, in.names, in.thumbs, layer);
 
         nlohmann::json metrics = to_json(r);
-        metrics.update(nlohmann::json{{"n", n}, {"dims", features.size(1)}, {"layer", layer}});
-        metrics["seconds"]["features"] = feature_seconds;
+        metrics.update(nlohmann::json{{"n", n}, {"dims", in.features.size(1)}, {"layer", layer}});
+        metrics["seconds"]["features"] = in.feature_seconds;
         if (grid_rows > 0) metrics["grid"] = {grid_rows, grid_cols};
         write_json(out.file("metrics.json",
                             "leave-one-out " + std::to_string(r.metric_k) +
@@ -273,7 +313,7 @@ RunFn setup(CLI::App& app) {
                                 "seconds per stage"),
                    metrics);
         out.write_manifest();
-        std::cerr << "embedded " << n << " items (" << layer << ", " << features.size(1) << " dims): ";
+        std::cerr << "embedded " << n << " items (" << layer << ", " << in.features.size(1) << " dims): ";
         if (std::isfinite(r.knn_accuracy)) std::cerr << r.metric_k << "-NN accuracy " << num(r.knn_accuracy, "%.4f") << ", ";
         std::cerr << "neighbour preservation " << num(r.neighbour_preservation, "%.4f") << ", KL "
                   << num(r.tsne.kl_divergence, "%.4f") << " -> " << out.dir() << "\n";
