@@ -202,18 +202,117 @@ ReceptiveField merge(const std::vector<ReceptiveField>& rfs) {
     return out;
 }
 
+using Shapes = std::map<const jit::Value*, std::vector<int64_t>>;
+using Fields = std::map<const jit::Value*, ReceptiveField>;
+
+const std::vector<int64_t>* shape_in(const Shapes& shapes, const jit::Value* v) {
+    auto it = shapes.find(v);
+    return it == shapes.end() ? nullptr : &it->second;
+}
+
+// A list of feature maps (the input of torch.cat): the union, or Unknown if the maps are on
+// different grids.
+ReceptiveField list_field(const jit::Node* n, const std::vector<ReceptiveField>& ins, const Fields& rf,
+                          const Shapes& shapes) {
+    bool same_grid = true;
+    const std::vector<int64_t>* first = nullptr;
+    for (const jit::Value* in : n->inputs()) {
+        if (!rf.count(in)) continue;
+        const auto* s = shape_in(shapes, in);
+        if (!s || s->size() != 4) continue;
+        if (!first) first = s;
+        else if ((*s)[2] != (*first)[2] || (*s)[3] != (*first)[3]) same_grid = false;
+    }
+    ReceptiveField r = merge(ins);
+    if (!same_grid && r.kind == Kind::Exact) r.kind = Kind::Unknown;
+    return r;
+}
+
+// Convolutions (conv2d, _convolution, convolution): Unknown when transposed or when a size is
+// not constant.
+ReceptiveField conv_field(const jit::Node* n, const ReceptiveField& in, const Shapes& shapes) {
+    const auto* w = shape_in(shapes, n->input(1));
+    auto stride = int_pair(n->input(3));
+    auto dilation = int_pair(n->input(5));
+    std::optional<std::pair<int64_t, int64_t>> padding;
+    bool transposed = false;
+    if (n->kind() != c10::aten::conv2d) {
+        auto t = jit::toIValue(n->input(6));
+        transposed = t && t->isBool() && t->toBool();
+    }
+    if (w && w->size() == 4 && dilation) {
+        if (auto pv = jit::toIValue(n->input(4)); pv && pv->isString()) {
+            if (pv->toStringRef() == "valid") padding = std::make_pair(0L, 0L);
+            else padding = std::make_pair((*w)[2] / 2 * dilation->first, (*w)[3] / 2 * dilation->second);
+        } else {
+            padding = int_pair(n->input(4));
+        }
+    }
+    ReceptiveField r;
+    if (w && w->size() == 4 && stride && padding && dilation && !transposed)
+        r = compose(in, (*w)[2], (*w)[3], stride->first, stride->second, padding->first, padding->second,
+                    dilation->first, dilation->second);
+    else r.kind = Kind::Unknown;
+    return r;
+}
+
+// max_pool2d (with indices) and avg_pool2d.
+ReceptiveField pool_field(const jit::Node* n, const ReceptiveField& in) {
+    auto k = int_pair(n->input(1));
+    auto s = int_pair(n->input(2));
+    if (!s) s = k;  // stride [] means stride = kernel
+    auto p = int_pair(n->input(3));
+    // Dilation: max pooling's fifth input; average pooling has none.
+    std::pair<int64_t, int64_t> d{1, 1};
+    bool d_known = true;
+    if (n->kind() != c10::aten::avg_pool2d) {
+        const auto given = int_pair(n->input(4));
+        d_known = given.has_value();
+        if (given) d = *given;
+    }
+    ReceptiveField r;
+    if (k && s && p && d_known)
+        r = compose(in, k->first, k->second, s->first, s->second, p->first, p->second, d.first, d.second);
+    else r.kind = Kind::Unknown;
+    return r;
+}
+
+// Adaptive pooling: global to 1x1, a plain pooling where the sizes divide, else Unknown.
+ReceptiveField adaptive_field(const ReceptiveField& in, const std::vector<int64_t>& in_shape,
+                              const std::vector<int64_t>& out_shape) {
+    const int64_t ih = in_shape[2], iw = in_shape[3], oh = out_shape[2], ow = out_shape[3];
+    ReceptiveField r;
+    if (oh == 1 && ow == 1) r.kind = Kind::Global;
+    else if (ih % oh == 0 && iw % ow == 0) r = compose(in, ih / oh, iw / ow, ih / oh, iw / ow, 0, 0, 1, 1);
+    else r.kind = Kind::Unknown;
+    return r;
+}
+
+// Elementwise or concatenation: the union where every spatial input is on the output's grid.
+ReceptiveField pointwise_field(const jit::Node* n, const std::vector<ReceptiveField>& ins, const Fields& rf,
+                               const Shapes& shapes, const std::vector<int64_t>& out_shape) {
+    bool same_grid = true;
+    for (const jit::Value* in : n->inputs()) {
+        if (!rf.count(in)) continue;
+        if (in->type()->kind() != c10::TypeKind::TensorType) continue;  // a list: checked by list_field
+        const auto* s = shape_in(shapes, in);
+        if (!s || s->size() != 4 || (*s)[2] != out_shape[2] || (*s)[3] != out_shape[3]) same_grid = false;
+    }
+    if (same_grid) return merge(ins);
+    ReceptiveField r;
+    r.kind = Kind::Unknown;
+    for (const auto& i : ins)
+        if (i.kind == Kind::Global) r.kind = Kind::Global;
+    return r;
+}
+
 }  // namespace
 
 std::map<const jit::Value*, ReceptiveField> receptive_fields(
     jit::Graph& graph, const jit::Module& module,
     const std::map<const jit::Value*, std::vector<int64_t>>& shapes) {
-    std::map<const jit::Value*, ReceptiveField> rf;
+    Fields rf;
     rf[graph.inputs()[1]] = ReceptiveField{};
-    auto shape_of = [&](const jit::Value* v) -> const std::vector<int64_t>* {
-        auto it = shapes.find(v);
-        return it == shapes.end() ? nullptr : &it->second;
-    };
-
     for (jit::Node* n : graph.nodes()) {
         std::vector<ReceptiveField> ins;
         const std::vector<int64_t>* in_shape = nullptr;
@@ -221,117 +320,35 @@ std::map<const jit::Value*, ReceptiveField> receptive_fields(
             auto it = rf.find(in);
             if (it == rf.end()) continue;
             ins.push_back(it->second);
-            if (!in_shape) in_shape = shape_of(in);
+            if (!in_shape) in_shape = shape_in(shapes, in);
         }
         if (ins.empty()) continue;
         const auto kind = n->kind();
         if (kind == c10::prim::ListConstruct || kind == c10::prim::TupleConstruct) {
-            // A list of feature maps (the input of torch.cat): carry the union, or Unknown if the
-            // maps are on different grids.
-            bool same_grid = true;
-            const std::vector<int64_t>* first = nullptr;
-            for (jit::Value* in : n->inputs()) {
-                if (!rf.count(in)) continue;
-                const auto* s = shape_of(in);
-                if (!s || s->size() != 4) continue;
-                if (!first) first = s;
-                else if ((*s)[2] != (*first)[2] || (*s)[3] != (*first)[3]) same_grid = false;
-            }
-            ReceptiveField r = merge(ins);
-            if (!same_grid && r.kind == Kind::Exact) r.kind = Kind::Unknown;
-            rf[n->output()] = r;
+            rf[n->output()] = list_field(n, ins, rf, shapes);
             continue;
         }
+        const bool is_conv =
+            kind == c10::aten::conv2d || kind == c10::aten::_convolution || kind == c10::aten::convolution;
+        const bool is_pool = kind == c10::aten::max_pool2d || kind == c10::aten::max_pool2d_with_indices ||
+                             kind == c10::aten::avg_pool2d;
+        const bool is_adaptive = kind == c10::aten::adaptive_avg_pool2d || kind == c10::aten::adaptive_max_pool2d;
         for (jit::Value* out : n->outputs()) {
             if (out->type()->kind() != c10::TypeKind::TensorType) continue;
-            const auto* out_shape = shape_of(out);
+            const auto* out_shape = shape_in(shapes, out);
             ReceptiveField r;
-            const bool spatial_out = out_shape && out_shape->size() == 4;
-            if (!spatial_out) {
+            if (!out_shape || out_shape->size() != 4) {  // not spatial
                 r.kind = Kind::Global;
                 for (const auto& i : ins)
                     if (i.kind == Kind::Unknown) r.kind = Kind::Unknown;
-                rf[out] = r;
-                continue;
-            }
-            const bool is_conv = kind == c10::aten::conv2d || kind == c10::aten::_convolution ||
-                                 kind == c10::aten::convolution;
-            const bool is_pool = kind == c10::aten::max_pool2d ||
-                                 kind == c10::aten::max_pool2d_with_indices ||
-                                 kind == c10::aten::avg_pool2d;
-            const bool is_adaptive = kind == c10::aten::adaptive_avg_pool2d ||
-                                     kind == c10::aten::adaptive_max_pool2d;
-            if (is_conv && rf.count(n->input(0))) {
-                const auto* w = shape_of(n->input(1));
-                auto stride = int_pair(n->input(3));
-                auto dilation = int_pair(n->input(5));
-                std::optional<std::pair<int64_t, int64_t>> padding;
-                bool transposed = false;
-                if (kind != c10::aten::conv2d) {
-                    auto t = jit::toIValue(n->input(6));
-                    transposed = t && t->isBool() && t->toBool();
-                }
-                if (w && w->size() == 4 && dilation) {
-                    if (auto pv = jit::toIValue(n->input(4)); pv && pv->isString()) {
-                        if (pv->toStringRef() == "valid") padding = std::make_pair(0L, 0L);
-                        else
-                            padding = std::make_pair((*w)[2] / 2 * dilation->first,
-                                                     (*w)[3] / 2 * dilation->second);
-                    } else {
-                        padding = int_pair(n->input(4));
-                    }
-                }
-                if (w && w->size() == 4 && stride && padding && dilation && !transposed) {
-                    r = compose(rf.at(n->input(0)), (*w)[2], (*w)[3], stride->first, stride->second,
-                                padding->first, padding->second, dilation->first, dilation->second);
-                } else {
-                    r.kind = Kind::Unknown;
-                }
+            } else if (is_conv && rf.count(n->input(0))) {
+                r = conv_field(n, rf.at(n->input(0)), shapes);
             } else if (is_pool && rf.count(n->input(0))) {
-                auto k = int_pair(n->input(1));
-                auto s = int_pair(n->input(2));
-                if (!s) s = k;  // stride [] means stride = kernel
-                auto p = int_pair(n->input(3));
-                // Dilation: max pooling's fifth input; average pooling has none.
-                std::pair<int64_t, int64_t> d{1, 1};
-                bool d_known = true;
-                if (kind != c10::aten::avg_pool2d) {
-                    const auto given = int_pair(n->input(4));
-                    d_known = given.has_value();
-                    if (given) d = *given;
-                }
-                if (k && s && p && d_known)
-                    r = compose(rf.at(n->input(0)), k->first, k->second, s->first, s->second,
-                                p->first, p->second, d.first, d.second);
-                else
-                    r.kind = Kind::Unknown;
+                r = pool_field(n, rf.at(n->input(0)));
             } else if (is_adaptive && in_shape && in_shape->size() == 4) {
-                const int64_t ih = (*in_shape)[2], iw = (*in_shape)[3];
-                const int64_t oh = (*out_shape)[2], ow = (*out_shape)[3];
-                if (oh == 1 && ow == 1) {
-                    r.kind = Kind::Global;
-                } else if (ih % oh == 0 && iw % ow == 0) {
-                    r = compose(rf.at(n->input(0)), ih / oh, iw / ow, ih / oh, iw / ow, 0, 0, 1, 1);
-                } else {
-                    r.kind = Kind::Unknown;
-                }
+                r = adaptive_field(rf.at(n->input(0)), *in_shape, *out_shape);
             } else {
-                // Elementwise or concatenation: every spatial input on the output's grid.
-                bool same_grid = true;
-                for (jit::Value* in : n->inputs()) {
-                    if (!rf.count(in)) continue;
-                    if (in->type()->kind() != c10::TypeKind::TensorType) continue;  // a list: checked above
-                    const auto* s = shape_of(in);
-                    if (!s || s->size() != 4 || (*s)[2] != (*out_shape)[2] || (*s)[3] != (*out_shape)[3])
-                        same_grid = false;
-                }
-                if (same_grid) {
-                    r = merge(ins);
-                } else {
-                    r.kind = Kind::Unknown;
-                    for (const auto& i : ins)
-                        if (i.kind == Kind::Global) r.kind = Kind::Global;
-                }
+                r = pointwise_field(n, ins, rf, shapes, *out_shape);
             }
             rf[out] = r;
         }
