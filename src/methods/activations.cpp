@@ -88,22 +88,17 @@ const char* channel_order_name(ChannelOrder o) { return enum_name(kOrderNames, o
 ActivationScale parse_activation_scale(const std::string& name) { return parse_enum(kScaleNames, name, "scale"); }
 ChannelOrder parse_channel_order(const std::string& name) { return parse_enum(kOrderNames, name, "channel order"); }
 
-ActivationsResult activations(const Model& model, const at::Tensor& images_nchw,
-                              const ActivationsOptions& opt, const RunContext& context) {
-    const ThreadScope threads(context);
-    const ProgressFn& progress = context.progress;
-    if (opt.tile_px < 1 || opt.bar_height < 1 || opt.overlay_px < 1 || opt.input_px < 1)
-        throw UsageError("tile_px, bar_height, overlay_px and input_px must be >= 1");
-    if (opt.top_channels < 1) throw UsageError("the overlay needs at least 1 channel (top_channels >= 1)");
-    check_input(model, images_nchw);
+namespace {
 
-    // Which layers.
-    ActivationsResult result;
+// The layers to show: opt.layers (checked), or every layer with a C,H,W or F output (the others
+// listed in skipped).
+std::vector<std::string> select_layers(const Model& model, const ActivationsOptions& opt,
+                                       std::vector<std::string>& skipped) {
     std::vector<std::string> names;
     if (opt.layers.empty()) {
         for (const auto& l : model.layers()) {
             if (l.output_shape.size() == 3 || l.output_shape.size() == 1) names.push_back(l.name);
-            else result.skipped.push_back(l.name + ": output " + detail::shape_str(l.output_shape) +
+            else skipped.push_back(l.name + ": output " + detail::shape_str(l.output_shape) +
                                           " is neither C,H,W nor F");
         }
         if (names.empty())
@@ -119,46 +114,42 @@ ActivationsResult activations(const Model& model, const at::Tensor& images_nchw,
         }
     }
 
-    // One forward pass with all taps.
-    report_progress(progress, 0.0);
-    TapResult taps = model.forward_taps(images_nchw, names);
-    result.output = taps.output;
-    report_progress(progress, 0.4);
+    return names;
+}
 
-    const int64_t n_inputs = images_nchw.size(0);
-    for (const auto& name : names) {
-        LayerActivations la;
-        la.name = name;
-        la.values = taps.taps.at(name).to(torch::kCPU, torch::kFloat).contiguous();
-        if (la.values.dim() != 4 && la.values.dim() != 2)
-            throw Error("layer '" + name + "' gave outputs of shape " + detail::shape_str(la.values.sizes().vec()) +
-                        " for this input: activations shows C,H,W feature maps and F-vectors only");
-        la.spatial = la.values.dim() == 4 && la.values.size(2) * la.values.size(3) > 1;
-        compute_stats(la);
-        la.range = auto_range(opt.colormap, la.values);
-        const int64_t c = la.values.size(1);
-        const at::Tensor means = la.channel_mean.contiguous();
-        for (int64_t n = 0; n < n_inputs; ++n) {
-            const float* m = means.data_ptr<float>() + n * c;
-            std::vector<int64_t> sorted = by_mean(m, c);
-            la.strongest.emplace_back(sorted.begin(),
-                                      sorted.begin() + std::min<int64_t>(opt.top_channels, c));
-            if (opt.order == ChannelOrder::Mean) {
-                la.order.push_back(std::move(sorted));
-            } else {
-                std::vector<int64_t> idx(static_cast<size_t>(c));
-                for (int64_t i = 0; i < c; ++i) idx[static_cast<size_t>(i)] = i;
-                la.order.push_back(std::move(idx));
-            }
+// A layer's values, statistics, colour range and channel orders from its tap [N,...].
+LayerActivations layer_activations(const std::string& name, const at::Tensor& tap, const ActivationsOptions& opt) {
+    LayerActivations la;
+    la.name = name;
+    la.values = tap.to(torch::kCPU, torch::kFloat).contiguous();
+    if (la.values.dim() != 4 && la.values.dim() != 2)
+        throw Error("layer '" + name + "' gave outputs of shape " + detail::shape_str(la.values.sizes().vec()) +
+                    " for this input: activations shows C,H,W feature maps and F-vectors only");
+    la.spatial = la.values.dim() == 4 && la.values.size(2) * la.values.size(3) > 1;
+    compute_stats(la);
+    la.range = auto_range(opt.colormap, la.values);
+    const int64_t c = la.values.size(1);
+    const at::Tensor means = la.channel_mean.contiguous();
+    for (int64_t n = 0; n < la.values.size(0); ++n) {
+        const float* m = means.data_ptr<float>() + n * c;
+        std::vector<int64_t> sorted = by_mean(m, c);
+        la.strongest.emplace_back(sorted.begin(),
+                                  sorted.begin() + std::min<int64_t>(opt.top_channels, c));
+        if (opt.order == ChannelOrder::Mean) {
+            la.order.push_back(std::move(sorted));
+        } else {
+            std::vector<int64_t> idx(static_cast<size_t>(c));
+            for (int64_t i = 0; i < c; ++i) idx[static_cast<size_t>(i)] = i;
+            la.order.push_back(std::move(idx));
         }
-        result.layers.push_back(std::move(la));
     }
-    taps.taps.clear();
-    if (!opt.pictures) {
-        report_progress(progress, 1.0);
-        return result;
-    }
+    return la;
+}
 
+// The pictures: per input and layer the channel grid (or bar strip), the picture beside the
+// input and the overlay of the strongest channels.
+void make_pictures(const at::Tensor& images_nchw, const ActivationsOptions& opt, ActivationsResult& result) {
+    const int64_t n_inputs = images_nchw.size(0);
     // Inputs as pictures (only 1- or 3-channel inputs can be shown).
     const int64_t in_c = images_nchw.size(1), in_h = images_nchw.size(2), in_w = images_nchw.size(3);
     std::vector<cv::Mat> overlay_bases(static_cast<size_t>(n_inputs));
@@ -216,6 +207,29 @@ ActivationsResult activations(const Model& model, const at::Tensor& images_nchw,
         la.grids[static_cast<size_t>(n)] = std::move(grid);
     };
     run_parallel(n_layers * n_inputs, std::max(1, at::get_num_threads()), make);
+}
+
+}  // namespace
+
+ActivationsResult activations(const Model& model, const at::Tensor& images_nchw,
+                              const ActivationsOptions& opt, const RunContext& context) {
+    const ThreadScope threads(context);
+    const ProgressFn& progress = context.progress;
+    if (opt.tile_px < 1 || opt.bar_height < 1 || opt.overlay_px < 1 || opt.input_px < 1)
+        throw UsageError("tile_px, bar_height, overlay_px and input_px must be >= 1");
+    if (opt.top_channels < 1) throw UsageError("the overlay needs at least 1 channel (top_channels >= 1)");
+    check_input(model, images_nchw);
+    ActivationsResult result;
+    const std::vector<std::string> names = select_layers(model, opt, result.skipped);
+
+    // One forward pass with all taps.
+    report_progress(progress, 0.0);
+    TapResult taps = model.forward_taps(images_nchw, names);
+    result.output = taps.output;
+    report_progress(progress, 0.4);
+    for (const auto& name : names) result.layers.push_back(layer_activations(name, taps.taps.at(name), opt));
+    taps.taps.clear();
+    if (opt.pictures) make_pictures(images_nchw, opt, result);
     report_progress(progress, 1.0);
     return result;
 }
