@@ -196,7 +196,123 @@ bool is_cam_method(AttributionMethod m) {
     return m == AttributionMethod::GradCam || m == AttributionMethod::GradCamPlusPlus;
 }
 
-// ---------------------------------------------------------------------------------------------
+namespace {
+
+// Methods with one backward pass per image: saliency, guided backprop, deconvnet, the CAMs.
+void single_pass(const Model& model, const at::Tensor& images, const AttributionOptions& o,
+                 const RunContext& context, AttributionResult& r) {
+    const int64_t n = images.size(0);
+    const int batch = o.batch_size;
+    const bool cam = is_cam_method(o.method);
+    const auto rule = o.method == AttributionMethod::GuidedBackprop
+                          ? Model::ReluBackward::Guided
+                      : o.method == AttributionMethod::Deconvnet ? Model::ReluBackward::Deconv
+                                                                 : Model::ReluBackward::Plain;
+    auto p = run_passes(
+        model, rule, images,
+        [&](const at::Tensor& out, int64_t first) { return targets_for(out, first, o); },
+        r.layer, batch,
+        [&](int64_t done) { report_progress(context.progress, double(done) / double(n)); });
+    r.targets = to_vector(p.targets);
+    r.scores = p.scores.to(torch::kFloat);
+    if (!cam) {
+        r.attributions = p.input_grad.to(torch::kFloat).contiguous();
+    } else {
+        const at::Tensor a = p.tap, g = p.tap_grad;
+        at::Tensor weights;
+        if (o.method == AttributionMethod::GradCam) {
+            weights = g.mean({2, 3});
+        } else {
+            // Grad-CAM++ with the closed form for an exponential score:
+            // alpha = g^2 / (2 g^2 + sum_ab A_ab g^3), w = sum_ij alpha_ij relu(g_ij).
+            const at::Tensor g2 = g * g, g3 = g2 * g;
+            const at::Tensor denom = 2.0 * g2 + a.sum({2, 3}, true) * g3;
+            const at::Tensor alpha = torch::where(
+                denom != 0, g2 / torch::where(denom != 0, denom, torch::ones_like(denom)),
+                torch::zeros_like(denom));
+            weights = (alpha * torch::relu(g)).sum({2, 3});
+        }
+        r.attributions = torch::relu((weights.unsqueeze(-1).unsqueeze(-1) * a).sum(1))
+                             .to(torch::kFloat)
+                             .contiguous();
+    }
+}
+
+// Methods with several rows per image: SmoothGrad's noisy copies or integrated gradients' points
+// on the path from the baseline (then also the baselines, their scores and the completeness gap).
+void several_passes(const Model& model, const at::Tensor& images, const AttributionOptions& o,
+                    const RunContext& context, AttributionResult& r) {
+    const int64_t n = images.size(0), c = images.size(1), h = images.size(2), w = images.size(3);
+    const int batch = o.batch_size;
+    const at::Tensor clean_out = forward_chunks(model, images, batch);
+    const at::Tensor targets = targets_for(clean_out, 0, o);
+    r.targets = to_vector(targets);
+    r.scores = gather_scores(clean_out, targets).to(torch::kFloat);
+    const bool sg = o.method == AttributionMethod::SmoothGrad;
+    const int64_t per_image = sg ? o.samples : o.steps + 1;
+    at::Tensor attributions = torch::empty({n, c, h, w}, torch::kFloat);
+    at::Tensor baselines, baseline_scores, sums;
+    if (!sg) {
+        baselines = torch::empty({n, c, h, w}, torch::kFloat);
+        baseline_scores = torch::empty({n}, torch::kDouble);
+        sums = torch::empty({n}, torch::kDouble);
+    }
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(context.seed);
+    for (int64_t i = 0; i < n; ++i) {
+        const at::Tensor x = images[i];
+        const int64_t t = r.targets[size_t(i)];
+        at::Tensor rows, weights;
+        at::Tensor base;
+        if (sg) {
+            const double range = (x.max() - x.min()).item<double>();
+            // Drawn image by image in order, so the noise does not depend on batch_size.
+            at::Tensor noise = torch::randn({per_image, c, h, w}, gen, torch::kFloat);
+            rows = x.unsqueeze(0) + noise * (o.noise * range);
+        } else {
+            base = baseline_images(x.unsqueeze(0), o.baseline, 10.0).squeeze(0);
+            at::Tensor alphas = torch::arange(per_image, torch::kDouble) / double(o.steps);
+            rows = (base.unsqueeze(0).to(torch::kDouble) +
+                    alphas.view({-1, 1, 1, 1}) * (x - base).unsqueeze(0).to(torch::kDouble))
+                       .to(torch::kFloat);
+            // Trapezoidal weights: 1/steps inside, 1/(2 steps) at both ends.
+            weights = torch::full({per_image}, 1.0 / double(o.steps), torch::kDouble);
+            weights[0] = 0.5 / double(o.steps);
+            weights[per_image - 1] = 0.5 / double(o.steps);
+        }
+        auto p = run_passes(
+            model, Model::ReluBackward::Plain, rows,
+            [&](const at::Tensor& out, int64_t) {
+                check_output(out);
+                return torch::full({out.size(0)}, t, torch::kLong);
+            },
+            "", batch,
+            [&](int64_t done) {
+                report_progress(context.progress,
+                                (double(i) + double(done) / double(per_image)) / double(n));
+            });
+        if (sg) {
+            attributions[i] = p.input_grad.to(torch::kDouble).mean(0).to(torch::kFloat);
+        } else {
+            const at::Tensor avg_grad =
+                (p.input_grad.to(torch::kDouble) * weights.view({-1, 1, 1, 1})).sum(0);
+            const at::Tensor a = (x - base).to(torch::kDouble) * avg_grad;
+            attributions[i] = a.to(torch::kFloat);
+            baselines[i] = base;
+            sums[i] = a.sum();
+            baseline_scores[i] = p.scores[0].to(torch::kDouble);
+        }
+    }
+    r.attributions = attributions;
+    if (!sg) {
+        r.baselines = baselines;
+        r.baseline_scores = baseline_scores.to(torch::kFloat);
+        r.attribution_sums = sums.to(torch::kFloat);
+        r.completeness_gap =
+            (sums - (r.scores.to(torch::kDouble) - baseline_scores)).to(torch::kFloat);
+    }
+}
+
+}  // namespace
 
 AttributionResult attribute(const Model& model, const at::Tensor& images_nchw, const AttributionOptions& o,
                             const RunContext& context) {
@@ -204,122 +320,16 @@ AttributionResult attribute(const Model& model, const at::Tensor& images_nchw, c
     check_options(model, images_nchw, o);
     torch::NoGradGuard no_grad;  // the runtime turns autograd on where it needs it
     const at::Tensor images = images_nchw.contiguous();
-    const int64_t n = images.size(0), c = images.size(1), h = images.size(2), w = images.size(3);
-    const int batch = o.batch_size;
-
     AttributionResult r;
     r.method = o.method;
     report_progress(context.progress, 0.0);
-
     const bool cam = is_cam_method(o.method);
     if (cam) r.layer = cam_layer(model, o.layer);
-
-    // One pass per image: saliency, guided backprop, deconvnet, the CAMs.
     if (o.method == AttributionMethod::Saliency || o.method == AttributionMethod::GuidedBackprop ||
-        o.method == AttributionMethod::Deconvnet || cam) {
-        const auto rule = o.method == AttributionMethod::GuidedBackprop
-                              ? Model::ReluBackward::Guided
-                          : o.method == AttributionMethod::Deconvnet ? Model::ReluBackward::Deconv
-                                                                     : Model::ReluBackward::Plain;
-        auto p = run_passes(
-            model, rule, images,
-            [&](const at::Tensor& out, int64_t first) { return targets_for(out, first, o); },
-            r.layer, batch,
-            [&](int64_t done) { report_progress(context.progress, double(done) / double(n)); });
-        r.targets = to_vector(p.targets);
-        r.scores = p.scores.to(torch::kFloat);
-        if (!cam) {
-            r.attributions = p.input_grad.to(torch::kFloat).contiguous();
-        } else {
-            const at::Tensor a = p.tap, g = p.tap_grad;
-            at::Tensor weights;
-            if (o.method == AttributionMethod::GradCam) {
-                weights = g.mean({2, 3});
-            } else {
-                // Grad-CAM++ with the closed form for an exponential score:
-                // alpha = g^2 / (2 g^2 + sum_ab A_ab g^3), w = sum_ij alpha_ij relu(g_ij).
-                const at::Tensor g2 = g * g, g3 = g2 * g;
-                const at::Tensor denom = 2.0 * g2 + a.sum({2, 3}, true) * g3;
-                const at::Tensor alpha = torch::where(
-                    denom != 0, g2 / torch::where(denom != 0, denom, torch::ones_like(denom)),
-                    torch::zeros_like(denom));
-                weights = (alpha * torch::relu(g)).sum({2, 3});
-            }
-            r.attributions = torch::relu((weights.unsqueeze(-1).unsqueeze(-1) * a).sum(1))
-                                 .to(torch::kFloat)
-                                 .contiguous();
-        }
-    } else {
-        // Several rows per image: noisy copies or points on the path from the baseline.
-        const at::Tensor clean_out = forward_chunks(model, images, batch);
-        const at::Tensor targets = targets_for(clean_out, 0, o);
-        r.targets = to_vector(targets);
-        r.scores = gather_scores(clean_out, targets).to(torch::kFloat);
-        const bool sg = o.method == AttributionMethod::SmoothGrad;
-        const int64_t per_image = sg ? o.samples : o.steps + 1;
-        at::Tensor attributions = torch::empty({n, c, h, w}, torch::kFloat);
-        at::Tensor baselines, baseline_scores, sums;
-        if (!sg) {
-            baselines = torch::empty({n, c, h, w}, torch::kFloat);
-            baseline_scores = torch::empty({n}, torch::kDouble);
-            sums = torch::empty({n}, torch::kDouble);
-        }
-        at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(context.seed);
-        for (int64_t i = 0; i < n; ++i) {
-            const at::Tensor x = images[i];
-            const int64_t t = r.targets[size_t(i)];
-            at::Tensor rows, weights;
-            at::Tensor base;
-            if (sg) {
-                const double range = (x.max() - x.min()).item<double>();
-                // Drawn image by image in order, so the noise does not depend on batch_size.
-                at::Tensor noise = torch::randn({per_image, c, h, w}, gen, torch::kFloat);
-                rows = x.unsqueeze(0) + noise * (o.noise * range);
-            } else {
-                base = baseline_images(x.unsqueeze(0), o.baseline, 10.0).squeeze(0);
-                at::Tensor alphas = torch::arange(per_image, torch::kDouble) / double(o.steps);
-                rows = (base.unsqueeze(0).to(torch::kDouble) +
-                        alphas.view({-1, 1, 1, 1}) * (x - base).unsqueeze(0).to(torch::kDouble))
-                           .to(torch::kFloat);
-                // Trapezoidal weights: 1/steps inside, 1/(2 steps) at both ends.
-                weights = torch::full({per_image}, 1.0 / double(o.steps), torch::kDouble);
-                weights[0] = 0.5 / double(o.steps);
-                weights[per_image - 1] = 0.5 / double(o.steps);
-            }
-            auto p = run_passes(
-                model, Model::ReluBackward::Plain, rows,
-                [&](const at::Tensor& out, int64_t) {
-                    check_output(out);
-                    return torch::full({out.size(0)}, t, torch::kLong);
-                },
-                "", batch,
-                [&](int64_t done) {
-                    report_progress(context.progress,
-                                    (double(i) + double(done) / double(per_image)) / double(n));
-                });
-            if (sg) {
-                attributions[i] = p.input_grad.to(torch::kDouble).mean(0).to(torch::kFloat);
-            } else {
-                const at::Tensor avg_grad =
-                    (p.input_grad.to(torch::kDouble) * weights.view({-1, 1, 1, 1})).sum(0);
-                const at::Tensor a = (x - base).to(torch::kDouble) * avg_grad;
-                attributions[i] = a.to(torch::kFloat);
-                baselines[i] = base;
-                sums[i] = a.sum();
-                baseline_scores[i] = p.scores[0].to(torch::kDouble);
-            }
-        }
-        r.attributions = attributions;
-        if (!sg) {
-            r.baselines = baselines;
-            r.baseline_scores = baseline_scores.to(torch::kFloat);
-            r.attribution_sums = sums.to(torch::kFloat);
-            r.completeness_gap =
-                (sums - (r.scores.to(torch::kDouble) - baseline_scores)).to(torch::kFloat);
-        }
-    }
-
-    r.heat = cam ? upsample(r.attributions, h, w).contiguous()
+        o.method == AttributionMethod::Deconvnet || cam)
+        single_pass(model, images, o, context, r);
+    else several_passes(model, images, o, context, r);
+    r.heat = cam ? upsample(r.attributions, images.size(2), images.size(3)).contiguous()
                  : r.attributions.abs().amax(1).contiguous();
     report_progress(context.progress, 1.0);
     return r;
