@@ -19,7 +19,7 @@ struct Options {
     CommonOptions common;
     std::string layer;
     std::string features;
-    double perplexity = 30.0;
+    double perplexity = TsneOptions{}.perplexity;
     bool pca = false;
     int pca_dims = 50;
     int iterations = 0;  // 0: automatic (tsne_auto_iterations)

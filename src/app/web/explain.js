@@ -81,11 +81,7 @@ async function ensureMap() {
         const canvas = $('map');
         state.mapView = new MapView(canvas, { x: m.x, y: m.y, labels: m.labels, colours: m.class_colours, unknownColour: m.unknown_colour }, {
             onHover(i, e) {
-                if (i < 0) { hover.hidden = true; return; }
-                const r = canvas.getBoundingClientRect();
-                hover.hidden = false;
-                hover.style.left = `${Math.min(e.clientX - r.left + 14, r.width - 100)}px`;
-                hover.style.top = `${Math.max(0, e.clientY - r.top - 100)}px`;
+                if (!state.mapView.placeTooltip(hover, i, e)) return;
                 const src = `/api/items/${i}.png`;
                 if ($('map-hover-img').getAttribute('src') !== src) $('map-hover-img').src = src;
                 $('map-hover-label').textContent = `#${i} ${m.labels[i] >= 0 ? m.class_names[m.labels[i]] || m.labels[i] : ''}`;

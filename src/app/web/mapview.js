@@ -5,6 +5,7 @@
 //       onHover(index, event),   // index -1 when the pointer leaves every point
 //       onClick(index, event),
 //   });
+//   view.placeTooltip(element, index, event)  // in onHover: show a tooltip beside the pointer
 // x, y: arrays of numbers (any range; the view fits them). labels: class per point (-1 unknown).
 // colours: [[r, g, b], ...] per class. Drag to pan, wheel (or zoomBy) to zoom around the pointer.
 // The canvas carries data-scale (current zoom, 1 = fit) and data-points for tests and tools.
@@ -257,6 +258,20 @@ class MapView {
             if (this.options.onHover) this.options.onHover(-1, e);
         });
         if (window.ResizeObserver) new ResizeObserver(() => this.resize()).observe(c);
+    }
+
+    // For onHover: hides the tooltip el when index < 0 (returns false), else places it beside
+    // the pointer inside the canvas (el is positioned absolutely over the canvas's parent).
+    placeTooltip(el, index, e) {
+        if (index < 0) {
+            el.hidden = true;
+            return false;
+        }
+        const r = this.canvas.getBoundingClientRect();
+        el.hidden = false;
+        el.style.left = `${Math.min(e.clientX - r.left + 14, r.width - 100)}px`;
+        el.style.top = `${Math.max(0, e.clientY - r.top - 100)}px`;
+        return true;
     }
 }
 

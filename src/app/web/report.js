@@ -149,11 +149,7 @@
             const hctx = hoverCanvas.getContext('2d');
             const view = new MapView(canvas, { x: mp.x, y: mp.y, labels: mp.labels, colours: mp.class_colours, unknownColour: mp.unknown_colour }, {
                 onHover(i, e) {
-                    if (i < 0) { hover.hidden = true; return; }
-                    const r = canvas.getBoundingClientRect();
-                    hover.hidden = false;
-                    hover.style.left = `${Math.min(e.clientX - r.left + 14, r.width - 100)}px`;
-                    hover.style.top = `${Math.max(0, e.clientY - r.top - 100)}px`;
+                    if (!view.placeTooltip(hover, i, e)) return;
                     const t = mp.sprite.thumb, col = i % mp.sprite.cols, row = Math.floor(i / mp.sprite.cols);
                     hctx.clearRect(0, 0, t, t);
                     if (sprite.complete) hctx.drawImage(sprite, col * t, row * t, t, t, 0, 0, t, t);
