@@ -116,10 +116,9 @@ TEST(FeatureVis, NormalisationAndDatasetBest) {
     Dataset ds = Dataset::open(tmp / "data.npy");
     auto o = channel_opts("pool2", {0, 5, 9});
     o.steps = 8;
-    o.dataset = &ds;
     o.dataset_batch_size = 4;
     o.preprocess = ds.preprocess_for({1, 28, 28}, {}, {});
-    auto r = feature_vis(model, o);
+    auto r = feature_vis(model, ds, {}, o);
     const at::Tensor obj = feature_vis_objective(model, o, data);  // [10,3] brute force
     const auto [best, where] = obj.max(0);
     expect_close(r.dataset_best, best, 1e-6, "dataset best");

@@ -235,27 +235,18 @@ at::Tensor feature_vis_objective(const Model& model, const FeatureVisOptions& o,
     return objective_of_units(model, o, images_nchw);
 }
 
-FeatureVisResult feature_vis(const Model& model, const FeatureVisOptions& o, const RunContext& context) {
-    const ThreadScope threads(context);
-    check_options(model, o);
-    const Space space = input_space(model, o);
+namespace {
+
+// The optimisation of every unit's image, in chunks of batch_size units; the progress runs to
+// `share`.
+void optimise(const Model& model, const FeatureVisOptions& o, const Space& space, const RunContext& context,
+              double share, FeatureVisResult& result) {
     const bool channel = o.objective == FeatureVisOptions::Objective::Channel;
-    if (o.size < 0) throw Error("the feature visualisation size must be >= 0 (0 = the model's input size)");
-    if (o.size > 0 && !channel && model.has_input_shape() &&
-        (o.size != model.input_shape()[1] || o.size != model.input_shape()[2]))
-        throw Error("a class objective needs the model's input size: leave the size at 0");
     const std::vector<std::string> taps =
         channel ? std::vector<std::string>{o.layer} : std::vector<std::string>{};
     const int64_t u_count = static_cast<int64_t>(o.units.size());
     const int64_t chunks = (u_count + o.batch_size - 1) / o.batch_size;
-    const double dataset_share = o.dataset ? 0.1 : 0.0;
-
-    FeatureVisResult result;
-    result.layer = channel ? o.layer : "";
-    result.units = o.units;
     std::vector<at::Tensor> pixels_out, act_out, init_out;
-    report_progress(context.progress, 0.0);
-
     for (int64_t chunk = 0; chunk < chunks; ++chunk) {
         const int64_t first = chunk * o.batch_size;
         const int64_t end = std::min(u_count, first + o.batch_size);
@@ -293,7 +284,7 @@ FeatureVisResult feature_vis(const Model& model, const FeatureVisOptions& o, con
             if (o.blur_every > 0 && o.blur_sigma > 0 && (step + 1) % o.blur_every == 0 &&
                 step + 1 < o.steps)
                 param.blur(o.blur_sigma);
-            report_progress(context.progress, (1.0 - dataset_share) *
+            report_progress(context.progress, share *
                                             (double(chunk) + double(step + 1) / double(o.steps)) /
                                             double(chunks));
         }
@@ -318,39 +309,74 @@ FeatureVisResult feature_vis(const Model& model, const FeatureVisOptions& o, con
                              .to(torch::kByte)
                              .permute({0, 2, 3, 1})
                              .contiguous();
+}
 
-    if (o.dataset) {
-        std::vector<int64_t> indices = o.dataset_indices;
-        if (indices.empty())
-            for (int64_t i = 0; i < o.dataset->size(); ++i) indices.push_back(i);
-        if (indices.empty()) throw Error("the dataset for the best activations is empty");
-        Preprocess pre = o.preprocess;
-        if (pre.input_shape.empty()) pre.input_shape = {space.c, space.h, space.w};
-        BatchLoader loader(*o.dataset, indices, o.dataset_batch_size, pre);
-        at::Tensor best =
-            torch::full({u_count}, -std::numeric_limits<float>::infinity(), torch::kFloat);
-        at::Tensor best_index = torch::full({u_count}, int64_t(-1), torch::kLong);
-        Batch batch;
-        int64_t done = 0;
-        while (loader.next(batch)) {
-            const at::Tensor obj = objective_of_units(model, o, batch.images);  // [B,U]
-            const auto [vals, rows] = obj.max(0);
-            const at::Tensor better = vals > best;
-            best = torch::where(better, vals, best);
-            const at::Tensor idx = torch::tensor(batch.indices, torch::kLong).index_select(0, rows);
-            best_index = torch::where(better, idx, best_index);
-            done += static_cast<int64_t>(batch.indices.size());
-            report_progress(context.progress, 1.0 - dataset_share +
-                                            dataset_share * double(done) / double(indices.size()));
-        }
-        result.dataset_best = best;
-        result.dataset_best_index = best_index;
-        result.ratio =
-            torch::where(best > 0, result.activation / best,
-                         torch::full_like(best, std::numeric_limits<float>::quiet_NaN()));
+// Each unit's best activation over the items of data (empty indices: all) and the ratio of the
+// synthetic image's to it; the progress runs from share0 to 1.
+void dataset_best(const Model& model, const Dataset& data, const std::vector<int64_t>& dataset_indices,
+                  const FeatureVisOptions& o, const Space& space, const ProgressFn& progress, double share0,
+                  FeatureVisResult& result) {
+    torch::NoGradGuard no_grad;
+    const int64_t u_count = static_cast<int64_t>(o.units.size());
+    std::vector<int64_t> indices = dataset_indices;
+    if (indices.empty())
+        for (int64_t i = 0; i < data.size(); ++i) indices.push_back(i);
+    if (indices.empty()) throw Error("the dataset for the best activations is empty");
+    Preprocess pre = o.preprocess;
+    if (pre.input_shape.empty()) pre.input_shape = {space.c, space.h, space.w};
+    BatchLoader loader(data, indices, o.dataset_batch_size, pre);
+    at::Tensor best =
+        torch::full({u_count}, -std::numeric_limits<float>::infinity(), torch::kFloat);
+    at::Tensor best_index = torch::full({u_count}, int64_t(-1), torch::kLong);
+    Batch batch;
+    int64_t done = 0;
+    while (loader.next(batch)) {
+        const at::Tensor obj = objective_of_units(model, o, batch.images);  // [B,U]
+        const auto [vals, rows] = obj.max(0);
+        const at::Tensor better = vals > best;
+        best = torch::where(better, vals, best);
+        const at::Tensor idx = torch::tensor(batch.indices, torch::kLong).index_select(0, rows);
+        best_index = torch::where(better, idx, best_index);
+        done += static_cast<int64_t>(batch.indices.size());
+        report_progress(progress, share0 + (1.0 - share0) * double(done) / double(indices.size()));
     }
+    result.dataset_best = best;
+    result.dataset_best_index = best_index;
+    result.ratio =
+        torch::where(best > 0, result.activation / best,
+                     torch::full_like(best, std::numeric_limits<float>::quiet_NaN()));
+}
+
+FeatureVisResult run_feature_vis(const Model& model, const Dataset* data, const std::vector<int64_t>& indices,
+                                 const FeatureVisOptions& o, const RunContext& context) {
+    const ThreadScope threads(context);
+    check_options(model, o);
+    const Space space = input_space(model, o);
+    const bool channel = o.objective == FeatureVisOptions::Objective::Channel;
+    if (o.size < 0) throw Error("the feature visualisation size must be >= 0 (0 = the model's input size)");
+    if (o.size > 0 && !channel && model.has_input_shape() &&
+        (o.size != model.input_shape()[1] || o.size != model.input_shape()[2]))
+        throw Error("a class objective needs the model's input size: leave the size at 0");
+    const double share = data ? 0.9 : 1.0;  // of the progress for the optimisation
+    FeatureVisResult result;
+    result.layer = channel ? o.layer : "";
+    result.units = o.units;
+    report_progress(context.progress, 0.0);
+    optimise(model, o, space, context, share, result);
+    if (data) dataset_best(model, *data, indices, o, space, context.progress, share, result);
     report_progress(context.progress, 1.0);
     return result;
+}
+
+}  // namespace
+
+FeatureVisResult feature_vis(const Model& model, const FeatureVisOptions& o, const RunContext& context) {
+    return run_feature_vis(model, nullptr, {}, o, context);
+}
+
+FeatureVisResult feature_vis(const Model& model, const Dataset& data, const std::vector<int64_t>& indices,
+                             const FeatureVisOptions& o, const RunContext& context) {
+    return run_feature_vis(model, &data, indices, o, context);
 }
 
 }  // namespace convscope

@@ -78,7 +78,7 @@ void check_args(const FeatureVisArgs& a) {
 }
 
 FeatureVisOptions resolve_options(const FeatureVisArgs& a, const CommonOptions& o, Model& model,
-                                  std::optional<Dataset>& data) {
+                                  std::optional<Dataset>& data, std::vector<int64_t>& indices) {
     FeatureVisOptions fo = a.lib;
     fo.param = parse_feature_vis_param(a.param);
     const bool by_class = !a.classes.empty();
@@ -99,8 +99,7 @@ FeatureVisOptions resolve_options(const FeatureVisArgs& a, const CommonOptions& 
     }
     if (data) {
         fo.preprocess = preprocess_for(model, *data);
-        fo.dataset = &*data;
-        if (!o.indices.empty()) fo.dataset_indices = parse_indices(o.indices, data->size());
+        if (!o.indices.empty()) indices = parse_indices(o.indices, data->size());
     } else {
         fo.preprocess = model.meta().preprocess();
         fo.preprocess.input_shape = model.input_shape();
@@ -177,9 +176,11 @@ RunFn setup(CLI::App& app) {
         check_args(*a);
         Model model = open_model(*o);
         std::optional<Dataset> data;
-        const FeatureVisOptions fo = resolve_options(*a, *o, model, data);
+        std::vector<int64_t> indices;  // of data to search; empty = all
+        const FeatureVisOptions fo = resolve_options(*a, *o, model, data, indices);
         const bool by_class = fo.objective == FeatureVisOptions::Objective::Class;
-        const FeatureVisResult r = feature_vis(model, fo, run_context(*o, "feature-vis"));
+        const RunContext ctx = run_context(*o, "feature-vis");
+        const FeatureVisResult r = data ? feature_vis(model, *data, indices, fo, ctx) : feature_vis(model, fo, ctx);
 
         const nlohmann::json options = {{"layer", r.layer},
                                         {"units", r.units},

@@ -64,10 +64,7 @@ struct FeatureVisOptions {
     // Images optimised together in one forward/backward pass.
     int batch_size = 16;
 
-    // Optional: a dataset on which to find each unit's best activation (the maximum over images
-    // of the objective), preprocessed with `preprocess`. dataset_indices empty = every item.
-    const Dataset* dataset = nullptr;
-    std::vector<int64_t> dataset_indices;
+    // Images per forward pass over the dataset of the best activations (the overload with data).
     int dataset_batch_size = 64;
 };
 
@@ -79,7 +76,7 @@ struct FeatureVisResult {
     at::Tensor display;     // [U,H,W,C] uint8, round(pixels * 255); undefined unless C is 1 or 3
     at::Tensor activation;  // [U] float32, the objective reached by the final image
     at::Tensor initial_activation;  // [U] float32, the objective of the starting image
-    // With a dataset (undefined otherwise), [U] each:
+    // With data (undefined otherwise), [U] each:
     at::Tensor dataset_best;        // float32, the largest objective over the dataset's images
     at::Tensor dataset_best_index;  // int64, the dataset index of that image
     // float32, activation / dataset_best: above 1, the synthetic image excites the unit more
@@ -91,10 +88,14 @@ struct FeatureVisResult {
 // the layer or classes of the model), an unknown layer, a layer without channels, steps below 1,
 // a non-positive learning rate, negative regulariser settings, a preprocess whose shape does not
 // fit the model. Cost: steps forward + backward passes of ceil(U / batch_size) batches, plus one
-// forward pass of the dataset when given.
+// forward pass of the data when given.
 // The context's seed starts the images: the same seed and thread count give the same bytes, and
 // each unit's image depends only on the seed and the unit (not on the units optimised with it).
 FeatureVisResult feature_vis(const Model& model, const FeatureVisOptions& options, const RunContext& context = {});
+// The same, and each unit's best activation over the items `indices` of data (empty = every
+// item; the maximum over images of the objective), preprocessed with options.preprocess.
+FeatureVisResult feature_vis(const Model& model, const Dataset& data, const std::vector<int64_t>& indices,
+                             const FeatureVisOptions& options, const RunContext& context = {});
 
 // The objective (channel spatial mean, unit value, or class logit) of every unit for every
 // image: images_nchw [N,C,H,W] model inputs -> [N,U] float32. One forward pass. Exposed for
