@@ -42,6 +42,7 @@
 #include "convscope/runtime/base64.hpp"
 #include "convscope/runtime/strings.hpp"
 #include "convscope/app/views.hpp"
+#include "app/detail/image_store.hpp"
 #include "app/detail/job_queue.hpp"
 
 namespace convscope {
@@ -114,16 +115,11 @@ struct Explorer::Impl {
     fs::path upload_dir;
     std::atomic<uint64_t> upload_counter{0};
 
-    Impl(Model m, Dataset d, ExplorerOptions o) : model(std::move(m)), data(std::move(d)), opts(std::move(o)) {}
+    Impl(Model m, Dataset d, ExplorerOptions o)
+        : model(std::move(m)), data(std::move(d)), opts(std::move(o)), images(opts.max_images) {}
 
-    // --- images: id -> preprocessed input [1,C,H,W], least recently used evicted ---
-    struct Stored {
-        at::Tensor input;
-        std::list<std::string>::iterator pos;
-    };
-    mutable std::mutex images_mutex;
-    mutable std::list<std::string> lru;
-    mutable std::unordered_map<std::string, Stored> images;
+    // --- uploaded images: id -> preprocessed input [1,C,H,W] ---
+    mutable detail::ImageStore images;
 
     mutable std::mutex items_mutex;
     mutable std::unordered_map<int64_t, std::string> item_pngs;
@@ -171,18 +167,7 @@ struct Explorer::Impl {
                                 std::to_string(data.size() - 1) + ")");
     }
     std::string store(const std::string& id, at::Tensor input) {
-        std::lock_guard<std::mutex> lock(images_mutex);
-        auto it = images.find(id);
-        if (it != images.end()) {
-            lru.splice(lru.begin(), lru, it->second.pos);
-            return id;
-        }
-        lru.push_front(id);
-        images[id] = Stored{std::move(input), lru.begin()};
-        while (int64_t(images.size()) > opts.max_images) {
-            images.erase(lru.back());
-            lru.pop_back();
-        }
+        images.put(id, std::move(input));
         return id;
     }
     at::Tensor input_of(const std::string& id) const {
@@ -193,13 +178,11 @@ struct Explorer::Impl {
             check_index(i);
             return data.batch({i}, pre);
         }
-        std::lock_guard<std::mutex> lock(images_mutex);
-        auto it = images.find(id);
-        if (it == images.end())
+        std::optional<at::Tensor> input = images.get(id);
+        if (!input)
             throw NotFoundError("unknown image '" + id +
                                 "': it was never sent or has been forgotten; send the image again");
-        lru.splice(lru.begin(), lru, it->second.pos);
-        return it->second.input;
+        return *input;
     }
     int64_t label_of(const std::string& id) const {
         if (id.size() > 1 && id[0] == 'd' && data.has_labels()) {
