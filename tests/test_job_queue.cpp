@@ -76,6 +76,14 @@ TEST(JobQueue, CancelQueuedAndRunning) {
     q.start("third", "x", [](const convscope::ProgressFn&) { return json(); });
     expect_error([&] { q.start("fourth", "x", [](const convscope::ProgressFn&) { return json(); }); },
                  "too many queued jobs");
+    // A full queue is "busy" (the server's 429 with Retry-After), not a bad request.
+    try {
+        q.start("fourth", "x", [](const convscope::ProgressFn&) { return json(); });
+        ADD_FAILURE() << "a full queue took a job";
+    } catch (const convscope::BusyError& e) {
+        EXPECT_EQ(e.retry_after_seconds, convscope::detail::kRetryAfterSeconds);
+        EXPECT_NE(std::string(e.what()).find("2 waiting"), std::string::npos) << e.what();
+    }
     EXPECT_EQ(q.cancel(queued["id"])["state"], "cancelled");
     q.cancel(running["id"]);
     EXPECT_EQ(wait_done(q, running["id"])["state"], "cancelled");

@@ -19,6 +19,7 @@ Explorer::Explorer(Model model, Dataset data, ExplorerOptions options)
     if (d.opts.feature_vis_steps < 1) throw UsageError("feature visualisation needs at least 1 step");
     if (d.opts.max_images < 1) throw UsageError("the image store must hold at least 1 image");
     if (d.opts.workers < 1) throw UsageError("at least 1 job worker is needed");
+    if (d.opts.max_queued_jobs < 1) throw UsageError("the job queue must hold at least 1 job");
     d.pre = preprocess_for(d.model, d.data);
     d.layers = d.model.layers();  // computed once here; read-only afterwards
     d.class_names = detail::class_names_for(d.model, d.data);
@@ -27,8 +28,8 @@ Explorer::Explorer(Model model, Dataset data, ExplorerOptions options)
     d.upload_dir = fs::temp_directory_path() /
                    ("convscope-uploads-" + std::to_string(::getpid()) + "-" +
                     std::to_string(reinterpret_cast<uintptr_t>(this) & 0xffffff));
-    // 64 queued jobs at most; the last 256 finished ones (and their results) kept for late pollers.
-    d.jobs = std::make_unique<detail::JobQueue>(d.opts.workers, 64, 256);
+    // The last 256 finished jobs (and their results) kept for late pollers.
+    d.jobs = std::make_unique<detail::JobQueue>(d.opts.workers, static_cast<size_t>(d.opts.max_queued_jobs), 256);
 }
 
 Explorer::~Explorer() {

@@ -59,7 +59,10 @@ nlohmann::json JobQueue::start(const std::string& key, const std::string& kind, 
         if (st == JobState::Queued || st == JobState::Running || st == JobState::Done)
             return status_of(*same->second);
     }
-    if (queue_.size() >= max_queued_) throw Error("too many queued jobs: wait for some to finish");
+    if (queue_.size() >= max_queued_)
+        throw BusyError("too many queued jobs (" + std::to_string(queue_.size()) +
+                            " waiting): try again in a few seconds, or start the server with a larger --max-jobs",
+                        kRetryAfterSeconds);
     auto job = std::make_shared<Job>();
     job->id = "j" + std::to_string(next_++);
     job->key = key;

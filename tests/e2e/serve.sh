@@ -235,4 +235,37 @@ wait "$PID" || rc=$?
 PID=
 [ "$rc" = 0 ] || { echo "server exited with $rc"; cat "$T/serve.err"; exit 1; }
 grep -q "server stopped" "$T/serve.err"
+
+# A full job queue answers 429 with Retry-After: one worker busy with a long job, one job
+# waiting, the third refused; the running one is then cancelled.
+expect_fail 2 "job queue" serve "${common[@]}" --port 0 --max-jobs 0
+"$BIN" serve "${base[@]}" --map-items 300 --scan-items 300 --feature-vis-steps 1000000 --workers 1 --max-jobs 1 \
+    --port 0 >"$T/busy.out" 2>"$T/busy.err" &
+PID=$!
+for _ in $(seq 1 300); do
+    grep -q "http://" "$T/busy.out" 2>/dev/null && break
+    kill -0 "$PID" 2>/dev/null || { echo "server died"; cat "$T/busy.err"; exit 1; }
+    sleep 0.1
+done
+URL=$(grep -o "http://127.0.0.1:[0-9]*" "$T/busy.out")
+job() { echo '{"kind": "feature-vis", "layer": "conv1", "channel": '"$1"'}'; }
+check POST /api/jobs 202 -H 'Content-Type: application/json' --data "$(job 0)"
+first=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["id"])' "$T/body")
+for _ in $(seq 1 100); do  # until the worker has taken it
+    check GET "/api/jobs/$first" 200
+    grep -q '"running"' "$T/body" && break
+    sleep 0.05
+done
+check POST /api/jobs 202 -H 'Content-Type: application/json' --data "$(job 1)"
+second=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["id"])' "$T/body")
+check POST /api/jobs 429 -H 'Content-Type: application/json' --data "$(job 2)"
+json_has "too many queued jobs"
+grep -qi "^retry-after: 2" "$T/headers" || { echo "no Retry-After"; cat "$T/headers"; exit 1; }
+check DELETE "/api/jobs/$second" 200
+check DELETE "/api/jobs/$first" 200
+kill -TERM "$PID"
+rc=0
+wait "$PID" || rc=$?
+PID=
+[ "$rc" = 0 ] || { echo "server exited with $rc"; cat "$T/busy.err"; exit 1; }
 echo "serve.sh: ok"

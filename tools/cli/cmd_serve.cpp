@@ -25,7 +25,9 @@ struct ServeArgs {
     int map_iterations = 1000;
     int64_t scan_items = 10000;
     int feature_vis_steps = 128;
-    int workers = 2;
+    int workers = ExplorerOptions{}.workers;
+    int64_t max_jobs = ExplorerOptions{}.max_queued_jobs;
+    int64_t max_images = ExplorerOptions{}.max_images;
     int http_threads = 16;
     int64_t max_body_mib = 4;
 };
@@ -54,6 +56,10 @@ RunFn setup(CLI::App& app) {
     app.add_option("--feature-vis-steps", a->feature_vis_steps, "optimisation steps of a feature visualisation")
         ->capture_default_str();
     app.add_option("--workers", a->workers, "background jobs that run at once")->capture_default_str();
+    app.add_option("--max-jobs", a->max_jobs, "jobs waiting for a worker; more are answered 429 with Retry-After")
+        ->capture_default_str();
+    app.add_option("--max-images", a->max_images, "uploaded or drawn images kept (the least recently used forgotten)")
+        ->capture_default_str();
     app.add_option("--http-threads", a->http_threads, "threads answering requests")->capture_default_str();
     app.add_option("--max-body-mib", a->max_body_mib, "largest request body in MiB (larger: HTTP 413)")
         ->capture_default_str();
@@ -68,6 +74,8 @@ RunFn setup(CLI::App& app) {
         eo.scan_items = a->scan_items;
         eo.feature_vis_steps = a->feature_vis_steps;
         eo.workers = a->workers;
+        eo.max_queued_jobs = a->max_jobs;
+        eo.max_images = a->max_images;
         eo.seed = o->seed;
 
         // SIGINT/SIGTERM are taken by one thread (sigwait) that stops the server; block them in

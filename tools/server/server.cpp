@@ -45,6 +45,9 @@ httplib::Server::Handler guarded(std::function<void(const httplib::Request&, htt
             send_error(res, 404, e.what());
         } catch (const UnsupportedMediaError& e) {
             send_error(res, 415, e.what());
+        } catch (const BusyError& e) {
+            res.set_header("Retry-After", std::to_string(e.retry_after_seconds));
+            send_error(res, 429, e.what());
         } catch (const json::exception& e) {
             send_error(res, 400, std::string("bad JSON in the request: ") + e.what());
         } catch (...) {

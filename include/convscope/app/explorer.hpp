@@ -37,6 +37,15 @@ public:
     using Error::Error;
 };
 
+// The explorer cannot take more work now (its job queue is full). The server answers 429 with
+// a Retry-After of retry_after_seconds.
+class BusyError : public Error {
+public:
+    BusyError(const std::string& message, int retry_after_seconds)
+        : Error(message), retry_after_seconds(retry_after_seconds) {}
+    int retry_after_seconds;
+};
+
 struct ExplorerOptions {
     // Folder for the on-disk caches (top-patch scans, dataset maps). "" = the folder of the
     // cached default model ($CONVSCOPE_CACHE_DIR, $XDG_CACHE_HOME/convscope or ~/.cache/convscope).
@@ -47,6 +56,7 @@ struct ExplorerOptions {
     int feature_vis_steps = 128; // optimisation steps of a channel's feature visualisation
     int64_t max_images = 256;    // uploaded/drawn images kept for later requests (LRU)
     int workers = 2;             // background jobs that run at once (>= 1)
+    int64_t max_queued_jobs = 64;  // jobs waiting for a worker (>= 1); more get BusyError
     uint64_t seed = 0;           // t-SNE, feature visualisation, SmoothGrad
 };
 

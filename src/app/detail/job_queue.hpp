@@ -24,6 +24,9 @@ enum class JobState { Queued, Running, Done, Error, Cancelled };
 // "queued", "running", "done", "error", "cancelled" (the page reads them).
 const char* job_state_name(JobState s);
 
+// What a full queue asks clients to wait before they try again.
+constexpr int kRetryAfterSeconds = 2;
+
 class JobQueue {
 public:
     // What a job computes: its result as JSON, reporting progress (which may cancel it).
@@ -35,7 +38,7 @@ public:
     JobQueue& operator=(const JobQueue&) = delete;
 
     // Queues `work` under `key`, unless a job with that key is queued, running or done: then its
-    // status. Throws Error when the queue is full or shutting down.
+    // status. Throws BusyError when max_queued jobs wait already, Error when shutting down.
     nlohmann::json start(const std::string& key, const std::string& kind, Work work);
     // {"id", "kind", "state", "progress"} and "result" (done) or "error" (error). Throws
     // NotFoundError for an unknown (or forgotten) id.
