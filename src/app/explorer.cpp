@@ -1,6 +1,7 @@
 // The web explorer's back end: construction, the image store, live activations, channel
 // pictures and the map's points (jobs: explorer_jobs.cpp; shared state: detail/explorer_impl.hpp).
 #include "app/detail/explorer_impl.hpp"
+#include "convscope/runtime/image_header.hpp"
 
 namespace convscope {
 
@@ -130,22 +131,15 @@ std::string Explorer::add_encoded_image(const std::string& bytes) {
     if (ext.empty())
         throw UnsupportedMediaError("the upload is not an image: send PNG, JPEG, BMP, WebP, TIFF or "
                                     "PGM/PPM bytes");
-    // Check the size from the header before decoding the pixels.
-    {
-        std::vector<uint8_t> buf(bytes.begin(), bytes.end());
-        cv::Mat probe;
-        try {
-            probe = cv::imdecode(buf, cv::IMREAD_UNCHANGED);
-        } catch (const cv::Exception&) {
-            probe = cv::Mat();
-        }
-        if (probe.empty())
-            throw UnsupportedMediaError("the upload cannot be decoded as an image (corrupt or "
-                                        "truncated " + ext.substr(1) + "); send a valid image");
-        if (int64_t(probe.rows) * probe.cols > kMaxPixels)
-            throw UnsupportedMediaError("the image has " + std::to_string(probe.cols) + "x" +
-                                        std::to_string(probe.rows) +
-                                        " pixels, more than 40 megapixels; send a smaller image");
+    // The size from the header, before any pixel is decoded.
+    const std::optional<ImageSize> declared = image_size_from_header(bytes);
+    if (!declared)
+        throw UnsupportedMediaError("the upload cannot be decoded as an image (corrupt or truncated " + ext.substr(1) +
+                                    "); send a valid image");
+    try {
+        check_image_pixels(*declared, "the upload");
+    } catch (const Error& e) {
+        throw TooLargeError(std::string(e.what()) + " (the server's limit)");
     }
     // Decode and preprocess exactly as a dataset item: through a one-image dataset.
     std::error_code ec;

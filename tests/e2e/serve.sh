@@ -93,6 +93,17 @@ check POST /api/activations 415 -H 'Content-Type: image/png' --data-binary @"$T/
 head -c $((5 * 1024 * 1024)) /dev/zero >"$T/big.bin"
 check POST /api/activations 413 -H 'Content-Type: image/png' --data-binary @"$T/big.bin"
 json_has "larger than the limit"
+# A PNG that declares 30000x30000 pixels in under 100 bytes: refused from its header.
+$PY - "$T/bomb.png" <<'PYEOF'
+import struct, sys, zlib
+def chunk(t, d):
+    return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xffffffff)
+png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0))
+png += chunk(b"IDAT", zlib.compress(bytes(65))) + chunk(b"IEND", b"")
+open(sys.argv[1], "wb").write(png)
+PYEOF
+check POST /api/activations 413 -H 'Content-Type: image/png' --data-binary @"$T/bomb.png"
+json_has "declares 30000x30000 pixels"
 check POST "/api/activations?layers=conv1,nope" 404 -H 'Content-Type: application/json' --data '{"index": 1}'
 json_has "unknown layer 'nope'"
 check POST "/api/activations?max_channels=0" 400 -H 'Content-Type: application/json' --data '{"index": 1}'

@@ -30,6 +30,9 @@ void add_model_options(CLI::App& app, CommonOptions& o) {
     app.add_option("--input-shape", o.input_shape, "input shape C,H,W for models that do not record it");
     app.add_option("--threads", o.threads, "intra-op threads (default: all cores)")->check(CLI::NonNegativeNumber);
     app.add_option("--seed", o.seed, "random seed");
+    app.add_option("--max-image-pixels", o.max_image_pixels,
+                   "largest image read (width x height, checked from its header before decoding)")
+        ->capture_default_str();
     add_preprocess_options(app, o);
 }
 
@@ -157,6 +160,7 @@ Model load_model_file(const CommonOptions& o) {
 
 Model open_model(const CommonOptions& o) {
     apply_threads(o);
+    set_max_image_pixels(o.max_image_pixels);
     Model model = o.model.empty() ? load_default_model(stderr_progress("training the built-in model"))
                                   : load_model_file(o);
     if (!o.input_shape.empty()) {

@@ -11,6 +11,7 @@
 #include "convscope/runtime/dataset.hpp"
 #include "convscope/runtime/io.hpp"
 #include "convscope/runtime/model.hpp"
+#include "convscope/runtime/image_header.hpp"
 #include "convscope/runtime/preprocess.hpp"
 #include "convscope/runtime/progress.hpp"
 #include "convscope/runtime/run_context.hpp"
@@ -49,9 +50,10 @@ struct CommonOptions {
     int64_t resize = -1;
     bool bgr = false;
     bool replace_bad_metadata = false;  // annotate: unreadable metadata is replaced, with a warning
+    int64_t max_image_pixels = kDefaultMaxImagePixels;  // --max-image-pixels
 };
 
-// --model, --input-shape, --threads, --seed and the preprocessing options (--preprocess,
+// --model, --input-shape, --threads, --seed, --max-image-pixels and the preprocessing options (--preprocess,
 // --mean, --std, --resize, --crop, --pixel-range, --bgr, --classes).
 void add_model_options(CLI::App& app, CommonOptions& o);
 void add_preprocess_options(CLI::App& app, CommonOptions& o);

@@ -45,6 +45,8 @@ httplib::Server::Handler guarded(std::function<void(const httplib::Request&, htt
             send_error(res, 404, e.what());
         } catch (const UnsupportedMediaError& e) {
             send_error(res, 415, e.what());
+        } catch (const TooLargeError& e) {
+            send_error(res, 413, e.what());
         } catch (const BusyError& e) {
             res.set_header("Retry-After", std::to_string(e.retry_after_seconds));
             send_error(res, 429, e.what());

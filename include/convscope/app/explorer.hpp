@@ -37,6 +37,11 @@ public:
     using Error::Error;
 };
 
+// An upload declares more pixels than the limit (max_image_pixels()). The server answers 413.
+class TooLargeError : public Error {
+public:
+    using Error::Error;
+};
 // The explorer cannot take more work now (its job queue is full). The server answers 429 with
 // a Retry-After of retry_after_seconds.
 class BusyError : public Error {

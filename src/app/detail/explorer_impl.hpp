@@ -56,7 +56,6 @@ inline constexpr int64_t kMaxMapItems = 70000;
 inline constexpr int64_t kPatchK = 9;
 inline constexpr int kPictureTarget = 224;   // pictures of inputs are enlarged to about this size
 inline constexpr int kCropPx = 64;           // top-patch crops
-inline constexpr int64_t kMaxPixels = 40'000'000;  // uploads larger than this are refused
 
 inline std::string png_url(const cv::Mat& img) { return detail::data_url("image/png", png_bytes(img)); }
 

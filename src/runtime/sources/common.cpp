@@ -3,11 +3,14 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <optional>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 #include <set>
 
 #include "convscope/runtime/error.hpp"
+#include "convscope/runtime/image_header.hpp"
+#include "convscope/runtime/io.hpp"
 #include "convscope/runtime/strings.hpp"
 #include "runtime/sources/sources.hpp"
 
@@ -96,7 +99,19 @@ at::Tensor decode_image(const std::string& path) {
         throw Error("cannot read image " + path +
                     ": the file is empty (0 bytes); replace or remove it");
     }
-    cv::Mat m = cv::imread(path, cv::IMREAD_UNCHANGED);
+    // The size from the header first: a small file can declare a huge image.
+    const std::string bytes = read_file(path);
+    const std::optional<ImageSize> declared = image_size_from_header(bytes);
+    if (declared) check_image_pixels(*declared, "image " + path);
+    cv::Mat m;
+    if (declared) {
+        try {
+            m = cv::imdecode(cv::Mat(1, static_cast<int>(bytes.size()), CV_8U, const_cast<char*>(bytes.data())),
+                             cv::IMREAD_UNCHANGED);
+        } catch (const cv::Exception&) {
+            m = cv::Mat();
+        }
+    }
     if (m.empty()) {
         throw Error("cannot decode image " + path +
                     ": it is not a readable PNG/JPEG/BMP/WebP/TIFF/PGM/PPM image (corrupt, "
