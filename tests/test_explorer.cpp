@@ -9,6 +9,7 @@
 
 #include "convscope/runtime/dataset.hpp"
 #include "convscope/app/explorer.hpp"
+#include "convscope/runtime/image_header.hpp"
 #include "convscope/methods/filters.hpp"
 #include "convscope/runtime/io.hpp"
 #include "convscope/runtime/model.hpp"
@@ -194,6 +195,28 @@ TEST(Explorer, BadRequestsGiveTheirErrors) {
                                      "channel 10");
     expect_throw_kind<NotFoundError>([&] { ex.job("j42"); }, "unknown job");
     expect_throw_kind<NotFoundError>([&] { ex.map_points(); }, "not computed yet");
+}
+
+TEST(Explorer, NonFiniteItemsAndOversizedUploadsAreRefused) {
+    TempDir tmp;
+    at::Tensor x = torch::rand({3, 1, 28, 28});
+    x[2][0][4][6] = std::numeric_limits<float>::infinity();
+    write_npy(tmp / "x.npy", x);
+    Explorer ex(load_lenet(), Dataset::open(tmp / "x.npy"), small_options(tmp / "cache"));
+    EXPECT_NO_THROW(ex.activations("d1", {}));
+    // A bad request of the user's (the server's 400), naming the item and the position.
+    expect_error([&] { ex.activations("d2", {}); }, "item 2 holds NaN or Inf values (channel 0, row 4, column 6)");
+    expect_error([&] { ex.start_job({{"kind", "occlusion"}, {"image", "d2"}}); }, "item 2 holds NaN or Inf");
+    // An upload that declares more pixels than the limit: refused from its header (413).
+    std::vector<uchar> png;
+    cv::imencode(".png", cv::Mat(60, 50, CV_8UC1, cv::Scalar(9)), png);
+    const int64_t before = max_image_pixels();
+    set_max_image_pixels(2999);
+    expect_throw_kind<TooLargeError>([&] { ex.add_encoded_image(std::string(png.begin(), png.end())); },
+                                     "declares 50x60 pixels, more than the limit of 2999");
+    set_max_image_pixels(3000);
+    EXPECT_NO_THROW(ex.add_encoded_image(std::string(png.begin(), png.end())));
+    set_max_image_pixels(before);
 }
 
 TEST(Explorer, ImageStoreForgetsTheLeastRecentlyUsed) {

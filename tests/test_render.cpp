@@ -161,7 +161,7 @@ TEST(RenderColormap, DivergingMapsZeroToWhiteAndEndsToBlueAndRed) {
     EXPECT_FLOAT_EQ(e.hi, 3.f);
 }
 
-TEST(RenderColormap, ConstantAndNanInputMapToTheMiddle) {
+TEST(RenderColormap, ConstantInputMapsToTheMiddleAndNanToItsOwnColour) {
     const at::Tensor c = torch::full({3, 4}, 7.f);
     const Range r = value_range(c);
     EXPECT_FLOAT_EQ(r.lo, 7.f);
@@ -173,14 +173,29 @@ TEST(RenderColormap, ConstantAndNanInputMapToTheMiddle) {
     // All zero through the diverging map: white.
     const cv::Mat zero = apply_colormap(torch::zeros({2, 2}), Colormap::Diverging);
     EXPECT_EQ(count_colour(zero, cv::Vec3b(255, 255, 255)), 4);
-    // NaN pixels get the middle colour; the range ignores them.
-    const at::Tensor with_nan = torch::tensor({{0.f, std::nanf(""), 2.f}});
+    // NaN and infinite pixels get a colour of their own, in no colormap; the range ignores them.
+    const float inf = std::numeric_limits<float>::infinity();
+    const at::Tensor with_nan = torch::tensor({{0.f, std::nanf(""), 2.f, inf, -inf}});
     const Range rn = value_range(with_nan);
     EXPECT_FLOAT_EQ(rn.lo, 0.f);
     EXPECT_FLOAT_EQ(rn.hi, 2.f);
+    for (Colormap cmap : {Colormap::Gray, Colormap::Viridis, Colormap::Diverging, Colormap::Inferno}) {
+        const cv::Mat img = apply_colormap(with_nan, cmap);
+        for (int x : {1, 3, 4}) EXPECT_EQ(img.at<cv::Vec3b>(0, x), kNonFiniteColour) << colormap_name(cmap);
+        for (const cv::Vec3b& c : colormap_table(cmap)) EXPECT_NE(c, kNonFiniteColour) << colormap_name(cmap);
+    }
     const cv::Mat img = apply_colormap(with_nan, Colormap::Gray);
-    EXPECT_EQ(img.at<cv::Vec3b>(0, 1), cv::Vec3b(128, 128, 128));
+    EXPECT_EQ(img.at<cv::Vec3b>(0, 0), cv::Vec3b(0, 0, 0));
     EXPECT_EQ(img.at<cv::Vec3b>(0, 2), cv::Vec3b(255, 255, 255));
+    // Colour images: a pixel with any non-finite channel; bars: a full-height bar.
+    at::Tensor rgb = torch::zeros({3, 1, 2});
+    rgb[1][0][1] = std::nanf("");
+    const cv::Mat pic = image_from_chw_float(rgb, Range{0.f, 1.f});
+    EXPECT_EQ(pic.at<cv::Vec3b>(0, 1), kNonFiniteColour);
+    EXPECT_NE(pic.at<cv::Vec3b>(0, 0), kNonFiniteColour);
+    const cv::Mat bars = bar_strip(torch::tensor({1.f, std::nanf(""), 2.f}), 10, Colormap::Viridis, 1, 0);
+    EXPECT_EQ(bars.at<cv::Vec3b>(0, 1), kNonFiniteColour);
+    EXPECT_EQ(bars.at<cv::Vec3b>(9, 1), kNonFiniteColour);
 }
 
 TEST(RenderColormap, ParseNamesAndRejectUnknown) {

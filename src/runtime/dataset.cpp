@@ -16,6 +16,7 @@
 #include <opencv2/imgproc.hpp>
 
 #include "convscope/runtime/error.hpp"
+#include "convscope/runtime/finite.hpp"
 #include "convscope/runtime/io.hpp"
 #include "runtime/detail/pil_resize.hpp"
 #include "convscope/runtime/strings.hpp"
@@ -393,14 +394,7 @@ at::Tensor Dataset::batch(const std::vector<int64_t>& indices, const Preprocess&
         // One normalisation for the whole batch (the same float operations as item by item).
         if (!pre.as_is && (!pre.mean.empty() || !pre.std.empty() || pre.pixel_range != 1.0 || pre.bgr))
             out = pre.normalise(out).contiguous();
-        if (!torch::isfinite(out).all().item<bool>()) {
-            const at::Tensor where = (~torch::isfinite(out)).nonzero()[0];
-            const int64_t k = where[0].item<int64_t>();
-            throw Error("item " + std::to_string(indices[size_t(k)]) + " holds NaN or Inf values (channel " +
-                        std::to_string(where[1].item<int64_t>()) + ", row " + std::to_string(where[2].item<int64_t>()) +
-                        ", column " + std::to_string(where[3].item<int64_t>()) +
-                        "); clean the data (numpy.nan_to_num) first");
-        }
+        check_finite_input(out, &indices);
     }
     if (!out.defined()) {
         // An empty selection: a [0,C,H,W] batch when the shape is known.

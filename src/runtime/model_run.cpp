@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "convscope/runtime/error.hpp"
+#include "convscope/runtime/finite.hpp"
 #include "convscope/runtime/strings.hpp"
 #include "runtime/detail/model_impl.hpp"
 
@@ -83,8 +84,7 @@ void check_input(const Model& model, const at::Tensor& x, bool check_size) {
                         " but the model expects " + std::to_string(want[1]) + "x" +
                         std::to_string(want[2]) + ": resize the data or pass --input-shape");
     }
-    if (!torch::isfinite(x).all().item<bool>())
-        throw Error("the input holds NaN or Inf values: clean the data (convscope needs finite inputs)");
+    check_finite_input(x);
 }
 
 at::Tensor Model::forward(const at::Tensor& x) const {

@@ -206,6 +206,10 @@ cv::Mat image_from_chw_float(const at::Tensor& chw, Range r, Colormap single_cha
         cv::Vec3b* dst = out.ptr<cv::Vec3b>(y);
         for (int x = 0; x < w; ++x) {
             const int64_t i = static_cast<int64_t>(y) * w + x;
+            if (!std::isfinite(p[i]) || !std::isfinite(p[plane + i]) || !std::isfinite(p[2 * plane + i])) {
+                dst[x] = kNonFiniteColour;
+                continue;
+            }
             for (int c = 0; c < 3; ++c) {
                 dst[x][c] = static_cast<uchar>(colour_index(p[c * plane + i], r));
             }
@@ -471,7 +475,11 @@ cv::Mat bar_strip(const at::Tensor& values_f, int height, Colormap cmap, int bar
     }
     const float* p = v.data_ptr<float>();
     for (int i = 0; i < n; ++i) {
-        if (!std::isfinite(p[i])) continue;
+        if (!std::isfinite(p[i])) {  // a full-height bar of its own colour
+            const cv::Vec3b c = kNonFiniteColour;
+            out(cv::Rect(i * (bar_width + gap), 0, bar_width, height)).setTo(cv::Scalar(c[0], c[1], c[2]));
+            continue;
+        }
         const int e = edge(p[i]);
         const int top = std::min(e, zero_y), bottom = std::max(e, zero_y);
         if (bottom <= top) continue;

@@ -95,6 +95,22 @@ expect_fail 1 "declares 30000x30000 pixels, more than the limit of 50000000" act
 expect_fail 1 "raise the limit with --max-image-pixels" activations --model "$M" --image "$T/bomb.png" --max-image-pixels 1000 --out "$T/e"
 expect_fail 2 "at least 1 pixel" activations --model "$M" --image "$T/bomb.png" --max-image-pixels 0 --out "$T/e"
 [ ! -e "$T/e" ] || { echo "a refused image left an output folder"; exit 1; }
+# NaN in the data: refused with its place by default; --allow-nonfinite follows it through the
+# model and the pictures paint it magenta (kNonFiniteColour).
+$PY -c 'import numpy as np, sys; a = np.random.RandomState(0).rand(2, 1, 28, 28).astype(np.float32); a[1, 0, 3, 5] = np.nan; np.save(sys.argv[1], a)' "$T/nan.npy"
+expect_fail 1 "item 1 holds NaN or Inf values (channel 0, row 3, column 5), the first of them NaN" activations --model "$M" --data "$T/nan.npy" --indices 0:2 --out "$T/e"
+expect_fail 1 "allow-nonfinite" occlusion --model "$M" --data "$T/nan.npy" --indices 0:2 --out "$T/e"
+[ ! -e "$T/e" ] || { echo "refused data left an output folder"; exit 1; }
+"$BIN" activations --model "$M" --data "$T/nan.npy" --indices 0:2 --layers conv1 --allow-nonfinite --out "$T/nan" >/dev/null 2>&1
+$PY - "$T/nan/conv1" <<'PYEOF'
+import sys
+from torchvision.io import read_image
+def magenta(path):
+    im = read_image(path)
+    return int(((im[0] == 255) & (im[1] == 0) & (im[2] == 255)).sum())
+clean, with_nan = magenta(sys.argv[1] + "/0.png"), magenta(sys.argv[1] + "/1.png")
+assert clean == 0 and with_nan > 0, (clean, with_nan)
+PYEOF
 expect_fail 2 "colormap" activations --model "$M" --data "$D" --index 0 --colormap rainbow --out "$T/e"
 expect_fail 1 "does not exist" activations --model "$T/none.pt" --data "$D" --index 0 --out "$T/e"
 test ! -e "$T/e/manifest.json"

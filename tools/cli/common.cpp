@@ -1,5 +1,7 @@
 #include "common.hpp"
 
+#include "convscope/runtime/finite.hpp"
+
 #include <ATen/Parallel.h>
 
 #include <cmath>
@@ -33,6 +35,8 @@ void add_model_options(CLI::App& app, CommonOptions& o) {
     app.add_option("--max-image-pixels", o.max_image_pixels,
                    "largest image read (width x height, checked from its header before decoding)")
         ->capture_default_str();
+    app.add_flag("--allow-nonfinite", o.allow_nonfinite,
+                 "accept inputs holding NaN or Inf (to debug NaNs): they propagate, pictures show them in magenta");
     add_preprocess_options(app, o);
 }
 
@@ -161,6 +165,7 @@ Model load_model_file(const CommonOptions& o) {
 Model open_model(const CommonOptions& o) {
     apply_threads(o);
     set_max_image_pixels(o.max_image_pixels);
+    set_allow_nonfinite(o.allow_nonfinite);
     Model model = o.model.empty() ? load_default_model(stderr_progress("training the built-in model"))
                                   : load_model_file(o);
     if (!o.input_shape.empty()) {

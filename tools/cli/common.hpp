@@ -51,9 +51,11 @@ struct CommonOptions {
     bool bgr = false;
     bool replace_bad_metadata = false;  // annotate: unreadable metadata is replaced, with a warning
     int64_t max_image_pixels = kDefaultMaxImagePixels;  // --max-image-pixels
+    bool allow_nonfinite = false;                        // --allow-nonfinite
 };
 
-// --model, --input-shape, --threads, --seed, --max-image-pixels and the preprocessing options (--preprocess,
+// --model, --input-shape, --threads, --seed, --max-image-pixels, --allow-nonfinite and the
+// preprocessing options (--preprocess,
 // --mean, --std, --resize, --crop, --pixel-range, --bgr, --classes).
 void add_model_options(CLI::App& app, CommonOptions& o);
 void add_preprocess_options(CLI::App& app, CommonOptions& o);

@@ -12,8 +12,9 @@
 //   on any device; they are copied to CPU float32 first. Undefined tensors and wrong ranks throw
 //   convscope::Error naming the expected shape.
 // - Value -> colour: index = round((v - lo) / (hi - lo) * 255), clamped to [0, 255], into a
-//   256-entry table (see colour_index). If hi <= lo (a constant input) or v is NaN, the index
-//   is 128, the middle of the map. Diverging maps always use the symmetric range [-m, m] with
+//   256-entry table (see colour_index). If hi <= lo (a constant input), the index is 128, the
+//   middle of the map. Pictures paint NaN and infinite values in kNonFiniteColour (magenta, in
+//   no colormap), which only appear with --allow-nonfinite (finite.hpp) or a model that makes them. Diverging maps always use the symmetric range [-m, m] with
 //   m = max(|lo|, |hi|), so 0 is exactly white.
 // - Returned pictures own their pixels (never views of the inputs). All functions are
 //   thread-safe (no shared mutable state) and deterministic.
@@ -58,6 +59,9 @@ const std::array<cv::Vec3b, 256>& colormap_table(Colormap cmap);
 
 // ---------------------------------------------------------------------------------------------
 // Value ranges
+
+// The colour of NaN and infinite values in every picture of values (RGB).
+inline const cv::Vec3b kNonFiniteColour(255, 0, 255);
 
 struct Range {
     float lo = 0.f;

@@ -107,7 +107,8 @@ inline cv::Mat colourise(const cv::Mat& values, Colormap cmap, Range r) {
     for (int y = 0; y < values.rows; ++y) {
         const float* src = values.ptr<float>(y);
         cv::Vec3b* dst = out.ptr<cv::Vec3b>(y);
-        for (int x = 0; x < values.cols; ++x) dst[x] = table[colour_index(src[x], e)];
+        for (int x = 0; x < values.cols; ++x)
+            dst[x] = std::isfinite(src[x]) ? table[colour_index(src[x], e)] : kNonFiniteColour;
     }
     return out;
 }
