@@ -53,7 +53,7 @@ RunFn setup(CLI::App& app) {
         const auto& layers = model.layers();
         std::optional<double> accuracy;
         if (data && data->has_labels() && data->class_match().comparable)
-            accuracy = evaluate_accuracy(model, *data, {}, stderr_progress("evaluating"));
+            accuracy = evaluate_accuracy(model, *data, {}, cli_progress("evaluating"));
         const ModelMeta& meta = model.meta();
         const Preprocess pre = data ? preprocess_for(model, *data) : meta.preprocess();
         int64_t total_params = 0;

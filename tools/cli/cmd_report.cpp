@@ -68,7 +68,7 @@ RunFn setup(CLI::App& app) {
                                         {"attribution_steps", opts.attribution_steps},
                                         {"budget_seconds", opts.budget_seconds}};
         OutputDir out = open_out(*o, options, &model);
-        const ReportResult res = write_report(model, data, out, opts, stderr_progress("report", 0.5));
+        const ReportResult res = write_report(model, data, out, opts, cli_progress("report", 0.5));
         out.write_manifest();
         if (o->json) {
             nlohmann::json j = {{"index", res.index_html},

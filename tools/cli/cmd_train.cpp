@@ -37,7 +37,7 @@ RunFn setup(CLI::App& app) {
                       << "); use --force to train again\n";
             summary = {{"path", path}, {"cached", true}};
         } else {
-            auto r = train_default_model(path, *t, stderr_progress("training"));
+            auto r = train_default_model(path, *t, cli_progress("training"));
             summary = {{"path", r.path}, {"cached", false}, {"test_accuracy", r.test_accuracy},
                        {"seconds", r.seconds}, {"epochs", r.epochs}, {"seed", o->seed}};
             if (!o->json)

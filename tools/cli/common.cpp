@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 
 #include <cmath>
+#include <csignal>
 #include <iostream>
 #include <optional>
 #include <thread>
@@ -129,9 +130,32 @@ void apply_threads(const CommonOptions& o) {
     at::set_num_threads(n);
 }
 
+namespace {
+volatile std::sig_atomic_t g_signal = 0;
+extern "C" void on_interrupt(int sig) {
+    if (g_signal == 0) g_signal = sig;
+}
+}  // namespace
+
+void install_interrupt_handlers() {
+    struct sigaction sa {};
+    sa.sa_handler = on_interrupt;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESETHAND;  // the second signal takes the default action: the process ends
+    sigaction(SIGINT, &sa, nullptr);
+    sigaction(SIGTERM, &sa, nullptr);
+}
+
+int interrupt_signal() { return g_signal; }
+
+ProgressFn cli_progress(const std::string& label, double quiet_seconds) {
+    ProgressFn bar = stderr_progress(label, quiet_seconds);
+    return [bar](double f) { return interrupt_signal() == 0 && bar(f); };
+}
+
 RunContext run_context(const CommonOptions& o, const std::string& label) {
     RunContext ctx;
-    ctx.progress = stderr_progress(label);
+    ctx.progress = cli_progress(label);
     ctx.threads = o.threads;
     ctx.seed = o.seed;
     return ctx;
@@ -166,7 +190,7 @@ Model open_model(const CommonOptions& o) {
     apply_threads(o);
     set_max_image_pixels(o.max_image_pixels);
     set_allow_nonfinite(o.allow_nonfinite);
-    Model model = o.model.empty() ? load_default_model(stderr_progress("training the built-in model"))
+    Model model = o.model.empty() ? load_default_model(cli_progress("training the built-in model"))
                                   : load_model_file(o);
     if (!o.input_shape.empty()) {
         auto shape = parse_shape(o.input_shape, "--input-shape");

@@ -67,6 +67,16 @@ void add_json_option(CLI::App& app, CommonOptions& o);
 
 // Sets LibTorch's intra-op threads from --threads (0 = all cores).
 void apply_threads(const CommonOptions& o);
+
+// SIGINT and SIGTERM. The first asks the running command to stop at its next progress report:
+// the work throws Cancelled (a top-patches scan writes its checkpoint first), every file written
+// so far is complete (io writes to a temporary name and renames), and main exits with 128 + the
+// signal. A second signal ends the process at once.
+void install_interrupt_handlers();
+int interrupt_signal();  // the first signal received, 0 if none
+// stderr_progress(label), which also stops the work once a signal has arrived. Every command's
+// progress goes through this.
+ProgressFn cli_progress(const std::string& label, double quiet_seconds = 2.0);
 // The context a command runs its method with: --threads, --seed and a progress bar on stderr
 // labelled `label`.
 RunContext run_context(const CommonOptions& o, const std::string& label);

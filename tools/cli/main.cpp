@@ -1,8 +1,10 @@
 // convscope: the command line. Parses arguments into a command's options, runs it, and turns
-// errors into one line on stderr and an exit code: 0 success, 1 failure, 2 usage error.
+// errors into one line on stderr and an exit code: 0 success, 1 failure, 2 usage error,
+// 128 + the signal when SIGINT or SIGTERM stopped it.
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <csignal>
 #include <iostream>
 
 #include "common.hpp"
@@ -34,11 +36,18 @@ int main(int argc, char** argv) {
         std::cerr << "convscope: " << e.what() << "\n";
         return 2;
     }
+    cli::install_interrupt_handlers();  // serve takes the signals itself
     try {
         for (auto& [sub, run] : commands)
             if (sub->parsed()) return run();
     } catch (...) {
         const ErrorReport e = current_error();
+        if (const int sig = cli::interrupt_signal(); sig != 0 && e.kind == ErrorKind::Cancelled) {
+            std::cerr << "convscope: interrupted by " << (sig == SIGINT ? "SIGINT" : "SIGTERM")
+                      << ": stopped; the files written so far are complete (a top-patches scan resumes from its "
+                         "checkpoint)\n";
+            return 128 + sig;
+        }
         std::cerr << "convscope: " << e.message
                   << (e.kind == ErrorKind::OutOfMemory ? ": use fewer items (--indices) or smaller batches" : "") << "\n";
         return e.kind == ErrorKind::Usage ? 2 : 1;
