@@ -90,6 +90,29 @@ TEST(JobQueue, CancelQueuedAndRunning) {
     release = true;
 }
 
+TEST(JobQueue, AJobOverTheTimeLimitIsStoppedWithAnError) {
+    JobQueue q(1, 4, 16, 0.2);
+    std::atomic<int> reports{0};
+    const json slow = q.start("slow", "x", [&](const convscope::ProgressFn& p) {
+        for (;;) {  // reports progress until stopped
+            convscope::report_progress(p, 0.5);
+            ++reports;
+            std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        }
+        return json();
+    });
+    const json fast = q.start("fast", "x", [](const convscope::ProgressFn& p) {
+        convscope::report_progress(p, 1.0);
+        return json{{"ok", true}};
+    });
+    const json st = wait_done(q, slow["id"]);
+    EXPECT_EQ(st["state"], "error");
+    EXPECT_NE(st["error"].get<std::string>().find("longer than the limit of 0.2 s"), std::string::npos) << st;
+    EXPECT_GT(reports.load(), 5);
+    // The limit is per job: the next one runs within its own.
+    EXPECT_EQ(wait_done(q, fast["id"])["state"], "done");
+}
+
 TEST(JobQueue, KeepsABoundedHistory) {
     JobQueue q(1, 64, 3);
     std::vector<std::string> ids;

@@ -21,6 +21,7 @@ Explorer::Explorer(Model model, Dataset data, ExplorerOptions options)
     if (d.opts.max_images < 1) throw UsageError("the image store must hold at least 1 image");
     if (d.opts.workers < 1) throw UsageError("at least 1 job worker is needed");
     if (d.opts.max_queued_jobs < 1) throw UsageError("the job queue must hold at least 1 job");
+    if (!(d.opts.max_job_seconds >= 0)) throw UsageError("the job time limit must be >= 0 seconds (0 = none)");
     d.pre = preprocess_for(d.model, d.data);
     d.layers = d.model.layers();  // computed once here; read-only afterwards
     d.class_names = detail::class_names_for(d.model, d.data);
@@ -30,7 +31,8 @@ Explorer::Explorer(Model model, Dataset data, ExplorerOptions options)
                    ("convscope-uploads-" + std::to_string(::getpid()) + "-" +
                     std::to_string(reinterpret_cast<uintptr_t>(this) & 0xffffff));
     // The last 256 finished jobs (and their results) kept for late pollers.
-    d.jobs = std::make_unique<detail::JobQueue>(d.opts.workers, static_cast<size_t>(d.opts.max_queued_jobs), 256);
+    d.jobs = std::make_unique<detail::JobQueue>(d.opts.workers, static_cast<size_t>(d.opts.max_queued_jobs), 256,
+                                                  d.opts.max_job_seconds);
 }
 
 Explorer::~Explorer() {

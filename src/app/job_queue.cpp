@@ -1,6 +1,8 @@
 #include "app/detail/job_queue.hpp"
 
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
 
 #include "convscope/app/explorer.hpp"
 #include "convscope/runtime/enum_names.hpp"
@@ -18,8 +20,8 @@ constexpr EnumTable<JobState, 5> kStateNames = {{{JobState::Queued, "queued"},
 
 const char* job_state_name(JobState s) { return enum_name(kStateNames, s); }
 
-JobQueue::JobQueue(int workers, size_t max_queued, size_t keep_finished)
-    : max_queued_(max_queued), keep_finished_(keep_finished) {
+JobQueue::JobQueue(int workers, size_t max_queued, size_t keep_finished, double max_seconds)
+    : max_queued_(max_queued), keep_finished_(keep_finished), max_seconds_(max_seconds) {
     CONVSCOPE_CHECK(workers >= 1, "a job queue needs a worker");
     for (int i = 0; i < workers; ++i) workers_.emplace_back([this] { worker_loop(); });
 }
@@ -108,15 +110,27 @@ void JobQueue::worker_loop() {
         nlohmann::json result;
         try {
             Job* raw = job.get();
-            const ProgressFn progress = [raw](double f) {
+            const auto start = std::chrono::steady_clock::now();
+            const double limit = max_seconds_;
+            const ProgressFn progress = [raw, start, limit](double f) {
                 raw->progress = std::clamp(f, 0.0, 1.0);
-                return !raw->cancel.load();
+                if (limit > 0 && std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > limit)
+                    raw->timed_out = true;
+                return !raw->cancel.load() && !raw->timed_out.load();
             };
             result = job->work(progress);
         } catch (...) {
             const ErrorReport e = current_error();
             state = e.kind == ErrorKind::Cancelled ? JobState::Cancelled : JobState::Error;
             error = e.message;
+            if (job->timed_out && !job->cancel) {
+                state = JobState::Error;
+                char limit[32];
+                std::snprintf(limit, sizeof limit, "%g", max_seconds_);
+                error = std::string("the job ran longer than the limit of ") + limit +
+                        " s and was stopped: ask for less (fewer items, a larger stride) or start the server with a "
+                        "larger --max-job-seconds";
+            }
         }
         std::lock_guard<std::mutex> lock(mutex_);
         job->state = state;

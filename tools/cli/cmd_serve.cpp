@@ -28,6 +28,7 @@ struct ServeArgs {
     int workers = ExplorerOptions{}.workers;
     int64_t max_jobs = ExplorerOptions{}.max_queued_jobs;
     int64_t max_images = ExplorerOptions{}.max_images;
+    double max_job_seconds = ExplorerOptions{}.max_job_seconds;
     int http_threads = 16;
     int64_t max_body_mib = 4;
 };
@@ -58,6 +59,8 @@ RunFn setup(CLI::App& app) {
     app.add_option("--workers", a->workers, "background jobs that run at once")->capture_default_str();
     app.add_option("--max-jobs", a->max_jobs, "jobs waiting for a worker; more are answered 429 with Retry-After")
         ->capture_default_str();
+    app.add_option("--max-job-seconds", a->max_job_seconds, "a job running longer is stopped with an error (0 = no limit)")
+        ->capture_default_str();
     app.add_option("--max-images", a->max_images, "uploaded or drawn images kept (the least recently used forgotten)")
         ->capture_default_str();
     app.add_option("--http-threads", a->http_threads, "threads answering requests")->capture_default_str();
@@ -76,6 +79,7 @@ RunFn setup(CLI::App& app) {
         eo.workers = a->workers;
         eo.max_queued_jobs = a->max_jobs;
         eo.max_images = a->max_images;
+        eo.max_job_seconds = a->max_job_seconds;
         eo.seed = o->seed;
 
         // SIGINT/SIGTERM are taken by one thread (sigwait) that stops the server; block them in

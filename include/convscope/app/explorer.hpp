@@ -62,6 +62,7 @@ struct ExplorerOptions {
     int64_t max_images = 256;    // uploaded/drawn images kept for later requests (LRU)
     int workers = 2;             // background jobs that run at once (>= 1)
     int64_t max_queued_jobs = 64;  // jobs waiting for a worker (>= 1); more get BusyError
+    double max_job_seconds = 600;  // a job running longer is stopped with an error (0 = no limit)
     uint64_t seed = 0;           // t-SNE, feature visualisation, SmoothGrad
 };
 

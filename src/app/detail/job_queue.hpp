@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -32,7 +33,9 @@ public:
     // What a job computes: its result as JSON, reporting progress (which may cancel it).
     using Work = std::function<nlohmann::json(const ProgressFn&)>;
 
-    JobQueue(int workers, size_t max_queued, size_t keep_finished);
+    // max_seconds > 0: a job still running after that long is stopped at its next progress
+    // report and ends in the error state with a message that names the limit.
+    JobQueue(int workers, size_t max_queued, size_t keep_finished, double max_seconds = 0);
     ~JobQueue();  // cancels what is left and joins the workers
     JobQueue(const JobQueue&) = delete;
     JobQueue& operator=(const JobQueue&) = delete;
@@ -52,6 +55,7 @@ private:
         Work work;
         std::atomic<double> progress{0.0};
         std::atomic<bool> cancel{false};
+        std::atomic<bool> timed_out{false};
         JobState state = JobState::Queued;  // guarded by mutex_
         nlohmann::json result;
         std::string error;
@@ -61,6 +65,7 @@ private:
     void worker_loop();
 
     const size_t max_queued_, keep_finished_;
+    const double max_seconds_;
     mutable std::mutex mutex_;
     std::condition_variable cv_;
     std::deque<std::shared_ptr<Job>> queue_;
