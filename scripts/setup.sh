@@ -7,6 +7,7 @@ packages=(
   libtorch-dev libopencv-dev libcli11-dev nlohmann-json3-dev libcpp-httplib-dev
   libhnswlib-dev libfftw3-dev zlib1g-dev libssl-dev libopenblas0-openmp
   libpng-dev libjpeg-dev libtiff-dev libwebp-dev
+  clang libclang-rt-14-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   dataset-fashion-mnist
   python3 python3-numpy python3-torch python3-torchvision python3-sklearn

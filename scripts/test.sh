@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Set up, build, make the test fixtures (PyTorch in Python) and run every test through CTest.
+# Set up, build, make the test fixtures (PyTorch in Python), run every test through CTest, then
+# each fuzz target for 20 seconds (scripts/fuzz.sh, its own clang build in build-fuzz).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/build.sh
 /usr/bin/python3 tests/fixtures/make_fixtures.py build/fixtures
-cd build && ctest --output-on-failure -j 2
+(cd build && ctest --output-on-failure -j 2)
+bash scripts/fuzz.sh all 20

@@ -248,6 +248,15 @@ TEST(DatasetIdx, TruncatedData) {
     EXPECT_ERROR_WITH(Dataset::open(dir / "hdr-images-idx3-ubyte"), "truncated");
 }
 
+// Found by fuzz_idx (a leak of the read buffer): a header with a size of 0 holds no data.
+TEST(DatasetIdx, ZeroSizedDimensionIsAnError) {
+    TempDir dir;
+    write_bytes(dir / "z-images-idx1-ubyte", std::string("\0\0\x08\x01\0\0\0\0\0\0\x03\x04", 12));
+    EXPECT_ERROR_WITH(Dataset::open(dir / "z-images-idx1-ubyte"), "dimension 1 a size of 0, so it holds no data");
+    write_bytes(dir / "y-images-idx3-ubyte", idx_bytes({2, 0, 3}, {}));
+    EXPECT_ERROR_WITH(Dataset::open(dir / "y-images-idx3-ubyte"), "dimension 2 a size of 0");
+}
+
 TEST(DatasetIdx, LyingHeaderOnTinyFile) {
     TempDir dir;
     // Claims 4e9 x 60000 x 60000 bytes (overflowing 64 bits) and 60000 x 60000 x 60000 bytes;

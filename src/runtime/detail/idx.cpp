@@ -108,6 +108,9 @@ at::Tensor read_idx(const std::string& path) {
         if (!overflow && __builtin_mul_overflow(total, uint64_t(dims[size_t(d)]), &total)) {
             overflow = true;
         }
+        if (dims[size_t(d)] == 0)
+            throw Error("cannot read IDX file " + path + ": its header gives dimension " + std::to_string(d + 1) +
+                        " a size of 0, so it holds no data" + damaged);
     }
 
     // Read in chunks: the header's sizes are only believed as far as the data goes.
@@ -142,10 +145,13 @@ at::Tensor read_idx(const std::string& path) {
     }
 
     // Hand the bytes to a tensor without copying; the deleter frees them with the tensor.
-    ByteBuffer* raw = buffer.release();
-    return torch::from_blob(
+    // The buffer is released only once the tensor owns it (from_blob may throw).
+    ByteBuffer* raw = buffer.get();
+    at::Tensor t = torch::from_blob(
         raw->bytes.data(), dims, [raw](void*) { delete raw; },
         torch::TensorOptions().dtype(torch::kByte));
+    buffer.release();
+    return t;
 }
 
 }  // namespace convscope::detail
