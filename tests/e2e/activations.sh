@@ -83,14 +83,7 @@ expect_fail 2 "choose the inputs" activations --model "$M" --data "$D" --out "$T
 expect_fail 2 "use layer" activations --model "$M" --data "$D" --index 0 --scale global --out "$T/e"
 expect_fail 2 "use index or mean" activations --model "$M" --data "$D" --index 0 --sort max --out "$T/e"
 # A PNG that declares 30000x30000 pixels in under 100 bytes: refused from its header.
-$PY - "$T/bomb.png" <<'PYEOF'
-import struct, sys, zlib
-def chunk(t, d):
-    return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xffffffff)
-png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0))
-png += chunk(b"IDAT", zlib.compress(bytes(65))) + chunk(b"IEND", b"")
-open(sys.argv[1], "wb").write(png)
-PYEOF
+make_png_bomb "$T/bomb.png"
 expect_fail 1 "declares 30000x30000 pixels, more than the limit of 50000000" activations --model "$M" --image "$T/bomb.png" --out "$T/e"
 expect_fail 1 "raise the limit with --max-image-pixels" activations --model "$M" --image "$T/bomb.png" --max-image-pixels 1000 --out "$T/e"
 expect_fail 2 "at least 1 pixel" activations --model "$M" --image "$T/bomb.png" --max-image-pixels 0 --out "$T/e"

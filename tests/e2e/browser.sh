@@ -23,15 +23,8 @@ model=(--model "$M" --input-shape 1,28,28 --data fashion-mnist:test --threads 2)
 "$BIN" report "${model[@]}" --out "$T/report" --eval-items 500 --examples 2 --scan-items 300 \
     --patch-channels 4 --vis-channels 4 --vis-steps 16 --map-items 300 --map-iterations 150 >/dev/null
 
-"$BIN" serve "${model[@]}" --port 0 --cache-dir "$T/cache" --map-items 300 --map-iterations 150 \
-    --scan-items 300 --feature-vis-steps 16 >"$T/serve.out" 2>"$T/serve.err" &
-PID=$!
-for _ in $(seq 1 300); do
-    grep -q "http://" "$T/serve.out" 2>/dev/null && break
-    kill -0 "$PID" 2>/dev/null || { echo "server died"; cat "$T/serve.err"; exit 1; }
-    sleep 0.1
-done
-URL=$(grep -o "http://127.0.0.1:[0-9]*" "$T/serve.out")
+start_server "$T/serve.out" "$T/serve.err" "${model[@]}" --port 0 --cache-dir "$T/cache" --map-items 300 \
+    --map-iterations 150 --scan-items 300 --feature-vis-steps 16
 
 node "$HERE/browser/run.js" "$URL" "$T/report/index.html" "$ART"
 kill -0 "$PID" || { echo "the server crashed"; cat "$T/serve.err"; exit 1; }

@@ -18,15 +18,7 @@ expect_fail 1 "no model file\|cannot\|does not exist" serve --model "$T/missing.
 expect_fail 1 "warning: listening on 192.0.2.1" serve "${common[@]}" --host 192.0.2.1 --port 0
 
 # Start the server on a free port and read the port from its first line.
-"$BIN" serve "${common[@]}" --port 0 >"$T/serve.out" 2>"$T/serve.err" &
-PID=$!
-for _ in $(seq 1 300); do
-    grep -q "http://" "$T/serve.out" 2>/dev/null && break
-    kill -0 "$PID" 2>/dev/null || { echo "server died"; cat "$T/serve.err"; exit 1; }
-    sleep 0.1
-done
-URL=$(grep -o "http://127.0.0.1:[0-9]*" "$T/serve.out")
-[ -n "$URL" ] || { echo "no URL"; cat "$T/serve.out" "$T/serve.err"; exit 1; }
+start_server "$T/serve.out" "$T/serve.err" "${common[@]}" --port 0
 if grep -q warning "$T/serve.err"; then echo "unexpected warning on loopback"; cat "$T/serve.err"; exit 1; fi
 
 # check METHOD PATH STATUS [curl args...]: the reply has STATUS; 4xx/5xx replies are JSON errors.
@@ -94,14 +86,7 @@ head -c $((5 * 1024 * 1024)) /dev/zero >"$T/big.bin"
 check POST /api/activations 413 -H 'Content-Type: image/png' --data-binary @"$T/big.bin"
 json_has "larger than the limit"
 # A PNG that declares 30000x30000 pixels in under 100 bytes: refused from its header.
-$PY - "$T/bomb.png" <<'PYEOF'
-import struct, sys, zlib
-def chunk(t, d):
-    return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xffffffff)
-png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0))
-png += chunk(b"IDAT", zlib.compress(bytes(65))) + chunk(b"IEND", b"")
-open(sys.argv[1], "wb").write(png)
-PYEOF
+make_png_bomb "$T/bomb.png"
 check POST /api/activations 413 -H 'Content-Type: image/png' --data-binary @"$T/bomb.png"
 json_has "declares 30000x30000 pixels"
 check POST "/api/activations?layers=conv1,nope" 404 -H 'Content-Type: application/json' --data '{"index": 1}'
@@ -250,15 +235,8 @@ grep -q "server stopped" "$T/serve.err"
 # A full job queue answers 429 with Retry-After: one worker busy with a long job, one job
 # waiting, the third refused; the running one is then cancelled.
 expect_fail 2 "job queue" serve "${common[@]}" --port 0 --max-jobs 0
-"$BIN" serve "${base[@]}" --map-items 300 --scan-items 300 --feature-vis-steps 1000000 --workers 1 --max-jobs 1 \
-    --port 0 >"$T/busy.out" 2>"$T/busy.err" &
-PID=$!
-for _ in $(seq 1 300); do
-    grep -q "http://" "$T/busy.out" 2>/dev/null && break
-    kill -0 "$PID" 2>/dev/null || { echo "server died"; cat "$T/busy.err"; exit 1; }
-    sleep 0.1
-done
-URL=$(grep -o "http://127.0.0.1:[0-9]*" "$T/busy.out")
+start_server "$T/busy.out" "$T/busy.err" "${base[@]}" --map-items 300 --scan-items 300 \
+    --feature-vis-steps 1000000 --workers 1 --max-jobs 1 --port 0
 job() { echo '{"kind": "feature-vis", "layer": "conv1", "channel": '"$1"'}'; }
 check POST /api/jobs 202 -H 'Content-Type: application/json' --data "$(job 0)"
 first=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["id"])' "$T/body")
