@@ -324,6 +324,16 @@ TEST(IoNpy, RejectsDamagedFiles) {
     write_bytes(dir / "huge.npy", huge);
     EXPECT_ERROR_WITH(convscope::read_npy(dir / "huge.npy"), "truncated");
 
+    // Found by fuzz_npy: an empty array (a size of 0) whose other sizes overflow its strides;
+    // LibTorch refused it with its own exception.
+    std::string empty = good;
+    empty.replace(empty.find("(100,)"), 6, "(0, 99999999999, 99999999999)");
+    empty.erase(empty.find('\n') - 24, 24);
+    write_bytes(dir / "empty.npy", empty);
+    EXPECT_ERROR_WITH(convscope::read_npy(dir / "empty.npy"), "which no array can have", "(0, 99999999999, 99999999999)");
+    EXPECT_ERROR_WITH(convscope::read_npy(std::string(CONVSCOPE_SOURCE_DIR) + "/fuzz/corpus/npy/regression-huge-empty-shape"),
+                      "which no array can have");
+
     write_bytes(dir / "magic.npy", "PK\x03\x04 this is a zip");
     EXPECT_ERROR_WITH(convscope::read_npy(dir / "magic.npy"), "not an NPY file", "magic.npy");
 

@@ -449,6 +449,14 @@ at::Tensor read_npy(const std::string& path) {
                     std::to_string(available) + " data bytes follow; the file is damaged or " +
                     "was not fully written, save it again");
     }
+    // Even an empty array needs its strides, the products of the other sizes (numpy allows 32
+    // dimensions at most).
+    uint64_t strides = type->itemsize;
+    for (int64_t d : h.shape)
+        if (d != 0 && __builtin_mul_overflow(strides, uint64_t(d), &strides)) strides = UINT64_MAX;
+    if (h.shape.size() > 32 || strides > uint64_t(INT64_MAX))
+        throw Error("cannot read " + path + ": its header says shape " + shape_text(h.shape) +
+                    ", which no array can have; the file is damaged, save it again");
     const size_t bytes = size_t(numel) * type->itemsize;
 
     // Bools are read as bytes and normalised, since a bool tensor must hold only 0 or 1.
