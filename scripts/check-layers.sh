@@ -3,7 +3,7 @@
 #  - a file of layer L includes public headers (convscope/<M>/...) of L or a lower layer only;
 #  - a private header (src/<M>/...) is included only from layer M itself, and from tests/
 #    (white-box tests of the engine's plan and kernels);
-#  - tools/ and bench/ include public headers only;
+#  - tools/, bench/ and fuzz/ include public headers only;
 #  - every public header and every library source lies in one layer's folder.
 # Usage: scripts/check-layers.sh [ROOT]   (ROOT defaults to the repository). Exit 1 on a
 # violation, listing each as FILE:LINE: what is wrong.
@@ -63,7 +63,7 @@ while IFS= read -r file; do
         target=${inc%%/*}
         case "$file" in
           tests/*) ;;
-          tools/*|bench/*)
+          tools/*|bench/*|fuzz/*)
             complain "$file:$line: includes $inc, a private header of '$target' (use a public one)" ;;
           *)
             if [ "$target" != "$layer" ]; then
@@ -72,7 +72,7 @@ while IFS= read -r file; do
         esac ;;
     esac
   done < <(grep -nE '^[[:space:]]*#[[:space:]]*include[[:space:]]*"' "$file" | cut -d: -f1,2-)
-done < <(find include src tools bench tests -type f \( -name '*.hpp' -o -name '*.cpp' -o -name '*.h' \) \
+done < <(find include src tools bench fuzz tests -type f \( -name '*.hpp' -o -name '*.cpp' -o -name '*.h' \) \
            -not -path '*/node_modules/*' 2>/dev/null | sort)
 
 # A library source directly in src/ (other than the shared precompiled header) has no layer.
