@@ -86,6 +86,13 @@ TEST(ModelMetaJson, RoundTripsAndRejectsWrongValues) {
     expect_error([] { model_meta_from_json(R"({"std": [0.2, 0]})"); }, "invalid 'std'");
     expect_error([] { model_meta_from_json(R"({"input_shape": [3, 224]})"); }, "invalid 'input_shape'");
     expect_error([] { model_meta_from_json(R"({"pixel_range": 7})"); }, "invalid 'pixel_range'");
+    // Found by fuzz_model_meta: sizes that are not whole numbers, or do not fit, were converted
+    // (2e130 to an integer is undefined behaviour).
+    expect_error([] { model_meta_from_json(R"({"input_shape": [3, 2e130, 1]})"); }, "'input_shape' of the wrong type");
+    expect_error([] { model_meta_from_json(R"({"input_shape": [3, 22.5, 1]})"); }, "whole numbers expected");
+    expect_error([] { model_meta_from_json(R"({"resize": 18446744073709551615})"); }, "'resize' of the wrong type");
+    expect_error([] { model_meta_from_json(R"({"resize": 1e300})"); }, "'resize' of the wrong type");
+    EXPECT_EQ(model_meta_from_json(R"({"resize": 256})").resize, 256);
 }
 
 TEST(PreprocessOptions, PresetsAndOptionsMerge) {

@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -216,6 +217,17 @@ ModelMeta model_meta_from_json(const std::string& text) {
         }
         if (!check(field)) throw Error(std::string("has an invalid '") + name + "'");
     };
+    // Whole numbers must be JSON integers that fit: converting 2e130 (or 2.5) to an integer would
+    // be undefined or silently wrong.
+    auto whole = [](const nlohmann::json& v) {
+        return v.is_number_integer() && !(v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(INT64_MAX));
+    };
+    for (const char* name : {"input_shape", "resize"}) {
+        if (!j.contains(name) || j[name].is_null()) continue;
+        const nlohmann::json& v = j[name];
+        const bool ok = v.is_array() ? std::all_of(v.begin(), v.end(), whole) : whole(v);
+        if (!ok) throw Error(std::string("has a '") + name + "' of the wrong type (whole numbers expected)");
+    }
     key("input_shape", m.input_shape, [](const std::vector<int64_t>& v) {
         return v.size() == 3 && v[0] > 0 && v[1] > 0 && v[2] > 0;
     });

@@ -119,7 +119,7 @@ SparseMatrix symmetrise(const SparseMatrix& c, ThreadPool& pool) {
             ++count[size_t(c.col[size_t(e)]) + 1];
     }
     for (int64_t i = 0; i < n; ++i) count[size_t(i + 1)] += count[size_t(i)];
-    std::vector<int32_t> col(size_t(count[size_t(n)]));
+    std::vector<int32_t> col(static_cast<size_t>(count[size_t(n)]));
     std::vector<float> val(col.size());
     {
         std::vector<int64_t> fill(count.begin(), count.end() - 1);
