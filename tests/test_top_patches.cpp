@@ -255,6 +255,20 @@ TEST(TopPatches, ShardsMergeIntoOnePass) {
     expect_error([&] { merge_top_patches({shards[0], shards[1], other_n}); }, "does not fit");
     expect_error([] { top_patches_from_json(nlohmann::json::parse("{\"a\": 1}"), "'x.json'"); },
                  "not a top_patches.json");
+    // Found by fuzz_top_patches: numbers that are not whole ones (or do not fit) where whole ones
+    // belong were converted, 4.9e113 with undefined behaviour.
+    nlohmann::json bad = top_patches_to_json(single);
+    bad["options"]["k"] = 2.5;
+    expect_error([&] { top_patches_from_json(bad, "'k.json'"); }, "'k.json' is damaged (expected a whole number");
+    bad = top_patches_to_json(single);
+    bad["layers"][0]["channels"][0]["fine_histogram"]["keys"][0] = 4.9e113;
+    expect_error([&] { top_patches_from_json(bad, "'keys.json'"); }, "is damaged (expected a whole number in 0..4294967295");
+    bad = top_patches_to_json(single);
+    bad["layers"][0]["channels"][0]["top"][0]["box"][1] = -1e300;
+    expect_error([&] { top_patches_from_json(bad, "'box.json'"); }, "is damaged");
+    bad = top_patches_to_json(single);
+    bad["layers"][0]["receptive_field"]["size"] = {3.5, 3};
+    expect_error([&] { top_patches_from_json(bad, "'rf.json'"); }, "is damaged");
 }
 
 TEST(TopPatches, InterruptedScanResumesToOnePass) {

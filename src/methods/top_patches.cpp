@@ -359,7 +359,11 @@ ScanPosition resume(const std::string& path, const TopPatchesResult& id, int64_t
         throw Error(what + " is from shard " + std::to_string(saved.shard_index) + "/" +
                     std::to_string(saved.shard_count) + ", not " + std::to_string(id.shard_index) + "/" +
                     std::to_string(id.shard_count) + ": use that shard's checkpoint file");
-    at.position = j.at("checkpoint_position").get<int64_t>();
+    try {
+        at.position = json_int(j.at("checkpoint_position"));
+    } catch (const std::exception&) {
+        throw Error(what + " has no valid position: delete it to start over");
+    }
     if (at.position < 0 || at.position > total) throw Error(what + " has an invalid position: delete it to start over");
     at.images_scanned = saved.images_scanned;
     for (size_t i = 0; i < state.size(); ++i) {

@@ -38,11 +38,11 @@ nlohmann::json entry_json(const PatchEntry& e) {
 
 PatchEntry entry_from_json(const nlohmann::json& j) {
     PatchEntry e;
-    e.image = j.at("image");
-    e.label = j.at("label");
+    e.image = json_int(j.at("image"), 0);
+    e.label = json_int(j.at("label"));
     e.value = static_cast<float>(j.at("value").get<double>());
-    e.y = j.at("y");
-    e.x = j.at("x");
+    e.y = json_int(j.at("y"), 0);
+    e.x = json_int(j.at("x"), 0);
     e.box = box_from_json(j.at("box"));
     return e;
 }
@@ -123,11 +123,11 @@ TopPatchesResult top_patches_from_json(const nlohmann::json& j, const std::strin
         r.data_spec = d.at("spec").get<std::string>();
         r.data_hash = d.at("hash").get<std::string>();
         r.data_labels = d.at("labels").get<std::string>();
-        r.num_selected = d.at("selected");
+        r.num_selected = json_int(d.at("selected"), 0);
         r.indices_hash = d.at("indices_sha256").get<std::string>();
         r.class_names = d.at("class_names").get<std::vector<std::string>>();
         const auto& p = j.at("preprocess");
-        r.preprocess.input_shape = p.at("input_shape").get<std::vector<int64_t>>();
+        r.preprocess.input_shape = json_ints(p.at("input_shape"), 1);
         r.preprocess.mean = p.at("mean").get<std::vector<double>>();
         r.preprocess.std = p.at("std").get<std::vector<double>>();
         r.preprocess.as_is = p.at("as_is").get<bool>();
@@ -135,30 +135,30 @@ TopPatchesResult top_patches_from_json(const nlohmann::json& j, const std::strin
         r.preprocess.pixel_range = p.value("pixel_range", 1.0);
         r.preprocess.bgr = p.value("bgr", false);
         const auto& o = j.at("options");
-        r.k = o.at("k");
+        r.k = json_int(o.at("k"));
         r.lowest = o.at("lowest").get<bool>();
-        r.batch_size = o.at("batch_size");
-        r.histogram_bins = o.at("histogram_bins");
-        if (o.at("histogram_mantissa_bits").get<int>() != kHistogramMantissaBits)
+        r.batch_size = json_int(o.at("batch_size"), 1);
+        r.histogram_bins = static_cast<int>(json_int(o.at("histogram_bins"), 1, INT32_MAX));
+        if (json_int(o.at("histogram_mantissa_bits")) != kHistogramMantissaBits)
             throw Error(what + " uses another histogram resolution: it was written by another convscope version");
-        r.shard_index = j.at("shard").at("index");
-        r.shard_count = j.at("shard").at("count");
-        r.images_scanned = j.at("images_scanned");
+        r.shard_index = json_int(j.at("shard").at("index"));
+        r.shard_count = json_int(j.at("shard").at("count"));
+        r.images_scanned = json_int(j.at("images_scanned"), 0);
         for (const auto& lj : j.at("layers")) {
             LayerPatches L;
             L.name = lj.at("name").get<std::string>();
-            L.output_shape = lj.at("output_shape").get<std::vector<int64_t>>();
+            L.output_shape = json_ints(lj.at("output_shape"), 1);
             L.rf = receptive_field_from_json(lj.at("receptive_field"));
             L.gradient_boxes = lj.at("box_source").get<std::string>() == "gradient";
             for (const auto& cj : lj.at("channels")) {
                 ChannelPatches c;
                 for (const auto& e : cj.at("top")) c.top.push_back(entry_from_json(e));
                 for (const auto& e : cj.at("bottom")) c.bottom.push_back(entry_from_json(e));
-                c.dead = cj.at("dead_count");
+                c.dead = json_int(cj.at("dead_count"), 0);
                 c.min = static_cast<float>(cj.at("histogram").at("min").get<double>());
                 c.max = static_cast<float>(cj.at("histogram").at("max").get<double>());
-                const auto keys = cj.at("fine_histogram").at("keys").get<std::vector<uint32_t>>();
-                const auto counts = cj.at("fine_histogram").at("counts").get<std::vector<int64_t>>();
+                const auto keys = json_ints(cj.at("fine_histogram").at("keys"), 0, UINT32_MAX);
+                const auto counts = json_ints(cj.at("fine_histogram").at("counts"), 0);
                 if (keys.size() != counts.size()) throw Error(what + " has a damaged histogram");
                 for (size_t i = 0; i < keys.size(); ++i) c.fine.emplace_back(keys[i], counts[i]);
                 L.channels.push_back(std::move(c));
@@ -167,6 +167,9 @@ TopPatchesResult top_patches_from_json(const nlohmann::json& j, const std::strin
         }
     } catch (const nlohmann::json::exception& e) {
         throw Error(what + " is incomplete or damaged (" + std::string(e.what()) +
+                    "): use the top_patches.json that convscope top-patches wrote");
+    } catch (const JsonValueError& e) {
+        throw Error(what + " is damaged (" + std::string(e.what()) +
                     "): use the top_patches.json that convscope top-patches wrote");
     }
     if (r.shard_count < 1 || r.shard_index < 0 || r.shard_index >= r.shard_count || r.k < 1)

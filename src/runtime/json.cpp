@@ -1,5 +1,7 @@
 #include "convscope/runtime/json.hpp"
 
+#include "convscope/runtime/error.hpp"
+
 #include <nlohmann/json.hpp>
 
 #include "convscope/runtime/model.hpp"
@@ -28,7 +30,25 @@ nlohmann::json to_json(const ReceptiveField& rf) {
     return j;
 }
 
-Box box_from_json(const nlohmann::json& j) { return Box{j.at(0), j.at(1), j.at(2), j.at(3)}; }
+int64_t json_int(const nlohmann::json& v, int64_t lo, int64_t hi) {
+    const bool whole = v.is_number_integer() && !(v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(INT64_MAX));
+    if (!whole || v.get<int64_t>() < lo || v.get<int64_t>() > hi)
+        throw JsonValueError("expected a whole number in " + std::to_string(lo) + ".." + std::to_string(hi) + ", got " +
+                    v.dump().substr(0, 40));
+    return v.get<int64_t>();
+}
+
+std::vector<int64_t> json_ints(const nlohmann::json& v, int64_t lo, int64_t hi) {
+    if (!v.is_array()) throw JsonValueError("expected an array of whole numbers, got " + v.dump().substr(0, 40));
+    std::vector<int64_t> out;
+    out.reserve(v.size());
+    for (const auto& x : v) out.push_back(json_int(x, lo, hi));
+    return out;
+}
+
+Box box_from_json(const nlohmann::json& j) {
+    return Box{json_int(j.at(0)), json_int(j.at(1)), json_int(j.at(2)), json_int(j.at(3))};
+}
 
 ReceptiveField receptive_field_from_json(const nlohmann::json& j) {
     ReceptiveField rf;
@@ -37,12 +57,12 @@ ReceptiveField receptive_field_from_json(const nlohmann::json& j) {
     else if (kind == "unknown") rf.kind = ReceptiveField::Kind::Unknown;
     else {
         rf.kind = ReceptiveField::Kind::Exact;
-        rf.size_y = j.at("size").at(0);
-        rf.size_x = j.at("size").at(1);
-        rf.stride_y = j.at("stride").at(0);
-        rf.stride_x = j.at("stride").at(1);
-        rf.pad_y = j.at("padding").at(0);
-        rf.pad_x = j.at("padding").at(1);
+        rf.size_y = json_int(j.at("size").at(0));
+        rf.size_x = json_int(j.at("size").at(1));
+        rf.stride_y = json_int(j.at("stride").at(0));
+        rf.stride_x = json_int(j.at("stride").at(1));
+        rf.pad_y = json_int(j.at("padding").at(0));
+        rf.pad_x = json_int(j.at("padding").at(1));
     }
     return rf;
 }

@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "convscope/runtime/error.hpp"
+
 namespace convscope {
 
 struct Box;
@@ -20,12 +22,22 @@ nlohmann::json to_json(const ReceptiveField& rf);
 // {"name", "type", "output_shape" (without the batch), "parameters", "depth", "is_conv",
 // "is_linear", "receptive_field"}.
 nlohmann::json to_json(const LayerInfo& layer);
-// The inverses of the two above; throw nlohmann::json::exception on a missing or mistyped field
-// (callers name the file).
+// The inverses of the two above; throw nlohmann::json::exception on a missing field and Error on
+// a number that is not a whole one (callers name the file).
 Box box_from_json(const nlohmann::json& j);
 ReceptiveField receptive_field_from_json(const nlohmann::json& j);
 // "exact", "global", "unknown" (ReceptiveField::Kind).
 const char* receptive_field_kind_name(const ReceptiveField& rf);
+
+// A JSON value as a whole number: JsonValueError unless it is a JSON integer within [lo, hi]
+// (nlohmann's own conversion turns 2.5 into 2, and 2e130 into undefined behaviour). json_ints: an
+// array of them.
+class JsonValueError : public Error {
+public:
+    using Error::Error;
+};
+int64_t json_int(const nlohmann::json& v, int64_t lo = INT64_MIN, int64_t hi = INT64_MAX);
+std::vector<int64_t> json_ints(const nlohmann::json& v, int64_t lo = INT64_MIN, int64_t hi = INT64_MAX);
 
 // The name of class c: names[c] where known, else the number; "unknown" for c < 0 (no class).
 std::string class_name(const std::vector<std::string>& names, int64_t c);
