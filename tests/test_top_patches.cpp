@@ -269,6 +269,18 @@ TEST(TopPatches, ShardsMergeIntoOnePass) {
     bad = top_patches_to_json(single);
     bad["layers"][0]["receptive_field"]["size"] = {3.5, 3};
     expect_error([&] { top_patches_from_json(bad, "'rf.json'"); }, "is damaged");
+    // ... and a histogram whose maximum lies below its minimum indexed before its first bin.
+    bad = top_patches_to_json(single);
+    bad["layers"][0]["channels"][0]["histogram"]["min"] = 5.0;
+    bad["layers"][0]["channels"][0]["histogram"]["max"] = -5.0;
+    expect_error([&] { top_patches_from_json(bad, "'minmax.json'"); }, "has a damaged histogram");
+    ChannelPatches upside_down;
+    upside_down.min = 5.f;
+    upside_down.max = -5.f;
+    upside_down.fine = {{1000u, 3}};
+    const Histogram h = make_histogram(upside_down, 4);
+    ASSERT_EQ(h.counts.size(), 1u);
+    EXPECT_EQ(h.counts[0], 3);
 }
 
 TEST(TopPatches, InterruptedScanResumesToOnePass) {

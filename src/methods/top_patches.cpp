@@ -535,6 +535,7 @@ Histogram make_histogram(const ChannelPatches& c, int bins) {
     }
     const uint32_t last = fine_key(c.max) + 1;
     if (last > keys.back()) keys.push_back(last);
+    if (keys.size() < 2) keys.push_back(keys.back() + 1);  // max below min: one bin (a damaged file)
     for (uint32_t key : keys) h.edges.push_back(bucket_lower(key));
     h.counts.assign(keys.size() - 1, 0);
     for (const auto& [key, count] : c.fine) {

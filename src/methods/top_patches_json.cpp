@@ -159,7 +159,8 @@ TopPatchesResult top_patches_from_json(const nlohmann::json& j, const std::strin
                 c.max = static_cast<float>(cj.at("histogram").at("max").get<double>());
                 const auto keys = json_ints(cj.at("fine_histogram").at("keys"), 0, UINT32_MAX);
                 const auto counts = json_ints(cj.at("fine_histogram").at("counts"), 0);
-                if (keys.size() != counts.size()) throw Error(what + " has a damaged histogram");
+                if (keys.size() != counts.size() || (!keys.empty() && !(c.min <= c.max)))
+                    throw Error(what + " has a damaged histogram");
                 for (size_t i = 0; i < keys.size(); ++i) c.fine.emplace_back(keys[i], counts[i]);
                 L.channels.push_back(std::move(c));
             }
