@@ -5,7 +5,7 @@
 source "$(dirname "$0")/lib/common.sh" "$@"
 
 
-"$BIN" activations --help | grep -q -- "--sort"
+"$BIN" activations --help >"$T/help.txt"; grep -q -- "--sort" "$T/help.txt"
 
 # The fixture's own inputs (float32 N,C,H,W, used as they are): all layers of a small ResNet.
 R=$FIX/resnet_small_scripted

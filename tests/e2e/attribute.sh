@@ -77,5 +77,5 @@ expect_fail 2 "unknown attribution method 'sailency'" attribute --method sailenc
 expect_fail 2 "bad baseline 'black'" attribute --method integrated-gradients --baseline black "${common[@]}"
 expect_fail 2 "bad target" attribute --method saliency --target best "${common[@]}"
 [ ! -e "$T/bad/summary.json" ] || { echo "a failed run left a summary"; exit 1; }
-"$BIN" attribute --help | grep -q -- "--baseline"
+"$BIN" attribute --help >"$T/help.txt"; grep -q -- "--baseline" "$T/help.txt"
 echo "attribute e2e: ok"

@@ -26,7 +26,7 @@ PY
 
 # --help works for the program and each command.
 "$bin" --help > /dev/null
-"$bin" describe --help | grep -q -- "--input-shape"
+"$bin" describe --help >"$tmp/help.txt"; grep -q -- "--input-shape" "$tmp/help.txt"
 
 expect_fail() {  # expect_fail CODE NEEDLE -- command...
     local code=$1 needle=$2; shift 3

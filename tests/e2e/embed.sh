@@ -5,7 +5,7 @@
 source "$(dirname "$0")/lib/common.sh" "$@"
 
 
-"$BIN" embed --help | grep -q -- "--perplexity"
+"$BIN" embed --help >"$T/help.txt"; grep -q -- "--perplexity" "$T/help.txt"
 
 # Inputs: 3 blobs of 50 points in 10-D, their labels, and bad variants.
 $PY - "$T" <<'EOF'

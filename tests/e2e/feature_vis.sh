@@ -54,5 +54,5 @@ expect_fail 1 "unknown layer 'conv7'" feature-vis --layer conv7 "${common[@]}"
 expect_fail 2 "unknown parameterisation 'wavelet'" feature-vis --layer conv2 --param wavelet "${common[@]}"
 expect_fail 2 "give --layer L" feature-vis "${common[@]}"
 [ ! -e "$T/bad/feature_vis.json" ] || { echo "a failed run left results"; exit 1; }
-"$BIN" feature-vis --help | grep -q -- "--param"
+"$BIN" feature-vis --help >"$T/help.txt"; grep -q -- "--param" "$T/help.txt"
 echo "feature-vis e2e: ok"

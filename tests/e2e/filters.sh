@@ -5,7 +5,7 @@
 source "$(dirname "$0")/lib/common.sh" "$@"
 
 
-"$BIN" filters --help | grep -q -- "--reshape"
+"$BIN" filters --help >"$T/help.txt"; grep -q -- "--reshape" "$T/help.txt"
 
 # A 3-channel first layer: RGB tiles; files, manifest and the raw weights.
 "$BIN" filters --model "$FIX/resnet_small_scripted.pt" --layer conv1 --out "$T/a" --threads 1 > "$T/a.txt"

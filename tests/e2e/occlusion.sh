@@ -140,5 +140,5 @@ expect 2 "--no-correction is an option of the approximate mode" occlusion --mode
 expect 1 "batch size must be at least 1" occlusion --model "$MODEL" --data "$DATA" --batch-size -5 \
     --out "$T/bad12"
 [ ! -e "$T/bad12/manifest.json" ] || fail "manifest written for a failed run"
-"$BIN" occlusion --help | grep -q -- "--baseline" || fail "--help"
+"$BIN" occlusion --help >"$T/help.txt"; grep -q -- "--baseline" "$T/help.txt" || fail "--help"
 echo "occlusion e2e: ok"

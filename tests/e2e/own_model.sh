@@ -11,8 +11,8 @@ source "$(dirname "$0")/lib/common.sh" "$@"
 O=$FIX/own
 M=$O/resnet18_ft.pt
 IMG=$O/images
-"$BIN" annotate --help | grep -q -- "--save"
-"$BIN" activations --help | grep -q -- "--preprocess"
+"$BIN" annotate --help >"$T/help.txt"; grep -q -- "--save" "$T/help.txt"
+"$BIN" activations --help >"$T/help.txt"; grep -q -- "--preprocess" "$T/help.txt"
 
 # 1. The preset, the same settings given one by one, and the annotated model give the same values.
 "$BIN" activations --model "$M" --preprocess imagenet --data "$IMG" --indices 0:8 --layers layer1,fc \
