@@ -1,5 +1,5 @@
 // Plots: category colours, the labelled scatter plot and the thumbnail map of an embedding,
-// and line plots.
+// line plots, bar strips and colour bars.
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -228,6 +228,80 @@ cv::Mat line_plot(const at::Tensor& ys, int width, int height,
         cv::line(out, cv::Point(x, baseline - ascent / 2), cv::Point(x + 12, baseline - ascent / 2),
                  colour, 2);
         put_label(out, series_names[s], cv::Point(x + 16, baseline), scale, kDarkText, false);
+    }
+    return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bar strips and colour bars
+
+cv::Mat bar_strip(const at::Tensor& values_f, int height, Colormap cmap, int bar_width, int gap) {
+    const at::Tensor v = cpu_float(values_f, "bar_strip").flatten();
+    const int n = static_cast<int>(v.numel());
+    if (n == 0) throw Error("bar_strip: there are no values to draw");
+    if (height < 1 || bar_width < 1 || gap < 0) {
+        throw Error("bar_strip: height and bar_width must be >= 1 and gap >= 0");
+    }
+    const Range vr = value_range(v);
+    const Range colour_r = auto_range(cmap, v);
+    const double span_lo = std::min(0.f, vr.lo), span_hi = std::max(0.f, vr.hi);
+    const int width = n * bar_width + (n - 1) * gap;
+    cv::Mat out(height, width, CV_8UC3, kWhite);
+    if (!(span_hi > span_lo)) return out;  // all zero: nothing to draw
+    // Pixel boundary (0 = top edge, height = bottom edge) of a value.
+    auto edge = [&](double value) {
+        return static_cast<int>(std::lround((span_hi - value) / (span_hi - span_lo) * height));
+    };
+    const int zero_y = edge(0.0);
+    if (span_lo < 0 && span_hi > 0) {
+        cv::line(out, cv::Point(0, std::min(zero_y, height - 1)),
+                 cv::Point(width - 1, std::min(zero_y, height - 1)), cv::Scalar(160, 160, 160));
+    }
+    const float* p = v.data_ptr<float>();
+    for (int i = 0; i < n; ++i) {
+        if (!std::isfinite(p[i])) {  // a full-height bar of its own colour
+            const cv::Vec3b c = kNonFiniteColour;
+            out(cv::Rect(i * (bar_width + gap), 0, bar_width, height)).setTo(cv::Scalar(c[0], c[1], c[2]));
+            continue;
+        }
+        const int e = edge(p[i]);
+        const int top = std::min(e, zero_y), bottom = std::max(e, zero_y);
+        if (bottom <= top) continue;
+        const cv::Vec3b c = colour_of(p[i], cmap, colour_r);
+        out(cv::Rect(i * (bar_width + gap), top, bar_width, bottom - top))
+            .setTo(cv::Scalar(c[0], c[1], c[2]));
+    }
+    return out;
+}
+
+cv::Mat heat_with_colorbar(const cv::Mat& img, Colormap cmap, Range r, int bar_width) {
+    const cv::Mat base = as_rgb(img, "heat_with_colorbar");
+    if (bar_width < 1) throw Error("heat_with_colorbar: bar_width must be >= 1");
+    const Range e = effective_range(cmap, r);
+    const double scale = 0.4;
+    const std::string hi_text = format_value(e.hi), lo_text = format_value(e.lo);
+    int descent = 0;
+    const cv::Size ts = cv::getTextSize("Ag", kFont, scale, font_thickness(scale), &descent);
+    const int text_w = std::max(label_size(hi_text, scale).width, label_size(lo_text, scale).width);
+    const int gap = 4;
+    const bool show_zero = cmap == Colormap::Diverging && e.hi > 0;
+    const int lines = show_zero ? 3 : 2;  // labels that must fit beside the bar without overlap
+    const int height = std::max(base.rows, lines * (ts.height + descent + 3));
+    const int bar_x = base.cols + gap;
+    const int text_x = bar_x + bar_width + gap;
+    cv::Mat out(height, text_x + text_w + gap, CV_8UC3, kWhite);
+    base.copyTo(out(cv::Rect(0, 0, base.cols, base.rows)));
+    const auto& table = colormap_table(cmap);
+    for (int y = 0; y < height; ++y) {
+        const int idx =
+            height == 1 ? 255 : 255 - static_cast<int>(std::lround(y * 255.0 / (height - 1)));
+        const cv::Vec3b c = table[idx];
+        out(cv::Rect(bar_x, y, bar_width, 1)).setTo(cv::Scalar(c[0], c[1], c[2]));
+    }
+    put_label(out, hi_text, cv::Point(text_x, ts.height + 1), scale, kDarkText, false);
+    put_label(out, lo_text, cv::Point(text_x, height - descent - 1), scale, kDarkText, false);
+    if (show_zero) {
+        put_label(out, "0", cv::Point(text_x, (height + ts.height) / 2), scale, kDarkText, false);
     }
     return out;
 }
