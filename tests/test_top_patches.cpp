@@ -255,6 +255,9 @@ TEST(TopPatches, ShardsMergeIntoOnePass) {
     expect_error([&] { merge_top_patches({shards[0], shards[1], other_n}); }, "does not fit");
     expect_error([] { top_patches_from_json(nlohmann::json::parse("{\"a\": 1}"), "'x.json'"); },
                  "not a top_patches.json");
+    // Found by fuzz_top_patches: a "format" that is not a string escaped as a JSON type error.
+    expect_error([] { top_patches_from_json(nlohmann::json::parse("{\"format\": [1]}"), "'f.json'"); },
+                 "not a top_patches.json");
     // Found by fuzz_top_patches: numbers that are not whole ones (or do not fit) where whole ones
     // belong were converted, 4.9e113 with undefined behaviour.
     nlohmann::json bad = top_patches_to_json(single);

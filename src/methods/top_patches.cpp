@@ -350,7 +350,7 @@ ScanPosition resume(const std::string& path, const TopPatchesResult& id, int64_t
     } catch (const nlohmann::json::exception&) {
         throw Error(what + " is not valid JSON (truncated or not a checkpoint): delete it to start over");
     }
-    if (!j.is_object() || j.value("format", "") != kCheckpointFormat)
+    if (!j.is_object() || !j.contains("format") || j["format"] != kCheckpointFormat)
         throw Error(what + " is not a top-patches checkpoint: choose another --checkpoint file");
     TopPatchesResult saved = top_patches_from_json(j, what);
     check_same_scan(saved, id, what, "this scan",

@@ -112,7 +112,9 @@ nlohmann::json top_patches_to_json(const TopPatchesResult& r) {
 }
 
 TopPatchesResult top_patches_from_json(const nlohmann::json& j, const std::string& what) {
-    const std::string format = j.is_object() ? j.value("format", "") : "";
+    // value() would throw for a "format" that is not a string.
+    const std::string format =
+        j.is_object() && j.contains("format") && j["format"].is_string() ? j["format"].get<std::string>() : "";
     if (format != kFormat && format != kCheckpointFormat)
         throw Error(what + " is not a top_patches.json written by convscope top-patches");
     TopPatchesResult r;
