@@ -2,7 +2,7 @@
 # Fuzzes convscope's parsers of outside input with libFuzzer (clang, AddressSanitizer and
 # UndefinedBehaviorSanitizer), in its own build folder (build-fuzz).
 # Usage: scripts/fuzz.sh [TARGET|all] [SECONDS]   (default: all, 20 s each)
-# Targets: npy, idx, image, model_meta, top_patches (fuzz/fuzz_<target>.cpp). Each starts from the committed
+# Targets: npy, idx, image, model_meta, top_patches, server (fuzz/fuzz_<target>.cpp). Each starts from the committed
 # seeds in fuzz/corpus/<target> and a working corpus in build-fuzz/corpus/<target> (kept between
 # runs); a crash, a sanitizer report, a leak, a hang (10 s) or an uncaught exception other than
 # convscope::Error fails the run, with the input saved in build-fuzz/findings/<target>/.
@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 target=${1:-all}
 seconds=${2:-20}
-targets=(npy idx image model_meta top_patches)
+targets=(npy idx image model_meta top_patches server)
 if [ "$target" != all ]; then
     printf '%s\n' "${targets[@]}" | grep -qx "$target" || { echo "fuzz.sh: unknown target '$target' (${targets[*]})" >&2; exit 2; }
     targets=("$target")
@@ -23,7 +23,7 @@ fi
 ninja -C build-fuzz $(printf 'fuzz_%s ' "${targets[@]}") >/dev/null
 export ASAN_OPTIONS="detect_leaks=1:allocator_may_return_null=1:${ASAN_OPTIONS:-}"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:${UBSAN_OPTIONS:-}"
-export LSAN_OPTIONS="suppressions=$PWD/fuzz/lsan.supp:${LSAN_OPTIONS:-}"
+export LSAN_OPTIONS="suppressions=$PWD/tests/lsan.supp:${LSAN_OPTIONS:-}"
 export OMP_NUM_THREADS=1
 for t in "${targets[@]}"; do
     mkdir -p "build-fuzz/corpus/$t" "build-fuzz/findings/$t"

@@ -236,7 +236,9 @@ TEST(EmbedFeatures, FftPathUsesItsNeighbours) {
 }
 
 TEST(EmbedFeatures, BadInput) {
-    auto [x, labels] = blobs(10, 4);
+    auto blob = blobs(10, 4);  // named, not bound: clang 14 cannot capture bindings in lambdas
+    at::Tensor x = blob.first;
+    std::vector<int64_t> labels = blob.second;
     TsneOptions o;
     o.perplexity = 5;
     o.iterations = 10;

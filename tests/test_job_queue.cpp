@@ -49,8 +49,13 @@ TEST(JobQueue, ResultsErrorsAndKeys) {
     s = wait_done(q, e["id"]);
     EXPECT_EQ(s["state"], "error");
     EXPECT_EQ(s["error"], "no such layer 'x'");
+    EXPECT_EQ(s["error_kind"], "input");
     const json o = q.start("k3", "oom", [](const convscope::ProgressFn&) -> json { throw std::bad_alloc(); });
-    EXPECT_EQ(wait_done(q, o["id"])["error"], "out of memory");
+    s = wait_done(q, o["id"]);
+    EXPECT_EQ(s["error"], "out of memory");
+    EXPECT_EQ(s["error_kind"], "out-of-memory");
+    const json bug = q.start("k4", "bug", [](const convscope::ProgressFn&) -> json { throw std::logic_error("oops"); });
+    EXPECT_EQ(wait_done(q, bug["id"])["error_kind"], "internal");
     // A failed key may run again.
     EXPECT_NE(q.start("k2", "bad", [](const convscope::ProgressFn&) { return json(); })["id"], e["id"]);
     expect_error([&] { q.status("j999"); }, "unknown job 'j999'");
@@ -108,6 +113,7 @@ TEST(JobQueue, AJobOverTheTimeLimitIsStoppedWithAnError) {
     const json st = wait_done(q, slow["id"]);
     EXPECT_EQ(st["state"], "error");
     EXPECT_NE(st["error"].get<std::string>().find("longer than the limit of 0.2 s"), std::string::npos) << st;
+    EXPECT_EQ(st["error_kind"], "timeout");
     EXPECT_GT(reports.load(), 5);
     // The limit is per job: the next one runs within its own.
     EXPECT_EQ(wait_done(q, fast["id"])["state"], "done");

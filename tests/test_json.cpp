@@ -125,3 +125,10 @@ TEST(EnumNames, OneTableParsesAndPrints) {
         EXPECT_STREQ(occlusion_mode_name(parse_occlusion_mode(n)), n);
     for (const auto& n : {"logit", "prob"}) EXPECT_STREQ(occlusion_score_name(parse_occlusion_score(n)), n);
 }
+
+TEST(JsonText, InvalidUtf8BecomesReplacementCharacter) {
+    nlohmann::json j = {{"name", std::string("a\xff" "b")}, {"ok", "\xc3\xa9"}};
+    EXPECT_THROW((void)j.dump(), nlohmann::json::type_error);  // what json_text guards against
+    EXPECT_EQ(convscope::json_text(j), "{\"name\":\"a\xef\xbf\xbd" "b\",\"ok\":\"\xc3\xa9\"}");
+    EXPECT_EQ(convscope::json_text(nlohmann::json::array({1, 2}), 1), "[\n 1,\n 2\n]");
+}

@@ -16,6 +16,19 @@ constexpr EnumTable<JobState, 5> kStateNames = {{{JobState::Queued, "queued"},
                                                  {JobState::Done, "done"},
                                                  {JobState::Error, "error"},
                                                  {JobState::Cancelled, "cancelled"}}};
+
+// What the page and clients read in a failed job's "error_kind".
+const char* error_kind_name(ErrorKind k) {
+    switch (k) {
+    case ErrorKind::Usage:
+    case ErrorKind::Input: return "input";
+    case ErrorKind::Cancelled: return "cancelled";
+    case ErrorKind::LibTorch: return "libtorch";
+    case ErrorKind::OutOfMemory: return "out-of-memory";
+    case ErrorKind::Internal: break;
+    }
+    return "internal";
+}
 }  // namespace
 
 const char* job_state_name(JobState s) { return enum_name(kStateNames, s); }
@@ -42,7 +55,10 @@ nlohmann::json JobQueue::status_of(const Job& job) const {
                         {"state", job_state_name(job.state)},
                         {"progress", job.state == JobState::Done ? 1.0 : job.progress.load()}};
     if (job.state == JobState::Done) j["result"] = job.result;
-    if (job.state == JobState::Error) j["error"] = job.error;
+    if (job.state == JobState::Error) {
+        j["error"] = job.error;
+        j["error_kind"] = job.error_kind;
+    }
     return j;
 }
 
@@ -106,7 +122,7 @@ void JobQueue::worker_loop() {
             job->state = JobState::Running;
         }
         JobState state = JobState::Done;
-        std::string error;
+        std::string error, error_kind;
         nlohmann::json result;
         try {
             Job* raw = job.get();
@@ -123,7 +139,9 @@ void JobQueue::worker_loop() {
             const ErrorReport e = current_error();
             state = e.kind == ErrorKind::Cancelled ? JobState::Cancelled : JobState::Error;
             error = e.message;
+            error_kind = error_kind_name(e.kind);
             if (job->timed_out && !job->cancel) {
+                error_kind = "timeout";
                 state = JobState::Error;
                 char limit[32];
                 std::snprintf(limit, sizeof limit, "%g", max_seconds_);
@@ -136,6 +154,7 @@ void JobQueue::worker_loop() {
         job->state = state;
         job->result = std::move(result);
         job->error = error;
+        job->error_kind = error_kind;
         job->work = nullptr;  // what it captured (inputs) is no longer needed
         finished_.push_back(job->id);
         while (finished_.size() > keep_finished_) {

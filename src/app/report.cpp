@@ -56,7 +56,7 @@ std::vector<std::string> spread_conv_layers(const Model& model, int64_t n) {
 // escaped so that no string can end the script element.
 std::string render_page(const std::string& title, const json& data) {
     std::string page = detail::web_asset_text("report.html");
-    std::string data_text = data.dump();
+    std::string data_text = json_text(data);
     std::string safe;
     safe.reserve(data_text.size());
     for (size_t i = 0; i < data_text.size(); ++i) {

@@ -249,7 +249,7 @@ void write_checkpoint(const std::string& path, const std::vector<LayerState>& st
     nlohmann::json j = top_patches_to_json(make_result(state, identity, images_scanned));
     j["format"] = kCheckpointFormat;
     j["checkpoint_position"] = position;
-    write_file_atomic(path, j.dump() + "\n");
+    write_file_atomic(path, json_text(j) + "\n");
 }
 
 // Throws for options that cannot run on n selected images.

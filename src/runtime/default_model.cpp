@@ -1,6 +1,7 @@
 // The built-in Fashion-MNIST CNN: built as TorchScript modules in C++ (so the saved file is an
 // ordinary TorchScript archive), trained with Adam and a cosine learning-rate decay.
 #include "convscope/runtime/default_model.hpp"
+#include "convscope/runtime/json.hpp"
 
 #include <torch/script.h>
 #include <torch/torch.h>
@@ -147,6 +148,19 @@ std::string default_model_path() {
     return (dir / "default-fashion-mnist.pt").string();
 }
 
+Model untrained_default_model(uint64_t seed) {
+    torch::manual_seed(seed);
+    auto net = build_default_module();
+    net.eval();
+    ModelMeta meta;
+    meta.input_shape = {1, 28, 28};
+    meta.mean = {kFashionMean};
+    meta.std = {kFashionStd};
+    meta.class_names = fashion_mnist_classes();
+    meta.source = meta.classes_source = "the untrained built-in model";
+    return Model::from_module(net, meta);
+}
+
 double evaluate_accuracy(const Model& model, const Dataset& data, const std::vector<int64_t>& indices,
                          const ProgressFn& progress) {
     if (!data.has_labels())
@@ -242,7 +256,7 @@ TrainResult train_default_model(const std::string& out_path, const TrainOptions&
                         {"class_names", meta.class_names}, {"dataset", meta.dataset},
                         {"test_accuracy", accuracy}, {"epochs", opts.epochs}, {"seed", opts.seed},
                         {"train_images", n_train}};
-    jit::ExtraFilesMap extra{{"convscope.json", j.dump(2)}};
+    jit::ExtraFilesMap extra{{"convscope.json", json_text(j, 2)}};
     namespace fs = std::filesystem;
     const fs::path target(out_path);
     if (target.has_parent_path()) fs::create_directories(target.parent_path());

@@ -1,5 +1,6 @@
 // Files: atomic writes, NPY, JSON, CSV, SHA-256 and the output folder's manifest.
 #include "convscope/runtime/io.hpp"
+#include "convscope/runtime/json.hpp"
 #include "convscope/runtime/receptive_field.hpp"
 
 #include <fcntl.h>
@@ -472,7 +473,7 @@ at::Tensor read_npy(const std::string& path) {
 // --- JSON, CSV -------------------------------------------------------------------------------
 
 void write_json(const std::string& path, const nlohmann::json& j) {
-    write_file_atomic(path, j.dump(2) + "\n");
+    write_file_atomic(path, json_text(j, 2) + "\n");
 }
 
 void write_csv(const std::string& path, const std::vector<std::string>& header,
@@ -564,12 +565,12 @@ std::string OutputDir::file(const std::string& relative, const std::string& mean
 void OutputDir::set_command(const std::string& command_line, const nlohmann::json& options,
                             const std::string& model_path, const std::string& model_hash) {
     command_line_ = command_line;
-    options_json_ = options.dump();
+    options_json_ = json_text(options);
     model_path_ = model_path;
     model_hash_ = model_hash;
 }
 
-void OutputDir::set_preprocess(const nlohmann::json& preprocess) { preprocess_json_ = preprocess.dump(); }
+void OutputDir::set_preprocess(const nlohmann::json& preprocess) { preprocess_json_ = json_text(preprocess); }
 
 void OutputDir::write_manifest() const {
     nlohmann::json m;

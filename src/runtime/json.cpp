@@ -11,6 +11,10 @@ namespace convscope {
 
 nlohmann::json to_json(const Box& b) { return {b.y0, b.x0, b.y1, b.x1}; }
 
+std::string json_text(const nlohmann::json& j, int indent) {
+    return j.dump(indent, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
 const char* receptive_field_kind_name(const ReceptiveField& rf) {
     switch (rf.kind) {
     case ReceptiveField::Kind::Exact: return "exact";
@@ -34,12 +38,12 @@ int64_t json_int(const nlohmann::json& v, int64_t lo, int64_t hi) {
     const bool whole = v.is_number_integer() && !(v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(INT64_MAX));
     if (!whole || v.get<int64_t>() < lo || v.get<int64_t>() > hi)
         throw JsonValueError("expected a whole number in " + std::to_string(lo) + ".." + std::to_string(hi) + ", got " +
-                    v.dump().substr(0, 40));
+                    json_text(v).substr(0, 40));
     return v.get<int64_t>();
 }
 
 std::vector<int64_t> json_ints(const nlohmann::json& v, int64_t lo, int64_t hi) {
-    if (!v.is_array()) throw JsonValueError("expected an array of whole numbers, got " + v.dump().substr(0, 40));
+    if (!v.is_array()) throw JsonValueError("expected an array of whole numbers, got " + json_text(v).substr(0, 40));
     std::vector<int64_t> out;
     out.reserve(v.size());
     for (const auto& x : v) out.push_back(json_int(x, lo, hi));

@@ -1,6 +1,7 @@
 // Model descriptions from options and presets, class name files, the convscope.json metadata,
 // annotated model files and the check that inputs look like the model's training inputs.
 #include "convscope/runtime/preprocess.hpp"
+#include "convscope/runtime/json.hpp"
 
 #include <torch/script.h>
 #include <torch/torch.h>
@@ -270,7 +271,7 @@ void save_model_with_meta(const std::string& model_path, const ModelMeta& meta,
     } catch (const std::exception& e) {
         throw Error("cannot load '" + model_path + "' to annotate it: export it again with torch.jit.save");
     }
-    torch::jit::ExtraFilesMap extra{{"convscope.json", model_meta_to_json(meta).dump(2)}};
+    torch::jit::ExtraFilesMap extra{{"convscope.json", json_text(model_meta_to_json(meta), 2)}};
     const fs::path out(out_path);
     if (out.has_parent_path()) fs::create_directories(out.parent_path());
     const std::string tmp = out_path + ".tmp";

@@ -104,6 +104,9 @@ def magenta(path):
 clean, with_nan = magenta(sys.argv[1] + "/0.png"), magenta(sys.argv[1] + "/1.png")
 assert clean == 0 and with_nan > 0, (clean, with_nan)
 PYEOF
+# Paths that are not UTF-8 are written into the manifest (invalid bytes as U+FFFD), not refused.
+"$BIN" activations --model "$M" --data "$D" --index 0 --layers conv1 --out "$T/out"$'\xff' >/dev/null 2>&1
+$PY -c 'import json, sys; m = json.load(open(sys.argv[1], encoding="utf-8")); assert "out\ufffd" in json.dumps(m, ensure_ascii=False), m' "$T/out"$'\xff'/manifest.json
 expect_fail 2 "colormap" activations --model "$M" --data "$D" --index 0 --colormap rainbow --out "$T/e"
 expect_fail 1 "does not exist" activations --model "$T/none.pt" --data "$D" --index 0 --out "$T/e"
 test ! -e "$T/e/manifest.json"

@@ -2,6 +2,7 @@
 // input (tile grid or bar strip beside the input), an overlay of the strongest channels, the exact
 // values and per-channel statistics.
 #include <chrono>
+#include "convscope/runtime/json.hpp"
 #include <iostream>
 
 #include "common.hpp"
@@ -136,7 +137,7 @@ RunFn setup(CLI::App& app) {
         write_json(dir.file("summary.json", "layers shown, layers skipped, inputs, time"), summary);
         dir.write_manifest();
         if (o->json) {
-            std::cout << summary.dump(2) << "\n";
+            std::cout << json_text(summary, 2) << "\n";
         } else {
             std::cout << "activations: " << indices.size() << " input(s), " << r.layers.size() << " layer(s), "
                       << pngs.size() << " picture(s) in " << seconds << " s\n";

@@ -2,6 +2,7 @@
 // file (the convscope.json extra file), so that every later command, the report and the explorer
 // pick them up. Parse -> metadata -> save; the library does the work (preprocess.hpp).
 #include <iostream>
+#include "convscope/runtime/json.hpp"
 
 #include "common.hpp"
 #include "convscope/runtime/error.hpp"
@@ -33,9 +34,9 @@ RunFn setup(CLI::App& app) {
         save_model_with_meta(model.path(), meta, *save);
         const nlohmann::json j = {{"model", *save}, {"metadata", model_meta_to_json(meta)}};
         if (o->json) {
-            std::cout << j.dump(2) << "\n";
+            std::cout << json_text(j, 2) << "\n";
         } else {
-            std::cout << "wrote " << *save << " with metadata " << model_meta_to_json(meta).dump() << "\n";
+            std::cout << "wrote " << *save << " with metadata " << json_text(model_meta_to_json(meta)) << "\n";
         }
         return 0;
     };

@@ -201,7 +201,7 @@ RunFn setup(CLI::App& app) {
         write_json(out.file("summary.json", "targets, scores and (integrated gradients) the completeness gap per item"),
                    summary);
         out.write_manifest();
-        if (o->json) std::cout << summary.dump(2) << "\n";
+        if (o->json) std::cout << json_text(summary, 2) << "\n";
         else print_summary(summary, r, out.dir());
         return 0;
     };

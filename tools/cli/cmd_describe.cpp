@@ -81,7 +81,7 @@ RunFn setup(CLI::App& app) {
             auto& arr = j["layers"] = nlohmann::json::array();
             for (const auto& l : layers)
                 arr.push_back(to_json(l));
-            std::cout << j.dump(2) << "\n";
+            std::cout << json_text(j, 2) << "\n";
             return 0;
         }
         std::cout << "model " << model.path() << "\n"

@@ -2,6 +2,7 @@
 // a class score), writes a grid of all of them, a PNG per unit, the images as NPY, and per unit
 // the activation reached next to the best activation on a dataset (--data).
 #include <cmath>
+#include "convscope/runtime/json.hpp"
 #include <iomanip>
 #include <iostream>
 
@@ -217,7 +218,7 @@ RunFn setup(CLI::App& app) {
             summary);
         out.write_manifest();
 
-        if (o->json) std::cout << summary.dump(2) << "\n";
+        if (o->json) std::cout << json_text(summary, 2) << "\n";
         else print_summary(summary, r, by_class, out.dir());
         return 0;
     };

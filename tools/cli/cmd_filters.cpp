@@ -1,6 +1,7 @@
 // convscope filters: a layer's weights as a grid of filter tiles, the raw weights and per-filter
 // statistics (L2 norm, mean, std, high-frequency noise score).
 #include <iostream>
+#include "convscope/runtime/json.hpp"
 
 #include "common.hpp"
 #include "convscope/runtime/error.hpp"
@@ -95,7 +96,7 @@ RunFn setup(CLI::App& app) {
         dir.write_manifest();
 
         if (o->json) {
-            std::cout << j.dump(2) << "\n";
+            std::cout << json_text(j, 2) << "\n";
         } else {
             double noise = 0;
             for (const auto& s : r.stats) noise += s.noise;

@@ -2,6 +2,7 @@
 // per image a heatmap, its overlay, the target probability over occluder positions and a
 // summary with the most important region and candidate confounders.
 #include <chrono>
+#include "convscope/runtime/json.hpp"
 #include <iostream>
 
 #include "common.hpp"
@@ -280,7 +281,7 @@ RunFn setup(CLI::App& app) {
         const nlohmann::json summary = make_summary(r, opts, std::move(all), seconds);
         write_json(dir.file("summary.json", "all images' summaries, forward passes, time, engine"), summary);
         dir.write_manifest();
-        if (o->json) std::cout << summary.dump(2) << "\n";
+        if (o->json) std::cout << json_text(summary, 2) << "\n";
         else print_summary(summary, r, opts, dir.dir());
         return 0;
     };

@@ -2,6 +2,7 @@
 // model, filters, activations, occlusion and attributions of correct and wrong predictions, top
 // patches, feature visualisations and the dataset map. Opens from disk, no server, no network.
 #include <iostream>
+#include "convscope/runtime/json.hpp"
 
 #include "common.hpp"
 #include "convscope/runtime/error.hpp"
@@ -88,7 +89,7 @@ RunFn setup(CLI::App& app) {
                                           {"attribution_steps", res.plan.attribution_steps},
                                           {"feature_vis_steps", res.plan.feature_vis_steps},
                                           {"feature_vis_size", res.plan.feature_vis_size}}}};
-            std::cout << j.dump(2) << "\n";
+            std::cout << json_text(j, 2) << "\n";
         } else {
             std::cout << "report: " << res.index_html << "\n";
             if (res.accuracy >= 0)

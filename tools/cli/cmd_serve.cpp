@@ -29,8 +29,11 @@ struct ServeArgs {
     int64_t max_jobs = ExplorerOptions{}.max_queued_jobs;
     int64_t max_images = ExplorerOptions{}.max_images;
     double max_job_seconds = ExplorerOptions{}.max_job_seconds;
-    int http_threads = 16;
+    int http_threads = server::ServerOptions{}.threads;
     int64_t max_body_mib = 4;
+    int64_t max_connections = int64_t(server::ServerOptions{}.max_connections);
+    double request_seconds = server::ServerOptions{}.request_seconds;
+    double idle_seconds = server::ServerOptions{}.idle_seconds;
 };
 
 bool is_loopback(const std::string& host) {
@@ -66,10 +69,23 @@ RunFn setup(CLI::App& app) {
     app.add_option("--http-threads", a->http_threads, "threads answering requests")->capture_default_str();
     app.add_option("--max-body-mib", a->max_body_mib, "largest request body in MiB (larger: HTTP 413)")
         ->capture_default_str();
+    app.add_option("--max-connections", a->max_connections, "connections open at once (more: HTTP 503)")
+        ->capture_default_str();
+    app.add_option("--request-seconds", a->request_seconds,
+                   "time a client has to send a whole request (slower: HTTP 408)")
+        ->capture_default_str();
+    app.add_option("--idle-seconds", a->idle_seconds, "an open connection without a request this long is closed")
+        ->capture_default_str();
 
     return [o, a]() {
         if (a->http_threads < 1 || a->http_threads > 256) throw UsageError("--http-threads must be 1..256");
         if (a->max_body_mib < 1 || a->max_body_mib > 1024) throw UsageError("--max-body-mib must be 1..1024");
+        if (a->max_connections < 1 || a->max_connections > 100000)
+            throw UsageError("--max-connections must be 1..100000");
+        if (!(a->request_seconds > 0) || !(a->request_seconds <= 86400))
+            throw UsageError("--request-seconds must be more than 0 and at most 86400");
+        if (!(a->idle_seconds > 0) || !(a->idle_seconds <= 86400))
+            throw UsageError("--idle-seconds must be more than 0 and at most 86400");
         ExplorerOptions eo;
         eo.cache_dir = a->cache_dir;
         eo.map_items = a->map_items;
@@ -100,6 +116,9 @@ RunFn setup(CLI::App& app) {
         so.port = a->port;
         so.threads = a->http_threads;
         so.max_body_bytes = size_t(a->max_body_mib) << 20;
+        so.max_connections = size_t(a->max_connections);
+        so.request_seconds = a->request_seconds;
+        so.idle_seconds = a->idle_seconds;
         server::WebServer web(explorer, so);
         if (!is_loopback(a->host))
             std::cerr << "convscope: warning: listening on " << a->host

@@ -1,5 +1,6 @@
 // convscope train: trains the built-in CNN on Fashion-MNIST and saves it as TorchScript.
 #include <filesystem>
+#include "convscope/runtime/json.hpp"
 #include <iomanip>
 #include <iostream>
 
@@ -53,7 +54,7 @@ RunFn setup(CLI::App& app) {
             write_json(dir.file("train.json", "training summary: model path, test accuracy, time"), summary);
             dir.write_manifest();
         }
-        if (o->json) std::cout << summary.dump(2) << "\n";
+        if (o->json) std::cout << json_text(summary, 2) << "\n";
         return 0;
     };
 }

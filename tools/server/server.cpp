@@ -1,8 +1,15 @@
 // The HTTP layer of `convscope serve` (cpp-httplib). Routes call the Explorer; errors become JSON.
 #include "server.hpp"
+#include "convscope/runtime/json.hpp"
+
+#include "connections.hpp"
 
 #include <httplib.h>
 #include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
 
 #include <c10/util/Exception.h>
 
@@ -23,7 +30,7 @@ namespace {
 void send_json(httplib::Response& res, const json& j, int status = 200) {
     res.status = status;
     res.set_header("Cache-Control", "no-store");
-    res.set_content(j.dump(), "application/json");
+    res.set_content(json_text(j), "application/json");
 }
 
 void send_error(httplib::Response& res, int status, const std::string& message) {
@@ -156,15 +163,71 @@ const char* kAppCsp =
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
-// httplib listens with a backlog of 5 connections: a burst of clients (a browser opening several
-// connections while others poll) overflows it and the kernel drops or resets connections. Linux
-// lets a second listen() on the bound socket raise the backlog.
+// A complete request in memory, as httplib reads it; the reply collects in `out`.
+class MemoryStream : public httplib::Stream {
+public:
+    explicit MemoryStream(const RawRequest& r) : r_(r) {}
+    bool is_readable() const override { return pos_ < r_.bytes.size(); }
+    bool is_writable() const override { return true; }
+    ssize_t read(char* ptr, size_t size) override {
+        const size_t n = std::min(size, r_.bytes.size() - pos_);
+        std::memcpy(ptr, r_.bytes.data() + pos_, n);
+        pos_ += n;
+        return ssize_t(n);
+    }
+    ssize_t write(const char* ptr, size_t size) override {
+        out.append(ptr, size);
+        return ssize_t(size);
+    }
+    void get_remote_ip_and_port(std::string& ip, int& port) const override {
+        ip = r_.remote_ip;
+        port = r_.remote_port;
+    }
+    void get_local_ip_and_port(std::string& ip, int& port) const override {
+        ip = r_.local_ip;
+        port = r_.local_port;
+    }
+    socket_t socket() const override { return INVALID_SOCKET; }
+    std::string out;
+
+private:
+    const RawRequest& r_;
+    size_t pos_ = 0;
+};
+
+// httplib accepts; the connections layer reads, writes and times out; httplib parses and routes.
 class Listener : public httplib::Server {
 public:
+    Connections* connections = nullptr;
+    // httplib listens with a backlog of 5 connections: a burst of clients (a browser opening
+    // several connections while others poll) overflows it and the kernel drops or resets
+    // connections. Linux lets a second listen() on the bound socket raise the backlog.
     void widen_backlog(int backlog) {
         const socket_t sock = svr_sock_;
         if (sock != INVALID_SOCKET) ::listen(sock, backlog);
     }
+    std::string answer(const RawRequest& r, bool& close) {
+        MemoryStream s(r);
+        bool closed = false;
+        process_request(s, r.last, closed, nullptr);
+        close = closed || r.last;
+        return std::move(s.out);
+    }
+
+private:
+    // Runs on the accepting thread (InlineQueue): hands the socket over and returns at once.
+    bool process_and_close_socket(socket_t sock) override {
+        if (connections) connections->add(sock);
+        else ::close(sock);
+        return true;
+    }
+};
+
+// httplib's accept loop runs each accepted socket's task here, on its own thread.
+class InlineQueue : public httplib::TaskQueue {
+public:
+    void enqueue(std::function<void()> fn) override { fn(); }
+    void shutdown() override {}
 };
 
 }  // namespace
@@ -173,17 +236,17 @@ struct WebServer::Impl {
     Explorer& ex;
     ServerOptions opts;
     Listener svr;
+    std::unique_ptr<Connections> connections;  // destroyed first: its workers call svr
     Impl(Explorer& e, ServerOptions o) : ex(e), opts(std::move(o)) {}
     void routes();
 };
 
 void WebServer::Impl::routes() {
-    const int threads = opts.threads;
-    svr.new_task_queue = [threads] { return new httplib::ThreadPool(size_t(threads)); };
+    svr.new_task_queue = [] { return new InlineQueue(); };
     svr.set_payload_max_length(opts.max_body_bytes);
-    svr.set_keep_alive_timeout(2);
-    svr.set_read_timeout(10);
-    svr.set_write_timeout(30);
+    // What httplib writes in Keep-Alive headers; the connections layer enforces it.
+    svr.set_keep_alive_timeout(std::max<time_t>(1, time_t(opts.idle_seconds)));
+    svr.set_keep_alive_max_count(ConnectionOptions{}.max_requests);
 
     // Replies that httplib makes itself (no route, body too large) get a JSON body too.
     const size_t limit = opts.max_body_bytes;
@@ -286,10 +349,33 @@ void WebServer::Impl::routes() {
 
 WebServer::WebServer(Explorer& explorer, ServerOptions options)
     : impl_(std::make_unique<Impl>(explorer, std::move(options))) {
-    impl_->routes();
+    Impl& d = *impl_;
+    d.routes();
+    ConnectionOptions co;
+    co.workers = d.opts.threads;
+    co.max_connections = d.opts.max_connections;
+    co.request_seconds = d.opts.request_seconds;
+    co.idle_seconds = d.opts.idle_seconds;
+    co.max_body_bytes = d.opts.max_body_bytes;
+    Listener& svr = d.svr;
+    d.connections = std::make_unique<Connections>(co, [&svr](const RawRequest& r, bool& close) {
+        return svr.answer(r, close);
+    });
+    d.svr.connections = d.connections.get();
 }
 
-WebServer::~WebServer() = default;
+WebServer::~WebServer() {
+    impl_->svr.stop();
+    impl_->connections->shutdown();
+}
+
+std::string WebServer::respond(const std::string& request) {
+    RawRequest r;
+    r.bytes = request;
+    r.remote_ip = r.local_ip = "127.0.0.1";
+    bool close = false;
+    return impl_->svr.answer(r, close);
+}
 
 int WebServer::bind() {
     Impl& d = *impl_;
@@ -310,6 +396,9 @@ int WebServer::bind() {
 
 void WebServer::serve() { impl_->svr.listen_after_bind(); }
 
-void WebServer::stop() { impl_->svr.stop(); }
+void WebServer::stop() {
+    impl_->svr.stop();
+    impl_->connections->shutdown();
+}
 
 }  // namespace convscope::server

@@ -2,6 +2,8 @@
 // The HTTP layer of `convscope serve`: maps routes to the Explorer (the library's back end) and
 // serves the embedded web assets. No algorithm lives here. Handlers never throw: a
 // convscope::Error becomes a 4xx JSON reply {"error": "..."}, anything else a 500 JSON reply.
+// Connections are read and written by one event thread (connections.hpp): slow or idle clients
+// never hold the threads that answer; httplib parses and routes the complete requests.
 //
 // Routes (all JSON unless noted):
 //   GET  /, /app.js, /live.js, /inputs.js, /explain.js, /mapview.js, /app.css   the app's own embedded assets (nothing else)
@@ -33,7 +35,10 @@ struct ServerOptions {
     std::string host = "127.0.0.1";
     int port = 8080;                          // 0 = any free port
     std::size_t max_body_bytes = 4u << 20;    // larger bodies get 413
-    int threads = 16;                         // request threads
+    int threads = 16;                         // threads answering complete requests
+    std::size_t max_connections = 256;        // open at once; more get 503
+    double request_seconds = 30;              // to send a whole request; slower clients get 408
+    double idle_seconds = 5;                  // an idle kept-alive connection is closed
 };
 
 class WebServer {
@@ -45,6 +50,9 @@ public:
     // Serves until stop() (blocking).
     void serve();
     void stop();
+    // Answers one complete HTTP request given as bytes, as a worker does for a connection (for
+    // tests and fuzzing; needs no socket). Returns the reply's bytes.
+    std::string respond(const std::string& request);
 
 private:
     struct Impl;

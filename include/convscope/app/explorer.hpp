@@ -144,7 +144,8 @@ public:
     // An identical request that is queued, running or done returns the same job. Error for a
     // malformed request (400), NotFoundError for unknown images/layers/channels.
     nlohmann::json start_job(const nlohmann::json& request);
-    // {id, kind, state: "queued"|"running"|"done"|"error"|"cancelled", progress, result?, error?}.
+    // {id, kind, state: "queued"|"running"|"done"|"error"|"cancelled", progress, result?, error?,
+    //  error_kind?: "input"|"timeout"|"libtorch"|"out-of-memory"|"internal"}.
     // NotFoundError for an unknown id.
     nlohmann::json job(const std::string& id) const;
     // Asks a queued or running job to stop. NotFoundError for an unknown id.

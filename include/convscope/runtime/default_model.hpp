@@ -45,6 +45,10 @@ std::string default_model_path();
 // none yet.
 Model load_default_model(const ProgressFn& progress = {});
 
+// The built-in model's architecture and metadata with fresh random weights from `seed`, in eval
+// mode (for tests and fuzzing that need a model without data or training).
+Model untrained_default_model(uint64_t seed = 0);
+
 // Top-1 accuracy of a classifier on labelled data (items in `indices`, all when empty).
 double evaluate_accuracy(const Model& model, const Dataset& data,
                          const std::vector<int64_t>& indices = {}, const ProgressFn& progress = {});

@@ -26,6 +26,11 @@ nlohmann::json to_json(const LayerInfo& layer);
 // a number that is not a whole one (callers name the file).
 Box box_from_json(const nlohmann::json& j);
 ReceptiveField receptive_field_from_json(const nlohmann::json& j);
+// JSON text (indent < 0: one line) that never throws for strings that are not UTF-8 (file names,
+// layer names and request paths come from outside): invalid bytes become U+FFFD. Every file,
+// reply and summary the project writes goes through this.
+std::string json_text(const nlohmann::json& j, int indent = -1);
+
 // "exact", "global", "unknown" (ReceptiveField::Kind).
 const char* receptive_field_kind_name(const ReceptiveField& rf);
 

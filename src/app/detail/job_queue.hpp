@@ -43,7 +43,8 @@ public:
     // Queues `work` under `key`, unless a job with that key is queued, running or done: then its
     // status. Throws BusyError when max_queued jobs wait already, Error when shutting down.
     nlohmann::json start(const std::string& key, const std::string& kind, Work work);
-    // {"id", "kind", "state", "progress"} and "result" (done) or "error" (error). Throws
+    // {"id", "kind", "state", "progress"} and "result" (done) or "error" and "error_kind"
+    // (error: "input", "timeout", "libtorch", "out-of-memory", "internal"). Throws
     // NotFoundError for an unknown (or forgotten) id.
     nlohmann::json status(const std::string& id) const;
     // Asks the job to stop (a queued one never starts); its status.
@@ -59,6 +60,7 @@ private:
         JobState state = JobState::Queued;  // guarded by mutex_
         nlohmann::json result;
         std::string error;
+        std::string error_kind;  // "input", "timeout", "libtorch", "out-of-memory" or "internal"
     };
     nlohmann::json status_of(const Job& job) const;  // mutex_ held
     const std::shared_ptr<Job>& find(const std::string& id) const;  // mutex_ held
