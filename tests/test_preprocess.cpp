@@ -7,6 +7,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
 
@@ -280,4 +281,35 @@ TEST(Annotate, SavedMetadataLoadsBackAndTheModelIsUnchanged) {
     // Unreadable metadata: an error on load that names annotate, and none when not read.
     expect_error([] { Model::load(fixture("own/badmeta.pt")); }, "convscope annotate");
     EXPECT_TRUE(Model::load(fixture("own/badmeta.pt"), false).meta().mean.empty());
+}
+
+TEST(Preprocess, ToDisplayPaintsNonFinitePixelsMagenta) {
+    Preprocess pre;
+    pre.input_shape = {1, 2, 3};
+    pre.mean = {0.5};
+    pre.std = {0.25};
+    // Model inputs whose pixels are (v - 0.5) / 0.25 for v = 0, 0.2, ..., 1.
+    at::Tensor pixels = torch::tensor({0.0f, 0.2f, 0.4f, 0.6f, 0.8f, 1.0f}).view({1, 1, 2, 3});
+    at::Tensor inputs = (pixels - 0.5) / 0.25;
+    const at::Tensor clean = pre.to_display(inputs);
+    ASSERT_EQ(clean.sizes(), (std::vector<int64_t>{1, 2, 3, 1}));
+    inputs[0][0][1][2] = std::numeric_limits<float>::quiet_NaN();
+    const at::Tensor shown = pre.to_display(inputs);
+    ASSERT_EQ(shown.sizes(), (std::vector<int64_t>{1, 2, 3, 3}));
+    for (int64_t y = 0; y < 2; ++y)
+        for (int64_t x = 0; x < 3; ++x)
+            for (int64_t ch = 0; ch < 3; ++ch) {
+                const int expected = (y == 1 && x == 2) ? (ch == 1 ? 0 : 255) : clean[0][y][x][0].item<int>();
+                EXPECT_EQ(shown[0][y][x][ch].item<int>(), expected) << y << "," << x << "," << ch;
+            }
+    // Inputs used as is: the range comes from the finite values only.
+    Preprocess raw;
+    raw.input_shape = {1, 1, 3};
+    raw.as_is = true;
+    const at::Tensor r = raw.to_display(torch::tensor({1.0f, std::numeric_limits<float>::infinity(), 3.0f}).view({1, 1, 1, 3}));
+    ASSERT_EQ(r.sizes(), (std::vector<int64_t>{1, 1, 3, 3}));
+    EXPECT_EQ(r[0][0][0][0].item<int>(), 0);
+    EXPECT_EQ(r[0][0][2][0].item<int>(), 255);
+    EXPECT_EQ(r[0][0][1][0].item<int>(), 255);
+    EXPECT_EQ(r[0][0][1][1].item<int>(), 0);
 }

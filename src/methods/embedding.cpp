@@ -78,6 +78,11 @@ EmbeddingFeatures layer_features(const Model& model, const Dataset& data, const 
                 shape[0] = n;
                 r.display = torch::empty(shape, torch::kUInt8);
             }
+            // A batch with non-finite pixels comes back in colour: then every picture is.
+            if (d.size(3) != r.display.size(3)) {
+                if (d.size(3) == 1) d = d.expand({-1, -1, -1, 3});
+                else r.display = r.display.expand({-1, -1, -1, 3}).contiguous();
+            }
             r.display.narrow(0, row, d.size(0)).copy_(d);
         }
         r.labels.insert(r.labels.end(), b.labels.begin(), b.labels.end());

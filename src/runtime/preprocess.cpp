@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cmath>
+#include <limits>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -402,9 +403,13 @@ at::Tensor Preprocess::to_display(const at::Tensor& images_nchw) const {
                     " channels as pictures: only 1 (gray) or 3 (RGB) channels can be shown");
     }
     at::Tensor x = images_nchw.detach().to(torch::kCPU, torch::kFloat);
+    const at::Tensor finite = torch::isfinite(x);
+    const bool all_finite = finite.all().item<bool>();
     if (as_is) {
-        // Inputs of unknown scale: stretch each image's own range to [0,1].
-        at::Tensor lo = x.amin({1, 2, 3}, true), hi = x.amax({1, 2, 3}, true);
+        // Inputs of unknown scale: stretch each image's own range (of its finite values) to [0,1].
+        const double inf = std::numeric_limits<double>::infinity();
+        at::Tensor lo = torch::where(finite, x, torch::full_like(x, inf)).amin({1, 2, 3}, true);
+        at::Tensor hi = torch::where(finite, x, torch::full_like(x, -inf)).amax({1, 2, 3}, true);
         at::Tensor range = hi - lo;
         x = torch::where(range > 0, (x - lo) / range.clamp_min(1e-12), torch::zeros_like(x));
     } else {
@@ -413,8 +418,15 @@ at::Tensor Preprocess::to_display(const at::Tensor& images_nchw) const {
         if (pixel_range != 1.0) x = x / pixel_range;
         if (bgr && c == 3) x = x.flip({1});
     }
-    x = x.clamp(0.0, 1.0).mul(255.0).round();
-    return x.to(torch::kByte).permute({0, 2, 3, 1}).contiguous();
+    x = torch::where(finite, x, torch::zeros_like(x)).clamp(0.0, 1.0).mul(255.0).round();
+    at::Tensor out = x.to(torch::kByte).permute({0, 2, 3, 1}).contiguous();
+    if (all_finite) return out;
+    // Pixels with a NaN or infinite value in any channel are painted kNonFiniteColour (RGB order
+    // here), so gray pictures come back with 3 channels.
+    if (c == 1) out = out.expand({-1, -1, -1, 3}).contiguous();
+    const at::Tensor bad = (~finite).any(1).unsqueeze(-1);  // [N,H,W,1]
+    const at::Tensor colour = torch::tensor({255, 0, 255}, torch::kByte).view({1, 1, 1, 3});
+    return torch::where(bad, colour, out).contiguous();
 }
 
 std::string Preprocess::describe() const {

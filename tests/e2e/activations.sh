@@ -103,6 +103,12 @@ def magenta(path):
     return int(((im[0] == 255) & (im[1] == 0) & (im[2] == 255)).sum())
 clean, with_nan = magenta(sys.argv[1] + "/0.png"), magenta(sys.argv[1] + "/1.png")
 assert clean == 0 and with_nan > 0, (clean, with_nan)
+# The input picture marks its NaN pixel (row 3, column 5) and nothing else.
+shown = read_image(sys.argv[1] + "/../inputs/1.png")
+bad = (shown[0] == 255) & (shown[1] == 0) & (shown[2] == 255)
+assert shown.shape[0] == 3 and bad.sum() > 0 and magenta(sys.argv[1] + "/../inputs/0.png") == 0, shown.shape
+s = shown.shape[1] // 28
+assert bad[3 * s, 5 * s] and int(bad.sum()) == s * s, (int(bad.sum()), s)
 PYEOF
 # Paths that are not UTF-8 are written into the manifest (invalid bytes as U+FFFD), not refused.
 "$BIN" activations --model "$M" --data "$D" --index 0 --layers conv1 --out "$T/out"$'\xff' >/dev/null 2>&1

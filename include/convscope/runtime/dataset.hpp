@@ -41,7 +41,9 @@ struct Preprocess {
     // mean/std. Differentiable (plain tensor ops); as_is inputs are returned unchanged.
     at::Tensor normalise(const at::Tensor& pixels_nchw) const;
     // images_nchw [N,C,H,W] float32 model inputs -> [N,H,W,C] uint8 pictures (C = 1 or 3).
-    // Undoes normalise; for as_is inputs scales each image's range to [0,255].
+    // Undoes normalise; for as_is inputs scales each image's range to [0,255]. Pixels with a NaN
+    // or infinite value (--allow-nonfinite) are magenta (kNonFiniteColour); a batch that has
+    // such pixels comes back with C = 3 even for gray inputs.
     at::Tensor to_display(const at::Tensor& images_nchw) const;
     // One line for people: "resize 256, centre crop 224x224, mean 0.485,0.456,0.406, ...".
     std::string describe() const;
