@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the library and the unit tests with AddressSanitizer and UndefinedBehaviorSanitizer
-# (clang, its own folder build-asan) and runs the unit tests (the GoogleTest ones; the
+# (clang, build-asan, shared with the fuzz targets: scripts/asan-build.sh) and runs the unit tests (the GoogleTest ones; the
 # end-to-end scripts and the few unit tests that start the command line use build/convscope). Any sanitizer report fails
 # the run: UBSan halts on its first error, ASan on any memory error, LeakSanitizer on a leak
 # outside LibTorch's and OpenMP's once-per-process allocations (tests/lsan.supp).
@@ -9,18 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 filter=${1:-}
-if [ ! -f build-asan/build.ninja ]; then
-    CC=clang CXX=clang++ cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-        -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -gline-tables-only" -DCONVSCOPE_SANITIZE=ON \
-        -DCONVSCOPE_TEST_BINARY="$PWD/build/convscope" \
-        -DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache >/dev/null
-fi
-if ! ninja -C build-asan convscope_tests >build-asan/build.log 2>&1; then
-    echo "sanitize: the build failed (see build-asan/build.log)" >&2
-    grep -m 10 -E 'error|FAILED' build-asan/build.log >&2 || tail -20 build-asan/build.log >&2
-    exit 1
-fi
 [ -x build/convscope ] || bash scripts/build.sh
+bash scripts/asan-build.sh convscope_tests
 [ -d build/fixtures ] || /usr/bin/python3 tests/fixtures/make_fixtures.py build/fixtures
 [ -e build-asan/fixtures ] || ln -s ../build/fixtures build-asan/fixtures
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:${ASAN_OPTIONS:-}"

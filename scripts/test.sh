@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up, build, make the test fixtures (PyTorch in Python), run every test through CTest, then
 # the unit tests again under AddressSanitizer and UndefinedBehaviorSanitizer (scripts/sanitize.sh,
-# its own clang build in build-asan) and each fuzz target for a fixed number of inputs (scripts/fuzz.sh all ci, build-fuzz).
+# its own clang build in build-asan) and each fuzz target for a fixed number of inputs (scripts/fuzz.sh all ci, the same build-asan).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

@@ -148,17 +148,24 @@ std::string default_model_path() {
     return (dir / "default-fashion-mnist.pt").string();
 }
 
-Model untrained_default_model(uint64_t seed) {
-    torch::manual_seed(seed);
-    auto net = build_default_module();
-    net.eval();
+namespace {
+// The built-in model's metadata: Fashion-MNIST's input shape, normalisation and class names.
+ModelMeta default_meta(const std::string& source) {
     ModelMeta meta;
     meta.input_shape = {1, 28, 28};
     meta.mean = {kFashionMean};
     meta.std = {kFashionStd};
     meta.class_names = fashion_mnist_classes();
-    meta.source = meta.classes_source = "the untrained built-in model";
-    return Model::from_module(net, meta);
+    meta.source = meta.classes_source = source;
+    return meta;
+}
+}  // namespace
+
+Model untrained_default_model(uint64_t seed) {
+    torch::manual_seed(seed);
+    auto net = build_default_module();
+    net.eval();
+    return Model::from_module(net, default_meta("the untrained built-in model"));
 }
 
 double evaluate_accuracy(const Model& model, const Dataset& data, const std::vector<int64_t>& indices,
@@ -232,13 +239,8 @@ TrainResult train_default_model(const std::string& out_path, const TrainOptions&
     }
     net.eval();
 
-    ModelMeta meta;
-    meta.input_shape = {1, 28, 28};
-    meta.mean = {kFashionMean};
-    meta.std = {kFashionStd};
-    meta.class_names = fashion_mnist_classes();
+    ModelMeta meta = default_meta("metadata in the model file");
     meta.dataset = "fashion-mnist";
-    meta.source = meta.classes_source = "metadata in the model file";
     auto model = Model::from_module(net, meta, out_path);
     std::vector<int64_t> test_idx;
     const int64_t n_test = opts.test_limit > 0 ? std::min(opts.test_limit, test.size()) : test.size();
