@@ -256,7 +256,7 @@ TEST(Explorer, OcclusionJobMatchesTheLibrary) {
     OcclusionOptions oo;  // the explorer's defaults for 28x28: patch 4, stride 2, probabilities
     oo.patch_h = oo.patch_w = 4;
     oo.stride_y = oo.stride_x = 2;
-    oo.score = OcclusionScore::Prob;
+    oo.target.score = Score::Prob;
     const OcclusionResult ref = occlusion(ex.model(), ex.image_input("d4"), oo);
     const OcclusionSummary s = summarize_occlusion(ref, 0, oo);
     EXPECT_EQ(r["positions"], json({13, 13}));

@@ -123,7 +123,7 @@ TEST(EnumNames, OneTableParsesAndPrints) {
     // The library's tables round-trip.
     for (const auto& n : {"full", "incremental", "approximate"})
         EXPECT_STREQ(occlusion_mode_name(parse_occlusion_mode(n)), n);
-    for (const auto& n : {"logit", "prob"}) EXPECT_STREQ(occlusion_score_name(parse_occlusion_score(n)), n);
+    for (const auto& n : {"logit", "prob", "sigmoid"}) EXPECT_STREQ(score_name(parse_score(n)), n);
 }
 
 TEST(JsonText, InvalidUtf8BecomesReplacementCharacter) {

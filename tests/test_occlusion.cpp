@@ -55,7 +55,7 @@ Naive naive_occlusion(const Model& m, const at::Tensor& x, const OcclusionOption
     for (int64_t n = 0; n < N; ++n) {
         const at::Tensor img = x.slice(0, n, n + 1);
         auto score = [&](const at::Tensor& out) {
-            return o.score == OcclusionScore::Logit ? out[0][targets[n]].item<double>()
+            return o.target.score == Score::Logit ? out[0][targets[n]].item<double>()
                                                     : torch::softmax(out, 1)[0][targets[n]].item<double>();
         };
         const double clean = score(m.forward(img));
@@ -288,7 +288,7 @@ TEST(Occlusion, IncrementalEqualsFullOnLenetWithProbScore) {
     Model m = load_fixture("lenet_scripted", {1, 28, 28});
     const at::Tensor x = fixture_input("lenet_scripted");
     auto o = opts(4, 4, 1, 1, OcclusionMode::Full);
-    o.score = OcclusionScore::Prob;
+    o.target.score = Score::Prob;
     o.baseline.kind = Baseline::Kind::Constant;
     o.baseline.value = 1.5;
     const auto full = occlusion(m, x, o);
@@ -398,7 +398,7 @@ TEST(Occlusion, ProbScoreIsTheSoftmaxDrop) {
     Model m = sum_model({1, 3, 5});
     const at::Tensor x = torch::arange(1, 16, torch::kFloat).view({1, 1, 3, 5}) * 0.01;
     auto o = opts(2, 2, 1, 2, OcclusionMode::Full);
-    o.score = OcclusionScore::Prob;
+    o.target.score = Score::Prob;
     const auto r = occlusion(m, x, o);
     auto sig = [](double v) { return 1.0 / (1.0 + std::exp(-v)); };
     const double s = 1.2;

@@ -9,6 +9,7 @@
 
 #include "convscope/methods/target.hpp"
 #include "convscope/runtime/error.hpp"
+#include "convscope/runtime/model.hpp"
 #include "convscope/runtime/run_context.hpp"
 #include "test_util.hpp"
 
@@ -24,26 +25,27 @@ TEST(Target, ParseAndNameRoundTrip) {
 }
 
 TEST(Target, ResolvesEachKindAgainstArgmax) {
+    const Model model = load_lenet();  // only similarity targets run it
     torch::manual_seed(5);
     const at::Tensor out = torch::randn({6, 4});
     const at::Tensor arg = out.argmax(1);
     Target pred;
-    const auto p = resolve_targets(pred, out);
+    const auto p = TargetScorer(model, pred, out).classes();
     for (int64_t i = 0; i < 6; ++i) EXPECT_EQ(p[size_t(i)], arg[i].item<int64_t>());
     Target cls;
     cls.kind = Target::Kind::Class;
     cls.class_index = 3;
-    EXPECT_EQ(resolve_targets(cls, out), std::vector<int64_t>(6, 3));
+    EXPECT_EQ(TargetScorer(model, cls, out).classes(), std::vector<int64_t>(6, 3));
     cls.class_index = 4;
-    expect_error([&] { resolve_targets(cls, out); }, "target class 4 is out of range: the model has 4 classes (0..3)");
+    expect_error([&] { TargetScorer(model, cls, out); }, "target class 4 is out of range: the model has 4 classes (0..3)");
     // Labels of a chunk start at `first`.
     Target lab;
     lab.kind = Target::Kind::Label;
     lab.labels = {0, 1, 2, 3, 2, 1, 0, 3};
     check_target(lab, 8);
-    EXPECT_EQ(resolve_targets(lab, out, 2), (std::vector<int64_t>{2, 3, 2, 1, 0, 3}));
+    EXPECT_EQ(TargetScorer(model, lab, out, 2).classes(), (std::vector<int64_t>{2, 3, 2, 1, 0, 3}));
     lab.labels[5] = 4;
-    expect_error([&] { resolve_targets(lab, out, 2); }, "label 4 of image 5 is out of range");
+    expect_error([&] { TargetScorer(model, lab, out, 2); }, "label 4 of image 5 is out of range");
     // What check_target finds before the model runs.
     expect_error([&] { check_target(lab, 7); }, "one label per image, but got 8 labels for 7 images");
     lab.labels[1] = -1;
@@ -52,6 +54,36 @@ TEST(Target, ResolvesEachKindAgainstArgmax) {
     expect_error([&] { check_target(lab, 8); }, "the data has no labels");
     cls.class_index = -2;
     expect_error([&] { check_target(cls, 8); }, "target class -2 is out of range");
+}
+
+// The scores of each kind, against their definitions computed here with plain tensor ops.
+TEST(Target, ScoresFollowTheirDefinitions) {
+    const Model model = load_lenet();
+    torch::manual_seed(6);
+    Target t = parse_target("2");
+    const at::Tensor logits = torch::randn({3, 5});
+    for (const std::string s : {"logit", "prob", "sigmoid"}) {
+        t.score = parse_score(s);
+        const at::Tensor want = s == "logit" ? logits.select(1, 2)
+                                : s == "prob" ? torch::softmax(logits, 1).select(1, 2)
+                                              : torch::sigmoid(logits.select(1, 2));
+        expect_close(TargetScorer(model, t, logits).scores(logits), want, 1e-6, s);
+    }
+    // Rows scored as other images: image 1's class for every row.
+    t = parse_target("pred");
+    const TargetScorer by_pred(model, t, logits);
+    const int64_t c1 = logits[1].argmax().item<int64_t>();
+    expect_close(by_pred.scores(logits, {1, 1, 1}), logits.select(1, c1), 1e-6, "rows");
+    // Dense: the mean over a box of the class's probability.
+    const at::Tensor dense = torch::randn({2, 3, 6, 8});
+    t = parse_target("1");
+    t.score = Score::Prob;
+    t.region = parse_region("box:2,1,5,4");
+    const TargetScorer box(model, t, dense);
+    const at::Tensor want = torch::softmax(dense, 1).select(1, 1).slice(1, 1, 4).slice(2, 2, 5).mean({1, 2});
+    expect_close(box.scores(dense), want, 1e-6, "box");
+    EXPECT_EQ(region_name(t.region), "box:2,1,5,4");
+    expect_close(box.class_probs(dense).select(1, 1), want, 1e-6, "class probs");
 }
 
 TEST(Baseline, ParseAndNameRoundTrip) {

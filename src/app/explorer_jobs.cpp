@@ -152,7 +152,7 @@ json Explorer::Impl::run_occlusion(const Request& r, const ProgressFn& progress)
     oo.patch_h = oo.patch_w = r.patch;
     oo.stride_y = oo.stride_x = r.stride;
     oo.baseline = parse_baseline(r.baseline);
-    oo.score = OcclusionScore::Prob;
+    oo.target.score = Score::Prob;
     const OcclusionResult res = occlusion(model, r.input, oo, context(progress));
     const OcclusionSummary s = summarize_occlusion(res, 0, oo);
     const cv::Mat base = upscale_nearest(detail::input_picture(pre, r.input[0]), factor);

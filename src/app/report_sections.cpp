@@ -223,7 +223,7 @@ void ReportContext::write_examples() {
         OcclusionOptions oo;
         oo.patch_h = oo.patch_w = plan.occlusion_patch;
         oo.stride_y = oo.stride_x = plan.occlusion_stride;
-        oo.score = OcclusionScore::Prob;
+        oo.target.score = Score::Prob;
         const OcclusionResult orr = occlusion(model, images, oo, context("examples", 0.1, 0.5));
         for (size_t n = 0; n < ex.size(); ++n) {
             const OcclusionSummary s = summarize_occlusion(orr, int64_t(n), oo);

@@ -10,6 +10,7 @@
 #include <cctype>
 #include <cmath>
 #include <functional>
+#include <memory>
 #include <sstream>
 
 #include "convscope/runtime/enum_names.hpp"
@@ -45,66 +46,52 @@ void check_options(const Model& model, const at::Tensor& images, const Attributi
     check_target(o.target, images.size(0));
 }
 
-void check_output(const at::Tensor& output) {
-    if (output.dim() != 2)
-        throw Error(
-            "attributions need a classifier whose output is [N,K] (one score per class); "
-            "this model returns " +
-            std::to_string(output.dim()) + " dimensions");
-}
-
-// The class explained for each row of `output` [B,K]; `first` is the image index of row 0
-// (for labels). Throws Error for a class out of range.
-at::Tensor targets_for(const at::Tensor& output, int64_t first, const AttributionOptions& o) {
-    check_output(output);
-    return torch::tensor(resolve_targets(o.target, output, first), torch::kLong);
-}
-
-at::Tensor gather_scores(const at::Tensor& output, const at::Tensor& targets) {
-    return output.gather(1, targets.view({-1, 1})).view({-1});
-}
-
-// Forward + backward over `rows` [R,C,H,W], batch_size rows at a time. `targets_of(output, first)`
-// gives the class of each row of a chunk. Returns d score / d row, the scores, the targets and,
-// with a layer, its output and d score / d output.
+// Forward + backward over `rows` [R,C,H,W], batch_size rows at a time. `scorer_of(output, first)`
+// gives the scorer of a chunk's rows from their output and `rows_of(first, end)` the image each
+// row of the chunk is scored as. Returns d score / d row, the scores, the targets and, with a
+// layer, its output and d score / d output.
 struct Passes {
     at::Tensor input_grad;  // [R,C,H,W]
     at::Tensor scores;      // [R]
-    at::Tensor targets;     // [R] int64
+    std::vector<int64_t> targets;  // [R] the class (-1: similarity)
     at::Tensor tap, tap_grad;
 };
 
-Passes run_passes(const Model& model, Model::ReluBackward rule, const at::Tensor& rows,
-                  const std::function<at::Tensor(const at::Tensor&, int64_t)>& targets_of,
-                  const std::string& layer, int batch_size,
+using ScorerOf = std::function<std::shared_ptr<TargetScorer>(const at::Tensor& output, int64_t first)>;
+using RowsOf = std::function<std::vector<int64_t>(int64_t first, int64_t end)>;
+
+Passes run_passes(const Model& model, Model::ReluBackward rule, const at::Tensor& rows, const ScorerOf& scorer_of,
+                  const RowsOf& rows_of, const std::string& layer, int batch_size,
                   const std::function<void(int64_t)>& rows_done) {
-    std::vector<at::Tensor> grads, scores, targets, taps, tap_grads;
+    std::vector<at::Tensor> grads, scores, taps, tap_grads;
+    Passes p;
     const int64_t r = rows.size(0);
     const std::vector<std::string> grad_layers =
         layer.empty() ? std::vector<std::string>{} : std::vector<std::string>{layer};
     for (int64_t first = 0; first < r; first += batch_size) {
         const int64_t end = std::min(r, first + batch_size);
-        at::Tensor chunk_targets;
+        std::shared_ptr<TargetScorer> scorer;
+        const std::vector<int64_t> which = rows_of(first, end);
+        at::Tensor chunk_scores;
         auto result = model.gradients_with_relu_rule(
             rule, rows.slice(0, first, end),
             [&](const TapResult& fwd) {
-                chunk_targets = targets_of(fwd.output, first);
-                return gather_scores(fwd.output, chunk_targets).sum();
+                scorer = scorer_of(fwd.output, first);
+                chunk_scores = scorer->scores(fwd.output, which);
+                return chunk_scores.sum();
             },
             grad_layers);
         grads.push_back(result.input_grad);
-        scores.push_back(gather_scores(result.forward.output, chunk_targets));
-        targets.push_back(chunk_targets);
+        scores.push_back(chunk_scores.detach());
+        for (int64_t w : which) p.targets.push_back(scorer->classes().at(static_cast<size_t>(w)));
         if (!layer.empty()) {
             taps.push_back(result.forward.taps.at(layer));
             tap_grads.push_back(result.tap_grads.at(layer));
         }
         if (rows_done) rows_done(end);
     }
-    Passes p;
     p.input_grad = torch::cat(grads, 0);
     p.scores = torch::cat(scores, 0);
-    p.targets = torch::cat(targets, 0);
     if (!layer.empty()) {
         p.tap = torch::cat(taps, 0);
         p.tap_grad = torch::cat(tap_grads, 0);
@@ -121,10 +108,6 @@ at::Tensor forward_chunks(const Model& model, const at::Tensor& images, int batc
     return torch::cat(outs, 0);
 }
 
-std::vector<int64_t> to_vector(const at::Tensor& t) {
-    at::Tensor c = t.to(torch::kLong).contiguous();
-    return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
-}
 
 // The layer Grad-CAM looks at: the given one, or the last conv layer; it must be spatial.
 std::string cam_layer(const Model& model, const std::string& wanted) {
@@ -208,12 +191,18 @@ void single_pass(const Model& model, const at::Tensor& images, const Attribution
                           ? Model::ReluBackward::Guided
                       : o.method == AttributionMethod::Deconvnet ? Model::ReluBackward::Deconv
                                                                  : Model::ReluBackward::Plain;
+    // Each chunk's targets come from its own (clean) output.
     auto p = run_passes(
         model, rule, images,
-        [&](const at::Tensor& out, int64_t first) { return targets_for(out, first, o); },
+        [&](const at::Tensor& out, int64_t first) { return std::make_shared<TargetScorer>(model, o.target, out, first); },
+        [](int64_t first, int64_t end) {
+            std::vector<int64_t> w;
+            for (int64_t i = 0; i < end - first; ++i) w.push_back(i);
+            return w;
+        },
         r.layer, batch,
         [&](int64_t done) { report_progress(context.progress, double(done) / double(n)); });
-    r.targets = to_vector(p.targets);
+    r.targets = p.targets;
     r.scores = p.scores.to(torch::kFloat);
     if (!cam) {
         r.attributions = p.input_grad.to(torch::kFloat).contiguous();
@@ -245,9 +234,9 @@ void several_passes(const Model& model, const at::Tensor& images, const Attribut
     const int64_t n = images.size(0), c = images.size(1), h = images.size(2), w = images.size(3);
     const int batch = o.batch_size;
     const at::Tensor clean_out = forward_chunks(model, images, batch);
-    const at::Tensor targets = targets_for(clean_out, 0, o);
-    r.targets = to_vector(targets);
-    r.scores = gather_scores(clean_out, targets).to(torch::kFloat);
+    const auto scorer = std::make_shared<TargetScorer>(model, o.target, clean_out);
+    r.targets = scorer->classes();
+    r.scores = scorer->scores(clean_out).to(torch::kFloat);
     const bool sg = o.method == AttributionMethod::SmoothGrad;
     const int64_t per_image = sg ? o.samples : o.steps + 1;
     at::Tensor attributions = torch::empty({n, c, h, w}, torch::kFloat);
@@ -260,7 +249,6 @@ void several_passes(const Model& model, const at::Tensor& images, const Attribut
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(context.seed);
     for (int64_t i = 0; i < n; ++i) {
         const at::Tensor x = images[i];
-        const int64_t t = r.targets[size_t(i)];
         at::Tensor rows, weights;
         at::Tensor base;
         if (sg) {
@@ -281,10 +269,8 @@ void several_passes(const Model& model, const at::Tensor& images, const Attribut
         }
         auto p = run_passes(
             model, Model::ReluBackward::Plain, rows,
-            [&](const at::Tensor& out, int64_t) {
-                check_output(out);
-                return torch::full({out.size(0)}, t, torch::kLong);
-            },
+            [&](const at::Tensor&, int64_t) { return scorer; },
+            [&](int64_t first, int64_t end) { return std::vector<int64_t>(static_cast<size_t>(end - first), i); },
             "", batch,
             [&](int64_t done) {
                 report_progress(context.progress,

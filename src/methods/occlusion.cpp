@@ -121,14 +121,7 @@ public:
 
 private:
     // The module's forward without Model::forward's input checks (done once for all images).
-    at::Tensor forward(const at::Tensor& batch) {
-        c10::IValue out = model_.module().forward({batch});
-        if (out.isTuple()) out = out.toTupleRef().elements().at(0);
-        if (!out.isTensor())
-            throw Error("the model does not return a tensor from forward: occlusion needs a "
-                        "classifier that returns logits [N,K]");
-        return out.toTensor();
-    }
+    at::Tensor forward(const at::Tensor& batch) { return model_.forward_unchecked(batch); }
 
     const Model& model_;
     int64_t ph_, pw_;
@@ -186,7 +179,8 @@ struct Setup {
     OcclusionOptions o;
     std::unique_ptr<Evaluator> ev;
     std::unique_ptr<IncrementalEvaluator> exact;  // Approximate with compare_exact
-    at::Tensor clean_out;       // [N,K] float32
+    at::Tensor clean_out;       // [N,...] float32
+    std::unique_ptr<TargetScorer> scorer;  // the targets, fixed from clean_out
     bool images_set = false;    // ev holds all images already (its clean pass gave clean_out)
     int64_t group = 1;          // images processed together
     int64_t linear_classes = 0; // classes per image that get the first-order correction
@@ -256,11 +250,12 @@ Setup prepare(const Model& model, const at::Tensor& x, const at::Tensor& baselin
         }
     }
     if (!s.images_set) s.clean_out = clean_outputs(model, x, o.batch_size);
-    if (s.clean_out.dim() != 2)
-        throw Error("occlusion needs a classifier whose output is [N,K] logits; this model returns " +
-                    std::to_string(s.clean_out.dim()) + " dimensions");
     r.batch_size = o.batch_size;
-    r.targets = resolve_targets(o.target, s.clean_out);
+    s.scorer = std::make_unique<TargetScorer>(model, o.target, s.clean_out);
+    r.targets = s.scorer->classes();
+    if (o.mode == OcclusionMode::Approximate && !s.scorer->classifier())
+        throw Error("the approximate occlusion needs a class target on a classifier's output [N,K] (its correction "
+                    "follows class logits): use --mode incremental, which is exact");
 
     if (o.mode == OcclusionMode::Full) {
         s.ev = std::make_unique<FullEvaluator>(model, o.patch_h, o.patch_w);
@@ -319,19 +314,23 @@ void allocate(OcclusionResult& r, int64_t N, int64_t C, int64_t H, int64_t W, co
     r.clean_prob = torch::zeros({N});
 }
 
-// The runs of images n0 .. n0+G-1 from their clean outputs [G,K]; records the clean scores in r.
-std::vector<ImageRun> start_group(const at::Tensor& out, int64_t n0, int64_t P, OcclusionScore score,
+// The runs of images n0 .. n0+G-1 from their clean outputs [G,...]; records the clean scores in r.
+std::vector<ImageRun> start_group(const TargetScorer& scorer, const at::Tensor& out, int64_t n0, int64_t P,
                                   OcclusionResult& r) {
-    const at::Tensor probs = torch::softmax(out, 1);
+    std::vector<int64_t> rows;
+    for (int64_t g = 0; g < out.size(0); ++g) rows.push_back(n0 + g);
+    const at::Tensor scores = scorer.scores(out, rows);
+    const at::Tensor probs = scorer.class_probs(out, rows);
     std::vector<ImageRun> runs(out.size(0));
     for (size_t g = 0; g < runs.size(); ++g) {
         const int64_t n = n0 + static_cast<int64_t>(g);
         ImageRun& run = runs[g];
+        run.scorer = &scorer;
+        run.image = n;
         run.clean.target = r.targets[n];
-        const float logit = out[g][run.clean.target].item<float>();
-        const float prob = probs[g][run.clean.target].item<float>();
-        run.clean.score = score == OcclusionScore::Logit ? logit : prob;
-        run.predicted = out[g].argmax().item<int64_t>();
+        run.clean.score = scores[g].item<float>();
+        const float prob = probs.defined() ? probs[g][run.clean.target].item<float>() : run.clean.score;
+        run.predicted = probs.defined() ? probs[g].argmax().item<int64_t>() : -1;
         run.d.resize(P);
         r.predicted.push_back(run.predicted);
         r.clean_score[n] = run.clean.score;
@@ -399,14 +398,11 @@ private:
 }  // namespace
 
 namespace {
-constexpr EnumTable<OcclusionScore, 2> kScoreNames = {{{OcclusionScore::Logit, "logit"}, {OcclusionScore::Prob, "prob"}}};
 constexpr EnumTable<OcclusionMode, 3> kModeNames = {{{OcclusionMode::Full, "full"},
                                                      {OcclusionMode::Incremental, "incremental"},
                                                      {OcclusionMode::Approximate, "approximate"}}};
 }  // namespace
 
-const char* occlusion_score_name(OcclusionScore score) { return enum_name(kScoreNames, score); }
-OcclusionScore parse_occlusion_score(const std::string& name) { return parse_enum(kScoreNames, name, "score"); }
 const char* occlusion_mode_name(OcclusionMode mode) { return enum_name(kModeNames, mode); }
 OcclusionMode parse_occlusion_mode(const std::string& name) { return parse_enum(kModeNames, name, "occlusion mode"); }
 
@@ -440,7 +436,7 @@ OcclusionResult occlusion(const Model& model, const at::Tensor& images_nchw, con
         const at::Tensor classes =
             s.linear_classes > 0 ? corrected_classes(s.clean_out, r.targets, n0, G, s.linear_classes) : at::Tensor();
         const at::Tensor out = s.images_set ? s.clean_out : s.ev->set_images(imgs, bases, classes).to(torch::kFloat);
-        std::vector<ImageRun> runs = start_group(out, n0, P, o.score, r);
+        std::vector<ImageRun> runs = start_group(*s.scorer, out, n0, P, r);
         const std::vector<Job> jobs(all.begin(), all.begin() + G * P);
 
         progress.start_group(static_cast<double>(G * P));
@@ -457,6 +453,8 @@ OcclusionResult occlusion(const Model& model, const at::Tensor& images_nchw, con
             s.exact->set_images(imgs, bases, at::Tensor());
             exact_runs.resize(G);
             for (int64_t g = 0; g < G; ++g) {
+                exact_runs[g].scorer = runs[g].scorer;
+                exact_runs[g].image = runs[g].image;
                 exact_runs[g].clean = runs[g].clean;
                 exact_runs[g].d.resize(P);
             }

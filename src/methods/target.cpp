@@ -5,7 +5,10 @@
 #include <algorithm>
 #include <cmath>
 
+#include "convscope/runtime/dataset.hpp"
+#include "convscope/runtime/enum_names.hpp"
 #include "convscope/runtime/error.hpp"
+#include "convscope/runtime/model.hpp"
 #include "convscope/runtime/strings.hpp"
 #include "methods/detail/blur.hpp"
 
@@ -17,11 +20,71 @@ std::string classes_hint(int64_t k) {
 }
 }  // namespace
 
+namespace {
+constexpr EnumTable<Score, 3> kScoreNames = {{
+    {Score::Logit, "logit"},
+    {Score::Prob, "prob"},
+    {Score::Sigmoid, "sigmoid"},
+}};
+}  // namespace
+
+const char* score_name(Score score) { return enum_name(kScoreNames, score); }
+Score parse_score(const std::string& name) { return parse_enum(kScoreNames, name, "score"); }
+
+Region parse_region(const std::string& spec) {
+    Region r;
+    if (spec == "pred") return r;
+    if (spec == "all") {
+        r.kind = Region::Kind::All;
+        return r;
+    }
+    if (spec.rfind("box:", 0) == 0) {
+        const auto parts = detail::split(spec.substr(4), ',');
+        int64_t v[4];
+        bool ok = parts.size() == 4;
+        for (size_t i = 0; ok && i < 4; ++i) ok = detail::parse_int64(parts[i], v[i]) && v[i] >= 0;
+        if (!ok || v[2] <= v[0] || v[3] <= v[1])
+            throw UsageError("bad region '" + spec + "': a box is box:x0,y0,x1,y1 in output pixels with 0 <= x0 < x1 "
+                             "and 0 <= y0 < y1 (x1, y1 excluded), as in box:10,20,50,60");
+        r.kind = Region::Kind::Box;
+        r.x0 = v[0], r.y0 = v[1], r.x1 = v[2], r.y1 = v[3];
+        return r;
+    }
+    if (spec.rfind("mask:", 0) == 0 && spec.size() > 5) {
+        r.kind = Region::Kind::Mask;
+        r.mask_path = spec.substr(5);
+        r.mask = (read_image(r.mask_path).amax(0) > 0.5f).contiguous();
+        if (!r.mask.any().item<bool>())
+            throw Error("the region mask " + r.mask_path + " is empty (no pixel above one half): paint the region "
+                        "to explain white on black");
+        return r;
+    }
+    throw UsageError("bad region '" + spec + "': use pred (the pixels predicted as the target class), all, "
+                     "box:x0,y0,x1,y1 or mask:FILE.png");
+}
+
+std::string region_name(const Region& r) {
+    switch (r.kind) {
+    case Region::Kind::Pred: return "pred";
+    case Region::Kind::All: return "all";
+    case Region::Kind::Box:
+        return "box:" + std::to_string(r.x0) + "," + std::to_string(r.y0) + "," + std::to_string(r.x1) + "," +
+               std::to_string(r.y1);
+    case Region::Kind::Mask: return "mask:" + r.mask_path;
+    }
+    return "";
+}
+
 Target parse_target(const std::string& spec) {
     Target t;
     if (spec == "pred" || spec == "predicted") return t;
     if (spec == "label") {
         t.kind = Target::Kind::Label;
+        return t;
+    }
+    if (spec.rfind("similarity:", 0) == 0 && spec.size() > 11) {
+        t.kind = Target::Kind::Similarity;
+        t.reference = spec.substr(11);
         return t;
     }
     int64_t c = 0;
@@ -31,7 +94,8 @@ Target parse_target(const std::string& spec) {
         return t;
     }
     throw UsageError("bad target '" + spec +
-                     "': use 'pred' (the predicted class), 'label' (the item's label) or a class number >= 0");
+                     "': use 'pred' (the predicted class), 'label' (the item's label), a class number >= 0 or "
+                     "similarity:INDEX|IMAGE (the similarity with a reference)");
 }
 
 std::string target_name(const Target& t) {
@@ -39,6 +103,7 @@ std::string target_name(const Target& t) {
     case Target::Kind::Predicted: return "pred";
     case Target::Kind::Label: return "label";
     case Target::Kind::Class: return std::to_string(t.class_index);
+    case Target::Kind::Similarity: return "similarity:" + t.reference;
     }
     return "";
 }
@@ -47,6 +112,9 @@ void check_target(const Target& t, int64_t n) {
     if (t.kind == Target::Kind::Class && t.class_index < 0)
         throw Error("target class " + std::to_string(t.class_index) +
                     " is out of range: use a class number >= 0, pred or label");
+    if (t.kind == Target::Kind::Similarity &&
+        (!t.reference_input.defined() || t.reference_input.dim() != 4 || t.reference_input.size(0) != 1))
+        throw Error("target 'similarity:" + t.reference + "' has no reference image: give an item index or an image file");
     if (t.kind != Target::Kind::Label) return;
     if (t.labels.empty())
         throw Error("target 'label' needs labelled data: it needs one label per image, but the data has no "
@@ -60,8 +128,16 @@ void check_target(const Target& t, int64_t n) {
                         " has none (it has no label in the data): use --target pred or a class number");
 }
 
-std::vector<int64_t> resolve_targets(const Target& t, const at::Tensor& outputs, int64_t first) {
-    CONVSCOPE_CHECK(outputs.dim() == 2, "targets are resolved from [B,K] outputs");
+namespace {
+
+std::string output_shape_str(const at::Tensor& out) {
+    std::vector<int64_t> s = out.sizes().vec();
+    return "[N" + (s.size() > 1 ? "," + detail::dims_str(std::vector<int64_t>(s.begin() + 1, s.end())) : "") + "]";
+}
+
+// The classes of images [first, first + B) from their outputs [B,K]. Throws Error for a class
+// or label outside [0, K).
+std::vector<int64_t> classifier_classes(const Target& t, const at::Tensor& outputs, int64_t first) {
     const int64_t b = outputs.size(0), k = outputs.size(1);
     std::vector<int64_t> out(static_cast<size_t>(b));
     switch (t.kind) {
@@ -86,8 +162,127 @@ std::vector<int64_t> resolve_targets(const Target& t, const at::Tensor& outputs,
             out[static_cast<size_t>(i)] = l;
         }
         break;
+    case Target::Kind::Similarity: break;
     }
     return out;
+}
+
+// The region's pixels [H,W] (bool) before the class is known (pred and all: every pixel).
+at::Tensor region_pixels(const Region& r, int64_t h, int64_t w) {
+    switch (r.kind) {
+    case Region::Kind::Pred:
+    case Region::Kind::All: return torch::ones({h, w}, torch::kBool);
+    case Region::Kind::Box: {
+        if (r.x1 > w || r.y1 > h)
+            throw Error("the region " + region_name(r) + " is outside the output, which is " + std::to_string(w) +
+                        " wide and " + std::to_string(h) + " high: use a box inside [0," + std::to_string(w) + ") x [0," +
+                        std::to_string(h) + ")");
+        at::Tensor m = torch::zeros({h, w}, torch::kBool);
+        m.slice(0, r.y0, r.y1).slice(1, r.x0, r.x1).fill_(true);
+        return m;
+    }
+    case Region::Kind::Mask:
+        if (r.mask.size(0) != h || r.mask.size(1) != w)
+            throw Error("the region mask " + r.mask_path + " is " + std::to_string(r.mask.size(1)) + "x" +
+                        std::to_string(r.mask.size(0)) + " but the output is " + std::to_string(w) + "x" +
+                        std::to_string(h) + " (width x height): draw the mask at the output's size");
+        return r.mask;
+    }
+    return at::Tensor();
+}
+
+}  // namespace
+
+TargetScorer::TargetScorer(const Model& model, const Target& t, const at::Tensor& clean, int64_t first)
+    : target_(&t) {
+    torch::NoGradGuard no_grad;
+    const at::Tensor out = clean.detach().to(torch::kFloat);
+    const int64_t b = out.size(0);
+    if (t.kind == Target::Kind::Similarity) {
+        check_target(t, b);
+        const at::Tensor ref = model.forward(t.reference_input).to(torch::kFloat).reshape({-1});
+        if (ref.numel() != out[0].numel())
+            throw Error("the reference's output has " + std::to_string(ref.numel()) + " values but the images' have " +
+                        std::to_string(out[0].numel()));
+        const double norm = ref.norm().item<double>();
+        if (!(norm > 0)) throw Error("the reference's output is zero: a similarity with it is undefined");
+        reference_ = ref / norm;
+        classes_.assign(static_cast<size_t>(b), -1);
+        return;
+    }
+    if (out.dim() == 2) {
+        if (t.region.kind != Region::Kind::Pred)
+            throw Error("--region " + region_name(t.region) + " needs a dense output [N,K,H,W] (segmentation), but "
+                        "the model's output is " + output_shape_str(out) + ": leave --region out");
+        classes_ = classifier_classes(t, out, first);
+        return;
+    }
+    if (out.dim() != 4)
+        throw Error("a class target needs an output [N,K] (classes) or [N,K,H,W] (classes per pixel), but the model's "
+                    "output is " + output_shape_str(out) + ": choose another output (--output) or use a similarity target");
+    if (t.kind == Target::Kind::Label)
+        throw Error("target 'label' takes one class per image, which a dense output [N,K,H,W] has not: use a class "
+                    "number or pred, with --region");
+    const int64_t k = out.size(1), h = out.size(2), w = out.size(3);
+    const at::Tensor base = region_pixels(t.region, h, w);
+    const at::Tensor predicted = out.argmax(1);  // [B,H,W]
+    weights_ = torch::zeros({b, h, w});
+    classes_.resize(static_cast<size_t>(b));
+    for (int64_t i = 0; i < b; ++i) {
+        int64_t c = t.class_index;
+        if (t.kind == Target::Kind::Predicted) {
+            const at::Tensor counts = torch::bincount(predicted[i].masked_select(base), {}, k);
+            c = counts.argmax().item<int64_t>();
+        } else if (c >= k) {
+            throw Error("target class " + std::to_string(c) + " is out of range: " + classes_hint(k));
+        }
+        at::Tensor pixels = base;
+        if (t.region.kind == Region::Kind::Pred) pixels = predicted[i] == c;
+        const int64_t count = pixels.sum().item<int64_t>();
+        if (count == 0)
+            throw Error("class " + std::to_string(c) + " is not predicted anywhere in image " + std::to_string(first + i) +
+                        ": choose a class it predicts, or give the region (--region box:x0,y0,x1,y1, mask:FILE or all)");
+        weights_[i].masked_fill_(pixels, 1.0 / static_cast<double>(count));
+        classes_[static_cast<size_t>(i)] = c;
+    }
+}
+
+at::Tensor TargetScorer::scores(const at::Tensor& outputs, const std::vector<int64_t>& rows) const {
+    const int64_t r = outputs.size(0);
+    std::vector<int64_t> which = rows;
+    if (which.empty())
+        for (int64_t i = 0; i < r; ++i) which.push_back(i);
+    CONVSCOPE_CHECK(static_cast<int64_t>(which.size()) == r, "one image per row");
+    const at::Tensor index = torch::tensor(which, torch::kLong);
+    if (similarity()) {
+        const at::Tensor flat = outputs.reshape({r, -1});
+        const at::Tensor ref = reference_.to(flat.scalar_type());
+        return (flat * ref.unsqueeze(0)).sum(1) / flat.norm(2, 1).clamp_min(1e-12);
+    }
+    std::vector<int64_t> cls(static_cast<size_t>(r));
+    for (int64_t i = 0; i < r; ++i) cls[static_cast<size_t>(i)] = classes_.at(static_cast<size_t>(which[i]));
+    const at::Tensor c = torch::tensor(cls, torch::kLong);
+    const Score score = target_->score;
+    at::Tensor s = score == Score::Prob ? torch::softmax(outputs, 1) : outputs;
+    if (!dense()) {
+        s = s.gather(1, c.view({-1, 1})).view({-1});
+        return score == Score::Sigmoid ? torch::sigmoid(s) : s;
+    }
+    const int64_t h = outputs.size(2), w = outputs.size(3);
+    s = s.gather(1, c.view({-1, 1, 1, 1}).expand({r, 1, h, w})).squeeze(1);  // [R,H,W]
+    if (score == Score::Sigmoid) s = torch::sigmoid(s);
+    return (s * weights_.index_select(0, index).to(s.scalar_type())).sum({1, 2});
+}
+
+at::Tensor TargetScorer::class_probs(const at::Tensor& outputs, const std::vector<int64_t>& rows) const {
+    if (similarity()) return at::Tensor();
+    const at::Tensor p = torch::softmax(outputs.detach().to(torch::kFloat), 1);
+    if (!dense()) return p;
+    std::vector<int64_t> which = rows;
+    if (which.empty())
+        for (int64_t i = 0; i < outputs.size(0); ++i) which.push_back(i);
+    const at::Tensor wt = weights_.index_select(0, torch::tensor(which, torch::kLong));
+    return (p * wt.unsqueeze(1)).sum({2, 3});
 }
 
 Baseline parse_baseline(const std::string& spec) {

@@ -21,6 +21,8 @@ std::map<const jit::Value*, std::vector<int64_t>> record_shapes(jit::Graph& grap
     auto s = graph.nodes().begin();
     auto d = g->nodes().begin();
     for (; s != graph.nodes().end(); ++s, ++d) {
+        // A placeholder for values only a failing branch would set (F.interpolate's checks).
+        if (s->kind() == c10::prim::Uninitialized) continue;
         for (size_t i = 0; i < s->outputs().size(); ++i) {
             if (s->outputs()[i]->type()->kind() != c10::TypeKind::TensorType) continue;
             src_values.push_back(s->outputs()[i]);
@@ -47,7 +49,8 @@ std::map<const jit::Value*, std::vector<int64_t>> record_shapes(jit::Graph& grap
     }
     std::map<const jit::Value*, std::vector<int64_t>> out;
     const auto values = stack[0].toTupleRef().elements();
-    for (size_t i = 0; i < src_values.size(); ++i) out[src_values[i]] = values[i].toTensor().sizes().vec();
+    for (size_t i = 0; i < src_values.size(); ++i)
+        if (values[i].isTensor()) out[src_values[i]] = values[i].toTensor().sizes().vec();
     out[graph.inputs()[1]] = input.sizes().vec();
     return out;
 }

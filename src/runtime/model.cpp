@@ -62,6 +62,9 @@ void Model::Impl::analyse() {
     // Fold branches on constants (F.relu's `inplace` flag, ...) so that every op of the forward
     // pass sits in the top-level block, where taps, receptive fields and ReLU rules see it.
     jit::ConstantPropagation(graph);
+    choose_output();
+    layer_order.clear();
+    layer_value.clear();
 
     // Types and parameter counts from the module tree.
     for (const auto& item : module.named_modules()) {
@@ -326,7 +329,7 @@ int64_t Model::num_classes() const {
     std::vector<int64_t> nchw{1};
     nchw.insert(nchw.end(), shape.begin(), shape.end());
     auto out = forward(torch::zeros(nchw));
-    return out.size(-1);
+    return out.dim() >= 2 ? out.size(1) : 1;
 }
 
 at::Tensor Model::parameter(const std::string& layer_name, const std::string& name) const {

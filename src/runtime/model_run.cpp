@@ -36,14 +36,6 @@ std::string first_error_line(const std::exception& e) {
 namespace {
 
 
-at::Tensor output_tensor(const c10::IValue& v, const std::string& path) {
-    if (v.isTensor()) return v.toTensor();
-    if (v.isTuple() && !v.toTupleRef().elements().empty() && v.toTupleRef().elements()[0].isTensor())
-        return v.toTupleRef().elements()[0].toTensor();
-    throw Error("model '" + path + "' does not return a tensor from forward: convscope needs a "
-                "classifier that returns logits [N,K]");
-}
-
 // Runs a tap function and returns its outputs (model output, then the taps), turning LibTorch's
 // errors into one clear message.
 std::vector<c10::IValue> run_tap_function(jit::GraphFunction& fn, jit::Stack& stack, const at::Tensor& x) {
@@ -89,13 +81,19 @@ void check_input(const Model& model, const at::Tensor& x, bool check_size) {
 
 at::Tensor Model::forward(const at::Tensor& x) const {
     check_input(*this, x);
+    return forward_unchecked(x);
+}
+
+at::Tensor Model::forward_unchecked(const at::Tensor& x) const {
     torch::NoGradGuard no_grad;
+    c10::IValue out;
     try {
-        return output_tensor(impl_->module.forward({x}), impl_->path);
+        out = impl_->module.forward({x});
     } catch (const std::exception& e) {
         throw Error("the model failed on inputs of shape " + detail::shape_str(x.sizes().vec()) + " (" +
                     first_error_line(e) + "): check --input-shape and the data");
     }
+    return impl_->output_of(out);
 }
 
 TapResult Model::forward_taps(const at::Tensor& x, const std::vector<std::string>& layers) const {
@@ -106,7 +104,7 @@ TapResult Model::forward_taps(const at::Tensor& x, const std::vector<std::string
     jit::Stack stack{c10::IValue(impl_->module._ivalue()), x};
     const auto values = run_tap_function(*fn, stack, x);
     TapResult r;
-    r.output = output_tensor(values[0], impl_->path);
+    r.output = values[0].toTensor();
     for (size_t i = 0; i < layers.size(); ++i) r.taps[layers[i]] = values[i + 1].toTensor();
     return r;
 }
@@ -183,7 +181,7 @@ Model::GradResult Model::gradients_with_relu_rule(
     }
     const auto values = run_tap_function(*fn, stack, x);
     GradResult r;
-    r.forward.output = output_tensor(values[0], impl_->path);
+    r.forward.output = values[0].toTensor();
     for (size_t i = 0; i < taps.size(); ++i) r.forward.taps[taps[i]] = values[i + 1].toTensor();
     at::Tensor scalar = scalar_of(r.forward);
     if (!scalar.defined() || scalar.numel() != 1)

@@ -21,7 +21,7 @@ namespace {
 struct AttributeArgs {
     AttributionOptions ao;
     std::string method;
-    std::string target = "pred";
+    TargetArgs target;
     std::string baseline = baseline_name(AttributionOptions{}.baseline);
     std::string colormap = "inferno";
     float alpha = 0.5f;
@@ -31,10 +31,7 @@ void add_options(CLI::App& app, AttributeArgs& a) {
     std::string methods;
     for (const auto& m : attribution_method_names()) methods += (methods.empty() ? "" : ", ") + m;
     app.add_option("--method", a.method, "attribution method: " + methods)->required();
-    app.add_option("--target", a.target,
-                   "class to explain: pred (the predicted class), label (the item's label) or a "
-                   "class index")
-        ->capture_default_str();
+    add_target_options(app, a.target);
     app.add_option("--layer", a.ao.layer, "Grad-CAM layer (default: the last conv layer)");
     app.add_option("--samples", a.ao.samples, "SmoothGrad: noisy copies per image")->capture_default_str();
     app.add_option("--noise", a.ao.noise, "SmoothGrad: noise standard deviation as a fraction of the input range")
@@ -51,7 +48,7 @@ void add_options(CLI::App& app, AttributeArgs& a) {
 AttributionOptions parse_options(const AttributeArgs& a) {
     AttributionOptions ao = a.ao;
     ao.method = parse_attribution_method(a.method);
-    ao.target = parse_target(a.target);
+    ao.target = parse_target_args(a.target);
     if (ao.samples < 1) throw UsageError("--samples must be at least 1, got " + std::to_string(ao.samples));
     if (!(ao.noise >= 0)) throw UsageError("--noise must be >= 0 (a fraction of the input range)");
     if (ao.steps < 1) throw UsageError("--steps must be at least 1, got " + std::to_string(ao.steps));
@@ -169,11 +166,15 @@ RunFn setup(CLI::App& app) {
         const Colormap cmap = parse_colormap(a->colormap);
         auto [model, data, indices, pre, images, labels] = open_selected_inputs(*o);
         ao.target.labels = labels;
+        load_reference(ao.target, model, data, pre);
 
         const AttributionResult r = attribute(model, images, ao, run_context(*o, "attribute"));
 
         const nlohmann::json options = {{"method", attribution_method_name(ao.method)},
-                                        {"target", a->target},
+                                        {"target", target_name(ao.target)},
+                                        {"score", score_name(ao.target.score)},
+                                        {"region", region_name(ao.target.region)},
+                                        {"output", model.output_name()},
                                         {"layer", r.layer},
                                         {"samples", ao.samples},
                                         {"noise", ao.noise},

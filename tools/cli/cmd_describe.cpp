@@ -56,6 +56,7 @@ RunFn setup(CLI::App& app) {
             accuracy = evaluate_accuracy(model, *data, {}, cli_progress("evaluating"));
         const ModelMeta& meta = model.meta();
         const Preprocess pre = data ? preprocess_for(model, *data) : meta.preprocess();
+        const std::vector<OutputInfo> outputs = model.outputs();
         int64_t total_params = 0;
         for (const auto& p : model.module().parameters()) total_params += p.numel();
 
@@ -65,6 +66,9 @@ RunFn setup(CLI::App& app) {
             j["sha256"] = model.file_hash();
             j["input_shape"] = model.input_shape();
             j["num_classes"] = model.num_classes();
+            auto& outs = j["outputs"] = nlohmann::json::array();
+            for (const auto& out : outputs)
+                outs.push_back({{"name", out.name}, {"shape", out.shape}, {"chosen", out.chosen}});
             j["parameters"] = total_params;
             if (!meta.class_names.empty()) j["class_names"] = meta.class_names;
             j["metadata"] = model_meta_to_json(meta);
@@ -92,7 +96,14 @@ RunFn setup(CLI::App& app) {
                   << "class names: "
                   << (meta.class_names.empty() ? "none (give --classes FILE)"
                                                : std::to_string(meta.class_names.size()) + " (" + meta.classes_source + ")")
-                  << "\n\n";
+                  << "\n";
+        if (outputs.size() > 1 || (outputs.size() == 1 && outputs[0].name != "output")) {
+            std::cout << "outputs:";
+            for (const auto& out : outputs)
+                std::cout << " " << out.name << " " << shape_str(out.shape) << (out.chosen ? " (explained)" : "");
+            std::cout << " (--output NAME chooses)\n";
+        }
+        std::cout << "\n";
         size_t width = 5;
         for (const auto& l : layers) width = std::max(width, l.name.size() + 2 * l.depth);
         std::cout << std::left << std::setw(static_cast<int>(width + 2)) << "layer" << std::setw(16)

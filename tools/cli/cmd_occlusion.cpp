@@ -17,7 +17,8 @@ namespace convscope::cli {
 namespace {
 
 struct Args {
-    std::string patch = "4", stride = "2", baseline = "0", target = "pred", score = "logit", mode;
+    std::string patch = "4", stride = "2", baseline = "0", mode;
+    TargetArgs target;
     bool no_correction = false;
     bool approximate = false, report_ssim = false, no_bf16 = false;
     int64_t batch_size = 0;
@@ -56,8 +57,7 @@ OcclusionOptions to_options(const Args& a) {
             throw UsageError("--blur-sigma sets the sigma of --baseline blur: add --baseline blur (or use blur:SIGMA)");
         o.baseline.value = a.blur_sigma;
     }
-    o.target = parse_target(a.target);
-    o.score = parse_occlusion_score(a.score);
+    o.target = parse_target_args(a.target);
     if (a.approximate && !a.mode.empty())
         throw UsageError("--approximate is a mode of its own: drop --mode " + a.mode);
     if (a.approximate) o.mode = OcclusionMode::Approximate;
@@ -105,9 +105,7 @@ void add_options(CLI::App& app, Args& args) {
                    "blurred copy) or a number, in model-input units")
         ->capture_default_str();
     app.add_option("--blur-sigma", a->blur_sigma, "Gaussian sigma for --baseline blur (0 = max(H,W)/8; same as blur:SIGMA)");
-    app.add_option("--target", a->target, "class whose score is measured: pred, label or a class number")
-        ->capture_default_str();
-    app.add_option("--score", a->score, "logit (raw output) or prob (softmax)")->capture_default_str();
+    add_target_options(app, a->target, "whose score drop is measured");
     app.add_option("--mode", a->mode, "full (every copy through the whole model) or incremental "
                                       "(exact, recomputes only what the occluder changes; default)");
     app.add_flag("--approximate", a->approximate,
@@ -253,6 +251,7 @@ RunFn setup(CLI::App& app) {
         auto [model, data, indices, pre, images, labels] = open_selected_inputs(*o);
         OcclusionOptions run_opts = opts;
         run_opts.target.labels = labels;
+        load_reference(run_opts.target, model, data, pre);
 
         const auto t0 = std::chrono::steady_clock::now();
         const OcclusionResult r = occlusion(model, images, run_opts, run_context(*o, "occlusion"));
@@ -260,7 +259,9 @@ RunFn setup(CLI::App& app) {
 
         nlohmann::json options = {
             {"patch", {opts.patch_h, opts.patch_w}}, {"stride", {opts.stride_y, opts.stride_x}},
-            {"baseline", baseline_name(opts.baseline)}, {"target", target_name(opts.target)}, {"score", a->score},
+            {"baseline", baseline_name(opts.baseline)}, {"target", target_name(opts.target)},
+            {"score", score_name(opts.target.score)}, {"region", region_name(opts.target.region)},
+            {"output", model.output_name()},
             {"mode", occlusion_mode_name(opts.mode)}, {"batch_size", opts.batch_size}, {"data", data.spec()},
             {"indices", indices}};
         if (opts.mode == OcclusionMode::Approximate) {
@@ -277,7 +278,7 @@ RunFn setup(CLI::App& app) {
         const std::vector<std::string> names = detail::class_names_for(model, data);
         nlohmann::json all = nlohmann::json::array();
         for (int64_t n = 0; n < images.size(0); ++n)
-            all.push_back(write_image(dir, r, n, indices[n], display, opts, data, names, a->score));
+            all.push_back(write_image(dir, r, n, indices[n], display, opts, data, names, score_name(opts.target.score)));
         const nlohmann::json summary = make_summary(r, opts, std::move(all), seconds);
         write_json(dir.file("summary.json", "all images' summaries, forward passes, time, engine"), summary);
         dir.write_manifest();

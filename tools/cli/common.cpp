@@ -31,6 +31,9 @@ std::string& command_line() {
 void add_model_options(CLI::App& app, CommonOptions& o) {
     app.add_option("--model", o.model, "TorchScript model file (default: the built-in Fashion-MNIST model)");
     app.add_option("--input-shape", o.input_shape, "input shape C,H,W for models that do not record it");
+    app.add_option("--output", o.output,
+                   "the model output to explain when forward returns a tuple, list or dict: its key or position "
+                   "(default: the dict entry 'out', else the first tensor; `convscope describe` lists them)");
     app.add_option("--threads", o.threads, "intra-op threads (default: all cores)")->check(CLI::NonNegativeNumber);
     app.add_option("--seed", o.seed, "random seed");
     app.add_option("--max-image-pixels", o.max_image_pixels,
@@ -192,6 +195,7 @@ Model open_model(const CommonOptions& o) {
     set_allow_nonfinite(o.allow_nonfinite);
     Model model = o.model.empty() ? load_default_model(cli_progress("training the built-in model"))
                                   : load_model_file(o);
+    if (!o.output.empty()) model.select_output(o.output);
     if (!o.input_shape.empty()) {
         auto shape = parse_shape(o.input_shape, "--input-shape");
         if (shape.size() != 3) throw UsageError("--input-shape takes three numbers C,H,W, got '" + o.input_shape + "'");
@@ -264,6 +268,42 @@ SelectedInputs open_selected_inputs(const CommonOptions& o) {
     if (data.has_labels())
         for (int64_t i : indices) labels.push_back(data.label(i));
     return {std::move(model), std::move(data), std::move(indices), pre, std::move(images), std::move(labels)};
+}
+
+void add_target_options(CLI::App& app, TargetArgs& a, const std::string& what) {
+    app.add_option("--target", a.target,
+                   what + ": pred, label, a class number, or similarity:INDEX|IMAGE (cosine similarity of the "
+                   "output with that item's or image's)")
+        ->capture_default_str();
+    app.add_option("--score", a.score, "a class's score: logit, prob (softmax) or sigmoid (multi-label)")
+        ->capture_default_str();
+    app.add_option("--region", a.region,
+                   "dense outputs [N,K,H,W]: the pixels scored: pred (predicted as the class, the default), all, "
+                   "box:x0,y0,x1,y1 or mask:FILE.png");
+}
+
+Target parse_target_args(const TargetArgs& a) {
+    Target t = parse_target(a.target);
+    t.score = parse_score(a.score);
+    if (!a.region.empty()) t.region = parse_region(a.region);
+    if (t.kind == Target::Kind::Similarity && a.score != "logit")
+        throw UsageError("--score is for class targets: a similarity target is the cosine similarity itself");
+    return t;
+}
+
+void load_reference(Target& t, const Model& model, const Dataset& data, const Preprocess& pre) {
+    if (t.kind != Target::Kind::Similarity) return;
+    int64_t index = 0;
+    if (detail::parse_int64(t.reference, index)) {
+        if (index < 0 || index >= data.size())
+            throw Error("the similarity reference " + t.reference + " is not an item of " + data.spec() + ", which has " +
+                        std::to_string(data.size()) + " items (0.." + std::to_string(data.size() - 1) +
+                        "): give an index in range or an image file");
+        t.reference_input = data.batch({index}, pre);
+        return;
+    }
+    Dataset ref = Dataset::open(t.reference);
+    t.reference_input = ref.batch({0}, preprocess_for(model, ref));
 }
 
 OutputDir open_out(const CommonOptions& o, const nlohmann::json& options, const Model* model) {

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "convscope/methods/target.hpp"
 #include "convscope/runtime/dataset.hpp"
 #include "convscope/runtime/io.hpp"
 #include "convscope/runtime/model.hpp"
@@ -52,9 +53,23 @@ struct CommonOptions {
     bool replace_bad_metadata = false;  // annotate: unreadable metadata is replaced, with a warning
     int64_t max_image_pixels = kDefaultMaxImagePixels;  // --max-image-pixels
     bool allow_nonfinite = false;                        // --allow-nonfinite
+    std::string output;                                  // --output NAME|INDEX ("" = default)
 };
 
-// --model, --input-shape, --threads, --seed, --max-image-pixels, --allow-nonfinite and the
+// What a method explains (--target, --score, --region), as given; parsed by parse_target_args.
+struct TargetArgs {
+    std::string target = "pred", score = "logit", region;
+};
+// --target, --score and --region (documented once, in the README's "Targets").
+void add_target_options(CLI::App& app, TargetArgs& a, const std::string& what = "whose score is explained");
+// The target with its score and region; UsageError for bad syntax (a region mask is read here).
+Target parse_target_args(const TargetArgs& a);
+// A similarity target's reference as model input: an item of `data` (an index) or an image
+// file, preprocessed as `pre` says for the data (an image file: fitted to the model as its
+// own data). Other targets are left as they are. Throws Error for an index out of range.
+void load_reference(Target& target, const Model& model, const Dataset& data, const Preprocess& pre);
+
+// --model, --input-shape, --output, --threads, --seed, --max-image-pixels, --allow-nonfinite and the
 // preprocessing options (--preprocess,
 // --mean, --std, --resize, --crop, --pixel-range, --bgr, --classes).
 void add_model_options(CLI::App& app, CommonOptions& o);

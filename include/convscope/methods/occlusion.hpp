@@ -52,15 +52,8 @@ namespace convscope {
 
 class Model;
 
-enum class OcclusionScore {
-    Logit,  // the model's raw output for the target class
-    Prob,   // softmax probability of the target class
-};
 enum class OcclusionMode { Full, Incremental, Approximate };
-// "logit" | "prob" and "full" | "incremental" | "approximate"; the parsers throw UsageError
-// naming the valid ones.
-const char* occlusion_score_name(OcclusionScore score);
-OcclusionScore parse_occlusion_score(const std::string& name);
+// "full" | "incremental" | "approximate"; the parser throws UsageError naming the valid ones.
 const char* occlusion_mode_name(OcclusionMode mode);
 OcclusionMode parse_occlusion_mode(const std::string& name);
 
@@ -68,8 +61,8 @@ struct OcclusionOptions {
     int64_t patch_h = 4, patch_w = 4;    // occluder size in input pixels (>= 1, <= the input)
     int64_t stride_y = 2, stride_x = 2;  // step between positions (>= 1)
     Baseline baseline;  // what the window holds; Blur's automatic sigma is max(H, W) / 8
-    Target target;      // whose score drops
-    OcclusionScore score = OcclusionScore::Logit;
+    Target target;      // whose score drops (its score: logit, prob or sigmoid; classes, regions
+                        // of dense outputs, similarity); Approximate needs a class of [N,K] outputs
     OcclusionMode mode = OcclusionMode::Incremental;
     int64_t batch_size = 0;  // occluded copies per forward pass (>= 1); 0 = automatic: 512 in the
                              // incremental engine's modes for models with at most 4 MiB of
@@ -103,14 +96,16 @@ struct OcclusionResult {
     int64_t positions_y = 0, positions_x = 0;  // window positions per axis (PY, PX)
     at::Tensor occlusion;    // [N,C,H,W] float32: per pixel the mean drop of the windows covering it
     at::Tensor coarse;       // [N,PY,PX] float32: drop for the window at (py*stride_y, px*stride_x)
+    // Dense outputs: the class probabilities are their means over the image's region;
+    // similarity targets have no classes (classes -1, probabilities: the similarity).
     at::Tensor top_class;    // [N,PY,PX] int64: the most likely class with that window occluded
     at::Tensor top_prob;     // [N,PY,PX] float32: its probability
     at::Tensor target_prob;  // [N,PY,PX] float32: the target's probability with the window occluded
     at::Tensor evaluated;    // [N,PY,PX] bool: the model ran for this position (false: interpolated,
                              // only in Approximate mode)
-    at::Tensor clean_score;  // [N] float32: the target's score (logit or prob) on the clean image
+    at::Tensor clean_score;  // [N] float32: the target's score on the clean image
     at::Tensor clean_prob;   // [N] float32: the target's probability on the clean image
-    std::vector<int64_t> targets;    // [N] target class per image
+    std::vector<int64_t> targets;    // [N] target class per image (-1: similarity)
     std::vector<int64_t> predicted;  // [N] class predicted for the clean image
     std::vector<double> ssim;         // Approximate with compare_exact: per image, SSIM of the
                                       // occlusion map against the exact one (else empty)

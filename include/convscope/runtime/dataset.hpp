@@ -127,6 +127,11 @@ private:
 // for an index out of range (naming the valid range).
 std::vector<int64_t> parse_indices(const std::string& spec, int64_t n);
 
+// Decodes one image file (PNG, JPEG, BMP, WebP, TIFF, PGM/PPM) to float32 [C,H,W] in [0,1],
+// C = 1 (gray) or 3 (RGB), alpha dropped. The size is checked from the header first
+// (set_max_image_pixels). Throws Error for a missing, empty, corrupt or oversized file.
+at::Tensor read_image(const std::string& path);
+
 // One batch from the loader.
 struct Batch {
     at::Tensor images;             // [B,C,H,W] float32, preprocessed

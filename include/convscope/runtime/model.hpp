@@ -56,6 +56,15 @@ struct LayerInfo {
     bool is_linear = false;             // a Linear
 };
 
+// One tensor the model returns. forward may return a tensor, a tuple or list of tensors, or a
+// dict from names to tensors (torchvision's segmentation models: {"out": ..., "aux": ...}).
+struct OutputInfo {
+    std::string name;            // "output" for a single tensor, the position ("0", "1", ...) in a
+                                 // tuple or list, the key in a dict
+    std::vector<int64_t> shape;  // without the batch dimension, for input_shape()
+    bool chosen = false;         // the output every method reads (Model::select_output)
+};
+
 // Result of a forward pass with taps. Tensors are float32, batch first.
 struct TapResult {
     at::Tensor output;                      // model output, e.g. logits [N,K]
@@ -99,11 +108,24 @@ public:
     std::vector<std::string> conv_layer_names() const;
     // The last layer before the output layer whose output is 1-D (for embeddings), else "".
     std::string penultimate_layer() const;
-    // Number of output classes (size of the output's last dimension).
+    // The model's outputs with their shapes for input_shape() (one forward pass of a zero image).
+    std::vector<OutputInfo> outputs() const;
+    // Chooses the output that forward passes, gradients and every method read: a dict key or a
+    // position; "" = the default (the dict entry "out", else the first tensor). The graph is cut
+    // to it, so layers only the other outputs need leave the layer table. Throws Error listing
+    // the outputs if there is no such one.
+    void select_output(const std::string& name);
+    // The chosen output's name (see OutputInfo::name).
+    const std::string& output_name() const;
+    // Number of output classes: the size of the output's dimension 1 ([N,K] logits, [N,K,H,W]
+    // dense scores); 1 for an output [N].
     int64_t num_classes() const;
 
     // Plain forward: images_nchw [N,C,H,W] float32 -> output. No autograd.
     at::Tensor forward(const at::Tensor& images_nchw) const;
+    // The same without check_input, for callers that checked the images already (occlusion's
+    // copies of checked images).
+    at::Tensor forward_unchecked(const at::Tensor& images_nchw) const;
     // Forward that also returns the outputs of the named layers ("taps"). No autograd. A tap
     // holds the layer's output as computed, even if later in-place ops change that tensor.
     TapResult forward_taps(const at::Tensor& images_nchw, const std::vector<std::string>& layers) const;

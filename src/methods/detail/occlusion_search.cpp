@@ -40,24 +40,40 @@ void evaluate(Evaluator& ev, const Grid& g, const std::vector<Job>& jobs, std::v
             ys.push_back(g.ys[which[i].pos]);
             xs.push_back(g.xs[which[i].pos]);
         }
-        at::Tensor logits = ev.outputs(img, ys, xs).to(torch::kFloat).contiguous();
-        at::Tensor probs = torch::softmax(logits, 1).contiguous();
-        auto top = probs.max(1);
-        const at::Tensor top_p = std::get<0>(top).contiguous(), top_c = std::get<1>(top).contiguous();
-        const int64_t K = logits.size(1);
-        const float* lp = logits.data_ptr<float>();
-        const float* pp = probs.data_ptr<float>();
-        const float* tp = top_p.data_ptr<float>();
-        const int64_t* tc = top_c.data_ptr<int64_t>();
+        const at::Tensor out = ev.outputs(img, ys, xs).to(torch::kFloat).contiguous();
+        const TargetScorer& scorer = *runs[which[start].img].scorer;
+        std::vector<int64_t> rows;
+        for (size_t i = start; i < end; ++i) rows.push_back(runs[which[i].img].image);
+        const at::Tensor scores = scorer.scores(out, rows).contiguous();
+        // The class probabilities (for dense outputs over the image's region): the target's and
+        // the most likely class's.
+        at::Tensor probs = scorer.class_probs(out, rows);
+        at::Tensor top_p, top_c;
+        const float* pp = nullptr;
+        int64_t K = 0;
+        if (probs.defined()) {
+            auto top = probs.max(1);
+            top_p = std::get<0>(top).contiguous();
+            top_c = std::get<1>(top).contiguous();
+            probs = probs.contiguous();
+            pp = probs.data_ptr<float>();
+            K = probs.size(1);
+        }
+        const float* sp = scores.data_ptr<float>();
         for (size_t i = start; i < end; ++i) {
             const int64_t b = static_cast<int64_t>(i - start), pos = which[i].pos;
             ImageRun& r = runs[which[i].img];
             const int64_t t = r.clean.target;
-            const float score = o.score == OcclusionScore::Logit ? lp[b * K + t] : pp[b * K + t];
-            r.d.drop[pos] = r.clean.score - score;
-            r.d.target_prob[pos] = pp[b * K + t];
-            r.d.top_prob[pos] = tp[b];
-            r.d.top_class[pos] = tc[b];
+            r.d.drop[pos] = r.clean.score - sp[b];
+            if (probs.defined()) {
+                r.d.target_prob[pos] = pp[b * K + t];
+                r.d.top_prob[pos] = top_p.data_ptr<float>()[b];
+                r.d.top_class[pos] = top_c.data_ptr<int64_t>()[b];
+            } else {  // similarity: no classes
+                r.d.target_prob[pos] = sp[b];
+                r.d.top_prob[pos] = 0;
+                r.d.top_class[pos] = -1;
+            }
             r.d.evaluated[pos] = 1;
         }
         forwards += static_cast<int64_t>(end - start);

@@ -55,12 +55,14 @@ struct Drops {
 };
 
 struct CleanInfo {
-    int64_t target = 0;
-    float score = 0;  // target's logit or probability
+    int64_t target = 0;  // the class (-1: similarity)
+    float score = 0;     // the target's score on the clean image
 };
 
 // One image of the group being processed.
 struct ImageRun {
+    const TargetScorer* scorer = nullptr;  // scores the image's copies (shared by the runs)
+    int64_t image = 0;                     // the image's index in the scorer's batch
     CleanInfo clean;
     int64_t predicted = 0;
     Drops d;

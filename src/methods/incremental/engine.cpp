@@ -22,8 +22,7 @@ at::Tensor first_tensor(const c10::IValue& v) {
     if (v.isTensor()) return v.toTensor();
     if (v.isTuple() && !v.toTupleRef().elements().empty() && v.toTupleRef().elements()[0].isTensor())
         return v.toTupleRef().elements()[0].toTensor();
-    throw Error("the model does not return a tensor from forward: occlusion needs a classifier "
-                "that returns logits [N,K]");
+    throw Error("the model's chosen output is not a tensor: choose a tensor output with --output");
 }
 }  // namespace
 

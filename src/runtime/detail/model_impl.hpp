@@ -40,7 +40,21 @@ struct Model::Impl {
     mutable std::vector<int64_t> layers_for_shape;
     mutable std::map<std::string, std::shared_ptr<jit::GraphFunction>> functions;
 
+    // The outputs (model_outputs.cpp): what forward returns, the entries known from the graph
+    // ("output" for a single tensor, positions for tuples and lists, keys for dicts), the one
+    // asked for ("" = the default) and the one chosen.
+    enum class OutputKind { Tensor, Tuple, List, Dict };
+    OutputKind output_kind = OutputKind::Tensor;
+    std::vector<std::string> output_names;
+    std::string output_spec, output_name;
+
+    // Builds the graph (with the chosen output) and the layer table's names from the module.
     void analyse();
+    // Makes the graph return the chosen entry alone and removes what only the others need.
+    // Throws Error listing the outputs for an entry that does not exist.
+    void choose_output();
+    // The chosen entry of what module.forward returned.
+    at::Tensor output_of(const c10::IValue& value) const;
     // A function computing (output, taps..., [tap grads probes as inputs]) for the given plan.
     // with_output = false: the graph ends at the taps (the model output is not computed).
     std::shared_ptr<jit::GraphFunction> function_for(const std::vector<std::string>& taps,

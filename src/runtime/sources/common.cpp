@@ -8,6 +8,7 @@
 #include <opencv2/imgproc.hpp>
 #include <set>
 
+#include "convscope/runtime/dataset.hpp"
 #include "convscope/runtime/error.hpp"
 #include "convscope/runtime/image_header.hpp"
 #include "convscope/runtime/io.hpp"
@@ -165,4 +166,9 @@ at::Tensor decode_image(const std::string& path) {
     return chw;
 }
 
+
 }  // namespace convscope::sources
+
+namespace convscope {
+at::Tensor read_image(const std::string& path) { return sources::decode_image(path); }
+}  // namespace convscope

@@ -1,0 +1,168 @@
+// Models with several outputs and targets beyond one class logit, against PyTorch in Python
+// (tests/fixtures/target_fixtures.py): torchvision's scripted LR-ASPP and FCN-ResNet50 (dict
+// outputs) with region targets, an embedding model with similarity and sigmoid targets, and a
+// model returning a tuple. Occlusion (full and incremental) and saliency equal brute force.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "convscope/methods/attribution.hpp"
+#include "convscope/methods/occlusion.hpp"
+#include "convscope/methods/target.hpp"
+#include "convscope/runtime/error.hpp"
+#include "convscope/runtime/io.hpp"
+#include "convscope/runtime/model.hpp"
+#include "convscope/runtime/render.hpp"
+#include "test_util.hpp"
+
+using namespace convscope;
+
+namespace {
+
+std::string target_file(const std::string& name) { return fixture("targets/" + name); }
+
+nlohmann::json cases() {
+    std::ifstream f(target_file("cases.json"));
+    return nlohmann::json::parse(f);
+}
+
+Model load_with_input(const std::string& file, const at::Tensor& x) {
+    Model m = Model::load(target_file(file));
+    m.set_input_shape({x.size(1), x.size(2), x.size(3)});
+    return m;
+}
+
+// The case's target as the command line would give it (a similarity reference: item 2).
+Target target_of(const nlohmann::json& c, const at::Tensor& x) {
+    Target t = parse_target(c["target"].get<std::string>());
+    t.score = parse_score(c["score"].get<std::string>());
+    t.region = parse_region(c["region"].get<std::string>());
+    if (t.kind == Target::Kind::Similarity) t.reference_input = x.slice(0, 2, 3);
+    return t;
+}
+
+}  // namespace
+
+TEST(TargetOutputs, OcclusionAndSaliencyEqualPyTorchForEveryKindOfTarget) {
+    const nlohmann::json all = cases();
+    for (const auto& [name, c] : all.items()) {
+        SCOPED_TRACE(name);
+        const at::Tensor x = read_npy(target_file(c["input"].get<std::string>()));
+        Model model = load_with_input(c["model"].get<std::string>(), x);
+        if (c["output"] != "out") model.select_output(c["output"].get<std::string>());
+        const Target target = target_of(c, x);
+        const std::vector<int64_t> classes = c["classes"].get<std::vector<int64_t>>();
+
+        OcclusionOptions o;
+        o.patch_h = o.patch_w = c["patch"].get<int64_t>();
+        o.stride_y = o.stride_x = c["stride"].get<int64_t>();
+        o.target = target;
+        const at::Tensor coarse = read_npy(target_file(name + "_coarse.npy"));
+        for (OcclusionMode mode : {OcclusionMode::Full, OcclusionMode::Incremental}) {
+            SCOPED_TRACE(occlusion_mode_name(mode));
+            o.mode = mode;
+            const OcclusionResult r = occlusion(model, x, o);
+            EXPECT_EQ(r.targets, classes);
+            expect_close(r.coarse, coarse, 1e-4, "coarse drops");
+            expect_close(r.clean_score, read_npy(target_file(name + "_scores.npy")), 1e-5, "clean scores");
+        }
+
+        AttributionOptions ao;
+        ao.method = AttributionMethod::Saliency;
+        ao.target = target;
+        const AttributionResult a = attribute(model, x, ao);
+        EXPECT_EQ(a.targets, classes);
+        expect_close(a.attributions, read_npy(target_file(name + "_saliency.npy")), 1e-3, "saliency");
+        expect_close(a.scores, read_npy(target_file(name + "_scores.npy")), 1e-5, "scores");
+    }
+}
+
+TEST(TargetOutputs, DictAndTupleOutputsAreListedAndChosen) {
+    const at::Tensor x = read_npy(target_file("fcn_input.npy"));
+    Model fcn = load_with_input("fcn.pt", x);
+    EXPECT_EQ(fcn.output_name(), "out");
+    const auto outs = fcn.outputs();
+    ASSERT_EQ(outs.size(), 2u);
+    EXPECT_EQ(outs[0].name, "out");
+    EXPECT_EQ(outs[0].shape, (std::vector<int64_t>{3, 32, 32}));
+    EXPECT_TRUE(outs[0].chosen);
+    EXPECT_EQ(outs[1].name, "aux");
+    EXPECT_FALSE(outs[1].chosen);
+    EXPECT_EQ(fcn.num_classes(), 3);
+    // The auxiliary head is not part of "out": cut from the graph and the layer table.
+    const auto has_layer = [](const Model& m, const std::string& n) {
+        for (const auto& l : m.layers())
+            if (l.name == n) return true;
+        return false;
+    };
+    EXPECT_FALSE(has_layer(fcn, "aux_classifier.4"));
+    fcn.select_output("aux");
+    EXPECT_TRUE(has_layer(fcn, "aux_classifier.4"));
+    EXPECT_FALSE(has_layer(fcn, "classifier.4"));
+    EXPECT_TRUE(fcn.outputs()[1].chosen);
+    expect_error([&] { fcn.select_output("logits"); }, "has no output 'logits': its outputs are out, aux");
+    EXPECT_EQ(fcn.output_name(), "aux");  // a failed choice keeps the last one
+
+    const at::Tensor t = read_npy(target_file("tuple_input.npy"));
+    Model tup = load_with_input("tuple.pt", t);
+    EXPECT_EQ(tup.output_name(), "0");
+    expect_close(tup.forward(t), read_npy(target_file("tuple_out0.npy")), 1e-5, "output 0");
+    expect_close(tup.forward_taps(t, {"conv"}).output, read_npy(target_file("tuple_out0.npy")), 1e-5, "tapped 0");
+    tup.select_output("1");
+    expect_close(tup.forward(t), read_npy(target_file("tuple_out1.npy")), 1e-5, "output 1");
+    const auto g = tup.gradients(t, [](const TapResult& r) { return r.output.sum(); });
+    EXPECT_EQ(g.forward.output.sizes(), (std::vector<int64_t>{2, 6}));
+    expect_error([&] { tup.select_output("2"); }, "its outputs are 0, 1");
+    expect_error([&] { tup.select_output("out"); }, "name an entry by its position");
+}
+
+TEST(TargetOutputs, BadTargetsOnDenseAndVectorOutputsSayWhatToDo) {
+    const at::Tensor x = read_npy(target_file("lraspp_input.npy"));
+    Model model = load_with_input("lraspp.pt", x);
+    const at::Tensor out = model.forward(x);  // [2,4,64,64]
+    Target t;
+    t.region = parse_region("box:0,0,65,10");
+    expect_error([&] { TargetScorer(model, t, out); }, "is outside the output, which is 64 wide and 64 high");
+    // A class the clean prediction assigns to no pixel.
+    const at::Tensor predicted = out.argmax(1);
+    int64_t absent = -1;
+    for (int64_t k = 0; k < 4 && absent < 0; ++k)
+        if (!(predicted[0] == k).any().item<bool>()) absent = k;
+    if (absent >= 0) {
+        t = parse_target(std::to_string(absent));
+        expect_error([&] { TargetScorer(model, t, out); }, "is not predicted anywhere in image 0");
+    }
+    t = parse_target("7");
+    expect_error([&] { TargetScorer(model, t, out); }, "target class 7 is out of range: the model has 4 classes");
+    t = parse_target("label");
+    t.labels = {0, 1};
+    expect_error([&] { TargetScorer(model, t, out); }, "takes one class per image");
+    TempDir dir;
+    const std::string mask = dir / "mask.png";
+    write_png(mask, cv::Mat(10, 20, CV_8UC3, cv::Scalar(255, 255, 255)));
+    t = Target{};
+    t.region = parse_region("mask:" + mask);
+    expect_error([&] { TargetScorer(model, t, out); }, "is 20x10 but the output is 64x64");
+    // A region on a classifier, a class target on an output without a class axis.
+    const at::Tensor logits = torch::randn({2, 5});
+    t = Target{};
+    t.region = parse_region("all");
+    expect_error([&] { TargetScorer(model, t, logits); }, "needs a dense output [N,K,H,W]");
+    expect_error([&] { TargetScorer(model, Target{}, torch::randn({2, 3, 5})); }, "a class target needs an output [N,K]");
+    // Similarity with a reference whose output does not match.
+    t = parse_target("similarity:ref");
+    t.reference_input = x.slice(0, 0, 1);
+    expect_error([&] { TargetScorer(model, t, logits); }, "the reference's output has");
+    t.reference_input = at::Tensor();
+    expect_error([&] { check_target(t, 2); }, "has no reference image");
+    // The approximate occlusion's correction follows class logits.
+    OcclusionOptions o;
+    o.mode = OcclusionMode::Approximate;
+    o.patch_h = o.patch_w = 16;
+    o.stride_y = o.stride_x = 16;
+    expect_error([&] { occlusion(model, x, o); }, "use --mode incremental");
+    for (const std::string bad : {"box:1,2,3", "box:5,5,5,9", "box:-1,0,4,4", "square", "mask:"})
+        EXPECT_THROW(parse_region(bad), UsageError) << bad;
+}
