@@ -52,6 +52,10 @@ int64_t auto_coarse_step(const OcclusionOptions& o) {
 constexpr int64_t kFullBatch = 128;
 constexpr int64_t kIncrementalBatch = 512;
 constexpr int64_t kSmallModelBytes = int64_t{4} << 20;
+// ... and a batch's outputs stay within kOutputBatchBytes (at least 32 copies): a dense output
+// (segmentation maps) is formed in full for every copy, and batches of them that leave the
+// cache cost more than the engine saves (see bench/RESULTS.md).
+constexpr int64_t kOutputBatchBytes = int64_t{16} << 20;
 
 std::string dims(int64_t a, int64_t b) { return std::to_string(a) + "x" + std::to_string(b); }
 
@@ -250,6 +254,10 @@ Setup prepare(const Model& model, const at::Tensor& x, const at::Tensor& baselin
         }
     }
     if (!s.images_set) s.clean_out = clean_outputs(model, x, o.batch_size);
+    if (auto_batch) {
+        const int64_t out_bytes = std::max<int64_t>(1, s.clean_out[0].numel() * int64_t{4});
+        while (o.batch_size > 32 && o.batch_size * out_bytes > kOutputBatchBytes) o.batch_size /= 2;
+    }
     r.batch_size = o.batch_size;
     s.scorer = std::make_unique<TargetScorer>(model, o.target, s.clean_out);
     r.targets = s.scorer->classes();

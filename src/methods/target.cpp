@@ -276,13 +276,15 @@ at::Tensor TargetScorer::scores(const at::Tensor& outputs, const std::vector<int
 
 at::Tensor TargetScorer::class_probs(const at::Tensor& outputs, const std::vector<int64_t>& rows) const {
     if (similarity()) return at::Tensor();
-    const at::Tensor p = torch::softmax(outputs.detach().to(torch::kFloat), 1);
-    if (!dense()) return p;
+    const at::Tensor out = outputs.detach().to(torch::kFloat);
+    if (!dense()) return torch::softmax(out, 1);
     std::vector<int64_t> which = rows;
     if (which.empty())
         for (int64_t i = 0; i < outputs.size(0); ++i) which.push_back(i);
-    const at::Tensor wt = weights_.index_select(0, torch::tensor(which, torch::kLong));
-    return (p * wt.unsqueeze(1)).sum({2, 3});
+    // The region's mean logits [R,K] (one batched matrix product), then their softmax.
+    const int64_t r = out.size(0), k = out.size(1), hw = out.size(2) * out.size(3);
+    const at::Tensor wt = weights_.index_select(0, torch::tensor(which, torch::kLong)).reshape({r, hw, 1});
+    return torch::softmax(torch::bmm(out.reshape({r, k, hw}), wt).squeeze(2), 1);
 }
 
 Baseline parse_baseline(const std::string& spec) {

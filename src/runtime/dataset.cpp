@@ -176,7 +176,9 @@ Dataset Dataset::open(const std::string& spec, const DatasetOptions& opts) {
     std::error_code ec;
     const fs::path path(spec);
     bool installed_idx = false;
-    if (spec.rfind("fashion-mnist", 0) == 0 && !fs::exists(path, ec)) {
+    if (spec == "fashion-mnist-scenes" && !fs::exists(path, ec)) {
+        d.source = sources::open_scenes();
+    } else if (spec.rfind("fashion-mnist", 0) == 0 && !fs::exists(path, ec)) {
         d.source = sources::open_fashion_mnist(spec);
     } else if (fs::is_directory(path, ec)) {
         d.source = sources::open_folder(path);

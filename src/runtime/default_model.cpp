@@ -19,12 +19,13 @@
 #include "convscope/runtime/error.hpp"
 #include "convscope/runtime/io.hpp"
 #include "convscope/runtime/preprocess.hpp"
+#include "runtime/detail/builtin_layers.hpp"
 
 namespace convscope {
 
 namespace jit = torch::jit;
 
-namespace {
+namespace detail {
 
 jit::Module make_module(const std::shared_ptr<jit::CompilationUnit>& cu, const std::string& cls) {
     jit::Module m(c10::QualifiedName("__torch__.convscope." + cls), cu, /*shouldMangle=*/true);
@@ -32,18 +33,18 @@ jit::Module make_module(const std::shared_ptr<jit::CompilationUnit>& cu, const s
     return m;
 }
 
-jit::Module conv2d(const std::shared_ptr<jit::CompilationUnit>& cu, int64_t in, int64_t out) {
+jit::Module conv2d(const std::shared_ptr<jit::CompilationUnit>& cu, int64_t in, int64_t out, int64_t kernel,
+                   int64_t dilation) {
     auto m = make_module(cu, "Conv2d");
     // He-uniform initialisation (the layers are followed by BatchNorm and ReLU).
-    const double fan_in = static_cast<double>(in * 9);
+    const double fan_in = static_cast<double>(in * kernel * kernel);
     const double bound = 1.0 / std::sqrt(fan_in);
     const double w_bound = std::sqrt(6.0 / fan_in);
-    m.register_parameter("weight", (torch::empty({out, in, 3, 3}).uniform_(-w_bound, w_bound)).requires_grad_(true), false);
+    m.register_parameter("weight", (torch::empty({out, in, kernel, kernel}).uniform_(-w_bound, w_bound)).requires_grad_(true), false);
     m.register_parameter("bias", (torch::empty({out}).uniform_(-bound, bound)).requires_grad_(true), false);
-    m.define(R"JIT(
-def forward(self, x):
-    return torch.conv2d(x, self.weight, self.bias, [1, 1], [1, 1], [1, 1], 1)
-)JIT");
+    const std::string pad = std::to_string(dilation * (kernel / 2)), dil = std::to_string(dilation);
+    m.define("def forward(self, x):\n    return torch.conv2d(x, self.weight, self.bias, [1, 1], [" + pad + ", " + pad +
+             "], [" + dil + ", " + dil + "], 1)\n");
     return m;
 }
 
@@ -100,6 +101,27 @@ def forward(self, x):
     return m;
 }
 
+void save_module_atomic(jit::Module& net, const std::string& out_path, const std::string& metadata_json) {
+    jit::ExtraFilesMap extra{{"convscope.json", metadata_json}};
+    namespace fs = std::filesystem;
+    const fs::path target(out_path);
+    if (target.has_parent_path()) fs::create_directories(target.parent_path());
+    const std::string tmp = out_path + ".tmp" + std::to_string(::getpid());
+    try {
+        net.save(tmp, extra);
+        fs::rename(tmp, target);
+    } catch (const std::exception& e) {
+        std::error_code ec;
+        fs::remove(tmp, ec);
+        throw Error("cannot write model file '" + out_path + "' (" + e.what() + ")");
+    }
+}
+
+}  // namespace detail
+
+namespace {
+using namespace detail;
+
 // conv1-bn1-relu1-conv2-bn2-relu2-pool1 | conv3-bn3-relu3-conv4-bn4-relu4-pool2 | fc1-relu5-drop-fc2
 jit::Module build_default_module() {
     auto cu = std::make_shared<jit::CompilationUnit>();
@@ -138,15 +160,17 @@ def forward(self, x):
 
 }  // namespace
 
-std::string default_model_path() {
+std::string builtin_model_path(const std::string& file) {
     namespace fs = std::filesystem;
     fs::path dir;
     if (const char* d = std::getenv("CONVSCOPE_CACHE_DIR"); d && *d) dir = d;
     else if (const char* x = std::getenv("XDG_CACHE_HOME"); x && *x) dir = fs::path(x) / "convscope";
     else if (const char* h = std::getenv("HOME"); h && *h) dir = fs::path(h) / ".cache" / "convscope";
     else dir = fs::temp_directory_path() / "convscope-cache";
-    return (dir / "default-fashion-mnist.pt").string();
+    return (dir / file).string();
 }
+
+std::string default_model_path() { return builtin_model_path("default-fashion-mnist.pt"); }
 
 namespace {
 // The built-in model's metadata: Fashion-MNIST's input shape, normalisation and class names.
@@ -258,20 +282,7 @@ TrainResult train_default_model(const std::string& out_path, const TrainOptions&
                         {"class_names", meta.class_names}, {"dataset", meta.dataset},
                         {"test_accuracy", accuracy}, {"epochs", opts.epochs}, {"seed", opts.seed},
                         {"train_images", n_train}};
-    jit::ExtraFilesMap extra{{"convscope.json", json_text(j, 2)}};
-    namespace fs = std::filesystem;
-    const fs::path target(out_path);
-    if (target.has_parent_path()) fs::create_directories(target.parent_path());
-    // Save to a temporary name in the same folder, then rename: never a half-written model.
-    const std::string tmp = out_path + ".tmp" + std::to_string(::getpid());
-    try {
-        net.save(tmp, extra);
-        fs::rename(tmp, target);
-    } catch (const std::exception& e) {
-        std::error_code ec;
-        fs::remove(tmp, ec);
-        throw Error("cannot write model file '" + out_path + "' (" + e.what() + ")");
-    }
+    save_module_atomic(net, out_path, json_text(j, 2));
     return result;
 }
 

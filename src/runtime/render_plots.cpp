@@ -15,6 +15,33 @@ namespace convscope {
 
 using namespace render_detail;
 
+cv::Mat segmentation_overlay(const cv::Mat& base_rgb, const at::Tensor& classes_hw, const at::Tensor& region_hw,
+                             float alpha) {
+    const int H = base_rgb.rows, W = base_rgb.cols;
+    const at::Tensor cls = classes_hw.to(torch::kLong).contiguous();
+    const int64_t h = cls.size(0), w = cls.size(1);
+    const at::Tensor reg = region_hw.defined() ? region_hw.to(torch::kBool).contiguous() : at::Tensor();
+    const int64_t* c = cls.data_ptr<int64_t>();
+    const bool* r = reg.defined() ? reg.data_ptr<bool>() : nullptr;
+    auto inside = [&](int64_t y, int64_t x) { return y >= 0 && x >= 0 && y < h && x < w && r[y * w + x]; };
+    const float a = std::clamp(alpha, 0.f, 1.f);
+    cv::Mat out = base_rgb.clone();
+    for (int y = 0; y < H; ++y)
+        for (int x = 0; x < W; ++x) {
+            const int64_t sy = int64_t(y) * h / H, sx = int64_t(x) * w / W;
+            cv::Vec3b& px = out.at<cv::Vec3b>(y, x);
+            if (r && inside(sy, sx) &&
+                (!inside(sy - 1, sx) || !inside(sy + 1, sx) || !inside(sy, sx - 1) || !inside(sy, sx + 1))) {
+                px = cv::Vec3b(255, 255, 255);
+                continue;
+            }
+            const cv::Scalar col = category_colour(c[sy * w + sx]);
+            for (int k = 0; k < 3; ++k)
+                px[k] = cv::saturate_cast<uint8_t>((1 - a) * px[k] + a * col[k]);
+        }
+    return out;
+}
+
 cv::Scalar category_colour(int64_t label) {
     // Twelve hand-picked colours that stay apart from each other and from the gray of unknowns.
     static const int palette[12][3] = {{34, 102, 204},  {235, 120, 20}, {40, 160, 60},

@@ -26,6 +26,7 @@ expect_fail 1 "has no output 'logits': its outputs are out, aux" describe --mode
 $PY -c "import numpy as np; np.save('$T/lraspp.npy', np.load('$D/lraspp_input.npy')); np.save('$T/embed.npy', np.load('$D/embed_input.npy'))"
 "$BIN" occlusion --model "$D/lraspp.pt" --data "$T/lraspp.npy" --indices 0:2 --target 1 --score prob \
     --region box:8,16,40,48 --patch 16 --stride 8 --out "$T/occ" > /dev/null
+[ -s "$T/occ/segmentation/0.png" ] || { echo "no segmentation picture"; exit 1; }
 "$BIN" attribute --method saliency --model "$D/embed.pt" --data "$T/embed.npy" --indices 0:3 \
     --target similarity:2 --out "$T/sim" > /dev/null
 $PY - "$T" "$D" <<'PY'

@@ -198,6 +198,7 @@ RunFn setup(CLI::App& app) {
             write_npy(out.file("baselines.npy", "integrated-gradients baselines [N,C,H,W] float32"), r.baselines);
 
         nlohmann::json items = write_pictures(out, r, model, data, indices, pre, images, cmap, a->alpha);
+        write_segmentation_pictures(out, model, ao.target, images, pre.to_display(images), indices);
         const nlohmann::json summary = make_summary(ao, r, model, data, std::move(items), o->seed);
         write_json(out.file("summary.json", "targets, scores and (integrated gradients) the completeness gap per item"),
                    summary);

@@ -279,6 +279,7 @@ RunFn setup(CLI::App& app) {
         nlohmann::json all = nlohmann::json::array();
         for (int64_t n = 0; n < images.size(0); ++n)
             all.push_back(write_image(dir, r, n, indices[n], display, opts, data, names, score_name(opts.target.score)));
+        write_segmentation_pictures(dir, model, run_opts.target, images, display, indices);
         const nlohmann::json summary = make_summary(r, opts, std::move(all), seconds);
         write_json(dir.file("summary.json", "all images' summaries, forward passes, time, engine"), summary);
         dir.write_manifest();

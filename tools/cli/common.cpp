@@ -12,6 +12,7 @@
 
 #include "convscope/runtime/default_model.hpp"
 #include "convscope/runtime/error.hpp"
+#include "convscope/runtime/render.hpp"
 #include "convscope/runtime/strings.hpp"
 
 namespace convscope::cli {
@@ -304,6 +305,25 @@ void load_reference(Target& t, const Model& model, const Dataset& data, const Pr
     }
     Dataset ref = Dataset::open(t.reference);
     t.reference_input = ref.batch({0}, preprocess_for(model, ref));
+}
+
+void write_segmentation_pictures(OutputDir& out, const Model& model, const Target& target, const at::Tensor& images,
+                                 const at::Tensor& display, const std::vector<int64_t>& indices) {
+    if (target.kind == Target::Kind::Similarity) return;
+    const at::Tensor outputs = model.forward(images);
+    if (outputs.dim() != 4) return;
+    const TargetScorer scorer(model, target, outputs);
+    const int factor = readable_factor(static_cast<int>(images.size(2)), static_cast<int>(images.size(3)), 160);
+    for (size_t i = 0; i < indices.size(); ++i) {
+        const int64_t n = static_cast<int64_t>(i);
+        const cv::Mat base = upscale_nearest(image_from_hwc_uint8(display[n]), factor);
+        const cv::Mat seg = segmentation_overlay(base, outputs[n].argmax(0), scorer.region_weights()[n] > 0);
+        const std::string stem = std::to_string(indices[i]);
+        write_png(out.file("segmentation/" + stem + ".png",
+                           "item " + stem + " and its predicted classes, the explained region (class " +
+                               std::to_string(scorer.classes()[i]) + ") outlined in white"),
+                  side_by_side({base, seg}));
+    }
 }
 
 OutputDir open_out(const CommonOptions& o, const nlohmann::json& options, const Model* model) {

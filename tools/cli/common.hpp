@@ -124,6 +124,12 @@ SelectedInputs open_selected_inputs(const CommonOptions& o);
 
 // The process's command line (set by main).
 std::string& command_line();
+// For a model whose output is dense ([N,K,H,W], segmentation): per image
+// `segmentation/<index>.png`, the input beside its predicted classes with the target's region
+// outlined (as fixed from the clean image). Other models: nothing.
+void write_segmentation_pictures(OutputDir& out, const Model& model, const Target& target, const at::Tensor& images,
+                                 const at::Tensor& display_nhwc, const std::vector<int64_t>& indices);
+
 // An output folder for --out with the manifest's command, options and model.
 OutputDir open_out(const CommonOptions& o, const nlohmann::json& options, const Model* model);
 

@@ -67,7 +67,8 @@ struct OcclusionOptions {
     int64_t batch_size = 0;  // occluded copies per forward pass (>= 1); 0 = automatic: 512 in the
                              // incremental engine's modes for models with at most 4 MiB of
                              // activations per image (their copies hold only small patches),
-                             // else 128
+                             // else 128; in every mode halved (to 32 at least) while a batch's
+                             // outputs exceed 16 MiB (dense outputs, formed in full per copy)
 
     // Approximate mode.
     double tau = 0;             // projective-field threshold in (0, 1]; 1 = no thresholding;
@@ -96,7 +97,7 @@ struct OcclusionResult {
     int64_t positions_y = 0, positions_x = 0;  // window positions per axis (PY, PX)
     at::Tensor occlusion;    // [N,C,H,W] float32: per pixel the mean drop of the windows covering it
     at::Tensor coarse;       // [N,PY,PX] float32: drop for the window at (py*stride_y, px*stride_x)
-    // Dense outputs: the class probabilities are their means over the image's region;
+    // Dense outputs: the class probabilities are the softmax of the region's mean logits;
     // similarity targets have no classes (classes -1, probabilities: the similarity).
     at::Tensor top_class;    // [N,PY,PX] int64: the most likely class with that window occluded
     at::Tensor top_prob;     // [N,PY,PX] float32: its probability

@@ -94,8 +94,9 @@ public:
     // Scores [R] of outputs [R,...] (differentiable): row r is scored as image rows[r] (an
     // index into the batch; empty: row r is image r).
     at::Tensor scores(const at::Tensor& outputs, const std::vector<int64_t>& rows = {}) const;
-    // [R,K] the class probabilities each row's most likely class is read from (softmax; for
-    // dense outputs its mean over the image's region); undefined for similarity.
+    // [R,K] the class probabilities each row's most likely class is read from: the softmax of
+    // the logits, for dense outputs of their mean over the image's region; undefined for
+    // similarity.
     at::Tensor class_probs(const at::Tensor& outputs, const std::vector<int64_t>& rows = {}) const;
 
 private:

@@ -23,7 +23,10 @@ struct TrainOptions {
 
 struct TrainResult {
     std::string path;          // where the TorchScript file was written
-    double test_accuracy = 0;  // on the test split (or its first test_limit images)
+    double test_accuracy = 0;  // on the test split (or its first test_limit images); segment:
+                               // the share of held-out scene pixels labelled right
+    double mean_iou = 0;       // segment: mean over the classes of the intersection over union
+                               // of predicted and true pixels, on the held-out scenes
     double seconds = 0;        // training time
     int epochs = 0;
 };
@@ -37,8 +40,10 @@ constexpr double kFashionStd = 0.3530;
 TrainResult train_default_model(const std::string& out_path, const TrainOptions& opts,
                                 const ProgressFn& progress = {});
 
-// Where the cached default model lives: $CONVSCOPE_CACHE_DIR, else $XDG_CACHE_HOME/convscope,
-// else ~/.cache/convscope; file default-fashion-mnist.pt.
+// Where the cached built-in models live: $CONVSCOPE_CACHE_DIR, else $XDG_CACHE_HOME/convscope,
+// else ~/.cache/convscope; `file` in that folder.
+std::string builtin_model_path(const std::string& file);
+// The classifier's file there: default-fashion-mnist.pt.
 std::string default_model_path();
 
 // Loads the cached default model, training it first (about 2-3 minutes on 2 cores) if there is
@@ -48,6 +53,27 @@ Model load_default_model(const ProgressFn& progress = {});
 // The built-in model's architecture and metadata with fresh random weights from `seed`, in eval
 // mode (for tests and fuzzing that need a model without data or training).
 Model untrained_default_model(uint64_t seed = 0);
+
+// The built-in segmentation model: scenes of 64x64 pixels with two or three Fashion-MNIST items
+// (each in its own quarter of the canvas, shifted at random by up to 4 pixels), labelled per
+// pixel with the item's class + 1 where the item's ink exceeds 0.1, else 0 (background). The
+// network: conv1-bn1-relu1-pool1, conv2 and conv3 blocks (32x32, 32 channels), pool2, conv4 and
+// conv5 blocks (16x16, 64), pool3, conv6 and conv7 (dilation 2) blocks (8x8, 64); head (1x1, 11
+// classes) upsampled bilinearly x4 plus skip (1x1 on relu3), upsampled x2: output
+// [N,11,64,64]. The wide context sits at 8x8, where it is cheap, so an occluder changes little
+// of the costly layers.
+// Options: epochs (default here: 3), batch_size, learning_rate, seed; train_limit = training
+// scenes (0 = 12,000, drawn from the training split), test_limit = held-out scenes (0 = 1,000,
+// from the test split). Writes the model atomically with its metadata (input shape,
+// normalisation, class names "background" and Fashion-MNIST's, mean_iou).
+TrainResult train_segment_model(const std::string& out_path, TrainOptions opts, const ProgressFn& progress = {});
+// The segmentation model's cache file: segment-fashion-mnist.pt.
+std::string segment_model_path();
+// Loads the cached segmentation model, training it first (a few minutes on 2 cores) if needed.
+Model load_segment_model(const ProgressFn& progress = {});
+// Held-out scenes as the training makes them: images [N,1,64,64] in [0,1] and labels [N,64,64]
+// int64, from Fashion-MNIST's test split with `seed`.
+std::pair<at::Tensor, at::Tensor> segment_scenes(int64_t n, uint64_t seed, bool train_split = false);
 
 // Top-1 accuracy of a classifier on labelled data (items in `indices`, all when empty).
 double evaluate_accuracy(const Model& model, const Dataset& data,

@@ -204,6 +204,13 @@ cv::Mat overlay(const cv::Mat& base_rgb, const cv::Mat& heat_rgb, float alpha);
 cv::Mat overlay_map(const cv::Mat& base_rgb, const at::Tensor& map_hw, Colormap cmap, Range r,
                     float alpha = 0.5f);
 
+// A segmentation over base_rgb: every pixel tinted with category_colour of its class in
+// classes_hw [h,w] (int64, any resolution: scaled to base's size, nearest) with alpha, and the
+// pixels of region_hw [h,w] (bool, optional) that touch a pixel outside it drawn white: the
+// predicted mask with the explained region outlined.
+cv::Mat segmentation_overlay(const cv::Mat& base_rgb, const at::Tensor& classes_hw, const at::Tensor& region_hw,
+                             float alpha = 0.45f);
+
 // ---------------------------------------------------------------------------------------------
 // Plots
 

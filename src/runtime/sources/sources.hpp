@@ -30,6 +30,7 @@ at::Tensor decode_image(const std::string& path);
 // The formats. Each throws Error naming the problem and the fix.
 std::unique_ptr<DataSource> open_idx(const fs::path& images);             // sources/idx.cpp
 std::unique_ptr<DataSource> open_fashion_mnist(const std::string& spec);  // sources/idx.cpp
+std::unique_ptr<DataSource> open_scenes();  // sources/scenes.cpp: "fashion-mnist-scenes"
 std::unique_ptr<DataSource> open_folder(const fs::path& dir);             // sources/folder.cpp
 std::unique_ptr<DataSource> open_image(const fs::path& file);             // sources/folder.cpp
 std::unique_ptr<DataSource> open_npy(const fs::path& array);              // sources/npy.cpp
