@@ -25,15 +25,9 @@
 using namespace convscope;
 
 using convscope::bench::median;
-using convscope::bench::seconds_since;
+using convscope::bench::seconds_of;
 
 namespace {
-
-double seconds_of(const std::function<void()>& f) {
-    const auto t0 = std::chrono::steady_clock::now();
-    f();
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
 
 // Runs each function once per round, in an order rotated from round to round, so that machine
 // noise and order effects hit all of them alike; returns every function's time in every round.

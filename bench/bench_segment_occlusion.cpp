@@ -31,15 +31,9 @@
 
 using namespace convscope;
 using convscope::bench::median;
-using convscope::bench::seconds_since;
+using convscope::bench::seconds_of;
 
 namespace {
-
-double seconds_of(const std::function<void()>& f) {
-    const auto t0 = std::chrono::steady_clock::now();
-    f();
-    return seconds_since(t0);
-}
 
 // "--name value" pairs into the given integers; false (with a message) for anything else.
 bool parse_args(int argc, char** argv, const std::vector<std::pair<std::string, int64_t*>>& options) {

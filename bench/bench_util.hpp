@@ -2,12 +2,20 @@
 // Small timing helpers shared by the benchmarks.
 #include <algorithm>
 #include <chrono>
+#include <functional>
 #include <vector>
 
 namespace convscope::bench {
 
 inline double seconds_since(std::chrono::steady_clock::time_point t0) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// Wall-clock seconds that f takes.
+inline double seconds_of(const std::function<void()>& f) {
+    const auto t0 = std::chrono::steady_clock::now();
+    f();
+    return seconds_since(t0);
 }
 
 // The median (the mean of the two middle values for an even count); 0 for none.
