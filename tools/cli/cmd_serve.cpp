@@ -4,6 +4,7 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
@@ -129,12 +130,24 @@ RunFn setup(CLI::App& app) {
                   << " on http://" << (a->host.find(':') != std::string::npos ? "[" + a->host + "]" : a->host)
                   << ":" << port << "/" << std::endl;
 
-        std::thread waiter([&web, signals]() {
+        // The waiter is joined before `web` is destroyed: a detached one could still be inside
+        // web.stop() while the main thread tears the server down. If serve() ends without a
+        // signal (an error), the waiter is woken with one.
+        std::atomic<bool> signalled{false};
+        std::thread waiter([&web, &signalled, signals]() {
             int sig = 0;
             sigwait(&signals, &sig);
+            signalled = true;
             web.stop();
         });
-        waiter.detach();
+        struct JoinWaiter {
+            std::thread& t;
+            std::atomic<bool>& signalled;
+            ~JoinWaiter() {
+                if (!signalled) pthread_kill(t.native_handle(), SIGTERM);
+                t.join();
+            }
+        } join_waiter{waiter, signalled};
         web.serve();
         std::cerr << "convscope: server stopped\n";
         return 0;
