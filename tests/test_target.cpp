@@ -87,6 +87,45 @@ TEST(Target, ScoresFollowTheirDefinitions) {
     expect_close(box.class_probs(dense), torch::softmax(mean_logits, 1), 1e-6, "class probs");
 }
 
+// Every class's score at once (feature visualisation), against the same definitions.
+TEST(Target, EveryClassScoreFollowsItsDefinition) {
+    torch::manual_seed(7);
+    const at::Tensor logits = torch::randn({3, 5});
+    Target t;
+    expect_close(every_class_score(logits, t), logits, 1e-6, "logit");
+    t.score = Score::Sigmoid;
+    expect_close(every_class_score(logits, t), torch::sigmoid(logits), 1e-6, "sigmoid");
+    t.score = Score::Prob;
+    expect_close(every_class_score(logits, t), torch::softmax(logits, 1), 1e-6, "prob");
+    const at::Tensor dense = torch::randn({2, 4, 6, 8});
+    t.region = parse_region("box:1,2,7,5");
+    expect_close(every_class_score(dense, t),
+                 torch::softmax(dense, 1).slice(2, 2, 5).slice(3, 1, 7).mean({2, 3}), 1e-6, "box, prob");
+    t.score = Score::Logit;
+    t.region.kind = Region::Kind::All;
+    expect_close(every_class_score(dense, t), dense.mean({2, 3}), 1e-6, "all");
+    t.region.kind = Region::Kind::Mask;
+    t.region.mask = torch::zeros({6, 8}, torch::kBool);
+    t.region.mask[0][0] = true;
+    t.region.mask[5][7] = true;
+    const at::Tensor two = (dense.select(3, 0).select(2, 0) + dense.select(3, 7).select(2, 5)) / 2;
+    expect_close(every_class_score(dense, t), two, 1e-6, "mask");
+    expect_error([&] { every_class_score(logits, t); }, "needs a dense output");
+    expect_error([&] { every_class_score(torch::randn({2, 3, 4}), Target{}); }, "needs an output [N,K]");
+    // Similarity: the cosine with the reference, one column.
+    const Model model = load_lenet();
+    const at::Tensor x = torch::rand({3, 1, 28, 28});
+    const at::Tensor ref = unit_reference(model, x.slice(0, 0, 1));
+    const at::Tensor out = model.forward(x), r0 = model.forward(x.slice(0, 0, 1))[0];
+    Target sim = parse_target("similarity:0");
+    const at::Tensor got = every_class_score(out, sim, ref);
+    ASSERT_EQ(got.sizes(), (std::vector<int64_t>{3, 1}));
+    for (int64_t i = 0; i < 3; ++i)
+        EXPECT_NEAR(got[i][0].item<double>(),
+                    (out[i] * r0).sum().item<double>() / (out[i].norm() * r0.norm()).item<double>(), 1e-5);
+    EXPECT_NEAR(got[0][0].item<double>(), 1.0, 1e-5);
+}
+
 TEST(Baseline, ParseAndNameRoundTrip) {
     for (const std::string spec : {"zero", "mean", "blur", "blur:2.5", "0.5", "-1"})
         EXPECT_EQ(baseline_name(parse_baseline(spec)), spec);

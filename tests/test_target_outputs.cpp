@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "convscope/methods/attribution.hpp"
+#include "convscope/methods/feature_vis.hpp"
 #include "convscope/methods/occlusion.hpp"
 #include "convscope/methods/target.hpp"
 #include "convscope/runtime/error.hpp"
@@ -165,4 +166,41 @@ TEST(TargetOutputs, BadTargetsOnDenseAndVectorOutputsSayWhatToDo) {
     expect_error([&] { occlusion(model, x, o); }, "use --mode incremental");
     for (const std::string bad : {"box:1,2,3", "box:5,5,5,9", "box:-1,0,4,4", "square", "mask:"})
         EXPECT_THROW(parse_region(bad), UsageError) << bad;
+}
+
+// Feature visualisation with the targets that need no clean image: the image most like a
+// reference (cosine similarity, on the embedding model) and a class's mean probability over a
+// box of a segmentation output (LR-ASPP). The reported objective is recomputed here from the
+// model's outputs by the targets' definitions, and the optimisation raises it.
+TEST(TargetOutputs, FeatureVisualisationTakesSimilarityAndRegionTargets) {
+    const at::Tensor ex = read_npy(target_file("embed_input.npy"));
+    Model embed = load_with_input("embed.pt", ex);
+    FeatureVisOptions o;
+    o.objective = FeatureVisOptions::Objective::Similarity;
+    o.units = {0};
+    o.steps = 40;
+    o.learning_rate = 0.1;
+    o.target.reference_input = ex.slice(0, 1, 2);
+    const FeatureVisResult r = feature_vis(embed, o);
+    const at::Tensor a = embed.forward(r.images)[0], b = embed.forward(o.target.reference_input)[0];
+    EXPECT_NEAR(r.activation[0].item<double>(), ((a * b).sum() / (a.norm() * b.norm())).item<double>(), 1e-5);
+    EXPECT_GT(r.activation[0].item<double>(), r.initial_activation[0].item<double>() + 0.05);
+    o.units = {1};
+    expect_error([&] { feature_vis(embed, o); }, "one unit, 0");
+
+    const at::Tensor lx = read_npy(target_file("lraspp_input.npy"));
+    Model seg = load_with_input("lraspp.pt", lx);
+    FeatureVisOptions c;
+    c.objective = FeatureVisOptions::Objective::Class;
+    c.units = {3};
+    c.steps = 4;
+    c.learning_rate = 0.1;
+    c.target.score = Score::Prob;
+    c.target.region = parse_region("box:8,8,40,24");
+    const FeatureVisResult cr = feature_vis(seg, c);
+    const at::Tensor p = torch::softmax(seg.forward(cr.images), 1).select(1, 3).slice(1, 8, 24).slice(2, 8, 40);
+    EXPECT_NEAR(cr.activation[0].item<double>(), p.mean().item<double>(), 1e-5);
+    EXPECT_GT(cr.activation[0].item<double>(), cr.initial_activation[0].item<double>());
+    c.target.region = parse_region("box:8,8,80,24");
+    expect_error([&] { feature_vis(seg, c); }, "is outside the output");
 }

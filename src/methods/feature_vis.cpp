@@ -58,13 +58,26 @@ Space input_space(const Model& model, const FeatureVisOptions& o) {
     return s;
 }
 
-// The objective of every unit the layer or output has: [N,K].
-at::Tensor all_objectives(const FeatureVisOptions& o, const TapResult& r) {
-    if (o.objective == FeatureVisOptions::Objective::Class) return r.output;
-    at::Tensor t = r.taps.at(o.layer);
-    if (t.dim() >= 3) return t.flatten(2).mean(2);
-    return t;
-}
+// The objective of every unit the layer or output has: [N,K] (similarity: [N,1]).
+struct Objectives {
+    const FeatureVisOptions* o;
+    Target target;         // o->target, of kind Similarity for that objective
+    at::Tensor reference;  // Objective::Similarity: the reference's output, unit length
+
+    Objectives(const Model& model, const FeatureVisOptions& options) : o(&options), target(options.target) {
+        if (o->objective == FeatureVisOptions::Objective::Similarity) {
+            target.kind = Target::Kind::Similarity;
+            reference = unit_reference(model, target.reference_input);
+        }
+    }
+    bool channel() const { return o->objective == FeatureVisOptions::Objective::Channel; }
+    at::Tensor operator()(const TapResult& r) const {
+        if (!channel()) return every_class_score(r.output, target, reference);
+        at::Tensor t = r.taps.at(o->layer);
+        if (t.dim() >= 3) return t.flatten(2).mean(2);
+        return t;
+    }
+};
 
 void check_options(const Model& model, const FeatureVisOptions& o) {
     if (o.units.empty())
@@ -83,7 +96,12 @@ void check_options(const Model& model, const FeatureVisOptions& o) {
         throw Error("the batch size must be at least 1");
     int64_t count = 0;
     std::string what;
-    if (o.objective == FeatureVisOptions::Objective::Class) {
+    if (o.objective == FeatureVisOptions::Objective::Similarity) {
+        if (o.units != std::vector<int64_t>{0})
+            throw Error("a similarity objective has one unit, 0: the image most like the reference");
+        if (!o.target.reference_input.defined())
+            throw Error("a similarity objective needs its reference (--similarity INDEX|IMAGE)");
+    } else if (o.objective == FeatureVisOptions::Objective::Class) {
         count = model.num_classes();
         what = "class";
         for (int64_t u : o.units)
@@ -217,14 +235,14 @@ const std::string& feature_vis_param_name(FeatureVisParam param) {
 }
 
 namespace {
-at::Tensor objective_of_units(const Model& model, const FeatureVisOptions& o,
-                              const at::Tensor& images_nchw) {
+at::Tensor objective_of_units(const Model& model, const Objectives& objectives, const at::Tensor& images_nchw) {
+    const FeatureVisOptions& o = *objectives.o;
     TapResult r;
-    if (o.objective == FeatureVisOptions::Objective::Class)
+    if (!objectives.channel())
         r.output = model.forward(images_nchw);
     else
         r = model.forward_taps(images_nchw, {o.layer});
-    const at::Tensor all = all_objectives(o, r);
+    const at::Tensor all = objectives(r);
     return all.index_select(1, torch::tensor(o.units, torch::kLong)).to(torch::kFloat).contiguous();
 }
 }  // namespace
@@ -232,16 +250,17 @@ at::Tensor objective_of_units(const Model& model, const FeatureVisOptions& o,
 at::Tensor feature_vis_objective(const Model& model, const FeatureVisOptions& o,
                                  const at::Tensor& images_nchw) {
     check_options(model, o);
-    return objective_of_units(model, o, images_nchw);
+    return objective_of_units(model, Objectives(model, o), images_nchw);
 }
 
 namespace {
 
 // The optimisation of every unit's image, in chunks of batch_size units; the progress runs to
 // `share`.
-void optimise(const Model& model, const FeatureVisOptions& o, const Space& space, const RunContext& context,
+void optimise(const Model& model, const Objectives& all_objectives, const Space& space, const RunContext& context,
               double share, FeatureVisResult& result) {
-    const bool channel = o.objective == FeatureVisOptions::Objective::Channel;
+    const FeatureVisOptions& o = *all_objectives.o;
+    const bool channel = all_objectives.channel();
     const std::vector<std::string> taps =
         channel ? std::vector<std::string>{o.layer} : std::vector<std::string>{};
     const int64_t u_count = static_cast<int64_t>(o.units.size());
@@ -261,7 +280,7 @@ void optimise(const Model& model, const FeatureVisOptions& o, const Space& space
             const at::Tensor start = space.normalise(param.pixels()).contiguous();
             TapResult r =
                 channel ? model.forward_until(start, taps) : TapResult{model.forward(start), {}};
-            init_out.push_back(gather_rows(all_objectives(o, r), units));
+            init_out.push_back(gather_rows(all_objectives(r), units));
         }
         for (int step = 0; step < o.steps; ++step) {
             torch::AutoGradMode grad_mode(true);
@@ -272,7 +291,7 @@ void optimise(const Model& model, const FeatureVisOptions& o, const Space& space
             // d objective / d input from the runtime, then carried back to the parameters through
             // this graph: d(sum(input * g)) / d param = J^T g.
             const auto objective = [&](const TapResult& r) {
-                return gather_rows(all_objectives(o, r), units).sum();
+                return gather_rows(all_objectives(r), units).sum();
             };
             // A channel's objective needs the graph only up to its layer.
             auto g = channel ? model.gradients_until(input.detach().contiguous(), objective, taps)
@@ -293,7 +312,7 @@ void optimise(const Model& model, const FeatureVisOptions& o, const Space& space
         const at::Tensor final_input = space.normalise(pixels).contiguous();
         TapResult r = channel ? model.forward_until(final_input, taps)
                               : TapResult{model.forward(final_input), {}};
-        act_out.push_back(gather_rows(all_objectives(o, r), units));
+        act_out.push_back(gather_rows(all_objectives(r), units));
         pixels_out.push_back(pixels);
     }
 
@@ -314,9 +333,10 @@ void optimise(const Model& model, const FeatureVisOptions& o, const Space& space
 // Each unit's best activation over the items of data (empty indices: all) and the ratio of the
 // synthetic image's to it; the progress runs from share0 to 1.
 void dataset_best(const Model& model, const Dataset& data, const std::vector<int64_t>& dataset_indices,
-                  const FeatureVisOptions& o, const Space& space, const ProgressFn& progress, double share0,
+                  const Objectives& objectives, const Space& space, const ProgressFn& progress, double share0,
                   FeatureVisResult& result) {
     torch::NoGradGuard no_grad;
+    const FeatureVisOptions& o = *objectives.o;
     const int64_t u_count = static_cast<int64_t>(o.units.size());
     std::vector<int64_t> indices = dataset_indices;
     if (indices.empty())
@@ -331,7 +351,7 @@ void dataset_best(const Model& model, const Dataset& data, const std::vector<int
     Batch batch;
     int64_t done = 0;
     while (loader.next(batch)) {
-        const at::Tensor obj = objective_of_units(model, o, batch.images);  // [B,U]
+        const at::Tensor obj = objective_of_units(model, objectives, batch.images);  // [B,U]
         const auto [vals, rows] = obj.max(0);
         const at::Tensor better = vals > best;
         best = torch::where(better, vals, best);
@@ -356,14 +376,15 @@ FeatureVisResult run_feature_vis(const Model& model, const Dataset* data, const 
     if (o.size < 0) throw Error("the feature visualisation size must be >= 0 (0 = the model's input size)");
     if (o.size > 0 && !channel && model.has_input_shape() &&
         (o.size != model.input_shape()[1] || o.size != model.input_shape()[2]))
-        throw Error("a class objective needs the model's input size: leave the size at 0");
+        throw Error("a class or similarity objective needs the model's input size: leave the size at 0");
     const double share = data ? 0.9 : 1.0;  // of the progress for the optimisation
     FeatureVisResult result;
     result.layer = channel ? o.layer : "";
     result.units = o.units;
     report_progress(context.progress, 0.0);
-    optimise(model, o, space, context, share, result);
-    if (data) dataset_best(model, *data, indices, o, space, context.progress, share, result);
+    const Objectives objectives(model, o);
+    optimise(model, objectives, space, context, share, result);
+    if (data) dataset_best(model, *data, indices, objectives, space, context.progress, share, result);
     report_progress(context.progress, 1.0);
     return result;
 }

@@ -200,13 +200,10 @@ TargetScorer::TargetScorer(const Model& model, const Target& t, const at::Tensor
     const int64_t b = out.size(0);
     if (t.kind == Target::Kind::Similarity) {
         check_target(t, b);
-        const at::Tensor ref = model.forward(t.reference_input).to(torch::kFloat).reshape({-1});
-        if (ref.numel() != out[0].numel())
-            throw Error("the reference's output has " + std::to_string(ref.numel()) + " values but the images' have " +
-                        std::to_string(out[0].numel()));
-        const double norm = ref.norm().item<double>();
-        if (!(norm > 0)) throw Error("the reference's output is zero: a similarity with it is undefined");
-        reference_ = ref / norm;
+        reference_ = unit_reference(model, t.reference_input);
+        if (reference_.numel() != out[0].numel())
+            throw Error("the reference's output has " + std::to_string(reference_.numel()) +
+                        " values but the images' have " + std::to_string(out[0].numel()));
         classes_.assign(static_cast<size_t>(b), -1);
         return;
     }
@@ -247,6 +244,47 @@ TargetScorer::TargetScorer(const Model& model, const Target& t, const at::Tensor
     }
 }
 
+namespace {
+// Cosine similarity [R] of each row of outputs [R,...] with a unit-length reference [F].
+at::Tensor cosine_rows(const at::Tensor& outputs, const at::Tensor& reference) {
+    const at::Tensor flat = outputs.reshape({outputs.size(0), -1});
+    const at::Tensor ref = reference.to(flat.scalar_type());
+    return (flat * ref.unsqueeze(0)).sum(1) / flat.norm(2, 1).clamp_min(1e-12);
+}
+}  // namespace
+
+at::Tensor unit_reference(const Model& model, const at::Tensor& reference_input) {
+    torch::NoGradGuard no_grad;
+    if (!reference_input.defined()) throw Error("a similarity target needs its reference (similarity:INDEX|IMAGE)");
+    const at::Tensor ref = model.forward(reference_input).detach().to(torch::kFloat).reshape({-1});
+    const double norm = ref.norm().item<double>();
+    if (!(norm > 0)) throw Error("the reference's output is zero: a similarity with it is undefined");
+    return ref / norm;
+}
+
+at::Tensor every_class_score(const at::Tensor& outputs, const Target& t, const at::Tensor& reference) {
+    if (t.kind == Target::Kind::Similarity) {
+        CONVSCOPE_CHECK(reference.defined(), "a unit reference (unit_reference) for similarity");
+        if (reference.numel() != outputs[0].numel())
+            throw Error("the reference's output has " + std::to_string(reference.numel()) +
+                        " values but the images' have " + std::to_string(outputs[0].numel()));
+        return cosine_rows(outputs, reference).unsqueeze(1);
+    }
+    if (outputs.dim() != 2 && outputs.dim() != 4)
+        throw Error("a class score needs an output [N,K] (classes) or [N,K,H,W] (classes per pixel), but the "
+                    "model's output is " + output_shape_str(outputs) + ": choose another output (--output)");
+    if (outputs.dim() == 2 && t.region.kind != Region::Kind::Pred)
+        throw Error("--region " + region_name(t.region) + " needs a dense output [N,K,H,W] (segmentation), but "
+                    "the model's output is " + output_shape_str(outputs) + ": leave --region out");
+    at::Tensor s = t.score == Score::Prob ? torch::softmax(outputs, 1)
+                   : t.score == Score::Sigmoid ? torch::sigmoid(outputs)
+                                               : outputs;
+    if (outputs.dim() == 2) return s;
+    const at::Tensor pixels = region_pixels(t.region, outputs.size(2), outputs.size(3));
+    const at::Tensor w = pixels.to(s.scalar_type()) / pixels.sum().to(s.scalar_type());
+    return (s * w).sum({2, 3});
+}
+
 at::Tensor TargetScorer::scores(const at::Tensor& outputs, const std::vector<int64_t>& rows) const {
     const int64_t r = outputs.size(0);
     std::vector<int64_t> which = rows;
@@ -254,11 +292,7 @@ at::Tensor TargetScorer::scores(const at::Tensor& outputs, const std::vector<int
         for (int64_t i = 0; i < r; ++i) which.push_back(i);
     CONVSCOPE_CHECK(static_cast<int64_t>(which.size()) == r, "one image per row");
     const at::Tensor index = torch::tensor(which, torch::kLong);
-    if (similarity()) {
-        const at::Tensor flat = outputs.reshape({r, -1});
-        const at::Tensor ref = reference_.to(flat.scalar_type());
-        return (flat * ref.unsqueeze(0)).sum(1) / flat.norm(2, 1).clamp_min(1e-12);
-    }
+    if (similarity()) return cosine_rows(outputs, reference_);
     std::vector<int64_t> cls(static_cast<size_t>(r));
     for (int64_t i = 0; i < r; ++i) cls[static_cast<size_t>(i)] = classes_.at(static_cast<size_t>(which[i]));
     const at::Tensor c = torch::tensor(cls, torch::kLong);

@@ -45,6 +45,39 @@ s = json.load(open(t + "/sim/summary.json"))
 assert s["target"] == "similarity:2" and abs(s["items"][2]["score"] - 1) < 1e-5, s
 PY
 
+# Feature visualisation with a similarity target (the image most like item 2) and with a
+# class's probability over a box of the segmentation output; the reported objective is
+# recomputed from the saved image with PyTorch.
+"$BIN" feature-vis --model "$D/embed.pt" --input-shape 3,16,16 --data "$T/embed.npy" --similarity 2 \
+    --steps 24 --out "$T/fv_sim" > /dev/null
+"$BIN" feature-vis --model "$D/lraspp.pt" --input-shape 3,64,64 --class 1 --score prob --region box:8,16,40,48 \
+    --steps 3 --out "$T/fv_box" > /dev/null
+$PY - "$T" "$D" <<'PY'
+import json, sys
+import numpy as np, torch
+t, d = sys.argv[1], sys.argv[2]
+s = json.load(open(t + "/fv_sim/feature_vis.json"))
+assert s["objective"] == "similarity" and s["similarity"] == "2", s
+m = torch.jit.load(d + "/embed.pt")
+x = torch.from_numpy(np.load(t + "/fv_sim/images.npy"))
+ref = torch.from_numpy(np.load(d + "/embed_input.npy")[2:3])
+with torch.no_grad():
+    cos = float(torch.nn.functional.cosine_similarity(m(x), m(ref))[0])
+u = s["units"][0]
+assert abs(u["activation"] - cos) < 1e-4 and u["activation"] > u["initial_activation"], (u, cos)
+assert abs(u["dataset_best"] - 1) < 1e-4 and u["dataset_best_index"] == 2, u
+s = json.load(open(t + "/fv_box/feature_vis.json"))
+assert s["score"] == "prob" and s["region"] == "box:8,16,40,48", s
+m = torch.jit.load(d + "/lraspp.pt")
+x = torch.from_numpy(np.load(t + "/fv_box/images.npy"))
+with torch.no_grad():
+    p = float(torch.softmax(m(x)["out"], 1)[0, 1, 16:48, 8:40].mean())
+assert abs(s["units"][0]["activation"] - p) < 1e-4, (s["units"][0], p)
+PY
+expect_fail 2 "which feature visualisation has not" feature-vis --model "$D/lraspp.pt" --input-shape 3,64,64 --class 1 --region pred
+expect_fail 2 "give --data, or an image file" feature-vis --model "$D/embed.pt" --input-shape 3,16,16 --similarity 2
+expect_fail 2 "are for class objectives" feature-vis --model "$D/embed.pt" --input-shape 3,16,16 --layer conv1 --score prob
+
 # Bad combinations: one message each.
 seg=(--model "$D/lraspp.pt" --data "$T/lraspp.npy" --index 0 --patch 16 --stride 16 --out "$T/bad")
 expect_fail 1 "is outside the output, which is 64 wide and 64 high" occlusion "${seg[@]}" --region box:0,0,80,10

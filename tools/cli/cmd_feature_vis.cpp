@@ -18,6 +18,7 @@ struct FeatureVisArgs {
     std::string layer;
     std::string channels;
     std::string classes;
+    std::string score = "logit", region, similarity;
     std::string param = "fourier";
     FeatureVisOptions lib;  // defaults for the numeric options
 };
@@ -50,6 +51,15 @@ void add_options(CLI::App& app, FeatureVisArgs& args) {
     auto* cl = app.add_option("--class", a->classes,
                               "visualise class scores instead: a class index or slice");
     ch->excludes(cl);
+    auto* sim = app.add_option("--similarity", a->similarity,
+                               "synthesise the input whose output is most like this reference's (cosine "
+                               "similarity): an item of --data or an image file");
+    sim->excludes(ch)->excludes(cl);
+    app.add_option("--score", a->score, "with --class: logit, prob (softmax) or sigmoid (multi-label)")
+        ->capture_default_str();
+    app.add_option("--region", a->region,
+                   "with --class on a dense output [N,K,H,W]: the pixels whose mean score is maximised: all "
+                   "(the default), box:x0,y0,x1,y1 or mask:FILE.png");
     app.add_option("--param", a->param, "image parameterisation: pixel or fourier")
         ->capture_default_str();
     app.add_option("--steps", a->lib.steps, "optimisation steps")->capture_default_str();
@@ -75,7 +85,14 @@ void check_args(const FeatureVisArgs& a) {
     (void)parse_feature_vis_param(a.param);
     if (a.lib.steps < 1) throw UsageError("--steps must be at least 1, got " + std::to_string(a.lib.steps));
     if (a.lib.batch_size < 1) throw UsageError("--batch-size must be at least 1");
-    if (a.classes.empty() && a.layer.empty()) throw UsageError("give --layer L (with --channels a:b) or --class c");
+    if (a.classes.empty() && a.layer.empty() && a.similarity.empty())
+        throw UsageError("give --layer L (with --channels a:b), --class c or --similarity REF");
+    if (a.classes.empty() && (a.score != "logit" || !a.region.empty()))
+        throw UsageError("--score and --region are for class objectives: add --class c");
+    if (a.region == "pred")
+        throw UsageError("--region pred needs a clean image whose prediction fixes the pixels, which feature "
+                         "visualisation has not: use --region all, box:x0,y0,x1,y1 or mask:FILE.png");
+    (void)parse_score(a.score);
 }
 
 FeatureVisOptions resolve_options(const FeatureVisArgs& a, const CommonOptions& o, Model& model,
@@ -90,6 +107,11 @@ FeatureVisOptions resolve_options(const FeatureVisArgs& a, const CommonOptions& 
     if (by_class) {
         fo.objective = FeatureVisOptions::Objective::Class;
         fo.units = select_units(a.classes, model.num_classes(), "--class", "class");
+        fo.target.score = parse_score(a.score);
+        if (!a.region.empty()) fo.target.region = parse_region(a.region);
+    } else if (!a.similarity.empty()) {
+        fo.objective = FeatureVisOptions::Objective::Similarity;
+        fo.units = {0};
     } else {
         fo.objective = FeatureVisOptions::Objective::Channel;
         fo.layer = a.layer;
@@ -105,11 +127,26 @@ FeatureVisOptions resolve_options(const FeatureVisArgs& a, const CommonOptions& 
         fo.preprocess = model.meta().preprocess();
         fo.preprocess.input_shape = model.input_shape();
     }
+    if (!a.similarity.empty()) {
+        fo.target = parse_target("similarity:" + a.similarity);
+        load_reference(fo.target, model, data ? &*data : nullptr, fo.preprocess);
+    }
     return fo;
 }
 
 // A PNG per unit and the grid of all; returns the units' summaries.
-nlohmann::json write_units(OutputDir& out, const FeatureVisResult& r, bool by_class) {
+// "channel", "class" or "similarity".
+std::string objective_name(FeatureVisOptions::Objective objective) {
+    switch (objective) {
+    case FeatureVisOptions::Objective::Channel: return "channel";
+    case FeatureVisOptions::Objective::Class: return "class";
+    case FeatureVisOptions::Objective::Similarity: return "similarity";
+    }
+    return "";
+}
+
+nlohmann::json write_units(OutputDir& out, const FeatureVisResult& r, const std::string& kind) {
+    const bool by_class = kind == "class", similar = kind == "similarity";
     const int h = static_cast<int>(r.pixels.size(2)), w = static_cast<int>(r.pixels.size(3));
     const int factor = readable_factor(h, w, 128);
     std::vector<cv::Mat> tiles;
@@ -121,14 +158,13 @@ nlohmann::json write_units(OutputDir& out, const FeatureVisResult& r, bool by_cl
             r.display.defined() ? image_from_hwc_uint8(r.display[n])
                                 : image_from_chw_float(r.pixels[n].mean(0), Range{0.f, 1.f});
         const cv::Mat big = upscale_nearest(picture, factor);
-        const std::string name =
-            (by_class ? "class_" : "channel_") + std::to_string(r.units[i]);
-        write_png(out.file("units/" + name + ".png", (by_class ? "image maximising class "
-                                                               : "image maximising channel ") +
-                                                         std::to_string(r.units[i])),
+        const std::string unit = std::to_string(r.units[i]);
+        const std::string name = similar ? "similarity" : kind + "_" + unit;
+        write_png(out.file("units/" + name + ".png",
+                           similar ? "image whose output is most like the reference's" : "image maximising " + kind + " " + unit),
                   big);
         tiles.push_back(big);
-        captions.push_back((by_class ? "class " : "ch ") + std::to_string(r.units[i]));
+        captions.push_back(similar ? "similarity" : (by_class ? "class " : "ch ") + unit);
         nlohmann::json u = {{"unit", r.units[i]},
                             {"activation", r.activation[n].item<double>()},
                             {"initial_activation", r.initial_activation[n].item<double>()},
@@ -148,12 +184,17 @@ nlohmann::json write_units(OutputDir& out, const FeatureVisResult& r, bool by_cl
 return units;
 }
 
-void print_summary(const nlohmann::json& summary, const FeatureVisResult& r, bool by_class, const std::string& dir) {
+void print_summary(const nlohmann::json& summary, const FeatureVisResult& r, const std::string& kind,
+                   const std::string& dir) {
+    const bool by_class = kind == "class";
     const nlohmann::json& units = summary["units"];
     std::cout << "feature visualisation of " << r.units.size() << " unit(s)"
-              << (by_class ? std::string(" (classes)") : " of " + r.layer) << " -> " << dir << "\n";
+              << (by_class ? std::string(" (classes)") : kind == "similarity" ? " (similarity)" : " of " + r.layer)
+              << " -> " << dir << "\n";
     for (const auto& u : units) {
-        std::cout << "  " << (by_class ? "class " : "channel ") << u["unit"].get<int64_t>() << ": activation "
+        std::cout << "  " << (kind == "similarity" ? "similarity" : (by_class ? "class " : "channel ") +
+                                                                         std::to_string(u["unit"].get<int64_t>()))
+                  << ": activation "
                   << std::setprecision(4) << u["activation"].get<double>();
         if (u.contains("dataset_best")) {
             std::cout << ", dataset best " << u["dataset_best"].get<double>();
@@ -179,13 +220,16 @@ RunFn setup(CLI::App& app) {
         std::optional<Dataset> data;
         std::vector<int64_t> indices;  // of data to search; empty = all
         const FeatureVisOptions fo = resolve_options(*a, *o, model, data, indices);
-        const bool by_class = fo.objective == FeatureVisOptions::Objective::Class;
+        const std::string kind = objective_name(fo.objective);
         const RunContext ctx = run_context(*o, "feature-vis");
         const FeatureVisResult r = data ? feature_vis(model, *data, indices, fo, ctx) : feature_vis(model, fo, ctx);
 
         const nlohmann::json options = {{"layer", r.layer},
                                         {"units", r.units},
-                                        {"objective", by_class ? "class" : "channel"},
+                                        {"objective", kind},
+                                        {"score", kind == "class" ? a->score : ""},
+                                        {"region", a->region},
+                                        {"similarity", a->similarity},
                                         {"param", feature_vis_param_name(fo.param)},
                                         {"steps", fo.steps},
                                         {"lr", fo.learning_rate},
@@ -205,13 +249,16 @@ RunFn setup(CLI::App& app) {
             out.file("pixels.npy", "the same images in pixel space [U,C,H,W] float32 in [0,1]"),
             r.pixels);
 
-        const nlohmann::json units = write_units(out, r, by_class);
+        const nlohmann::json units = write_units(out, r, kind);
         nlohmann::json summary = {
-            {"model", model.path()}, {"objective", by_class ? "class" : "channel"},
+            {"model", model.path()}, {"objective", kind},
             {"layer", r.layer},      {"param", feature_vis_param_name(fo.param)},
             {"steps", fo.steps},     {"seed", o->seed},
             {"units", units}};
         if (data) summary["data"] = data->spec();
+        if (kind == "class") summary["score"] = a->score;
+        if (!a->region.empty()) summary["region"] = a->region;
+        if (kind == "similarity") summary["similarity"] = a->similarity;
         write_json(
             out.file("feature_vis.json",
                      "per unit: activation reached, starting activation, dataset best and ratio"),
@@ -219,7 +266,7 @@ RunFn setup(CLI::App& app) {
         out.write_manifest();
 
         if (o->json) std::cout << json_text(summary, 2) << "\n";
-        else print_summary(summary, r, by_class, out.dir());
+        else print_summary(summary, r, kind, out.dir());
         return 0;
     };
 }

@@ -293,9 +293,17 @@ Target parse_target_args(const TargetArgs& a) {
 }
 
 void load_reference(Target& t, const Model& model, const Dataset& data, const Preprocess& pre) {
+    load_reference(t, model, &data, pre);
+}
+
+void load_reference(Target& t, const Model& model, const Dataset* data_or_null, const Preprocess& pre) {
     if (t.kind != Target::Kind::Similarity) return;
     int64_t index = 0;
     if (detail::parse_int64(t.reference, index)) {
+        if (!data_or_null)
+            throw UsageError("the similarity reference " + t.reference + " is an item of --data: give --data, or an "
+                             "image file as the reference");
+        const Dataset& data = *data_or_null;
         if (index < 0 || index >= data.size())
             throw Error("the similarity reference " + t.reference + " is not an item of " + data.spec() + ", which has " +
                         std::to_string(data.size()) + " items (0.." + std::to_string(data.size() - 1) +

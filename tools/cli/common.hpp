@@ -68,6 +68,8 @@ Target parse_target_args(const TargetArgs& a);
 // file, preprocessed as `pre` says for the data (an image file: fitted to the model as its
 // own data). Other targets are left as they are. Throws Error for an index out of range.
 void load_reference(Target& target, const Model& model, const Dataset& data, const Preprocess& pre);
+// The same where there may be no data (nullptr: an index is a UsageError).
+void load_reference(Target& target, const Model& model, const Dataset* data_or_null, const Preprocess& pre);
 
 // --model, --input-shape, --output, --threads, --seed, --max-image-pixels, --allow-nonfinite and the
 // preprocessing options (--preprocess,

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "convscope/methods/target.hpp"
 #include "convscope/runtime/dataset.hpp"
 #include "convscope/runtime/run_context.hpp"
 
@@ -28,12 +29,18 @@ const std::string& feature_vis_param_name(FeatureVisParam param);
 
 struct FeatureVisOptions {
     enum class Objective {
-        Channel,  // the spatial mean of channel u of `layer` (for a 1-D layer: unit u)
-        Class,    // the model output (logit) of class u
+        Channel,     // the spatial mean of channel u of `layer` (for a 1-D layer: unit u)
+        Class,       // the score of class u, read from the output as `target` says
+        Similarity,  // the cosine similarity of the output with target.reference_input's (unit 0)
     };
     Objective objective = Objective::Channel;
     std::string layer;           // Objective::Channel: any layer (see Model::layers())
-    std::vector<int64_t> units;  // channels of `layer`, or classes; one image each (>= 1 of them)
+    std::vector<int64_t> units;  // channels of `layer`, or classes, or {0}; one image each (>= 1)
+    // Objective::Class: target.score (logit, prob, sigmoid) and, for a dense output [N,K,H,W],
+    // target.region (all, a box or a mask; pred, the default, counts as all: there is no clean
+    // image whose prediction would fix it). Objective::Similarity: target.reference_input.
+    // The same Target the other methods take (every_class_score); its kind is not used.
+    Target target;
 
     FeatureVisParam param = FeatureVisParam::Fourier;
     int steps = 256;              // optimisation steps (>= 1)
@@ -97,7 +104,7 @@ FeatureVisResult feature_vis(const Model& model, const FeatureVisOptions& option
 FeatureVisResult feature_vis(const Model& model, const Dataset& data, const std::vector<int64_t>& indices,
                              const FeatureVisOptions& options, const RunContext& context = {});
 
-// The objective (channel spatial mean, unit value, or class logit) of every unit for every
+// The objective (channel spatial mean, unit value, class score or similarity) of every unit for every
 // image: images_nchw [N,C,H,W] model inputs -> [N,U] float32. One forward pass. Exposed for
 // comparisons (e.g. the activation of noise images) and used for the dataset's best.
 at::Tensor feature_vis_objective(const Model& model, const FeatureVisOptions& options,

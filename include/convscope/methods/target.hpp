@@ -106,6 +106,17 @@ private:
     at::Tensor reference_;  // similarity: [F], unit length
 };
 
+// The model's output for a similarity reference [1,C,H,W], flattened to unit length [F]. Throws
+// Error for an undefined reference or a zero output.
+at::Tensor unit_reference(const Model& model, const at::Tensor& reference_input);
+// Every class's score [N,K] of outputs [N,K] or [N,K,H,W] (differentiable), read as target.score
+// says (target.kind and class_index are not used); of a dense output the mean over
+// target.region, fixed without a clean image: all, a box or a mask (pred, the default, counts
+// as all). For a similarity target [N,1]: the cosine similarity with `reference`
+// (unit_reference). For objectives without a clean image (feature visualisation). Throws Error
+// for an output of another shape and a region that does not fit it.
+at::Tensor every_class_score(const at::Tensor& outputs, const Target& target, const at::Tensor& reference = {});
+
 // The reference input.
 struct Baseline {
     enum class Kind {
