@@ -29,6 +29,9 @@ $PY -c "import numpy as np; np.save('$T/lraspp.npy', np.load('$D/lraspp_input.np
 [ -s "$T/occ/segmentation/0.png" ] || { echo "no segmentation picture"; exit 1; }
 "$BIN" attribute --method saliency --model "$D/embed.pt" --data "$T/embed.npy" --indices 0:3 \
     --target similarity:2 --out "$T/sim" > /dev/null
+"$BIN" occlusion --model "$D/embed.pt" --data "$T/embed.npy" --indices 0:2 --target similarity:2 --patch 4 \
+    --stride 4 --out "$T/occ_sim" > /dev/null
+[ -s "$T/occ_sim/similarity/0.png" ] && [ -s "$T/occ_sim/similarity/1.png" ] || { echo "no similarity pictures"; exit 1; }
 $PY - "$T" "$D" <<'PY'
 import json, sys
 import numpy as np
@@ -43,6 +46,11 @@ ref = np.load(d + "/embed_similarity_saliency.npy")
 assert np.abs(a - ref).max() <= 1e-3 * np.abs(ref).max(), np.abs(a - ref).max()
 s = json.load(open(t + "/sim/summary.json"))
 assert s["target"] == "similarity:2" and abs(s["items"][2]["score"] - 1) < 1e-5, s
+# The item and the reference side by side (16 px shown 10x, 8 px apart), each with its map.
+from PIL import Image
+for i in range(3):
+    w, h = Image.open(t + "/sim/similarity/%d.png" % i).size
+    assert (w, h) == (2 * 160 + 8, 160), (w, h)
 PY
 
 # Feature visualisation with a similarity target (the image most like item 2) and with a

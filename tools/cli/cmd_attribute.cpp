@@ -199,6 +199,18 @@ RunFn setup(CLI::App& app) {
 
         nlohmann::json items = write_pictures(out, r, model, data, indices, pre, images, cmap, a->alpha);
         write_segmentation_pictures(out, model, ao.target, images, pre.to_display(images), indices);
+        write_similarity_pictures(
+            out, ao.target, pre, images, r.heat, indices,
+            [&](const at::Tensor& item) {
+                AttributionOptions swapped = ao;
+                swapped.target.reference_input = item;
+                return attribute(model, ao.target.reference_input, swapped).heat[0];
+            },
+            [&](const at::Tensor& display, const at::Tensor& heat) {
+                const int factor = readable_factor(static_cast<int>(heat.size(0)), static_cast<int>(heat.size(1)), 160);
+                const Range range{0.f, cam ? value_range(heat).hi : percentile_range(heat, 0, 99.5).hi};
+                return overlay_map(upscale_nearest(image_from_hwc_uint8(display), factor), heat, cmap, range, a->alpha);
+            });
         const nlohmann::json summary = make_summary(ao, r, model, data, std::move(items), o->seed);
         write_json(out.file("summary.json", "targets, scores and (integrated gradients) the completeness gap per item"),
                    summary);

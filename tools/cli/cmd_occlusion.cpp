@@ -280,6 +280,18 @@ RunFn setup(CLI::App& app) {
         for (int64_t n = 0; n < images.size(0); ++n)
             all.push_back(write_image(dir, r, n, indices[n], display, opts, data, names, score_name(opts.target.score)));
         write_segmentation_pictures(dir, model, run_opts.target, images, display, indices);
+        write_similarity_pictures(
+            dir, run_opts.target, pre, images, r.occlusion.select(1, 0), indices,
+            [&](const at::Tensor& item) {
+                OcclusionOptions swapped = run_opts;
+                swapped.target.reference_input = item;
+                return occlusion(model, run_opts.target.reference_input, swapped).occlusion[0][0];
+            },
+            [](const at::Tensor& display, const at::Tensor& map) {
+                const int factor = readable_factor(static_cast<int>(map.size(0)), static_cast<int>(map.size(1)), 256);
+                return overlay_map(upscale_nearest(image_from_hwc_uint8(display), factor), map, Colormap::Diverging,
+                                   symmetric_range(map), 0.5f);
+            });
         const nlohmann::json summary = make_summary(r, opts, std::move(all), seconds);
         write_json(dir.file("summary.json", "all images' summaries, forward passes, time, engine"), summary);
         dir.write_manifest();

@@ -334,6 +334,23 @@ void write_segmentation_pictures(OutputDir& out, const Model& model, const Targe
     }
 }
 
+void write_similarity_pictures(OutputDir& out, const Target& target, const Preprocess& pre, const at::Tensor& images,
+                               const at::Tensor& maps, const std::vector<int64_t>& indices,
+                               const std::function<at::Tensor(const at::Tensor&)>& reference_map,
+                               const MapPainter& paint) {
+    if (target.kind != Target::Kind::Similarity) return;
+    const at::Tensor display = pre.to_display(images), ref_display = pre.to_display(target.reference_input);
+    for (size_t i = 0; i < indices.size(); ++i) {
+        const int64_t n = static_cast<int64_t>(i);
+        const at::Tensor ref_map = reference_map(images.slice(0, n, n + 1));
+        const std::string stem = std::to_string(indices[i]);
+        write_png(out.file("similarity/" + stem + ".png",
+                           "item " + stem + " and the reference " + target.reference +
+                               ", each with its map of what makes it similar to the other"),
+                  side_by_side({paint(display[n], maps[n]), paint(ref_display[0], ref_map)}, 8));
+    }
+}
+
 OutputDir open_out(const CommonOptions& o, const nlohmann::json& options, const Model* model) {
     OutputDir dir(o.out);
     dir.set_command(command_line(), options, model ? model->path() : "", model ? model->file_hash() : "");

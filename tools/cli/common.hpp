@@ -17,6 +17,10 @@
 #include "convscope/runtime/progress.hpp"
 #include "convscope/runtime/run_context.hpp"
 
+namespace cv {
+class Mat;
+}
+
 namespace convscope::cli {
 
 // A command adds its options to its subcommand and returns the function that runs it after
@@ -131,6 +135,17 @@ std::string& command_line();
 // outlined (as fixed from the clean image). Other models: nothing.
 void write_segmentation_pictures(OutputDir& out, const Model& model, const Target& target, const at::Tensor& images,
                                  const at::Tensor& display_nhwc, const std::vector<int64_t>& indices);
+
+// A map drawn over its image: (display [H,W,C] uint8, map [h,w]) -> the picture.
+using MapPainter = std::function<cv::Mat(const at::Tensor& display_hwc, const at::Tensor& map_hw)>;
+// For a similarity target: per image `similarity/<index>.png`, the image and the reference side
+// by side, each painted with its map: the image's maps[i] (explaining its similarity with the
+// reference) and reference_map(image i's input [1,C,H,W]), the reference's map explaining its
+// similarity with the image (the same method with the roles swapped). Other targets: nothing.
+void write_similarity_pictures(OutputDir& out, const Target& target, const Preprocess& pre, const at::Tensor& images,
+                               const at::Tensor& maps, const std::vector<int64_t>& indices,
+                               const std::function<at::Tensor(const at::Tensor&)>& reference_map,
+                               const MapPainter& paint);
 
 // An output folder for --out with the manifest's command, options and model.
 OutputDir open_out(const CommonOptions& o, const nlohmann::json& options, const Model* model);
