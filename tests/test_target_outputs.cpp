@@ -5,9 +5,11 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <deque>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "convscope/app/explorer.hpp"
 #include "convscope/methods/attribution.hpp"
 #include "convscope/methods/feature_vis.hpp"
 #include "convscope/methods/occlusion.hpp"
@@ -203,4 +205,67 @@ TEST(TargetOutputs, FeatureVisualisationTakesSimilarityAndRegionTargets) {
     EXPECT_GT(cr.activation[0].item<double>(), cr.initial_activation[0].item<double>());
     c.target.region = parse_region("box:8,8,80,24");
     expect_error([&] { feature_vis(seg, c); }, "is outside the output");
+}
+
+namespace {
+// The 4-connected pixels of pred [H,W] with pred's value at (y, x), by breadth-first search.
+at::Tensor component_at(const at::Tensor& pred, int64_t y, int64_t x) {
+    const int64_t h = pred.size(0), w = pred.size(1), c = pred[y][x].item<int64_t>();
+    at::Tensor in = torch::zeros({h, w}, torch::kBool);
+    std::deque<std::pair<int64_t, int64_t>> todo{{y, x}};
+    in[y][x] = true;
+    while (!todo.empty()) {
+        const auto [py, px] = todo.front();
+        todo.pop_front();
+        const int64_t ny[4] = {py - 1, py + 1, py, py}, nx[4] = {px, px, px - 1, px + 1};
+        for (int k = 0; k < 4; ++k) {
+            if (ny[k] < 0 || ny[k] >= h || nx[k] < 0 || nx[k] >= w) continue;
+            if (in[ny[k]][nx[k]].item<bool>() || pred[ny[k]][nx[k]].item<int64_t>() != c) continue;
+            in[ny[k]][nx[k]] = true;
+            todo.emplace_back(ny[k], nx[k]);
+        }
+    }
+    return in;
+}
+}  // namespace
+
+// The explorer on a segmentation model: the live answer is the pixel share of each class and the
+// predicted classes; a click at an output pixel explains the connected region of the class
+// there, by the same definitions as the library (brute-force region and mean logit here).
+TEST(TargetOutputs, ExplorerExplainsAClickedRegionOfASegmentation) {
+    TempDir tmp;
+    const at::Tensor x = read_npy(target_file("lraspp_input.npy"));
+    ExplorerOptions eo;
+    eo.cache_dir = tmp / "cache";
+    Explorer ex(load_with_input("lraspp.pt", x), Dataset::open(target_file("lraspp_input.npy")), eo);
+    const nlohmann::json live = ex.activations("d1", {});
+    const at::Tensor out = ex.model().forward(x.slice(0, 1, 2))[0];  // [K,64,64]
+    const at::Tensor pred = out.argmax(0);
+    const nlohmann::json& o = live["output"];
+    ASSERT_TRUE(o.value("dense", false));
+    EXPECT_EQ(o["size"], nlohmann::json({64, 64}));
+    const at::Tensor share = torch::bincount(pred.reshape({-1}), {}, out.size(0)).to(torch::kFloat) / 4096.0;
+    for (int64_t c = 0; c < out.size(0); ++c) EXPECT_NEAR(o["probs"][c].get<double>(), share[c].item<double>(), 1e-6);
+    EXPECT_EQ(o["segmentation"].get<std::string>().rfind("data:image/png;base64,", 0), 0u);
+
+    // A pixel of the least frequent predicted class: a small region, not the whole image.
+    const int64_t rare = torch::where(share > 0, share, torch::full_like(share, 2.0)).argmin().item<int64_t>();
+    const at::Tensor where = (pred == rare).nonzero()[0];
+    const int64_t y = where[0].item<int64_t>(), xx = where[1].item<int64_t>();
+    const at::Tensor region = component_at(pred, y, xx);
+    const nlohmann::json r = ex.run_job({{"kind", "attribution"}, {"image", "d1"}, {"method", "saliency"}, {"at", {y, xx}}});
+    EXPECT_EQ(r["target"].get<int64_t>(), rare);
+    EXPECT_EQ(r["region_pixels"].get<int64_t>(), region.sum().item<int64_t>());
+    EXPECT_NEAR(r["score"].get<double>(), out[rare].masked_select(region).mean().item<double>(), 1e-4);
+    EXPECT_EQ(r["segmentation"].get<std::string>().rfind("data:image/png;base64,", 0), 0u);
+
+    expect_error([&] { ex.run_job({{"kind", "occlusion"}, {"image", "d1"}, {"at", {64, 0}}}); }, "is outside the output");
+    expect_error([&] { ex.run_job({{"kind", "occlusion"}, {"image", "d1"}, {"at", {1}}}); }, "must be [y, x]");
+    expect_error([&] { ex.run_job({{"kind", "occlusion"}, {"image", "d1"}, {"region", "mask:x.png"}}); },
+                 "cannot name a mask file");
+    expect_error([&] { ex.run_job({{"kind", "occlusion"}, {"image", "d1"}, {"target", "similarity:0"}}); },
+                 "must be pred or a class number");
+    Explorer classifier(load_lenet(), Dataset::open("fashion-mnist:test"), eo);
+    expect_error([&] { classifier.run_job({{"kind", "occlusion"}, {"image", "d1"}, {"at", {1, 1}}}); },
+                 "leave \"at\" out");
 }

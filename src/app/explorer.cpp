@@ -208,11 +208,27 @@ json Explorer::activations(const std::string& image_id, const LiveOptions& optio
     out["image"] = image_id;
     const int64_t label = d.label_of(image_id);
     out["label"] = label;
-    const at::Tensor logits = r.output.reshape({-1}).to(torch::kFloat);
-    const at::Tensor probs = torch::softmax(logits, 0);
-    out["output"] = {{"logits", std::vector<float>(logits.data_ptr<float>(), logits.data_ptr<float>() + logits.numel())},
-                     {"probs", std::vector<float>(probs.data_ptr<float>(), probs.data_ptr<float>() + probs.numel())},
-                     {"predicted", logits.argmax().item<int64_t>()}};
+    if (r.output.dim() == 4) {
+        // A segmentation: per class the share of the pixels predicted as it (for the bars), the
+        // mean logits, and the predicted classes over the input; clicking there picks a region.
+        const at::Tensor out0 = r.output[0].to(torch::kFloat);
+        const int64_t k = out0.size(0);
+        const at::Tensor share =
+            torch::bincount(out0.argmax(0).reshape({-1}), {}, k).to(torch::kFloat) / double(out0[0].numel());
+        const at::Tensor mean_logits = out0.mean({1, 2}).contiguous();
+        out["output"] = {{"dense", true},
+                         {"logits", std::vector<float>(mean_logits.data_ptr<float>(), mean_logits.data_ptr<float>() + k)},
+                         {"probs", std::vector<float>(share.data_ptr<float>(), share.data_ptr<float>() + k)},
+                         {"predicted", share.argmax().item<int64_t>()},
+                         {"size", {out0.size(1), out0.size(2)}},
+                         {"segmentation", d.segmentation_url(input, r.output)}};
+    } else {
+        const at::Tensor logits = r.output.reshape({-1}).to(torch::kFloat);
+        const at::Tensor probs = torch::softmax(logits, 0);
+        out["output"] = {{"logits", std::vector<float>(logits.data_ptr<float>(), logits.data_ptr<float>() + logits.numel())},
+                         {"probs", std::vector<float>(probs.data_ptr<float>(), probs.data_ptr<float>() + probs.numel())},
+                         {"predicted", logits.argmax().item<int64_t>()}};
+    }
     auto& arr = out["layers"] = json::array();
     for (const auto& name : names) {
         at::Tensor t = r.taps.at(name)[0].to(torch::kFloat);

@@ -3,6 +3,8 @@
 // computed once and cached on disk. The queue that runs them: job_queue.cpp.
 #include "app/detail/explorer_impl.hpp"
 
+#include <opencv2/imgproc.hpp>
+
 namespace convscope {
 
 Explorer::Impl::Request Explorer::Impl::parse(const json& j) const {
@@ -35,6 +37,8 @@ Explorer::Impl::Request Explorer::Impl::parse(const json& j) const {
             if (!r.layer.empty()) (void)find_layer(r.layer);
             r.key = "attribution|" + r.image + "|" + r.method + "|" + r.layer;
         }
+        parse_target_fields(j, r);
+        r.key += "|" + r.target + "|" + r.region + "|" + std::to_string(r.at_y) + "," + std::to_string(r.at_x);
     } else if (r.kind == "feature-vis" || r.kind == "patches") {
         r.layer = get_string(j, "layer", "", true);
         r.channel = get_int(j, "channel", 0, true);
@@ -49,6 +53,61 @@ Explorer::Impl::Request Explorer::Impl::parse(const json& j) const {
     }
     // Uploaded images are keyed by content, dataset items by index: equal keys, equal work.
     return r;
+}
+
+void Explorer::Impl::parse_target_fields(const json& j, Request& r) const {
+    r.target = get_string(j, "target", "pred");
+    const Target t = parse_target(r.target);
+    if (t.kind != Target::Kind::Predicted && t.kind != Target::Kind::Class)
+        throw Error("\"target\" must be pred or a class number, got '" + r.target + "'");
+    r.region = get_string(j, "region", "pred");
+    if (r.region.rfind("mask:", 0) == 0)
+        throw Error("a request cannot name a mask file: click a region (\"at\": [y, x]) or give a box");
+    (void)parse_region(r.region);
+    const json& at = field(j, "at");
+    if (at.is_null()) return;
+    if (!at.is_array() || at.size() != 2 || !at[0].is_number_integer() || !at[1].is_number_integer())
+        throw Error("\"at\" must be [y, x], an output pixel (two integers)");
+    const OutputInfo* chosen = nullptr;
+    for (const auto& o : model.outputs())
+        if (o.chosen) chosen = &o;
+    if (!chosen || chosen->shape.size() != 3)
+        throw Error("\"at\" picks a region of a dense output [K,H,W] (segmentation); this model's output is "
+                    "not one: leave \"at\" out");
+    r.at_y = at[0].get<int64_t>();
+    r.at_x = at[1].get<int64_t>();
+    const int64_t h = chosen->shape[1], w = chosen->shape[2];
+    if (r.at_y < 0 || r.at_y >= h || r.at_x < 0 || r.at_x >= w)
+        throw Error("\"at\" [" + std::to_string(r.at_y) + ", " + std::to_string(r.at_x) + "] is outside the output, which is " +
+                    std::to_string(h) + " high and " + std::to_string(w) + " wide");
+}
+
+Target Explorer::Impl::target_of(const Request& r) const {
+    Target t = parse_target(r.target);
+    t.region = parse_region(r.region);
+    if (r.at_y < 0) return t;
+    torch::NoGradGuard no_grad;
+    const at::Tensor predicted = model.forward(r.input)[0].argmax(0).to(torch::kInt).contiguous();  // [H,W]
+    const int64_t c = predicted[r.at_y][r.at_x].item<int64_t>();
+    // The connected pixels (4-neighbours) predicted as the clicked pixel's class.
+    cv::Mat same = cv::Mat(int(predicted.size(0)), int(predicted.size(1)), CV_32S, predicted.data_ptr<int>()) == int(c);
+    cv::Mat labels;
+    cv::connectedComponents(same, labels, 4, CV_32S);
+    const int component = labels.at<int>(int(r.at_y), int(r.at_x));
+    at::Tensor mask = torch::from_blob(labels.data, {labels.rows, labels.cols}, torch::kInt).eq(component).clone();
+    t.kind = Target::Kind::Class;
+    t.class_index = c;
+    t.region.kind = Region::Kind::Mask;
+    t.region.mask = mask;
+    t.region.mask_path = "clicked at " + std::to_string(r.at_y) + "," + std::to_string(r.at_x);
+    return t;
+}
+
+std::string Explorer::Impl::segmentation_url(const at::Tensor& input, const at::Tensor& out,
+                                             const at::Tensor& region_hw) const {
+    if (out.dim() != 4) return "";
+    const cv::Mat base = detail::readable(detail::input_picture(pre, input[0]), kPictureTarget);
+    return png_url(segmentation_overlay(base, out[0].argmax(0), region_hw));
 }
 
 std::shared_ptr<const TopPatchesResult> Explorer::Impl::ensure_scan(const ProgressFn& progress) {
@@ -146,12 +205,23 @@ void Explorer::Impl::ensure_map(const ProgressFn& progress) {
     map_layer = layer;
 }
 
+void Explorer::Impl::add_region(json& j, const Request& r, const Target& t) const {
+    torch::NoGradGuard no_grad;
+    const at::Tensor out = model.forward(r.input);
+    if (out.dim() != 4) return;
+    const TargetScorer scorer(model, t, out);
+    j["region"] = region_name(t.region);
+    j["region_pixels"] = (scorer.region_weights()[0] > 0).sum().item<int64_t>();
+    j["segmentation"] = segmentation_url(r.input, out, scorer.region_weights()[0] > 0);
+}
+
 json Explorer::Impl::run_occlusion(const Request& r, const ProgressFn& progress) {
     const int factor = readable_factor(int(r.input.size(2)), int(r.input.size(3)), kPictureTarget);
     OcclusionOptions oo;
     oo.patch_h = oo.patch_w = r.patch;
     oo.stride_y = oo.stride_x = r.stride;
     oo.baseline = parse_baseline(r.baseline);
+    oo.target = target_of(r);
     oo.target.score = Score::Prob;
     const OcclusionResult res = occlusion(model, r.input, oo, context(progress));
     const OcclusionSummary s = summarize_occlusion(res, 0, oo);
@@ -165,6 +235,7 @@ json Explorer::Impl::run_occlusion(const Request& r, const ProgressFn& progress)
     j["patch"] = r.patch;
     j["stride"] = r.stride;
     j["positions"] = {res.positions_y, res.positions_x};
+    add_region(j, r, oo.target);
     return j;
 }
 
@@ -175,16 +246,19 @@ json Explorer::Impl::run_attribution(const Request& r, const ProgressFn& progres
     ao.layer = r.layer;
     ao.samples = 25;
     ao.steps = 32;
+    ao.target = target_of(r);
     const AttributionResult res = attribute(model, r.input, ao, context(progress));
     const cv::Mat base = upscale_nearest(detail::input_picture(pre, r.input[0]), factor);
     const detail::HeatPictures p = detail::attribution_pictures(base, res, 0, factor);
-    return {{"method", r.method},
-            {"layer", res.layer},
-            {"target", res.targets[0]},
-            {"target_name", class_name(class_names, res.targets[0])},
-            {"score", res.scores[0].item<double>()},
-            {"overlay", png_url(p.overlay)},
-            {"heat", png_url(p.heat)}};
+    json j = {{"method", r.method},
+              {"layer", res.layer},
+              {"target", res.targets[0]},
+              {"target_name", class_name(class_names, res.targets[0])},
+              {"score", res.scores[0].item<double>()},
+              {"overlay", png_url(p.overlay)},
+              {"heat", png_url(p.heat)}};
+    add_region(j, r, ao.target);
+    return j;
 }
 
 json Explorer::Impl::run_feature_vis(const Request& r, const ProgressFn& progress) {

@@ -2,7 +2,8 @@
 # Browser tests: Playwright (tests/e2e/browser, npm package playwright-core) drives Debian's
 # chromium headless against a real `convscope serve` on a free loopback port with a fixture model
 # (page loads, a stroke changes the activations, a channel shows its patches, occlusion shows a
-# map, the map zooms and opens an item), and opens a `convscope report` from a file URL with no
+# map, the map zooms and opens an item; on a segmentation model a click on the predicted classes
+# explains that region), and opens a `convscope report` from a file URL with no
 # network request. Screenshots go to <build>/test-artifacts/browser/.
 # Usage: browser.sh <convscope binary> <fixtures dir>
 source "$(dirname "$0")/lib/common.sh" "$@"
@@ -26,6 +27,16 @@ model=(--model "$M" --input-shape 1,28,28 --data fashion-mnist:test --threads 2)
 start_server "$T/serve.out" "$T/serve.err" "${model[@]}" --port 0 --cache-dir "$T/cache" --map-items 300 \
     --map-iterations 150 --scan-items 300 --feature-vis-steps 16
 
-node "$HERE/browser/run.js" "$URL" "$T/report/index.html" "$ART"
+# A segmentation model (dict output) beside it: its predicted classes, a click explains a region.
+$PY -c "import numpy as np; np.save('$T/seg.npy', np.load('$FIX/targets/lraspp_input.npy'))"
+MAIN_URL=$URL MAIN_PID=$PID
+start_server "$T/seg.out" "$T/seg.err" --model "$FIX/targets/lraspp.pt" --input-shape 3,64,64 --data "$T/seg.npy" \
+    --port 0 --cache-dir "$T/cache" --threads 2
+SEG_URL=$URL SEG_PID=$PID
+PID=$MAIN_PID
+trap 'kill "$SEG_PID" 2>/dev/null || true; cleanup' EXIT
+
+node "$HERE/browser/run.js" "$MAIN_URL" "$T/report/index.html" "$ART" "$SEG_URL"
 kill -0 "$PID" || { echo "the server crashed"; cat "$T/serve.err"; exit 1; }
+kill -0 "$SEG_PID" || { echo "the segmentation server crashed"; cat "$T/seg.err"; exit 1; }
 echo "browser.sh: ok"

@@ -130,6 +130,11 @@ struct Explorer::Impl {
         at::Tensor input;
         std::string layer, method, baseline;
         int64_t channel = 0, patch = 0, stride = 0;
+        // Occlusion and attribution: what is explained ("pred" or a class; dense outputs: a
+        // region "pred", "all" or "box:..."), or the region clicked at output pixel (at_y, at_x):
+        // the class predicted there over the connected pixels predicted as it.
+        std::string target = "pred", region = "pred";
+        int64_t at_y = -1, at_x = -1;
     };
     // Reset first by ~Explorer: its workers run execute() on this Impl.
     std::unique_ptr<detail::JobQueue> jobs;
@@ -198,6 +203,18 @@ struct Explorer::Impl {
     }
 
     Request parse(const json& j) const;
+    // Reads "target", "region" and "at" of an occlusion or attribution request into r.
+    void parse_target_fields(const json& j, Request& r) const;
+    // The request's Target for its image (a clicked region resolved on the clean output).
+    Target target_of(const Request& r) const;
+    // Dense outputs: the region explained ("region", "region_pixels") and "segmentation" with
+    // it outlined, added to a job's answer.
+    void add_region(json& j, const Request& r, const Target& t) const;
+    // The dense output's [1,K,H,W] predicted classes over the input picture [1,C,H,W] as a PNG
+    // data URL, the region [H,W] outlined (undefined: none); "" for other outputs. What the
+    // explorer shows a segmentation model's answer as.
+    std::string segmentation_url(const at::Tensor& input, const at::Tensor& outputs,
+                                 const at::Tensor& region_hw = {}) const;
     // Runs a parsed request: the handler of its kind (explorer_jobs.cpp).
     json execute(const Request& r, const ProgressFn& progress);
     json run_occlusion(const Request& r, const ProgressFn& progress);

@@ -13,6 +13,7 @@ const state = {
     label: -1,
     galleryStart: 0, gallerySize: 24,
     selected: null,       // {layer, channel}
+    region: null,         // segmentation models: [y, x], the output pixel of the clicked region
     cards: new Map(),     // layer name -> {root, canvas, head, layout}
     cmap: null,           // Uint32Array(256) packed RGBA
     // live updates: one request in flight, newer input waits or supersedes a slow one
@@ -111,6 +112,7 @@ async function main() {
         if (model.drawable) setupDrawing();
         setupInputs();
         setupExplain();
+        setupSegmentation();
         await loadGallery(0);
         selectItem(0);
         document.body.dataset.ready = '1';

@@ -16,6 +16,12 @@ function reveal(node) {
     Promise.all(pending).then(() => node.scrollIntoView({ block: 'end' }));
 }
 
+// A request explains the clicked region of a segmentation when there is one.
+function withRegion(request) {
+    if (state.region) request.at = state.region;
+    return request;
+}
+
 function setupExplain() {
     const select = $('attr-method');
     for (const m of state.model.attribution_methods || []) select.appendChild(el('option', { value: m, text: m }));
@@ -26,7 +32,7 @@ function setupExplain() {
         busy(true);
         out.replaceChildren(el('p', { class: 'note', text: 'occluding…' }));
         try {
-            const r = await runJob({ kind: 'occlusion', image: state.image }, $('explain-progress'));
+            const r = await runJob(withRegion({ kind: 'occlusion', image: state.image }), $('explain-progress'));
             const [H, W] = r.input_size;
             const over = el('div', {}, [el('img', { src: r.overlay, alt: 'occlusion overlay', id: 'occlusion-overlay' }), boxDiv(r.important_region, H, W, '')]);
             for (const f of r.confounders.slice(0, 5)) over.appendChild(boxDiv(f.window, H, W, 'flag'));
@@ -39,7 +45,12 @@ function setupExplain() {
             } else {
                 items.push(el('li', { text: 'no confounders: occluding outside that region never changes the prediction' }));
             }
-            out.replaceChildren(el('h3', { text: 'Occlusion' }), el('div', { class: 'pics' }, [over, heat]), el('ul', {}, items));
+            const pics = [over, heat];
+            if (r.segmentation) {
+                pics.push(el('div', {}, [el('img', { src: r.segmentation, alt: 'the explained region', id: 'explained-region' })]));
+                items.unshift(el('li', { text: `region: ${r.region_pixels} output pixels of ${r.target_name}, outlined in white` }));
+            }
+            out.replaceChildren(el('h3', { text: 'Occlusion' }), el('div', { class: 'pics' }, pics), el('ul', {}, items));
             out.dataset.kind = 'occlusion';
             reveal(out);
         } catch (e) {
@@ -54,9 +65,10 @@ function setupExplain() {
         const method = select.value;
         out.replaceChildren(el('p', { class: 'note', text: `computing ${method}…` }));
         try {
-            const r = await runJob({ kind: 'attribution', image: state.image, method }, $('explain-progress'));
+            const r = await runJob(withRegion({ kind: 'attribution', image: state.image, method }), $('explain-progress'));
             out.replaceChildren(el('h3', { text: method + (r.layer ? ` at ${r.layer}` : '') }),
-                el('div', { class: 'pics' }, [el('div', {}, [el('img', { src: r.overlay, alt: 'attribution overlay' })]), el('div', {}, [el('img', { src: r.heat, alt: 'attribution map' })])]),
+                el('div', { class: 'pics' }, [el('div', {}, [el('img', { src: r.overlay, alt: 'attribution overlay' })]), el('div', {}, [el('img', { src: r.heat, alt: 'attribution map' })]),
+                    ...(r.segmentation ? [el('div', {}, [el('img', { src: r.segmentation, alt: 'the explained region', id: 'explained-region' })])] : [])]),
                 el('p', { class: 'note', text: `explaining ${r.target_name} (score ${r.score.toFixed(3)})` }));
             out.dataset.kind = 'attribution';
             reveal(out);

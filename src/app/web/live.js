@@ -60,10 +60,37 @@ function applyLive(j) {
     document.body.dataset.image = j.image;
     document.body.dataset.updates = String(state.updates);
     renderPrediction(j.output, j.label);
+    renderSegmentation(j.output, changed);
     for (const L of j.layers) renderLayer(L);
     if (!state.model.drawable) $('input-image').src = `/api/images/${j.image}.png`;
     if (state.selected && changed) refreshOverlay();
     if (changed) $('explain-result').replaceChildren();
+}
+
+// Segmentation models: the predicted classes over the input; a click picks the region (the
+// connected pixels of the class there) that occlusion and attributions then explain.
+function renderSegmentation(out, changed) {
+    const box = $('segmentation');
+    box.hidden = !out.dense;
+    if (!out.dense) return;
+    if (changed) state.region = null;
+    const img = $('segmentation-image');
+    img.src = out.segmentation;
+    img.dataset.height = String(out.size[0]);
+    img.dataset.width = String(out.size[1]);
+}
+
+function setupSegmentation() {
+    const img = $('segmentation-image');
+    img.addEventListener('click', (e) => {
+        const r = img.getBoundingClientRect();
+        const h = Number(img.dataset.height), w = Number(img.dataset.width);
+        const y = Math.min(h - 1, Math.max(0, Math.floor((e.clientY - r.top) / r.height * h)));
+        const x = Math.min(w - 1, Math.max(0, Math.floor((e.clientX - r.left) / r.width * w)));
+        state.region = [y, x];
+        $('segmentation-note').textContent = `explaining the region at (${x}, ${y}) · click another region to change it`;
+        $('run-occlusion').click();
+    });
 }
 
 function renderPrediction(out, label) {

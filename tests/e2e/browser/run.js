@@ -1,5 +1,6 @@
 // Browser checks of the web explorer and the HTML report with Playwright driving Debian's
 // chromium headless. Usage: node run.js <explorer URL> <report index.html> <screenshot folder>
+// [<explorer URL of a segmentation model>]
 // Exits 1 with a message on the first failed check.
 'use strict';
 
@@ -7,7 +8,7 @@ const path = require('path');
 const fs = require('fs');
 const { chromium } = require('playwright-core');
 
-const [url, reportPath, outDir] = process.argv.slice(2);
+const [url, reportPath, outDir, segUrl] = process.argv.slice(2);
 if (!url || !reportPath || !outDir) {
     console.error('usage: node run.js <explorer URL> <report index.html> <screenshot folder>');
     process.exit(2);
@@ -204,6 +205,32 @@ async function report(browser) {
     await context.close();
 }
 
+// A segmentation model: the predicted classes are shown; a click on them explains that region
+// with occlusion, and the attribution button then explains the same region.
+async function segmentation(browser) {
+    const context = await browser.newContext({ viewport: { width: 1400, height: 900 } });
+    const page = await context.newPage();
+    const seen = watch(page);
+    await page.goto(segUrl);
+    await page.waitForSelector('body[data-ready="1"]', { timeout: 20000 });
+    await page.waitForFunction(() => Number(document.body.dataset.updates || 0) >= 1, null, { timeout: 20000 });
+    check(await page.isVisible('#segmentation-image'), 'a segmentation model shows its predicted classes');
+    await page.waitForFunction(() => { const i = document.getElementById('segmentation-image'); return i.complete && i.naturalWidth > 0; });
+    const box = await (await page.$('#segmentation-image')).boundingBox();
+    await page.mouse.click(box.x + box.width / 2, box.y + box.height / 2);
+    await page.waitForSelector('#explain-result[data-kind="occlusion"] #explained-region', { timeout: 30000 });
+    const text = await page.textContent('#explain-result');
+    check(/region: \d+ output pixels/.test(text), 'the occlusion names the clicked region: ' + text);
+    const note = await page.textContent('#segmentation-note');
+    check(/explaining the region at \((3[12]), (3[12])\)/.test(note), 'the note says which region: ' + note);
+    await shot(page, '09-segmentation-occlusion.png');
+    await page.click('#run-attribution');
+    await page.waitForSelector('#explain-result[data-kind="attribution"] #explained-region', { timeout: 30000 });
+    await shot(page, '10-segmentation-attribution.png');
+    check(seen.errors.length === 0, 'no errors in the segmentation page: ' + seen.errors.join(' | '));
+    await context.close();
+}
+
 (async () => {
     const browser = await chromium.launch(launchOptions);
     try {
@@ -211,6 +238,10 @@ async function report(browser) {
         await explorer(browser);
         console.log('report:');
         await report(browser);
+        if (segUrl) {
+            console.log('segmentation:');
+            await segmentation(browser);
+        }
     } finally {
         await browser.close();
     }
