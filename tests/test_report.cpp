@@ -197,6 +197,46 @@ TEST(Report, PlanFollowsTheModelsCostAndKeepsExplicitSettings) {
     EXPECT_EQ(p.feature_vis_size, (std::vector<int64_t>{20}));
 }
 
+// A segmentation model (torchvision's LR-ASPP, a dict output): no accuracy, the first items as
+// examples, each explaining its main class (recomputed here) over the pixels predicted as it.
+TEST(Report, SegmentationExamplesExplainTheirMainClassRegion) {
+    TempDir tmp;
+    const at::Tensor x = read_npy(fixture("targets/lraspp_input.npy"));
+    write_npy(tmp / "data.npy", torch::cat({x, x.flip(3), x.flip(2), x.flip({2, 3}), x, x.flip(3)}));
+    Model model = Model::load(fixture("targets/lraspp.pt"));
+    model.set_input_shape({3, 64, 64});
+    const Dataset data = Dataset::open(tmp / "data.npy");
+    ReportOptions o = small();
+    o.examples = 2;
+    o.scan_items = 6;
+    o.patch_channels = 1;
+    o.vis_channels = 0;
+    o.map_items = 0;
+    o.max_filter_layers = 1;
+    o.max_filters = 8;
+    o.occlusion_stride = 16;
+    o.layers = {"backbone.0"};
+    o.attributions = {"saliency"};
+    OutputDir out(tmp / "r");
+    const ReportResult r = write_report(model, data, out, o);
+    const json R = inline_data(slurp(r.index_html));
+    EXPECT_TRUE(R["accuracy"].is_null());
+    EXPECT_TRUE(R["dense"].get<bool>());
+    ASSERT_EQ(R["examples"].size(), 4u);
+    const at::Tensor outs = model.forward(data.batch({0, 1, 2, 3}, data.preprocess_for({3, 64, 64}, {}, {})));
+    for (int64_t n = 0; n < 4; ++n) {
+        const json& e = R["examples"][size_t(n)];
+        EXPECT_EQ(e["index"].get<int64_t>(), n);
+        const at::Tensor counts = torch::bincount(outs[n].argmax(0).reshape({-1}), {}, outs.size(1));
+        const int64_t c = counts.argmax().item<int64_t>();  // no class is named background here
+        EXPECT_EQ(e["predicted"].get<int64_t>(), c);
+        EXPECT_NEAR(e["prob"].get<double>(), counts[c].item<double>() / 4096.0, 1e-6);
+        ASSERT_TRUE(fs::exists(tmp.path / "r" / e["segmentation"].get<std::string>()));
+        EXPECT_EQ(e["attributions"][0]["target_name"].get<std::string>(), e["predicted_name"].get<std::string>());
+        EXPECT_TRUE(e["occlusion"].contains("max_drop"));
+    }
+}
+
 TEST(Report, LargeInputsVisualiseFeaturesAt128PixelsWhereTheLayerAllows) {
     Model m = Model::load(fixture("resnet_small_scripted.pt"));
     m.set_input_shape({3, 160, 160});  // fully convolutional up to its pooling

@@ -32,6 +32,27 @@ namespace {
 
 constexpr int kCropPx = 48;
 
+// The model's chosen output is dense: a class per pixel [K,H,W] (segmentation).
+bool dense_output(const Model& model) {
+    for (const auto& o : model.outputs())
+        if (o.chosen) return o.shape.size() == 3;
+    return false;
+}
+
+// The class each segmentation example explains: the one predicted at the most pixels, other
+// than a class named "background" when another class is predicted at all.
+std::vector<int64_t> example_classes(const at::Tensor& logits, const std::vector<std::string>& names) {
+    std::vector<int64_t> out;
+    const int64_t k = logits.size(1);
+    for (int64_t n = 0; n < logits.size(0); ++n) {
+        at::Tensor counts = torch::bincount(logits[n].argmax(0).reshape({-1}), {}, k);
+        if (!names.empty() && names[0] == "background" && counts.slice(0, 1).sum().item<int64_t>() > 0)
+            counts[0] = 0;
+        out.push_back(counts.argmax().item<int64_t>());
+    }
+    return out;
+}
+
 }  // namespace
 
 const std::vector<std::pair<std::string, double>>& report_stages() {
@@ -91,6 +112,17 @@ void ReportContext::write_header() {
 
 // Accuracy on the first items, and which of them are shown as correct and wrong examples.
 void ReportContext::write_accuracy() {
+    if (dense_output(model)) {
+        skip("accuracy: the model labels every pixel and the data has no per-pixel labels; the examples are the "
+             "first items");
+        const int64_t n = std::min<int64_t>(2 * opts.examples, data.size());
+        for (int64_t i = 0; i < n; ++i) result.wrong.push_back(i);
+        doc["accuracy"] = nullptr;
+        doc["evaluated"] = 0;
+        doc["dense"] = true;
+        stages.report("accuracy", 1.0);
+        return;
+    }
     {
         const int64_t n = std::min(plan.eval_items, data.size());
         std::vector<int64_t> indices(static_cast<size_t>(n));
@@ -163,6 +195,21 @@ void ReportContext::write_filters() {
     }
 }
 
+namespace {
+// Each segmentation example's predicted classes over its input, the explained region outlined.
+void put_segmentations(ReportContext& c, const std::vector<int64_t>& ex, const std::vector<cv::Mat>& bases,
+                       const at::Tensor& logits, const Target& target) {
+    const TargetScorer scorer(c.model, target, logits);
+    for (size_t n = 0; n < ex.size(); ++n) {
+        const int64_t r = int64_t(n);
+        c.doc["examples"][n]["segmentation"] =
+            c.put("examples/" + std::to_string(ex[n]) + "/segmentation.png",
+                  "predicted classes of item " + std::to_string(ex[n]) + ", the explained region outlined",
+                  segmentation_overlay(bases[n], logits[r].argmax(0), scorer.region_weights()[r] > 0));
+    }
+}
+}  // namespace
+
 // The correct and wrong examples: inputs, activation maps, occlusion with confounder flags and
 // gradient attributions.
 void ReportContext::write_examples() {
@@ -173,11 +220,21 @@ void ReportContext::write_examples() {
         const at::Tensor images = data.batch(ex, pre);
         const at::Tensor logits = model.forward(images);
         const at::Tensor probs = torch::softmax(logits, 1);
+        // Segmentation: each example explains its main class over the pixels predicted as it.
+        const bool dense = logits.dim() == 4;
+        Target target;
+        if (dense) {
+            target.kind = Target::Kind::PerImage;
+            target.labels = example_classes(logits, class_names);
+        }
         std::vector<cv::Mat> bases;
         for (size_t n = 0; n < ex.size(); ++n) {
             const int64_t i = ex[n];
             const int64_t label = data.label(i);
-            const int64_t predicted = logits[int64_t(n)].argmax().item<int64_t>();
+            const int64_t predicted =
+                dense ? target.labels[n] : logits[int64_t(n)].argmax().item<int64_t>();
+            const double prob = dense ? (logits[int64_t(n)].argmax(0) == predicted).to(torch::kFloat).mean().item<double>()
+                                      : probs[int64_t(n)][predicted].item<double>();
             const cv::Mat base = upscale_nearest(detail::input_picture(pre, images[int64_t(n)]), factor);
             bases.push_back(base);
             doc["examples"].push_back(
@@ -186,12 +243,13 @@ void ReportContext::write_examples() {
                  {"label_name", class_name(labels_comparable ? class_names : data.class_names(), label)},
                  {"predicted", predicted},
                  {"predicted_name", class_name(class_names, predicted)},
-                 {"prob", probs[int64_t(n)][predicted].item<double>()},
+                 {"prob", prob},
                  {"correct", labels_comparable && label >= 0 && label == predicted},
                  {"input", put("examples/" + std::to_string(i) + "/input.png", "example item " + std::to_string(i), base)},
                  {"activations", json::array()},
                  {"attributions", json::array()}});
         }
+        if (dense) put_segmentations(*this, ex, bases, logits, target);
         // Activation maps of the chosen layers, one forward pass for all examples.
         if (!result.layers.empty()) {
             ActivationsOptions ao;
@@ -223,6 +281,7 @@ void ReportContext::write_examples() {
         OcclusionOptions oo;
         oo.patch_h = oo.patch_w = plan.occlusion_patch;
         oo.stride_y = oo.stride_x = plan.occlusion_stride;
+        oo.target = target;
         oo.target.score = Score::Prob;
         const OcclusionResult orr = occlusion(model, images, oo, context("examples", 0.1, 0.5));
         for (size_t n = 0; n < ex.size(); ++n) {
@@ -245,6 +304,7 @@ void ReportContext::write_examples() {
             ao2.method = parse_attribution_method(opts.attributions[m]);
             ao2.samples = plan.attribution_steps;
             ao2.steps = plan.attribution_steps;
+            ao2.target = target;
             if (is_cam_method(ao2.method) && model.conv_layer_names().empty()) {
                 skip(opts.attributions[m] + ": the model has no conv layer");
                 continue;

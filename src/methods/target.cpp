@@ -104,6 +104,7 @@ std::string target_name(const Target& t) {
     case Target::Kind::Label: return "label";
     case Target::Kind::Class: return std::to_string(t.class_index);
     case Target::Kind::Similarity: return "similarity:" + t.reference;
+    case Target::Kind::PerImage: return "per-image";
     }
     return "";
 }
@@ -115,6 +116,12 @@ void check_target(const Target& t, int64_t n) {
     if (t.kind == Target::Kind::Similarity &&
         (!t.reference_input.defined() || t.reference_input.dim() != 4 || t.reference_input.size(0) != 1))
         throw Error("target 'similarity:" + t.reference + "' has no reference image: give an item index or an image file");
+    if (t.kind == Target::Kind::PerImage) {
+        CONVSCOPE_CHECK(static_cast<int64_t>(t.labels.size()) == n, "one class per image for a per-image target");
+        for (int64_t c : t.labels)
+            if (c < 0) throw Error("per-image target class " + std::to_string(c) + " is out of range: use classes >= 0");
+        return;
+    }
     if (t.kind != Target::Kind::Label) return;
     if (t.labels.empty())
         throw Error("target 'label' needs labelled data: it needs one label per image, but the data has no "
@@ -152,6 +159,7 @@ std::vector<int64_t> classifier_classes(const Target& t, const at::Tensor& outpu
         std::fill(out.begin(), out.end(), t.class_index);
         break;
     case Target::Kind::Label:
+    case Target::Kind::PerImage:
         CONVSCOPE_CHECK(first >= 0 && first + b <= static_cast<int64_t>(t.labels.size()),
                         "one label per image (check_target first)");
         for (int64_t i = 0; i < b; ++i) {
@@ -227,10 +235,14 @@ TargetScorer::TargetScorer(const Model& model, const Target& t, const at::Tensor
     classes_.resize(static_cast<size_t>(b));
     for (int64_t i = 0; i < b; ++i) {
         int64_t c = t.class_index;
+        if (t.kind == Target::Kind::PerImage) {
+            CONVSCOPE_CHECK(first + i < static_cast<int64_t>(t.labels.size()), "one class per image (check_target first)");
+            c = t.labels[static_cast<size_t>(first + i)];
+        }
         if (t.kind == Target::Kind::Predicted) {
             const at::Tensor counts = torch::bincount(predicted[i].masked_select(base), {}, k);
             c = counts.argmax().item<int64_t>();
-        } else if (c >= k) {
+        } else if (c < 0 || c >= k) {
             throw Error("target class " + std::to_string(c) + " is out of range: " + classes_hint(k));
         }
         at::Tensor pixels = base;

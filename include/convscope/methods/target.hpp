@@ -53,10 +53,12 @@ struct Target {
         Class,       // one fixed class for every image ("3")
         Similarity,  // the cosine similarity of the output with a reference's output
                      // ("similarity:INDEX" or "similarity:IMAGE"; Stylianou et al. 2019)
+        PerImage,    // a class per image chosen by the caller, in `labels` (e.g. the report's
+                     // class of each segmentation example); any output with a class axis
     };
     Kind kind = Kind::Predicted;
     int64_t class_index = -1;     // Kind::Class: in [0, classes)
-    std::vector<int64_t> labels;  // Kind::Label: one per image, -1 = unknown
+    std::vector<int64_t> labels;  // Kind::Label: one per image, -1 = unknown; Kind::PerImage: the classes
     Score score = Score::Logit;   // class targets: what is read from the output
     Region region;                // dense outputs [N,K,H,W] only
     std::string reference;        // Similarity: the item index or image the caller reads
@@ -65,7 +67,7 @@ struct Target {
 // Parses "pred" | "label" | a class index >= 0 | "similarity:REF" (REF kept in
 // Target::reference; the caller sets reference_input). Throws UsageError otherwise.
 Target parse_target(const std::string& spec);
-// "pred", "label", the class index or "similarity:REF".
+// "pred", "label", the class index, "similarity:REF" or "per-image".
 std::string target_name(const Target& target);
 // Checks what can be checked before the model runs: a class index >= 0, one label per image
 // (n images), every label known, a reference input for similarity. Throws Error naming the fix.

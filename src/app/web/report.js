@@ -82,8 +82,11 @@
         const items = R.examples.map((e) => {
             const H = m.input_shape[1], W = m.input_shape[2];
             const verdict = e.label < 0 ? null : el('span', { class: 'badge ' + (e.correct ? 'good' : 'bad'), text: e.correct ? 'correct' : 'wrong' });
-            const title = el('h3', {}, [`Item ${e.index}: ${e.label >= 0 ? 'label ' + e.label_name + ', ' : ''}predicted ${e.predicted_name} (p = ${e.prob.toFixed(3)})`, verdict]);
+            const title = e.segmentation
+                ? el('h3', { text: `Item ${e.index}: ${e.predicted_name} predicted at ${(100 * e.prob).toFixed(1)}% of the pixels` })
+                : el('h3', {}, [`Item ${e.index}: ${e.label >= 0 ? 'label ' + e.label_name + ', ' : ''}predicted ${e.predicted_name} (p = ${e.prob.toFixed(3)})`, verdict]);
             const top = el('div', { class: 'row' }, [fig(e.input, 'input as the model sees it')]);
+            if (e.segmentation) top.appendChild(fig(e.segmentation, `predicted classes; outlined: the pixels of ${e.predicted_name}, which the maps explain`));
             const o = e.occlusion;
             if (o) {
                 const boxes = [[o.important_region, '']].concat(o.confounders.slice(0, 5).map((f) => [f.window, 'flag']));
@@ -106,7 +109,10 @@
             }
             return el('div', { class: 'example', 'data-index': String(e.index) }, parts);
         });
-        add('examples', 'Correct and wrong predictions', 'A few items the model classifies correctly and a few it gets wrong, with their activation maps, the occlusion map (which regions the prediction depends on, and flags for regions outside them that change it), and gradient attributions.', items);
+        if (R.dense)
+            add('examples', 'Segmentation examples', 'The first items with the classes the model predicts per pixel. Each explains its main class (the one predicted at the most pixels, background aside) over the pixels predicted as it: the occlusion map (which input regions that mean score depends on) and gradient attributions.', items);
+        else
+            add('examples', 'Correct and wrong predictions', 'A few items the model classifies correctly and a few it gets wrong, with their activation maps, the occlusion map (which regions the prediction depends on, and flags for regions outside them that change it), and gradient attributions.', items);
     }
 
     // --- top patches ---
