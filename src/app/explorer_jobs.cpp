@@ -68,8 +68,9 @@ void Explorer::Impl::parse_target_fields(const json& j, Request& r) const {
     if (at.is_null()) return;
     if (!at.is_array() || at.size() != 2 || !at[0].is_number_integer() || !at[1].is_number_integer())
         throw Error("\"at\" must be [y, x], an output pixel (two integers)");
+    const std::vector<OutputInfo> outputs = model.outputs();
     const OutputInfo* chosen = nullptr;
-    for (const auto& o : model.outputs())
+    for (const auto& o : outputs)
         if (o.chosen) chosen = &o;
     if (!chosen || chosen->shape.size() != 3)
         throw Error("\"at\" picks a region of a dense output [K,H,W] (segmentation); this model's output is "
