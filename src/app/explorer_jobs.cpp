@@ -83,12 +83,16 @@ void Explorer::Impl::parse_target_fields(const json& j, Request& r) const {
                     std::to_string(h) + " high and " + std::to_string(w) + " wide");
 }
 
-Target Explorer::Impl::target_of(const Request& r) const {
+at::Tensor Explorer::Impl::clean_output(const Request& r) const {
+    torch::NoGradGuard no_grad;
+    return model.forward(r.input).detach();
+}
+
+Target Explorer::Impl::target_of(const Request& r, const at::Tensor& clean) const {
     Target t = parse_target(r.target);
     t.region = parse_region(r.region);
     if (r.at_y < 0) return t;
-    torch::NoGradGuard no_grad;
-    const at::Tensor predicted = model.forward(r.input)[0].argmax(0).to(torch::kInt).contiguous();  // [H,W]
+    const at::Tensor predicted = clean[0].argmax(0).to(torch::kInt).contiguous();  // [H,W]
     const int64_t c = predicted[r.at_y][r.at_x].item<int64_t>();
     // The connected pixels (4-neighbours) predicted as the clicked pixel's class.
     cv::Mat same = cv::Mat(int(predicted.size(0)), int(predicted.size(1)), CV_32S, predicted.data_ptr<int>()) == int(c);
@@ -206,9 +210,7 @@ void Explorer::Impl::ensure_map(const ProgressFn& progress) {
     map_layer = layer;
 }
 
-void Explorer::Impl::add_region(json& j, const Request& r, const Target& t) const {
-    torch::NoGradGuard no_grad;
-    const at::Tensor out = model.forward(r.input);
+void Explorer::Impl::add_region(json& j, const Request& r, const Target& t, const at::Tensor& out) const {
     if (out.dim() != 4) return;
     const TargetScorer scorer(model, t, out);
     j["region"] = region_name(t.region);
@@ -222,7 +224,8 @@ json Explorer::Impl::run_occlusion(const Request& r, const ProgressFn& progress)
     oo.patch_h = oo.patch_w = r.patch;
     oo.stride_y = oo.stride_x = r.stride;
     oo.baseline = parse_baseline(r.baseline);
-    oo.target = target_of(r);
+    const at::Tensor clean = clean_output(r);
+    oo.target = target_of(r, clean);
     oo.target.score = Score::Prob;
     const OcclusionResult res = occlusion(model, r.input, oo, context(progress));
     const OcclusionSummary s = summarize_occlusion(res, 0, oo);
@@ -236,7 +239,7 @@ json Explorer::Impl::run_occlusion(const Request& r, const ProgressFn& progress)
     j["patch"] = r.patch;
     j["stride"] = r.stride;
     j["positions"] = {res.positions_y, res.positions_x};
-    add_region(j, r, oo.target);
+    add_region(j, r, oo.target, clean);
     return j;
 }
 
@@ -247,7 +250,8 @@ json Explorer::Impl::run_attribution(const Request& r, const ProgressFn& progres
     ao.layer = r.layer;
     ao.samples = 25;
     ao.steps = 32;
-    ao.target = target_of(r);
+    const at::Tensor clean = clean_output(r);
+    ao.target = target_of(r, clean);
     const AttributionResult res = attribute(model, r.input, ao, context(progress));
     const cv::Mat base = upscale_nearest(detail::input_picture(pre, r.input[0]), factor);
     const detail::HeatPictures p = detail::attribution_pictures(base, res, 0, factor);
@@ -258,7 +262,7 @@ json Explorer::Impl::run_attribution(const Request& r, const ProgressFn& progres
               {"score", res.scores[0].item<double>()},
               {"overlay", png_url(p.overlay)},
               {"heat", png_url(p.heat)}};
-    add_region(j, r, ao.target);
+    add_region(j, r, ao.target, clean);
     return j;
 }
 

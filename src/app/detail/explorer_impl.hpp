@@ -205,11 +205,13 @@ struct Explorer::Impl {
     Request parse(const json& j) const;
     // Reads "target", "region" and "at" of an occlusion or attribution request into r.
     void parse_target_fields(const json& j, Request& r) const;
-    // The request's Target for its image (a clicked region resolved on the clean output).
-    Target target_of(const Request& r) const;
+    // The model's output for the request's image, computed once per job.
+    at::Tensor clean_output(const Request& r) const;
+    // The request's Target for its image (a clicked region resolved on its clean output).
+    Target target_of(const Request& r, const at::Tensor& clean) const;
     // Dense outputs: the region explained ("region", "region_pixels") and "segmentation" with
     // it outlined, added to a job's answer.
-    void add_region(json& j, const Request& r, const Target& t) const;
+    void add_region(json& j, const Request& r, const Target& t, const at::Tensor& clean) const;
     // The dense output's [1,K,H,W] predicted classes over the input picture [1,C,H,W] as a PNG
     // data URL, the region [H,W] outlined (undefined: none); "" for other outputs. What the
     // explorer shows a segmentation model's answer as.
