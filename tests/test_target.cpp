@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 
 #include <cmath>
+#include <tuple>
 #include <opencv2/imgproc.hpp>
 
 #include "convscope/methods/target.hpp"
@@ -85,6 +86,24 @@ TEST(Target, ScoresFollowTheirDefinitions) {
     EXPECT_EQ(region_name(t.region), "box:2,1,5,4");
     const at::Tensor mean_logits = dense.slice(2, 1, 4).slice(3, 2, 5).mean({2, 3});
     expect_close(box.class_probs(dense), torch::softmax(mean_logits, 1), 1e-6, "class probs");
+    EXPECT_FALSE(box.reads_region_means());  // a mean of probabilities: not linear in the logits
+    // Logit scores follow from the region's mean logits: the box's, and the predicted pixels'
+    // (rows scored as other images).
+    t.score = Score::Logit;
+    const TargetScorer box_logit(model, t, dense);
+    ASSERT_TRUE(box_logit.reads_region_means());
+    auto [s, p] = box_logit.region_mean_scores(mean_logits, {0, 1});
+    expect_close(s, mean_logits.select(1, 1), 1e-6, "box logit from the means");
+    expect_close(p, torch::softmax(mean_logits, 1), 1e-6, "class probs from the means");
+    t = parse_target("pred");
+    const TargetScorer pred(model, t, dense);
+    const std::vector<int64_t> rows{1, 0, 1};
+    const at::Tensor three = dense.index_select(0, torch::tensor(rows, torch::kLong));
+    const at::Tensor means =
+        (three * pred.region_weights().index_select(0, torch::tensor(rows, torch::kLong)).unsqueeze(1)).sum({2, 3});
+    std::tie(s, p) = pred.region_mean_scores(means, rows);
+    expect_close(s, pred.scores(three, rows), 1e-6, "pred region logit from the means");
+    expect_close(p, pred.class_probs(three, rows), 1e-6, "pred region class probs from the means");
 }
 
 // Every class's score at once (feature visualisation), against the same definitions.

@@ -145,15 +145,27 @@ public:
     }
     at::Tensor outputs(const std::vector<int64_t>& img, const std::vector<int64_t>& ys,
                        const std::vector<int64_t>& xs) override {
-        const int64_t B = static_cast<int64_t>(ys.size());
-        at::Tensor patches = at::empty({B, baselines_.size(1), ph_, pw_}, baselines_.options());
-        const std::vector<int64_t> zero(B, 0);
-        copy_windows(baselines_, patches, img, ys, xs, zero, zero, ph_, pw_);
-        return engine_.run(patches, img, ys, xs);
+        return engine_.run(patches(img, ys, xs), img, ys, xs);
+    }
+    bool weighted() const override { return engine_.weighted_output() && !bf16() && engine_.plan().settings.tau >= 1.0; }
+    void set_output_weights(const at::Tensor& w) override { engine_.set_output_weights(w); }
+    at::Tensor weighted_outputs(const std::vector<int64_t>& img, const std::vector<int64_t>& ys,
+                                const std::vector<int64_t>& xs) override {
+        return engine_.run_weighted(patches(img, ys, xs), img, ys, xs);
     }
     int64_t bytes_per_image() const { return engine_.bytes_per_image(); }
 
 private:
+    // The occluder windows of the copies: their images' baselines there [B,C,ph,pw].
+    at::Tensor patches(const std::vector<int64_t>& img, const std::vector<int64_t>& ys,
+                       const std::vector<int64_t>& xs) const {
+        const int64_t B = static_cast<int64_t>(ys.size());
+        at::Tensor p = at::empty({B, baselines_.size(1), ph_, pw_}, baselines_.options());
+        const std::vector<int64_t> zero(B, 0);
+        copy_windows(baselines_, p, img, ys, xs, zero, zero, ph_, pw_);
+        return p;
+    }
+
     incremental::Engine engine_;
     int64_t ph_, pw_;
     at::Tensor baselines_;
@@ -444,6 +456,8 @@ OcclusionResult occlusion(const Model& model, const at::Tensor& images_nchw, con
         const at::Tensor classes =
             s.linear_classes > 0 ? corrected_classes(s.clean_out, r.targets, n0, G, s.linear_classes) : at::Tensor();
         const at::Tensor out = s.images_set ? s.clean_out : s.ev->set_images(imgs, bases, classes).to(torch::kFloat);
+        if (s.ev->weighted() && s.scorer->reads_region_means())
+            s.ev->set_output_weights(s.scorer->region_weights().slice(0, n0, n0 + G));
         std::vector<ImageRun> runs = start_group(*s.scorer, out, n0, P, r);
         const std::vector<Job> jobs(all.begin(), all.begin() + G * P);
 

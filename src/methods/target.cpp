@@ -333,6 +333,16 @@ at::Tensor TargetScorer::class_probs(const at::Tensor& outputs, const std::vecto
     return torch::softmax(torch::bmm(out.reshape({r, k, hw}), wt).squeeze(2), 1);
 }
 
+std::pair<at::Tensor, at::Tensor> TargetScorer::region_mean_scores(const at::Tensor& means,
+                                                                   const std::vector<int64_t>& rows) const {
+    CONVSCOPE_CHECK(reads_region_means() && means.dim() == 2 && means.size(0) == static_cast<int64_t>(rows.size()),
+                    "region means [R,K] of a dense logit target, one row per image");
+    std::vector<int64_t> cls;
+    for (int64_t r : rows) cls.push_back(classes_.at(static_cast<size_t>(r)));
+    const at::Tensor m = means.to(torch::kFloat);
+    return {m.gather(1, torch::tensor(cls, torch::kLong).view({-1, 1})).view({-1}), torch::softmax(m, 1)};
+}
+
 Baseline parse_baseline(const std::string& spec) {
     Baseline b;
     double v = 0;

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace convscope {
@@ -96,6 +97,13 @@ public:
     // Scores [R] of outputs [R,...] (differentiable): row r is scored as image rows[r] (an
     // index into the batch; empty: row r is image r).
     at::Tensor scores(const at::Tensor& outputs, const std::vector<int64_t>& rows = {}) const;
+    // Dense with the logit score: a row's score and class probabilities follow from its region's
+    // mean logits alone (its output's channels summed with region_weights()), which the
+    // incremental occlusion computes from the changed part of the output (region_mean_scores).
+    bool reads_region_means() const { return dense() && target_->score == Score::Logit; }
+    // Scores [R] (as scores) and class probabilities [R,K] (as class_probs) of rows whose region
+    // mean logits are means [R,K]; row r is image rows[r]. Needs reads_region_means().
+    std::pair<at::Tensor, at::Tensor> region_mean_scores(const at::Tensor& means, const std::vector<int64_t>& rows) const;
     // [R,K] the class probabilities each row's most likely class is read from: the softmax of
     // the logits, for dense outputs of their mean over the image's region; undefined for
     // similarity.

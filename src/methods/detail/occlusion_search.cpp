@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <tuple>
 #include <utility>
 
 namespace convscope::occlusion_search {
@@ -40,14 +41,21 @@ void evaluate(Evaluator& ev, const Grid& g, const std::vector<Job>& jobs, std::v
             ys.push_back(g.ys[which[i].pos]);
             xs.push_back(g.xs[which[i].pos]);
         }
-        const at::Tensor out = ev.outputs(img, ys, xs).to(torch::kFloat).contiguous();
         const TargetScorer& scorer = *runs[which[start].img].scorer;
         std::vector<int64_t> rows;
         for (size_t i = start; i < end; ++i) rows.push_back(runs[which[i].img].image);
-        const at::Tensor scores = scorer.scores(out, rows).contiguous();
-        // The class probabilities (for dense outputs over the image's region): the target's and
-        // the most likely class's.
-        at::Tensor probs = scorer.class_probs(out, rows);
+        // The scores and class probabilities (for dense outputs over the image's region): the
+        // target's and the most likely class's. Dense logit targets from the region's mean
+        // logits where the evaluator computes them from the output's changed part.
+        at::Tensor scores, probs;
+        if (ev.weighted() && scorer.reads_region_means()) {
+            std::tie(scores, probs) = scorer.region_mean_scores(ev.weighted_outputs(img, ys, xs), rows);
+        } else {
+            const at::Tensor out = ev.outputs(img, ys, xs).to(torch::kFloat).contiguous();
+            scores = scorer.scores(out, rows);
+            probs = scorer.class_probs(out, rows);
+        }
+        scores = scores.contiguous();
         at::Tensor top_p, top_c;
         const float* pp = nullptr;
         int64_t K = 0;

@@ -38,6 +38,16 @@ public:
     // to the image's baseline.
     virtual at::Tensor outputs(const std::vector<int64_t>& img, const std::vector<int64_t>& ys,
                                const std::vector<int64_t>& xs) = 0;
+    // Whether the evaluator sums dense outputs with weights on their map itself, reading only
+    // what the window changes (set_output_weights, weighted_outputs).
+    virtual bool weighted() const { return false; }
+    // Weights [G,H,W] on the output map for each image set (after set_images).
+    virtual void set_output_weights(const at::Tensor&) {}
+    // [B,K]: the copies' output channels summed over the map with their image's weights.
+    virtual at::Tensor weighted_outputs(const std::vector<int64_t>&, const std::vector<int64_t>&,
+                                        const std::vector<int64_t>&) {
+        return at::Tensor();
+    }
 };
 
 // Per-position results of one image.

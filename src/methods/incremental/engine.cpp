@@ -5,6 +5,8 @@
 #include <torch/csrc/jit/api/function_impl.h>
 #include <torch/torch.h>
 
+#include <algorithm>
+#include <array>
 #include <limits>
 #include <optional>
 
@@ -42,6 +44,9 @@ struct Engine::Impl {
     at::Tensor image;
     at::Tensor clean_out;  // the model's output for the clean images
     at::Tensor classes;    // [G,m] the corrected classes (int64), set with the images
+    // set_output_weights: per leaf the pulled-back weights [G,h,w] float64, and the clean sums [G,K].
+    std::vector<at::Tensor> leaf_weights;
+    at::Tensor clean_sums;
 
     Impl(const Model& m, const Plan& p, const EngineSettings& s) : model(m), plan(p) {
         configure(plan, s);
@@ -73,11 +78,14 @@ struct Engine::Impl {
     void clean_pass();
     at::Tensor set_images(const at::Tensor& images_gchw, const at::Tensor& classes_gm);
     at::Tensor run(const at::Tensor& patches, const std::vector<int64_t>& img, const std::vector<int64_t>& ys,
-                   const std::vector<int64_t>& xs);
+                   const std::vector<int64_t>& xs, bool weighted);
     at::Tensor run_chunk(const at::Tensor& patches, const std::vector<int64_t>& img, const std::vector<int64_t>& ys,
-                         const std::vector<int64_t>& xs, int& unplanned_cut) const;
+                         const std::vector<int64_t>& xs, bool weighted, int& unplanned_cut) const;
+    void set_output_weights(const at::Tensor& weights_ghw);
+    at::Tensor weighted_sums(const std::vector<std::optional<IncValue>>& vals, const std::vector<int64_t>& img) const;
     IncValue run_step(size_t i, std::vector<std::optional<IncValue>>& vals, bool& capped) const;
     at::Tensor run_head(const IncValue& v) const;
+    IncValue run_resize(const Step& st, const IncValue& in, int64_t H, int64_t W) const;
 };
 
 // Runs the clean images through the model and keeps every slot's activation (and each window
@@ -190,6 +198,7 @@ IncValue Engine::Impl::run_step(size_t i, std::vector<std::optional<IncValue>>& 
                         .contiguous();
         return out;
     }
+    if (st.kind == StepKind::Resize) return run_resize(st, *vals[st.inputs[0]], H, W);
     // Binary ops and concatenation: the union of the inputs' changes.
     out.img = vals[st.inputs[0]]->img;
     out.y0.assign(B, std::numeric_limits<int64_t>::max());
@@ -222,10 +231,44 @@ IncValue Engine::Impl::run_step(size_t i, std::vector<std::optional<IncValue>>& 
     return out;
 }
 
+// A resize: the outputs the changed rows and columns reach, from windows of the input that hold
+// every row and column they read.
+IncValue Engine::Impl::run_resize(const Step& st, const IncValue& in, int64_t H, int64_t W) const {
+    const size_t B = in.py.size();
+    IncValue out;
+    out.img = in.img;
+    out.y0.resize(B), out.y1.resize(B), out.x0.resize(B), out.x1.resize(B);
+    for (size_t b = 0; b < B; ++b) {
+        resize_range(st.rz[0], in.y0[b], in.y1[b], out.y0[b], out.y1[b]);
+        resize_range(st.rz[1], in.x0[b], in.x1[b], out.x0[b], out.x1[b]);
+    }
+    out.h = place(out.y0, out.y1, H, out.py);
+    out.w = place(out.x0, out.x1, W, out.px);
+    // The input rows [a, e) the box reads, per position; one window length for all, shifted inside.
+    auto windows = [&](const ResizeAxis& r, const std::vector<int64_t>& start, int64_t len, int64_t n,
+                       std::vector<int64_t>& w) {
+        int64_t L = 1;
+        for (size_t b = 0; b < B; ++b) L = std::max(L, r.i1[start[b] + len - 1] + 1 - r.i0[start[b]]);
+        L = std::min(L, n);
+        w.resize(B);
+        for (size_t b = 0; b < B; ++b) w[b] = std::min(r.i0[start[b]], n - L);
+        return L;
+    };
+    const auto& is = plan.slots[st.inputs[0]].shape;
+    std::vector<int64_t> wy, wx;
+    const int64_t L = windows(st.rz[0], out.py, out.h, is[2], wy);
+    const int64_t Lw = windows(st.rz[1], out.px, out.w, is[3], wx);
+    const at::Tensor win = gather(clean[st.inputs[0]], in, 0, 0, wy, wx, L, Lw);
+    out.patch = resize(win, wy, wx, st.rz[0], st.rz[1], out.py, out.px, out.h, out.w);
+    return out;
+}
+
 at::Tensor Engine::Impl::set_images(const at::Tensor& images_gchw, const at::Tensor& classes_gm) {
     torch::NoGradGuard no_grad;
     image = images_gchw.contiguous();
     classes = at::Tensor();
+    leaf_weights.clear();  // weights belong to the images they were set for
+    clean_sums = at::Tensor();
     if (plan.settings.corrected_classes > 0 && classes_gm.defined()) {
         CONVSCOPE_CHECK(classes_gm.dim() == 2 && classes_gm.size(0) == image.size(0),
                         "occlusion classes do not match the images");
@@ -236,7 +279,7 @@ at::Tensor Engine::Impl::set_images(const at::Tensor& images_gchw, const at::Ten
 }
 
 at::Tensor Engine::Impl::run(const at::Tensor& patches, const std::vector<int64_t>& img,
-                                        const std::vector<int64_t>& ys, const std::vector<int64_t>& xs) {
+                                        const std::vector<int64_t>& ys, const std::vector<int64_t>& xs, bool weighted) {
     torch::NoGradGuard no_grad;
     const int64_t B = static_cast<int64_t>(ys.size());
     const int64_t G = image.size(0);
@@ -263,7 +306,8 @@ at::Tensor Engine::Impl::run(const at::Tensor& patches, const std::vector<int64_
             auto part = [&](const std::vector<int64_t>& v) {
                 return std::vector<int64_t>(v.begin() + b0, v.begin() + b1);
             };
-            outs[c] = run_chunk(chunks == 1 ? all : all.slice(0, b0, b1), part(img), part(ys), part(xs), unplanned[c]);
+            outs[c] = run_chunk(chunks == 1 ? all : all.slice(0, b0, b1), part(img), part(ys), part(xs), weighted,
+                                unplanned[c]);
         };
         if (chunks == 1) {
             one(0);
@@ -289,7 +333,7 @@ at::Tensor Engine::Impl::run(const at::Tensor& patches, const std::vector<int64_
 // that thresholding cut without a planned correction (and returns nothing): run() replans.
 at::Tensor Engine::Impl::run_chunk(const at::Tensor& patches, const std::vector<int64_t>& img,
                                               const std::vector<int64_t>& ys, const std::vector<int64_t>& xs,
-                                              int& unplanned_cut) const {
+                                              bool weighted, int& unplanned_cut) const {
     const auto& P = plan;
     const size_t B = ys.size();
     std::vector<std::optional<IncValue>> vals(P.slots.size());
@@ -313,6 +357,7 @@ at::Tensor Engine::Impl::run_chunk(const at::Tensor& patches, const std::vector<
     std::vector<double> corr(B * m, 0.0);
     for (size_t i = 0; i < P.steps.size(); ++i) {
         const Step& st = P.steps[i];
+        if (weighted && P.tail[i]) continue;  // pulled back onto the leaves
         bool capped = false;
         vals[st.output] = run_step(i, vals, capped);
         if (m > 0 && capped) {
@@ -323,9 +368,11 @@ at::Tensor Engine::Impl::run_chunk(const at::Tensor& patches, const std::vector<
             add_correction(st, state[i], clean[st.output], m, *vals[st.inputs[0]], *vals[st.output], corr);
         }
         for (int s : st.inputs)
-            if (P.slots[s].last_use == static_cast<int>(i) && !P.slots[s].boundary && s != P.head.slot)
+            if (P.slots[s].last_use == static_cast<int>(i) && !P.slots[s].boundary && s != P.head.slot &&
+                !(weighted && std::count(P.leaves.begin(), P.leaves.end(), s)))
                 vals[s].reset();
     }
+    if (weighted) return weighted_sums(vals, img);
     jit::Stack stack{c10::IValue(model.module()._ivalue()), image};
     for (int s : P.boundary) {
         const auto& sh = P.slots[s].shape;
@@ -347,6 +394,93 @@ at::Tensor Engine::Impl::run_chunk(const at::Tensor& patches, const std::vector<
             for (int64_t j = 0; j < m; ++j) o[b][c[img[b]][j]] += static_cast<float>(corr[b * m + j]);
     }
     return out;
+}
+
+namespace {
+// The resize's adjoint: weights on its output [G,Ho,Wo] float64 to the weights on its input
+// [G,Hi,Wi] that give the same weighted sums.
+at::Tensor resize_adjoint(const at::Tensor& g, const std::array<ResizeAxis, 2>& rz, int64_t hi, int64_t wi) {
+    auto matrix = [](const ResizeAxis& a, int64_t in) {
+        const int64_t out = static_cast<int64_t>(a.i0.size());
+        at::Tensor m = at::zeros({out, in}, at::kDouble);
+        auto acc = m.accessor<double, 2>();
+        for (int64_t o = 0; o < out; ++o) {
+            if (a.nearest) {
+                acc[o][a.i0[o]] += 1.0;
+                continue;
+            }
+            acc[o][a.i0[o]] += 1.0 - static_cast<double>(a.l1[o]);
+            acc[o][a.i1[o]] += static_cast<double>(a.l1[o]);
+        }
+        return m;
+    };
+    return at::matmul(at::matmul(matrix(rz[0], hi).t(), g), matrix(rz[1], wi));
+}
+}  // namespace
+
+// Pulls the weights back through the tail, from the output to the leaves, and sums the clean
+// outputs with them.
+void Engine::Impl::set_output_weights(const at::Tensor& weights_ghw) {
+    CONVSCOPE_CHECK(plan.output_slot >= 0, "weighted outputs need a plan that computes the output");
+    const at::Tensor& out = clean[plan.output_slot];
+    CONVSCOPE_CHECK(weights_ghw.dim() == 3 && weights_ghw.size(0) == out.size(0) && weights_ghw.size(1) == out.size(2) &&
+                        weights_ghw.size(2) == out.size(3),
+                    "output weights [G,H,W] for the images set");
+    const at::Tensor w = weights_ghw.to(at::kDouble).contiguous();
+    std::vector<at::Tensor> g(plan.slots.size());
+    g[plan.output_slot] = w;
+    auto add = [&](int s, const at::Tensor& t) { g[s] = g[s].defined() ? g[s] + t : t; };
+    for (size_t j = plan.steps.size(); j-- > 0;) {
+        const Step& st = plan.steps[j];
+        if (!plan.tail[j] || !g[st.output].defined()) continue;
+        const at::Tensor& go = g[st.output];
+        if (st.kind == StepKind::Resize) {
+            const auto& in = plan.slots[st.inputs[0]].shape;
+            add(st.inputs[0], resize_adjoint(go, st.rz, in[2], in[3]));
+        } else {
+            add(st.inputs[0], go);
+            add(st.inputs[1], go * st.alpha);
+        }
+    }
+    leaf_weights.clear();
+    for (int s : plan.leaves)
+        leaf_weights.push_back(g[s].defined() ? g[s].contiguous() : at::Tensor());  // undefined: no weight reaches it
+    clean_sums = (out.to(at::kDouble) * w.unsqueeze(1)).sum({2, 3}).contiguous();
+}
+
+// [B,K]: the clean sums plus, on each leaf's patch box, the pulled-back weights times the change.
+at::Tensor Engine::Impl::weighted_sums(const std::vector<std::optional<IncValue>>& vals,
+                                       const std::vector<int64_t>& img) const {
+    const int64_t B = static_cast<int64_t>(img.size()), K = clean_sums.size(1);
+    at::Tensor sums = at::empty({B, K}, at::kDouble);
+    double* o = sums.data_ptr<double>();
+    const double* base = clean_sums.data_ptr<double>();
+    for (int64_t b = 0; b < B; ++b)
+        for (int64_t k = 0; k < K; ++k) o[b * K + k] = base[img[b] * K + k];
+    for (size_t l = 0; l < plan.leaves.size(); ++l) {
+        const IncValue& v = *vals[plan.leaves[l]];
+        const at::Tensor& c = clean[plan.leaves[l]];
+        const int64_t H = c.size(2), W = c.size(3);
+        const at::Tensor& gw = leaf_weights[l];
+        if (!gw.defined()) continue;
+        const double* g = gw.data_ptr<double>();
+        const float* cp = c.data_ptr<float>();
+        const float* pp = v.patch.data_ptr<float>();
+        for (int64_t b = 0; b < B; ++b)
+            for (int64_t k = 0; k < K; ++k) {
+                double acc = 0;
+                const float* pk = pp + (b * K + k) * v.h * v.w;
+                const float* ck = cp + (v.img[b] * K + k) * H * W;
+                const double* gb = g + v.img[b] * H * W;
+                for (int64_t r = 0; r < v.h; ++r) {
+                    const int64_t row = (v.py[b] + r) * W + v.px[b];
+                    for (int64_t q = 0; q < v.w; ++q)
+                        acc += gb[row + q] * static_cast<double>(pk[r * v.w + q] - ck[row + q]);
+                }
+                o[b * K + k] += acc;
+            }
+    }
+    return sums.to(at::kFloat);
 }
 
 // The head's output [B,O] for the positions of v (the flattened slot's incremental value). In
@@ -403,7 +537,27 @@ at::Tensor Engine::set_images(const at::Tensor& images_gchw, const at::Tensor& c
 at::Tensor Engine::run(const at::Tensor& patches, const std::vector<int64_t>& img, const std::vector<int64_t>& ys,
                        const std::vector<int64_t>& xs) {
     try {
-        return impl_->run(patches, img, ys, xs);
+        return impl_->run(patches, img, ys, xs, false);
+    } catch (const c10::Error& e) {
+        throw engine_error(e);
+    }
+}
+
+bool Engine::weighted_output() const { return impl_->plan.output_slot >= 0; }
+
+void Engine::set_output_weights(const at::Tensor& weights_ghw) {
+    try {
+        impl_->set_output_weights(weights_ghw);
+    } catch (const c10::Error& e) {
+        throw engine_error(e);
+    }
+}
+
+at::Tensor Engine::run_weighted(const at::Tensor& patches, const std::vector<int64_t>& img,
+                                const std::vector<int64_t>& ys, const std::vector<int64_t>& xs) {
+    CONVSCOPE_CHECK(impl_->clean_sums.defined(), "set_output_weights before run_weighted");
+    try {
+        return impl_->run(patches, img, ys, xs, true);
     } catch (const c10::Error& e) {
         throw engine_error(e);
     }

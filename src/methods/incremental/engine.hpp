@@ -57,6 +57,19 @@ public:
     at::Tensor run(const at::Tensor& patches, const std::vector<int64_t>& img, const std::vector<int64_t>& ys,
                    const std::vector<int64_t>& xs);
 
+    // Whether run_weighted can be used: the plan computes the model's output, a map [N,K,H,W],
+    // itself (Plan::output_slot).
+    bool weighted_output() const;
+    // Sets weights [G,H,W] on the output map of each image set (after set_images).
+    void set_output_weights(const at::Tensor& weights_ghw);
+    // For the copies run() takes: [B,K] float32, the sums over the output map of each channel
+    // times the copy's image's weights. Computed from the clean sums and the changes of the maps
+    // the output is a linear function of (Plan::leaves; the tail's resizes and sums are pulled
+    // back onto them once, by set_output_weights), so only the changed parts are read. Exact
+    // (in float64 sums) without thresholding or bfloat16.
+    at::Tensor run_weighted(const at::Tensor& patches, const std::vector<int64_t>& img, const std::vector<int64_t>& ys,
+                            const std::vector<int64_t>& xs);
+
     // Bytes of clean activations (and gradients for the correction) set_images keeps per image.
     int64_t bytes_per_image() const;
     // The configured plan (a cut the plan did not foresee adds its step to the corrected ones).

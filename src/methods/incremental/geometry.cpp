@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <optional>
 #include <vector>
 
 #include "methods/incremental/plan.hpp"
@@ -33,6 +34,46 @@ bool window_range(const Axis& a, int64_t c0, int64_t c1, double tau, bool may_ca
     return false;
 }
 
+// One axis of a resize from in to out rows, as ATen computes it (in float): the source row of
+// output o is scale * (o + 0.5) - 0.5 (at least 0), or scale * o with align_corners; scale is
+// 1 / scale_factor when one is given, else in / out ((in - 1) / (out - 1) with align_corners).
+// Nearest neighbours: floor(o * scale), with ATen's exact cases for equal and doubled sizes.
+ResizeAxis resize_axis(bool nearest, bool align, int64_t in, int64_t out, std::optional<double> factor) {
+    ResizeAxis a;
+    a.nearest = nearest;
+    const float scale = align && !nearest ? (out > 1 ? static_cast<float>(in - 1) / static_cast<float>(out - 1) : 0.f)
+                        : factor && *factor > 0 ? static_cast<float>(1.0 / *factor)
+                                                : static_cast<float>(in) / static_cast<float>(out);
+    for (int64_t o = 0; o < out; ++o) {
+        if (nearest) {
+            const int64_t i = out == in ? o : out == 2 * in ? o >> 1
+                              : std::min<int64_t>(static_cast<int64_t>(std::floor(static_cast<float>(o) * scale)), in - 1);
+            a.i0.push_back(i);
+            a.i1.push_back(i);
+            a.l1.push_back(0.f);
+            continue;
+        }
+        const float src = align ? scale * static_cast<float>(o)
+                                : std::max(scale * (static_cast<float>(o) + 0.5f) - 0.5f, 0.f);
+        const int64_t i0 = std::min<int64_t>(static_cast<int64_t>(std::floor(src)), in - 1);
+        a.i0.push_back(i0);
+        a.i1.push_back(i0 + (i0 < in - 1 ? 1 : 0));
+        a.l1.push_back(std::min(std::max(src - static_cast<float>(i0), 0.f), 1.f));
+    }
+    return a;
+}
+
+void resize_range(const ResizeAxis& a, int64_t c0, int64_t c1, int64_t& o0, int64_t& o1) {
+    // Output o reads rows i0[o] .. i1[o]; both are non-decreasing in o.
+    const int64_t n = static_cast<int64_t>(a.i0.size());
+    o0 = std::lower_bound(a.i1.begin(), a.i1.end(), c0) - a.i1.begin();
+    o1 = std::upper_bound(a.i0.begin(), a.i0.end(), c1 - 1) - a.i0.begin();
+    if (o1 <= o0) {  // nothing can change (downsampling skips the rows): keep one unit
+        o0 = std::min<int64_t>(o0, n - 1);
+        o1 = o0 + 1;
+    }
+}
+
 std::vector<std::array<int64_t, 2>> propagate(const Plan& plan, int axis, int64_t start, int64_t patch,
                                               bool may_cap, std::vector<char>& cut) {
     std::vector<std::array<int64_t, 2>> box(plan.slots.size());
@@ -45,6 +86,9 @@ std::vector<std::array<int64_t, 2>> propagate(const Plan& plan, int axis, int64_
             const std::array<int64_t, 2> in = b;
             cut[i] = window_range(st.ax[axis], in[0], in[1], plan.settings.tau, may_cap && st.op == WindowOp::Conv,
                                   b[0], b[1]);
+        } else if (st.kind == StepKind::Resize) {
+            const std::array<int64_t, 2> in = b;
+            resize_range(st.rz[axis], in[0], in[1], b[0], b[1]);
         } else if (st.kind != StepKind::Pointwise) {
             for (int k : st.inputs) {
                 b[0] = std::min(b[0], box[k][0]);

@@ -34,6 +34,15 @@ struct Axis {
                                          // occluder's own footprint on this map
 };
 
+// One axis of a resize (upsampling or nearest-neighbour resampling): output o reads input rows
+// i0[o] and i1[o] (i1 >= i0, both non-decreasing in o) weighted 1 - l1[o] and l1[o]; nearest
+// neighbours read i0 alone.
+struct ResizeAxis {
+    std::vector<int64_t> i0, i1;
+    std::vector<float> l1;
+    bool nearest = false;
+};
+
 // A value of the graph for B positions: per position, the changed box and the box its patch
 // covers. All patches of a batch have the same size h x w; the patch box contains the changed
 // box.
@@ -87,6 +96,13 @@ int64_t place(const std::vector<int64_t>& c0, const std::vector<int64_t>& c1, in
 at::Tensor max_pool(const at::Tensor& src, const IncValue& v, int64_t off_y, int64_t off_x,
                     const std::vector<int64_t>& wy, const std::vector<int64_t>& wx, int64_t L, int64_t Lw,
                     const Axis& ay, const Axis& ax, int64_t oh, int64_t ow);
+
+// The resize of windows win [B,C,L,Lw] (rows [wy[b], wy[b]+L) and columns [wx[b], wx[b]+Lw) of
+// the input) to the output boxes at (py[b], px[b]) of h x w: [B,C,h,w]. Every input row and
+// column the boxes read must lie in the windows.
+at::Tensor resize(const at::Tensor& win, const std::vector<int64_t>& wy, const std::vector<int64_t>& wx,
+                  const ResizeAxis& ay, const ResizeAxis& ax, const std::vector<int64_t>& py,
+                  const std::vector<int64_t>& px, int64_t h, int64_t w);
 
 // Whether the CPU multiplies bfloat16 natively (AVX512-BF16): elsewhere bfloat16 convolutions are
 // emulated and slower than float32 ones.

@@ -4,6 +4,7 @@
 #include <torch/csrc/jit/passes/dead_code_elimination.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <limits>
@@ -88,6 +89,8 @@ private:
     bool plan_list(jit::Node* n);
     bool plan_cat(jit::Node* n, const std::vector<int64_t>& out_shape);
     bool plan_window(jit::Node* n, const std::vector<c10::IValue>& args, const std::vector<size_t>& dyn,
+                     const std::vector<int64_t>& out_shape);
+    bool plan_resize(jit::Node* n, const std::vector<c10::IValue>& args, const std::vector<size_t>& dyn,
                      const std::vector<int64_t>& out_shape);
     bool plan_alias(jit::Node* n, const std::vector<c10::IValue>& args, const std::vector<size_t>& dyn);
     bool plan_pointwise(jit::Node* n, std::vector<c10::IValue> args, const std::vector<size_t>& dyn,
@@ -228,6 +231,51 @@ bool Planner::plan_window(jit::Node* n, const std::vector<c10::IValue>& args, co
     return true;
 }
 
+// Bilinear and nearest upsampling (aten::upsample_bilinear2d, aten::upsample_nearest2d and their
+// .vec forms, which F.interpolate calls) with constant sizes or scale factors.
+bool Planner::plan_resize(jit::Node* n, const std::vector<c10::IValue>& args, const std::vector<size_t>& dyn,
+                          const std::vector<int64_t>& out_shape) {
+    if (dyn.size() != 1 || dyn[0] != 0) return false;
+    const auto schema = n->maybeSchema();
+    if (!schema) return false;
+    const int in_slot = p_.slot_of.at(n->input(0));
+    const auto in_shape = p_.slots[in_slot].shape;
+    if (in_shape.size() != 4 || in_shape[1] != out_shape[1]) return false;
+    bool align = false;
+    std::array<std::optional<double>, 2> factor;
+    const auto& params = schema->arguments();
+    for (size_t i = 1; i < params.size() && i < args.size(); ++i) {
+        const std::string& name = params[i].name();
+        const c10::IValue& v = args[i];
+        if (name == "align_corners") {
+            if (!v.isBool()) return false;
+            align = v.toBool();
+        } else if (name == "scale_factors") {
+            if (v.isNone()) continue;
+            if (!v.isDoubleList() || v.toDoubleList().size() != 2) return false;
+            factor = {v.toDoubleList()[0], v.toDoubleList()[1]};
+        } else if (name == "scales_h" || name == "scales_w") {
+            if (v.isNone()) continue;
+            if (!v.isDouble()) return false;
+            factor[name == "scales_h" ? 0 : 1] = v.toDouble();
+        } else if (name != "output_size") {
+            return false;
+        }
+    }
+    const bool nearest = n->kind() == c10::aten::upsample_nearest2d;
+    Step st;
+    st.kind = StepKind::Resize;
+    st.name = nearest ? "upsample_nearest2d" : "upsample_bilinear2d";
+    for (int a = 0; a < 2; ++a) {
+        st.ax[a].in = in_shape[2 + a];
+        st.ax[a].out = out_shape[2 + a];
+        st.rz[a] = resize_axis(nearest, align, in_shape[2 + a], out_shape[2 + a], factor[a]);
+    }
+    st.inputs = {in_slot};
+    add_step(std::move(st), n, out_shape);
+    return true;
+}
+
 // Ops that return their input in eval mode: the output shares the input's slot.
 bool Planner::plan_alias(jit::Node* n, const std::vector<c10::IValue>& args, const std::vector<size_t>& dyn) {
     if (dyn.size() != 1 || dyn[0] != 0) return false;
@@ -262,6 +310,12 @@ bool Planner::plan_pointwise(jit::Node* n, std::vector<c10::IValue> args, const 
     st.kind = binary ? StepKind::Binary : StepKind::Pointwise;
     st.name = kind.substr(6);
     for (size_t i : dyn) st.inputs.push_back(p_.slot_of.at(n->inputs()[i]));
+    if (binary && (kind == "aten::add" || kind == "aten::sub") && args.size() == 3 && dyn[0] == 0 && dyn[1] == 1) {
+        const double a = args[2].isInt() ? static_cast<double>(args[2].toInt()) : args[2].isDouble() ? args[2].toDouble() : NAN;
+        st.alpha = kind == "aten::sub" ? -a : a;
+    } else if (binary) {
+        st.alpha = NAN;  // not a sum of its inputs
+    }
     st.operation = n->getOperation();
     st.args = std::move(args);
     st.dyn_args = dyn;
@@ -297,6 +351,8 @@ bool Planner::plan_node(jit::Node* n) {
         n->kind() == c10::aten::convolution || n->kind() == c10::aten::max_pool2d ||
         n->kind() == c10::aten::avg_pool2d)
         return plan_window(n, args, dyn, out_shape);
+    if (n->kind() == c10::aten::upsample_bilinear2d || n->kind() == c10::aten::upsample_nearest2d)
+        return plan_resize(n, args, dyn, out_shape);
     if (n->kind() == c10::aten::contiguous || n->kind() == c10::aten::detach ||
         ((n->kind() == c10::aten::dropout || n->kind() == c10::aten::feature_dropout) && args.size() == 3 &&
          args[2].isBool() && !args[2].toBool()))
@@ -335,58 +391,6 @@ bool Planner::plan_head(jit::Node* n) {
     p_.head.weight = weight.contiguous();
     p_.head.bias = b->isTensor() ? b->toTensor().contiguous() : at::Tensor();
     return true;
-}
-
-
-// Cheaper patches, same values up to rounding: an eval-mode batch norm that alone reads a
-// convolution's output is folded into the convolution's weights and bias, and a ReLU that alone
-// reads its input works in place.
-void fuse_steps(Plan& plan) {
-    auto& slots = plan.slots;
-    auto& steps = plan.steps;
-    std::vector<int> readers(slots.size(), 0);
-    for (const auto& st : steps)
-        for (int s : st.inputs) ++readers[s];
-    std::vector<char> removed(steps.size(), 0);
-    for (size_t j = 0; j < steps.size(); ++j) {
-        Step& bn = steps[j];
-        if (bn.kind != StepKind::Pointwise || bn.name != "batch_norm") continue;
-        const int s = bn.inputs[0];
-        if (readers[s] != 1 || slots[s].boundary || slots[s].values.size() != 1 || bn.dyn_args[0] != 0)
-            continue;
-        Step* conv = nullptr;
-        for (size_t i = 0; i < j; ++i)
-            if (!removed[i] && steps[i].output == s && steps[i].kind == StepKind::Window &&
-                steps[i].op == WindowOp::Conv)
-                conv = &steps[i];
-        if (!conv) continue;
-        const auto& a = bn.args;  // input, weight, bias, mean, var, training, momentum, eps, cudnn
-        if (!a[3].isTensor() || !a[4].isTensor() || !a[7].isDouble()) continue;
-        const at::Tensor var = a[4].toTensor().to(at::kDouble), mean = a[3].toTensor().to(at::kDouble);
-        const int64_t c = var.numel();
-        if (c != conv->weight.size(0)) continue;
-        const at::Tensor gamma = a[1].isTensor() ? a[1].toTensor().to(at::kDouble) : at::ones({c}, at::kDouble);
-        const at::Tensor beta = a[2].isTensor() ? a[2].toTensor().to(at::kDouble) : at::zeros({c}, at::kDouble);
-        const at::Tensor scale = gamma / at::sqrt(var + a[7].toDouble());
-        const at::Tensor bias = conv->bias.defined() ? conv->bias.to(at::kDouble) : at::zeros({c}, at::kDouble);
-        conv->weight = (conv->weight.to(at::kDouble) * scale.view({-1, 1, 1, 1})).to(conv->weight.scalar_type());
-        conv->bias = ((bias - mean) * scale + beta).to(conv->weight.scalar_type());
-        conv->output = bn.output;
-        conv->name = "conv+batch_norm";
-        removed[j] = 1;
-    }
-    std::vector<Step> kept;
-    for (size_t i = 0; i < steps.size(); ++i)
-        if (!removed[i]) kept.push_back(std::move(steps[i]));
-    steps = std::move(kept);
-    std::fill(readers.begin(), readers.end(), 0);
-    for (const auto& st : steps)
-        for (int s : st.inputs) ++readers[s];
-    for (auto& st : steps) {
-        const int s = st.inputs.empty() ? -1 : st.inputs[0];
-        st.in_place = st.kind == StepKind::Pointwise && st.name == "relu" && s > 0 && readers[s] == 1 &&
-                      !slots[s].boundary && slots[s].values.size() == 1;
-    }
 }
 
 
@@ -473,6 +477,7 @@ Plan make_plan(const Model& model, const std::vector<int64_t>& chw) {
                 p.slots[s].last_use = std::max(p.slots[s].last_use, static_cast<int>(i));
         for (size_t s = 0; s < p.slots.size(); ++s)
             if (p.slots[s].boundary) p.boundary.push_back(static_cast<int>(s));
+        find_tail(p);
         p.note = make_note(p);
         return p;
     } catch (const c10::Error& e) {

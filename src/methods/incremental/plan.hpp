@@ -39,7 +39,7 @@ struct EngineSettings {
     int64_t patch_h = 0, patch_w = 0;
 };
 
-enum class StepKind { Window, Pointwise, Binary, Cat };
+enum class StepKind { Window, Pointwise, Binary, Cat, Resize };
 enum class WindowOp { Conv, MaxPool, AvgPool };
 
 struct Step {
@@ -55,10 +55,14 @@ struct Step {
     int64_t groups = 1;
     double pad_value = 0;
     c10::optional<int64_t> divisor;
+    // Resize ops (bilinear or nearest upsampling): the rows and columns each output reads.
+    std::array<ResizeAxis, 2> rz;
     // Pointwise and binary ops: the node's operation with its constant arguments.
     mutable std::optional<jit::Operation> operation;  // called from const run paths (stateless)
     std::vector<c10::IValue> args;
     std::vector<size_t> dyn_args;  // positions of the dynamic arguments
+    // Binary add and sub: the coefficient of the second input (alpha; negated for sub).
+    double alpha = 1;
     // Set by configure: this convolution may be thresholded and gets the first-order correction.
     bool linear = false;
 };
@@ -87,6 +91,14 @@ struct Plan {
     std::unordered_map<const jit::Value*, int> slot_of;
     Head head;
     std::string first_rest;  // kind of the first node the rest computes ("": none)
+    // When the plan computes the graph's output itself (nothing is left to the rest, no head) and
+    // it is a map: its slot, else -1. Then the output is a linear function of some earlier maps,
+    // the leaves, through the tail: the resizes and sums at the end of the graph (a segmentation
+    // network's upsampled logits plus a skip branch), or the output itself when its last op is
+    // not linear (an empty tail, one leaf).
+    int output_slot = -1;
+    std::vector<char> tail;   // per step: in the tail
+    std::vector<int> leaves;  // slots the tail reads and does not compute
     std::string note;        // for people: the incremental ops and where recomputation starts
     EngineSettings settings;  // as configured
 };
@@ -94,6 +106,15 @@ struct Plan {
 // Plans incremental inference of the model on inputs of shape chw. Throws Error when the graph
 // cannot be prepared.
 Plan make_plan(const Model& model, const std::vector<int64_t>& chw);
+
+// One axis of a resize from in to out rows, as ATen computes it (see geometry.cpp).
+ResizeAxis resize_axis(bool nearest, bool align, int64_t in, int64_t out, std::optional<double> factor);
+
+// Passes make_plan runs after walking the graph. fuse_steps: an eval-mode batch norm that alone
+// reads a convolution's output is folded into the convolution, a ReLU that alone reads its input
+// works in place. find_tail: Plan::output_slot, tail and leaves (after boundary and last_use).
+void fuse_steps(Plan& plan);
+void find_tail(Plan& plan);
 
 // Applies settings to a plan: the occluder's footprint on every map (never cut) and, with
 // tau < 1 and corrected classes, which convolutions thresholding can cut (they get the
@@ -104,6 +125,9 @@ void configure(Plan& plan, const EngineSettings& settings);
 // may_cap and tau < 1, at most max(min_cap, ceil(tau * out)) of them, centred on the change.
 // Returns whether the range was cut.
 bool window_range(const Axis& a, int64_t c0, int64_t c1, double tau, bool may_cap, int64_t& o0, int64_t& o1);
+
+// The outputs [o0, o1) of a resize axis that input rows [c0, c1) can change (at least one).
+void resize_range(const ResizeAxis& a, int64_t c0, int64_t c1, int64_t& o0, int64_t& o1);
 
 // The changed rows (axis 0) or columns (axis 1) of every slot, [begin, end), for a window at
 // [start, start + patch) on that axis, propagated through the plan as the engine runs it (the
