@@ -4,7 +4,10 @@
 //
 //   bench_segment_occlusion [--runs N (5)] [--images K (4)] [--patch P (8)] [--stride S (2)] [--threads T (2)]
 //                           [--batch-size B (0: automatic)]
+//   bench_segment_occlusion --save-inputs FILE.npy [--images K]
 //
+// --save-inputs writes the K scenes as model input [K,1,64,64] float32 and stops: the data the
+// comparison with Captum (segment_occlusion_captum.py) runs both tools on.
 // Model: load_segment_model() (trained on first use, `convscope train --arch segment`), 64x64
 // scenes of Fashion-MNIST items ("fashion-mnist-scenes", the first K held-out scenes). Target
 // `--target pred --region pred`: the mean logit of each scene's most frequent predicted class
@@ -26,6 +29,7 @@
 #include "convscope/methods/occlusion.hpp"
 #include "convscope/runtime/dataset.hpp"
 #include "convscope/runtime/default_model.hpp"
+#include "convscope/runtime/io.hpp"
 #include "convscope/runtime/model.hpp"
 #include "bench_util.hpp"
 
@@ -61,6 +65,13 @@ int main(int argc, char** argv) {
         execv("/proc/self/exe", argv);
     }
     int64_t runs = 5, threads = 2, images = 4, patch = 8, stride = 2, batch = 0;
+    std::string save_inputs;
+    if (argc >= 3 && std::string(argv[1]) == "--save-inputs") {
+        save_inputs = argv[2];
+        argv[2] = argv[0];
+        argc -= 2;
+        argv += 2;
+    }
     if (!parse_args(argc, argv, {{"--runs", &runs}, {"--images", &images}, {"--patch", &patch}, {"--stride", &stride},
                                  {"--threads", &threads}, {"--batch-size", &batch}}))
         return 2;
@@ -73,6 +84,10 @@ int main(int argc, char** argv) {
         std::vector<int64_t> idx;
         for (int64_t i = 0; i < images; ++i) idx.push_back(i);
         const at::Tensor x = data.batch(idx, data.preprocess_for(model.input_shape(), model.meta().mean, model.meta().std));
+        if (!save_inputs.empty()) {
+            write_npy(save_inputs, x.contiguous());
+            return 0;
+        }
         OcclusionOptions o;
         o.patch_h = o.patch_w = patch;
         o.stride_y = o.stride_x = stride;

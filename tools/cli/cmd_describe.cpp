@@ -90,7 +90,7 @@ RunFn setup(CLI::App& app) {
         }
         std::cout << "model " << model.path() << "\n"
                   << "input " << shape_str(model.input_shape()) << ", " << model.num_classes()
-                  << " outputs, " << total_params << " parameters\n"
+                  << " classes, " << total_params << " parameters\n"
                   << "preprocessing: " << pre.describe() << "\n"
                   << "metadata: " << (meta.source.empty() ? "none (the file has no convscope.json)" : meta.source) << "\n"
                   << "class names: "
