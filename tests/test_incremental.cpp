@@ -19,11 +19,6 @@ namespace {
 
 namespace inc = convscope::incremental;
 
-at::Tensor randn(std::vector<int64_t> shape, uint64_t seed) {
-    auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
-    return torch::randn(shape, gen, torch::kFloat);
-}
-
 // One op's geometry on both axes.
 struct Geo {
     int64_t k, s, p, d;

@@ -19,11 +19,6 @@ namespace {
 
 namespace inc = convscope::incremental;
 
-at::Tensor randn(std::vector<int64_t> shape, uint64_t seed) {
-    auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
-    return torch::randn(shape, gen, torch::kFloat);
-}
-
 // A small segmentation-like network on 3x24x30 inputs: a context path at half resolution,
 // upsampled (bilinear, x2) and added to a skip branch, resampled by nearest neighbours (x1.5),
 // minus half of the context path upsampled with align_corners to the same size. With

@@ -13,6 +13,12 @@
 namespace convscope {
 
 // Folder made by tests/fixtures/make_fixtures.py (build/fixtures).
+// Standard normal values [shape] from their own generator seeded with seed (reproducible).
+inline at::Tensor randn(std::vector<int64_t> shape, uint64_t seed) {
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+    return torch::randn(shape, gen, torch::kFloat);
+}
+
 inline std::string fixtures_dir() { return CONVSCOPE_FIXTURES; }
 inline std::string fixture(const std::string& rel) { return std::string(CONVSCOPE_FIXTURES) + "/" + rel; }
 
