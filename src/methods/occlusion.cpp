@@ -147,7 +147,7 @@ public:
                        const std::vector<int64_t>& xs) override {
         return engine_.run(patches(img, ys, xs), img, ys, xs);
     }
-    bool weighted() const override { return engine_.weighted_output() && !bf16() && engine_.plan().settings.tau >= 1.0; }
+    bool weighted() const override { return engine_.weighted_output(); }
     void set_output_weights(const at::Tensor& w) override { engine_.set_output_weights(w); }
     at::Tensor weighted_outputs(const std::vector<int64_t>& img, const std::vector<int64_t>& ys,
                                 const std::vector<int64_t>& xs) override {

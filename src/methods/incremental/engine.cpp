@@ -543,7 +543,10 @@ at::Tensor Engine::run(const at::Tensor& patches, const std::vector<int64_t>& im
     }
 }
 
-bool Engine::weighted_output() const { return impl_->plan.output_slot >= 0; }
+// Exact runs only: thresholding's corrections and bfloat16 changes are not in the weighted sums.
+bool Engine::weighted_output() const {
+    return impl_->plan.output_slot >= 0 && impl_->plan.settings.tau >= 1.0 && !impl_->delta_bf16();
+}
 
 void Engine::set_output_weights(const at::Tensor& weights_ghw) {
     try {

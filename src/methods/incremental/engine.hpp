@@ -58,7 +58,7 @@ public:
                    const std::vector<int64_t>& xs);
 
     // Whether run_weighted can be used: the plan computes the model's output, a map [N,K,H,W],
-    // itself (Plan::output_slot).
+    // itself (Plan::output_slot), and the engine is exact (no thresholding, no bfloat16).
     bool weighted_output() const;
     // Sets weights [G,H,W] on the output map of each image set (after set_images).
     void set_output_weights(const at::Tensor& weights_ghw);
