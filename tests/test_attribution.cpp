@@ -395,3 +395,107 @@ TEST(Attribution, BadInputGivesClearErrors) {
     EXPECT_THROW(parse_baseline("blur:0"), UsageError);
     EXPECT_EQ(parse_baseline("0.5").kind, Baseline::Kind::Constant);
 }
+
+namespace {
+
+// A RISE mask as rise.hpp defines it, from its grid [cells,cells] of kept cells and its shift:
+// the grid upsampled bilinearly (align_corners = false) to (cells + 1) cell sizes, cropped.
+at::Tensor rise_mask_by_definition(const at::Tensor& grid, int64_t dy, int64_t dx, int64_t h, int64_t w) {
+    namespace F = torch::nn::functional;
+    const int64_t cells = grid.size(0), ch = (h + cells - 1) / cells, cw = (w + cells - 1) / cells;
+    const at::Tensor up = F::interpolate(grid.view({1, 1, cells, cells}),
+                                         F::InterpolateFuncOptions()
+                                             .size(std::vector<int64_t>{(cells + 1) * ch, (cells + 1) * cw})
+                                             .mode(torch::kBilinear)
+                                             .align_corners(false));
+    return up[0][0].slice(0, dy, dy + h).slice(1, dx, dx + w);
+}
+
+// out = [tanh(<v0, x>), sigmoid(<v1, x>)] on 1x6x6 inputs: nonlinear, so that RISE's map is not
+// the weights times a constant.
+Model tiny_dense_model() {
+    torch::jit::Module m("RiseNet");
+    m.register_parameter("v", randn({2, 36}, 5) * 0.4, false);
+    m.define(R"(
+def forward(self, x):
+    f = torch.flatten(x, 1)
+    z = torch.matmul(f, self.v.t())
+    return torch.stack([torch.tanh(z[:, 0]), torch.sigmoid(z[:, 1])], 1)
+)");
+    Model model = Model::from_module(m, ModelMeta{});
+    model.set_input_shape({1, 6, 6});
+    return model;
+}
+
+}  // namespace
+
+// RISE's map is a Monte-Carlo estimate of E[score(baseline + M (x - baseline)) M(p)] / keep.
+// With 2x2 cells the expectation is a finite sum: 16 grids x 9 shifts, each with its
+// probability. 20,000 masks estimate it to about 0.01 (scores lie in [-1, 1]).
+TEST(Attribution, RiseEstimatesItsExpectationOverMasks) {
+    Model model = tiny_dense_model();
+    const at::Tensor x = randn({1, 1, 6, 6}, 9);
+    const double keep = 0.4;
+    auto o = opts(AttributionMethod::Rise, 0);
+    o.masks = 20000;
+    o.cells = 2;
+    o.keep = keep;
+    o.batch_size = 512;
+    o.baseline = parse_baseline("0.25");
+    RunContext ctx;
+    ctx.seed = 3;
+    const AttributionResult r = attribute(model, x, o, ctx);
+    ASSERT_EQ(r.attributions.sizes(), (std::vector<int64_t>{1, 6, 6}));
+    expect_close(r.heat, r.attributions, 0, "RISE's heat is its map");
+
+    at::Tensor expected = torch::zeros({6, 6}, torch::kDouble);
+    for (int bits = 0; bits < 16; ++bits) {
+        at::Tensor grid = torch::zeros({2, 2});
+        int kept = 0;
+        for (int b = 0; b < 4; ++b)
+            if (bits & (1 << b)) {
+                grid[b / 2][b % 2] = 1.0;
+                ++kept;
+            }
+        const double p_grid = std::pow(keep, kept) * std::pow(1 - keep, 4 - kept);
+        for (int dy = 0; dy < 3; ++dy)
+            for (int dx = 0; dx < 3; ++dx) {
+                const at::Tensor mask = rise_mask_by_definition(grid, dy, dx, 6, 6);
+                const at::Tensor input = 0.25 + mask * (x[0][0] - 0.25);
+                const double s = model.forward(input.view({1, 1, 6, 6}))[0][0].item<double>();
+                expected += (p_grid / 9.0) * s * mask.to(torch::kDouble);
+            }
+    }
+    expected /= keep;
+    const double err = (r.attributions[0].to(torch::kDouble) - expected).abs().max().item<double>();
+    EXPECT_LT(err, 0.03) << "RISE against the exact expectation";
+    // The estimate is not trivially close: the map varies by more than the tolerance.
+    EXPECT_GT((expected.max() - expected.min()).item<double>(), 0.1);
+}
+
+TEST(Attribution, RiseIsSeededAndIndependentOfTheBatchSize) {
+    Model model = load_lenet();
+    const at::Tensor x = lenet_input();
+    auto o = opts(AttributionMethod::Rise, 2);
+    o.masks = 300;  // more than one chunk of drawn masks
+    RunContext ctx;
+    ctx.seed = 17;
+    const AttributionResult a = attribute(model, x, o, ctx);
+    o.batch_size = 7;
+    const AttributionResult b = attribute(model, x, o, ctx);
+    ASSERT_EQ(a.attributions.sizes(), (std::vector<int64_t>{2, 28, 28}));
+    EXPECT_TRUE(torch::allclose(a.attributions, b.attributions, 1e-5, 1e-6)) << "batch size changed the map";
+    ctx.seed = 18;
+    const AttributionResult c = attribute(model, x, o, ctx);
+    EXPECT_FALSE(torch::allclose(a.attributions, c.attributions, 1e-3, 1e-4)) << "the seed did not change the masks";
+    // Errors for options that cannot work.
+    o.masks = 0;
+    expect_error([&] { attribute(model, x, o); }, "at least 1 mask");
+    o.masks = 10;
+    o.cells = 29;
+    expect_error([&] { attribute(model, x, o); }, "1 to 28 cells");
+    o.cells = 7;
+    o.keep = 1.0;
+    expect_error([&] { attribute(model, x, o); }, "keep probability");
+    EXPECT_EQ(parse_attribution_method("rise"), AttributionMethod::Rise);
+}

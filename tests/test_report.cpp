@@ -13,6 +13,8 @@
 #include "convscope/runtime/io.hpp"
 #include "convscope/runtime/model.hpp"
 #include "convscope/app/report.hpp"
+#include "convscope/methods/explain.hpp"
+#include "convscope/methods/faithfulness.hpp"
 #include "test_util.hpp"
 
 namespace convscope {
@@ -50,6 +52,7 @@ ReportOptions small() {
     o.map_items = 80;
     o.map_iterations = 60;
     o.attributions = {"saliency", "grad-cam"};
+    o.trust_items = 3;
     return o;
 }
 
@@ -102,6 +105,29 @@ TEST(Report, DataMatchesPlainForwardPassesAndPicturesExist) {
         EXPECT_TRUE(e["occlusion"].contains("confounders"));
     }
     EXPECT_EQ(R["map"]["x"].size(), 80u);
+    // Which map to trust: occlusion and the two methods on the first 3 items; saliency's
+    // deletion area as the metric computes it from saliency's maps directly.
+    const json& T = R["trust"];
+    EXPECT_EQ(T["methods"], json({"occlusion", "saliency", "grad-cam"}));
+    std::vector<std::string> rows;
+    for (const auto& row : T["rows"]) rows.push_back(row["metric"]);
+    EXPECT_EQ(rows.front(), "deletion_morf");
+    EXPECT_NE(std::find(rows.begin(), rows.end(), "randomisation_spearman_abs"), rows.end());
+    EXPECT_NE(std::find(rows.begin(), rows.end(), "random_logit_ssim"), rows.end());
+    {
+        std::vector<int64_t> first{0, 1, 2};
+        const at::Tensor x = data.batch(first, data.preprocess_for({1, 28, 28}, {}, {}));
+        Target t;
+        t.score = Score::Prob;
+        const Explanation e = method_explainer("saliency", ExplainOptions{})(model, x, t, {});
+        CurveOptions co;
+        co.target = fixed_target(t, e.targets);
+        co.steps = 20;
+        const double area = perturbation_curve(model, x, e.map, co).areas.mean().item<double>();
+        EXPECT_NEAR(T["rows"][0]["mean"]["saliency"].get<double>(), area, 1e-5);
+    }
+    EXPECT_EQ(T["curves"].size(), 2u);
+    EXPECT_TRUE(T.contains("cascade"));
     EXPECT_EQ(R["patches"][1]["channels"][0]["entries"].size(), 9u);
     // Every picture the page names is a PNG beside it.
     const std::regex src("\"(img/[^\"]+\\.png)\"");

@@ -250,6 +250,7 @@ json Explorer::Impl::run_attribution(const Request& r, const ProgressFn& progres
     ao.layer = r.layer;
     ao.samples = 25;
     ao.steps = 32;
+    ao.masks = 1000;  // a live view: RISE's map is already clear with this many masks
     const at::Tensor clean = clean_output(r);
     ao.target = target_of(r, clean);
     const AttributionResult res = attribute(model, r.input, ao, context(progress));

@@ -15,6 +15,7 @@
 #include "convscope/methods/attribution.hpp"
 #include "convscope/runtime/dataset.hpp"
 #include "convscope/methods/embedding.hpp"
+#include "convscope/methods/evaluation.hpp"
 #include "convscope/runtime/error.hpp"
 #include "convscope/runtime/json.hpp"
 #include "convscope/methods/json.hpp"
@@ -110,6 +111,8 @@ void check_options(const ReportOptions& o) {
     if (o.map_items != 0 && o.map_items != -1 && (o.map_items < 8 || o.map_items > 70000))
         throw UsageError("the map takes 8..70000 items (0 = no map), got " + std::to_string(o.map_items));
     for (const auto& m : o.attributions) (void)parse_attribution_method(m);
+    if (o.trust_items < -1) throw UsageError("the number of evaluated items must be >= 0 (0 = none)");
+    for (const auto& m : o.trust_metrics) (void)parse_metric(m);
 }
 
 // Seconds of the fastest of `runs` runs of f (after one warm-up run).
@@ -203,7 +206,44 @@ ReportPlan plan_report(const Model& model, const Dataset& data, const std::vecto
         while (p.feature_vis_steps > 32 && double(p.feature_vis_steps) * vis_seconds > 0.45 * budget)
             p.feature_vis_steps -= 16;
     }
-    (void)data;
+    // Which map to trust: per item and method about 4 (steps + 1) forward passes for deletion
+    // and insertion and one map (about 3 (steps + 1) passes for the path methods) per
+    // randomised layer and for the random logit; a sixth of the budget.
+    p.trust_metrics = o.trust_metrics;
+    if (o.trust_items != 0) {
+        const double methods = double(o.attributions.size() + 1);
+        const double map_cost = 3.0 * (p.attribution_steps + 1) + 1.0;
+        const double layers = double(parameter_layers(model).size());
+        auto cost_per_item = [&](const std::vector<std::string>& metrics) {
+            double c = map_cost;
+            for (const auto& m : metrics) {
+                const Metric k = parse_metric(m);
+                if (k == Metric::Deletion || k == Metric::Insertion) c += 2.0 * (p.trust_steps + 1);
+                if (k == Metric::Randomisation || k == Metric::IndependentRandomisation) c += layers * map_cost;
+                if (k == Metric::RandomLogit) c += map_cost;
+            }
+            return methods * c * t;
+        };
+        const double share = budget / 6.0;
+        if (o.trust_items < 0 && cost_per_item(p.trust_metrics) > share) {
+            std::vector<std::string> kept;
+            for (const auto& m : p.trust_metrics)
+                if (m.find("randomi") == std::string::npos) kept.push_back(m);
+            if (kept.size() < p.trust_metrics.size())
+                p.trust_note = "the randomisation checks were left out: they cost more than the time budget gives this "
+                               "section (--budget, or convscope evaluate)";
+            p.trust_metrics = kept;
+        }
+        if (o.trust_items > 0) {
+            p.trust_items = o.trust_items;
+        } else if (cost_per_item(p.trust_metrics) <= share) {
+            p.trust_items = std::min<int64_t>(8, int64_t(share / cost_per_item(p.trust_metrics)));
+        } else {
+            p.trust_note = "left out: evaluating even one item costs more than the time budget gives it (--budget, "
+                           "--trust-items, or convscope evaluate)";
+        }
+        p.trust_items = std::min(p.trust_items, data.size());
+    }
     return p;
 }
 
@@ -238,7 +278,8 @@ ReportResult write_report(const Model& model, const Dataset& data, OutputDir& ou
     using Section = void (detail::ReportContext::*)();
     const std::vector<std::pair<std::string, Section>> sections = {
         {"accuracy", &detail::ReportContext::write_accuracy}, {"filters", &detail::ReportContext::write_filters},
-        {"examples", &detail::ReportContext::write_examples}, {"patches", &detail::ReportContext::write_patches},
+        {"examples", &detail::ReportContext::write_examples}, {"trust", &detail::ReportContext::write_trust},
+        {"patches", &detail::ReportContext::write_patches},
         {"feature_vis", &detail::ReportContext::write_feature_vis}, {"map", &detail::ReportContext::write_map}};
     for (const auto& [stage, section] : sections) {
         (c.*section)();

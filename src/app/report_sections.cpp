@@ -13,6 +13,7 @@
 #include "convscope/methods/activations.hpp"
 #include "convscope/methods/attribution.hpp"
 #include "convscope/methods/embedding.hpp"
+#include "convscope/methods/evaluation.hpp"
 #include "convscope/methods/feature_vis.hpp"
 #include "convscope/methods/filters.hpp"
 #include "convscope/methods/json.hpp"
@@ -57,8 +58,8 @@ std::vector<int64_t> example_classes(const at::Tensor& logits, const std::vector
 
 const std::vector<std::pair<std::string, double>>& report_stages() {
     static const std::vector<std::pair<std::string, double>> stages = {
-        {"plan", 0.0},     {"accuracy", 0.12},    {"filters", 0.03}, {"examples", 0.30},
-        {"patches", 0.17}, {"feature_vis", 0.18}, {"map", 0.20}};
+        {"plan", 0.0},     {"accuracy", 0.12},    {"filters", 0.03}, {"examples", 0.25},
+        {"trust", 0.10},   {"patches", 0.15}, {"feature_vis", 0.18}, {"map", 0.20}};
     return stages;
 }
 
@@ -324,6 +325,69 @@ void ReportContext::write_examples() {
             }
         }
     }
+}
+
+// Which map to trust: occlusion and the attribution methods evaluated on the first items.
+void ReportContext::write_trust() {
+    doc["trust"] = nullptr;
+    if (plan.trust_items <= 0 || plan.trust_metrics.empty()) {
+        if (!plan.trust_note.empty()) skip("which map to trust: " + plan.trust_note);
+        return;
+    }
+    if (!plan.trust_note.empty()) skip("which map to trust: " + plan.trust_note);
+    std::vector<int64_t> items;
+    for (int64_t i = 0; i < plan.trust_items; ++i) items.push_back(i);
+    const at::Tensor images = data.batch(items, pre);
+    EvaluationOptions eo;
+    eo.methods = {"occlusion"};
+    for (const auto& m : opts.attributions) eo.methods.push_back(m);
+    eo.metrics.clear();
+    for (const auto& m : plan.trust_metrics) eo.metrics.push_back(parse_metric(m));
+    eo.steps = plan.trust_steps;
+    eo.explain.target.score = Score::Prob;
+    if (model.forward(images.slice(0, 0, 1)).dim() == 4) {
+        eo.explain.target.kind = Target::Kind::PerImage;
+        eo.explain.target.labels = example_classes(model.forward(images), class_names);
+    }
+    eo.explain.occlusion.patch_h = eo.explain.occlusion.patch_w = plan.occlusion_patch;
+    eo.explain.occlusion.stride_y = eo.explain.occlusion.stride_x = plan.occlusion_stride;
+    eo.explain.attribution.samples = plan.attribution_steps;
+    eo.explain.attribution.steps = plan.attribution_steps;
+    eo.explain.attribution.masks = std::max(250, 25 * plan.attribution_steps);
+    EvaluationResult r;
+    try {
+        r = evaluate(model, images, eo, context("trust", 0.0, 0.95));
+    } catch (const Cancelled&) {
+        throw;
+    } catch (const Error& e) {
+        skip(std::string("which map to trust: ") + e.what());
+        return;
+    }
+    json t = {{"items", plan.trust_items}, {"methods", r.methods}, {"rows", json::array()}, {"curves", json::array()}};
+    for (const auto& c : r.columns) {
+        json row = {{"metric", c.name}, {"higher_is_better", c.higher_is_better}, {"meaning", c.meaning},
+                    {"ranking", r.ranking(c)}};
+        for (const auto& [m, v] : r.means(c)) row["mean"][m] = std::isfinite(v) ? json(v) : json(nullptr);
+        t["rows"].push_back(row);
+    }
+    for (const char* name : {"deletion_morf", "insertion_morf"}) {
+        std::vector<at::Tensor> curves;
+        for (const auto& m : r.methods)
+            if (r.curves[m].curves.count(name)) curves.push_back(r.curves[m].curves.at(name).mean(0));
+        if (curves.size() != r.methods.size()) continue;
+        t["curves"].push_back({{"name", name},
+                               {"picture", put(std::string("trust/") + name + ".png",
+                                               std::string("mean ") + name + " curve per method",
+                                               line_plot(torch::stack(curves), 560, 280, r.methods))}});
+    }
+    std::vector<at::Tensor> cascade;
+    for (const auto& m : r.methods)
+        if (r.curves[m].cascade.count("spearman_abs")) cascade.push_back(r.curves[m].cascade.at("spearman_abs").mean(1));
+    if (!cascade.empty() && cascade.size() == r.methods.size())
+        t["cascade"] = {{"layers", r.curves[r.methods[0]].cascade_layers},
+                        {"picture", put("trust/cascade.png", "rank correlation with the original map as layers are randomised",
+                                        line_plot(torch::stack(cascade), 560, 280, r.methods, Range{-1.f, 1.f}))}};
+    doc["trust"] = t;
 }
 
 // The top-9 dataset patches of the chosen layers' first channels.

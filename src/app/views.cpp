@@ -77,12 +77,15 @@ HeatPictures occlusion_pictures(const cv::Mat& base_rgb, const OcclusionResult& 
     return heat_pictures(base_rgb, map, Colormap::Diverging, symmetric_range(map), factor);
 }
 
+Range attribution_range(AttributionMethod method, const at::Tensor& heat_hw) {
+    if (method == AttributionMethod::Rise) return value_range(heat_hw);
+    return {0.f, is_cam_method(method) ? value_range(heat_hw).hi : percentile_range(heat_hw, 0, 99.5).hi};
+}
+
 HeatPictures attribution_pictures(const cv::Mat& base_rgb, const AttributionResult& r, int64_t n,
                                   int factor) {
     const at::Tensor heat = r.heat[n];
-    const bool cam = is_cam_method(r.method);
-    const Range range{0.f, cam ? value_range(heat).hi : percentile_range(heat, 0, 99.5).hi};
-    return heat_pictures(base_rgb, heat, Colormap::Inferno, range, factor);
+    return heat_pictures(base_rgb, heat, Colormap::Inferno, attribution_range(r.method, heat), factor);
 }
 
 std::vector<std::string> layers_with_output(const Model& model) {

@@ -1,6 +1,6 @@
 // Gradient attributions: saliency, guided backprop, deconvnet, SmoothGrad, integrated gradients,
 // Grad-CAM and Grad-CAM++, all on top of the model runtime's gradients (with respect to the
-// input and to taps) and its ReLU backward rules.
+// input and to taps) and its ReLU backward rules; and RISE, from forward passes alone.
 #include "convscope/methods/attribution.hpp"
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -17,12 +17,12 @@
 #include "convscope/runtime/error.hpp"
 #include "convscope/runtime/model.hpp"
 #include "convscope/runtime/strings.hpp"
+#include "methods/detail/batches.hpp"
+#include "methods/detail/rise.hpp"
 
 namespace convscope {
 
 namespace {
-
-
 
 // Options that make no sense whatever the model: checked before any work.
 void check_options(const Model& model, const at::Tensor& images, const AttributionOptions& o) {
@@ -42,7 +42,21 @@ void check_options(const Model& model, const at::Tensor& images, const Attributi
     if (o.method == AttributionMethod::IntegratedGradients && o.steps < 1)
         throw Error("integrated gradients need at least 1 step, got " + std::to_string(o.steps) +
                     ": pass --steps N with N >= 1 (50 is usual)");
-    if (o.method == AttributionMethod::IntegratedGradients) check_baseline(o.baseline);
+    if (o.method == AttributionMethod::Rise) {
+        const int64_t side = std::min(images.size(2), images.size(3));
+        if (o.masks < 1)
+            throw Error("RISE needs at least 1 mask, got " + std::to_string(o.masks) +
+                        ": pass --masks N with N >= 1 (4000 is usual)");
+        if (o.cells < 1 || o.cells > side)
+            throw Error("RISE's mask grid must have 1 to " + std::to_string(side) +
+                        " cells per side (the input's smaller side), got " + std::to_string(o.cells) +
+                        ": pass --cells N (7 is usual)");
+        if (!(o.keep > 0 && o.keep < 1))
+            throw Error("RISE's keep probability must lie strictly between 0 and 1, got " +
+                        detail::format_number(o.keep) + ": pass --keep 0.5 for example");
+    }
+    if (o.method == AttributionMethod::IntegratedGradients || o.method == AttributionMethod::Rise)
+        check_baseline(o.baseline);
     check_target(o.target, images.size(0));
 }
 
@@ -99,16 +113,6 @@ Passes run_passes(const Model& model, Model::ReluBackward rule, const at::Tensor
     return p;
 }
 
-// Plain forward in chunks (scores and targets at the clean images).
-at::Tensor forward_chunks(const Model& model, const at::Tensor& images, int batch_size) {
-    std::vector<at::Tensor> outs;
-    for (int64_t first = 0; first < images.size(0); first += batch_size)
-        outs.push_back(
-            model.forward(images.slice(0, first, std::min(images.size(0), first + batch_size))));
-    return torch::cat(outs, 0);
-}
-
-
 // The layer Grad-CAM looks at: the given one, or the last conv layer; it must be spatial.
 std::string cam_layer(const Model& model, const std::string& wanted) {
     const auto convs = model.conv_layer_names();
@@ -147,7 +151,7 @@ at::Tensor upsample(const at::Tensor& maps_nhw, int64_t h, int64_t w) {
 // ---------------------------------------------------------------------------------------------
 
 namespace {
-constexpr EnumTable<AttributionMethod, 11> kMethodNames = {{
+constexpr EnumTable<AttributionMethod, 12> kMethodNames = {{
     {AttributionMethod::Saliency, "saliency"},
     {AttributionMethod::GuidedBackprop, "guided-backprop"},
     {AttributionMethod::Deconvnet, "deconvnet"},
@@ -155,6 +159,7 @@ constexpr EnumTable<AttributionMethod, 11> kMethodNames = {{
     {AttributionMethod::IntegratedGradients, "integrated-gradients"},
     {AttributionMethod::GradCam, "grad-cam"},
     {AttributionMethod::GradCamPlusPlus, "grad-cam++"},
+    {AttributionMethod::Rise, "rise"},
     {AttributionMethod::GradCam, "gradcam"},
     {AttributionMethod::GradCamPlusPlus, "gradcam++"},
     {AttributionMethod::GradCamPlusPlus, "grad-cam-plus-plus"},
@@ -233,7 +238,7 @@ void several_passes(const Model& model, const at::Tensor& images, const Attribut
                     const RunContext& context, AttributionResult& r) {
     const int64_t n = images.size(0), c = images.size(1), h = images.size(2), w = images.size(3);
     const int batch = o.batch_size;
-    const at::Tensor clean_out = forward_chunks(model, images, batch);
+    const at::Tensor clean_out = detail::forward_chunks(model, images, batch);
     const auto scorer = std::make_shared<TargetScorer>(model, o.target, clean_out);
     r.targets = scorer->classes();
     r.scores = scorer->scores(clean_out).to(torch::kFloat);
@@ -298,6 +303,38 @@ void several_passes(const Model& model, const at::Tensor& images, const Attribut
     }
 }
 
+// RISE: every image's copies under the same masks, drawn kMaskChunk at a time; the sums of
+// score x mask are accumulated in float64.
+void rise_map(const Model& model, const at::Tensor& images, const AttributionOptions& o, const RunContext& context,
+              AttributionResult& r) {
+    const int64_t n = images.size(0), c = images.size(1), h = images.size(2), w = images.size(3);
+    const at::Tensor clean_out = detail::forward_chunks(model, images, o.batch_size);
+    const TargetScorer scorer(model, o.target, clean_out);
+    r.targets = scorer.classes();
+    r.scores = scorer.scores(clean_out).to(torch::kFloat);
+    const at::Tensor base = baseline_images(images, o.baseline, 10.0);
+    const at::Tensor diff = images - base;
+    at::Tensor sums = torch::zeros({n, h * w}, torch::kDouble);
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(context.seed);
+    for (int64_t first = 0; first < o.masks; first += rise::kMaskChunk) {
+        const int64_t k = std::min<int64_t>(rise::kMaskChunk, o.masks - first);
+        const at::Tensor m = rise::masks(gen, k, h, w, o.cells, o.keep);
+        const at::Tensor m_flat = m.view({k, h * w}).to(torch::kDouble);
+        const at::Tensor m4 = m.unsqueeze(1);
+        for (int64_t i = 0; i < n; ++i) {
+            for (int64_t b = 0; b < k; b += o.batch_size) {
+                const int64_t e = std::min<int64_t>(k, b + o.batch_size);
+                const at::Tensor rows = base[i].unsqueeze(0) + m4.slice(0, b, e) * diff[i].unsqueeze(0);
+                const at::Tensor s = scorer.scores(model.forward(rows.expand({e - b, c, h, w}).contiguous()),
+                                                   std::vector<int64_t>(static_cast<size_t>(e - b), i));
+                sums[i] += torch::matmul(s.to(torch::kDouble), m_flat.slice(0, b, e));
+            }
+            report_progress(context.progress, (double(first) + double(k) * double(i + 1) / double(n)) / double(o.masks));
+        }
+    }
+    r.attributions = (sums / (double(o.masks) * o.keep)).view({n, h, w}).to(torch::kFloat).contiguous();
+}
+
 }  // namespace
 
 AttributionResult attribute(const Model& model, const at::Tensor& images_nchw, const AttributionOptions& o,
@@ -314,9 +351,11 @@ AttributionResult attribute(const Model& model, const at::Tensor& images_nchw, c
     if (o.method == AttributionMethod::Saliency || o.method == AttributionMethod::GuidedBackprop ||
         o.method == AttributionMethod::Deconvnet || cam)
         single_pass(model, images, o, context, r);
+    else if (o.method == AttributionMethod::Rise) rise_map(model, images, o, context, r);
     else several_passes(model, images, o, context, r);
-    r.heat = cam ? upsample(r.attributions, images.size(2), images.size(3)).contiguous()
-                 : r.attributions.abs().amax(1).contiguous();
+    r.heat = cam                                ? upsample(r.attributions, images.size(2), images.size(3)).contiguous()
+             : o.method == AttributionMethod::Rise ? r.attributions
+                                                   : r.attributions.abs().amax(1).contiguous();
     report_progress(context.progress, 1.0);
     return r;
 }

@@ -345,4 +345,15 @@ at::Tensor Model::parameter(const std::string& layer_name, const std::string& na
     throw Error("unknown layer '" + layer_name + "'" + detail::closest_names_hint(layer_name, names));
 }
 
+std::vector<std::string> Model::parameter_names(const std::string& layer_name) const {
+    for (const auto& item : impl_->module.named_modules()) {
+        if (item.name != layer_name) continue;
+        std::vector<std::string> names;
+        for (const auto& p : item.value.named_parameters(/*recurse=*/false)) names.push_back(p.name);
+        return names;
+    }
+    parameter(layer_name, "");  // throws the unknown-layer error with its hint
+    return {};
+}
+
 }  // namespace convscope

@@ -117,4 +117,19 @@ Model Model::from_module(const jit::Module& module, ModelMeta meta, std::string 
     return m;
 }
 
+Model Model::copy() const {
+    Model m;
+    {
+        std::lock_guard<std::mutex> lock(impl_->mutex);
+        m.impl_->module = impl_->module.clone();  // not in place: attributes are deep copies
+        m.impl_->meta = impl_->meta;
+        m.impl_->path = impl_->path;
+        m.impl_->hash = impl_->hash;
+        m.impl_->input_shape = impl_->input_shape;
+        m.impl_->output_spec = impl_->output_spec;
+    }
+    m.impl_->analyse();
+    return m;
+}
+
 }  // namespace convscope

@@ -9,10 +9,10 @@ data="$FIX/lenet_scripted/input.npy"   # 2 images, float32 [2,1,28,28]
 $PY -c "import numpy as np; np.save('$T/labels.npy', np.array([4, 7], dtype=np.int64))"
 
 # Every method runs and writes its files.
-for method in saliency guided-backprop deconvnet smoothgrad integrated-gradients grad-cam grad-cam++; do
+for method in saliency guided-backprop deconvnet smoothgrad integrated-gradients grad-cam grad-cam++ rise; do
     out="$T/$method"
     "$BIN" attribute --method "$method" --model "$lenet" --data "$data" --indices 0:2 --target 3 \
-        --samples 4 --steps 32 --threads 1 --out "$out" > "$T/$method.log"
+        --samples 4 --steps 32 --masks 300 --threads 1 --out "$out" > "$T/$method.log"
     for f in attributions.npy heat.npy summary.json manifest.json overview.png heatmaps/0.png heatmaps/1.png \
              overlays/0.png overlays/1.png; do
         [ -s "$out/$f" ] || { echo "missing $out/$f"; exit 1; }
@@ -27,6 +27,8 @@ cam = method.startswith("grad-cam")
 if cam:
     assert a.shape == (2, 10, 10), a.shape      # conv2, the last conv layer of LeNet
     assert (a >= 0).all()
+elif method == "rise":
+    assert a.shape == (2, 28, 28) and np.array_equal(a, heat), a.shape
 else:
     assert a.shape == (2, 1, 28, 28), a.shape
     assert np.allclose(heat, np.abs(a).max(axis=1))

@@ -1,5 +1,5 @@
 // convscope attribute: gradient attributions (saliency, guided backprop, deconvnet, SmoothGrad,
-// integrated gradients, Grad-CAM, Grad-CAM++) for selected items: the array, heat maps,
+// integrated gradients, Grad-CAM, Grad-CAM++) and RISE for selected items: the array, heat maps,
 // overlays and a summary with targets, scores and the integrated-gradients completeness gap.
 #include <cmath>
 #include <iomanip>
@@ -37,7 +37,11 @@ void add_options(CLI::App& app, AttributeArgs& a) {
     app.add_option("--noise", a.ao.noise, "SmoothGrad: noise standard deviation as a fraction of the input range")
         ->capture_default_str();
     app.add_option("--steps", a.ao.steps, "integrated gradients: steps along the path")->capture_default_str();
-    app.add_option("--baseline", a.baseline, "integrated gradients: zero, blur, blur:SIGMA, mean or a number")
+    app.add_option("--masks", a.ao.masks, "RISE: random masks")->capture_default_str();
+    app.add_option("--cells", a.ao.cells, "RISE: cells per side of a mask's grid")->capture_default_str();
+    app.add_option("--keep", a.ao.keep, "RISE: probability that a cell is kept")->capture_default_str();
+    app.add_option("--baseline", a.baseline,
+                   "integrated gradients' start and RISE's masked-out value: zero, blur, blur:SIGMA, mean or a number")
         ->capture_default_str();
     app.add_option("--batch-size", a.ao.batch_size, "rows per forward/backward pass")->capture_default_str();
     app.add_option("--colormap", a.colormap, "colormap of the heat maps")->capture_default_str();
@@ -52,6 +56,9 @@ AttributionOptions parse_options(const AttributeArgs& a) {
     if (ao.samples < 1) throw UsageError("--samples must be at least 1, got " + std::to_string(ao.samples));
     if (!(ao.noise >= 0)) throw UsageError("--noise must be >= 0 (a fraction of the input range)");
     if (ao.steps < 1) throw UsageError("--steps must be at least 1, got " + std::to_string(ao.steps));
+    if (ao.masks < 1) throw UsageError("--masks must be at least 1, got " + std::to_string(ao.masks));
+    if (ao.cells < 1) throw UsageError("--cells must be at least 1, got " + std::to_string(ao.cells));
+    if (!(ao.keep > 0 && ao.keep < 1)) throw UsageError("--keep must lie strictly between 0 and 1");
     if (ao.batch_size < 1) throw UsageError("--batch-size must be at least 1");
     if (!(a.alpha >= 0 && a.alpha <= 1)) throw UsageError("--alpha must be between 0 and 1");
     ao.baseline = parse_baseline(a.baseline);
@@ -63,7 +70,6 @@ AttributionOptions parse_options(const AttributeArgs& a) {
 nlohmann::json write_pictures(OutputDir& out, const AttributionResult& r, const Model& model, const Dataset& data,
                               const std::vector<int64_t>& indices, const Preprocess& pre, const at::Tensor& images,
                               Colormap cmap, float alpha) {
-    const bool cam = is_cam_method(r.method);
     const at::Tensor display = pre.to_display(images);  // [N,H,W,C] uint8
     const int factor = readable_factor(static_cast<int>(images.size(2)), static_cast<int>(images.size(3)), 160);
     std::vector<cv::Mat> tiles;
@@ -73,9 +79,7 @@ nlohmann::json write_pictures(OutputDir& out, const AttributionResult& r, const 
     for (size_t i = 0; i < indices.size(); ++i) {
         const int64_t n = static_cast<int64_t>(i);
         const at::Tensor heat = r.heat[n];
-        // Maps of magnitudes: 0 to a high percentile, so that a few extreme pixels do not
-        // wash out the picture (CAM maps are smooth: their maximum).
-        Range range{0.f, cam ? value_range(heat).hi : percentile_range(heat, 0, 99.5).hi};
+        const Range range = detail::attribution_range(r.method, heat);
         const cv::Mat base = upscale_nearest(image_from_hwc_uint8(display[n]), factor);
         const cv::Mat heat_img = upscale_nearest(apply_colormap(heat, cmap, range), factor);
         const cv::Mat over = overlay_map(base, heat, cmap, range, alpha);
@@ -120,6 +124,13 @@ nlohmann::json make_summary(const AttributionOptions& ao, const AttributionResul
                               {"data", data.spec()},
                               {"items", items}};
     if (is_cam_method(ao.method)) summary["layer"] = r.layer;
+    if (ao.method == AttributionMethod::Rise) {
+        summary["masks"] = ao.masks;
+        summary["cells"] = ao.cells;
+        summary["keep"] = ao.keep;
+        summary["baseline"] = baseline_name(ao.baseline);
+        summary["seed"] = seed;
+    }
     if (ao.method == AttributionMethod::SmoothGrad) {
         summary["samples"] = ao.samples;
         summary["noise"] = ao.noise;
@@ -179,6 +190,9 @@ RunFn setup(CLI::App& app) {
                                         {"samples", ao.samples},
                                         {"noise", ao.noise},
                                         {"steps", ao.steps},
+                                        {"masks", ao.masks},
+                                        {"cells", ao.cells},
+                                        {"keep", ao.keep},
                                         {"baseline", baseline_name(ao.baseline)},
                                         {"batch_size", ao.batch_size},
                                         {"seed", o->seed},
@@ -187,12 +201,15 @@ RunFn setup(CLI::App& app) {
                                         {"colormap", colormap_name(cmap)}};
         OutputDir out = open_out(*o, options, &model);
         const bool cam = is_cam_method(ao.method);
+        const bool rise = ao.method == AttributionMethod::Rise;
         write_npy(out.file("attributions.npy",
-                           cam ? "class activation maps [N,h,w] float32 at layer " + r.layer
-                               : "attributions [N,C,H,W] float32, one per input value, sign kept"),
+                           cam    ? "class activation maps [N,h,w] float32 at layer " + r.layer
+                           : rise ? "RISE maps [N,H,W] float32, the mask-weighted mean score per pixel"
+                                  : "attributions [N,C,H,W] float32, one per input value, sign kept"),
                   r.attributions);
-        write_npy(out.file("heat.npy", cam ? "the maps upsampled bilinearly to the input [N,H,W] float32"
-                                           : "max |attribution| over channels [N,H,W] float32"),
+        write_npy(out.file("heat.npy", cam    ? "the maps upsampled bilinearly to the input [N,H,W] float32"
+                                       : rise ? "the RISE maps [N,H,W] float32"
+                                              : "max |attribution| over channels [N,H,W] float32"),
                   r.heat);
         if (r.baselines.defined())
             write_npy(out.file("baselines.npy", "integrated-gradients baselines [N,C,H,W] float32"), r.baselines);
@@ -208,7 +225,7 @@ RunFn setup(CLI::App& app) {
             },
             [&](const at::Tensor& display, const at::Tensor& heat) {
                 const int factor = readable_factor(static_cast<int>(heat.size(0)), static_cast<int>(heat.size(1)), 160);
-                const Range range{0.f, cam ? value_range(heat).hi : percentile_range(heat, 0, 99.5).hi};
+                const Range range = detail::attribution_range(ao.method, heat);
                 return overlay_map(upscale_nearest(image_from_hwc_uint8(display), factor), heat, cmap, range, a->alpha);
             });
         const nlohmann::json summary = make_summary(ao, r, model, data, std::move(items), o->seed);
@@ -223,7 +240,7 @@ RunFn setup(CLI::App& app) {
 
 RegisterCommand reg({"attribute",
                      "gradient attributions: saliency, guided backprop, deconvnet, SmoothGrad, "
-                     "integrated gradients, Grad-CAM(++)",
+                     "integrated gradients, Grad-CAM(++), RISE",
                      setup, 60});
 
 }  // namespace

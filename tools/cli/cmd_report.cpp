@@ -46,9 +46,14 @@ RunFn setup(CLI::App& app) {
     app.add_option("--map-iterations", r->map_iterations, "t-SNE iterations of the map")->capture_default_str();
     app.add_option("--attributions", *attributions, "attribution methods, comma-separated ('' = none)")
         ->capture_default_str();
+    auto trust = std::make_shared<std::string>(detail::join(ReportOptions{}.trust_metrics, ","));
+    app.add_option("--trust-items", r->trust_items,
+                   "items of the 'Which map to trust' section, 0 = none (default: from the model's cost, at most 8)");
+    app.add_option("--trust-metrics", *trust, "its metrics (convscope evaluate --help)")->capture_default_str();
 
-    return [o, r, layers, attributions]() {
+    return [o, r, layers, attributions, trust]() {
         ReportOptions opts = *r;
+        opts.trust_metrics = trust->empty() ? std::vector<std::string>{} : detail::split(*trust, ',');
         opts.seed = o->seed;
         opts.layers = layers->empty() ? std::vector<std::string>{} : detail::split(*layers, ',');
         opts.attributions = attributions->empty() ? std::vector<std::string>{} : detail::split(*attributions, ',');
@@ -67,6 +72,8 @@ RunFn setup(CLI::App& app) {
                                         {"vis_size", opts.feature_vis_size},
                                         {"occlusion_stride", opts.occlusion_stride},
                                         {"attribution_steps", opts.attribution_steps},
+                                        {"trust_items", opts.trust_items},
+                                        {"trust_metrics", opts.trust_metrics},
                                         {"budget_seconds", opts.budget_seconds}};
         OutputDir out = open_out(*o, options, &model);
         const ReportResult res = write_report(model, data, out, opts, cli_progress("report", 0.5));
@@ -88,7 +95,9 @@ RunFn setup(CLI::App& app) {
                                           {"occlusion_stride", res.plan.occlusion_stride},
                                           {"attribution_steps", res.plan.attribution_steps},
                                           {"feature_vis_steps", res.plan.feature_vis_steps},
-                                          {"feature_vis_size", res.plan.feature_vis_size}}}};
+                                          {"feature_vis_size", res.plan.feature_vis_size},
+                                          {"trust_items", res.plan.trust_items},
+                                          {"trust_metrics", res.plan.trust_metrics}}}};
             std::cout << json_text(j, 2) << "\n";
         } else {
             std::cout << "report: " << res.index_html << "\n";

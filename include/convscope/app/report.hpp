@@ -54,6 +54,12 @@ struct ReportOptions {
     // Attribution methods (attribution_method_names()); empty = none.
     std::vector<std::string> attributions = {"saliency", "guided-backprop", "integrated-gradients",
                                              "grad-cam"};
+    // "Which map to trust": the first N items (0 = no such section; auto: as many as a share of
+    // the budget pays for, at most 8) evaluated with these metrics (metric_names()) for
+    // occlusion and the attribution methods above; randomisation is dropped first where the
+    // budget does not pay for it.
+    int64_t trust_items = -1;
+    std::vector<std::string> trust_metrics = {"deletion", "insertion", "randomisation", "random-logit"};
     double budget_seconds = 60.0;  // what the automatic settings aim at (> 0)
     uint64_t seed = 0;           // t-SNE, feature visualisation, SmoothGrad
 };
@@ -68,6 +74,10 @@ struct ReportPlan {
     std::vector<int64_t> feature_vis_size;  // per chosen layer (0 = the input size)
     int64_t occlusion_patch = 0, occlusion_stride = 0;
     int attribution_steps = 0;
+    int64_t trust_items = 0;                 // 0: no "Which map to trust" section
+    int trust_steps = 20;                    // its deletion and insertion steps
+    std::vector<std::string> trust_metrics;  // the metrics that fit the budget
+    std::string trust_note;                  // why a metric or the section was left out ("" = none)
 };
 ReportPlan plan_report(const Model& model, const Dataset& data, const std::vector<std::string>& layers,
                        const ReportOptions& options);

@@ -16,6 +16,7 @@
 #include "convscope/methods/occlusion.hpp"
 #include "convscope/runtime/progress.hpp"
 #include "convscope/runtime/receptive_field.hpp"
+#include "convscope/runtime/render.hpp"
 
 namespace convscope::detail {
 
@@ -41,8 +42,11 @@ struct HeatPictures {
 // Occlusion: the per-pixel drop map (mean over input channels) of image n on a diverging map.
 HeatPictures occlusion_pictures(const cv::Mat& base_rgb, const OcclusionResult& r, int64_t n,
                                 int factor);
-// Attributions of image n: inferno over [0, 99.5th percentile] (CAM maps: [0, max]), as
-// `convscope attribute` draws them.
+// The colour range of one attribution heat map heat_hw [H,W]: [0, 99.5th percentile] for pixel
+// methods (a few extreme pixels would wash out the picture), [0, max] for the smooth CAM maps,
+// [min, max] for RISE (mean scores, which need not start at 0).
+Range attribution_range(AttributionMethod method, const at::Tensor& heat_hw);
+// Attributions of image n: inferno over attribution_range, as `convscope attribute` draws them.
 HeatPictures attribution_pictures(const cv::Mat& base_rgb, const AttributionResult& r, int64_t n,
                                   int factor);
 

@@ -6,15 +6,18 @@
 //                         inputs (Springenberg et al. 2015)
 //   deconvnet             every ReLU's backward applies the ReLU to the gradient only, ignoring
 //                         the forward input (Zeiler & Fergus 2014)
-//   smoothgrad            the saliency averaged over noisy copies of the input (Smilkov et al.
-//   2017) integrated-gradients  (x - baseline) * the gradient averaged along the straight path from
-//   the
+//   smoothgrad            the saliency averaged over noisy copies of the input (Smilkov et al. 2017)
+//   integrated-gradients  (x - baseline) * the gradient averaged along the straight path from the
 //                         baseline to x (Sundararajan et al. 2017)
 //   grad-cam              ReLU(sum_k w_k A_k), w_k the spatial mean of d score / d A_k, at a
 //                         conv layer A (Selvaraju et al. 2017)
 //   grad-cam++            as Grad-CAM with weights sum_ij alpha_kij ReLU(d score / d A_kij)
 //                         (Chattopadhyay et al. 2018, closed form for an exponential score)
-// The score is the target class's output (the logit, before any softmax). Guided backprop and
+//   rise                  the mean score of randomly masked copies, weighted by each mask's value
+//                         at the pixel, divided by the keep probability (Petsiuk et al. 2018); no
+//                         gradients, so it works for any model
+// The score is what the target says (default: the class's logit, before any softmax; RISE's
+// paper uses the probability, --score prob). Guided backprop and
 // deconvnet change the ReLU backward inside the model's graph, so they work for ReLUs written
 // as modules, as functional calls and in place.
 #include <ATen/core/Tensor.h>
@@ -38,10 +41,11 @@ enum class AttributionMethod {
     IntegratedGradients,
     GradCam,
     GradCamPlusPlus,
+    Rise,
 };
 
 // "saliency", "guided-backprop", "deconvnet", "smoothgrad", "integrated-gradients", "grad-cam",
-// "grad-cam++", in enum order.
+// "grad-cam++", "rise", in enum order.
 const std::vector<std::string>& attribution_method_names();
 const std::string& attribution_method_name(AttributionMethod method);
 // Parses a method name; throws UsageError listing the valid names.
@@ -62,7 +66,13 @@ struct AttributionOptions {
     // Integrated gradients: intervals of the path (>= 1); the gradient is taken at steps + 1
     // points k / steps (trapezoidal rule), which also give score(baseline) and score(x).
     int steps = 50;
-    Baseline baseline;  // integrated gradients' start; Blur's automatic sigma is max(H, W) / 10
+    Baseline baseline;  // integrated gradients' start and RISE's masked-out value; Blur's
+                        // automatic sigma is max(H, W) / 10
+    // RISE: masks (>= 1), the grid of cells per side (1 .. min(H, W)) and the probability that a
+    // cell is kept (0 < keep < 1). The context's seed draws the masks (the same for every image).
+    int masks = 4000;
+    int cells = 7;
+    double keep = 0.5;
     // Rows (images, noisy copies or path points) per forward/backward pass; bounds the memory.
     int batch_size = 16;
 };
@@ -71,10 +81,12 @@ struct AttributionResult {
     AttributionMethod method = AttributionMethod::Saliency;
     // Pixel methods: [N,C,H,W] float32, the attribution of every input value, sign kept.
     // CAM methods: [N,h,w] float32, the class activation map at `layer` (>= 0, not normalised).
+    // RISE: [N,H,W] float32, one value per pixel (the masks cover all channels), in the score's
+    // units.
     at::Tensor attributions;
     // [N,H,W] float32, one value per input pixel for pictures: pixel methods take the maximum
     // absolute value over channels; CAM methods upsample the map bilinearly to the input size
-    // (align_corners = false).
+    // (align_corners = false); RISE's is its map.
     at::Tensor heat;
     std::string layer;             // CAM methods: the layer used; "" otherwise
     std::vector<int64_t> targets;  // [N] the class explained for each image
@@ -90,12 +102,14 @@ struct AttributionResult {
 // Attributions of the target class score for images_nchw [N,C,H,W] float32 (preprocessed model
 // inputs). Throws Error for: a batch that does not fit the model, a target class out of range,
 // "label" targets without labels (or with an image whose label is unknown), samples or steps
-// below 1, a negative noise, a CAM layer without a spatial output [C,h,w] (the message lists the
+// below 1, a negative noise, RISE masks below 1, cells outside 1 .. min(H, W) or a keep
+// probability outside (0, 1), a CAM layer without a spatial output [C,h,w] (the message lists the
 // conv layers), or a model without conv layers for the CAM default.
 // Cost (one pass = forward + backward of one image): saliency, guided backprop, deconvnet,
 // Grad-CAM, Grad-CAM++: 1 pass; SmoothGrad: samples passes + 1 forward; integrated gradients:
-// steps + 1 passes, run `batch_size` rows at a time.
-// The context's seed draws SmoothGrad's noise: the same seed and thread count give the same bytes.
+// steps + 1 passes; RISE: masks forwards per image (no backward) + 1. All run `batch_size` rows
+// at a time.
+// The context's seed draws SmoothGrad's noise and RISE's masks: the same seed and thread count give the same bytes.
 AttributionResult attribute(const Model& model, const at::Tensor& images_nchw, const AttributionOptions& options,
                             const RunContext& context = {});
 

@@ -9,6 +9,7 @@ namespace convscope {
 
 struct OcclusionSummary;
 struct EmbeddingResult;
+struct EvaluationResult;
 
 // {"target", "target_name", "predicted", "predicted_name", "clean_score", "clean_prob",
 //  "max_drop", "max_position": [py, px], "max_window": box, "important_region": box,
@@ -21,5 +22,13 @@ nlohmann::json to_json(const OcclusionSummary& summary, const std::vector<std::s
 // "learning_rate", "iterations", "seconds": {"pca", "neighbours", "affinities",
 // "optimisation", "metrics"}}.
 nlohmann::json to_json(const EmbeddingResult& result);
+
+// The evaluation of the explanation methods: {"methods", "items" (the data indices),
+// "targets", "metrics": {name: {"higher_is_better", "meaning", "mean": {method: value},
+// "ranking": [methods, best first], "values": {method: [one per item]}}} in the order computed,
+// "curves": {method: {name: [mean over the items per point]}}, "road_percentages",
+// "randomisation": {method: {"layers", "cascading"/"independent": {similarity: [mean per
+// layer]}}}, "seconds": {method: {"map" or metric: s}}}. Non-finite values are null.
+nlohmann::json to_json(const EvaluationResult& result, const std::vector<int64_t>& items);
 
 }  // namespace convscope

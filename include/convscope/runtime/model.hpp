@@ -165,8 +165,15 @@ public:
 
     // The TorchScript module (eval mode).
     torch::jit::Module& module() const;
-    // Parameter tensor of a layer, e.g. ("conv1", "weight"); throws Error if absent.
+    // Parameter tensor of a layer, e.g. ("conv1", "weight"); throws Error if absent. It shares
+    // the model's storage: writing into it (without autograd) changes the model.
     at::Tensor parameter(const std::string& layer, const std::string& name) const;
+    // The names of the parameters a layer holds itself, not its children's, e.g. {"weight",
+    // "bias"}; throws Error for an unknown layer.
+    std::vector<std::string> parameter_names(const std::string& layer) const;
+    // A deep copy with its own parameters and buffers, the same metadata, input shape and chosen
+    // output: for changing parameters (model randomisation) without touching this model.
+    Model copy() const;
     // For methods that work on the graph itself (incremental occlusion): the inlined forward
     // graph (input 0 is the module, input 1 the image batch; do not modify it, copy it) and the
     // graph value each layer's output is.

@@ -46,6 +46,7 @@ struct ReportContext {
     void write_accuracy();     // accuracy, and the correct and wrong examples to show
     void write_filters();      // filter grids
     void write_examples();     // inputs, activation maps, occlusion, gradient attributions
+    void write_trust();        // which map to trust: the methods' evaluation
     void write_patches();      // top-9 dataset patches
     void write_feature_vis();  // feature visualisations
     void write_map();          // the t-SNE dataset map

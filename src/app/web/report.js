@@ -115,6 +115,23 @@
             add('examples', 'Correct and wrong predictions', 'A few items the model classifies correctly and a few it gets wrong, with their activation maps, the occlusion map (which regions the prediction depends on, and flags for regions outside them that change it), and gradient attributions.', items);
     }
 
+    // --- which map to trust ---
+    if (R.trust) {
+        const T = R.trust;
+        const fmt = (v) => (v === null || v === undefined ? '–' : Math.abs(v) >= 100 || Math.abs(v) < 0.001 ? v.toExponential(2) : v.toFixed(3));
+        const rows = T.rows.map((r) => el('tr', {}, [
+            el('td', { text: r.metric, title: r.meaning }),
+            el('td', { text: r.higher_is_better ? 'higher is better' : 'lower is better' }),
+            ...T.methods.map((m) => el('td', { class: 'num' + (r.ranking[0] === m ? ' best' : ''), text: fmt(r.mean ? r.mean[m] : null) })),
+        ]));
+        const table = el('div', { class: 'scroll' }, [el('table', { id: 'trust-table' }, [
+            el('thead', {}, [el('tr', {}, ['metric', 'direction', ...T.methods].map((t) => el('th', { text: t })))]),
+            el('tbody', {}, rows)])]);
+        const figs = T.curves.map((c) => fig(c.picture, `${c.name}: the mean score as pixels are ${c.name.startsWith('deletion') ? 'deleted' : 'inserted'}, most relevant first`));
+        if (T.cascade) figs.push(fig(T.cascade.picture, `rank correlation with the original map as layers are randomised from the top (${T.cascade.layers.join(' → ')})`));
+        add('trust', 'Which map to trust', `Each method scored on the first ${T.items} items: how fast the predicted class's probability falls when its most relevant pixels are deleted (lower is better) or rises when they are inserted (higher is better), and whether its maps change when the model's weights are randomised or another class is explained (lower similarity is better: a map that survives those does not explain this model's decision). Bold: the best method per metric. convscope evaluate computes these and more on any number of items.`, [table, el('div', { class: 'grid' }, figs)]);
+    }
+
     // --- top patches ---
     if (R.patches.length) {
         const figs = R.patches.map((p) => {

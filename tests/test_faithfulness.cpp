@@ -1,0 +1,229 @@
+// Faithfulness metrics against references: deletion, insertion and ROAD curves computed by plain
+// loops in PyTorch on the LeNet fixture (tests/fixtures/metric_fixtures.py), the linear
+// imputation against its defining equations, infidelity and max-sensitivity on a linear model
+// whose exact attribution is known.
+#include <ATen/CPUGeneratorImpl.h>
+#include <gtest/gtest.h>
+#include <torch/script.h>
+#include <torch/torch.h>
+
+#include "convscope/methods/explain.hpp"
+#include "convscope/methods/faithfulness.hpp"
+#include "convscope/runtime/error.hpp"
+#include "convscope/runtime/io.hpp"
+#include "convscope/runtime/model.hpp"
+#include "test_util.hpp"
+
+using namespace convscope;
+
+namespace {
+
+at::Tensor lenet_input() { return read_npy(fixture("lenet_scripted/input.npy")); }
+at::Tensor metric_ref(const std::string& name) { return read_npy(fixture("metrics/" + name + ".npy")); }
+
+Target prob_target() {
+    Target t;
+    t.score = Score::Prob;
+    return t;
+}
+
+// out = [<w, x>, -<w, x>] on 1x8x8 inputs: the gradient of class 0 is w everywhere.
+struct LinearModel {
+    at::Tensor w = randn({1, 1, 8, 8}, 21);
+    Model model = make();
+    Model make() const {
+        torch::jit::Module m("Linear");
+        m.register_parameter("w", w, false);
+        m.define(R"(
+def forward(self, x):
+    s = (x * self.w).sum([1, 2, 3])
+    return torch.stack([s, -s], 1)
+)");
+        Model model = Model::from_module(m, ModelMeta{});
+        model.set_input_shape({1, 8, 8});
+        return model;
+    }
+};
+
+}  // namespace
+
+TEST(Faithfulness, DeletionAndInsertionCurvesMatchPlainLoops) {
+    Model model = load_lenet();
+    const at::Tensor x = lenet_input(), maps = metric_ref("maps");
+    for (const bool insertion : {false, true})
+        for (const auto order : {RelevanceOrder::MostFirst, RelevanceOrder::LeastFirst}) {
+            CurveOptions o;
+            o.target = prob_target();
+            o.insertion = insertion;
+            o.order = order;
+            o.steps = 20;
+            o.baseline = insertion ? parse_baseline("mean") : parse_baseline("0");
+            o.batch_size = 9;  // batches that cut across images
+            const CurveResult r = perturbation_curve(model, x, maps, o);
+            const std::string name = std::string(insertion ? "insertion_" : "deletion_") + relevance_order_name(order);
+            const at::Tensor ref = metric_ref(name);
+            expect_close(r.curves, ref, 1e-5, name);
+            // The area: the trapezoidal rule over the changed share in [0, 1].
+            const at::Tensor d = ref.to(torch::kDouble);
+            const at::Tensor area = (d.sum(1) - 0.5 * (d.select(1, 0) + d.select(1, 20))) / 20.0;
+            expect_close(r.areas, area.to(torch::kFloat), 1e-5, name + " area");
+        }
+}
+
+TEST(Faithfulness, RoadMatchesLinearImputationByPlainLoops) {
+    Model model = load_lenet();
+    const at::Tensor x = lenet_input(), maps = metric_ref("maps");
+    for (const auto order : {RelevanceOrder::MostFirst, RelevanceOrder::LeastFirst}) {
+        RoadOptions o;
+        o.target = prob_target();
+        o.order = order;
+        o.percentages = {20, 50, 80};
+        o.noise = 0;
+        o.batch_size = 4;
+        const RoadResult r = road(model, x, maps, o);
+        const std::string name = std::string("road_") + relevance_order_name(order);
+        expect_close(r.scores, metric_ref(name + "_scores"), 1e-4, name);
+        EXPECT_TRUE(torch::equal(r.kept, metric_ref(name + "_kept"))) << name << " kept";
+        expect_close(r.areas, metric_ref(name + "_scores").mean(1), 1e-4, name + " mean");
+    }
+}
+
+TEST(Faithfulness, LinearImputationSatisfiesItsEquationsAndAddsSeededNoise) {
+    const at::Tensor x = randn({2, 3, 9, 11}, 4);
+    at::Tensor removed = torch::rand({2, 9, 11}, at::make_generator<at::CPUGeneratorImpl>(5)) < 0.6;
+    removed[0][0][0] = false;  // at least one kept pixel per image
+    removed[1][8][10] = false;
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(1);
+    const at::Tensor y = noisy_linear_imputation(x, removed, 0.0, gen);
+    EXPECT_TRUE(torch::equal(torch::where(removed.unsqueeze(1), torch::zeros_like(x), x),
+                             torch::where(removed.unsqueeze(1), torch::zeros_like(y), y)))
+        << "kept values changed";
+    // Every removed value is the weighted mean of its neighbours inside the image.
+    const double wt[3][3] = {{1.0 / 12, 1.0 / 6, 1.0 / 12}, {1.0 / 6, 0, 1.0 / 6}, {1.0 / 12, 1.0 / 6, 1.0 / 12}};
+    double worst = 0;
+    for (int64_t n = 0; n < 2; ++n)
+        for (int64_t c = 0; c < 3; ++c)
+            for (int64_t i = 0; i < 9; ++i)
+                for (int64_t j = 0; j < 11; ++j) {
+                    if (!removed[n][i][j].item<bool>()) continue;
+                    double sum = 0, weights = 0;
+                    for (int di = -1; di <= 1; ++di)
+                        for (int dj = -1; dj <= 1; ++dj) {
+                            const int64_t a = i + di, b = j + dj;
+                            if (a < 0 || a >= 9 || b < 0 || b >= 11) continue;
+                            sum += wt[di + 1][dj + 1] * y[n][c][a][b].item<double>();
+                            weights += wt[di + 1][dj + 1];
+                        }
+                    worst = std::max(worst, std::abs(y[n][c][i][j].item<double>() - sum / weights));
+                }
+    EXPECT_LT(worst, 1e-5);
+    // Noise: seeded, of the asked size, only on removed values.
+    at::Generator g1 = at::make_generator<at::CPUGeneratorImpl>(9), g2 = at::make_generator<at::CPUGeneratorImpl>(9);
+    const at::Tensor a = noisy_linear_imputation(x, removed, 0.5, g1), b = noisy_linear_imputation(x, removed, 0.5, g2);
+    EXPECT_TRUE(torch::equal(a, b));
+    const at::Tensor noise = (a - y).masked_select(removed.unsqueeze(1).expand_as(x));
+    EXPECT_NEAR(noise.std().item<double>(), 0.5, 0.05);
+    at::Generator g3 = at::make_generator<at::CPUGeneratorImpl>(9);
+    expect_error([&] { noisy_linear_imputation(x, torch::ones({2, 9, 11}, torch::kBool), 0.0, g3); },
+                 "every pixel of an image is removed");
+}
+
+TEST(Faithfulness, InfidelityIsZeroForTheExactAttributionOfALinearModel) {
+    LinearModel lin;
+    const at::Tensor x = randn({3, 1, 8, 8}, 22);
+    Target t;
+    t.kind = Target::Kind::Class;
+    t.class_index = 0;
+    Explanation exact;
+    exact.per_value = lin.w.expand({3, 1, 8, 8}).contiguous();
+    exact.signed_map = exact.per_value.sum(1);
+    exact.map = exact.signed_map.abs();
+    InfidelityOptions o;
+    o.target = t;
+    o.samples = 400;
+    EXPECT_LT(infidelity(lin.model, x, exact, o).max().item<double>(), 1e-8);
+    // Twice the gradient: exact again once normalised; without, the error is E[<w, I>^2] =
+    // sigma^2 |w|^2 per image (sigma = noise x the image's range).
+    Explanation twice = exact;
+    twice.per_value = exact.per_value * 2;
+    EXPECT_LT(infidelity(lin.model, x, twice, o).max().item<double>(), 1e-8);
+    o.normalize = false;
+    const at::Tensor err = infidelity(lin.model, x, twice, o);
+    for (int64_t n = 0; n < 3; ++n) {
+        const double sigma = 0.1 * (x[n].max() - x[n].min()).item<double>();
+        const double expected = sigma * sigma * lin.w.pow(2).sum().item<double>();
+        EXPECT_NEAR(err[n].item<double>(), expected, 0.2 * expected) << "image " << n;
+    }
+    // A map that ignores the model is worse than the exact one.
+    Explanation noise = exact;
+    noise.per_value = randn({3, 1, 8, 8}, 23);
+    o.normalize = true;
+    EXPECT_GT(infidelity(lin.model, x, noise, o).min().item<double>(), 1e-3);
+    o.samples = 0;
+    expect_error([&] { infidelity(lin.model, x, exact, o); }, "at least 1 sample");
+}
+
+TEST(Faithfulness, MaxSensitivityOfSaliency) {
+    // A linear model's saliency does not change with the input: max-sensitivity 0. LeNet's does.
+    LinearModel lin;
+    const at::Tensor x = randn({2, 1, 8, 8}, 24);
+    Target t;
+    t.kind = Target::Kind::Class;
+    t.class_index = 0;
+    ExplainOptions eo;
+    eo.target = t;
+    const Explainer saliency = method_explainer("saliency", eo);
+    const Explanation e = saliency(lin.model, x, t, {});
+    SensitivityOptions so;
+    EXPECT_LT(max_sensitivity(lin.model, x, e, saliency, t, so).max().item<double>(), 1e-6);
+
+    Model lenet = load_lenet();
+    const at::Tensor xl = lenet_input();
+    const Explanation el = saliency(lenet, xl, t, {});
+    so.samples = 4;
+    const at::Tensor s = max_sensitivity(lenet, xl, el, saliency, t, so);
+    // The reference: the same draws by hand (uniform in the box, the seed's stream).
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(uint64_t(0) ^ 0x5e5e5e5eULL);
+    at::Tensor worst = torch::zeros({2}, torch::kDouble);
+    const at::Tensor range = std::get<0>(xl.reshape({2, -1}).max(1)) - std::get<0>(xl.reshape({2, -1}).min(1));
+    for (int i = 0; i < 4; ++i) {
+        const at::Tensor u = torch::rand(xl.sizes(), gen, torch::kFloat) * 2 - 1;
+        const at::Tensor y = xl + u * (0.02 * range).view({2, 1, 1, 1});
+        const at::Tensor m = saliency(lenet, y, fixed_target(t, el.targets), {}).map.to(torch::kDouble);
+        const at::Tensor rel = (m - el.map.to(torch::kDouble)).reshape({2, -1}).norm(2, 1) /
+                               el.map.to(torch::kDouble).reshape({2, -1}).norm(2, 1);
+        worst = torch::maximum(worst, rel);
+    }
+    expect_close(s, worst.to(torch::kFloat), 1e-5, "max-sensitivity");
+    EXPECT_GT(s.min().item<double>(), 0.0);
+    so.radius = 0;
+    expect_error([&] { max_sensitivity(lenet, xl, el, saliency, t, so); }, "radius");
+}
+
+TEST(Faithfulness, BadInputGivesClearErrors) {
+    Model model = load_lenet();
+    const at::Tensor x = lenet_input(), maps = metric_ref("maps");
+    CurveOptions co;
+    co.steps = 0;
+    expect_error([&] { perturbation_curve(model, x, maps, co); }, "1 to 784 steps");
+    co.steps = 785;
+    expect_error([&] { perturbation_curve(model, x, maps, co); }, "1 to 784 steps");
+    co.steps = 10;
+    expect_error([&] { perturbation_curve(model, x, maps.slice(1, 0, 20), co); }, "the maps must be [N,H,W]");
+    at::Tensor nan_maps = maps.clone();
+    nan_maps[0][3][3] = std::nanf("");
+    expect_error([&] { perturbation_curve(model, x, nan_maps, co); }, "NaN");
+    co.target.kind = Target::Kind::Class;
+    co.target.class_index = 10;
+    expect_error([&] { perturbation_curve(model, x, maps, co); }, "out of range");
+    RoadOptions ro;
+    ro.percentages = {0};
+    expect_error([&] { road(model, x, maps, ro); }, "strictly between 0 and 100");
+    ro.percentages = {100};
+    expect_error([&] { road(model, x, maps, ro); }, "strictly between 0 and 100");
+    ro.percentages = {};
+    expect_error([&] { road(model, x, maps, ro); }, "at least one percentage");
+    ro.percentages = {50};
+    ro.noise = -1;
+    expect_error([&] { road(model, x, maps, ro); }, "noise");
+}
