@@ -27,29 +27,8 @@ using namespace convscope;
 using convscope::bench::median;
 using convscope::bench::seconds_of;
 
-namespace {
-
-// Runs each function once per round, in an order rotated from round to round, so that machine
-// noise and order effects hit all of them alike; returns every function's time in every round.
-std::vector<std::vector<double>> interleaved(const std::vector<std::function<void()>>& fns,
-                                             int rounds) {
-    std::vector<std::vector<double>> times(fns.size());
-    for (int r = 0; r < rounds; ++r)
-        for (size_t k = 0; k < fns.size(); ++k) {
-            const size_t i = (k + static_cast<size_t>(r)) % fns.size();
-            times[i].push_back(seconds_of(fns[i]));
-        }
-    return times;
-}
-
-// The median over rounds of a / b, each pair measured in the same round.
-double median_ratio(const std::vector<double>& a, const std::vector<double>& b) {
-    std::vector<double> r;
-    for (size_t i = 0; i < a.size(); ++i) r.push_back(a[i] / b[i]);
-    return median(r);
-}
-
-}  // namespace
+using convscope::bench::interleaved;
+using convscope::bench::median_ratio;
 
 int main(int argc, char** argv) {
     if (argc < 2) {

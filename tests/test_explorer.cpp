@@ -10,6 +10,7 @@
 #include "convscope/runtime/dataset.hpp"
 #include "convscope/app/explorer.hpp"
 #include "convscope/runtime/image_header.hpp"
+#include "convscope/methods/attribution.hpp"
 #include "convscope/methods/filters.hpp"
 #include "convscope/runtime/io.hpp"
 #include "convscope/runtime/model.hpp"
@@ -265,6 +266,30 @@ TEST(Explorer, OcclusionJobMatchesTheLibrary) {
     EXPECT_EQ(r["important_region"], json({s.important.y0, s.important.x0, s.important.y1, s.important.x1}));
     EXPECT_EQ(r["confounders"].size(), s.confounders.size());
     EXPECT_EQ(r["overlay"].get<std::string>().rfind("data:image/png;base64,", 0), 0u);
+}
+
+TEST(Explorer, RiseIsOneOfTheAttributionMethods) {
+    TempDir tmp;
+    Explorer ex(load_lenet(), Dataset::open("fashion-mnist:test"), small_options(tmp / "cache"));
+    const json methods = ex.model_info()["attribution_methods"];
+    EXPECT_NE(std::find(methods.begin(), methods.end(), "rise"), methods.end());
+    const json r = ex.run_job({{"kind", "attribution"}, {"image", "d2"}, {"method", "rise"}});
+    EXPECT_EQ(r["method"], "rise");
+    // The clean score of the class explained, as attribute() gives it with the explorer's settings.
+    AttributionOptions ao;
+    ao.method = AttributionMethod::Rise;
+    ao.masks = 1000;
+    const AttributionResult ref = attribute(ex.model(), ex.image_input("d2"), ao);
+    EXPECT_EQ(r["target"].get<int64_t>(), ref.targets[0]);
+    EXPECT_NEAR(r["score"].get<double>(), ref.scores[0].item<double>(), 1e-5);
+    const std::string url = r["heat"];
+    ASSERT_EQ(url.rfind("data:image/png;base64,", 0), 0u);
+    const std::string png = detail::base64_decode(url.substr(22));
+    const cv::Mat heat = cv::imdecode(std::vector<uchar>(png.begin(), png.end()), cv::IMREAD_COLOR);
+    ASSERT_FALSE(heat.empty());
+    double lo = 0, hi = 0;
+    cv::minMaxLoc(heat.reshape(1), &lo, &hi);
+    EXPECT_LT(lo, hi) << "a RISE map with one colour";
 }
 
 TEST(Explorer, JobsRunInTheBackgroundAndJoinIdenticalRequests) {

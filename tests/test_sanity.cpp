@@ -108,6 +108,14 @@ TEST(Sanity, RankCorrelationsFollowTheirDefinitions) {
     EXPECT_NEAR(spearman(a, -a), -1.0, 1e-12);
     EXPECT_EQ(spearman(a, torch::ones({200})), 0.0);  // constant: no correlation
     expect_error([&] { spearman(a, b.slice(0, 0, 10)); }, "same number of values");
+    // A map with a NaN (an overflowing random model) has no similarity.
+    Explanation e1, e2;
+    e1.map = e1.signed_map = randn({1, 8, 8}, 1);
+    e2.map = e2.signed_map = e1.map.clone();
+    EXPECT_NEAR(compare_maps(e1, e2, 0).ssim, 1.0, 1e-12);
+    e2.signed_map[0][3][3] = std::nanf("");
+    const MapSimilarity s = compare_maps(e1, e2, 0);
+    EXPECT_TRUE(std::isnan(s.spearman) && std::isnan(s.spearman_abs) && std::isnan(s.ssim) && std::isnan(s.hog));
 }
 
 TEST(Sanity, HogSeesTheOrientationOfStripes) {
@@ -183,6 +191,14 @@ TEST(Sanity, SaliencyDecorrelatesUnderRandomisationAndAnEdgeDetectorDoesNot) {
     const int64_t last = int64_t(r.layers.size()) - 1;
     EXPECT_LT(r.spearman_abs[last].mean().item<double>(), 0.5);
     EXPECT_LT(r.ssim[last].mean().item<double>(), 0.5);
+    // Step 1 is the map of the copy with the top two layers randomised (and the seed's values).
+    const Explanation two = saliency(randomised_copy(model, {r.layers[0], r.layers[1]}, 0), x, fixed_target(t, orig.targets), {});
+    for (int64_t i = 0; i < 4; ++i) {
+        const MapSimilarity s = compare_maps(orig, two, i);
+        EXPECT_NEAR(r.spearman_abs[1][i].item<double>(), s.spearman_abs, 1e-6);
+        EXPECT_NEAR(r.ssim[1][i].item<double>(), s.ssim, 1e-6);
+        EXPECT_NEAR(r.hog[1][i].item<double>(), s.hog, 1e-6);
+    }
 
     const Explainer edges = edge_detector();
     const Explanation e0 = edges(model, x, t, {});
@@ -192,10 +208,14 @@ TEST(Sanity, SaliencyDecorrelatesUnderRandomisationAndAnEdgeDetectorDoesNot) {
     EXPECT_TRUE(torch::allclose(re.hog, torch::ones_like(re.hog)));
     // Independent randomisation: one layer at a time.
     ro.mode = RandomisationMode::Independent;
-    ro.layers = {r.layers[0]};
+    ro.layers = {r.layers[0], r.layers[2]};
     const RandomisationResult ri = randomisation(model, x, orig, saliency, t, ro);
     EXPECT_EQ(ri.layers, ro.layers);
     EXPECT_LT(ri.spearman_abs.mean().item<double>(), 1.0);
+    // Step 1 randomises the third layer alone: the first is back to its trained values.
+    const Explanation third = saliency(randomised_copy(model, {r.layers[2]}, 0), x, fixed_target(t, orig.targets), {});
+    for (int64_t i = 0; i < 4; ++i)
+        EXPECT_NEAR(ri.spearman[1][i].item<double>(), compare_maps(orig, third, i).spearman, 1e-6);
 }
 
 TEST(Sanity, RandomLogitExplainsAnotherClass) {

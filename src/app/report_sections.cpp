@@ -305,6 +305,7 @@ void ReportContext::write_examples() {
             ao2.method = parse_attribution_method(opts.attributions[m]);
             ao2.samples = plan.attribution_steps;
             ao2.steps = plan.attribution_steps;
+            ao2.masks = std::max(250, 25 * plan.attribution_steps);  // RISE: as many masks as the budget pays for
             ao2.target = target;
             if (is_cam_method(ao2.method) && model.conv_layer_names().empty()) {
                 skip(opts.attributions[m] + ": the model has no conv layer");
@@ -353,7 +354,7 @@ void ReportContext::write_trust() {
     eo.explain.occlusion.stride_y = eo.explain.occlusion.stride_x = plan.occlusion_stride;
     eo.explain.attribution.samples = plan.attribution_steps;
     eo.explain.attribution.steps = plan.attribution_steps;
-    eo.explain.attribution.masks = std::max(250, 25 * plan.attribution_steps);
+    eo.explain.attribution.masks = std::max(250, 25 * plan.attribution_steps);  // as in the examples
     EvaluationResult r;
     try {
         r = evaluate(model, images, eo, context("trust", 0.0, 0.95));

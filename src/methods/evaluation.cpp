@@ -47,8 +47,11 @@ std::vector<std::string> EvaluationResult::ranking(const MetricColumn& column) c
     std::vector<std::string> order;
     for (const auto& method : methods)
         if (m.count(method)) order.push_back(method);
+    // Best first; a method whose mean is not a number goes last.
     std::stable_sort(order.begin(), order.end(), [&](const std::string& a, const std::string& b) {
-        return column.higher_is_better ? m.at(a) > m.at(b) : m.at(a) < m.at(b);
+        const double x = m.at(a), y = m.at(b);
+        if (std::isnan(x) || std::isnan(y)) return !std::isnan(x) && std::isnan(y);
+        return column.higher_is_better ? x > y : x < y;
     });
     return order;
 }
@@ -142,7 +145,7 @@ EvaluationResult evaluate(const Model& model, const at::Tensor& images, const Ev
         r.maps[method] = e.map;
         if (r.targets.empty()) r.targets = e.targets;
         // The metrics score what the maps explain: the classes chosen for the clean images.
-        const Target fixed = fixed_target(o.explain.target, e.targets);
+        const Target fixed = fixed_target(model, images, o.explain.target, e.targets);
         const Explainer explainer = method_explainer(method, o.explain);
         MethodCurves& mc = r.curves[method];
         for (const Metric metric : o.metrics) {

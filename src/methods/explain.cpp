@@ -5,6 +5,7 @@
 
 #include "convscope/runtime/error.hpp"
 #include "convscope/runtime/strings.hpp"
+#include "methods/detail/batches.hpp"
 
 namespace convscope {
 
@@ -71,6 +72,22 @@ Target fixed_target(const Target& target, const std::vector<int64_t>& classes) {
     Target t = target;
     t.kind = Target::Kind::PerImage;
     t.labels = classes;
+    return t;
+}
+
+Target fixed_target(const Model& model, const at::Tensor& images, const Target& target,
+                    const std::vector<int64_t>& classes) {
+    Target t = fixed_target(target, classes);
+    if (t.kind == Target::Kind::Similarity || target.region.kind != Region::Kind::Pred) return t;
+    torch::NoGradGuard no_grad;
+    const at::Tensor out = detail::forward_chunks(model, images, 16);
+    if (out.dim() != 4) return t;
+    const at::Tensor predicted = out.argmax(1);  // [N,H,W]
+    at::Tensor masks = torch::zeros(predicted.sizes(), torch::kBool);
+    for (int64_t i = 0; i < predicted.size(0); ++i) masks[i] = predicted[i] == classes[size_t(i)];
+    t.region.kind = Region::Kind::Mask;
+    t.region.mask = masks;
+    t.region.mask_path = "<the pixels the clean images predict as their class>";
     return t;
 }
 

@@ -4,7 +4,11 @@
 #include "convscope/methods/faithfulness.hpp"
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
 #include <torch/torch.h>
+
+#include <Eigen/Sparse>
+#include <Eigen/SparseCholesky>
 
 #include <algorithm>
 #include <cmath>
@@ -107,55 +111,81 @@ CurveResult perturbation_curve(const Model& model, const at::Tensor& images, con
 // ---------------------------------------------------------------------------------------------
 // ROAD
 
+namespace {
+
+// The linear imputation of one image [C,H,W] (float32, contiguous) where removed [H,W] (bool,
+// contiguous) is true, written into out [C,H,W]. One sparse system per image, shared by its
+// channels, solved by a sparse LDL^T factorisation (exact up to rounding).
+void impute_one(const float* img, const bool* removed, int64_t c, int64_t h, int64_t w, float* out) {
+    static const int dy[8] = {-1, -1, -1, 0, 0, 1, 1, 1}, dx[8] = {-1, 0, 1, -1, 1, -1, 0, 1};
+    static const double wt[8] = {1.0 / 12, 1.0 / 6, 1.0 / 12, 1.0 / 6, 1.0 / 6, 1.0 / 12, 1.0 / 6, 1.0 / 12};
+    const int64_t p = h * w;
+    std::copy(img, img + c * p, out);
+    std::vector<int64_t> id(size_t(p), -1);
+    std::vector<int64_t> cells;
+    for (int64_t q = 0; q < p; ++q)
+        if (removed[q]) {
+            id[size_t(q)] = int64_t(cells.size());
+            cells.push_back(q);
+        }
+    const int64_t m = int64_t(cells.size());
+    if (m == 0) return;
+    // For every removed pixel q: wsum(q) v(q) - sum_{removed r ~ q} w v(r) = sum_{kept r ~ q} w x(r).
+    std::vector<Eigen::Triplet<double>> triplets;
+    triplets.reserve(size_t(m) * 9);
+    Eigen::MatrixXd rhs = Eigen::MatrixXd::Zero(m, c);
+    for (int64_t k = 0; k < m; ++k) {
+        const int64_t y = cells[size_t(k)] / w, x = cells[size_t(k)] % w;
+        double wsum = 0;
+        for (int j = 0; j < 8; ++j) {
+            const int64_t yy = y + dy[j], xx = x + dx[j];
+            if (yy < 0 || yy >= h || xx < 0 || xx >= w) continue;
+            wsum += wt[j];
+            const int64_t r = yy * w + xx;
+            if (removed[r])
+                triplets.emplace_back(k, id[size_t(r)], -wt[j]);
+            else
+                for (int64_t ch = 0; ch < c; ++ch) rhs(k, ch) += wt[j] * double(img[ch * p + r]);
+        }
+        triplets.emplace_back(k, k, wsum);
+    }
+    Eigen::SparseMatrix<double> a(m, m);
+    a.setFromTriplets(triplets.begin(), triplets.end());
+    Eigen::SimplicialLDLT<Eigen::SparseMatrix<double>> solver(a);
+    CONVSCOPE_CHECK(solver.info() == Eigen::Success, "the imputation system is positive definite when a pixel is kept");
+    const Eigen::MatrixXd v = solver.solve(rhs);
+    for (int64_t k = 0; k < m; ++k)
+        for (int64_t ch = 0; ch < c; ++ch) out[ch * p + cells[size_t(k)]] = float(v(k, ch));
+}
+
+}  // namespace
+
 at::Tensor noisy_linear_imputation(const at::Tensor& images, const at::Tensor& removed, double noise,
                                    at::Generator& gen) {
-    namespace F = torch::nn::functional;
     const int64_t n = images.size(0), c = images.size(1), h = images.size(2), w = images.size(3);
     CONVSCOPE_CHECK(removed.dim() == 3 && removed.size(0) == n && removed.size(1) == h && removed.size(2) == w,
                     "one removal mask [H,W] per image");
+    const at::Tensor rm = removed.to(torch::kBool).contiguous();
     for (int64_t i = 0; i < n; ++i)
-        if (removed[i].all().item<bool>())
+        if (rm[i].all().item<bool>())
             throw Error("every pixel of an image is removed: linear imputation needs at least one kept pixel; "
                         "use a percentage below 100");
-    // The neighbours' weights: 1/6 for the direct ones, 1/12 for the diagonal ones.
-    const at::Tensor kernel =
-        torch::tensor({1.0 / 12, 1.0 / 6, 1.0 / 12, 1.0 / 6, 0.0, 1.0 / 6, 1.0 / 12, 1.0 / 6, 1.0 / 12}, torch::kDouble)
-            .view({1, 1, 3, 3});
-    auto neighbours = [&](const at::Tensor& v) {  // v [B,H,W] -> weighted sums of the neighbours
-        return F::conv2d(v.unsqueeze(1), kernel, F::Conv2dFuncOptions().padding(1)).squeeze(1);
-    };
-    // Systems per (image, channel): for every removed pixel q,
-    //   wsum(q) v(q) - sum_{removed r ~ q} w v(r) = sum_{kept r ~ q} w x(r),
-    // wsum(q) the weights of q's neighbours inside the image. Symmetric positive definite when a
-    // pixel is kept (each removed region touches a kept pixel).
-    const at::Tensor x = images.to(torch::kDouble).reshape({n * c, h, w});
-    const at::Tensor m = removed.to(torch::kDouble).repeat_interleave(c, 0);  // [NC,H,W], 1 = removed
-    const at::Tensor wsum = neighbours(torch::ones({1, h, w}, torch::kDouble));
-    auto apply = [&](const at::Tensor& v) { return m * (wsum * v - neighbours(m * v)); };
-    const at::Tensor b = m * neighbours((1 - m) * x);
-    at::Tensor v = torch::zeros_like(b);
-    at::Tensor r = b.clone(), d = r.clone();
-    at::Tensor rr = (r * r).sum({1, 2});
-    const at::Tensor stop = (b * b).sum({1, 2}) * 1e-18;
-    const int64_t max_iter = 20 * (h + w) + 100;
-    for (int64_t it = 0; it < max_iter && (rr > stop).any().item<bool>(); ++it) {
-        const at::Tensor ad = apply(d);
-        const at::Tensor dad = (d * ad).sum({1, 2});
-        const at::Tensor alpha = torch::where(dad > 0, rr / torch::where(dad > 0, dad, torch::ones_like(dad)),
-                                              torch::zeros_like(dad));
-        v += alpha.view({-1, 1, 1}) * d;
-        r -= alpha.view({-1, 1, 1}) * ad;
-        const at::Tensor rr_new = (r * r).sum({1, 2});
-        const at::Tensor beta = torch::where(rr > 0, rr_new / torch::where(rr > 0, rr, torch::ones_like(rr)),
-                                             torch::zeros_like(rr));
-        d = r + beta.view({-1, 1, 1}) * d;
-        rr = rr_new;
-    }
+    const at::Tensor x = images.to(torch::kFloat).contiguous();
+    at::Tensor filled = torch::empty_like(x);
+    const float* px = x.data_ptr<float>();
+    const bool* pm = rm.data_ptr<bool>();
+    float* po = filled.data_ptr<float>();
+    at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i)
+            impute_one(px + i * c * h * w, pm + i * h * w, c, h, w, po + i * c * h * w);
+    });
     // Noise image by image in order, so that it does not depend on how callers batch.
-    at::Tensor eps = torch::empty({n, c, h, w}, torch::kFloat);
-    for (int64_t i = 0; i < n; ++i) eps[i] = torch::randn({c, h, w}, gen, torch::kFloat);
-    const at::Tensor filled = (v.view({n, c, h, w}) + noise * eps.to(torch::kDouble)).to(torch::kFloat);
-    return torch::where(removed.unsqueeze(1), filled, images).contiguous();
+    if (noise > 0) {
+        at::Tensor eps = torch::empty({n, c, h, w}, torch::kFloat);
+        for (int64_t i = 0; i < n; ++i) eps[i] = torch::randn({c, h, w}, gen, torch::kFloat);
+        filled = torch::where(rm.unsqueeze(1), filled + float(noise) * eps, filled);
+    }
+    return filled;
 }
 
 RoadResult road(const Model& model, const at::Tensor& images, const at::Tensor& maps, const RoadOptions& o,
@@ -265,7 +295,7 @@ at::Tensor max_sensitivity(const Model& model, const at::Tensor& images, const E
     check_maps(images, e.map);
     const int64_t n = images.size(0);
     const at::Tensor range = std::get<0>(images.reshape({n, -1}).max(1)) - std::get<0>(images.reshape({n, -1}).min(1));
-    const Target fixed = fixed_target(target, e.targets);
+    const Target fixed = fixed_target(model, images, target, e.targets);
     const at::Tensor clean = e.map.to(torch::kDouble);
     const at::Tensor norm = clean.reshape({n, -1}).norm(2, 1);
     at::Tensor worst = torch::zeros({n}, torch::kDouble);

@@ -64,7 +64,7 @@ nlohmann::json numbers(const at::Tensor& t) {
 
 }  // namespace
 
-nlohmann::json to_json(const EvaluationResult& r, const std::vector<int64_t>& items) {
+nlohmann::json evaluation_json(const EvaluationResult& r, const std::vector<int64_t>& items) {
     nlohmann::json j = {{"methods", r.methods}, {"items", items}, {"targets", r.targets},
                         {"road_percentages", r.road_percentages}};
     nlohmann::json metrics = nlohmann::json::array();

@@ -107,20 +107,33 @@ double map_ssim(const at::Tensor& a_hw, const at::Tensor& ref_hw) {
     const double C1 = (0.01 * L) * (0.01 * L), C2 = (0.03 * L) * (0.03 * L);
     const double np = static_cast<double>(win * win);
     const double cov_norm = np > 1 ? np / (np - 1) : 1.0;
+    // Window sums from summed-area tables of a, r, a^2, r^2 and a r: O(1) per window.
+    const int64_t W1 = W + 1;
+    std::vector<double> tables(size_t(5 * (H + 1) * W1), 0.0);
+    double* s_a = tables.data();
+    double* s_r = s_a + (H + 1) * W1;
+    double* s_aa = s_r + (H + 1) * W1;
+    double* s_rr = s_aa + (H + 1) * W1;
+    double* s_ar = s_rr + (H + 1) * W1;
+    for (int64_t y = 0; y < H; ++y)
+        for (int64_t x = 0; x < W; ++x) {
+            const double va = pa[y * W + x], vr = pr[y * W + x];
+            const int64_t k = (y + 1) * W1 + x + 1, up = y * W1 + x + 1, left = (y + 1) * W1 + x, diag = y * W1 + x;
+            s_a[k] = va + s_a[up] + s_a[left] - s_a[diag];
+            s_r[k] = vr + s_r[up] + s_r[left] - s_r[diag];
+            s_aa[k] = va * va + s_aa[up] + s_aa[left] - s_aa[diag];
+            s_rr[k] = vr * vr + s_rr[up] + s_rr[left] - s_rr[diag];
+            s_ar[k] = va * vr + s_ar[up] + s_ar[left] - s_ar[diag];
+        }
+    auto box = [&](const double* t, int64_t y, int64_t x) {
+        return t[(y + win) * W1 + x + win] - t[y * W1 + x + win] - t[(y + win) * W1 + x] + t[y * W1 + x];
+    };
     double total = 0;
     int64_t count = 0;
     for (int64_t y = 0; y + win <= H; ++y)
         for (int64_t x = 0; x + win <= W; ++x) {
-            double sa = 0, sr = 0, saa = 0, srr = 0, sar = 0;
-            for (int64_t i = 0; i < win; ++i)
-                for (int64_t j = 0; j < win; ++j) {
-                    const double va = pa[(y + i) * W + x + j], vr = pr[(y + i) * W + x + j];
-                    sa += va;
-                    sr += vr;
-                    saa += va * va;
-                    srr += vr * vr;
-                    sar += va * vr;
-                }
+            const double sa = box(s_a, y, x), sr = box(s_r, y, x), saa = box(s_aa, y, x), srr = box(s_rr, y, x),
+                         sar = box(s_ar, y, x);
             const double ma = sa / np, mr = sr / np;
             const double va = cov_norm * (saa / np - ma * ma);
             const double vr = cov_norm * (srr / np - mr * mr);

@@ -3,10 +3,13 @@
 #include "convscope/methods/sanity.hpp"
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Context.h>
+#include <ATen/Parallel.h>
 #include <torch/torch.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 
 #include "convscope/methods/occlusion.hpp"
@@ -23,17 +26,37 @@ std::vector<double> values_of(const at::Tensor& t) {
     return std::vector<double>(d.data_ptr<double>(), d.data_ptr<double>() + d.numel());
 }
 
-// Ranks 1..n with ties given their mean rank.
+// Ranks 1..n with ties given their mean rank. The values are maps of float32 numbers, finite:
+// sorted as float keys (their bits made unsigned-orderable) by an LSD radix sort, 4 passes of
+// 8 bits, O(n).
 std::vector<double> ranks_of(const std::vector<double>& v) {
-    std::vector<size_t> order(v.size());
-    std::iota(order.begin(), order.end(), size_t{0});
-    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return v[a] < v[b]; });
-    std::vector<double> ranks(v.size());
-    for (size_t i = 0; i < order.size();) {
+    const size_t n = v.size();
+    std::vector<uint32_t> key(n), idx(n), key2(n), idx2(n);
+    for (size_t i = 0; i < n; ++i) {
+        float f = float(v[i]) + 0.0f;  // -0 and +0 become one key
+        uint32_t bits;
+        std::memcpy(&bits, &f, sizeof bits);
+        key[i] = (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
+        idx[i] = uint32_t(i);
+    }
+    for (int shift = 0; shift < 32; shift += 8) {
+        size_t count[257] = {0};
+        for (size_t i = 0; i < n; ++i) ++count[((key[i] >> shift) & 0xffu) + 1];
+        for (int b = 0; b < 256; ++b) count[b + 1] += count[b];
+        for (size_t i = 0; i < n; ++i) {
+            const size_t at = count[(key[i] >> shift) & 0xffu]++;
+            key2[at] = key[i];
+            idx2[at] = idx[i];
+        }
+        key.swap(key2);
+        idx.swap(idx2);
+    }
+    std::vector<double> ranks(n);
+    for (size_t i = 0; i < n;) {
         size_t j = i;
-        while (j + 1 < order.size() && v[order[j + 1]] == v[order[i]]) ++j;
+        while (j + 1 < n && key[j + 1] == key[i]) ++j;
         const double mean_rank = 0.5 * double(i + j) + 1.0;
-        for (size_t k = i; k <= j; ++k) ranks[order[k]] = mean_rank;
+        for (size_t k = i; k <= j; ++k) ranks[idx[k]] = mean_rank;
         i = j + 1;
     }
     return ranks;
@@ -54,13 +77,6 @@ double pearson_of(const std::vector<double>& a, const std::vector<double>& b) {
     return saa > 0 && sbb > 0 ? sab / std::sqrt(saa * sbb) : 0.0;
 }
 
-// map_hw scaled to [0, 1] by its own range (a constant map: zeros).
-at::Tensor unit_range(const at::Tensor& map_hw) {
-    const at::Tensor d = map_hw.to(torch::kDouble);
-    const double lo = d.min().item<double>(), hi = d.max().item<double>();
-    return hi > lo ? (d - lo) / (hi - lo) : torch::zeros_like(d);
-}
-
 }  // namespace
 
 double pearson(const at::Tensor& a, const at::Tensor& b) {
@@ -73,18 +89,17 @@ double spearman(const at::Tensor& a, const at::Tensor& b) {
     return pearson_of(ranks_of(values_of(a)), ranks_of(values_of(b)));
 }
 
-at::Tensor hog_features(const at::Tensor& map_hw, int64_t cell) {
-    CONVSCOPE_CHECK(map_hw.dim() == 2, "HOG of a map [H,W]");
-    const int64_t h = map_hw.size(0), w = map_hw.size(1);
+namespace {
+
+// HOG of a row-major map [h,w] (hog_features' definition).
+std::vector<double> hog_values(const double* a, int64_t h, int64_t w, int64_t cell) {
     if (cell <= 0) cell = std::max<int64_t>(2, std::min(h, w) / 7);
     const int64_t ncy = std::max<int64_t>(1, h / cell), ncx = std::max<int64_t>(1, w / cell);
-    const at::Tensor m = map_hw.to(torch::kDouble).contiguous();
-    const auto a = m.accessor<double, 2>();
     std::vector<double> hist(size_t(ncy * ncx * 9), 0.0);
     for (int64_t y = 0; y < std::min(h, ncy * cell); ++y)
         for (int64_t x = 0; x < std::min(w, ncx * cell); ++x) {
-            const double gx = (x > 0 && x + 1 < w) ? a[y][x + 1] - a[y][x - 1] : 0.0;
-            const double gy = (y > 0 && y + 1 < h) ? a[y + 1][x] - a[y - 1][x] : 0.0;
+            const double gx = (x > 0 && x + 1 < w) ? a[y * w + x + 1] - a[y * w + x - 1] : 0.0;
+            const double gy = (y > 0 && y + 1 < h) ? a[(y + 1) * w + x] - a[(y - 1) * w + x] : 0.0;
             const double mag = std::sqrt(gx * gx + gy * gy);
             if (mag == 0) continue;
             double deg = std::atan2(gy, gx) * 180.0 / M_PI;
@@ -95,9 +110,10 @@ at::Tensor hog_features(const at::Tensor& map_hw, int64_t cell) {
         }
     const int64_t by = std::min<int64_t>(2, ncy), bx = std::min<int64_t>(2, ncx);
     std::vector<double> out;
+    std::vector<double> v;
     for (int64_t y0 = 0; y0 + by <= ncy; ++y0)
         for (int64_t x0 = 0; x0 + bx <= ncx; ++x0) {
-            std::vector<double> v;
+            v.clear();
             for (int64_t y = y0; y < y0 + by; ++y)
                 for (int64_t x = x0; x < x0 + bx; ++x)
                     for (int64_t b = 0; b < 9; ++b) v.push_back(hist[size_t((y * ncx + x) * 9 + b)]);
@@ -111,18 +127,50 @@ at::Tensor hog_features(const at::Tensor& map_hw, int64_t cell) {
             normalise();
             out.insert(out.end(), v.begin(), v.end());
         }
-    return torch::tensor(out, torch::kDouble);
+    return out;
+}
+
+// v scaled to [0, 1] by its own range (constant: zeros).
+std::vector<double> unit_range(std::vector<double> v) {
+    if (v.empty()) return v;
+    const auto [lo, hi] = std::minmax_element(v.begin(), v.end());
+    const double l = *lo, r = *hi - *lo;
+    for (double& e : v) e = r > 0 ? (e - l) / r : 0.0;
+    return v;
+}
+
+}  // namespace
+
+at::Tensor hog_features(const at::Tensor& map_hw, int64_t cell) {
+    CONVSCOPE_CHECK(map_hw.dim() == 2, "HOG of a map [H,W]");
+    const std::vector<double> v = values_of(map_hw);
+    return torch::tensor(hog_values(v.data(), map_hw.size(0), map_hw.size(1), cell), torch::kDouble);
 }
 
 MapSimilarity compare_maps(const Explanation& a, const Explanation& b, int64_t n) {
     CONVSCOPE_CHECK(a.map.sizes() == b.map.sizes() && a.signed_map.sizes() == b.signed_map.sizes(),
                     "compared explanations have the same shape");
+    const int64_t h = a.map.size(1), w = a.map.size(2);
+    std::vector<double> ma = values_of(a.map[n]), mb = values_of(b.map[n]);
+    const std::vector<double> sa = values_of(a.signed_map[n]), sb = values_of(b.signed_map[n]);
     MapSimilarity s;
-    s.spearman_abs = spearman(a.map[n].abs(), b.map[n].abs());
-    s.spearman = spearman(a.signed_map[n], b.signed_map[n]);
-    const at::Tensor ua = unit_range(a.map[n]), ub = unit_range(b.map[n]);
-    s.ssim = map_ssim(ua, ub);
-    s.hog = pearson(hog_features(ua), hog_features(ub));
+    auto finite = [](const std::vector<double>& v) {
+        return std::all_of(v.begin(), v.end(), [](double e) { return std::isfinite(e); });
+    };
+    if (!finite(ma) || !finite(mb) || !finite(sa) || !finite(sb)) {
+        // A map with NaN or infinite values (a randomised model can overflow): no similarity.
+        const double nan = std::nan("");
+        return {nan, nan, nan, nan};
+    }
+    s.spearman = pearson_of(ranks_of(sa), ranks_of(sb));
+    std::vector<double> aa(ma), ab(mb);
+    for (double& e : aa) e = std::abs(e);
+    for (double& e : ab) e = std::abs(e);
+    s.spearman_abs = pearson_of(ranks_of(aa), ranks_of(ab));
+    std::vector<double> ua = unit_range(std::move(ma)), ub = unit_range(std::move(mb));
+    s.ssim = map_ssim(torch::from_blob(ua.data(), {h, w}, torch::kDouble),
+                      torch::from_blob(ub.data(), {h, w}, torch::kDouble));
+    s.hog = pearson_of(hog_values(ua.data(), h, w, 0), hog_values(ub.data(), h, w, 0));
     return s;
 }
 
@@ -137,28 +185,64 @@ std::vector<std::string> parameter_layers(const Model& model) {
     return out;
 }
 
+namespace {
+
+// The place of `layer` in `all` (parameter_layers), which seeds its values. Throws Error for an
+// unknown layer or one without parameters.
+uint64_t layer_place(const Model& model, const std::vector<std::string>& all, const std::string& layer) {
+    const auto it = std::find(all.begin(), all.end(), layer);
+    if (it == all.end()) {
+        model.layer(layer);  // an unknown layer: the error names the closest ones
+        throw Error("layer '" + layer + "' holds no parameters of its own: randomise one of " + detail::join(all, ", "));
+    }
+    return uint64_t(it - all.begin());
+}
+
+// Redraws the layer's own parameters of `copy` in place, as randomised_copy documents.
+void redraw(Model& copy, const std::string& layer, uint64_t seed) {
+    torch::NoGradGuard no_grad;
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+    for (const auto& name : copy.parameter_names(layer)) {
+        at::Tensor p = copy.parameter(layer, name);
+        const double mean = p.mean().item<double>();
+        double sd = p.numel() > 1 ? p.std(/*unbiased=*/false).item<double>() : 0.0;
+        if (!(sd > 0)) sd = std::max(std::abs(mean), 0.1);
+        p.copy_(torch::randn(p.sizes(), gen, p.scalar_type()).mul_(sd).add_(mean));
+    }
+}
+
+}  // namespace
+
 Model randomised_copy(const Model& model, const std::vector<std::string>& layers, uint64_t seed) {
     const std::vector<std::string> all = parameter_layers(model);
+    std::vector<uint64_t> places;
+    for (const auto& layer : layers) places.push_back(layer_place(model, all, layer));
     Model copy = model.copy();
-    torch::NoGradGuard no_grad;
-    for (const auto& layer : layers) {
-        const auto it = std::find(all.begin(), all.end(), layer);
-        if (it == all.end()) {
-            model.layer(layer);  // an unknown layer: the error names the closest ones
-            throw Error("layer '" + layer + "' holds no parameters of its own: randomise one of " +
-                        detail::join(all, ", "));
-        }
-        at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed + uint64_t(it - all.begin()));
-        for (const auto& name : copy.parameter_names(layer)) {
-            at::Tensor p = copy.parameter(layer, name);
-            const double mean = p.to(torch::kDouble).mean().item<double>();
-            double sd = p.numel() > 1 ? p.to(torch::kDouble).std(/*unbiased=*/false).item<double>() : 0.0;
-            if (!(sd > 0)) sd = std::max(std::abs(mean), 0.1);
-            p.copy_(torch::randn(p.sizes(), gen, torch::kDouble).mul_(sd).add_(mean));
-        }
-    }
+    for (size_t i = 0; i < layers.size(); ++i) redraw(copy, layers[i], seed + places[i]);
     return copy;
 }
+
+namespace {
+
+// Subnormal numbers flushed to zero on this thread and on every intra-op worker (the setting is
+// per thread), and the default back when the scope ends.
+class FlushSubnormals {
+public:
+    FlushSubnormals() { set(true); }
+    ~FlushSubnormals() { set(false); }
+    FlushSubnormals(const FlushSubnormals&) = delete;
+    FlushSubnormals& operator=(const FlushSubnormals&) = delete;
+
+private:
+    static void set(bool on) {
+        at::globalContext().setFlushDenormal(on);
+        // One chunk per worker: each runs on its own thread of the pool.
+        at::parallel_for(0, at::get_num_threads(), 1,
+                         [on](int64_t, int64_t) { at::globalContext().setFlushDenormal(on); });
+    }
+};
+
+}  // namespace
 
 const char* randomisation_mode_name(RandomisationMode mode) {
     return mode == RandomisationMode::Cascading ? "cascading" : "independent";
@@ -166,18 +250,31 @@ const char* randomisation_mode_name(RandomisationMode mode) {
 
 namespace {
 
+// Similarities [rows, n], filled entry by entry.
 struct SimilarityColumns {
-    at::Tensor spearman_abs, spearman, ssim, hog;
-    SimilarityColumns(int64_t rows, int64_t n)
-        : spearman_abs(torch::zeros({rows, n})), spearman(torch::zeros({rows, n})), ssim(torch::zeros({rows, n})),
-          hog(torch::zeros({rows, n})) {}
-    void set(int64_t row, int64_t n, const MapSimilarity& s) {
-        spearman_abs[row][n] = s.spearman_abs;
-        spearman[row][n] = s.spearman;
-        ssim[row][n] = s.ssim;
-        hog[row][n] = s.hog;
+    int64_t rows, n;
+    std::vector<float> spearman_abs, spearman, ssim, hog;
+    SimilarityColumns(int64_t rows_, int64_t n_)
+        : rows(rows_), n(n_), spearman_abs(size_t(rows_ * n_)), spearman(size_t(rows_ * n_)), ssim(size_t(rows_ * n_)),
+          hog(size_t(rows_ * n_)) {}
+    void set(int64_t row, int64_t i, const MapSimilarity& s) {
+        const size_t k = size_t(row * n + i);
+        spearman_abs[k] = float(s.spearman_abs);
+        spearman[k] = float(s.spearman);
+        ssim[k] = float(s.ssim);
+        hog[k] = float(s.hog);
+    }
+    static at::Tensor tensor(const std::vector<float>& v, int64_t rows, int64_t n) {
+        return torch::tensor(v, torch::kFloat).view({rows, n});
     }
 };
+
+// Row `row` of cols: every image's similarities, images in parallel.
+void compare_all(const Explanation& a, const Explanation& b, SimilarityColumns& cols, int64_t row) {
+    at::parallel_for(0, cols.n, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) cols.set(row, i, compare_maps(a, b, i));
+    });
+}
 
 }  // namespace
 
@@ -186,29 +283,44 @@ RandomisationResult randomisation(const Model& model, const at::Tensor& images, 
                                   const RunContext& context) {
     check_input(model, images);
     RandomisationResult r;
-    r.layers = o.layers.empty() ? parameter_layers(model) : o.layers;
+    const std::vector<std::string> all = parameter_layers(model);
+    r.layers = o.layers.empty() ? all : o.layers;
     if (r.layers.empty())
         throw Error("the model has no parameters to randomise: the randomisation check needs a trained model "
                     "with weights");
-    const Target fixed = fixed_target(target, original.targets);
+    std::vector<uint64_t> places;
+    for (const auto& layer : r.layers) places.push_back(layer_place(model, all, layer));
+    const Target fixed = fixed_target(model, images, target, original.targets);
     const int64_t steps = int64_t(r.layers.size()), n = images.size(0);
     SimilarityColumns cols(steps, n);
+    // One copy whose parameters change in place: its graphs are analysed and specialised once.
+    Model work = model.copy();
+    // Random layers can shrink activations into subnormal numbers, which cost the CPU up to 30x
+    // per operation: flushed to zero during the check (reset when it ends).
+    FlushSubnormals flush;
+    std::vector<at::Tensor> saved;  // independent: the values of the layer randomised last
     for (int64_t l = 0; l < steps; ++l) {
-        std::vector<std::string> chosen;
-        if (o.mode == RandomisationMode::Cascading)
-            chosen.assign(r.layers.begin(), r.layers.begin() + l + 1);
-        else
-            chosen = {r.layers[size_t(l)]};
-        const Model random_model = randomised_copy(model, chosen, context.seed);
+        const std::string& layer = r.layers[size_t(l)];
+        if (o.mode == RandomisationMode::Independent) {
+            if (l > 0) {
+                torch::NoGradGuard no_grad;
+                const auto names = work.parameter_names(r.layers[size_t(l - 1)]);
+                for (size_t k = 0; k < names.size(); ++k)
+                    work.parameter(r.layers[size_t(l - 1)], names[k]).copy_(saved[k]);
+            }
+            saved.clear();
+            for (const auto& name : work.parameter_names(layer)) saved.push_back(work.parameter(layer, name).clone());
+        }
+        redraw(work, layer, context.seed + places[size_t(l)]);
         RunContext sub = context;
         sub.progress = sub_progress(context.progress, double(l) / double(steps), double(l + 1) / double(steps));
-        const Explanation e = explainer(random_model, images, fixed, sub);
-        for (int64_t i = 0; i < n; ++i) cols.set(l, i, compare_maps(original, e, i));
+        const Explanation e = explainer(work, images, fixed, sub);
+        compare_all(original, e, cols, l);
     }
-    r.spearman_abs = cols.spearman_abs;
-    r.spearman = cols.spearman;
-    r.ssim = cols.ssim;
-    r.hog = cols.hog;
+    r.spearman_abs = SimilarityColumns::tensor(cols.spearman_abs, steps, n);
+    r.spearman = SimilarityColumns::tensor(cols.spearman, steps, n);
+    r.ssim = SimilarityColumns::tensor(cols.ssim, steps, n);
+    r.hog = SimilarityColumns::tensor(cols.hog, steps, n);
     return r;
 }
 
@@ -229,13 +341,16 @@ RandomLogitResult random_logit(const Model& model, const at::Tensor& images, con
         if (c >= t) ++c;
         r.classes.push_back(c);
     }
-    const Explanation e = explainer(model, images, fixed_target(target, r.classes), context);
+    // The other class over the original's region (dense outputs: the pixels of its class).
+    Target other = fixed_target(model, images, target, original.targets);
+    other.labels = r.classes;
+    const Explanation e = explainer(model, images, other, context);
     SimilarityColumns cols(1, n);
-    for (int64_t i = 0; i < n; ++i) cols.set(0, i, compare_maps(original, e, i));
-    r.spearman_abs = cols.spearman_abs[0];
-    r.spearman = cols.spearman[0];
-    r.ssim = cols.ssim[0];
-    r.hog = cols.hog[0];
+    compare_all(original, e, cols, 0);
+    r.spearman_abs = SimilarityColumns::tensor(cols.spearman_abs, 1, n)[0];
+    r.spearman = SimilarityColumns::tensor(cols.spearman, 1, n)[0];
+    r.ssim = SimilarityColumns::tensor(cols.ssim, 1, n)[0];
+    r.hog = SimilarityColumns::tensor(cols.hog, 1, n)[0];
     return r;
 }
 

@@ -229,7 +229,12 @@ TargetScorer::TargetScorer(const Model& model, const Target& t, const at::Tensor
         throw Error("target 'label' takes one class per image, which a dense output [N,K,H,W] has not: use a class "
                     "number or pred, with --region");
     const int64_t k = out.size(1), h = out.size(2), w = out.size(3);
-    const at::Tensor base = region_pixels(t.region, h, w);
+    // A mask [N,H,W] holds one region per image (fixed_target's regions of the clean images).
+    const bool per_image = t.region.kind == Region::Kind::Mask && t.region.mask.dim() == 3;
+    if (per_image && (t.region.mask.size(0) < first + b || t.region.mask.size(1) != h || t.region.mask.size(2) != w))
+        throw Error("the per-image region masks are " + output_shape_str(t.region.mask) + " but the output is " +
+                    output_shape_str(out) + ": one mask of the output's size per image");
+    const at::Tensor base = per_image ? at::Tensor() : region_pixels(t.region, h, w);
     const at::Tensor predicted = out.argmax(1);  // [B,H,W]
     weights_ = torch::zeros({b, h, w});
     classes_.resize(static_cast<size_t>(b));
@@ -239,13 +244,14 @@ TargetScorer::TargetScorer(const Model& model, const Target& t, const at::Tensor
             CONVSCOPE_CHECK(first + i < static_cast<int64_t>(t.labels.size()), "one class per image (check_target first)");
             c = t.labels[static_cast<size_t>(first + i)];
         }
+        const at::Tensor base_i = per_image ? t.region.mask[first + i] : base;
         if (t.kind == Target::Kind::Predicted) {
-            const at::Tensor counts = torch::bincount(predicted[i].masked_select(base), {}, k);
+            const at::Tensor counts = torch::bincount(predicted[i].masked_select(base_i), {}, k);
             c = counts.argmax().item<int64_t>();
         } else if (c < 0 || c >= k) {
             throw Error("target class " + std::to_string(c) + " is out of range: " + classes_hint(k));
         }
-        at::Tensor pixels = base;
+        at::Tensor pixels = base_i;
         if (t.region.kind == Region::Kind::Pred) pixels = predicted[i] == c;
         const int64_t count = pixels.sum().item<int64_t>();
         if (count == 0)

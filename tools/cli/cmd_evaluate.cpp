@@ -111,14 +111,15 @@ std::string fixed(double v, int digits = 4) {
 
 // The ranked table: one row per metric with its direction and each method's mean, best first.
 void print_table(const EvaluationResult& r, std::ostream& os) {
-    size_t width = 12;
+    size_t width = 12, first = 20;
     for (const auto& m : r.methods) width = std::max(width, m.size() + 2);
-    os << std::left << std::setw(36) << "metric (direction)";
+    for (const auto& c : r.columns) first = std::max(first, c.name.size() + 22);
+    os << std::left << std::setw(int(first)) << "metric (direction)";
     for (const auto& m : r.methods) os << std::setw(int(width)) << m;
     os << "best\n";
     for (const auto& c : r.columns) {
         const auto means = r.means(c);
-        os << std::setw(36) << (c.name + (c.higher_is_better ? " (higher is better)" : " (lower is better)"));
+        os << std::setw(int(first)) << (c.name + (c.higher_is_better ? " (higher is better)" : " (lower is better)"));
         for (const auto& m : r.methods) os << std::setw(int(width)) << (means.count(m) ? fixed(means.at(m)) : "-");
         const auto rank = r.ranking(c);
         os << (rank.empty() ? "-" : rank.front()) << "\n";
@@ -194,7 +195,7 @@ RunFn setup(CLI::App& app) {
                                         {"data", data.spec()},
                                         {"indices", indices}};
         OutputDir out = open_out(*o, options, &model);
-        const nlohmann::json j = to_json(r, indices);
+        const nlohmann::json j = evaluation_json(r, indices);
         write_json(out.file("metrics.json", "every metric per method and item, directions, rankings, mean curves"), j);
         std::vector<std::vector<std::string>> rows;
         for (const auto& c : r.columns)

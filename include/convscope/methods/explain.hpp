@@ -64,5 +64,11 @@ Explainer method_explainer(const std::string& method, const ExplainOptions& opti
 // (Target::Kind::PerImage) for class targets, the target itself for similarity. For
 // explaining perturbed copies of the images as the clean ones were.
 Target fixed_target(const Target& target, const std::vector<int64_t>& classes);
+// The same, and on a dense output [N,K,H,W] with the region pred also the pixels: each image's
+// region becomes the pixels its clean output (the model on images_nchw) predicts as its class
+// (a Region::Kind::Mask [N,H,W]), so that a perturbed image, a randomised model or another
+// class is scored on the clean image's region. One forward pass for dense outputs.
+Target fixed_target(const Model& model, const at::Tensor& images_nchw, const Target& target,
+                    const std::vector<int64_t>& classes);
 
 }  // namespace convscope

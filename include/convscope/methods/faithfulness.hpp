@@ -78,7 +78,7 @@ struct RoadResult {
 // ROAD's noisy linear imputation of images_nchw [N,C,H,W] where removed_nhw [N,H,W] (bool) is
 // true: each removed value becomes the weighted mean of its 8 neighbours inside the image (1/6
 // for the 4 direct ones, 1/12 for the diagonal ones), removed neighbours included, found by
-// solving that linear system (conjugate gradients in float64 to a relative residual of 1e-9),
+// solving that sparse linear system exactly (Eigen's LDL^T factorisation, in float64),
 // plus Gaussian noise of standard deviation `noise` drawn from gen. Kept values are unchanged.
 // Throws Error when every pixel of an image is removed.
 at::Tensor noisy_linear_imputation(const at::Tensor& images_nchw, const at::Tensor& removed_nhw, double noise,

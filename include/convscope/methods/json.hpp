@@ -28,7 +28,8 @@ nlohmann::json to_json(const EmbeddingResult& result);
 // "ranking": [methods, best first], "values": {method: [one per item]}}} in the order computed,
 // "curves": {method: {name: [mean over the items per point]}}, "road_percentages",
 // "randomisation": {method: {"layers", "cascading"/"independent": {similarity: [mean per
-// layer]}}}, "seconds": {method: {"map" or metric: s}}}. Non-finite values are null.
-nlohmann::json to_json(const EvaluationResult& result, const std::vector<int64_t>& items);
+// layer]}}}, "seconds": {method: {"map" or metric: s}}}. Non-finite values are null. (Not named
+// to_json: nlohmann's lookup of to_json overloads would need the struct complete everywhere.)
+nlohmann::json evaluation_json(const EvaluationResult& result, const std::vector<int64_t>& items);
 
 }  // namespace convscope

@@ -22,8 +22,8 @@ namespace convscope {
 
 class Model;
 
-// Spearman's rank correlation of two arrays of the same number of values (ties get their mean
-// rank); 0 when either is constant.
+// Spearman's rank correlation of two arrays of the same number of finite values, ranked as
+// float32 numbers (ties get their mean rank); 0 when either is constant.
 double spearman(const at::Tensor& a, const at::Tensor& b);
 // Pearson's correlation of two arrays of the same number of values; 0 when either is constant.
 double pearson(const at::Tensor& a, const at::Tensor& b);
@@ -37,7 +37,8 @@ at::Tensor hog_features(const at::Tensor& map_hw, int64_t cell = 0);
 struct MapSimilarity {
     double spearman_abs = 0, spearman = 0, ssim = 0, hog = 0;
 };
-// The four similarities of image n's maps in a and b (the same images, the same size).
+// The four similarities of image n's maps in a and b (the same images, the same size); NaN
+// where either map holds a NaN or infinite value.
 MapSimilarity compare_maps(const Explanation& a, const Explanation& b, int64_t n);
 
 // The layers that hold parameters of their own, in the reverse order of the computation (the
@@ -74,8 +75,10 @@ struct RandomisationResult {
 // Model-parameter randomisation of a method (`explainer`) for images_nchw [N,C,H,W], against
 // `original`, its explanation by the unchanged model; the randomised models explain the classes
 // the original explained (fixed_target of `target`). The context's seed draws the parameters
-// (and the method's own randomness, as for the original). Throws Error for a model without
-// parameters and the method's errors. Cost: L times the method's.
+// (and the method's own randomness, as for the original). One copy of the model is changed in
+// place step by step. Subnormal numbers are flushed to zero while the call runs (the gradients
+// of random layers shrink into them, and each costs the CPU many times a normal number). Throws
+// Error for a model without parameters and the method's errors. Cost: L times the method's.
 RandomisationResult randomisation(const Model& model, const at::Tensor& images_nchw, const Explanation& original,
                                   const Explainer& explainer, const Target& target,
                                   const RandomisationOptions& options, const RunContext& context = {});

@@ -35,7 +35,8 @@ struct Region {
     };
     Kind kind = Kind::Pred;
     int64_t x0 = 0, y0 = 0, x1 = 0, y1 = 0;  // Box
-    at::Tensor mask;                         // Mask: [H,W] bool
+    at::Tensor mask;                         // Mask: [H,W] bool, or [N,H,W] bool: one region per
+                                             // image (fixed_target, explain.hpp)
     std::string mask_path;                   // Mask: the file it was read from
 };
 // Parses "pred" | "all" | "box:x0,y0,x1,y1" | "mask:FILE" (reads the file: any image; a pixel

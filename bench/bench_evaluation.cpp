@@ -1,0 +1,190 @@
+// Cost of the evaluation metrics against the model evaluations they need, measured in the same
+// run: each metric's wall time divided by the time of the same number of forward passes (or, for
+// the checks that recompute maps, of the same number of maps) at the batch size that runs
+// fastest here. Target: at most 1.25x per metric. With --suite, also the whole of `convscope
+// evaluate`'s deletion and insertion (100 steps) for --items items and the seven default
+// methods, maps included (target on the default model, 100 items: under 60 s on 2 cores).
+// Usage: bench_evaluation MODEL.pt [--items N] [--runs R] [--threads T] [--steps S] [--suite]
+//        [--data fashion-mnist:test]
+// MODEL.pt: the built-in model (~/.cache/convscope/default-fashion-mnist.pt) or
+// resnet18_scripted.pt from tests/fixtures/make_fixtures.py (3x224x224).
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
+#include <torch/torch.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "bench_util.hpp"
+#include "convscope/methods/evaluation.hpp"
+#include "convscope/runtime/dataset.hpp"
+#include "convscope/runtime/model.hpp"
+#include "convscope/runtime/preprocess.hpp"
+
+using namespace convscope;
+using convscope::bench::interleaved;
+using convscope::bench::median;
+using convscope::bench::median_ratio;
+using convscope::bench::seconds_of;
+
+namespace {
+
+// The batch size whose forward passes cost the least per image, of a few candidates.
+int fastest_batch(const Model& model, const at::Tensor& one) {
+    int best = 16;
+    double best_t = 1e30;
+    for (int b : {8, 16, 32, 64, 128, 256}) {
+        const at::Tensor x = one.expand({b, one.size(1), one.size(2), one.size(3)}).contiguous();
+        torch::NoGradGuard g;
+        (void)model.forward(x);
+        std::vector<double> ts;
+        for (int r = 0; r < 3; ++r) ts.push_back(seconds_of([&] { (void)model.forward(x); }) / b);
+        if (median(ts) < best_t) {
+            best_t = median(ts);
+            best = b;
+        }
+        if (b * one[0].numel() * 4 > (int64_t(256) << 20)) break;  // large inputs: stop at 256 MiB
+    }
+    return best;
+}
+
+// `count` forward passes of perturbed-like copies of images, `batch` at a time.
+void forwards(const Model& model, const at::Tensor& images, int64_t count, int batch) {
+    torch::NoGradGuard g;
+    const int64_t n = images.size(0);
+    for (int64_t first = 0; first < count; first += batch) {
+        const int64_t b = std::min<int64_t>(batch, count - first);
+        const at::Tensor idx = torch::arange(first, first + b, torch::kLong).remainder(n);
+        (void)model.forward_unchecked(images.index_select(0, idx) * 0.99f);
+    }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    if (argc < 2) {
+        std::fprintf(stderr, "usage: %s MODEL.pt [--items N] [--runs R] [--threads T] [--steps S] [--suite] [--data D]\n",
+                     argv[0]);
+        return 2;
+    }
+    int64_t items = 8;
+    int runs = 3, threads = 2, steps = 100;
+    bool suite = false;
+    std::string data_spec;
+    for (int i = 2; i < argc; ++i) {
+        const std::string flag = argv[i];
+        if (flag == "--suite") {
+            suite = true;
+            continue;
+        }
+        if (i + 1 >= argc) break;
+        const std::string v = argv[++i];
+        if (flag == "--items") items = std::atoll(v.c_str());
+        else if (flag == "--runs") runs = std::atoi(v.c_str());
+        else if (flag == "--threads") threads = std::atoi(v.c_str());
+        else if (flag == "--steps") steps = std::atoi(v.c_str());
+        else if (flag == "--data") data_spec = v;
+    }
+    at::set_num_threads(threads);
+    Model model = Model::load(argv[1]);
+    if (!model.has_input_shape()) model.set_input_shape({3, 224, 224});
+    const auto shape = model.input_shape();
+    at::Tensor images;
+    if (!data_spec.empty()) {
+        const Dataset data = Dataset::open(data_spec);
+        std::vector<int64_t> idx;
+        for (int64_t i = 0; i < items; ++i) idx.push_back(i);
+        images = data.batch(idx, preprocess_for(model, data));
+    } else {
+        auto gen = at::make_generator<at::CPUGeneratorImpl>(1);
+        images = torch::randn({items, shape[0], shape[1], shape[2]}, gen, torch::kFloat);
+    }
+    const int batch = fastest_batch(model, images.slice(0, 0, 1));
+    std::printf("%s, %lld items %lldx%lldx%lld, %d threads, fastest forward batch %d, %d interleaved rounds\n", argv[1],
+                (long long)items, (long long)shape[0], (long long)shape[1], (long long)shape[2], threads, batch, runs);
+
+    Target target;
+    target.score = Score::Prob;
+    const Explainer saliency = method_explainer("saliency", ExplainOptions{});
+    const Explanation e = saliency(model, images, target, {});
+    const Target fixed = fixed_target(target, e.targets);
+
+    struct Case {
+        std::string name;
+        int64_t evaluations;  // forward passes it needs
+        std::function<void()> run;
+    };
+    CurveOptions del;
+    del.target = fixed;
+    del.steps = steps;
+    del.batch_size = batch;
+    CurveOptions ins = del;
+    ins.insertion = true;
+    ins.baseline = Baseline{Baseline::Kind::Blur, 0};
+    RoadOptions ro;
+    ro.target = fixed;
+    ro.batch_size = batch;
+    InfidelityOptions io;
+    io.target = fixed;
+    io.batch_size = batch;
+    const std::vector<Case> cases = {
+        {"deletion MoRF (" + std::to_string(steps) + " steps)", items * (steps + 1),
+         [&] { (void)perturbation_curve(model, images, e.map, del); }},
+        {"insertion MoRF, blur baseline", items * (steps + 1), [&] { (void)perturbation_curve(model, images, e.map, ins); }},
+        {"ROAD MoRF (9 percentages, imputation)", items * 9, [&] { (void)road(model, images, e.map, ro); }},
+        {"infidelity (10 samples)", items * 11, [&] { (void)infidelity(model, images, e, io); }},
+    };
+    std::printf("%-40s %10s %10s %8s\n", "metric", "metric s", "forwards s", "ratio");
+    for (const auto& c : cases) {
+        c.run();  // warm-up: graph specialisation
+        std::function<void()> base = [&] { forwards(model, images, c.evaluations, batch); };
+        base();
+        const auto t = interleaved({c.run, base}, runs);
+        std::printf("%-40s %10.3f %10.3f %7.2fx\n", c.name.c_str(), median(t[0]), median(t[1]), median_ratio(t[0], t[1]));
+    }
+
+    // Checks that recompute maps: against the same number of maps computed directly.
+    SensitivityOptions so;
+    so.samples = 4;
+    RandomisationOptions rand;  // the whole cascade: every layer with parameters
+    const std::vector<Case> map_cases = {
+        {"max-sensitivity (4 samples), saliency", 4, [&] { (void)max_sensitivity(model, images, e, saliency, target, so); }},
+        {"randomisation (" + std::to_string(parameter_layers(model).size()) + " layers), saliency",
+         int64_t(parameter_layers(model).size()),
+         [&] { (void)randomisation(model, images, e, saliency, target, rand); }},
+        {"random-logit, saliency", 1, [&] { (void)random_logit(model, images, e, saliency, target); }},
+    };
+    for (const auto& c : map_cases) {
+        c.run();
+        std::function<void()> base = [&] {
+            for (int64_t k = 0; k < c.evaluations; ++k) (void)saliency(model, images * 0.99f, fixed, {});
+        };
+        base();
+        const auto t = interleaved({c.run, base}, runs);
+        std::printf("%-40s %10.3f %10.3f %7.2fx  (against %lld saliency maps)\n", c.name.c_str(), median(t[0]),
+                    median(t[1]), median_ratio(t[0], t[1]), (long long)c.evaluations);
+    }
+
+    if (suite) {
+        EvaluationOptions eo;
+        eo.metrics = {Metric::Deletion, Metric::Insertion};
+        eo.steps = steps;
+        eo.batch_size = batch;
+        eo.explain.target = target;
+        EvaluationResult r;
+        const double s = seconds_of([&] { r = evaluate(model, images, eo); });
+        std::printf("evaluate: deletion + insertion (MoRF and LeRF, %d steps), %lld items, 7 methods, maps "
+                    "included: %.1f s\n",
+                    steps, (long long)items, s);
+        for (const auto& m : r.methods) {
+            double metric_s = 0;
+            for (const auto& [k, v] : r.seconds.at(m))
+                if (k != "map") metric_s += v;
+            std::printf("  %-22s map %6.2f s, metrics %6.2f s\n", m.c_str(), r.seconds.at(m).at("map"), metric_s);
+        }
+    }
+    return 0;
+}

@@ -1,0 +1,158 @@
+"""convscope evaluate against Quantus on the same model, images, maps and settings, in one run:
+deletion (Quantus' PixelFlipping) and ROAD. Checks that both give the same numbers and reports
+the medians of the per-round time ratios (runs interleaved).
+
+    /usr/bin/python3 bench/evaluate_quantus.py --quantus DIR --convscope build/convscope \
+        [--model resnet18|default] [--items 8] [--runs 3] [--threads 2]
+
+DIR holds the `quantus` package (a checkout of understandable-machine-intelligence-lab/Quantus;
+it needs Debian's python3-pandas, python3-opencv, python3-skimage, python3-sklearn,
+python3-scipy, python3-tqdm, python3-matplotlib and python3-cachetools).
+
+--model resnet18: torchvision's ResNet-18 with a one-channel first convolution (random weights,
+seed 0, eval mode) at 1x224x224, scripted for convscope; random normal images (why one channel:
+see the comment where it is made). --model default: the cached built-in model
+(~/.cache/convscope/default-fashion-mnist.pt) on the first Fashion-MNIST test images.
+
+Both read the softmax probability of the class convscope's saliency map explains (the class
+predicted for the clean image) and order the pixels by that map (convscope writes it to
+maps/saliency.npy; Quantus gets it as a_batch [N,1,H,W] and perturbs every channel of a pixel
+together). convscope's time is the whole command (model loading, the maps, writing the
+results); Quantus' is its metric call in this process, at its default batch size (64).
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+
+def run_convscope(args, model_path, data_path, out, metrics, extra):
+    cmd = [args.convscope, "evaluate", "--model", model_path, "--data", data_path,
+           "--indices", f"0:{args.items}", "--methods", "saliency", "--metrics", metrics,
+           "--threads", str(args.threads), "--out", out] + extra
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quantus", required=True)
+    ap.add_argument("--convscope", required=True)
+    ap.add_argument("--model", default="resnet18", choices=["resnet18", "default"])
+    ap.add_argument("--items", type=int, default=8)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=64, help="convscope's rows per forward pass")
+    args = ap.parse_args()
+    sys.path.insert(0, args.quantus)
+    import quantus  # noqa: E402
+    torch.set_num_threads(args.threads)
+    tmp = tempfile.mkdtemp()
+
+    if args.model == "resnet18":
+        import torchvision
+        torch.manual_seed(0)
+        model = torchvision.models.resnet18(weights=None)
+        # One input channel: Quantus' pixel flipping perturbs single values, in steps that must
+        # divide H x W, so at 224x224 its steps cannot hold whole RGB pixels (3 does not divide
+        # 50176) and its ROAD indexes the channels' values as pixels. With one channel both
+        # compute what the papers (and convscope) define, on ResNet-18's cost.
+        model.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+        model = model.eval()
+        model_path = os.path.join(tmp, "resnet18.pt")
+        torch.jit.save(torch.jit.script(model), model_path)
+        x = torch.randn(args.items, 1, 224, 224, generator=torch.Generator().manual_seed(1)).numpy()
+        data_path = os.path.join(tmp, "x.npy")
+        np.save(data_path, x)
+        shape = ["--input-shape", "1,224,224"]
+        steps = 98  # 512 pixels per step: 50176 = 98 x 512
+    else:
+        import gzip
+        model_path = os.path.expanduser("~/.cache/convscope/default-fashion-mnist.pt")
+        model = torch.jit.load(model_path).eval()
+        with gzip.open("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz") as f:
+            raw = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 1, 28, 28)[: args.items]
+        x = ((raw.astype(np.float32) / 255.0 - 0.2860) / 0.3530).astype(np.float32)  # the model's metadata
+        data_path = os.path.join(tmp, "x.npy")
+        np.save(data_path, x)
+        shape = []
+        steps = 98  # 8 pixels per step: 784 = 98 x 8
+    common = shape + ["--score", "prob", "--batch-size", str(args.batch_size)]
+
+    # One convscope run first: the maps, the targets and the numbers to compare.
+    out = os.path.join(tmp, "cs")
+    run_convscope(args, model_path, data_path, out, "deletion,road",
+                  common + ["--steps", str(steps), "--deletion-baseline", "0", "--road-noise", "0",
+                            "--percentages", "10,30,50,70,90"])
+    j = json.load(open(os.path.join(out, "metrics.json")))
+    maps = np.load(os.path.join(out, "maps", "saliency.npy"))[:, None]
+    y = np.array(j["targets"])
+    c, h, w = x.shape[1:]
+
+    # convscope's deletion and ROAD compute both orders (most and least relevant first); Quantus
+    # computes the first, so it runs twice, on the map and on max - map (its order reversed; Quantus
+    # refuses maps that are all negative).
+    def quantus_deletion():
+        curves = []
+        for a in (maps, maps.max() - maps):
+            m = quantus.PixelFlipping(features_in_step=c * h * w // steps, perturb_baseline=0.0,
+                                      disable_warnings=True)
+            curves.append(np.array(m(model=model, x_batch=x, y_batch=y, a_batch=a, softmax=True, device="cpu")))
+        return curves
+
+    def quantus_road():
+        out = []
+        for a in (maps, maps.max() - maps):
+            m = quantus.ROAD(percentages=[10, 30, 50, 70, 90], noise=0.0, disable_warnings=True)
+            out.append(m(model=model, x_batch=x, y_batch=y, a_batch=a, softmax=True, device="cpu"))
+        return out
+
+    # Same numbers: Quantus' curve is ours after each step (without the clean point).
+    q = quantus_deletion()
+    for qc, order in zip(q, ("morf", "lerf")):
+        ours = np.array(j["curves"]["saliency"]["deletion_" + order])  # mean over items, steps + 1 points
+        err = np.abs(qc.mean(0) - ours[1:]).max()
+        print(f"deletion {order}: {qc.shape[1]} points per item; max |Quantus - convscope| of the mean curve: {err:.2e}")
+    try:
+        r = quantus_road()
+        for rq, order in zip(r, ("morf", "lerf")):
+            kept = np.array(j["curves"]["saliency"]["road_" + order + "_kept"])
+            print(f"ROAD {order}: Quantus {rq}, convscope kept share per percentage {kept.tolist()}")
+        road_ok = True
+    except Exception as e:  # report, do not hide
+        print(f"ROAD: Quantus failed on {c}-channel input: {type(e).__name__}: {e}")
+        road_ok = False
+
+    cases = [("deletion", "deletion", ["--steps", str(steps), "--deletion-baseline", "0"], quantus_deletion)]
+    if road_ok:
+        cases.append(("ROAD", "road", ["--road-noise", "0", "--percentages", "10,30,50,70,90"], quantus_road))
+    for name, metric, extra, qfn in cases:
+        ratios, tc, tq, inner = [], [], [], []
+        for r in range(args.runs):
+            order = [0, 1] if r % 2 == 0 else [1, 0]
+            t = [0.0, 0.0]
+            for k in order:
+                if k == 0:
+                    t[0] = run_convscope(args, model_path, data_path, os.path.join(tmp, f"run{r}"), metric, common + extra)
+                else:
+                    t0 = time.perf_counter()
+                    qfn()
+                    t[1] = time.perf_counter() - t0
+            tc.append(t[0])
+            inner.append(json.load(open(os.path.join(tmp, f"run{r}", "metrics.json")))["seconds"]["saliency"][metric])
+            tq.append(t[1])
+            ratios.append(t[1] / t[0])
+        print(f"{name}: convscope {np.median(tc):.2f} s (whole command; the metric itself {np.median(inner):.2f} s), "
+              f"Quantus {np.median(tq):.2f} s, Quantus / convscope {np.median(ratios):.2f}x, "
+              f"Quantus / convscope's metric {np.median(tq) / np.median(inner):.2f}x ({args.items} items, {args.runs} rounds)")
+
+
+if __name__ == "__main__":
+    main()
