@@ -11,6 +11,7 @@
 #include "convscope/app/explorer.hpp"
 #include "convscope/runtime/image_header.hpp"
 #include "convscope/methods/attribution.hpp"
+#include "convscope/methods/evaluation.hpp"
 #include "convscope/methods/filters.hpp"
 #include "convscope/runtime/io.hpp"
 #include "convscope/runtime/model.hpp"
@@ -290,6 +291,28 @@ TEST(Explorer, RiseIsOneOfTheAttributionMethods) {
     double lo = 0, hi = 0;
     cv::minMaxLoc(heat.reshape(1), &lo, &hi);
     EXPECT_LT(lo, hi) << "a RISE map with one colour";
+}
+
+TEST(Explorer, EvaluateJobRanksTheMethodsOnOneInput) {
+    TempDir tmp;
+    Explorer ex(load_lenet(), Dataset::open("fashion-mnist:test"), small_options(tmp / "cache"));
+    const json r = ex.run_job({{"kind", "evaluate"}, {"image", "d5"}});
+    EXPECT_EQ(r["methods"], json(EvaluationOptions{}.methods));
+    ASSERT_EQ(r["rows"].size(), 8u);  // deletion and insertion (2 orders each), 4 random-logit similarities
+    EXPECT_EQ(r["rows"][0]["metric"], "deletion_morf");
+    EXPECT_EQ(r["curves"].size(), 2u);
+    // Saliency's deletion area as the metric computes it on this input with the job's settings.
+    const at::Tensor x = ex.image_input("d5");
+    Target t;
+    t.score = Score::Prob;
+    const Explanation e = method_explainer("saliency", ExplainOptions{})(ex.model(), x, t, {});
+    CurveOptions co;
+    co.target = fixed_target(t, e.targets);
+    co.steps = 20;
+    const double area = perturbation_curve(ex.model(), x, e.map, co).areas[0].item<double>();
+    EXPECT_NEAR(r["rows"][0]["value"]["saliency"].get<double>(), area, 1e-5);
+    EXPECT_EQ(r["target"].get<int64_t>(), e.targets[0]);
+    expect_error([&] { ex.start_job({{"kind", "evaluate"}}); }, "image");
 }
 
 TEST(Explorer, JobsRunInTheBackgroundAndJoinIdenticalRequests) {

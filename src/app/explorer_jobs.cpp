@@ -11,7 +11,7 @@ Explorer::Impl::Request Explorer::Impl::parse(const json& j) const {
     if (!j.is_object()) throw Error("a job request must be a JSON object with a \"kind\"");
     Request r;
     r.kind = get_string(j, "kind", "", true);
-    if (r.kind == "occlusion" || r.kind == "attribution") {
+    if (r.kind == "occlusion" || r.kind == "attribution" || r.kind == "evaluate") {
         r.image = get_string(j, "image", "", true);
         r.input = input_of(r.image);
         if (r.kind == "occlusion") {
@@ -30,6 +30,8 @@ Explorer::Impl::Request Explorer::Impl::parse(const json& j) const {
                 throw Error("baseline must be zero, mean or blur, got '" + r.baseline + "'");
             r.key = "occlusion|" + r.image + "|" + std::to_string(r.patch) + "|" +
                     std::to_string(r.stride) + "|" + r.baseline;
+        } else if (r.kind == "evaluate") {
+            r.key = "evaluate|" + r.image;
         } else {
             r.method = get_string(j, "method", "saliency");
             (void)parse_attribution_method(r.method);  // UsageError listing the names
@@ -49,7 +51,7 @@ Explorer::Impl::Request Explorer::Impl::parse(const json& j) const {
         r.key = "map";
     } else {
         throw Error("unknown job kind '" + r.kind +
-                    "': use occlusion, attribution, feature-vis, patches or map");
+                    "': use occlusion, attribution, evaluate, feature-vis, patches or map");
     }
     // Uploaded images are keyed by content, dataset items by index: equal keys, equal work.
     return r;
@@ -267,6 +269,38 @@ json Explorer::Impl::run_attribution(const Request& r, const ProgressFn& progres
     return j;
 }
 
+json Explorer::Impl::run_evaluate(const Request& r, const ProgressFn& progress) {
+    // Every method on this input, with the metrics that cost a few hundred forward passes: the
+    // deletion and insertion curves and the random-logit check (the randomisation checks and the
+    // rest: convscope evaluate).
+    EvaluationOptions eo;
+    eo.metrics = {Metric::Deletion, Metric::Insertion, Metric::RandomLogit};
+    eo.steps = std::min<int>(kEvaluateSteps, int(r.input.size(2) * r.input.size(3)));
+    eo.explain.attribution.samples = 25;
+    eo.explain.attribution.steps = 32;
+    const at::Tensor clean = clean_output(r);
+    eo.explain.target = target_of(r, clean);
+    eo.explain.target.score = Score::Prob;
+    const EvaluationResult res = evaluate(model, r.input, eo, context(progress));
+    json rows = json::array();
+    for (const auto& c : res.columns) {
+        json row = {{"metric", c.name}, {"higher_is_better", c.higher_is_better}, {"meaning", c.meaning},
+                    {"ranking", res.ranking(c)}};
+        for (const auto& [m, v] : res.means(c)) row["value"][m] = std::isfinite(v) ? json(v) : json(nullptr);
+        rows.push_back(row);
+    }
+    json curves = json::array();
+    for (const char* name : {"deletion_morf", "insertion_morf"}) {
+        std::vector<at::Tensor> cs;
+        for (const auto& m : res.methods) cs.push_back(res.curves.at(m).curves.at(name)[0]);
+        curves.push_back({{"name", name}, {"picture", png_url(line_plot(torch::stack(cs), 420, 220, res.methods))}});
+    }
+    json j = {{"methods", res.methods}, {"rows", rows}, {"curves", curves}, {"steps", eo.steps},
+              {"target", res.targets[0]}, {"target_name", class_name(class_names, res.targets[0])}};
+    add_region(j, r, eo.explain.target, clean);
+    return j;
+}
+
 json Explorer::Impl::run_feature_vis(const Request& r, const ProgressFn& progress) {
     FeatureVisOptions fo;
     fo.objective = FeatureVisOptions::Objective::Channel;
@@ -327,7 +361,7 @@ json Explorer::Impl::run_map(const Request&, const ProgressFn& progress) {
 json Explorer::Impl::execute(const Request& r, const ProgressFn& progress) {
     using Handler = json (Impl::*)(const Request&, const ProgressFn&);
     static const std::map<std::string, Handler> handlers = {
-        {"occlusion", &Impl::run_occlusion}, {"attribution", &Impl::run_attribution},
+        {"occlusion", &Impl::run_occlusion}, {"attribution", &Impl::run_attribution}, {"evaluate", &Impl::run_evaluate},
         {"feature-vis", &Impl::run_feature_vis}, {"patches", &Impl::run_patches}, {"map", &Impl::run_map}};
     const auto it = handlers.find(r.kind);
     CONVSCOPE_CHECK(it != handlers.end(), "parse() admits only the kinds with a handler");

@@ -21,7 +21,7 @@ M=$FIX/lenet_scripted.pt
 model=(--model "$M" --input-shape 1,28,28 --data fashion-mnist:test --threads 2)
 
 # The report the browser opens from disk (small subsets keep it quick).
-"$BIN" report "${model[@]}" --out "$T/report" --eval-items 500 --examples 2 --scan-items 300 \
+"$BIN" report "${model[@]}" --out "$T/report" --eval-items 500 --examples 2 --scan-items 300 --trust-items 4 \
     --patch-channels 4 --vis-channels 4 --vis-steps 16 --map-items 300 --map-iterations 150 >/dev/null
 
 start_server "$T/serve.out" "$T/serve.err" "${model[@]}" --port 0 --cache-dir "$T/cache" --map-items 300 \

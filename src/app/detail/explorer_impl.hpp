@@ -28,6 +28,7 @@
 #include "convscope/runtime/dataset.hpp"
 #include "convscope/runtime/default_model.hpp"
 #include "convscope/methods/embedding.hpp"
+#include "convscope/methods/evaluation.hpp"
 #include "convscope/methods/feature_vis.hpp"
 #include "convscope/methods/filters.hpp"
 #include "convscope/methods/json.hpp"
@@ -56,6 +57,7 @@ inline constexpr int64_t kMaxMapItems = 70000;
 inline constexpr int64_t kPatchK = 9;
 inline constexpr int kPictureTarget = 224;   // pictures of inputs are enlarged to about this size
 inline constexpr int kCropPx = 64;           // top-patch crops
+inline constexpr int kEvaluateSteps = 20;     // deletion and insertion steps of an evaluate job
 
 inline std::string png_url(const cv::Mat& img) { return detail::data_url("image/png", png_bytes(img)); }
 
@@ -221,6 +223,7 @@ struct Explorer::Impl {
     json execute(const Request& r, const ProgressFn& progress);
     json run_occlusion(const Request& r, const ProgressFn& progress);
     json run_attribution(const Request& r, const ProgressFn& progress);
+    json run_evaluate(const Request& r, const ProgressFn& progress);
     json run_feature_vis(const Request& r, const ProgressFn& progress);
     json run_patches(const Request& r, const ProgressFn& progress);
     json run_map(const Request& r, const ProgressFn& progress);

@@ -26,7 +26,7 @@ function setupExplain() {
     const select = $('attr-method');
     for (const m of state.model.attribution_methods || []) select.appendChild(el('option', { value: m, text: m }));
     const out = $('explain-result');
-    const busy = (on) => { $('run-occlusion').disabled = on; $('run-attribution').disabled = on; };
+    const busy = (on) => { for (const id of ['run-occlusion', 'run-attribution', 'run-evaluate']) $(id).disabled = on; };
     $('run-occlusion').addEventListener('click', async () => {
         if (!state.image) return;
         busy(true);
@@ -71,6 +71,35 @@ function setupExplain() {
                     ...(r.segmentation ? [el('div', {}, [el('img', { src: r.segmentation, alt: 'the explained region', id: 'explained-region' })])] : [])]),
                 el('p', { class: 'note', text: `explaining ${r.target_name} (score ${r.score.toFixed(3)})` }));
             out.dataset.kind = 'attribution';
+            reveal(out);
+        } catch (e) {
+            out.replaceChildren(el('p', { class: 'note error', text: e.message }));
+        } finally {
+            busy(false);
+        }
+    });
+    setupEvaluate(busy);
+}
+
+// Which map to trust: every method scored on the shown input (an `evaluate` job).
+function setupEvaluate(busy) {
+    const out = $('explain-result');
+    $('run-evaluate').addEventListener('click', async () => {
+        if (!state.image) return;
+        busy(true);
+        out.replaceChildren(el('p', { class: 'note', text: 'evaluating every method…' }));
+        try {
+            const r = await runJob(withRegion({ kind: 'evaluate', image: state.image }), $('explain-progress'));
+            const fmt = (v) => (v === null || v === undefined ? '–' : v.toFixed(3));
+            const head = el('tr', {}, [el('th', { text: 'metric' }), ...r.methods.map((m) => el('th', { text: m }))]);
+            const rows = r.rows.map((row) => el('tr', {}, [
+                el('td', { text: `${row.metric} (${row.higher_is_better ? 'higher' : 'lower'} is better)`, title: row.meaning }),
+                ...r.methods.map((m) => el('td', { class: row.ranking[0] === m ? 'best' : '', text: fmt(row.value[m]) }))]));
+            out.replaceChildren(el('h3', { text: `Which map to trust (explaining ${r.target_name})` }),
+                el('div', { class: 'scroll' }, [el('table', { id: 'evaluate-table' }, [el('thead', {}, [head]), el('tbody', {}, rows)])]),
+                el('div', { class: 'pics' }, r.curves.map((c) => el('div', {}, [el('img', { src: c.picture, alt: c.name + ' curves' })]))),
+                el('p', { class: 'note', text: `curves: the class probability as the most relevant pixels are deleted (fall fast: better) or inserted (rise fast: better), ${r.steps} steps; bold: the best method per metric` }));
+            out.dataset.kind = 'evaluate';
             reveal(out);
         } catch (e) {
             out.replaceChildren(el('p', { class: 'note error', text: e.message }));

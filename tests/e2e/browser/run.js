@@ -110,6 +110,15 @@ async function explorer(browser) {
     await shot(page, '04-occlusion.png');
     step('occlusion');
 
+    // 4b. Which map to trust: a table of every method with the metrics' directions.
+    await page.click('#run-evaluate');
+    await page.waitForSelector('#explain-result[data-kind="evaluate"] #evaluate-table', { timeout: 60000 });
+    const evalRows = await page.$$eval('#evaluate-table tbody tr', (rows) => rows.map((r) => r.textContent));
+    check(evalRows.length === 8 && evalRows[0].includes('lower is better'), 'the evaluation table names each direction: ' + evalRows[0]);
+    check((await page.$$('#evaluate-table td.best')).length === 8, 'one best method per metric');
+    await shot(page, '04b-evaluate.png');
+    step('evaluate');
+
     // 5. The map: it zooms, a hovered point shows its image, a click opens it in the explorer.
     await page.click('#tab-map');
     await page.waitForSelector('#map[data-points]', { timeout: 60000 });
@@ -166,7 +175,7 @@ async function report(browser) {
     const fileUrl = 'file://' + path.resolve(reportPath);
     await page.goto(fileUrl);
     await page.waitForSelector('body[data-ready="1"]', { timeout: 20000 });
-    for (const id of ['model', 'filters', 'examples', 'patches', 'feature-vis', 'map'])
+    for (const id of ['model', 'filters', 'examples', 'trust', 'patches', 'feature-vis', 'map'])
         check(await page.$('section#' + id), `the report has the ${id} section`);
     const rows = await page.$$eval('#layer-table tbody tr', (r) => r.length);
     check(rows >= 9, `the layer table lists the layers (${rows})`);
