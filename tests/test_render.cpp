@@ -11,6 +11,8 @@
 #include <iterator>
 #include <limits>
 #include <opencv2/imgcodecs.hpp>
+
+#include "runtime/detail/render_util.hpp"
 #include <opencv2/imgproc.hpp>
 #include <string>
 #include <vector>
@@ -561,6 +563,12 @@ TEST(RenderPlot, ThumbnailMapPlacesImagesAtTheirPositions) {
     EXPECT_EQ(count_colour(sparse, red), 256);
     EXPECT_EQ(count_colour(sparse, blue), 0);
     EXPECT_THROW(thumbnail_map(xy, {thumbs[0]}, 100, 16), Error);
+}
+
+TEST(RenderPlot, AxisEndsGetTheDigitsThatTellThemApart) {
+    EXPECT_EQ(render_detail::format_range_ends(0.f, 1.f), std::make_pair(std::string("0"), std::string("1")));
+    EXPECT_EQ(render_detail::format_range_ends(0.1115f, 0.1124f), std::make_pair(std::string("0.1115"), std::string("0.1124")));
+    EXPECT_EQ(render_detail::format_range_ends(0.25f, 0.25f), std::make_pair(std::string("0.25"), std::string("0.25")));
 }
 
 TEST(RenderPlot, LinePlotDrawsSeriesColours) {

@@ -204,7 +204,7 @@ cv::Mat line_plot(const at::Tensor& ys, int width, int height,
     if (!(r.hi > r.lo)) r = Range{r.lo - 0.5f, r.lo + 0.5f};
 
     const double scale = 0.4;
-    const std::string hi_text = format_value(r.hi), lo_text = format_value(r.lo);
+    const auto [lo_text, hi_text] = format_range_ends(r.lo, r.hi);
     const int text_w = std::max(label_size(hi_text, scale).width, label_size(lo_text, scale).width);
     const int ascent = cv::getTextSize("Ag", kFont, scale, font_thickness(scale), nullptr).height;
     const int left = text_w + 8, right = 6, top = 6, bottom = 6;

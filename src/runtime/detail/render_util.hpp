@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <opencv2/imgproc.hpp>
 #include <string>
+#include <utility>
 
 #include "convscope/runtime/error.hpp"
 #include "convscope/runtime/render.hpp"
@@ -134,10 +135,18 @@ inline double percentile_of_sorted(const at::Tensor& sorted, double pct) {
     return v[i0] + (static_cast<double>(v[i1]) - v[i0]) * frac;
 }
 
-inline std::string format_value(float v) {
+inline std::string format_value(float v, int digits = 3) {
     char buf[32];
-    std::snprintf(buf, sizeof buf, "%.3g", static_cast<double>(v));
+    std::snprintf(buf, sizeof buf, "%.*g", digits, static_cast<double>(v));
     return buf;
+}
+
+// The two ends of an axis with as many significant digits (3 to 7) as it takes to tell them
+// apart: a nearly flat curve's range reads "0.1115 ... 0.1124", not "0.112 ... 0.112".
+inline std::pair<std::string, std::string> format_range_ends(float lo, float hi) {
+    int digits = 3;
+    while (digits < 7 && lo != hi && format_value(lo, digits) == format_value(hi, digits)) ++digits;
+    return {format_value(lo, digits), format_value(hi, digits)};
 }
 
 // Maps data coordinates into a size x size canvas with a margin, keeping the aspect ratio and
