@@ -346,9 +346,10 @@ void ReportContext::write_trust() {
     for (const auto& m : plan.trust_metrics) eo.metrics.push_back(parse_metric(m));
     eo.steps = plan.trust_steps;
     eo.explain.target.score = Score::Prob;
-    if (model.forward(images.slice(0, 0, 1)).dim() == 4) {
+    const at::Tensor clean = model.forward(images);
+    if (clean.dim() == 4) {
         eo.explain.target.kind = Target::Kind::PerImage;
-        eo.explain.target.labels = example_classes(model.forward(images), class_names);
+        eo.explain.target.labels = example_classes(clean, class_names);
     }
     eo.explain.occlusion.patch_h = eo.explain.occlusion.patch_w = plan.occlusion_patch;
     eo.explain.occlusion.stride_y = eo.explain.occlusion.stride_x = plan.occlusion_stride;

@@ -68,28 +68,12 @@ void check_options(const Model& model, const at::Tensor& images, const Evaluatio
     if (o.methods.empty()) throw UsageError("no method to evaluate: pass --methods saliency,grad-cam,...");
     if (o.metrics.empty()) throw UsageError("no metric to compute: pass --metrics deletion,insertion,...");
     for (const auto& m : o.methods) check_explain_method(m);
-    const int64_t pixels = images.size(2) * images.size(3);
-    if ((asks(o, Metric::Deletion) || asks(o, Metric::Insertion)) && (o.steps < 1 || o.steps > pixels))
-        throw Error("deletion and insertion need 1 to " + std::to_string(pixels) +
-                    " steps (the pixels of an image), got " + std::to_string(o.steps) + ": pass --steps N in that range");
-    if (asks(o, Metric::Road)) {
-        if (o.road.percentages.empty()) throw Error("ROAD needs at least one percentage: pass --percentages 10,20,...");
-        for (double q : o.road.percentages)
-            if (!(q > 0 && q < 100))
-                throw Error("ROAD's percentages must lie strictly between 0 and 100, got " + detail::format_number(q) +
-                            ": pass --percentages 10,20,...,90 for example");
-    }
-    if (asks(o, Metric::Infidelity) && o.infidelity.samples < 1)
-        throw Error("infidelity needs at least 1 sample, got " + std::to_string(o.infidelity.samples));
-    if (asks(o, Metric::MaxSensitivity) && o.sensitivity.samples < 1)
-        throw Error("max-sensitivity needs at least 1 sample, got " + std::to_string(o.sensitivity.samples));
-    if (asks(o, Metric::MaxSensitivity) && !(o.sensitivity.radius > 0 && std::isfinite(o.sensitivity.radius)))
-        throw Error("max-sensitivity's radius must be a finite number > 0, got " +
-                    detail::format_number(o.sensitivity.radius));
-    if ((asks(o, Metric::Randomisation) || asks(o, Metric::IndependentRandomisation)) && parameter_layers(model).empty())
-        throw Error("the model has no parameters to randomise: the randomisation check needs a model with weights");
-    if (asks(o, Metric::RandomLogit) && o.explain.target.kind == Target::Kind::Similarity)
-        throw Error("the random-logit check explains another class: it needs a class target, not a similarity");
+    if (asks(o, Metric::Deletion) || asks(o, Metric::Insertion)) check_curve_steps(o.steps, images.size(2) * images.size(3));
+    if (asks(o, Metric::Road)) check_road_options(o.road);
+    if (asks(o, Metric::Infidelity)) check_infidelity_options(o.infidelity);
+    if (asks(o, Metric::MaxSensitivity)) check_sensitivity_options(o.sensitivity);
+    if (asks(o, Metric::Randomisation) || asks(o, Metric::IndependentRandomisation)) check_randomisable(model);
+    if (asks(o, Metric::RandomLogit)) check_random_logit_target(o.explain.target);
     check_target(o.explain.target, images.size(0));
 }
 
@@ -144,7 +128,8 @@ EvaluationResult evaluate(const Model& model, const at::Tensor& images, const Ev
         r.seconds[method]["map"] = seconds_since(t0);
         r.maps[method] = e.map;
         if (r.targets.empty()) r.targets = e.targets;
-        // The metrics score what the maps explain: the classes chosen for the clean images.
+        // The metrics score what the maps explain: the classes (and, on dense outputs, the pixels)
+        // chosen for the clean images, fixed once here: the checks below find it fixed already.
         const Target fixed = fixed_target(model, images, o.explain.target, e.targets);
         const Explainer explainer = method_explainer(method, o.explain);
         MethodCurves& mc = r.curves[method];
@@ -210,14 +195,14 @@ EvaluationResult evaluate(const Model& model, const at::Tensor& images, const Ev
                 }
                 case Metric::MaxSensitivity:
                     cols.add("max_sensitivity", false, "largest relative change of the map under small input noise",
-                             method, max_sensitivity(model, images, e, explainer, o.explain.target, o.sensitivity, ctx));
+                             method, max_sensitivity(model, images, e, explainer, fixed, o.sensitivity, ctx));
                     break;
                 case Metric::Randomisation:
                 case Metric::IndependentRandomisation: {
                     RandomisationOptions ro;
                     const bool cascading = metric == Metric::Randomisation;
                     ro.mode = cascading ? RandomisationMode::Cascading : RandomisationMode::Independent;
-                    const RandomisationResult rr = randomisation(model, images, e, explainer, o.explain.target, ro, ctx);
+                    const RandomisationResult rr = randomisation(model, images, e, explainer, fixed, ro, ctx);
                     mc.cascade_layers = rr.layers;
                     auto sims = similarity_map(rr.spearman_abs, rr.spearman, rr.ssim, rr.hog);
                     (cascading ? mc.cascade : mc.independent) = sims;
@@ -229,7 +214,7 @@ EvaluationResult evaluate(const Model& model, const at::Tensor& images, const Ev
                     break;
                 }
                 case Metric::RandomLogit: {
-                    const RandomLogitResult rl = random_logit(model, images, e, explainer, o.explain.target, ctx);
+                    const RandomLogitResult rl = random_logit(model, images, e, explainer, fixed, ctx);
                     auto sims = similarity_map(rl.spearman_abs, rl.spearman, rl.ssim, rl.hog);
                     for (const char* s : kSimilarities)
                         cols.add(std::string("random_logit_") + s, false,

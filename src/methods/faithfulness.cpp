@@ -68,6 +68,34 @@ void check_batch(int batch_size) {
 
 }  // namespace
 
+void check_curve_steps(int steps, int64_t pixels) {
+    if (steps < 1 || steps > pixels)
+        throw Error("the curve needs 1 to " + std::to_string(pixels) + " steps (the pixels of an image), got " +
+                    std::to_string(steps) + ": pass --steps N in that range");
+}
+
+void check_road_options(const RoadOptions& o) {
+    if (o.percentages.empty()) throw Error("ROAD needs at least one percentage: pass --percentages 10,20,...");
+    for (double q : o.percentages)
+        if (!(q > 0 && q < 100))
+            throw Error("ROAD's percentages must lie strictly between 0 and 100, got " + detail::format_number(q) +
+                        ": pass --percentages 10,20,...,90 for example");
+    if (!(o.noise >= 0 && std::isfinite(o.noise)))
+        throw Error("ROAD's imputation noise must be a finite number >= 0, got " + detail::format_number(o.noise));
+}
+
+void check_infidelity_options(const InfidelityOptions& o) {
+    if (o.samples < 1) throw Error("infidelity needs at least 1 sample, got " + std::to_string(o.samples));
+    if (!(o.noise >= 0 && std::isfinite(o.noise)))
+        throw Error("infidelity's noise must be a finite number >= 0, got " + detail::format_number(o.noise));
+}
+
+void check_sensitivity_options(const SensitivityOptions& o) {
+    if (o.samples < 1) throw Error("max-sensitivity needs at least 1 sample, got " + std::to_string(o.samples));
+    if (!(o.radius > 0 && std::isfinite(o.radius)))
+        throw Error("max-sensitivity's radius must be a finite number > 0, got " + detail::format_number(o.radius));
+}
+
 CurveResult perturbation_curve(const Model& model, const at::Tensor& images, const at::Tensor& maps,
                                const CurveOptions& o, const RunContext& context) {
     ThreadScope threads(context);
@@ -77,9 +105,7 @@ CurveResult perturbation_curve(const Model& model, const at::Tensor& images, con
     check_batch(o.batch_size);
     check_baseline(o.baseline);
     const int64_t n = images.size(0), h = images.size(2), w = images.size(3), p = h * w;
-    if (o.steps < 1 || o.steps > p)
-        throw Error("the curve needs 1 to " + std::to_string(p) + " steps (the pixels of an image), got " +
-                    std::to_string(o.steps) + ": pass --steps N in that range");
+    check_curve_steps(o.steps, p);
     check_target(o.target, n);
     const TargetScorer scorer(model, o.target, detail::forward_chunks(model, images, o.batch_size));
     const at::Tensor base = baseline_images(images, o.baseline, 10.0);
@@ -195,13 +221,7 @@ RoadResult road(const Model& model, const at::Tensor& images, const at::Tensor& 
     check_input(model, images);
     check_maps(images, maps);
     check_batch(o.batch_size);
-    if (o.percentages.empty()) throw Error("ROAD needs at least one percentage: pass --percentages 10,20,...");
-    for (double q : o.percentages)
-        if (!(q > 0 && q < 100))
-            throw Error("ROAD's percentages must lie strictly between 0 and 100, got " + detail::format_number(q) +
-                        ": pass --percentages 10,20,...,90 for example");
-    if (!(o.noise >= 0 && std::isfinite(o.noise)))
-        throw Error("ROAD's imputation noise must be a finite number >= 0, got " + detail::format_number(o.noise));
+    check_road_options(o);
     check_target(o.target, images.size(0));
     const int64_t n = images.size(0), h = images.size(2), w = images.size(3), p = h * w;
     const int64_t per_image = static_cast<int64_t>(o.percentages.size());
@@ -245,9 +265,7 @@ at::Tensor infidelity(const Model& model, const at::Tensor& images, const Explan
     torch::NoGradGuard no_grad;
     check_input(model, images);
     check_batch(o.batch_size);
-    if (o.samples < 1) throw Error("infidelity needs at least 1 sample, got " + std::to_string(o.samples));
-    if (!(o.noise >= 0 && std::isfinite(o.noise)))
-        throw Error("infidelity's noise must be a finite number >= 0, got " + detail::format_number(o.noise));
+    check_infidelity_options(o);
     const bool per_value = e.per_value.defined();
     const at::Tensor phi = per_value ? e.per_value : e.signed_map.unsqueeze(1);  // [N,C or 1,H,W]
     check_maps(images, phi.select(1, 0));
@@ -289,9 +307,7 @@ at::Tensor max_sensitivity(const Model& model, const at::Tensor& images, const E
                            const Explainer& explainer, const Target& target, const SensitivityOptions& o,
                            const RunContext& context) {
     check_input(model, images);
-    if (o.samples < 1) throw Error("max-sensitivity needs at least 1 sample, got " + std::to_string(o.samples));
-    if (!(o.radius > 0 && std::isfinite(o.radius)))
-        throw Error("max-sensitivity's radius must be a finite number > 0, got " + detail::format_number(o.radius));
+    check_sensitivity_options(o);
     check_maps(images, e.map);
     const int64_t n = images.size(0);
     const at::Tensor range = std::get<0>(images.reshape({n, -1}).max(1)) - std::get<0>(images.reshape({n, -1}).min(1));

@@ -244,6 +244,17 @@ private:
 
 }  // namespace
 
+void check_randomisable(const Model& model) {
+    if (parameter_layers(model).empty())
+        throw Error("the model has no parameters to randomise: the randomisation check needs a trained model "
+                    "with weights");
+}
+
+void check_random_logit_target(const Target& target) {
+    if (target.kind == Target::Kind::Similarity)
+        throw Error("the random-logit check explains another class: it needs a class target, not a similarity");
+}
+
 const char* randomisation_mode_name(RandomisationMode mode) {
     return mode == RandomisationMode::Cascading ? "cascading" : "independent";
 }
@@ -285,9 +296,7 @@ RandomisationResult randomisation(const Model& model, const at::Tensor& images, 
     RandomisationResult r;
     const std::vector<std::string> all = parameter_layers(model);
     r.layers = o.layers.empty() ? all : o.layers;
-    if (r.layers.empty())
-        throw Error("the model has no parameters to randomise: the randomisation check needs a trained model "
-                    "with weights");
+    if (o.layers.empty()) check_randomisable(model);
     std::vector<uint64_t> places;
     for (const auto& layer : r.layers) places.push_back(layer_place(model, all, layer));
     const Target fixed = fixed_target(model, images, target, original.targets);
@@ -327,8 +336,7 @@ RandomisationResult randomisation(const Model& model, const at::Tensor& images, 
 RandomLogitResult random_logit(const Model& model, const at::Tensor& images, const Explanation& original,
                                const Explainer& explainer, const Target& target, const RunContext& context) {
     check_input(model, images);
-    if (target.kind == Target::Kind::Similarity)
-        throw Error("the random-logit check explains another class: it needs a class target, not a similarity");
+    check_random_logit_target(target);
     const int64_t k = model.num_classes(), n = images.size(0);
     if (k < 2)
         throw Error("the random-logit check needs an output with at least 2 classes, this one has " +

@@ -121,4 +121,11 @@ at::Tensor max_sensitivity(const Model& model, const at::Tensor& images_nchw, co
                            const Explainer& explainer, const Target& target, const SensitivityOptions& options,
                            const RunContext& context = {});
 
+// The checks each metric runs on its options before any work (Error naming the fix), for
+// callers that check several metrics up front (evaluate).
+void check_curve_steps(int steps, int64_t pixels);
+void check_road_options(const RoadOptions& options);
+void check_infidelity_options(const InfidelityOptions& options);
+void check_sensitivity_options(const SensitivityOptions& options);
+
 }  // namespace convscope

@@ -53,6 +53,11 @@ std::vector<std::string> parameter_layers(const Model& model);
 // layer or one without parameters.
 Model randomised_copy(const Model& model, const std::vector<std::string>& layers, uint64_t seed);
 
+// Errors before any work: a model without parameters to randomise, a similarity target for the
+// random-logit check (it explains another class).
+void check_randomisable(const Model& model);
+void check_random_logit_target(const Target& target);
+
 enum class RandomisationMode {
     Cascading,    // step k randomises the first k layers of parameter_layers (top first) together
     Independent,  // step k randomises layer k alone
