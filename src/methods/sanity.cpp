@@ -147,31 +147,58 @@ at::Tensor hog_features(const at::Tensor& map_hw, int64_t cell) {
     return torch::tensor(hog_values(v.data(), map_hw.size(0), map_hw.size(1), cell), torch::kDouble);
 }
 
-MapSimilarity compare_maps(const Explanation& a, const Explanation& b, int64_t n) {
-    CONVSCOPE_CHECK(a.map.sizes() == b.map.sizes() && a.signed_map.sizes() == b.signed_map.sizes(),
-                    "compared explanations have the same shape");
-    const int64_t h = a.map.size(1), w = a.map.size(2);
-    std::vector<double> ma = values_of(a.map[n]), mb = values_of(b.map[n]);
-    const std::vector<double> sa = values_of(a.signed_map[n]), sb = values_of(b.signed_map[n]);
-    MapSimilarity s;
+namespace {
+
+// What the similarities need of one image's maps, computed once per map: a check compares its
+// original map with many others (one per randomised layer).
+struct PreparedMap {
+    bool finite = true;
+    int64_t h = 0, w = 0;
+    std::vector<double> ranks_abs, ranks_signed, unit, hog;
+};
+
+PreparedMap prepare(const Explanation& e, int64_t n) {
+    PreparedMap p;
+    p.h = e.map.size(1);
+    p.w = e.map.size(2);
+    std::vector<double> m = values_of(e.map[n]);
+    const std::vector<double> sgn = values_of(e.signed_map[n]);
     auto finite = [](const std::vector<double>& v) {
-        return std::all_of(v.begin(), v.end(), [](double e) { return std::isfinite(e); });
+        return std::all_of(v.begin(), v.end(), [](double x) { return std::isfinite(x); });
     };
-    if (!finite(ma) || !finite(mb) || !finite(sa) || !finite(sb)) {
+    p.finite = finite(m) && finite(sgn);
+    if (!p.finite) return p;
+    p.ranks_signed = ranks_of(sgn);
+    std::vector<double> mag(m);
+    for (double& x : mag) x = std::abs(x);
+    p.ranks_abs = ranks_of(mag);
+    p.unit = unit_range(std::move(m));
+    p.hog = hog_values(p.unit.data(), p.h, p.w, 0);
+    return p;
+}
+
+MapSimilarity similarity(const PreparedMap& a, const PreparedMap& b) {
+    if (!a.finite || !b.finite) {
         // A map with NaN or infinite values (a randomised model can overflow): no similarity.
         const double nan = std::nan("");
         return {nan, nan, nan, nan};
     }
-    s.spearman = pearson_of(ranks_of(sa), ranks_of(sb));
-    std::vector<double> aa(ma), ab(mb);
-    for (double& e : aa) e = std::abs(e);
-    for (double& e : ab) e = std::abs(e);
-    s.spearman_abs = pearson_of(ranks_of(aa), ranks_of(ab));
-    std::vector<double> ua = unit_range(std::move(ma)), ub = unit_range(std::move(mb));
-    s.ssim = map_ssim(torch::from_blob(ua.data(), {h, w}, torch::kDouble),
-                      torch::from_blob(ub.data(), {h, w}, torch::kDouble));
-    s.hog = pearson_of(hog_values(ua.data(), h, w, 0), hog_values(ub.data(), h, w, 0));
+    MapSimilarity s;
+    s.spearman = pearson_of(a.ranks_signed, b.ranks_signed);
+    s.spearman_abs = pearson_of(a.ranks_abs, b.ranks_abs);
+    // map_ssim only reads its maps.
+    s.ssim = map_ssim(torch::from_blob(const_cast<double*>(a.unit.data()), {a.h, a.w}, torch::kDouble),
+                      torch::from_blob(const_cast<double*>(b.unit.data()), {b.h, b.w}, torch::kDouble));
+    s.hog = pearson_of(a.hog, b.hog);
     return s;
+}
+
+}  // namespace
+
+MapSimilarity compare_maps(const Explanation& a, const Explanation& b, int64_t n) {
+    CONVSCOPE_CHECK(a.map.sizes() == b.map.sizes() && a.signed_map.sizes() == b.signed_map.sizes(),
+                    "compared explanations have the same shape");
+    return similarity(prepare(a, n), prepare(b, n));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -281,9 +308,19 @@ struct SimilarityColumns {
 };
 
 // Row `row` of cols: every image's similarities, images in parallel.
-void compare_all(const Explanation& a, const Explanation& b, SimilarityColumns& cols, int64_t row) {
+// Every image's original map, prepared once for all the comparisons of a check.
+std::vector<PreparedMap> prepare_all(const Explanation& a) {
+    std::vector<PreparedMap> out(size_t(a.map.size(0)));
+    at::parallel_for(0, a.map.size(0), 1, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) out[size_t(i)] = prepare(a, i);
+    });
+    return out;
+}
+
+void compare_all(const std::vector<PreparedMap>& a, const Explanation& b, SimilarityColumns& cols, int64_t row) {
+    CONVSCOPE_CHECK(int64_t(a.size()) == b.map.size(0), "compared explanations have the same shape");
     at::parallel_for(0, cols.n, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) cols.set(row, i, compare_maps(a, b, i));
+        for (int64_t i = begin; i < end; ++i) cols.set(row, i, similarity(a[size_t(i)], prepare(b, i)));
     });
 }
 
@@ -302,6 +339,7 @@ RandomisationResult randomisation(const Model& model, const at::Tensor& images, 
     const Target fixed = fixed_target(model, images, target, original.targets);
     const int64_t steps = int64_t(r.layers.size()), n = images.size(0);
     SimilarityColumns cols(steps, n);
+    const std::vector<PreparedMap> prepared = prepare_all(original);
     // One copy whose parameters change in place: its graphs are analysed and specialised once.
     Model work = model.copy();
     // Random layers can shrink activations into subnormal numbers, which cost the CPU up to 30x
@@ -324,7 +362,7 @@ RandomisationResult randomisation(const Model& model, const at::Tensor& images, 
         RunContext sub = context;
         sub.progress = sub_progress(context.progress, double(l) / double(steps), double(l + 1) / double(steps));
         const Explanation e = explainer(work, images, fixed, sub);
-        compare_all(original, e, cols, l);
+        compare_all(prepared, e, cols, l);
     }
     r.spearman_abs = SimilarityColumns::tensor(cols.spearman_abs, steps, n);
     r.spearman = SimilarityColumns::tensor(cols.spearman, steps, n);
@@ -354,7 +392,7 @@ RandomLogitResult random_logit(const Model& model, const at::Tensor& images, con
     other.labels = r.classes;
     const Explanation e = explainer(model, images, other, context);
     SimilarityColumns cols(1, n);
-    compare_all(original, e, cols, 0);
+    compare_all(prepare_all(original), e, cols, 0);
     r.spearman_abs = SimilarityColumns::tensor(cols.spearman_abs, 1, n)[0];
     r.spearman = SimilarityColumns::tensor(cols.spearman, 1, n)[0];
     r.ssim = SimilarityColumns::tensor(cols.ssim, 1, n)[0];
