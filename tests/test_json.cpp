@@ -34,10 +34,15 @@ TEST(Json, LayerAndReceptiveField) {
     l.depth = 1;
     l.is_conv = true;
     l.rf = ReceptiveField{ReceptiveField::Kind::Exact, 11, 13, 4, 2, 3, 1};
+    l.layout.kind = LayoutKind::Nchw;
+    l.layout.grid_h = 7;
+    l.layout.grid_w = 9;
+    l.layout.channels = 16;
     const json j = to_json(l);
     EXPECT_EQ(j, json({{"name", "features.3"},
                        {"type", "Conv2d"},
                        {"output_shape", {16, 7, 9}},
+                       {"layout", {{"kind", "nchw"}, {"grid", {7, 9}}, {"channels", 16}}},
                        {"parameters", 1234},
                        {"depth", 1},
                        {"is_conv", true},

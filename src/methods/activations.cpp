@@ -97,9 +97,9 @@ std::vector<std::string> select_layers(const Model& model, const ActivationsOpti
     std::vector<std::string> names;
     if (opt.layers.empty()) {
         for (const auto& l : model.layers()) {
-            if (l.output_shape.size() == 3 || l.output_shape.size() == 1) names.push_back(l.name);
-            else skipped.push_back(l.name + ": output " + detail::shape_str(l.output_shape) +
-                                          " is neither C,H,W nor F");
+            if (l.layout.spatial() || l.output_shape.size() == 1) names.push_back(l.name);
+            else skipped.push_back(l.name + ": output " + detail::shape_str(l.output_shape) + " laid out as " +
+                                   layout_summary(l.layout) + " is neither maps nor a vector");
         }
         if (names.empty())
             throw Error("the model has no layer with a C,H,W or F output to show");
@@ -107,9 +107,11 @@ std::vector<std::string> select_layers(const Model& model, const ActivationsOpti
         std::set<std::string> seen;
         for (const auto& n : opt.layers) {
             const LayerInfo& l = model.layer(n);  // throws for unknown names, with the closest ones
-            if (l.output_shape.size() != 3 && l.output_shape.size() != 1)
+            if (!l.layout.spatial() && l.output_shape.size() != 1)
                 throw Error("layer '" + n + "' gives outputs of shape " + detail::shape_str(l.output_shape) +
-                            ": activations shows C,H,W feature maps and F-vectors only; pick another layer");
+                            " laid out as " + layout_summary(l.layout) +
+                            ": activations shows maps (C,H,W, channels-last H,W,C, or tokens on a patch grid) and "
+                            "F-vectors only; for tokens whose grid is not found pass --grid HxW, else pick another layer");
             if (seen.insert(n).second) names.push_back(n);
         }
     }
@@ -118,10 +120,18 @@ std::vector<std::string> select_layers(const Model& model, const ActivationsOpti
 }
 
 // A layer's values, statistics, colour range and channel orders from its tap [N,...].
-LayerActivations layer_activations(const std::string& name, const at::Tensor& tap, const ActivationsOptions& opt) {
+LayerActivations layer_activations(const LayerInfo& layer, const at::Tensor& tap, const ActivationsOptions& opt) {
     LayerActivations la;
+    const std::string& name = layer.name;
     la.name = name;
-    la.values = tap.to(torch::kCPU, torch::kFloat).contiguous();
+    la.layout = layer.layout;
+    if (layer.layout.spatial() && layer.layout.kind != LayoutKind::Nchw) {
+        // Channels-last maps and tokens: the same view every method uses, extra tokens aside.
+        la.values = as_maps(tap.to(torch::kCPU), layer.layout);
+        la.extra_tokens = extra_tokens(tap.to(torch::kCPU), layer.layout).contiguous();
+    } else {
+        la.values = tap.to(torch::kCPU, torch::kFloat).contiguous();
+    }
     if (la.values.dim() != 4 && la.values.dim() != 2)
         throw Error("layer '" + name + "' gave outputs of shape " + detail::shape_str(la.values.sizes().vec()) +
                     " for this input: activations shows C,H,W feature maps and F-vectors only");
@@ -227,7 +237,7 @@ ActivationsResult activations(const Model& model, const at::Tensor& images_nchw,
     TapResult taps = model.forward_taps(images_nchw, names);
     result.output = taps.output;
     report_progress(progress, 0.4);
-    for (const auto& name : names) result.layers.push_back(layer_activations(name, taps.taps.at(name), opt));
+    for (const auto& name : names) result.layers.push_back(layer_activations(model.layer(name), taps.taps.at(name), opt));
     taps.taps.clear();
     if (opt.pictures) make_pictures(images_nchw, opt, result);
     report_progress(progress, 1.0);

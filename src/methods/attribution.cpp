@@ -13,6 +13,7 @@
 #include <memory>
 #include <sstream>
 
+#include "convscope/methods/attention.hpp"
 #include "convscope/runtime/enum_names.hpp"
 #include "convscope/runtime/error.hpp"
 #include "convscope/runtime/model.hpp"
@@ -68,20 +69,19 @@ struct Passes {
     at::Tensor input_grad;  // [R,C,H,W]
     at::Tensor scores;      // [R]
     std::vector<int64_t> targets;  // [R] the class (-1: similarity)
-    at::Tensor tap, tap_grad;
+    std::vector<at::Tensor> taps, tap_grads;  // per layer: its output and d score / d output
 };
 
 using ScorerOf = std::function<std::shared_ptr<TargetScorer>(const at::Tensor& output, int64_t first)>;
 using RowsOf = std::function<std::vector<int64_t>(int64_t first, int64_t end)>;
 
 Passes run_passes(const Model& model, Model::ReluBackward rule, const at::Tensor& rows, const ScorerOf& scorer_of,
-                  const RowsOf& rows_of, const std::string& layer, int batch_size,
+                  const RowsOf& rows_of, const std::vector<std::string>& grad_layers, int batch_size,
                   const std::function<void(int64_t)>& rows_done) {
-    std::vector<at::Tensor> grads, scores, taps, tap_grads;
+    std::vector<at::Tensor> grads, scores;
+    std::vector<std::vector<at::Tensor>> taps(grad_layers.size()), tap_grads(grad_layers.size());
     Passes p;
     const int64_t r = rows.size(0);
-    const std::vector<std::string> grad_layers =
-        layer.empty() ? std::vector<std::string>{} : std::vector<std::string>{layer};
     for (int64_t first = 0; first < r; first += batch_size) {
         const int64_t end = std::min(r, first + batch_size);
         std::shared_ptr<TargetScorer> scorer;
@@ -98,41 +98,58 @@ Passes run_passes(const Model& model, Model::ReluBackward rule, const at::Tensor
         grads.push_back(result.input_grad);
         scores.push_back(chunk_scores.detach());
         for (int64_t w : which) p.targets.push_back(scorer->classes().at(static_cast<size_t>(w)));
-        if (!layer.empty()) {
-            taps.push_back(result.forward.taps.at(layer));
-            tap_grads.push_back(result.tap_grads.at(layer));
+        for (size_t l = 0; l < grad_layers.size(); ++l) {
+            taps[l].push_back(result.forward.taps.at(grad_layers[l]));
+            tap_grads[l].push_back(result.tap_grads.at(grad_layers[l]));
         }
         if (rows_done) rows_done(end);
     }
     p.input_grad = torch::cat(grads, 0);
     p.scores = torch::cat(scores, 0);
-    if (!layer.empty()) {
-        p.tap = torch::cat(taps, 0);
-        p.tap_grad = torch::cat(tap_grads, 0);
+    for (size_t l = 0; l < grad_layers.size(); ++l) {
+        p.taps.push_back(torch::cat(taps[l], 0));
+        p.tap_grads.push_back(torch::cat(tap_grads[l], 0));
     }
     return p;
 }
 
-// The layer Grad-CAM looks at: the given one, or the last conv layer; it must be spatial.
+// The layer Grad-CAM looks at: the given one, or by default for transformers the norm before
+// the last attention (the last block's first norm, whose patch tokens reach the class token
+// through attention; later ones reach only their own token), else the last conv layer. It must
+// be spatial in some layout (maps, channels-last maps, tokens on a grid).
 std::string cam_layer(const Model& model, const std::string& wanted) {
     const auto convs = model.conv_layer_names();
     std::string name = wanted;
     if (name.empty()) {
-        if (convs.empty())
+        const auto& layers = model.layers();
+        size_t last_attention = layers.size();
+        for (size_t i = 0; i < layers.size(); ++i)
+            if (layers[i].layout.kind == LayoutKind::Attention) last_attention = i;
+        if (last_attention < layers.size()) {
+            for (size_t i = last_attention; i-- > 0;)
+                if (layers[i].layout.spatial() && layers[i].type.find("Norm") != std::string::npos) {
+                    name = layers[i].name;
+                    break;
+                }
+        }
+        if (name.empty() && convs.empty())
             throw Error(
                 "the model has no conv layer with a spatial output for Grad-CAM: pass "
-                "--layer with a layer whose output is [C,h,w] (see `convscope describe`)");
-        name = convs.back();
+                "--layer with a layer whose output is maps [C,h,w], [h,w,C] or tokens on a grid "
+                "(see `convscope describe`; --grid HxW gives the grid of token outputs)");
+        if (name.empty()) name = convs.back();
     }
     const LayerInfo& info = model.layer(name);  // throws for unknown names, with suggestions
-    if (info.output_shape.size() != 3) {
+    if (!info.layout.spatial()) {
         std::string shape;
         for (size_t i = 0; i < info.output_shape.size(); ++i)
             shape += (i ? "x" : "") + std::to_string(info.output_shape[i]);
         throw Error("layer '" + name + "' is not spatial (its output is " +
-                    (shape.empty() ? std::string("not a tensor") : shape) +
-                    ", Grad-CAM needs a map [C,h,w]): pass --layer with a conv layer" +
-                    (convs.empty() ? std::string() : " such as " + detail::join(convs, ", ")));
+                    (shape.empty() ? std::string("not a tensor") : shape + ", " + layout_summary(info.layout)) +
+                    ", Grad-CAM needs maps [C,h,w], [h,w,C] or tokens on a grid): pass --layer with a conv or "
+                    "token layer" +
+                    (convs.empty() ? std::string() : " such as " + detail::join(convs, ", ")) +
+                    (info.output_shape.size() == 2 ? ", or --grid HxW if these are tokens" : ""));
     }
     return name;
 }
@@ -151,7 +168,7 @@ at::Tensor upsample(const at::Tensor& maps_nhw, int64_t h, int64_t w) {
 // ---------------------------------------------------------------------------------------------
 
 namespace {
-constexpr EnumTable<AttributionMethod, 12> kMethodNames = {{
+constexpr EnumTable<AttributionMethod, 14> kMethodNames = {{
     {AttributionMethod::Saliency, "saliency"},
     {AttributionMethod::GuidedBackprop, "guided-backprop"},
     {AttributionMethod::Deconvnet, "deconvnet"},
@@ -160,6 +177,8 @@ constexpr EnumTable<AttributionMethod, 12> kMethodNames = {{
     {AttributionMethod::GradCam, "grad-cam"},
     {AttributionMethod::GradCamPlusPlus, "grad-cam++"},
     {AttributionMethod::Rise, "rise"},
+    {AttributionMethod::AttentionRollout, "attention-rollout"},
+    {AttributionMethod::AttentionGradient, "attention-gradient"},
     {AttributionMethod::GradCam, "gradcam"},
     {AttributionMethod::GradCamPlusPlus, "gradcam++"},
     {AttributionMethod::GradCamPlusPlus, "grad-cam-plus-plus"},
@@ -184,6 +203,10 @@ bool is_cam_method(AttributionMethod m) {
     return m == AttributionMethod::GradCam || m == AttributionMethod::GradCamPlusPlus;
 }
 
+bool is_attention_method(AttributionMethod m) {
+    return m == AttributionMethod::AttentionRollout || m == AttributionMethod::AttentionGradient;
+}
+
 namespace {
 
 // Methods with one backward pass per image: saliency, guided backprop, deconvnet, the CAMs.
@@ -196,6 +219,11 @@ void single_pass(const Model& model, const at::Tensor& images, const Attribution
                           ? Model::ReluBackward::Guided
                       : o.method == AttributionMethod::Deconvnet ? Model::ReluBackward::Deconv
                                                                  : Model::ReluBackward::Plain;
+    // Attention-gradient: d score / d attention probabilities of every global attention layer.
+    const bool att = o.method == AttributionMethod::AttentionGradient;
+    std::vector<std::string> grad_layers;
+    if (cam) grad_layers = {r.layer};
+    if (att) grad_layers = rollout_layers(model);
     // Each chunk's targets come from its own (clean) output.
     auto p = run_passes(
         model, rule, images,
@@ -205,14 +233,24 @@ void single_pass(const Model& model, const at::Tensor& images, const Attribution
             for (int64_t i = 0; i < end - first; ++i) w.push_back(i);
             return w;
         },
-        r.layer, batch,
+        grad_layers, batch,
         [&](int64_t done) { report_progress(context.progress, double(done) / double(n)); });
     r.targets = p.targets;
     r.scores = p.scores.to(torch::kFloat);
-    if (!cam) {
+    if (att) {
+        std::vector<at::Tensor> probs, grads;
+        for (size_t l = 0; l < grad_layers.size(); ++l) {
+            probs.push_back(p.taps[l].squeeze(1));
+            grads.push_back(p.tap_grads[l].squeeze(1));
+        }
+        r.layer = grad_layers.back();
+        r.attributions = attention_gradient_rollout(probs, grads, model.layer(grad_layers.back()).layout);
+    } else if (!cam) {
         r.attributions = p.input_grad.to(torch::kFloat).contiguous();
     } else {
-        const at::Tensor a = p.tap, g = p.tap_grad;
+        // Tokens and channels-last maps through the same view as every method (extra tokens dropped).
+        const Layout& layout = model.layer(r.layer).layout;
+        const at::Tensor a = as_maps(p.taps.at(0), layout), g = as_maps(p.tap_grads.at(0), layout);
         at::Tensor weights;
         if (o.method == AttributionMethod::GradCam) {
             weights = g.mean({2, 3});
@@ -276,7 +314,7 @@ void several_passes(const Model& model, const at::Tensor& images, const Attribut
             model, Model::ReluBackward::Plain, rows,
             [&](const at::Tensor&, int64_t) { return scorer; },
             [&](int64_t first, int64_t end) { return std::vector<int64_t>(static_cast<size_t>(end - first), i); },
-            "", batch,
+            {}, batch,
             [&](int64_t done) {
                 report_progress(context.progress,
                                 (double(i) + double(done) / double(per_image)) / double(n));
@@ -335,6 +373,27 @@ void rise_map(const Model& model, const at::Tensor& images, const AttributionOpt
     r.attributions = (sums / (double(o.masks) * o.keep)).view({n, h, w}).to(torch::kFloat).contiguous();
 }
 
+// Attention rollout: one forward pass with the attention layers tapped; the target only names
+// the class shown beside the map (rollout does not depend on it).
+void rollout_map(const Model& model, const at::Tensor& images, const AttributionOptions& o, const RunContext& context,
+                 AttributionResult& r) {
+    const auto layers = rollout_layers(model);
+    AttentionOptions ao;
+    ao.layers = layers;
+    ao.batch_size = o.batch_size;
+    const AttentionResult a = attention(model, images, ao, context);
+    const TargetScorer scorer(model, o.target, a.output);
+    r.targets = scorer.classes();
+    r.scores = scorer.scores(a.output).to(torch::kFloat);
+    std::vector<at::Tensor> probs;
+    for (const auto& l : a.layers) probs.push_back(l.probs);
+    RolloutOptions ro;
+    ro.fusion = o.head_fusion;
+    ro.discard_ratio = o.discard_ratio;
+    r.layer = layers.back();
+    r.attributions = attention_rollout(probs, a.layers.back().layout, ro);
+}
+
 }  // namespace
 
 AttributionResult attribute(const Model& model, const at::Tensor& images_nchw, const AttributionOptions& o,
@@ -347,13 +406,15 @@ AttributionResult attribute(const Model& model, const at::Tensor& images_nchw, c
     r.method = o.method;
     report_progress(context.progress, 0.0);
     const bool cam = is_cam_method(o.method);
+    const bool grid_map = cam || is_attention_method(o.method);
     if (cam) r.layer = cam_layer(model, o.layer);
     if (o.method == AttributionMethod::Saliency || o.method == AttributionMethod::GuidedBackprop ||
-        o.method == AttributionMethod::Deconvnet || cam)
+        o.method == AttributionMethod::Deconvnet || cam || o.method == AttributionMethod::AttentionGradient)
         single_pass(model, images, o, context, r);
     else if (o.method == AttributionMethod::Rise) rise_map(model, images, o, context, r);
+    else if (o.method == AttributionMethod::AttentionRollout) rollout_map(model, images, o, context, r);
     else several_passes(model, images, o, context, r);
-    r.heat = cam                                ? upsample(r.attributions, images.size(2), images.size(3)).contiguous()
+    r.heat = grid_map                           ? upsample(r.attributions, images.size(2), images.size(3)).contiguous()
              : o.method == AttributionMethod::Rise ? r.attributions
                                                    : r.attributions.abs().amax(1).contiguous();
     report_progress(context.progress, 1.0);

@@ -71,8 +71,29 @@ ReceptiveField receptive_field_from_json(const nlohmann::json& j) {
     return rf;
 }
 
+nlohmann::json to_json(const Layout& l) {
+    nlohmann::json j = {{"kind", layout_kind_name(l.kind)}};
+    if (l.grid_h > 0) j["grid"] = {l.grid_h, l.grid_w};
+    if (l.kind == LayoutKind::Tokens) {
+        j["extra_front"] = l.extra_front;
+        j["extra_back"] = l.extra_back;
+        j["grid_source"] = l.grid_source;
+    }
+    if (l.kind == LayoutKind::Attention) {
+        j["heads"] = l.heads;
+        j["windows"] = l.windows;
+        j["window"] = l.window;
+        j["shift"] = l.shift;
+        j["extra_front"] = l.extra_front;
+        j["extra_back"] = l.extra_back;
+    }
+    if (l.channels > 0) j["channels"] = l.channels;
+    return j;
+}
+
 nlohmann::json to_json(const LayerInfo& l) {
     return {{"name", l.name},          {"type", l.type},       {"output_shape", l.output_shape},
+            {"layout", to_json(l.layout)},
             {"parameters", l.num_params}, {"depth", l.depth},   {"is_conv", l.is_conv},
             {"is_linear", l.is_linear}, {"receptive_field", to_json(l.rf)}};
 }

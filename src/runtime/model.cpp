@@ -12,12 +12,14 @@
 #include <malloc.h>
 
 #include <algorithm>
+#include <cmath>
 #include <set>
 #include <sstream>
 
 #include "convscope/runtime/error.hpp"
 #include "convscope/runtime/graph.hpp"
 #include "convscope/runtime/strings.hpp"
+#include "runtime/detail/attention_graph.hpp"
 #include "runtime/detail/model_impl.hpp"
 #include "runtime/detail/relu_rules.hpp"
 
@@ -34,21 +36,6 @@ std::string short_type_name(const c10::ClassTypePtr& type) {
     return type->name()->name();
 }
 
-// The dotted module path a node was inlined from ("" for the model's own forward).
-std::string node_module_path(const jit::Node* n) {
-    auto cs = n->callstack();
-    if (!cs) return "";
-    std::string path;
-    for (const auto& entry : (*cs)->vec()) {
-        const auto& info = std::get<2>(entry);
-        if (!info) continue;
-        const std::string name = info->instance_name();
-        if (name.empty() || name == "SELF") continue;  // method calls on the same module
-        path += path.empty() ? name : "." + name;
-    }
-    return path;
-}
-
 }  // namespace
 
 void Model::Impl::analyse() {
@@ -63,6 +50,15 @@ void Model::Impl::analyse() {
     // pass sits in the top-level block, where taps, receptive fields and ReLU rules see it.
     jit::ConstantPropagation(graph);
     choose_output();
+    // Attention made explicit (nn.MultiheadAttention) and given a view that can be tapped.
+    attention_notes = detail::explicit_multihead_attention(*graph, module);
+    attention.clear();
+    for (const auto& site : detail::attention_sites(*graph)) {
+        std::string name = site.module.empty() ? "attention_probs" : site.module + ".attention_probs";
+        for (int k = 2; std::any_of(attention.begin(), attention.end(), [&](const auto& a) { return a.name == name; }); ++k)
+            name = site.module + ".attention_probs_" + std::to_string(k);
+        attention.push_back({name, site.module, site.probs, site.queries, site.shift});
+    }
     layer_order.clear();
     layer_value.clear();
 
@@ -76,7 +72,16 @@ void Model::Impl::analyse() {
     }
 
     for (jit::Node* n : graph->nodes()) {
-        const std::string path_of_node = node_module_path(n);
+        for (const auto& a : attention)
+            if (n->outputs().size() == 1 && n->output() == a.probs) {
+                layer_order.push_back(a.name);
+                layer_value[a.name] = a.probs;
+                layer_types[a.name] = "AttentionProbs";
+            }
+        // Parameter reads and constants say nothing about when a module runs (a traced model
+        // reads every parameter first).
+        if (n->kind() == c10::prim::GetAttr || n->kind() == c10::prim::Constant) continue;
+        const std::string path_of_node = detail::node_module_path(n);
         if (path_of_node.empty()) continue;
         jit::Value* tensor_out = nullptr;
         for (jit::Value* o : n->outputs())
@@ -96,7 +101,7 @@ void Model::Impl::analyse() {
     // A module output that is only a parameter read (GetAttr) is not a layer output.
     std::vector<std::string> kept;
     for (const auto& name : layer_order) {
-        if (layer_value[name]->node()->kind() == c10::prim::GetAttr) {
+        if (!layer_value.count(name) || layer_value[name]->node()->kind() == c10::prim::GetAttr) {
             layer_value.erase(name);
             continue;
         }
@@ -246,6 +251,66 @@ void Model::set_input_shape(const std::vector<int64_t>& chw) {
     impl_->input_shape = chw;
 }
 
+namespace {
+std::string join_ints(const std::vector<int64_t>& v) {
+    std::string s;
+    for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
+    return s;
+}
+
+// The layout of attention probabilities [windows,heads,Q,K]: the queries' grid from the layout of
+// the attention module's input.
+Layout attention_layout(const std::vector<int64_t>& shape, const jit::Value* queries, int64_t shift,
+                        const std::map<const jit::Value*, Layout>& lays) {
+    Layout l;
+    l.kind = LayoutKind::Attention;
+    if (shape.size() != 4) return l;
+    l.windows = shape[0];
+    l.heads = shape[1];
+    l.shift = shift;
+    const int64_t q = shape[2];
+    const Layout* in = nullptr;
+    if (queries)
+        if (auto it = lays.find(queries); it != lays.end()) in = &it->second;
+    if (l.windows == 1) {
+        if (in && in->spatial() && in->extra_front + in->grid_h * in->grid_w + in->extra_back == q) {
+            l.grid_h = in->grid_h;
+            l.grid_w = in->grid_w;
+            l.extra_front = in->extra_front;
+            l.extra_back = in->extra_back;
+        }
+    } else {
+        const auto ws = static_cast<int64_t>(std::lround(std::sqrt(static_cast<double>(q))));
+        if (ws * ws == q) l.window = ws;
+        if (in && in->spatial() && l.window > 0) {
+            const int64_t wh = (in->grid_h + ws - 1) / ws, ww = (in->grid_w + ws - 1) / ws;
+            if (wh * ww == l.windows) {
+                l.grid_h = in->grid_h;
+                l.grid_w = in->grid_w;
+            }
+        }
+    }
+    l.channels = shape[3];
+    return l;
+}
+}  // namespace
+
+void Model::set_grid(int64_t h, int64_t w) {
+    if (h < 0 || w < 0 || (h == 0) != (w == 0)) throw UsageError("--grid needs two positive numbers HxW");
+    std::lock_guard<std::mutex> lock(impl_->mutex);
+    if (impl_->grid != std::make_pair(h, w)) impl_->layers.clear();
+    impl_->grid = {h, w};
+}
+
+std::vector<std::string> Model::attention_layers() const {
+    std::vector<std::string> out;
+    for (const auto& l : layers())
+        if (l.layout.kind == LayoutKind::Attention) out.push_back(l.name);
+    return out;
+}
+
+const std::vector<std::string>& Model::attention_notes() const { return impl_->attention_notes; }
+
 const std::vector<LayerInfo>& Model::layers() const {
     const auto shape = input_shape();
     {
@@ -264,7 +329,11 @@ const std::vector<LayerInfo>& Model::layers() const {
                     detail::dims_str(shape) + " (" + first_error_line(e) +
                     "): pass the right --input-shape C,H,W");
     }
-    auto rfs = detail::receptive_fields(*impl_->graph, impl_->module, shapes);
+    auto lays = detail::layouts(*impl_->graph, shapes);
+    auto rfs = detail::receptive_fields(*impl_->graph, impl_->module, shapes, lays);
+    const auto grid = impl_->grid;
+    int64_t grid_fits = 0;
+    std::vector<int64_t> token_counts;
 
     std::vector<LayerInfo> out;
     for (const auto& name : impl_->layer_order) {
@@ -282,9 +351,45 @@ const std::vector<LayerInfo>& Model::layers() const {
         auto r = rfs.find(v);
         if (r != rfs.end()) info.rf = r->second;
         else info.rf.kind = ReceptiveField::Kind::Unknown;
+        if (auto l = lays.find(v); l != lays.end()) info.layout = l->second;
+        else if (info.output_shape.size() == 1) info.layout.kind = LayoutKind::Vector, info.layout.channels = info.output_shape[0];
+        if (info.layout.kind == LayoutKind::Other) info.layout = Layout{};  // channels-first tokens: not shown as such
+        for (const auto& a : impl_->attention)
+            if (a.name == name) info.layout = attention_layout(info.output_shape, a.queries, a.shift, lays);
+        // --grid: token outputs [T,D] whose grid the graph does not give (or gives otherwise).
+        if (grid.first > 0 && info.output_shape.size() == 2 && info.layout.kind != LayoutKind::Attention) {
+            token_counts.push_back(info.output_shape[0]);
+            if (grid.first * grid.second <= info.output_shape[0]) {
+                Layout t;
+                t.kind = LayoutKind::Tokens;
+                t.grid_h = grid.first;
+                t.grid_w = grid.second;
+                t.channels = info.output_shape[1];
+                t.extra_front = info.layout.kind == LayoutKind::Tokens && info.layout.grid_h * info.layout.grid_w == grid.first * grid.second
+                                    ? info.layout.extra_front
+                                    : info.output_shape[0] - grid.first * grid.second;
+                t.extra_back = info.output_shape[0] - grid.first * grid.second - t.extra_front;
+                t.grid_source = "--grid";
+                info.layout = t;
+                ++grid_fits;
+            }
+        }
+        if (info.layout.kind == LayoutKind::Tokens && info.layout.grid_source == "graph" &&
+            info.rf.kind == ReceptiveField::Kind::Unknown)
+            info.rf.kind = ReceptiveField::Kind::Global;
         info.is_conv = info.type.find("Conv") != std::string::npos && info.output_shape.size() == 3;
         info.is_linear = info.type == "Linear";
         out.push_back(std::move(info));
+    }
+    if (grid.first > 0 && grid_fits == 0) {
+        std::sort(token_counts.begin(), token_counts.end());
+        token_counts.erase(std::unique(token_counts.begin(), token_counts.end()), token_counts.end());
+        throw UsageError("--grid " + std::to_string(grid.first) + "x" + std::to_string(grid.second) + " (" +
+                         std::to_string(grid.first * grid.second) + " tokens) does not fit " +
+                         (token_counts.empty() ? std::string("any layer: the model has no token outputs [T,D]")
+                                               : "the token count of any layer (" + join_ints(token_counts) +
+                                                     " tokens)") +
+                         ": pass the patch grid, e.g. 14x14 for 197 tokens with a class token");
     }
     std::lock_guard<std::mutex> lock(impl_->mutex);
     impl_->layers = std::move(out);

@@ -126,6 +126,7 @@ Model Model::copy() const {
         m.impl_->path = impl_->path;
         m.impl_->hash = impl_->hash;
         m.impl_->input_shape = impl_->input_shape;
+        m.impl_->grid = impl_->grid;
         m.impl_->output_spec = impl_->output_spec;
     }
     m.impl_->analyse();

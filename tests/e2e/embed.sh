@@ -40,7 +40,7 @@ cmp "$T/a/embedding.npy" "$T/a2/embedding.npy"
 
 # Images through a fixture model: pictures with images, the grid, the sprite.
 "$BIN" embed --model "$FIX/lenet_scripted.pt" --data "$T/img.npy" --labels "$T/img_y.npy" --indices 0:36 \
-    --perplexity 5 --iterations 300 --threads 2 --grid 5x8 --out "$T/b" 2> "$T/b.err"
+    --perplexity 5 --iterations 300 --threads 2 --grid-cells 5x8 --out "$T/b" 2> "$T/b.err"
 for f in embedding.npy embedding.csv features.npy scatter.png thumbnails.png grid.png metrics.json \
     manifest.json projector/sprite.png projector/tensors.tsv; do test -s "$T/b/$f"; done
 
@@ -107,7 +107,7 @@ expect_fail 1 "row 7, column 3 is NaN" embed --features "$T/x_nan.npy" --out "$T
 expect_fail 1 "at least 2 points" embed --features "$T/x_one.npy" --out "$T/bad3"
 expect_fail 2 "too large for 20 points" embed --features "$T/x_small.npy" --out "$T/bad4"
 expect_fail 2 "do not apply" embed --features "$T/x.npy" --model "$FIX/lenet_scripted.pt" --out "$T/bad5"
-expect_fail 2 "--grid takes ROWSxCOLS" embed --features "$T/x.npy" --grid 5 --out "$T/bad6"
+expect_fail 2 "--grid-cells takes ROWSxCOLS" embed --features "$T/x.npy" --grid-cells 5 --out "$T/bad6"
 expect_fail 1 "must be a 2-D float array" embed --features "$T/y.npy" --out "$T/bad7"
 test ! -e "$T/bad1/embedding.npy"
 test ! -e "$T/bad4/manifest.json"

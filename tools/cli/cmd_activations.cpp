@@ -81,11 +81,20 @@ RunFn setup(CLI::App& app) {
         nlohmann::json layer_list = nlohmann::json::array();
         for (const auto& la : r.layers) {
             const std::string folder = la.name + "/";
-            const std::string shape_note = la.values.dim() == 4 ? "(N,C,H,W)" : "(N,F)";
+            const bool viewed = la.layout.spatial() && la.layout.kind != LayoutKind::Nchw;
+            const std::string shape_note =
+                la.values.dim() == 4 ? (viewed ? "(N,C,h,w) viewed from " + layout_summary(la.layout) : "(N,C,H,W)")
+                                     : "(N,F)";
             write_npy(dir.file(folder + "activations.npy",
                                "layer " + la.name + "'s output " + shape_note +
                                    " float32, exactly as computed; rows follow stats.json's indices"),
                       la.values);
+            if (la.extra_tokens.defined() && la.extra_tokens.size(1) > 0)
+                write_npy(dir.file(folder + "extra_tokens.npy",
+                                   "layer " + la.name + "'s extra tokens (N,k,D) float32, " +
+                                       std::to_string(la.layout.extra_front) + " before the grid first, then " +
+                                       std::to_string(la.layout.extra_back) + " after it"),
+                          la.extra_tokens);
             for (size_t n = 0; n < indices.size(); ++n) {
                 const std::string idx = std::to_string(indices[n]);
                 pngs.emplace_back(dir.file(folder + idx + ".png",
@@ -104,6 +113,7 @@ RunFn setup(CLI::App& app) {
             j["layer"] = la.name;
             j["shape"] = std::vector<int64_t>(la.values.sizes().begin() + 1, la.values.sizes().end());
             j["spatial"] = la.spatial;
+            j["layout"] = to_json(la.layout);
             j["indices"] = indices;
             j["range"] = {la.range.lo, la.range.hi};
             j["definition"] = "per channel: mean and max over positions, active = fraction of positions > 0; "

@@ -24,6 +24,7 @@ struct AttributeArgs {
     TargetArgs target;
     std::string baseline = baseline_name(AttributionOptions{}.baseline);
     std::string colormap = "inferno";
+    std::string fusion = head_fusion_name(AttributionOptions{}.head_fusion);
     float alpha = 0.5f;
 };
 
@@ -32,7 +33,14 @@ void add_options(CLI::App& app, AttributeArgs& a) {
     for (const auto& m : attribution_method_names()) methods += (methods.empty() ? "" : ", ") + m;
     app.add_option("--method", a.method, "attribution method: " + methods)->required();
     add_target_options(app, a.target);
-    app.add_option("--layer", a.ao.layer, "Grad-CAM layer (default: the last conv layer)");
+    app.add_option("--layer", a.ao.layer,
+                   "Grad-CAM layer: maps, channels-last maps or tokens (default: the last conv layer; for "
+                   "transformers the norm before the last attention)");
+    app.add_option("--head-fusion", a.fusion, "attention rollout: how a layer's heads are fused: mean, max or min")
+        ->capture_default_str();
+    app.add_option("--discard-ratio", a.ao.discard_ratio,
+                   "attention rollout: share of each layer's smallest fused attention entries set to 0")
+        ->capture_default_str();
     app.add_option("--samples", a.ao.samples, "SmoothGrad: noisy copies per image")->capture_default_str();
     app.add_option("--noise", a.ao.noise, "SmoothGrad: noise standard deviation as a fraction of the input range")
         ->capture_default_str();
@@ -62,6 +70,9 @@ AttributionOptions parse_options(const AttributeArgs& a) {
     if (ao.batch_size < 1) throw UsageError("--batch-size must be at least 1");
     if (!(a.alpha >= 0 && a.alpha <= 1)) throw UsageError("--alpha must be between 0 and 1");
     ao.baseline = parse_baseline(a.baseline);
+    ao.head_fusion = parse_head_fusion(a.fusion);
+    if (!(ao.discard_ratio >= 0 && ao.discard_ratio < 1))
+        throw UsageError("--discard-ratio must be at least 0 and below 1");
     return ao;
 }
 
@@ -124,6 +135,13 @@ nlohmann::json make_summary(const AttributionOptions& ao, const AttributionResul
                               {"data", data.spec()},
                               {"items", items}};
     if (is_cam_method(ao.method)) summary["layer"] = r.layer;
+    if (is_attention_method(ao.method)) {
+        summary["attention_layers"] = rollout_layers(model);
+        if (ao.method == AttributionMethod::AttentionRollout) {
+            summary["head_fusion"] = head_fusion_name(ao.head_fusion);
+            summary["discard_ratio"] = ao.discard_ratio;
+        }
+    }
     if (ao.method == AttributionMethod::Rise) {
         summary["masks"] = ao.masks;
         summary["cells"] = ao.cells;
@@ -193,6 +211,8 @@ RunFn setup(CLI::App& app) {
                                         {"masks", ao.masks},
                                         {"cells", ao.cells},
                                         {"keep", ao.keep},
+                                        {"head_fusion", head_fusion_name(ao.head_fusion)},
+                                        {"discard_ratio", ao.discard_ratio},
                                         {"baseline", baseline_name(ao.baseline)},
                                         {"batch_size", ao.batch_size},
                                         {"seed", o->seed},
@@ -200,10 +220,15 @@ RunFn setup(CLI::App& app) {
                                         {"indices", indices},
                                         {"colormap", colormap_name(cmap)}};
         OutputDir out = open_out(*o, options, &model);
-        const bool cam = is_cam_method(ao.method);
+        const bool attention = is_attention_method(ao.method);
+        const bool cam = is_cam_method(ao.method) || attention;
         const bool rise = ao.method == AttributionMethod::Rise;
         write_npy(out.file("attributions.npy",
-                           cam    ? "class activation maps [N,h,w] float32 at layer " + r.layer
+                           attention ? std::string(ao.method == AttributionMethod::AttentionRollout
+                                                       ? "attention rollout"
+                                                       : "gradient-weighted attention rollout") +
+                                           " [N,h,w] float32 over the patch grid: the class token's row (not normalised)"
+                           : cam     ? "class activation maps [N,h,w] float32 at layer " + r.layer
                            : rise ? "RISE maps [N,H,W] float32, the mask-weighted mean score per pixel"
                                   : "attributions [N,C,H,W] float32, one per input value, sign kept"),
                   r.attributions);

@@ -104,17 +104,26 @@ RunFn setup(CLI::App& app) {
             std::cout << " (--output NAME chooses)\n";
         }
         std::cout << "\n";
-        size_t width = 5;
+        size_t width = 5, type_width = 14;
         for (const auto& l : layers) width = std::max(width, l.name.size() + 2 * l.depth);
-        std::cout << std::left << std::setw(static_cast<int>(width + 2)) << "layer" << std::setw(16)
-                  << "type" << std::setw(16) << "output" << std::setw(11) << "params"
+        for (const auto& l : layers) type_width = std::max(type_width, l.type.size());
+        size_t layout_width = 20;
+        for (const auto& l : layers) layout_width = std::max(layout_width, layout_summary(l.layout).size());
+        std::cout << std::left << std::setw(static_cast<int>(width + 2)) << "layer" << std::setw(static_cast<int>(type_width + 2))
+                  << "type" << std::setw(16) << "output" << std::setw(static_cast<int>(layout_width + 2)) << "layout" << std::setw(11) << "params"
                   << "receptive field (size /stride pad)\n";
         for (const auto& l : layers) {
             std::cout << std::left << std::setw(static_cast<int>(width + 2))
-                      << (std::string(2 * l.depth, ' ') + l.name) << std::setw(16) << l.type
-                      << std::setw(16) << shape_str(l.output_shape) << std::setw(11) << l.num_params
+                      << (std::string(2 * l.depth, ' ') + l.name) << std::setw(static_cast<int>(type_width + 2)) << l.type
+                      << std::setw(16) << shape_str(l.output_shape) << std::setw(static_cast<int>(layout_width + 2)) << layout_summary(l.layout)
+                      << std::setw(11) << l.num_params
                       << rf_str(l.rf) << "\n";
         }
+        const auto attention = model.attention_layers();
+        if (!attention.empty())
+            std::cout << "\nattention: " << attention.size()
+                      << " layers of attention probabilities (`convscope attention` shows them)\n";
+        for (const auto& note : model.attention_notes()) std::cout << "no attention probabilities for " << note << "\n";
         if (accuracy)
             std::cout << "\naccuracy on " << data->spec() << ": " << std::fixed << std::setprecision(2)
                       << 100.0 * *accuracy << "% (" << data->size() << " items)\n";

@@ -49,7 +49,7 @@ std::pair<int, int> parse_grid(const std::string& spec) {
             throw std::invalid_argument(spec);
         return {r, c};
     } catch (const std::exception&) {
-        throw UsageError("--grid takes ROWSxCOLS with at most 4096 cells (like 32x32), got '" + spec + "'");
+        throw UsageError("--grid-cells takes ROWSxCOLS with at most 4096 cells (like 32x32), got '" + spec + "'");
     }
 }
 
@@ -136,7 +136,7 @@ void add_options(CLI::App& app, Options& opts) {
         ->check(CLI::IsMember({"auto", "exact", "fft"}))
         ->capture_default_str();
     app.add_option("--batch-size", o->batch_size, "images per forward pass")->capture_default_str();
-    app.add_option("--grid", o->grid, "cells of grid.png as ROWSxCOLS (default: near-square for min(N, --grid-max))");
+    app.add_option("--grid-cells", o->grid, "cells of grid.png as ROWSxCOLS (default: near-square for min(N, --grid-max))");
     app.add_option("--grid-max", o->grid_max, "images in the default grid")->capture_default_str();
     app.add_option("--map-size", o->map_size, "side of scatter.png and thumbnails.png in pixels")
         ->capture_default_str();

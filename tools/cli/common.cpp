@@ -32,6 +32,9 @@ std::string& command_line() {
 void add_model_options(CLI::App& app, CommonOptions& o) {
     app.add_option("--model", o.model, "TorchScript model file (default: the built-in Fashion-MNIST model)");
     app.add_option("--input-shape", o.input_shape, "input shape C,H,W for models that do not record it");
+    app.add_option("--grid", o.grid,
+                   "patch grid HxW of token outputs [T,D] where the graph does not give it (the last h*w tokens; "
+                   "the ones before are extra tokens such as a class token)");
     app.add_option("--output", o.output,
                    "the model output to explain when forward returns a tuple, list or dict: its key or position "
                    "(default: the dict entry 'out', else the first tensor; `convscope describe` lists them)");
@@ -201,6 +204,10 @@ Model open_model(const CommonOptions& o) {
         auto shape = parse_shape(o.input_shape, "--input-shape");
         if (shape.size() != 3) throw UsageError("--input-shape takes three numbers C,H,W, got '" + o.input_shape + "'");
         model.set_input_shape(shape);
+    }
+    if (!o.grid.empty()) {
+        const auto grid = parse_grid(o.grid);
+        model.set_grid(grid.first, grid.second);
     }
     const PreprocessOptions pre = preprocess_options(o);
     if (pre.any()) {

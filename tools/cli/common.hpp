@@ -41,6 +41,7 @@ struct RegisterCommand {
 struct CommonOptions {
     std::string model;        // --model (empty = the built-in model)
     std::string input_shape;  // --input-shape C,H,W
+    std::string grid;         // --grid HxW
     int threads = 0;          // --threads (0 = all cores)
     uint64_t seed = 0;        // --seed
     std::string out;          // --out DIR

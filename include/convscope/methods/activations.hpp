@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "convscope/runtime/dataset.hpp"
+#include "convscope/runtime/layout.hpp"
 #include "convscope/runtime/run_context.hpp"
 #include "convscope/runtime/render.hpp"
 
@@ -56,8 +57,12 @@ struct ActivationsOptions {
 // One layer's activations for all N inputs.
 struct LayerActivations {
     std::string name;
-    // The layer's output exactly as the model computed it: [N,C,H,W] or [N,F] float32.
+    // The layer's output exactly as the model computed it: [N,C,H,W] or [N,F] float32. Channels-last
+    // maps and tokens are shown as maps [N,C,h,w] (as_maps in runtime/layout.hpp); their extra
+    // tokens (a class token) are in extra_tokens [N,k,D] (k = 0 for other layouts).
     at::Tensor values;
+    Layout layout;  // the layer's output layout
+    at::Tensor extra_tokens;
     bool spatial = false;  // shown as a tile grid (C,H,W with H*W > 1); else as a bar strip
     // Per input and channel (unit), over its H*W positions ([N,C] float32): mean, maximum, and
     // fraction of positions > 0. For 1-D layers mean = max = the value, active = 0 or 1.

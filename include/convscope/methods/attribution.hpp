@@ -26,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "convscope/methods/attention.hpp"
 #include "convscope/methods/target.hpp"
 #include "convscope/runtime/run_context.hpp"
 
@@ -42,16 +43,20 @@ enum class AttributionMethod {
     GradCam,
     GradCamPlusPlus,
     Rise,
+    AttentionRollout,   // transformers: attention rollout over every global attention layer
+    AttentionGradient,  // transformers: gradient-weighted attention rollout (Chefer et al. 2021)
 };
 
 // "saliency", "guided-backprop", "deconvnet", "smoothgrad", "integrated-gradients", "grad-cam",
-// "grad-cam++", "rise", in enum order.
+// "grad-cam++", "rise", "attention-rollout", "attention-gradient", in enum order.
 const std::vector<std::string>& attribution_method_names();
 const std::string& attribution_method_name(AttributionMethod method);
 // Parses a method name; throws UsageError listing the valid names.
 AttributionMethod parse_attribution_method(const std::string& name);
 // Grad-CAM and Grad-CAM++ give maps at a layer ([N,h,w]); the others give pixels ([N,C,H,W]).
 bool is_cam_method(AttributionMethod method);
+// attention-rollout and attention-gradient: maps [N,h,w] over a transformer's patch grid.
+bool is_attention_method(AttributionMethod method);
 
 struct AttributionOptions {
     AttributionMethod method = AttributionMethod::Saliency;
@@ -73,6 +78,10 @@ struct AttributionOptions {
     int masks = 4000;
     int cells = 7;
     double keep = 0.5;
+    // Attention rollout: how the heads of a layer are fused and the share of the smallest fused
+    // attention entries discarded (0 <= ratio < 1), see methods/attention.hpp.
+    HeadFusion head_fusion = HeadFusion::Mean;
+    double discard_ratio = 0.0;
     // Rows (images, noisy copies or path points) per forward/backward pass; bounds the memory.
     int batch_size = 16;
 };

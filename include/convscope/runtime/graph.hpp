@@ -8,6 +8,7 @@
 #include <optional>
 #include <vector>
 
+#include "convscope/runtime/layout.hpp"
 #include "convscope/runtime/receptive_field.hpp"
 
 namespace convscope::detail {
@@ -46,8 +47,25 @@ std::map<const torch::jit::Value*, std::vector<int64_t>> record_shapes(
 // ops and concatenations take the union of their inputs' fields, ops that leave the spatial
 // layout (flatten, linear, global pooling) give Global, anything else that changes the spatial
 // size gives Unknown.
+// Values on a spatial grid that is not NCHW (nhwc, tokens, channels-first tokens [N,C,h*w])
+// carry their field through ops that keep the grid (norms, linear layers on channels,
+// reshapes between layouts); token mixing (a matmul of two input-dependent operands) makes the
+// field Global, and windowed attention (a batch of windows) widens it by the window: the box
+// (2*window-1) tokens wide around a unit holds every window the unit can be in, shifted or not.
 std::map<const torch::jit::Value*, ReceptiveField> receptive_fields(
     torch::jit::Graph& graph, const torch::jit::Module& module,
-    const std::map<const torch::jit::Value*, std::vector<int64_t>>& shapes);
+    const std::map<const torch::jit::Value*, std::vector<int64_t>>& shapes,
+    const std::map<const torch::jit::Value*, Layout>& layouts = {});
+
+// The layout of every input-dependent tensor value, propagated from the input (NCHW): convs and
+// pooling give NCHW, permute(0,2,3,1) NHWC and back, flatten/reshape of a map to [N,C,h*w] and
+// its transpose give tokens on the map's grid, concatenation along the token dimension adds
+// extra tokens (a class token), slices and selects on it remove them (x[:, 0] is a vector), and
+// ops that keep the leading dimensions keep the layout with the new channel count. A [N,T,D]
+// value whose layout cannot be followed (an attention block's output) takes the grid of an
+// earlier token value with the same T. Channels-first tokens [N,C,h*w] are kind Other with their
+// grid set; other values are left out.
+std::map<const torch::jit::Value*, Layout> layouts(
+    torch::jit::Graph& graph, const std::map<const torch::jit::Value*, std::vector<int64_t>>& shapes);
 
 }  // namespace convscope::detail

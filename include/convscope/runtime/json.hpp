@@ -12,6 +12,7 @@ namespace convscope {
 
 struct Box;
 struct LayerInfo;
+struct Layout;
 struct ReceptiveField;
 
 // [y0, x0, y1, x1] in input pixels (end exclusive).
@@ -21,6 +22,7 @@ nlohmann::json to_json(const Box& box);
 nlohmann::json to_json(const ReceptiveField& rf);
 // {"name", "type", "output_shape" (without the batch), "parameters", "depth", "is_conv",
 // "is_linear", "receptive_field"}.
+nlohmann::json to_json(const Layout& layout);
 nlohmann::json to_json(const LayerInfo& layer);
 // The inverses of the two above; throw nlohmann::json::exception on a missing field and Error on
 // a number that is not a whole one (callers name the file).

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "convscope/runtime/dataset.hpp"
+#include "convscope/runtime/layout.hpp"
 #include "convscope/runtime/receptive_field.hpp"
 
 namespace torch::jit {
@@ -49,6 +50,7 @@ struct LayerInfo {
     std::string name;                   // dotted module path: "conv1", "layer1.0.conv2", "layer1.0"
     std::string type;                   // module class: "Conv2d", "BasicBlock", "ReLU", ...
     std::vector<int64_t> output_shape;  // without the batch dimension, e.g. {64,56,56}
+    Layout layout;                      // how output_shape reads (nchw, nhwc, tokens, vector, attention)
     int64_t num_params = 0;             // parameters of this module and its children
     int depth = 0;                      // number of dots in the name
     ReceptiveField rf;                  // receptive field of one output unit in input pixels
@@ -104,6 +106,15 @@ public:
     const std::vector<LayerInfo>& layers() const;
     // Layer by name; throws Error naming the closest existing names if there is none.
     const LayerInfo& layer(const std::string& name) const;
+    // The patch grid of token outputs [T,D] where the graph does not give it (--grid HxW): the
+    // last h*w tokens are the grid, the ones before it extra tokens. A grid that fits no layer's
+    // token count is a UsageError when the layers are listed. (0,0) = inferred only.
+    void set_grid(int64_t h, int64_t w);
+    // The attention layers ("<module>.attention_probs", layout Attention, outputs
+    // [N,windows,heads,queries,keys]) in execution order, and why some attention modules have
+    // none (masked or customised nn.MultiheadAttention calls).
+    std::vector<std::string> attention_layers() const;
+    const std::vector<std::string>& attention_notes() const;
     // Names of the layers for which `pred` holds, e.g. all convs.
     std::vector<std::string> conv_layer_names() const;
     // The last layer before the output layer whose output is 1-D (for embeddings), else "".

@@ -35,6 +35,18 @@ struct Model::Impl {
     std::map<std::string, std::string> layer_types;
     std::map<std::string, int64_t> layer_params;
 
+    // Attention probabilities as extra layers ("<module>.attention_probs", values
+    // [N,windows,heads,Q,K]) and why some nn.MultiheadAttention calls were left as they are.
+    struct Attention {
+        std::string name, module;
+        jit::Value* probs = nullptr;
+        jit::Value* queries = nullptr;
+        int64_t shift = 0;
+    };
+    std::vector<Attention> attention;
+    std::vector<std::string> attention_notes;
+    std::pair<int64_t, int64_t> grid{0, 0};  // --grid (0: inferred)
+
     mutable std::mutex mutex;
     mutable std::vector<LayerInfo> layers;
     mutable std::vector<int64_t> layers_for_shape;

@@ -1,0 +1,183 @@
+// Transformers: layouts, token maps, attention probabilities, rollout and gradient-weighted
+// rollout, Grad-CAM on tokens, against PyTorch on a scripted torchvision ViT and a traced Swin
+// (tests/fixtures/transformer_fixtures.py).
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "convscope/methods/activations.hpp"
+#include "convscope/methods/attention.hpp"
+#include "convscope/methods/attribution.hpp"
+#include "convscope/runtime/io.hpp"
+#include "convscope/runtime/layout.hpp"
+#include "convscope/runtime/model.hpp"
+#include "test_util.hpp"
+
+using namespace convscope;
+
+namespace {
+
+Model load_fixture(const std::string& name) {
+    Model m = Model::load(fixture(name + ".pt"));
+    m.set_input_shape({3, 32, 32});
+    return m;
+}
+
+nlohmann::json reference(const std::string& name) {
+    std::ifstream f(fixture(name + "/reference.json"));
+    return nlohmann::json::parse(f);
+}
+
+}  // namespace
+
+TEST(Attention, VitLayersHaveTokenLayoutsAndGlobalFieldsAfterAttention) {
+    Model m = load_fixture("vit_tiny");
+    const LayerInfo& ln = m.layer("encoder.layers.encoder_layer_0.ln_1");
+    EXPECT_EQ(ln.layout.kind, LayoutKind::Tokens);
+    EXPECT_EQ(ln.layout.grid_h, 4);
+    EXPECT_EQ(ln.layout.grid_w, 4);
+    EXPECT_EQ(ln.layout.extra_front, 1);
+    EXPECT_EQ(ln.layout.grid_source, "graph");
+    // Before any attention a patch token sees its 8x8 patch; after it, the whole image.
+    EXPECT_EQ(ln.rf.kind, ReceptiveField::Kind::Exact);
+    EXPECT_EQ(ln.rf.size_y, 8);
+    EXPECT_EQ(ln.rf.stride_y, 8);
+    EXPECT_EQ(m.layer("encoder.layers.encoder_layer_0.ln_2").rf.kind, ReceptiveField::Kind::Global);
+    EXPECT_EQ(m.layer("heads.head").layout.kind, LayoutKind::Vector);
+    const auto att = m.attention_layers();
+    ASSERT_EQ(att.size(), 2u);
+    EXPECT_EQ(att[0], "encoder.layers.encoder_layer_0.self_attention.attention_probs");
+    EXPECT_EQ(m.layer(att[0]).layout.heads, 2);
+    EXPECT_EQ(m.layer(att[0]).layout.windows, 1);
+}
+
+TEST(Attention, VitOutputsAndTokenMapsEqualPyTorch) {
+    Model m = load_fixture("vit_tiny");
+    const at::Tensor x = read_npy(fixture("vit_tiny/input.npy"));
+    const auto taps = m.forward_taps(x, {"encoder.layers.encoder_layer_1.ln_1"});
+    expect_close(taps.output, read_npy(fixture("vit_tiny/output.npy")), 1e-5, "logits with explicit attention");
+    const at::Tensor tokens = read_npy(fixture("vit_tiny/tokens_ln1.npy"));
+    const Layout& l = m.layer("encoder.layers.encoder_layer_1.ln_1").layout;
+    const at::Tensor maps = as_maps(taps.taps.at("encoder.layers.encoder_layer_1.ln_1"), l);
+    expect_close(maps, tokens.narrow(1, 1, 16).transpose(1, 2).reshape({2, 32, 4, 4}), 1e-5, "token maps");
+    expect_close(extra_tokens(taps.taps.at("encoder.layers.encoder_layer_1.ln_1"), l), tokens.narrow(1, 0, 1), 1e-5,
+                 "class token");
+    expect_close(from_maps(maps, l).narrow(1, 1, 16), tokens.narrow(1, 1, 16), 1e-6, "from_maps inverts as_maps");
+
+    ActivationsOptions ao;
+    ao.layers = {"encoder.layers.encoder_layer_1.ln_1"};
+    ao.pictures = false;
+    const auto r = activations(m, x, ao);
+    expect_close(r.layers.at(0).values, tokens.narrow(1, 1, 16).transpose(1, 2).reshape({2, 32, 4, 4}), 1e-5,
+                 "activations of a token layer");
+}
+
+TEST(Attention, VitAttentionProbabilitiesEqualNeedWeights) {
+    Model m = load_fixture("vit_tiny");
+    const at::Tensor x = read_npy(fixture("vit_tiny/input.npy"));
+    AttentionOptions o;
+    o.layers = {"encoder.layers.encoder_layer_1"};  // a block picks the attention inside it
+    const auto r = attention(m, x, o);
+    ASSERT_EQ(r.layers.size(), 1u);
+    expect_close(r.layers[0].probs, read_npy(fixture("vit_tiny/attention_1.npy")), 1e-5, "layer 1 attention");
+    const auto all = attention(m, x, {});
+    expect_close(all.layers[0].probs, read_npy(fixture("vit_tiny/attention_0.npy")), 1e-5, "layer 0 attention");
+    // A query's row over the grid, and the class token's.
+    const at::Tensor q = query_attention(all.layers[0], 1, 2);
+    expect_close(q, all.layers[0].probs.select(2, 1 + 1 * 4 + 2).narrow(2, 1, 16).reshape({2, 2, 4, 4}), 0,
+                 "query 1,2");
+    expect_error([&] { query_attention(all.layers[0], 4, 0); }, "outside");
+    expect_error([&] { query_attention(all.layers[0], -1, 1); }, "extra tokens");
+}
+
+TEST(Attention, RolloutAndGradientRolloutEqualPlainReferences) {
+    Model m = load_fixture("vit_tiny");
+    const at::Tensor x = read_npy(fixture("vit_tiny/input.npy"));
+    AttributionOptions o;
+    o.method = AttributionMethod::AttentionRollout;
+    auto r = attribute(m, x, o);
+    expect_close(r.attributions, read_npy(fixture("vit_tiny/rollout_mean.npy")), 1e-5, "rollout, mean");
+    EXPECT_EQ(r.heat.sizes(), (std::vector<int64_t>{2, 32, 32}));
+    o.head_fusion = HeadFusion::Max;
+    o.discard_ratio = 0.5;
+    r = attribute(m, x, o);
+    expect_close(r.attributions, read_npy(fixture("vit_tiny/rollout_max_discard.npy")), 1e-5, "rollout, max, discard");
+    o = AttributionOptions{};
+    o.method = AttributionMethod::AttentionGradient;
+    r = attribute(m, x, o);
+    const auto targets = reference("vit_tiny")["targets"].get<std::vector<int64_t>>();
+    EXPECT_EQ(r.targets, targets);
+    expect_close(r.attributions, read_npy(fixture("vit_tiny/gradient_rollout.npy")), 1e-4, "gradient rollout");
+}
+
+TEST(Attention, GradCamOnTokensEqualsReferenceAndDefaultsToTheLastBlocksNorm) {
+    Model m = load_fixture("vit_tiny");
+    const at::Tensor x = read_npy(fixture("vit_tiny/input.npy"));
+    AttributionOptions o;
+    o.method = AttributionMethod::GradCam;
+    const auto r = attribute(m, x, o);
+    EXPECT_EQ(r.layer, "encoder.layers.encoder_layer_1.ln_1");
+    expect_close(r.attributions, read_npy(fixture("vit_tiny/gradcam_ln1.npy")), 1e-4, "Grad-CAM on tokens");
+    o.layer = "heads.head";
+    expect_error([&] { attribute(m, x, o); }, "is not spatial");
+}
+
+TEST(Attention, SwinLayersInExecutionOrderWithChannelsLastMapsAndWindowedAttention) {
+    Model m = load_fixture("swin_tiny");
+    const auto order = reference("swin_tiny")["module_order"].get<std::vector<std::string>>();
+    std::vector<std::string> listed;
+    for (const auto& l : m.layers())
+        if (std::find(order.begin(), order.end(), l.name) != order.end()) listed.push_back(l.name);
+    std::vector<std::string> expected;
+    for (const auto& n : order)
+        if (std::find(listed.begin(), listed.end(), n) != listed.end()) expected.push_back(n);
+    EXPECT_EQ(listed, expected);
+    EXPECT_GT(listed.size(), 30u);
+    const LayerInfo& s3 = m.layer("features.3.1");
+    EXPECT_EQ(s3.layout.kind, LayoutKind::Nhwc);
+    EXPECT_EQ(s3.layout.grid_h, 4);
+    EXPECT_EQ(s3.layout.channels, 32);
+    for (const auto& l : m.layers()) EXPECT_NE(l.rf.kind, ReceptiveField::Kind::Unknown) << l.name;
+    // A window of 2x2 tokens of stride 4 widens the field by (2*2-1)-1 tokens.
+    EXPECT_EQ(m.layer("features.1.0").rf.size_y, 4 + 2 * 4);
+
+    const at::Tensor x = read_npy(fixture("swin_tiny/input.npy"));
+    const auto taps = m.forward_taps(x, {"features.3.1"});
+    expect_close(taps.output, read_npy(fixture("swin_tiny/output.npy")), 1e-5, "logits");
+    expect_close(as_maps(taps.taps.at("features.3.1"), s3.layout),
+                 read_npy(fixture("swin_tiny/stage3.npy")).permute({0, 3, 1, 2}), 1e-5, "channels-last maps");
+
+    const auto r = attention(m, x, {});
+    ASSERT_EQ(r.layers.size(), 4u);
+    for (size_t i = 0; i < 4; ++i)
+        expect_close(r.layers[i].probs, read_npy(fixture("swin_tiny/attention_" + std::to_string(i) + ".npy")), 1e-5,
+                     "window attention " + std::to_string(i));
+    EXPECT_EQ(r.layers[1].layout.shift, 1);
+    EXPECT_EQ(r.layers[1].layout.window, 2);
+    // A query's window on the grid: its 4 keys carry the probabilities, the rest is zero.
+    const at::Tensor q = query_attention(r.layers[0], 3, 5);
+    EXPECT_NEAR(q.sum().item<double>(), 2.0 * 2.0, 1e-4);  // 2 images x 2 heads, rows sum to 1
+    EXPECT_EQ((q[0][0] != 0).sum().item<int64_t>(), 4);
+    expect_error([&] { attribute(m, x, [] { AttributionOptions o; o.method = AttributionMethod::AttentionRollout; return o; }()); },
+                 "windowed");
+}
+
+TEST(Attention, BadRequestsGetOneClearMessage) {
+    Model lenet = load_lenet();
+    const at::Tensor x = torch::zeros({1, 1, 28, 28});
+    expect_error([&] { attention(lenet, x, {}); }, "no attention layers");
+    Model m = load_fixture("vit_tiny");
+    AttentionOptions o;
+    o.layers = {"conv_proj"};
+    expect_error([&] { attention(m, torch::zeros({1, 3, 32, 32}), o); }, "holds no attention layer");
+    // A grid that fits no layer's token count.
+    m.set_grid(5, 5);
+    EXPECT_THROW(m.layers(), UsageError);
+    m.set_grid(4, 4);
+    EXPECT_EQ(m.layer("encoder.layers.encoder_layer_0.ln_1").layout.grid_source, "--grid");
+    EXPECT_THROW(parse_grid("7"), UsageError);
+    EXPECT_THROW(parse_grid("0x3"), UsageError);
+    EXPECT_EQ(parse_grid("14x14"), std::make_pair(int64_t{14}, int64_t{14}));
+}
