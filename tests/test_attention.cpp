@@ -122,6 +122,8 @@ TEST(Attention, GradCamOnTokensEqualsReferenceAndDefaultsToTheLastBlocksNorm) {
     expect_close(r.attributions, read_npy(fixture("vit_tiny/gradcam_ln1.npy")), 1e-4, "Grad-CAM on tokens");
     o.layer = "heads.head";
     expect_error([&] { attribute(m, x, o); }, "is not spatial");
+    const auto methods = attribution_methods_for(m);
+    EXPECT_NE(std::find(methods.begin(), methods.end(), "attention-gradient"), methods.end());
 }
 
 TEST(Attention, SwinLayersInExecutionOrderWithChannelsLastMapsAndWindowedAttention) {

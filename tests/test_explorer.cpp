@@ -274,6 +274,8 @@ TEST(Explorer, RiseIsOneOfTheAttributionMethods) {
     Explorer ex(load_lenet(), Dataset::open("fashion-mnist:test"), small_options(tmp / "cache"));
     const json methods = ex.model_info()["attribution_methods"];
     EXPECT_NE(std::find(methods.begin(), methods.end(), "rise"), methods.end());
+    // A CNN has no attention: the rollouts are not offered.
+    EXPECT_EQ(std::find(methods.begin(), methods.end(), "attention-rollout"), methods.end());
     const json r = ex.run_job({{"kind", "attribution"}, {"image", "d2"}, {"method", "rise"}});
     EXPECT_EQ(r["method"], "rise");
     // The clean score of the class explained, as attribute() gives it with the explorer's settings.

@@ -73,7 +73,7 @@ json Explorer::model_info() const {
     for (const auto& l : d.layers)
         if (!l.output_shape.empty() && (all || l.depth == 0)) shown.push_back(l.name);
     j["default_layers"] = shown;
-    j["attribution_methods"] = attribution_method_names();
+    j["attribution_methods"] = attribution_methods_for(d.model);
     auto& cmap = j["colormap"] = json::array();
     for (const auto& c : colormap_table(Colormap::Viridis)) cmap.push_back({c[0], c[1], c[2]});
     auto& colours = j["class_colours"] = json::array();

@@ -57,6 +57,9 @@ AttributionMethod parse_attribution_method(const std::string& name);
 bool is_cam_method(AttributionMethod method);
 // attention-rollout and attention-gradient: maps [N,h,w] over a transformer's patch grid.
 bool is_attention_method(AttributionMethod method);
+// The method names that apply to `model` (attribution_method_names() without the attention
+// methods for models without attention over all tokens), for menus.
+std::vector<std::string> attribution_methods_for(const Model& model);
 
 struct AttributionOptions {
     AttributionMethod method = AttributionMethod::Saliency;
