@@ -10,6 +10,12 @@
 #include "convscope/methods/activations.hpp"
 #include "convscope/methods/attention.hpp"
 #include "convscope/methods/attribution.hpp"
+#include "convscope/methods/embedding.hpp"
+#include "convscope/methods/top_patches.hpp"
+#include "convscope/methods/occlusion.hpp"
+#include "convscope/runtime/dataset.hpp"
+#include "convscope/runtime/default_model.hpp"
+#include "convscope/runtime/preprocess.hpp"
 #include "convscope/runtime/io.hpp"
 #include "convscope/runtime/layout.hpp"
 #include "convscope/runtime/model.hpp"
@@ -182,4 +188,95 @@ TEST(Attention, BadRequestsGetOneClearMessage) {
     EXPECT_THROW(parse_grid("7"), UsageError);
     EXPECT_THROW(parse_grid("0x3"), UsageError);
     EXPECT_EQ(parse_grid("14x14"), std::make_pair(int64_t{14}, int64_t{14}));
+}
+
+TEST(Attention, OcclusionRecomputesPastGlobalAttentionAndSaysSo) {
+    Model m = load_fixture("vit_tiny");
+    const at::Tensor x = read_npy(fixture("vit_tiny/input.npy"));
+    OcclusionOptions o;
+    o.patch_h = o.patch_w = 8;
+    o.stride_y = o.stride_x = 8;
+    const auto r = occlusion(m, x, o);
+    EXPECT_NE(r.engine_note.find("attends over all tokens"), std::string::npos) << r.engine_note;
+    // Brute force: every window occluded with zeros, one forward pass each.
+    const at::Tensor clean = m.forward(x);
+    for (int64_t n = 0; n < 2; ++n) {
+        const int64_t t = r.targets[static_cast<size_t>(n)];
+        for (int64_t y = 0; y < 4; ++y)
+            for (int64_t xx = 0; xx < 4; ++xx) {
+                at::Tensor c = x.narrow(0, n, 1).clone();
+                c.narrow(2, y * 8, 8).narrow(3, xx * 8, 8).zero_();
+                const double drop = clean[n][t].item<double>() - m.forward(c)[0][t].item<double>();
+                EXPECT_NEAR(r.coarse[n][y][xx].item<double>(), drop, 1e-4);
+            }
+    }
+}
+
+TEST(Attention, BuiltInVitHasTokenLayersAndAttentionEqualToItsDefinition) {
+    Model m = untrained_vit_model(3);
+    const LayerInfo& norm1 = m.layer("blocks.0.norm1");
+    EXPECT_EQ(norm1.layout.kind, LayoutKind::Tokens);
+    EXPECT_EQ(norm1.layout.grid_h, 7);
+    EXPECT_EQ(norm1.layout.extra_front, 1);
+    EXPECT_EQ(norm1.rf.size_y, 4);
+    const auto att = m.attention_layers();
+    ASSERT_EQ(att.size(), 4u);
+    EXPECT_EQ(att[0], "blocks.0.attn.attention_probs");
+    const at::Tensor x = randn({2, 1, 28, 28}, 4);
+    const auto taps = m.forward_taps(x, {"blocks.0.norm1", att[0]});
+    // softmax(q k^T / sqrt(d_head)) from the tapped norm and the qkv weights, head by head.
+    const at::Tensor t = taps.taps.at("blocks.0.norm1");
+    const at::Tensor w = m.parameter("blocks.0.attn.qkv", "weight"), b = m.parameter("blocks.0.attn.qkv", "bias");
+    const at::Tensor qkv = torch::linear(t, w, b);  // [2,50,192]
+    at::Tensor ref = torch::empty({2, 4, 50, 50});
+    for (int64_t h = 0; h < 4; ++h) {
+        const at::Tensor q = qkv.narrow(2, h * 16, 16), k = qkv.narrow(2, 64 + h * 16, 16);
+        ref.select(1, h).copy_(torch::softmax(torch::matmul(q, k.transpose(1, 2)) / 4.0, -1));
+    }
+    expect_close(taps.taps.at(att[0]).squeeze(1), ref, 1e-5, "built-in ViT attention");
+    AttributionOptions o;
+    o.method = AttributionMethod::GradCam;
+    EXPECT_EQ(attribute(m, x, o).layer, "blocks.3.norm1");
+    o.method = AttributionMethod::AttentionRollout;
+    const auto r = attribute(m, x, o);
+    EXPECT_EQ(r.attributions.sizes(), (std::vector<int64_t>{2, 7, 7}));
+}
+
+TEST(Attention, EmbeddingPoolsTokensAndTopPatchesCropTheTokensPatch) {
+    Model m = load_fixture("vit_tiny");
+    const Dataset data = Dataset::open(fixture("vit_tiny/input.npy"));
+    const at::Tensor tokens = read_npy(fixture("vit_tiny/tokens_ln1.npy"));
+    LayerFeaturesOptions lo;
+    lo.layer = "encoder.layers.encoder_layer_1.ln_1";
+    lo.pool = TokenPool::Cls;
+    expect_close(layer_features(m, data, {0, 1}, lo).features, tokens.select(1, 0), 1e-5, "class token");
+    lo.pool = TokenPool::Mean;
+    expect_close(layer_features(m, data, {0, 1}, lo).features, tokens.narrow(1, 1, 16).mean(1), 1e-5,
+                 "mean of the patch tokens");
+    lo.pool = TokenPool::Auto;
+    expect_close(layer_features(m, data, {0, 1}, lo).features, tokens.select(1, 0), 1e-5, "auto: the class token");
+    lo.layer = "conv_proj";
+    lo.pool = TokenPool::Cls;
+    expect_error([&] { layer_features(m, data, {0, 1}, lo); }, "needs a token layer");
+
+    TopPatchesOptions to;
+    to.layers = {"encoder.layers.encoder_layer_1.ln_1"};
+    to.k = 1;
+    to.lowest = false;
+    const auto r = top_patches(m, data, {0, 1}, preprocess_for(m, data), to);
+    ASSERT_EQ(r.layers.size(), 1u);
+    const auto& L = r.layers[0];
+    EXPECT_EQ(L.output_shape, (std::vector<int64_t>{32, 4, 4}));
+    EXPECT_EQ(L.rf.kind, ReceptiveField::Kind::Global);
+    const at::Tensor maps = tokens.narrow(1, 1, 16).transpose(1, 2).reshape({2, 32, 16});
+    for (int64_t c = 0; c < 32; ++c) {
+        const PatchEntry& e = L.channels[static_cast<size_t>(c)].top.at(0);
+        const at::Tensor best = std::get<0>(maps.select(1, c).max(1));  // per image
+        const int64_t image = best[0].item<float>() >= best[1].item<float>() ? 0 : 1;
+        EXPECT_EQ(e.image, image) << c;
+        EXPECT_NEAR(e.value, best[image].item<float>(), 1e-5);
+        // The crop is the token's own 8x8 patch.
+        EXPECT_EQ(e.box.y0, e.y * 8);
+        EXPECT_EQ(e.box.x1, e.x * 8 + 8);
+    }
 }

@@ -9,6 +9,7 @@
 #include <numeric>
 
 #include "convscope/runtime/dataset.hpp"
+#include "convscope/runtime/enum_names.hpp"
 #include "convscope/runtime/error.hpp"
 #include "convscope/runtime/model.hpp"
 #include "convscope/runtime/preprocess.hpp"
@@ -40,6 +41,14 @@ void rank_unit(std::vector<double>& v) {
 
 }  // namespace
 
+namespace {
+constexpr EnumTable<TokenPool, 4> kPoolNames = {
+    {{TokenPool::Auto, "auto"}, {TokenPool::Cls, "cls"}, {TokenPool::Mean, "mean"}, {TokenPool::Flatten, "flatten"}}};
+}  // namespace
+
+const char* token_pool_name(TokenPool p) { return enum_name(kPoolNames, p); }
+TokenPool parse_token_pool(const std::string& name) { return parse_enum(kPoolNames, name, "token pooling"); }
+
 EmbeddingFeatures layer_features(const Model& model, const Dataset& data, const std::vector<int64_t>& indices,
                                  const LayerFeaturesOptions& options, const RunContext& context) {
     const ThreadScope threads(context);
@@ -52,7 +61,22 @@ EmbeddingFeatures layer_features(const Model& model, const Dataset& data, const 
         throw Error("the batch size must be at least 1, got " + std::to_string(batch_size));
     EmbeddingFeatures r;
     r.layer = layer.empty() ? model.penultimate_layer() : layer;
-    model.layer(r.layer);  // throws for an unknown name, listing close ones
+    if (layer.empty() && r.layer.empty())
+        for (const auto& l : model.layers())
+            if (l.layout.kind == LayoutKind::Tokens && l.depth == 0) r.layer = l.name;
+    const Layout lay = model.layer(r.layer).layout;  // throws for an unknown name, listing close ones
+    TokenPool pool = options.pool;
+    if (lay.kind != LayoutKind::Tokens) {
+        if (pool == TokenPool::Cls || pool == TokenPool::Mean)
+            throw Error("--pool " + std::string(token_pool_name(pool)) + " needs a token layer, and '" + r.layer +
+                        "' is laid out as " + layout_summary(lay) + ": leave --pool out for this layer");
+        pool = TokenPool::Flatten;
+    } else if (pool == TokenPool::Auto) {
+        pool = lay.extra_front > 0 ? TokenPool::Cls : TokenPool::Mean;
+    } else if (pool == TokenPool::Cls && lay.extra_front == 0) {
+        throw Error("layer '" + r.layer + "' has no class token (" + layout_summary(lay) +
+                    "): use --pool mean");
+    }
     r.indices = indices;
     r.labels.reserve(indices.size());
 
@@ -68,7 +92,10 @@ EmbeddingFeatures layer_features(const Model& model, const Dataset& data, const 
     while (loader.next(b)) {
         const TapResult t = model.forward_taps(b.images, taps);
         // Flatten each item's activation ([C,H,W] or [F]) to one row.
-        at::Tensor f = t.taps.at(r.layer).to(at::kCPU).to(at::kFloat).reshape({b.images.size(0), -1});
+        at::Tensor f = t.taps.at(r.layer).to(at::kCPU).to(at::kFloat);
+        if (pool == TokenPool::Cls) f = f.select(1, 0);
+        else if (pool == TokenPool::Mean) f = as_maps(f, lay).flatten(2).mean(2);
+        f = f.reshape({b.images.size(0), -1});
         if (!r.features.defined()) r.features = torch::empty({n, f.size(1)}, torch::kFloat);
         r.features.narrow(0, row, f.size(0)).copy_(f);
         if (keep_display) {

@@ -237,6 +237,19 @@ Setup prepare(const Model& model, const at::Tensor& x, const at::Tensor& baselin
     Setup s;
     OcclusionOptions& o = s.o;
     o = options;
+    // Attention over all tokens spreads an occluder's change to every token at once: past the
+    // first such layer the incremental engine would recompute everything, so occlusion runs
+    // exact batched recomputation and says so.
+    std::string attention_note;
+    if (o.mode != OcclusionMode::Full)
+        for (const auto& name : model.attention_layers())
+            if (model.layer(name).layout.windows == 1) {
+                attention_note = "full batched recomputation: " + name +
+                                 " attends over all tokens, so an occluded patch changes every token after it and "
+                                 "incremental inference saves nothing";
+                o.mode = OcclusionMode::Full;
+                break;
+            }
     if (o.mode == OcclusionMode::Approximate && o.coarse_step == 0) o.coarse_step = auto_coarse_step(o);
     const bool auto_batch = o.batch_size == 0;
     if (auto_batch) o.batch_size = kFullBatch;  // the engine's modes: decided with the plan below
@@ -279,6 +292,7 @@ Setup prepare(const Model& model, const at::Tensor& x, const at::Tensor& baselin
 
     if (o.mode == OcclusionMode::Full) {
         s.ev = std::make_unique<FullEvaluator>(model, o.patch_h, o.patch_w);
+        r.engine_note = attention_note;
         return s;
     }
     r.engine_note = plan->note;

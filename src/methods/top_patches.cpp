@@ -92,6 +92,7 @@ struct ChannelState {
 
 struct LayerState {
     std::string name;
+    Layout layout;               // token and channels-last outputs are read as maps
     std::vector<int64_t> shape;  // C,H,W or F
     int64_t channels = 0, height = 1, width = 1;
     std::vector<ChannelState> ch;
@@ -308,7 +309,8 @@ std::vector<LayerState> layer_states(const Model& model, const std::vector<std::
         const LayerInfo& info = model.layer(names[i]);  // throws for unknown names
         LayerState L;
         L.name = info.name;
-        L.shape = info.output_shape;
+        L.layout = info.layout;
+        L.shape = info.layout.spatial() ? info.layout.map_shape() : info.output_shape;
         if (L.shape.size() == 3) {
             L.channels = L.shape[0];
             L.height = L.shape[1];
@@ -316,16 +318,25 @@ std::vector<LayerState> layer_states(const Model& model, const std::vector<std::
         } else if (L.shape.size() == 1) {
             L.channels = L.shape[0];
         } else {
-            throw Error("layer '" + info.name + "' does not output feature maps [C,H,W] or features [F]: "
-                        "choose conv layers or 1-D layers with --layers");
+            throw Error("layer '" + info.name + "' does not output feature maps [C,H,W] (or channels-last maps, "
+                        "or tokens on a grid) or features [F]: choose such layers with --layers (--grid HxW gives "
+                        "the grid of token outputs)");
         }
         L.ch.resize(size_t(L.channels));
         state.push_back(std::move(L));
         LayerPatches lp;
         lp.name = info.name;
-        lp.output_shape = info.output_shape;
+        lp.output_shape = state.back().shape;
         lp.rf = info.rf;
-        lp.gradient_boxes = gradient_boxes || info.rf.kind == ReceptiveField::Kind::Unknown;
+        lp.crop_rf = info.rf;
+        if (info.layout.kind == LayoutKind::Tokens && info.layout.spatial() && info.rf.kind != ReceptiveField::Kind::Exact) {
+            // The token's patch: the grid's cell over the input.
+            const auto chw = model.input_shape();
+            lp.crop_rf = ReceptiveField{};
+            lp.crop_rf.stride_y = lp.crop_rf.size_y = std::max<int64_t>(1, chw[1] / info.layout.grid_h);
+            lp.crop_rf.stride_x = lp.crop_rf.size_x = std::max<int64_t>(1, chw[2] / info.layout.grid_w);
+        }
+        lp.gradient_boxes = gradient_boxes || lp.crop_rf.kind == ReceptiveField::Kind::Unknown;
         id.layers.push_back(std::move(lp));
     }
     return state;
@@ -391,6 +402,7 @@ void scan(const Model& model, const Dataset& data, std::vector<int64_t> todo, in
         TapResult taps = model.forward_taps(batch.images, names);
         for (auto& L : state) {
             at::Tensor t = taps.taps.at(L.name);
+            if (L.layout.spatial() && L.layout.kind != LayoutKind::Nchw) t = as_maps(t, L.layout);
             if (t.scalar_type() != at::kFloat) t = t.to(at::kFloat);
             t = t.reshape({t.size(0), L.channels, -1}).contiguous();
             update_layer(L, t, batch.indices, batch.labels, k, opts.lowest);

@@ -105,7 +105,7 @@ void fill_boxes(const Model& model, const Dataset& data, const Preprocess& pre,
         if (!L.gradient_boxes) {
             for (auto& c : L.channels) {
                 for (auto* list : {&c.top, &c.bottom})
-                    for (auto& e : *list) e.box = unit_box(L.rf, e.y, e.x, H, W);
+                    for (auto& e : *list) e.box = unit_box(L.crop_rf, e.y, e.x, H, W);
             }
             continue;
         }

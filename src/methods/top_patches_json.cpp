@@ -76,6 +76,7 @@ nlohmann::json top_patches_to_json(const TopPatchesResult& r) {
         lj["name"] = L.name;
         lj["output_shape"] = L.output_shape;
         lj["receptive_field"] = to_json(L.rf);
+        lj["crop_field"] = to_json(L.crop_rf);
         lj["box_source"] = L.gradient_boxes ? "gradient" : "receptive_field";
         auto& chans = lj["channels"] = nlohmann::json::array();
         for (size_t c = 0; c < L.channels.size(); ++c) {
@@ -151,6 +152,7 @@ TopPatchesResult top_patches_from_json(const nlohmann::json& j, const std::strin
             L.name = lj.at("name").get<std::string>();
             L.output_shape = json_ints(lj.at("output_shape"), 1);
             L.rf = receptive_field_from_json(lj.at("receptive_field"));
+            L.crop_rf = lj.contains("crop_field") ? receptive_field_from_json(lj.at("crop_field")) : L.rf;
             L.gradient_boxes = lj.at("box_source").get<std::string>() == "gradient";
             for (const auto& cj : lj.at("channels")) {
                 ChannelPatches c;

@@ -25,6 +25,7 @@ struct Options {
     int iterations = 0;  // 0: automatic (tsne_auto_iterations)
     std::string gradient = "auto";
     int64_t batch_size = 256;
+    std::string pool = "auto";
     std::string grid;
     int64_t grid_max = 1024;
     int map_size = 1600;
@@ -136,6 +137,10 @@ void add_options(CLI::App& app, Options& opts) {
         ->check(CLI::IsMember({"auto", "exact", "fft"}))
         ->capture_default_str();
     app.add_option("--batch-size", o->batch_size, "images per forward pass")->capture_default_str();
+    app.add_option("--pool", o->pool,
+                   "token layers: cls (the class token), mean (of the patch tokens), flatten, or auto (cls where "
+                   "there is a class token, else mean)")
+        ->capture_default_str();
     app.add_option("--grid-cells", o->grid, "cells of grid.png as ROWSxCOLS (default: near-square for min(N, --grid-max))");
     app.add_option("--grid-max", o->grid_max, "images in the default grid")->capture_default_str();
     app.add_option("--map-size", o->map_size, "side of scatter.png and thumbnails.png in pixels")
@@ -196,6 +201,7 @@ Inputs load_inputs(const Options& opts) {
     LayerFeaturesOptions lo;
     lo.layer = o->layer;
     lo.batch_size = o->batch_size;
+    lo.pool = parse_token_pool(o->pool);
     lo.keep_display = true;
     EmbeddingFeatures ef = layer_features(*in.model, data, in.indices, lo, run_context(o->common, "features"));
     in.features = ef.features;
@@ -286,7 +292,7 @@ RunFn setup(CLI::App& app) {
         const int64_t n = xy.size(0);
         const std::string& layer = in.layer;
 
-        nlohmann::json options = {{"layer", layer},
+        nlohmann::json options = {{"layer", layer}, {"pool", o->pool},
                                   {"features", o->features},
                                   {"labels", o->common.labels},
                                   {"indices", o->common.indices},

@@ -20,7 +20,8 @@ RunFn setup(CLI::App& app) {
     app.add_option("--arch", *arch,
                    "classify (the Fashion-MNIST classifier) or segment (a segmentation network on 64x64 scenes of "
                    "two or three Fashion-MNIST items, 11 classes with the background; default --epochs 3 "
-                   "--batch-size 64; --train-limit and --test-limit count scenes: 12,000 and 1,000)")
+                   "--batch-size 64; --train-limit and --test-limit count scenes: 12,000 and 1,000) or vit (a small "
+                   "vision transformer, 4x4 patches and a class token; `--model vit` selects it; default --epochs 4)")
         ->capture_default_str();
     app.add_option("--save", *save, "where to write the model (default: the built-in model's cache file)");
     app.add_option("--epochs", t->epochs, "passes over the 60,000 training images")->check(CLI::PositiveNumber)->capture_default_str();
@@ -36,22 +37,32 @@ RunFn setup(CLI::App& app) {
     return [o, t, save, force, arch, &app]() {
         apply_threads(*o);
         t->seed = o->seed;
-        if (*arch != "classify" && *arch != "segment")
-            throw UsageError("unknown --arch '" + *arch + "': use classify or segment");
+        if (*arch != "classify" && *arch != "segment" && *arch != "vit")
+            throw UsageError("unknown --arch '" + *arch + "': use classify, segment or vit");
         const bool segment = *arch == "segment";
+        const bool vit = *arch == "vit";
+        if (vit) {
+            if (app.count("--epochs") == 0) t->epochs = kVitEpochs;
+            if (app.count("--lr") == 0) t->learning_rate = kVitLearningRate;
+        }
         if (segment) {
             if (app.count("--epochs") == 0) t->epochs = 3;
             if (app.count("--batch-size") == 0) t->batch_size = 64;
         }
-        const std::string path = !save->empty() ? *save : segment ? segment_model_path() : default_model_path();
+        const std::string path = !save->empty() ? *save
+                                 : segment      ? segment_model_path()
+                                 : vit          ? vit_model_path()
+                                                : default_model_path();
         nlohmann::json summary;
         if (save->empty() && !*force && std::filesystem::exists(path)) {
             Model m = Model::load(path);
-            std::cerr << "convscope: the built-in " << (segment ? "segmentation " : "") << "model is already trained (" << path
+            std::cerr << "convscope: the built-in " << (segment ? "segmentation " : vit ? "ViT " : "")
+                      << "model is already trained (" << path
                       << "); use --force to train again\n";
             summary = {{"path", path}, {"cached", true}, {"arch", *arch}};
         } else {
             auto r = segment ? train_segment_model(path, *t, cli_progress("training"))
+                     : vit   ? train_vit_model(path, *t, cli_progress("training"))
                              : train_default_model(path, *t, cli_progress("training"));
             summary = {{"path", r.path}, {"cached", false}, {"arch", *arch}, {"seconds", r.seconds},
                        {"epochs", r.epochs}, {"seed", o->seed}};
@@ -83,7 +94,7 @@ RunFn setup(CLI::App& app) {
     };
 }
 
-RegisterCommand reg({"train", "train a built-in model on Fashion-MNIST: the classifier or (--arch segment) a segmentation network (cached for later runs)", setup, 5});
+RegisterCommand reg({"train", "train a built-in model on Fashion-MNIST: the classifier, (--arch segment) a segmentation network or (--arch vit) a vision transformer (cached for later runs)", setup, 5});
 
 }  // namespace
 }  // namespace convscope::cli

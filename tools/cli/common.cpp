@@ -1,5 +1,7 @@
 #include "common.hpp"
 
+#include <filesystem>
+
 #include "convscope/runtime/finite.hpp"
 
 #include <ATen/Parallel.h>
@@ -30,7 +32,9 @@ std::string& command_line() {
 }
 
 void add_model_options(CLI::App& app, CommonOptions& o) {
-    app.add_option("--model", o.model, "TorchScript model file (default: the built-in Fashion-MNIST model)");
+    app.add_option("--model", o.model,
+                   "TorchScript model file, or vit for the built-in vision transformer (default: the built-in "
+                   "Fashion-MNIST CNN)");
     app.add_option("--input-shape", o.input_shape, "input shape C,H,W for models that do not record it");
     app.add_option("--grid", o.grid,
                    "patch grid HxW of token outputs [T,D] where the graph does not give it (the last h*w tokens; "
@@ -197,7 +201,10 @@ Model open_model(const CommonOptions& o) {
     apply_threads(o);
     set_max_image_pixels(o.max_image_pixels);
     set_allow_nonfinite(o.allow_nonfinite);
+    // "vit" names the built-in vision transformer (unless a file of that name exists).
+    const bool builtin_vit = o.model == "vit" && !std::filesystem::exists(o.model);
     Model model = o.model.empty() ? load_default_model(cli_progress("training the built-in model"))
+                  : builtin_vit   ? load_vit_model(cli_progress("training the built-in ViT"))
                                   : load_model_file(o);
     if (!o.output.empty()) model.select_output(o.output);
     if (!o.input_shape.empty()) {

@@ -30,10 +30,20 @@ struct EmbeddingFeatures {
     double seconds = 0.0;          // wall-clock time of the whole pass
 };
 
+// How a token layer's output [T,D] becomes one row: the class token (the first extra token), the
+// mean of the grid's patch tokens, or every value flattened. Auto: cls where the layer has an
+// extra token in front, else mean (other layouts are always flattened).
+enum class TokenPool { Auto, Cls, Mean, Flatten };
+const char* token_pool_name(TokenPool pool);
+TokenPool parse_token_pool(const std::string& name);
+
 struct LayerFeaturesOptions {
-    std::string layer;          // "" = model.penultimate_layer()
+    // "" = model.penultimate_layer(), or for transformers whose head reads a token directly
+    // (no 1-D layer before it) the last token layer.
+    std::string layer;
     int64_t batch_size = 256;   // items per forward pass (>= 1)
     bool keep_display = false;  // also keep the items' pictures (EmbeddingFeatures::display)
+    TokenPool pool = TokenPool::Auto;  // token layers only
 };
 
 // Runs the model over data[indices] in batches (decoding on a worker thread, BatchLoader) and

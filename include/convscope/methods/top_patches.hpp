@@ -74,8 +74,13 @@ struct ChannelPatches {
 
 struct LayerPatches {
     std::string name;
-    std::vector<int64_t> output_shape;  // C,H,W (or F for 1-D layers)
+    std::vector<int64_t> output_shape;  // C,H,W (or F for 1-D layers); token and channels-last
+                                        // layers as their maps (C,h,w)
     ReceptiveField rf;
+    // Token layers past attention over all tokens see the whole image: their crops show the
+    // token's own patch (crop_rf, the grid's cells) while rf stays the true field. Otherwise
+    // crop_rf = rf.
+    ReceptiveField crop_rf;
     bool gradient_boxes = false;  // boxes come from input gradients (rf unknown or forced)
     std::vector<ChannelPatches> channels;
 };

@@ -75,6 +75,20 @@ Model load_segment_model(const ProgressFn& progress = {});
 // int64, from Fashion-MNIST's test split with `seed`.
 std::pair<at::Tensor, at::Tensor> segment_scenes(int64_t n, uint64_t seed, bool train_split = false);
 
+// The built-in vision transformer (`train --arch vit`, `--model vit`): Fashion-MNIST in 4x4
+// patches (a 7x7 grid) plus a class token, 4 pre-norm blocks of 4-head self-attention (written
+// as matmul + softmax) and an MLP (64 wide, 128 hidden), the class token's final norm read by a
+// linear head. Trained with AdamW (weight decay 0.05), a warm-up and a cosine decay; metadata as
+// the classifier's. Cached as vit-fashion-mnist.pt beside it.
+constexpr int kVitEpochs = 4;
+constexpr double kVitLearningRate = 3e-3;
+std::string vit_model_path();
+TrainResult train_vit_model(const std::string& out_path, const TrainOptions& opts, const ProgressFn& progress = {});
+// Loads the cached ViT, training it first (kVitEpochs epochs, a few minutes on 2 cores) if needed.
+Model load_vit_model(const ProgressFn& progress = {});
+// Its architecture with fresh random weights (tests).
+Model untrained_vit_model(uint64_t seed = 0);
+
 // Top-1 accuracy of a classifier on labelled data (items in `indices`, all when empty).
 double evaluate_accuracy(const Model& model, const Dataset& data,
                          const std::vector<int64_t>& indices = {}, const ProgressFn& progress = {});
