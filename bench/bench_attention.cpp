@@ -1,13 +1,15 @@
 // Transformer explanations on ViT-B/16 (224x224, one image), as ratios against a baseline
 // measured in the same run (interleaved rounds, medians):
 //   - the attention probabilities of all 12 layers and their rollout against one plain forward
-//     pass (target: at most 1.3x);
+//     pass (target: at most 1.3x): the model's own TorchScript forward (PyTorch's fused attention,
+//     need_weights=False) and convscope's forward (attention made explicit);
 //   - gradient-weighted rollout (attribute --method attention-gradient) against one forward +
 //     backward pass of the top logit to the input (Model::gradients; target: at most 1.5x);
 //   - Grad-CAM on the last block's norm against the same forward + backward pass.
 // Usage: bench_attention vit_b_16_scripted.pt [--runs R] [--threads T]
 // (the model: bench/make_vit_models.py). Prints medians and ratios.
 #include <ATen/Parallel.h>
+#include <torch/script.h>
 #include <torch/torch.h>
 
 #include <cstdio>
@@ -42,6 +44,10 @@ int main(int argc, char** argv) {
     const at::Tensor x = torch::randn({1, 3, 224, 224});
     const auto layers = rollout_layers(model);
     auto forward = [&] { (void)model.forward(x); };
+    auto own_forward = [&] {
+        c10::InferenceMode guard;
+        (void)model.module().forward({x});
+    };
     auto maps_and_rollout = [&] {
         AttentionOptions o;
         o.layers = layers;
@@ -65,16 +71,20 @@ int main(int argc, char** argv) {
     };
     for (int w = 0; w < 2; ++w) {  // the profiling executor specialises on the first runs
         forward();
+        own_forward();
         maps_and_rollout();
         forward_backward();
         gradient_rollout();
         gradcam();
     }
-    const auto t = interleaved({forward, maps_and_rollout, forward_backward, gradient_rollout, gradcam}, runs);
+    const auto t =
+        interleaved({forward, maps_and_rollout, forward_backward, gradient_rollout, gradcam, own_forward}, runs);
     std::printf("ViT-B/16, 1 image 224x224, %d threads, %d rounds (median seconds)\n", threads, runs);
-    std::printf("  forward                     %.3f\n", median(t[0]));
-    std::printf("  attention maps + rollout    %.3f  ratio %.2fx (target <= 1.3x)\n", median(t[1]),
-                median_ratio(t[1], t[0]));
+    std::printf("  forward, the model's own    %.3f\n", median(t[5]));
+    std::printf("  forward, convscope          %.3f  ratio %.2fx\n", median(t[0]), median_ratio(t[0], t[5]));
+    std::printf("  attention maps + rollout    %.3f  ratio %.2fx to the model's own forward (target <= 1.3x), "
+                "%.2fx to convscope's\n",
+                median(t[1]), median_ratio(t[1], t[5]), median_ratio(t[1], t[0]));
     std::printf("  forward + backward          %.3f\n", median(t[2]));
     std::printf("  gradient-weighted rollout   %.3f  ratio %.2fx (target <= 1.5x)\n", median(t[3]),
                 median_ratio(t[3], t[2]));

@@ -379,5 +379,28 @@ TEST(Explorer, PatchScanAndMapAreCachedOnDisk) {
     for (const auto& f : files) EXPECT_EQ(fs::last_write_time(f), times[f]) << f;
 }
 
+TEST(Explorer, AttentionJobGivesEveryQuerysAttentionAndTheRollout) {
+    TempDir tmp;
+    Model vit = Model::load(fixture("vit_tiny.pt"));
+    vit.set_input_shape({3, 32, 32});
+    Explorer ex(std::move(vit), Dataset::open(fixture("vit_tiny/input.npy")), small_options(tmp / "cache"));
+    EXPECT_TRUE(ex.model_info()["attention"].get<bool>());
+    const json r = ex.run_job({{"kind", "attention"}, {"image", "d1"}});
+    EXPECT_EQ(r["grid"], json({4, 4}));
+    EXPECT_EQ(r["extra_front"], 1);
+    ASSERT_EQ(r["layers"].size(), 2u);
+    // Layer 1, head 1, the class token's row over the grid: PyTorch's need_weights values.
+    const at::Tensor ref = read_npy(fixture("vit_tiny/attention_1.npy"))[1][1][0].narrow(0, 1, 16);
+    const json row = r["layers"][1]["heads"][1];
+    for (int64_t k = 0; k < 16; ++k) EXPECT_NEAR(row[size_t(k)].get<double>(), ref[k].item<double>(), 1e-3 * ref[k].item<double>() + 1e-7);
+    const at::Tensor roll = read_npy(fixture("vit_tiny/rollout_mean.npy"))[1].reshape({16});
+    for (int64_t k = 0; k < 16; ++k) EXPECT_NEAR(r["rollout"][size_t(k)].get<double>(), roll[k].item<double>(), 1e-3 * roll[k].item<double>());
+    EXPECT_EQ(r["input"].get<std::string>().rfind("data:image/png;base64,", 0), 0u);
+
+    Explorer cnn(load_lenet(), Dataset::open("fashion-mnist:test"), small_options(tmp / "cache2"));
+    EXPECT_FALSE(cnn.model_info()["attention"].get<bool>());
+    EXPECT_THROW(cnn.run_job({{"kind", "attention"}, {"image", "d0"}}), Error);
+}
+
 }  // namespace
 }  // namespace convscope

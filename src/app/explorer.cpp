@@ -74,6 +74,10 @@ json Explorer::model_info() const {
         if (!l.output_shape.empty() && (all || l.depth == 0)) shown.push_back(l.name);
     j["default_layers"] = shown;
     j["attribution_methods"] = attribution_methods_for(d.model);
+    // Transformers with attention over all tokens get the attention view.
+    bool attention = false;
+    for (const auto& a : d.model.attention_layers()) attention |= d.model.layer(a).layout.windows == 1;
+    j["attention"] = attention;
     auto& cmap = j["colormap"] = json::array();
     for (const auto& c : colormap_table(Colormap::Viridis)) cmap.push_back({c[0], c[1], c[2]});
     auto& colours = j["class_colours"] = json::array();

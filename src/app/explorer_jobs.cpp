@@ -49,9 +49,14 @@ Explorer::Impl::Request Explorer::Impl::parse(const json& j) const {
         r.key = r.kind + "|" + r.layer + "|" + std::to_string(r.channel);
     } else if (r.kind == "map") {
         r.key = "map";
+    } else if (r.kind == "attention") {
+        r.image = get_string(j, "image", "", true);
+        r.input = input_of(r.image);
+        (void)rollout_layers(model);  // Error for a model without attention over all tokens
+        r.key = "attention|" + r.image;
     } else {
         throw Error("unknown job kind '" + r.kind +
-                    "': use occlusion, attribution, evaluate, feature-vis, patches or map");
+                    "': use occlusion, attribution, evaluate, attention, feature-vis, patches or map");
     }
     // Uploaded images are keyed by content, dataset items by index: equal keys, equal work.
     return r;
@@ -301,6 +306,19 @@ json Explorer::Impl::run_evaluate(const Request& r, const ProgressFn& progress) 
     return j;
 }
 
+json Explorer::Impl::run_attention(const Request& r, const ProgressFn& progress) {
+    // Every query's attention per layer and head over the grid, and the class token's rollout.
+    AttentionOptions ao;
+    ao.layers = rollout_layers(model);
+    const AttentionResult a = attention(model, r.input, ao, context(progress));
+    std::vector<at::Tensor> probs;
+    for (const auto& l : a.layers) probs.push_back(l.probs);
+    const at::Tensor rollout = attention_rollout(probs, a.layers.back().layout, {});
+    json j = detail::attention_view(a, 0, rollout, kAttentionValues);
+    j["input"] = png_url(detail::readable(detail::input_picture(pre, r.input[0]), kPictureTarget));
+    return j;
+}
+
 json Explorer::Impl::run_feature_vis(const Request& r, const ProgressFn& progress) {
     FeatureVisOptions fo;
     fo.objective = FeatureVisOptions::Objective::Channel;
@@ -362,6 +380,7 @@ json Explorer::Impl::execute(const Request& r, const ProgressFn& progress) {
     using Handler = json (Impl::*)(const Request&, const ProgressFn&);
     static const std::map<std::string, Handler> handlers = {
         {"occlusion", &Impl::run_occlusion}, {"attribution", &Impl::run_attribution}, {"evaluate", &Impl::run_evaluate},
+        {"attention", &Impl::run_attention},
         {"feature-vis", &Impl::run_feature_vis}, {"patches", &Impl::run_patches}, {"map", &Impl::run_map}};
     const auto it = handlers.find(r.kind);
     CONVSCOPE_CHECK(it != handlers.end(), "parse() admits only the kinds with a handler");

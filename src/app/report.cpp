@@ -40,9 +40,17 @@ namespace {
 
 constexpr int kPictureTarget = 160;  // inputs and heat maps are enlarged to about this size
 
-// Up to n conv layers spread over the depth, first and last included.
+// Up to n conv layers spread over the depth, first and last included; for transformers their
+// blocks' outputs (token or channels-last maps).
 std::vector<std::string> spread_conv_layers(const Model& model, int64_t n) {
-    const auto convs = model.conv_layer_names();
+    auto convs = model.conv_layer_names();
+    if (!model.attention_layers().empty()) {
+        std::vector<std::string> blocks;
+        for (const auto& l : model.layers())
+            if (l.layout.spatial() && l.type.size() >= 5 && l.type.compare(l.type.size() - 5, 5, "Block") == 0)
+                blocks.push_back(l.name);
+        if (!blocks.empty()) convs = blocks;
+    }
     if (int64_t(convs.size()) <= n) return convs;
     std::vector<std::string> out;
     for (int64_t i = 0; i < n; ++i) {
@@ -83,6 +91,7 @@ std::string render_page(const std::string& title, const json& data) {
     replace("/*{{STYLE}}*/", detail::web_asset_text("report.css"));
     replace("/*{{DATA}}*/", "window.REPORT = " + safe + ";");
     replace("/*{{MAPVIEW}}*/", detail::web_asset_text("mapview.js"));
+    replace("/*{{ATTENTIONVIEW}}*/", detail::web_asset_text("attentionview.js"));
     replace("/*{{SCRIPT}}*/", detail::web_asset_text("report.js"));
     return page;
 }

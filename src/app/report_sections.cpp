@@ -213,6 +213,10 @@ void put_segmentations(ReportContext& c, const std::vector<int64_t>& ex, const s
 
 // The correct and wrong examples: inputs, activation maps, occlusion with confounder flags and
 // gradient attributions.
+// Attention values per example in the page (a small ViT: every head of every layer; ViT-B/16:
+// the head means of the last layers).
+constexpr int64_t kAttentionViewValues = 100000;
+
 void ReportContext::write_examples() {
     std::vector<int64_t> ex = result.correct;
     ex.insert(ex.end(), result.wrong.begin(), result.wrong.end());
@@ -298,31 +302,52 @@ void ReportContext::write_examples() {
             doc["examples"][n]["occlusion"] = j;
         }
 
-        // Gradient attributions.
-        const size_t methods = opts.attributions.size();
+        // Gradient attributions; transformers with attention over all tokens also get the rollout.
+        std::vector<std::string> names = opts.attributions;
+        bool global_attention = false;
+        for (const auto& a : model.attention_layers()) global_attention |= model.layer(a).layout.windows == 1;
+        if (global_attention && std::find(names.begin(), names.end(), "attention-rollout") == names.end())
+            names.push_back("attention-rollout");
+        at::Tensor rollout;
+        const size_t methods = names.size();
         for (size_t m = 0; m < methods; ++m) {
             AttributionOptions ao2;
-            ao2.method = parse_attribution_method(opts.attributions[m]);
+            ao2.method = parse_attribution_method(names[m]);
             ao2.samples = plan.attribution_steps;
             ao2.steps = plan.attribution_steps;
             ao2.masks = std::max(250, 25 * plan.attribution_steps);  // RISE: as many masks as the budget pays for
             ao2.target = target;
-            if (is_cam_method(ao2.method) && model.conv_layer_names().empty()) {
-                skip(opts.attributions[m] + ": the model has no conv layer");
+            if (is_cam_method(ao2.method) && model.conv_layer_names().empty() && !global_attention) {
+                skip(names[m] + ": the model has no conv layer");
+                continue;
+            }
+            if (is_attention_method(ao2.method) && !global_attention) {
+                skip(names[m] + ": the model has no attention over all tokens");
                 continue;
             }
             const AttributionResult r = attribute(
                 model, images, ao2,
                 context("examples", 0.5 + 0.5 * double(m) / double(methods), 0.5 + 0.5 * double(m + 1) / double(methods)));
+            if (ao2.method == AttributionMethod::AttentionRollout) rollout = r.attributions;
             for (size_t n = 0; n < ex.size(); ++n) {
                 const detail::HeatPictures p = detail::attribution_pictures(bases[n], r, int64_t(n), factor);
-                const std::string stem = "examples/" + std::to_string(ex[n]) + "/" + opts.attributions[m];
+                const std::string stem = "examples/" + std::to_string(ex[n]) + "/" + names[m];
                 doc["examples"][n]["attributions"].push_back(
-                    {{"method", opts.attributions[m]},
+                    {{"method", names[m]},
                      {"layer", r.layer},
                      {"target_name", class_name(class_names, r.targets[n])},
-                     {"overlay", put(stem + "_overlay.png", opts.attributions[m] + " over item " + std::to_string(ex[n]), p.overlay)},
-                     {"heat", put(stem + ".png", opts.attributions[m] + " map of item " + std::to_string(ex[n]), p.heat)}});
+                     {"overlay", put(stem + "_overlay.png", names[m] + " over item " + std::to_string(ex[n]), p.overlay)},
+                     {"heat", put(stem + ".png", names[m] + " map of item " + std::to_string(ex[n]), p.heat)}});
+            }
+        }
+        // The attention view: every query's attention per layer (and head), and the rollout.
+        if (global_attention) {
+            AttentionOptions at_o;
+            at_o.layers = rollout_layers(model);
+            const AttentionResult att = attention(model, images, at_o);
+            for (size_t n = 0; n < ex.size(); ++n) {
+                json v = detail::attention_view(att, int64_t(n), rollout, kAttentionViewValues);
+                if (!v.is_null()) doc["examples"][n]["attention"] = v;
             }
         }
     }

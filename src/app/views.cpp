@@ -95,4 +95,49 @@ std::vector<std::string> layers_with_output(const Model& model) {
     return out;
 }
 
+namespace {
+double round4(double v) {
+    if (v == 0 || !std::isfinite(v)) return std::isfinite(v) ? 0.0 : 0.0;
+    const double scale = std::pow(10.0, 3 - std::floor(std::log10(std::fabs(v))));
+    return std::round(v * scale) / scale;
+}
+nlohmann::json rows(const at::Tensor& t) {  // [T,G] -> flat list
+    const at::Tensor c = t.to(torch::kDouble).contiguous();
+    const double* p = c.data_ptr<double>();
+    nlohmann::json out = nlohmann::json::array();
+    for (int64_t i = 0; i < c.numel(); ++i) out.push_back(round4(p[i]));
+    return out;
+}
+}  // namespace
+
+nlohmann::json attention_view(const AttentionResult& a, int64_t n, const at::Tensor& rollout_hw, int64_t max_values) {
+    std::vector<const LayerAttention*> global;
+    for (const auto& l : a.layers)
+        if (l.layout.window == 0 && l.layout.grid_h > 0) global.push_back(&l);
+    if (global.empty()) return nullptr;
+    const Layout& l0 = global.back()->layout;
+    const int64_t grid = l0.grid_h * l0.grid_w, t = global.back()->probs.size(2);
+    const int64_t per_head = t * grid;
+    // Per-head rows where they fit; else head means only, of the last layers that fit.
+    int64_t heads_total = 0;
+    for (const auto* l : global) heads_total += (l->layout.heads + 1) * per_head;
+    const bool with_heads = heads_total <= max_values;
+    size_t first = 0;
+    if (!with_heads)
+        while (first < global.size() && int64_t(global.size() - first) * per_head > max_values) ++first;
+    nlohmann::json j = {{"grid", {l0.grid_h, l0.grid_w}}, {"extra_front", l0.extra_front}, {"tokens", t},
+                        {"layers", nlohmann::json::array()}, {"heads_shown", with_heads}};
+    for (size_t i = first; i < global.size(); ++i) {
+        const LayerAttention& l = *global[i];
+        if (l.probs.size(2) != t || l.layout.grid_h * l.layout.grid_w != grid) continue;
+        const at::Tensor p = l.probs[n].narrow(2, l.layout.extra_front, grid);  // [heads,T,G]
+        nlohmann::json heads = nlohmann::json::array();
+        if (with_heads)
+            for (int64_t h = 0; h < p.size(0); ++h) heads.push_back(rows(p[h]));
+        j["layers"].push_back({{"name", l.layer}, {"heads", heads}, {"mean", rows(p.mean(0))}});
+    }
+    if (rollout_hw.defined()) j["rollout"] = rows(rollout_hw[n]);
+    return j;
+}
+
 }  // namespace convscope::detail

@@ -457,6 +457,7 @@ std::vector<std::string> Model::parameter_names(const std::string& layer_name) c
         for (const auto& p : item.value.named_parameters(/*recurse=*/false)) names.push_back(p.name);
         return names;
     }
+    if (impl_->layer_value.count(layer_name)) return {};  // a layer that is no module (attention probabilities)
     parameter(layer_name, "");  // throws the unknown-layer error with its hint
     return {};
 }

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "convscope/methods/attention.hpp"
 #include "convscope/methods/attribution.hpp"
 #include "convscope/runtime/dataset.hpp"
 #include "convscope/runtime/model.hpp"
@@ -49,6 +50,16 @@ Range attribution_range(AttributionMethod method, const at::Tensor& heat_hw);
 // Attributions of image n: inferno over attribution_range, as `convscope attribute` draws them.
 HeatPictures attribution_pictures(const cv::Mat& base_rgb, const AttributionResult& r, int64_t n,
                                   int factor);
+
+// The attention view's data for item n (report and explorer draw it with attentionview.js):
+// {"grid": [h, w], "extra_front": k, "tokens": T, "layers": [{"name", "heads": [[T x h*w row by
+// row] per head], "mean": [T x h*w]}], "rollout": [h*w]}: for every query token (extra tokens
+// first, then the grid row by row) its attention over the grid's keys. Only attention over all
+// tokens; values rounded to 4 significant digits. Per-head rows are left out (then "heads" is
+// empty) where they would exceed max_values, and then the first layers too. rollout_hw: [N,h,w]
+// or undefined.
+nlohmann::json attention_view(const AttentionResult& attention, int64_t n, const at::Tensor& rollout_hw,
+                              int64_t max_values);
 
 // Every layer with an output (what scans and live views offer).
 std::vector<std::string> layers_with_output(const Model& model);

@@ -58,6 +58,7 @@ inline constexpr int64_t kPatchK = 9;
 inline constexpr int kPictureTarget = 224;   // pictures of inputs are enlarged to about this size
 inline constexpr int kCropPx = 64;           // top-patch crops
 inline constexpr int kEvaluateSteps = 20;     // deletion and insertion steps of an evaluate job
+inline constexpr int64_t kAttentionValues = 400000;  // attention values an attention job returns at most
 
 inline std::string png_url(const cv::Mat& img) { return detail::data_url("image/png", png_bytes(img)); }
 
@@ -224,6 +225,7 @@ struct Explorer::Impl {
     json run_occlusion(const Request& r, const ProgressFn& progress);
     json run_attribution(const Request& r, const ProgressFn& progress);
     json run_evaluate(const Request& r, const ProgressFn& progress);
+    json run_attention(const Request& r, const ProgressFn& progress);
     json run_feature_vis(const Request& r, const ProgressFn& progress);
     json run_patches(const Request& r, const ProgressFn& progress);
     json run_map(const Request& r, const ProgressFn& progress);

@@ -26,7 +26,7 @@ function setupExplain() {
     const select = $('attr-method');
     for (const m of state.model.attribution_methods || []) select.appendChild(el('option', { value: m, text: m }));
     const out = $('explain-result');
-    const busy = (on) => { for (const id of ['run-occlusion', 'run-attribution', 'run-evaluate']) $(id).disabled = on; };
+    const busy = (on) => { for (const id of ['run-occlusion', 'run-attribution', 'run-evaluate', 'run-attention']) $(id).disabled = on; };
     $('run-occlusion').addEventListener('click', async () => {
         if (!state.image) return;
         busy(true);
@@ -79,6 +79,29 @@ function setupExplain() {
         }
     });
     setupEvaluate(busy);
+    setupAttention(busy);
+}
+
+// A transformer's attention on the shown input (an `attention` job), drawn by attentionview.js.
+function setupAttention(busy) {
+    const out = $('explain-result');
+    $('run-attention').hidden = !(state.model && state.model.attention);
+    $('run-attention').addEventListener('click', async () => {
+        if (!state.image) return;
+        busy(true);
+        out.replaceChildren(el('p', { class: 'note', text: 'computing the attention…' }));
+        try {
+            const r = await runJob({ kind: 'attention', image: state.image }, $('explain-progress'));
+            out.replaceChildren(el('h3', { text: 'Attention' }), window.attentionView(r, r.input, 'attention over the input'),
+                el('p', { class: 'note', text: 'click a patch: where it attends in the chosen layer and head; "rollout": the class token\'s attention through all layers' }));
+            out.dataset.kind = 'attention';
+            reveal(out);
+        } catch (e) {
+            out.replaceChildren(el('p', { class: 'note error', text: e.message }));
+        } finally {
+            busy(false);
+        }
+    });
 }
 
 // Which map to trust: every method scored on the shown input (an `evaluate` job).

@@ -101,6 +101,10 @@
                     : [el('li', { text: 'no confounder flags: occluding outside the important region never changes the prediction' })];
                 parts.push(el('ul', { class: 'flags' }, flags));
             }
+            if (e.attention) {
+                parts.push(el('h4', { text: 'attention' }));
+                parts.push(window.attentionView(e.attention, e.input, `attention of item ${e.index}`));
+            }
             if (e.activations.length) {
                 parts.push(el('h4', { text: 'activations' }));
                 parts.push(el('div', { class: 'grid' }, e.activations.map((a) => el('figure', {}, [
