@@ -52,6 +52,23 @@ s = np.load(f"{t}/satt/features.1.1.attn.attention_probs/attention.npy")
 assert s.shape == (2, 16, 2, 4, 4) and np.allclose(s.sum(-1), 1, atol=1e-5), s.shape
 PY
 
+# The built-in ViT: trained briefly into a private cache, then `--model vit` selects it.
+export CONVSCOPE_CACHE_DIR="$T/cache"
+"$BIN" train --arch vit --train-limit 512 --test-limit 200 --epochs 1 --threads 2 --json > "$T/train.json"
+$PY - "$T/train.json" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1]))
+assert j["arch"] == "vit" and 0 <= j["test_accuracy"] <= 1 and j["path"].endswith("vit-fashion-mnist.pt"), j
+PY
+"$BIN" describe --model vit > "$T/vit.txt"
+grep -q "tokens 7x7+1" "$T/vit.txt" || { echo "no token layout in the built-in ViT"; cat "$T/vit.txt"; exit 1; }
+grep -q "attention 4 heads" "$T/vit.txt" || { echo "no attention layers in the built-in ViT"; exit 1; }
+"$BIN" attribute --model vit --index 0 --method attention-gradient --threads 1 --out "$T/vitgrad" > /dev/null
+[ -s "$T/vitgrad/attributions.npy" ] || { echo "no attention-gradient maps for the built-in ViT"; exit 1; }
+"$BIN" embed --model vit --indices 0:40 --perplexity 5 --iterations 50 --threads 1 --out "$T/vitmap" > /dev/null
+grep -q '"pool": "auto"' "$T/vitmap/manifest.json" || { echo "embed did not record its pooling"; exit 1; }
+unset CONVSCOPE_CACHE_DIR
+
 # Bad requests: one clear message each.
 lenet="$FIX/lenet_scripted.pt"
 expect_fail 1 "no attention layers" attention --model "$lenet" --data "$FIX/lenet_scripted/input.npy" --index 0 --out "$T/bad1"
@@ -62,5 +79,7 @@ expect_fail 2 "does not fit" describe --model "$vit" --input-shape 3,32,32 --gri
 expect_fail 2 "--grid must be HxW" describe --model "$vit" --input-shape 3,32,32 --grid 9
 expect_fail 1 "is not spatial" attribute --model "$vit" "${common[@]}" --method grad-cam --layer heads.head --out "$T/bad5"
 expect_fail 1 "windowed" attribute --model "$swin" "${common[@]}" --method attention-rollout --out "$T/bad6"
-for b in bad1 bad2 bad3 bad4 bad5 bad6; do [ ! -e "$T/$b" ] || { echo "$b written after an error"; exit 1; }; done
+expect_fail 2 "unknown token pooling" embed --model "$vit" "${common[@]}" --pool first --out "$T/bad7"
+expect_fail 2 "unknown --arch" train --arch transformer --save "$T/bad8.pt"
+for b in bad1 bad2 bad3 bad4 bad5 bad6 bad7 bad8.pt; do [ ! -e "$T/$b" ] || { echo "$b written after an error"; exit 1; }; done
 echo "attention e2e ok"
