@@ -186,7 +186,7 @@ TEST(Explorer, BadRequestsGiveTheirErrors) {
     expect_error([&] { ex.activations("d1", lo); }, "max_channels");
     expect_throw_kind<NotFoundError>([&] { ex.filter_png("conv1", 6); }, "channel 6 does not exist");
     expect_error([&] { ex.filter_png("fc1", 0); }, "no filters");
-    expect_error([&] { ex.overlay_png("d1", "fc2", 0); }, "1-D");
+    expect_error([&] { ex.overlay_png("d1", "fc2", 0); }, "is not spatial");
     expect_error([&] { ex.start_job(json::array()); }, "JSON object");
     expect_error([&] { ex.start_job({{"kind", 3}}); }, "\"kind\" must be a string");
     expect_error([&] { ex.start_job({{"kind", "nope"}}); }, "unknown job kind");
@@ -396,6 +396,15 @@ TEST(Explorer, AttentionJobGivesEveryQuerysAttentionAndTheRollout) {
     const at::Tensor roll = read_npy(fixture("vit_tiny/rollout_mean.npy"))[1].reshape({16});
     for (int64_t k = 0; k < 16; ++k) EXPECT_NEAR(r["rollout"][size_t(k)].get<double>(), roll[k].item<double>(), 1e-3 * roll[k].item<double>());
     EXPECT_EQ(r["input"].get<std::string>().rfind("data:image/png;base64,", 0), 0u);
+    // Live views show token layers as maps on their grid.
+    LiveOptions lo;
+    lo.layers = {"encoder.layers.encoder_layer_1.ln_1"};
+    const json live = ex.activations("d1", lo);
+    EXPECT_FALSE(live["layers"][0]["bars"].get<bool>());
+    EXPECT_EQ(live["layers"][0]["channels"], 32);
+    EXPECT_EQ(live["layers"][0]["height"], 4);
+    const json shown = ex.model_info()["default_layers"];
+    for (const auto& n : shown) EXPECT_EQ(n.get<std::string>().find("attention_probs"), std::string::npos);
 
     Explorer cnn(load_lenet(), Dataset::open("fashion-mnist:test"), small_options(tmp / "cache2"));
     EXPECT_FALSE(cnn.model_info()["attention"].get<bool>());

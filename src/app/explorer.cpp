@@ -70,8 +70,9 @@ json Explorer::model_info() const {
     }
     // A small model shows every layer; a deep one its top-level modules first.
     const bool all = arr.size() <= 30;
-    for (const auto& l : d.layers)
-        if (!l.output_shape.empty() && (all || l.depth == 0)) shown.push_back(l.name);
+    for (const auto& l : d.layers)  // attention probabilities have their own view
+        if (!l.output_shape.empty() && l.layout.kind != LayoutKind::Attention && (all || l.depth == 0))
+            shown.push_back(l.name);
     j["default_layers"] = shown;
     j["attribution_methods"] = attribution_methods_for(d.model);
     // Transformers with attention over all tokens get the attention view.
@@ -235,7 +236,10 @@ json Explorer::activations(const std::string& image_id, const LiveOptions& optio
     }
     auto& arr = out["layers"] = json::array();
     for (const auto& name : names) {
-        at::Tensor t = r.taps.at(name)[0].to(torch::kFloat);
+        // Tokens and channels-last maps as maps (C,h,w), extra tokens left out.
+        const Layout& layout = d.find_layer(name).layout;
+        at::Tensor t = layout.spatial() && layout.kind != LayoutKind::Nchw ? as_maps(r.taps.at(name), layout)[0]
+                                                                         : r.taps.at(name)[0].to(torch::kFloat);
         const std::vector<int64_t> shape = t.sizes().vec();
         int64_t factor = 1;
         // Maps of 1x1 (global pooling) show as bars, like 1-D layers.
@@ -297,12 +301,13 @@ std::string Explorer::overlay_png(const std::string& image_id, const std::string
     const Impl& d = *impl_;
     const LayerInfo& l = d.find_layer(layer);
     d.check_channel(l, channel);
-    if (l.output_shape.size() != 3)
-        throw Error("layer '" + layer + "' is 1-D: it has no spatial map to overlay on the input");
+    if (!l.layout.spatial())
+        throw Error("layer '" + layer + "' is not spatial (" + layout_summary(l.layout) +
+                    "): it has no map to overlay on the input");
     const at::Tensor input = d.input_of(image_id);
     torch::NoGradGuard no_grad;
     const TapResult r = d.model.forward_taps(input, {layer});
-    const at::Tensor map = r.taps.at(layer)[0][channel];
+    const at::Tensor map = as_maps(r.taps.at(layer), l.layout)[0][channel];
     const cv::Mat base = detail::readable(detail::input_picture(d.pre, input[0]), kPictureTarget);
     return png_bytes(overlay_map(base, map, Colormap::Viridis, value_range(map), 0.6f));
 }

@@ -161,8 +161,10 @@ struct Explorer::Impl {
         return l.output_shape.empty() ? 0 : l.output_shape[0];
     }
     void check_channel(const LayerInfo& l, int64_t c) const {
-        const int64_t n = l.output_shape.size() == 3 ? l.output_shape[0] : 1;
-        const int64_t units = l.output_shape.size() == 1 ? l.output_shape[0] : n;
+        // Token and channels-last layers count their channels as maps (C,h,w).
+        const std::vector<int64_t> shape = l.layout.spatial() ? l.layout.map_shape() : l.output_shape;
+        const int64_t n = shape.size() == 3 ? shape[0] : 1;
+        const int64_t units = shape.size() == 1 ? shape[0] : n;
         if (c < 0 || c >= units)
             throw NotFoundError("layer '" + l.name + "' has " + std::to_string(units) +
                                 " channels; channel " + std::to_string(c) + " does not exist");
