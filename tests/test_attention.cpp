@@ -280,3 +280,33 @@ TEST(Attention, EmbeddingPoolsTokensAndTopPatchesCropTheTokensPatch) {
         EXPECT_EQ(e.box.x1, e.x * 8 + 8);
     }
 }
+
+TEST(Attention, TokenMaskingEqualsPixelOcclusionOnWholePatchesAndReplacesTokensOtherwise) {
+    Model m = load_fixture("vit_tiny");
+    const at::Tensor x = read_npy(fixture("vit_tiny/input.npy"));
+    OcclusionOptions o;
+    o.patch_h = o.patch_w = 8;
+    o.stride_y = o.stride_x = 8;
+    const auto pixels = occlusion(m, x, o);
+    o.tokens = true;
+    const auto tokens = occlusion(m, x, o);
+    EXPECT_NE(tokens.engine_note.find("token masking at conv_proj"), std::string::npos) << tokens.engine_note;
+    // A window on exactly one 8x8 patch: zero pixels give that patch the zero image's token.
+    expect_close(tokens.coarse, pixels.coarse, 1e-4, "token masking on whole patches");
+    // A 12x12 window at (4,4) covers the patch centres (4,4), (4,12), (12,4), (12,12): tokens 0,1,4,5.
+    o.patch_h = o.patch_w = 12;
+    o.stride_y = o.stride_x = 4;
+    const auto r = occlusion(m, x, o);
+    const at::Tensor clean = m.forward_taps(x, {"conv_proj"}).taps.at("conv_proj");
+    const at::Tensor zero = m.forward_taps(torch::zeros_like(x), {"conv_proj"}).taps.at("conv_proj");
+    at::Tensor offset = torch::zeros_like(clean);
+    for (int64_t i = 0; i < 2; ++i)
+        for (int64_t j = 0; j < 2; ++j) offset.select(2, i).select(2, j).copy_((zero - clean).select(2, i).select(2, j));
+    const at::Tensor out = m.forward_edited(x, "conv_proj", offset), base = m.forward(x);
+    for (int64_t n = 0; n < 2; ++n) {
+        const int64_t t = r.targets[size_t(n)];
+        EXPECT_NEAR(r.coarse[n][1][1].item<double>(), (base[n][t] - out[n][t]).item<double>(), 1e-4);
+    }
+    expect_error([&] { OcclusionOptions bad; bad.tokens = true; occlusion(load_lenet(), torch::zeros({1, 1, 28, 28}), bad); },
+                 "token masking needs a transformer");
+}

@@ -132,6 +132,58 @@ private:
     at::Tensor images_, baselines_;
 };
 
+// Token masking: the copies run with the patch embedding's output edited (Model::forward_edited),
+// the tokens whose patch centre the window covers set to the baseline's.
+class TokenEvaluator : public Evaluator {
+public:
+    TokenEvaluator(const Model& m, std::string layer, int64_t ph, int64_t pw)
+        : model_(m), layer_(std::move(layer)), ph_(ph), pw_(pw) {}
+    at::Tensor set_images(const at::Tensor& images, const at::Tensor& baselines, const at::Tensor&) override {
+        images_ = images.contiguous();
+        const TapResult clean = model_.forward_taps(images_, {layer_});
+        diff_ = model_.forward_taps(baselines.contiguous(), {layer_}).taps.at(layer_) - clean.taps.at(layer_);
+        return clean.output;
+    }
+    at::Tensor outputs(const std::vector<int64_t>& img, const std::vector<int64_t>& ys,
+                       const std::vector<int64_t>& xs) override {
+        const at::Tensor idx = torch::tensor(img, torch::kLong);
+        const int64_t b = int64_t(img.size()), gh = diff_.size(2), gw = diff_.size(3);
+        const double sy = double(images_.size(2)) / double(gh), sx = double(images_.size(3)) / double(gw);
+        at::Tensor mask = torch::zeros({b, 1, gh, gw});
+        auto m = mask.accessor<float, 4>();
+        for (int64_t k = 0; k < b; ++k)
+            for (int64_t i = 0; i < gh; ++i)
+                for (int64_t j = 0; j < gw; ++j) {
+                    const double cy = (double(i) + 0.5) * sy, cx = (double(j) + 0.5) * sx;
+                    m[k][0][i][j] = cy >= double(ys[size_t(k)]) && cy < double(ys[size_t(k)] + ph_) &&
+                                    cx >= double(xs[size_t(k)]) && cx < double(xs[size_t(k)] + pw_);
+                }
+        return model_.forward_edited(images_.index_select(0, idx), layer_, diff_.index_select(0, idx) * mask);
+    }
+
+private:
+    const Model& model_;
+    std::string layer_;
+    int64_t ph_, pw_;
+    at::Tensor images_, diff_;  // diff: baseline's patch embedding - the image's [G,D,h,w]
+};
+
+// The patch embedding of a transformer: the first NCHW layer on the first attention's grid.
+std::string patch_embedding_layer(const Model& model) {
+    const auto att = model.attention_layers();
+    if (att.empty())
+        throw Error("token masking needs a transformer (attention layers over patch tokens); this model has none: "
+                    "occlude pixels instead (leave out --occlude tokens)");
+    const Layout& a = model.layer(att[0]).layout;
+    for (const auto& l : model.layers())
+        if (l.layout.kind == LayoutKind::Nchw && l.layout.grid_h == a.grid_h && l.layout.grid_w == a.grid_w &&
+            l.is_conv && l.rf.kind == ReceptiveField::Kind::Exact && l.rf.stride_y > 1)
+            return l.name;
+    throw Error("token masking found no patch embedding (a strided conv on the attention's " +
+                std::to_string(a.grid_h) + "x" + std::to_string(a.grid_w) +
+                " grid) before the first attention: occlude pixels instead");
+}
+
 class IncrementalEvaluator : public Evaluator {
 public:
     IncrementalEvaluator(const Model& m, const incremental::Plan& plan, const incremental::EngineSettings& s)
@@ -241,6 +293,13 @@ Setup prepare(const Model& model, const at::Tensor& x, const at::Tensor& baselin
     // first such layer the incremental engine would recompute everything, so occlusion runs
     // exact batched recomputation and says so.
     std::string attention_note;
+    std::string token_layer;
+    if (o.tokens) {
+        token_layer = patch_embedding_layer(model);
+        attention_note = "token masking at " + token_layer +
+                         " (the patch tokens under the window set to the baseline's), full batched recomputation";
+        o.mode = OcclusionMode::Full;
+    }
     if (o.mode != OcclusionMode::Full)
         for (const auto& name : model.attention_layers())
             if (model.layer(name).layout.windows == 1) {
@@ -291,7 +350,8 @@ Setup prepare(const Model& model, const at::Tensor& x, const at::Tensor& baselin
                     "follows class logits): use --mode incremental, which is exact");
 
     if (o.mode == OcclusionMode::Full) {
-        s.ev = std::make_unique<FullEvaluator>(model, o.patch_h, o.patch_w);
+        if (o.tokens) s.ev = std::make_unique<TokenEvaluator>(model, token_layer, o.patch_h, o.patch_w);
+        else s.ev = std::make_unique<FullEvaluator>(model, o.patch_h, o.patch_w);
         r.engine_note = attention_note;
         return s;
     }

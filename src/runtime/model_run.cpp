@@ -109,6 +109,15 @@ TapResult Model::forward_taps(const at::Tensor& x, const std::vector<std::string
     return r;
 }
 
+at::Tensor Model::forward_edited(const at::Tensor& x, const std::string& layer, const at::Tensor& offset) const {
+    check_input(*this, x);
+    check_layer_names(*this, {layer});
+    auto fn = impl_->function_for({}, {layer}, ReluBackward::Plain);
+    torch::NoGradGuard no_grad;
+    jit::Stack stack{c10::IValue(impl_->module._ivalue()), x, offset};
+    return run_tap_function(*fn, stack, x)[0].toTensor();
+}
+
 TapResult Model::forward_until(const at::Tensor& x, const std::vector<std::string>& layers) const {
     check_input_any_size(*this, x);
     check_layer_names(*this, layers);

@@ -17,7 +17,7 @@ namespace convscope::cli {
 namespace {
 
 struct Args {
-    std::string patch = "4", stride = "2", baseline = "0", mode;
+    std::string patch = "4", stride = "2", baseline = "0", mode, occlude = "pixels";
     TargetArgs target;
     bool no_correction = false;
     bool approximate = false, report_ssim = false, no_bf16 = false;
@@ -60,6 +60,10 @@ OcclusionOptions to_options(const Args& a) {
     o.target = parse_target_args(a.target);
     if (a.approximate && !a.mode.empty())
         throw UsageError("--approximate is a mode of its own: drop --mode " + a.mode);
+    if (a.occlude != "pixels" && a.occlude != "tokens")
+        throw UsageError("--occlude takes pixels or tokens, got '" + a.occlude + "'");
+    o.tokens = a.occlude == "tokens";
+    if (o.tokens && a.approximate) throw UsageError("--occlude tokens runs exact recomputation: drop --approximate");
     if (a.approximate) o.mode = OcclusionMode::Approximate;
     else if (!a.mode.empty()) o.mode = parse_occlusion_mode(a.mode);
     if (o.mode == OcclusionMode::Approximate && !a.approximate)
@@ -108,6 +112,10 @@ void add_options(CLI::App& app, Args& args) {
     add_target_options(app, a->target, "whose score drop is measured");
     app.add_option("--mode", a->mode, "full (every copy through the whole model) or incremental "
                                       "(exact, recomputes only what the occluder changes; default)");
+    app.add_option("--occlude", a->occlude,
+                   "pixels, or tokens (transformers: the patch tokens whose patch centre the window covers are "
+                   "replaced by the baseline image's, at the patch embedding)")
+        ->capture_default_str();
     app.add_flag("--approximate", a->approximate,
                  "approximate: projective-field thresholding and coarse-to-fine drill-down");
     app.add_option("--tau", a->tau,
@@ -262,7 +270,8 @@ RunFn setup(CLI::App& app) {
             {"baseline", baseline_name(opts.baseline)}, {"target", target_name(opts.target)},
             {"score", score_name(opts.target.score)}, {"region", region_name(opts.target.region)},
             {"output", model.output_name()},
-            {"mode", occlusion_mode_name(opts.mode)}, {"batch_size", opts.batch_size}, {"data", data.spec()},
+            {"mode", occlusion_mode_name(opts.mode)}, {"occlude", opts.tokens ? "tokens" : "pixels"},
+            {"batch_size", opts.batch_size}, {"data", data.spec()},
             {"indices", indices}};
         if (opts.mode == OcclusionMode::Approximate) {
             options["tau"] = opts.tau;  // as asked (0 = automatic); summary.json: what ran

@@ -91,6 +91,11 @@ struct OcclusionOptions {
                                 // (about twice as fast; the rounding scales with the change, not
                                 // with the activations); false, or such a CPU missing: float32
     bool compare_exact = false;  // also compute the exact map and report the SSIM against it
+    // Transformers: occlude patch tokens instead of pixels. The window replaces the tokens whose
+    // patch centre it covers with the baseline image's tokens, at the patch embedding's output
+    // (the map before the first attention on the attention's grid); position embeddings are
+    // added after it as usual. Exact batched recomputation; Error for models without one.
+    bool tokens = false;
 };
 
 struct OcclusionResult {

@@ -137,6 +137,10 @@ public:
     // The same without check_input, for callers that checked the images already (occlusion's
     // copies of checked images).
     at::Tensor forward_unchecked(const at::Tensor& images_nchw) const;
+    // Forward with one layer's output changed: the rest of the graph reads output + offset
+    // (offset: the layer's output shape, batch first) instead of its output. No autograd. For
+    // edits inside the model such as replacing a ViT's patch tokens (occlusion's token masking).
+    at::Tensor forward_edited(const at::Tensor& images_nchw, const std::string& layer, const at::Tensor& offset) const;
     // Forward that also returns the outputs of the named layers ("taps"). No autograd. A tap
     // holds the layer's output as computed, even if later in-place ops change that tensor.
     TapResult forward_taps(const at::Tensor& images_nchw, const std::vector<std::string>& layers) const;
