@@ -76,9 +76,7 @@ json Explorer::model_info() const {
     j["default_layers"] = shown;
     j["attribution_methods"] = attribution_methods_for(d.model);
     // Transformers with attention over all tokens get the attention view.
-    bool attention = false;
-    for (const auto& a : d.model.attention_layers()) attention |= d.model.layer(a).layout.windows == 1;
-    j["attention"] = attention;
+    j["attention"] = rollout_applies(d.model);
     auto& cmap = j["colormap"] = json::array();
     for (const auto& c : colormap_table(Colormap::Viridis)) cmap.push_back({c[0], c[1], c[2]});
     auto& colours = j["class_colours"] = json::array();

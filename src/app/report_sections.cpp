@@ -304,8 +304,7 @@ void ReportContext::write_examples() {
 
         // Gradient attributions; transformers with attention over all tokens also get the rollout.
         std::vector<std::string> names = opts.attributions;
-        bool global_attention = false;
-        for (const auto& a : model.attention_layers()) global_attention |= model.layer(a).layout.windows == 1;
+        const bool global_attention = rollout_applies(model);
         if (global_attention && std::find(names.begin(), names.end(), "attention-rollout") == names.end())
             names.push_back("attention-rollout");
         at::Tensor rollout;

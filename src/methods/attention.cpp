@@ -193,20 +193,20 @@ at::Tensor attention_gradient_rollout(const std::vector<at::Tensor>& probs, cons
 std::vector<std::string> rollout_layers(const Model& model) {
     const auto all = model.attention_layers();
     if (all.empty()) throw Error(no_attention_message(model));
-    std::vector<std::string> global;
-    int64_t tokens = -1;
-    for (const auto& name : all) {
-        const LayerInfo& info = model.layer(name);
-        if (info.layout.windows != 1) continue;
-        if (tokens >= 0 && info.output_shape.size() == 4 && info.output_shape[2] != tokens) continue;
-        if (info.output_shape.size() == 4) tokens = info.output_shape[2];
-        global.push_back(name);
-    }
-    if (global.empty())
-        throw Error("the model's attention is windowed (" + layout_summary(model.layer(all[0]).layout) +
-                    "): rollout needs attention over all tokens; use grad-cam (on the last block's norm) or "
-                    "`convscope attention` for the windows");
-    return global;
+    for (const auto& name : all)
+        if (model.layer(name).layout.windows != 1)
+            throw Error("the model's attention is windowed (" + name + ": " + layout_summary(model.layer(name).layout) +
+                        "): rollout needs attention over all tokens in every layer; use grad-cam (on the last "
+                        "block's norm) or `convscope attention` for the windows");
+    return all;
+}
+
+bool rollout_applies(const Model& model) {
+    const auto all = model.attention_layers();
+    if (all.empty()) return false;
+    for (const auto& name : all)
+        if (model.layer(name).layout.windows != 1) return false;
+    return true;
 }
 
 }  // namespace convscope

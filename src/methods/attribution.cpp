@@ -208,9 +208,7 @@ bool is_attention_method(AttributionMethod m) {
 }
 
 std::vector<std::string> attribution_methods_for(const Model& model) {
-    bool global_attention = false;
-    for (const auto& name : model.attention_layers())
-        global_attention = global_attention || model.layer(name).layout.windows == 1;
+    const bool global_attention = rollout_applies(model);
     std::vector<std::string> out;
     for (const auto& m : attribution_method_names())
         if (global_attention || !is_attention_method(parse_attribution_method(m))) out.push_back(m);

@@ -74,8 +74,11 @@ at::Tensor attention_rollout(const std::vector<at::Tensor>& probs, const Layout&
 at::Tensor attention_gradient_rollout(const std::vector<at::Tensor>& probs, const std::vector<at::Tensor>& grads,
                                       const Layout& layout);
 
-// The global attention layers every rollout uses (all of them, in execution order). Throws Error
-// for a model without attention or with windowed attention only (Swin: use grad-cam).
+// The attention layers every rollout uses (all of them, in execution order). Throws Error for a
+// model without attention or with windowed attention in any layer (Swin: its last stage's
+// global attention alone would be a partial rollout; use grad-cam).
 std::vector<std::string> rollout_layers(const Model& model);
+// Whether rollout_layers succeeds: the model has attention, all of it over all tokens.
+bool rollout_applies(const Model& model);
 
 }  // namespace convscope
