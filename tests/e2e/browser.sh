@@ -3,7 +3,8 @@
 # chromium headless against a real `convscope serve` on a free loopback port with a fixture model
 # (page loads, a stroke changes the activations, a channel shows its patches, occlusion shows a
 # map, the map zooms and opens an item; on a segmentation model a click on the predicted classes
-# explains that region), and opens a `convscope report` from a file URL with no
+# explains that region; on a vision transformer the attention view follows a clicked patch and
+# shows the rollout), and opens a `convscope report` from a file URL with no
 # network request. Screenshots go to <build>/test-artifacts/browser/.
 # Usage: browser.sh <convscope binary> <fixtures dir>
 source "$(dirname "$0")/lib/common.sh" "$@"
@@ -33,10 +34,15 @@ MAIN_URL=$URL MAIN_PID=$PID
 start_server "$T/seg.out" "$T/seg.err" --model "$FIX/targets/lraspp.pt" --input-shape 3,64,64 --data "$T/seg.npy" \
     --port 0 --cache-dir "$T/cache" --threads 2
 SEG_URL=$URL SEG_PID=$PID
+# A vision transformer: the attention view (click a patch, the rollout).
+start_server "$T/vit.out" "$T/vit.err" --model "$FIX/vit_tiny.pt" --input-shape 3,32,32 --data "$FIX/vit_tiny/input.npy" \
+    --port 0 --cache-dir "$T/cache" --threads 2
+VIT_URL=$URL VIT_PID=$PID
 PID=$MAIN_PID
-trap 'kill "$SEG_PID" 2>/dev/null || true; cleanup' EXIT
+trap 'kill "$SEG_PID" "$VIT_PID" 2>/dev/null || true; cleanup' EXIT
 
-node "$HERE/browser/run.js" "$MAIN_URL" "$T/report/index.html" "$ART" "$SEG_URL"
+node "$HERE/browser/run.js" "$MAIN_URL" "$T/report/index.html" "$ART" "$SEG_URL" "$VIT_URL"
 kill -0 "$PID" || { echo "the server crashed"; cat "$T/serve.err"; exit 1; }
 kill -0 "$SEG_PID" || { echo "the segmentation server crashed"; cat "$T/seg.err"; exit 1; }
+kill -0 "$VIT_PID" || { echo "the transformer server crashed"; cat "$T/vit.err"; exit 1; }
 echo "browser.sh: ok"

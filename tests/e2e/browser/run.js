@@ -8,7 +8,7 @@ const path = require('path');
 const fs = require('fs');
 const { chromium } = require('playwright-core');
 
-const [url, reportPath, outDir, segUrl] = process.argv.slice(2);
+const [url, reportPath, outDir, segUrl, vitUrl] = process.argv.slice(2);
 if (!url || !reportPath || !outDir) {
     console.error('usage: node run.js <explorer URL> <report index.html> <screenshot folder>');
     process.exit(2);
@@ -240,6 +240,31 @@ async function segmentation(browser) {
     await context.close();
 }
 
+// A vision transformer: the Attention button shows the attention view; a click on a patch makes
+// it the query, and the rollout can be chosen.
+async function transformer(browser) {
+    const context = await browser.newContext({ viewport: { width: 1400, height: 900 } });
+    const page = await context.newPage();
+    const seen = watch(page);
+    await page.goto(vitUrl);
+    await page.waitForSelector('body[data-ready="1"]', { timeout: 20000 });
+    await page.waitForFunction(() => Number(document.body.dataset.updates || 0) >= 1, null, { timeout: 20000 });
+    check(await page.isVisible('#run-attention'), 'a transformer offers the attention view');
+    await page.click('#run-attention');
+    await page.waitForSelector('#explain-result[data-kind="attention"] canvas.attention-canvas', { timeout: 30000 });
+    const canvas = await page.$('#explain-result canvas.attention-canvas');
+    const box = await canvas.boundingBox();
+    await page.mouse.click(box.x + box.width * 0.9, box.y + box.height * 0.1);  // row 0, column 3 of 4x4
+    const caption = await page.textContent('#explain-result .attention-view .caption');
+    check(/patch 0,3's attention at encoder\.layers\.encoder_layer_1/.test(caption), 'a click makes the patch the query: ' + caption);
+    await shot(page, '11-vit-attention.png');
+    await page.selectOption('#explain-result .attention-view select[aria-label="attention layer"]', 'rollout');
+    const rollout = await page.textContent('#explain-result .attention-view .caption');
+    check(/rollout of the class token/.test(rollout), 'the rollout can be shown: ' + rollout);
+    check(seen.errors.length === 0, 'no errors in the transformer page: ' + seen.errors.join(' | '));
+    await context.close();
+}
+
 (async () => {
     const browser = await chromium.launch(launchOptions);
     try {
@@ -250,6 +275,10 @@ async function segmentation(browser) {
         if (segUrl) {
             console.log('segmentation:');
             await segmentation(browser);
+        }
+        if (vitUrl) {
+            console.log('transformer:');
+            await transformer(browser);
         }
     } finally {
         await browser.close();
