@@ -97,7 +97,7 @@ std::vector<std::string> layers_with_output(const Model& model) {
 
 namespace {
 double round4(double v) {
-    if (v == 0 || !std::isfinite(v)) return std::isfinite(v) ? 0.0 : 0.0;
+    if (v == 0 || !std::isfinite(v)) return 0.0;  // probabilities: finite
     const double scale = std::pow(10.0, 3 - std::floor(std::log10(std::fabs(v))));
     return std::round(v * scale) / scale;
 }

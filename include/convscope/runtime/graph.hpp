@@ -37,6 +37,12 @@ private:
     int values_ = 0;
 };
 
+using Shapes = std::map<const torch::jit::Value*, std::vector<int64_t>>;
+// The recorded sizes of v (batch first), or nullptr.
+const std::vector<int64_t>* shape_in(const Shapes& shapes, const torch::jit::Value* v);
+// The ints of a constant int, int list, or ListConstruct of constants; nullopt for anything else.
+std::optional<std::vector<int64_t>> int_list(torch::jit::Value* v);
+
 // Runs the graph once on `input` ([1,C,H,W]) and returns the sizes of every top-level tensor
 // value (parameters included).
 std::map<const torch::jit::Value*, std::vector<int64_t>> record_shapes(
