@@ -155,7 +155,7 @@ TEST(Attention, SwinLayersInExecutionOrderWithChannelsLastMapsAndWindowedAttenti
     const auto taps = m.forward_taps(x, {"features.3.1"});
     expect_close(taps.output, read_npy(fixture("swin_tiny/output.npy")), 1e-5, "logits");
     expect_close(as_maps(taps.taps.at("features.3.1"), s3.layout),
-                 read_npy(fixture("swin_tiny/stage3.npy")).permute({0, 3, 1, 2}), 1e-5, "channels-last maps");
+                 read_npy(fixture("swin_tiny/stage.npy")).permute({0, 3, 1, 2}), 1e-5, "channels-last maps");
 
     const auto r = attention(m, x, {});
     ASSERT_EQ(r.layers.size(), 4u);
@@ -170,6 +170,103 @@ TEST(Attention, SwinLayersInExecutionOrderWithChannelsLastMapsAndWindowedAttenti
     EXPECT_EQ((q[0][0] != 0).sum().item<int64_t>(), 4);
     expect_error([&] { attribute(m, x, [] { AttributionOptions o; o.method = AttributionMethod::AttentionRollout; return o; }()); },
                  "windowed");
+}
+
+// The full-size models users bring: torchvision's vit_b_16 (scripted) and swin_t (traced) at
+// 224x224, random weights, one input each.
+TEST(Attention, FullSizeVitB16EqualsPyTorch) {
+    Model m = Model::load(fixture("vit_b_16.pt"));
+    m.set_input_shape({3, 224, 224});
+    const nlohmann::json ref = reference("vit_b_16");
+    const int64_t blocks = ref["layers"].get<int64_t>();
+    ASSERT_EQ(blocks, 12);
+    ASSERT_EQ(ref["grid"].get<int64_t>(), 14);
+    const std::string last = "encoder.layers.encoder_layer_11.ln_1";
+    const LayerInfo& ln = m.layer(last);
+    EXPECT_EQ(ln.layout.kind, LayoutKind::Tokens);
+    EXPECT_EQ(ln.layout.grid_h, 14);
+    EXPECT_EQ(ln.layout.grid_w, 14);
+    EXPECT_EQ(ln.layout.extra_front, 1);
+    EXPECT_EQ(ln.layout.channels, 768);
+    EXPECT_EQ(ln.rf.kind, ReceptiveField::Kind::Global);
+    EXPECT_EQ(m.layer("encoder.layers.encoder_layer_0.ln_1").rf.size_y, 16);
+    for (const auto& l : m.layers()) EXPECT_NE(l.rf.kind, ReceptiveField::Kind::Unknown) << l.name;
+
+    const at::Tensor x = read_npy(fixture("vit_b_16/input.npy"));
+    const auto taps = m.forward_taps(x, {last});
+    expect_close(taps.output, read_npy(fixture("vit_b_16/output.npy")), 1e-4, "ViT-B/16 logits");
+    const at::Tensor tokens = read_npy(fixture("vit_b_16/tokens_ln1.npy"));
+    expect_close(as_maps(taps.taps.at(last), ln.layout),
+                 tokens.narrow(1, 1, 196).transpose(1, 2).reshape({1, 768, 14, 14}), 1e-4, "ViT-B/16 token maps");
+
+    const auto att = attention(m, x, {});
+    ASSERT_EQ(att.layers.size(), 12u);
+    for (int64_t b = 0; b < blocks; ++b)
+        expect_close(att.layers[static_cast<size_t>(b)].probs,
+                     read_npy(fixture("vit_b_16/attention_" + std::to_string(b) + ".npy")), 1e-5,
+                     "ViT-B/16 attention " + std::to_string(b));
+
+    AttributionOptions o;
+    o.method = AttributionMethod::AttentionRollout;
+    expect_close(attribute(m, x, o).attributions, read_npy(fixture("vit_b_16/rollout_mean.npy")), 1e-5,
+                 "ViT-B/16 rollout, mean");
+    o.head_fusion = HeadFusion::Max;
+    o.discard_ratio = 0.5;
+    expect_close(attribute(m, x, o).attributions, read_npy(fixture("vit_b_16/rollout_max_discard.npy")), 1e-5,
+                 "ViT-B/16 rollout, max, discard");
+    o = AttributionOptions{};
+    o.method = AttributionMethod::AttentionGradient;
+    const auto g = attribute(m, x, o);
+    EXPECT_EQ(g.targets, ref["targets"].get<std::vector<int64_t>>());
+    expect_close(g.attributions, read_npy(fixture("vit_b_16/gradient_rollout.npy")), 1e-4,
+                 "ViT-B/16 gradient rollout");
+    o.method = AttributionMethod::GradCam;
+    const auto cam = attribute(m, x, o);
+    EXPECT_EQ(cam.layer, last);
+    expect_close(cam.attributions, read_npy(fixture("vit_b_16/gradcam_ln1.npy")), 1e-4, "ViT-B/16 Grad-CAM");
+}
+
+TEST(Attention, FullSizeSwinTEqualsPyTorch) {
+    Model m = Model::load(fixture("swin_t.pt"));
+    m.set_input_shape({3, 224, 224});
+    const nlohmann::json ref = reference("swin_t");
+    const auto order = ref["module_order"].get<std::vector<std::string>>();
+    std::vector<std::string> listed;
+    for (const auto& l : m.layers())
+        if (std::find(order.begin(), order.end(), l.name) != order.end()) listed.push_back(l.name);
+    std::vector<std::string> expected;
+    for (const auto& n : order)
+        if (std::find(listed.begin(), listed.end(), n) != listed.end()) expected.push_back(n);
+    EXPECT_EQ(listed, expected);  // features.7 after features.5
+    EXPECT_GT(listed.size(), 140u);
+    for (const auto& l : m.layers()) EXPECT_NE(l.rf.kind, ReceptiveField::Kind::Unknown) << l.name;
+    const std::string stage = ref["stage"].get<std::string>();
+    const LayerInfo& s = m.layer(stage);
+    EXPECT_EQ(s.layout.kind, LayoutKind::Nhwc);
+    EXPECT_EQ(s.layout.grid_h, 14);
+    EXPECT_EQ(s.layout.channels, 384);
+
+    const at::Tensor x = read_npy(fixture("swin_t/input.npy"));
+    const auto taps = m.forward_taps(x, {stage});
+    expect_close(taps.output, read_npy(fixture("swin_t/output.npy")), 1e-4, "Swin-T logits");
+    expect_close(as_maps(taps.taps.at(stage), s.layout), read_npy(fixture("swin_t/stage.npy")).permute({0, 3, 1, 2}),
+                 1e-4, "Swin-T channels-last maps");
+    const auto r = attention(m, x, {});
+    ASSERT_EQ(static_cast<int64_t>(r.layers.size()), ref["attention_layers"].get<int64_t>());
+    for (size_t i = 0; i < r.layers.size(); ++i) {
+        at::Tensor want = read_npy(fixture("swin_t/attention_" + std::to_string(i) + ".npy"));
+        // One window over the whole 7x7 grid (the last stage) is attention over all tokens: [N,heads,Q,K].
+        if (r.layers[i].layout.windows == 1) want = want.squeeze(1);
+        expect_close(r.layers[i].probs, want, 1e-5, "Swin-T window attention " + std::to_string(i));
+    }
+    EXPECT_EQ(r.layers[0].layout.window, 7);
+    EXPECT_EQ(r.layers[0].layout.shift, 0);
+    EXPECT_EQ(r.layers[1].layout.shift, 3);
+    // The last stage (7x7 tokens, one window) attends over all its tokens: no shift there.
+    EXPECT_EQ(r.layers.back().layout.windows, 1);
+    AttributionOptions o;
+    o.method = AttributionMethod::GradCam;
+    EXPECT_EQ(attribute(m, x, o).layer, "features.7.1.norm1");
 }
 
 TEST(Attention, BadRequestsGetOneClearMessage) {

@@ -67,6 +67,55 @@ grep -q "attention 4 heads" "$T/vit.txt" || { echo "no attention layers in the b
 [ -s "$T/vitgrad/attributions.npy" ] || { echo "no attention-gradient maps for the built-in ViT"; exit 1; }
 "$BIN" embed --model vit --indices 0:40 --perplexity 5 --iterations 50 --threads 1 --out "$T/vitmap" > /dev/null
 grep -q '"pool": "auto"' "$T/vitmap/manifest.json" || { echo "embed did not record its pooling"; exit 1; }
+# The built-in ViT against PyTorch: its attention, rollout and gradient-weighted rollout equal an
+# eager computation from the saved model's own submodules (float32 .npy inputs are used as is).
+$PY - "$T/vitx.npy" <<'PY'
+import sys
+import numpy as np
+np.save(sys.argv[1], np.random.default_rng(3).standard_normal((2, 1, 28, 28)).astype(np.float32))
+PY
+vcommon=(--model vit --data "$T/vitx.npy" --indices 0:2 --threads 1)
+"$BIN" attention "${vcommon[@]}" --out "$T/vatt" > /dev/null
+"$BIN" attribute "${vcommon[@]}" --method attention-rollout --out "$T/vroll" > /dev/null
+"$BIN" attribute "${vcommon[@]}" --method attention-gradient --out "$T/vgrad" > /dev/null
+$PY - "$T" "$(dirname "$0")/../fixtures" <<'PY'
+import json, sys
+import numpy as np
+import torch
+t, fixtures = sys.argv[1:]
+sys.path.insert(0, fixtures)
+from transformer_fixtures import rollout
+m = torch.jit.load(json.load(open(t + "/train.json"))["path"]).eval()
+x = torch.from_numpy(np.load(t + "/vitx.npy"))
+heads = 4
+store = []
+h = m.patch_embed(x).flatten(2).transpose(1, 2)
+h = torch.cat([m.class_token.expand(2, -1, -1), h], 1) + m.pos_embedding
+for blk in m.blocks.children():
+    u = blk.norm1(h)
+    n, tk, d = u.shape
+    q, k, v = blk.attn.qkv(u).reshape(n, tk, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+    a = torch.softmax(q @ k.transpose(-2, -1) / (d // heads) ** 0.5, -1)
+    a.retain_grad()
+    store.append(a)
+    h = h + blk.attn.proj((a @ v).transpose(1, 2).reshape(n, tk, d))
+    h = h + blk.mlp(blk.norm2(h))
+y = m.head(m.norm(h)[:, 0])
+assert torch.allclose(y, m(x), atol=1e-5)
+y.gather(1, y.argmax(1)[:, None]).sum().backward()
+for i, a in enumerate(store):
+    got = np.load(f"{t}/vatt/blocks.{i}.attn.attention_probs/attention.npy")
+    assert got.shape == (2, 4, 50, 50) and np.abs(got - a.detach().numpy()).max() < 1e-5, i
+ref = rollout([a.detach() for a in store], "mean", 0.0, 7).numpy()
+got = np.load(t + "/vroll/attributions.npy")
+assert got.shape == (2, 7, 7) and np.abs(got - ref).max() < 1e-5 * max(1.0, np.abs(ref).max()), np.abs(got - ref).max()
+r = torch.eye(50, dtype=torch.float64).repeat(2, 1, 1)
+for a in store:
+    r = r + (a.grad.double() * a.detach().double()).clamp(min=0).mean(1) @ r
+ref = r[:, 0, 1:].reshape(2, 7, 7).numpy()
+got = np.load(t + "/vgrad/attributions.npy")
+assert np.abs(got - ref).max() < 1e-4 * max(0.01, np.abs(ref).max()), np.abs(got - ref).max()
+PY
 unset CONVSCOPE_CACHE_DIR
 
 # Bad requests: one clear message each.

@@ -5,7 +5,7 @@
 # map, the map zooms and opens an item; on a segmentation model a click on the predicted classes
 # explains that region; on a vision transformer the attention view follows a clicked patch and
 # shows the rollout), and opens a `convscope report` from a file URL with no
-# network request. Screenshots go to <build>/test-artifacts/browser/.
+# network request (and a transformer's report, whose attention view follows a click). Screenshots go to <build>/test-artifacts/browser/.
 # Usage: browser.sh <convscope binary> <fixtures dir>
 source "$(dirname "$0")/lib/common.sh" "$@"
 BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
@@ -25,6 +25,10 @@ model=(--model "$M" --input-shape 1,28,28 --data fashion-mnist:test --threads 2)
 "$BIN" report "${model[@]}" --out "$T/report" --eval-items 500 --examples 2 --scan-items 300 --trust-items 4 \
     --patch-channels 4 --vis-channels 4 --vis-steps 16 --map-items 300 --map-iterations 150 >/dev/null
 
+"$BIN" report --model "$FIX/vit_tiny.pt" --input-shape 3,32,32 --data "$FIX/vit_tiny/input.npy" --out "$T/vitreport" \
+    --examples 1 --scan-items 2 --map-items 0 --trust-items 0 --patch-channels 2 --vis-channels 2 --vis-steps 8 \
+    --threads 2 >/dev/null
+
 start_server "$T/serve.out" "$T/serve.err" "${model[@]}" --port 0 --cache-dir "$T/cache" --map-items 300 \
     --map-iterations 150 --scan-items 300 --feature-vis-steps 16
 
@@ -41,7 +45,7 @@ VIT_URL=$URL VIT_PID=$PID
 PID=$MAIN_PID
 trap 'kill "$SEG_PID" "$VIT_PID" 2>/dev/null || true; cleanup' EXIT
 
-node "$HERE/browser/run.js" "$MAIN_URL" "$T/report/index.html" "$ART" "$SEG_URL" "$VIT_URL"
+node "$HERE/browser/run.js" "$MAIN_URL" "$T/report/index.html" "$ART" "$SEG_URL" "$VIT_URL" "$T/vitreport/index.html"
 kill -0 "$PID" || { echo "the server crashed"; cat "$T/serve.err"; exit 1; }
 kill -0 "$SEG_PID" || { echo "the segmentation server crashed"; cat "$T/seg.err"; exit 1; }
 kill -0 "$VIT_PID" || { echo "the transformer server crashed"; cat "$T/vit.err"; exit 1; }

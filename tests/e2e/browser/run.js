@@ -8,7 +8,7 @@ const path = require('path');
 const fs = require('fs');
 const { chromium } = require('playwright-core');
 
-const [url, reportPath, outDir, segUrl, vitUrl] = process.argv.slice(2);
+const [url, reportPath, outDir, segUrl, vitUrl, vitReportPath] = process.argv.slice(2);
 if (!url || !reportPath || !outDir) {
     console.error('usage: node run.js <explorer URL> <report index.html> <screenshot folder>');
     process.exit(2);
@@ -265,6 +265,41 @@ async function transformer(browser) {
     await context.close();
 }
 
+// A transformer's report, opened from disk: each example has the attention view; a click on a
+// patch makes it the query, the rollout can be chosen, and nothing is fetched from the network.
+async function transformerReport(browser) {
+    const context = await browser.newContext({ viewport: { width: 1400, height: 900 } });
+    const foreign = [];
+    await context.route('**/*', (route) => {
+        const u = route.request().url();
+        if (u.startsWith('file://') || u.startsWith('data:')) return route.continue();
+        foreign.push(u);
+        return route.abort();
+    });
+    const page = await context.newPage();
+    const seen = watch(page);
+    await page.goto('file://' + path.resolve(vitReportPath));
+    await page.waitForSelector('body[data-ready="1"]', { timeout: 20000 });
+    const views = await page.$$('#examples .attention-view canvas.attention-canvas');
+    check(views.length >= 1, `the report shows an attention view per example (${views.length})`);
+    const view = await views[0].evaluateHandle((c) => c.closest('.attention-view'));
+    await views[0].scrollIntoViewIfNeeded();
+    const box = await views[0].boundingBox();
+    await page.mouse.click(box.x + box.width * 0.3, box.y + box.height * 0.6);  // row 2, column 1 of 4x4
+    const caption = await view.$eval('.caption', (c) => c.textContent);
+    check(/patch 2,1's attention at encoder\.layers\.encoder_layer_1/.test(caption), 'a click in the report makes the patch the query: ' + caption);
+    await view.$eval('select[aria-label="head"]', (s) => { s.value = '1'; s.dispatchEvent(new Event('change')); });
+    const head = await view.$eval('.caption', (c) => c.textContent);
+    check(/, head 1 /.test(head), 'a head can be chosen in the report: ' + head);
+    await view.$eval('select[aria-label="attention layer"]', (s) => { s.value = 'rollout'; s.dispatchEvent(new Event('change')); });
+    const rollout = await view.$eval('.caption', (c) => c.textContent);
+    check(/rollout of the class token/.test(rollout), 'the report shows the rollout: ' + rollout);
+    await shot(page, '12-vit-report-attention.png');
+    check(foreign.length === 0, 'the transformer report makes no network request: ' + foreign.join(', '));
+    check(seen.errors.length === 0, 'no errors in the transformer report: ' + seen.errors.join(' | '));
+    await context.close();
+}
+
 (async () => {
     const browser = await chromium.launch(launchOptions);
     try {
@@ -279,6 +314,10 @@ async function transformer(browser) {
         if (vitUrl) {
             console.log('transformer:');
             await transformer(browser);
+        }
+        if (vitReportPath) {
+            console.log('transformer report:');
+            await transformerReport(browser);
         }
     } finally {
         await browser.close();
