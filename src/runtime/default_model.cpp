@@ -216,8 +216,10 @@ double evaluate_accuracy(const Model& model, const Dataset& data, const std::vec
     return seen ? static_cast<double>(correct) / static_cast<double>(seen) : 0.0;
 }
 
-TrainResult train_default_model(const std::string& out_path, const TrainOptions& opts,
-                                const ProgressFn& progress) {
+namespace detail {
+
+TrainResult train_builtin(const BuiltinTraining& how, const std::string& out_path, const TrainOptions& opts,
+                          const ProgressFn& progress) {
     if (opts.epochs < 1) throw UsageError("--epochs must be at least 1");
     if (opts.batch_size < 1) throw UsageError("--batch-size must be at least 1");
     const auto start = std::chrono::steady_clock::now();
@@ -225,47 +227,49 @@ TrainResult train_default_model(const std::string& out_path, const TrainOptions&
     auto train = Dataset::open("fashion-mnist:train");
     auto test = Dataset::open("fashion-mnist:test");
 
-    auto net = build_default_module();
+    jit::Module net = how.build();
     net.train();
     std::vector<at::Tensor> params;
     for (const auto& p : net.parameters()) params.push_back(p);
-    torch::optim::Adam optimizer(params, torch::optim::AdamOptions(opts.learning_rate));
+    std::unique_ptr<torch::optim::Optimizer> optimizer;
+    if (how.weight_decay > 0)
+        optimizer = std::make_unique<torch::optim::AdamW>(
+            params, torch::optim::AdamWOptions(opts.learning_rate).weight_decay(how.weight_decay));
+    else
+        optimizer = std::make_unique<torch::optim::Adam>(params, torch::optim::AdamOptions(opts.learning_rate));
 
-    Preprocess pre;
-    pre.input_shape = {1, 28, 28};
-    pre.mean = {kFashionMean};
-    pre.std = {kFashionStd};
+    const Preprocess pre = how.meta.preprocess();
     const int64_t n_train = opts.train_limit > 0 ? std::min(opts.train_limit, train.size()) : train.size();
     std::vector<int64_t> order(static_cast<size_t>(n_train));
     std::iota(order.begin(), order.end(), 0);
     std::mt19937_64 rng(opts.seed);
     const int64_t steps_per_epoch = (n_train + opts.batch_size - 1) / opts.batch_size;
     const int64_t total_steps = steps_per_epoch * opts.epochs;
+    const int64_t warmup = how.max_warmup_steps > 0 ? std::min(how.max_warmup_steps, total_steps / 10 + 1) : 0;
     int64_t step = 0;
     for (int epoch = 0; epoch < opts.epochs; ++epoch) {
         std::shuffle(order.begin(), order.end(), rng);
         BatchLoader loader(train, order, opts.batch_size, pre);
         Batch b;
         while (loader.next(b)) {
-            const double lr = 0.5 * opts.learning_rate *
-                              (1 + std::cos(M_PI * static_cast<double>(step) / static_cast<double>(total_steps)));
-            for (auto& group : optimizer.param_groups())
-                static_cast<torch::optim::AdamOptions&>(group.options()).lr(lr);
+            const double cosine = 1 + std::cos(M_PI * static_cast<double>(step) / static_cast<double>(total_steps));
+            const double lr = warmup > 0
+                                  ? opts.learning_rate * std::min(1.0, double(step + 1) / double(warmup)) * 0.5 * cosine
+                                  : 0.5 * opts.learning_rate * cosine;
+            for (auto& group : optimizer->param_groups()) group.options().set_lr(lr);
             auto labels = torch::tensor(b.labels, torch::kLong);
             auto logits = net.forward({b.images}).toTensor();
             auto loss = torch::nn::functional::cross_entropy(logits, labels);
-            optimizer.zero_grad();
+            optimizer->zero_grad();
             loss.backward();
-            optimizer.step();
+            optimizer->step();
             ++step;
             report_progress(progress, 0.95 * static_cast<double>(step) / static_cast<double>(total_steps));
         }
     }
     net.eval();
 
-    ModelMeta meta = default_meta("metadata in the model file");
-    meta.dataset = "fashion-mnist";
-    auto model = Model::from_module(net, meta, out_path);
+    auto model = Model::from_module(net, how.meta, out_path);
     std::vector<int64_t> test_idx;
     const int64_t n_test = opts.test_limit > 0 ? std::min(opts.test_limit, test.size()) : test.size();
     for (int64_t i = 0; i < n_test; ++i) test_idx.push_back(i);
@@ -278,12 +282,25 @@ TrainResult train_default_model(const std::string& out_path, const TrainOptions&
     result.epochs = opts.epochs;
     result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
+    const ModelMeta& meta = how.meta;
     nlohmann::json j = {{"input_shape", meta.input_shape}, {"mean", meta.mean}, {"std", meta.std},
                         {"class_names", meta.class_names}, {"dataset", meta.dataset},
                         {"test_accuracy", accuracy}, {"epochs", opts.epochs}, {"seed", opts.seed},
                         {"train_images", n_train}};
+    if (!how.arch.empty()) j["arch"] = how.arch;
     save_module_atomic(net, out_path, json_text(j, 2));
     return result;
+}
+
+}  // namespace detail
+
+TrainResult train_default_model(const std::string& out_path, const TrainOptions& opts,
+                                const ProgressFn& progress) {
+    detail::BuiltinTraining how;
+    how.build = build_default_module;
+    how.meta = default_meta("metadata in the model file");
+    how.meta.dataset = "fashion-mnist";
+    return detail::train_builtin(how, out_path, opts, progress);
 }
 
 Model load_default_model(const ProgressFn& progress) {

@@ -5,17 +5,11 @@
 #include <torch/script.h>
 #include <torch/torch.h>
 
-#include <chrono>
 #include <cmath>
 #include <filesystem>
-#include <nlohmann/json.hpp>
-#include <numeric>
-#include <random>
 
 #include "convscope/runtime/dataset.hpp"
 #include "convscope/runtime/default_model.hpp"
-#include "convscope/runtime/error.hpp"
-#include "convscope/runtime/json.hpp"
 #include "runtime/detail/builtin_layers.hpp"
 
 namespace convscope {
@@ -144,62 +138,13 @@ Model untrained_vit_model(uint64_t seed) {
 }
 
 TrainResult train_vit_model(const std::string& out_path, const TrainOptions& opts, const ProgressFn& progress) {
-    if (opts.epochs < 1) throw UsageError("--epochs must be at least 1");
-    if (opts.batch_size < 1) throw UsageError("--batch-size must be at least 1");
-    const auto start = std::chrono::steady_clock::now();
-    torch::manual_seed(opts.seed);
-    auto train = Dataset::open("fashion-mnist:train");
-    auto test = Dataset::open("fashion-mnist:test");
-    auto net = build_vit_module();
-    net.train();
-    std::vector<at::Tensor> params;
-    for (const auto& p : net.parameters()) params.push_back(p);
-    torch::optim::AdamW optimizer(params, torch::optim::AdamWOptions(opts.learning_rate).weight_decay(0.05));
-    const Preprocess pre = vit_meta("").preprocess();
-    const int64_t n_train = opts.train_limit > 0 ? std::min(opts.train_limit, train.size()) : train.size();
-    std::vector<int64_t> order(static_cast<size_t>(n_train));
-    std::iota(order.begin(), order.end(), 0);
-    std::mt19937_64 rng(opts.seed);
-    const int64_t steps_per_epoch = (n_train + opts.batch_size - 1) / opts.batch_size;
-    const int64_t total = steps_per_epoch * opts.epochs, warmup = std::min<int64_t>(200, total / 10 + 1);
-    int64_t step = 0;
-    for (int epoch = 0; epoch < opts.epochs; ++epoch) {
-        std::shuffle(order.begin(), order.end(), rng);
-        BatchLoader loader(train, order, opts.batch_size, pre);
-        Batch b;
-        while (loader.next(b)) {
-            const double lr = opts.learning_rate * std::min(1.0, double(step + 1) / double(warmup)) * 0.5 *
-                              (1 + std::cos(M_PI * double(step) / double(total)));
-            for (auto& group : optimizer.param_groups())
-                static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
-            const at::Tensor labels = torch::tensor(b.labels, torch::kLong);
-            const at::Tensor loss = torch::nn::functional::cross_entropy(net.forward({b.images}).toTensor(), labels);
-            optimizer.zero_grad();
-            loss.backward();
-            optimizer.step();
-            ++step;
-            report_progress(progress, 0.95 * double(step) / double(total));
-        }
-    }
-    net.eval();
-    const ModelMeta meta = vit_meta("metadata in the model file");
-    auto model = Model::from_module(net, meta, out_path);
-    std::vector<int64_t> test_idx;
-    const int64_t n_test = opts.test_limit > 0 ? std::min(opts.test_limit, test.size()) : test.size();
-    for (int64_t i = 0; i < n_test; ++i) test_idx.push_back(i);
-    const double accuracy = evaluate_accuracy(model, test, test_idx);
-    report_progress(progress, 1.0);
-    TrainResult r;
-    r.path = out_path;
-    r.test_accuracy = accuracy;
-    r.epochs = opts.epochs;
-    r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    const nlohmann::json j = {{"input_shape", meta.input_shape}, {"mean", meta.mean}, {"std", meta.std},
-                              {"class_names", meta.class_names}, {"dataset", meta.dataset},
-                              {"test_accuracy", accuracy}, {"epochs", opts.epochs}, {"seed", opts.seed},
-                              {"train_images", n_train}, {"arch", "vit"}};
-    save_module_atomic(net, out_path, json_text(j, 2));
-    return r;
+    BuiltinTraining how;
+    how.build = build_vit_module;
+    how.meta = vit_meta("metadata in the model file");
+    how.arch = "vit";
+    how.weight_decay = 0.05;
+    how.max_warmup_steps = 200;
+    return train_builtin(how, out_path, opts, progress);
 }
 
 Model load_vit_model(const ProgressFn& progress) {

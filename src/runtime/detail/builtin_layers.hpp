@@ -5,8 +5,12 @@
 #include <torch/script.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
+
+#include "convscope/runtime/default_model.hpp"
+#include "convscope/runtime/model.hpp"
 
 namespace convscope::detail {
 
@@ -22,5 +26,20 @@ torch::jit::Module max_pool(const std::shared_ptr<torch::jit::CompilationUnit>& 
 // Writes the module with `metadata_json` as its convscope.json to a temporary name beside
 // out_path, then renames it: never a half-written model. Throws Error naming the path.
 void save_module_atomic(torch::jit::Module& net, const std::string& out_path, const std::string& metadata_json);
+
+// How a built-in Fashion-MNIST classifier is trained: Adam (AdamW where weight_decay > 0), the
+// learning rate decayed to 0 on a cosine over all steps after an optional linear warm-up.
+struct BuiltinTraining {
+    std::function<torch::jit::Module()> build;  // the untrained module, built after the seed is set
+    ModelMeta meta;                             // saved with the model
+    std::string arch;                           // recorded in the metadata when not empty
+    double weight_decay = 0;
+    int64_t max_warmup_steps = 0;               // warm-up over min(this, steps / 10 + 1) steps; 0 = none
+};
+
+// Trains on fashion-mnist:train, measures the test accuracy, writes the model atomically to
+// out_path with its metadata.
+TrainResult train_builtin(const BuiltinTraining& how, const std::string& out_path, const TrainOptions& opts,
+                          const ProgressFn& progress);
 
 }  // namespace convscope::detail
