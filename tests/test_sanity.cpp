@@ -176,6 +176,75 @@ TEST(Sanity, RandomisedCopiesChangeExactlyTheNamedLayers) {
     expect_error([&] { randomised_copy(model, {"conv9"}, 1); }, "unknown layer 'conv9'");
 }
 
+namespace {
+
+at::Tensor buffer(const Model& m, const std::string& layer, const std::string& name) {
+    for (const auto& item : m.module().named_modules())
+        if (item.name == layer) return item.value.attr(name).toTensor();
+    ADD_FAILURE() << "no layer " << layer;
+    return {};
+}
+
+}  // namespace
+
+// Quantus' MPRT convention: PyTorch's reset_parameters (kaiming-uniform weights, biases in the
+// same bound, BatchNorm back to 1, 0 and its running statistics to 0, 1).
+TEST(Sanity, ResetRedrawsAsPyTorchsResetParameters) {
+    Model model = Model::load(fixture("resnet_small_scripted.pt"));
+    model.set_input_shape({3, 32, 32});
+    const std::vector<std::string> chosen{"fc", "layer2.0.conv2", "layer2.0.bn2"};
+    const at::Tensor mean_before = buffer(model, "layer2.0.bn2", "running_mean").clone();
+    const at::Tensor conv1_before = model.parameter("layer1.0.conv1", "weight").clone();
+    const Model copy = randomised_copy(model, chosen, 5, RandomInit::Reset);
+    // fan_in: fc 32 inputs; layer2.0.conv2 32 channels x 3 x 3.
+    for (const auto& [layer, fan_in] : std::vector<std::pair<std::string, int64_t>>{{"fc", 32}, {"layer2.0.conv2", 288}}) {
+        const double bound = 1.0 / std::sqrt(double(fan_in));
+        const at::Tensor w = copy.parameter(layer, "weight").to(torch::kDouble);
+        EXPECT_LE(w.abs().max().item<double>(), bound) << layer;
+        EXPECT_GT(w.abs().max().item<double>(), 0.9 * bound) << layer;
+        EXPECT_NEAR(w.std().item<double>(), bound / std::sqrt(3.0), 0.15 * bound / std::sqrt(3.0)) << layer;
+        EXPECT_FALSE(torch::equal(copy.parameter(layer, "weight"), model.parameter(layer, "weight"))) << layer;
+    }
+    EXPECT_LE(copy.parameter("fc", "bias").abs().max().item<double>(), 1.0 / std::sqrt(32.0));
+    EXPECT_TRUE(torch::equal(copy.parameter("layer2.0.bn2", "weight"), torch::ones({32})));
+    EXPECT_TRUE(torch::equal(copy.parameter("layer2.0.bn2", "bias"), torch::zeros({32})));
+    EXPECT_TRUE(torch::equal(buffer(copy, "layer2.0.bn2", "running_mean"), torch::zeros({32})));
+    EXPECT_TRUE(torch::equal(buffer(copy, "layer2.0.bn2", "running_var"), torch::ones({32})));
+    // The original and the other layers keep theirs.
+    EXPECT_TRUE(torch::equal(buffer(model, "layer2.0.bn2", "running_mean"), mean_before));
+    EXPECT_FALSE(torch::equal(mean_before, torch::zeros({32})));
+    EXPECT_TRUE(torch::equal(copy.parameter("layer1.0.conv1", "weight"), conv1_before));
+    // A BatchNorm reset to the identity computes x * 1 + 0 with statistics 0, 1: the block's
+    // output equals a copy whose bn2 is replaced by hand.
+    const at::Tensor x = read_npy(fixture("resnet_small_scripted/input.npy"));
+    Model by_hand = randomised_copy(model, {"fc", "layer2.0.conv2"}, 5, RandomInit::Reset);
+    {
+        torch::NoGradGuard g;
+        by_hand.parameter("layer2.0.bn2", "weight").fill_(1);
+        by_hand.parameter("layer2.0.bn2", "bias").zero_();
+        buffer(by_hand, "layer2.0.bn2", "running_mean").zero_();
+        buffer(by_hand, "layer2.0.bn2", "running_var").fill_(1);
+    }
+    expect_close(copy.forward(x), by_hand.forward(x), 1e-6, "reset BatchNorm");
+
+    // Independent randomisation with reset puts the running statistics back after each step:
+    // step 1 (conv1 alone) equals a copy with conv1 alone reset, although step 0 reset a BatchNorm.
+    Target t;
+    const Explainer saliency = method_explainer("saliency", ExplainOptions{});
+    const Explanation orig = saliency(model, x, t, {});
+    RandomisationOptions ro;
+    ro.mode = RandomisationMode::Independent;
+    ro.init = RandomInit::Reset;
+    ro.layers = {"layer2.0.bn2", "layer1.0.conv1"};
+    const RandomisationResult ri = randomisation(model, x, orig, saliency, t, ro);
+    const Explanation alone = saliency(randomised_copy(model, {"layer1.0.conv1"}, 0, RandomInit::Reset), x,
+                                       fixed_target(t, orig.targets), {});
+    for (int64_t i = 0; i < 2; ++i)
+        EXPECT_NEAR(ri.spearman[1][i].item<double>(), compare_maps(orig, alone, i).spearman, 1e-6);
+    EXPECT_EQ(parse_random_init("reset"), RandomInit::Reset);
+    EXPECT_THROW(parse_random_init("xavier"), UsageError);
+}
+
 TEST(Sanity, SaliencyDecorrelatesUnderRandomisationAndAnEdgeDetectorDoesNot) {
     const Model& model = trained_model();
     const at::Tensor x = fashion_items(model, 4);

@@ -202,6 +202,7 @@ EvaluationResult evaluate(const Model& model, const at::Tensor& images, const Ev
                     RandomisationOptions ro;
                     const bool cascading = metric == Metric::Randomisation;
                     ro.mode = cascading ? RandomisationMode::Cascading : RandomisationMode::Independent;
+                    ro.init = o.randomisation_init;
                     const RandomisationResult rr = randomisation(model, images, e, explainer, fixed, ro, ctx);
                     mc.cascade_layers = rr.layers;
                     auto sims = similarity_map(rr.spearman_abs, rr.spearman, rr.ssim, rr.hog);

@@ -225,11 +225,48 @@ uint64_t layer_place(const Model& model, const std::vector<std::string>& all, co
     return uint64_t(it - all.begin());
 }
 
+// The layer's own buffers (BatchNorm's running statistics), shared with the model: writes to
+// them change the model.
+std::vector<std::pair<std::string, at::Tensor>> own_buffers(const Model& model, const std::string& layer) {
+    std::vector<std::pair<std::string, at::Tensor>> out;
+    for (const auto& item : model.module().named_modules()) {
+        if (item.name != layer) continue;
+        for (const auto& b : item.value.named_buffers(/*recurse=*/false)) out.emplace_back(b.name, b.value);
+        break;
+    }
+    return out;
+}
+
 // Redraws the layer's own parameters of `copy` in place, as randomised_copy documents.
-void redraw(Model& copy, const std::string& layer, uint64_t seed) {
+void redraw(Model& copy, const std::string& layer, uint64_t seed, RandomInit init) {
     torch::NoGradGuard no_grad;
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
-    for (const auto& name : copy.parameter_names(layer)) {
+    const std::vector<std::string> names = copy.parameter_names(layer);
+    if (init == RandomInit::Reset) {
+        // The fan-in of the layer's weight of 2 or more dimensions, for its bias too.
+        int64_t layer_fan_in = 0;
+        for (const auto& name : names) {
+            const at::Tensor p = copy.parameter(layer, name);
+            if (p.dim() >= 2 && (name == "weight" || layer_fan_in == 0)) layer_fan_in = p.numel() / p.size(0);
+        }
+        for (const auto& name : names) {
+            at::Tensor p = copy.parameter(layer, name);
+            const int64_t fan_in = p.dim() >= 2 ? p.numel() / p.size(0) : layer_fan_in;
+            if (fan_in > 0) {
+                const double bound = 1.0 / std::sqrt(double(fan_in));
+                p.copy_(torch::rand(p.sizes(), gen, p.scalar_type()).mul_(2 * bound).sub_(bound));
+            } else {
+                p.fill_(name == "bias" ? 0.0 : 1.0);
+            }
+        }
+        for (auto& [name, b] : own_buffers(copy, layer)) {
+            if (name == "running_mean") b.zero_();
+            else if (name == "running_var") b.fill_(1.0);
+            else if (name == "num_batches_tracked") b.zero_();
+        }
+        return;
+    }
+    for (const auto& name : names) {
         at::Tensor p = copy.parameter(layer, name);
         const double mean = p.mean().item<double>();
         double sd = p.numel() > 1 ? p.std(/*unbiased=*/false).item<double>() : 0.0;
@@ -240,12 +277,22 @@ void redraw(Model& copy, const std::string& layer, uint64_t seed) {
 
 }  // namespace
 
-Model randomised_copy(const Model& model, const std::vector<std::string>& layers, uint64_t seed) {
+const char* random_init_name(RandomInit init) { return init == RandomInit::Reset ? "reset" : "statistics"; }
+
+RandomInit parse_random_init(const std::string& name) {
+    if (name == "statistics") return RandomInit::Statistics;
+    if (name == "reset") return RandomInit::Reset;
+    throw UsageError("unknown randomisation init '" + name +
+                     "': use statistics (normal with each tensor's mean and std) or reset (PyTorch's "
+                     "reset_parameters, as Quantus' MPRT)");
+}
+
+Model randomised_copy(const Model& model, const std::vector<std::string>& layers, uint64_t seed, RandomInit init) {
     const std::vector<std::string> all = parameter_layers(model);
     std::vector<uint64_t> places;
     for (const auto& layer : layers) places.push_back(layer_place(model, all, layer));
     Model copy = model.copy();
-    for (size_t i = 0; i < layers.size(); ++i) redraw(copy, layers[i], seed + places[i]);
+    for (size_t i = 0; i < layers.size(); ++i) redraw(copy, layers[i], seed + places[i], init);
     return copy;
 }
 
@@ -345,20 +392,26 @@ RandomisationResult randomisation(const Model& model, const at::Tensor& images, 
     // Random layers can shrink activations into subnormal numbers, which cost the CPU up to 30x
     // per operation: flushed to zero during the check (reset when it ends).
     FlushSubnormals flush;
-    std::vector<at::Tensor> saved;  // independent: the values of the layer randomised last
+    // Independent: the values of the layer randomised last (parameters, then buffers).
+    std::vector<at::Tensor> saved;
+    const auto own_tensors = [&work](const std::string& layer) {
+        std::vector<at::Tensor> t;
+        for (const auto& name : work.parameter_names(layer)) t.push_back(work.parameter(layer, name));
+        for (const auto& b : own_buffers(work, layer)) t.push_back(b.second);
+        return t;
+    };
     for (int64_t l = 0; l < steps; ++l) {
         const std::string& layer = r.layers[size_t(l)];
         if (o.mode == RandomisationMode::Independent) {
             if (l > 0) {
                 torch::NoGradGuard no_grad;
-                const auto names = work.parameter_names(r.layers[size_t(l - 1)]);
-                for (size_t k = 0; k < names.size(); ++k)
-                    work.parameter(r.layers[size_t(l - 1)], names[k]).copy_(saved[k]);
+                const std::vector<at::Tensor> now = own_tensors(r.layers[size_t(l - 1)]);
+                for (size_t k = 0; k < now.size(); ++k) now[k].copy_(saved[k]);
             }
             saved.clear();
-            for (const auto& name : work.parameter_names(layer)) saved.push_back(work.parameter(layer, name).clone());
+            for (const at::Tensor& t : own_tensors(layer)) saved.push_back(t.clone());
         }
-        redraw(work, layer, context.seed + places[size_t(l)]);
+        redraw(work, layer, context.seed + places[size_t(l)], o.init);
         RunContext sub = context;
         sub.progress = sub_progress(context.progress, double(l) / double(steps), double(l + 1) / double(steps));
         const Explanation e = explainer(work, images, fixed, sub);

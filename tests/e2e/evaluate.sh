@@ -77,6 +77,7 @@ cmp "$T/a/metrics.csv" "$T/b/metrics.csv" || { echo "same seed, other numbers"; 
 # Bad input: exit code and message, no results written.
 expect_fail 2 "unknown method 'sailency'" evaluate --methods saliency,sailency "${common[@]}" --out "$T/bad"
 expect_fail 2 "unknown metric 'fidelity'" evaluate --metrics fidelity "${common[@]}" --out "$T/bad"
+expect_fail 2 "unknown randomisation init 'xavier'" evaluate --randomisation-init xavier "${common[@]}" --out "$T/bad"
 expect_fail 2 "--steps must be at least 1" evaluate --steps 0 "${common[@]}" --out "$T/bad"
 expect_fail 1 "1 to 784 steps" evaluate --steps 785 --methods saliency --metrics deletion "${common[@]}" --out "$T/bad"
 expect_fail 1 "strictly between 0 and 100" evaluate --percentages 10,100 --methods saliency --metrics road "${common[@]}" --out "$T/bad"

@@ -26,6 +26,7 @@ struct EvaluateArgs {
     std::string insertion_baseline = baseline_name(EvaluationOptions{}.insertion_baseline);
     std::string percentages = "10,20,30,40,50,60,70,80,90";
     std::string occlusion_patch = "4", occlusion_stride = "2";
+    std::string randomisation_init = random_init_name(EvaluationOptions{}.randomisation_init);
 };
 
 void add_options(CLI::App& app, EvaluateArgs& a) {
@@ -52,6 +53,10 @@ void add_options(CLI::App& app, EvaluateArgs& a) {
         ->capture_default_str();
     app.add_option("--sensitivity-radius", a.eo.sensitivity.radius,
                    "max-sensitivity: noise radius as a fraction of the item's value range")
+        ->capture_default_str();
+    app.add_option("--randomisation-init", a.randomisation_init,
+                   "randomisation: how parameters are redrawn: statistics (normal with each tensor's own mean and "
+                   "std) or reset (PyTorch's reset_parameters, as Quantus' MPRT)")
         ->capture_default_str();
     AttributionOptions& ao = a.eo.explain.attribution;
     app.add_option("--layer", ao.layer, "Grad-CAM layer (default: the last conv layer)");
@@ -88,6 +93,7 @@ EvaluationOptions parse_options(const EvaluateArgs& a) {
     eo.explain.target = parse_target_args(target);
     eo.deletion_baseline = parse_baseline(a.deletion_baseline);
     eo.insertion_baseline = parse_baseline(a.insertion_baseline);
+    eo.randomisation_init = parse_random_init(a.randomisation_init);
     eo.road.percentages.clear();
     for (const auto& p : detail::split(a.percentages, ',')) {
         double v = 0;

@@ -53,6 +53,7 @@ struct EvaluationOptions {
     RoadOptions road;                  // percentages and noise (order and target set here)
     InfidelityOptions infidelity;      // samples, noise, normalize (target set here)
     SensitivityOptions sensitivity;    // samples, radius
+    RandomInit randomisation_init = RandomInit::Statistics;  // how the checks redraw parameters
     int batch_size = 64;               // perturbed copies per forward pass
 };
 

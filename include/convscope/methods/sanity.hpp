@@ -45,13 +45,28 @@ MapSimilarity compare_maps(const Explanation& a, const Explanation& b, int64_t n
 // output's side first): the order of the cascading randomisation.
 std::vector<std::string> parameter_layers(const Model& model);
 
-// A copy of the model whose named layers' own parameters are redrawn: every value from a normal
-// distribution with the tensor's own mean and standard deviation (a constant tensor, such as a
-// fresh BatchNorm scale, gets standard deviation max(|mean|, 0.1)), from a generator seeded with
-// seed + the layer's place in parameter_layers, so that a layer gets the same values in every
-// copy. Other layers keep theirs; the given model is not changed. Throws Error for an unknown
-// layer or one without parameters.
-Model randomised_copy(const Model& model, const std::vector<std::string>& layers, uint64_t seed);
+// How a layer's parameters are redrawn.
+enum class RandomInit {
+    // Every value from a normal distribution with the tensor's own mean and standard deviation
+    // (a constant tensor, such as a fresh BatchNorm scale, gets standard deviation
+    // max(|mean|, 0.1)): the weights keep their scale (Adebayo et al.'s "from a truncated
+    // normal" with the trained statistics).
+    Statistics,
+    // PyTorch's reset_parameters, the convention of Quantus' MPRT: a tensor of 2 or more
+    // dimensions (and a bias beside one) uniform in +-1/sqrt(fan_in), fan_in = the weight's
+    // size(1) x its kernel; a 1-d weight (BatchNorm, LayerNorm) 1, a 1-d bias 0, and the layer's
+    // running statistics back to mean 0, variance 1.
+    Reset,
+};
+const char* random_init_name(RandomInit init);  // "statistics" | "reset"
+RandomInit parse_random_init(const std::string& name);  // UsageError listing the names
+
+// A copy of the model whose named layers' own parameters are redrawn as `init` says, from a
+// generator seeded with seed + the layer's place in parameter_layers, so that a layer gets the
+// same values in every copy. Other layers keep theirs; the given model is not changed. Throws
+// Error for an unknown layer or one without parameters.
+Model randomised_copy(const Model& model, const std::vector<std::string>& layers, uint64_t seed,
+                      RandomInit init = RandomInit::Statistics);
 
 // Errors before any work: a model without parameters to randomise, a similarity target for the
 // random-logit check (it explains another class).
@@ -68,6 +83,7 @@ struct RandomisationOptions {
     RandomisationMode mode = RandomisationMode::Cascading;
     // The layers, top first; empty: parameter_layers(model).
     std::vector<std::string> layers;
+    RandomInit init = RandomInit::Statistics;
 };
 
 struct RandomisationResult {
