@@ -6,6 +6,7 @@
 #include <iostream>
 
 #include "common.hpp"
+#include "convscope/runtime/cluster.hpp"
 #include "convscope/methods/json.hpp"
 #include "convscope/methods/embedding.hpp"
 #include "convscope/runtime/error.hpp"
@@ -174,10 +175,72 @@ struct Inputs {
     std::vector<int64_t> labels, indices;
     std::vector<std::string> names;
     std::vector<cv::Mat> thumbs;
+    at::Tensor display;  // [N,H,W,C] uint8 under mpirun (the pictures gathered on rank 0)
     std::string layer;
     double feature_seconds = 0.0;
     std::optional<Model> model;
+    bool elsewhere = false;  // a rank other than 0: its share went to rank 0, which writes the map
 };
+
+// Under mpirun: each rank computes the features of its batches, and rank 0 puts every rank's rows
+// back in item order (the batches one process would run, so the same bits). Returns true on rank
+// 0 with `in` complete, false on the other ranks.
+bool distributed_features(const Model& model, const Dataset& data, Inputs& in, const LayerFeaturesOptions& lo,
+                          const CommonOptions& common) {
+    cluster::check_same("the model (its file's hash)", model.file_hash());
+    cluster::check_same("the data (its hash)", data.hash());
+    cluster::check_same("the items (--indices)", nlohmann::json(in.indices).dump());
+    cluster::check_same("the options", command_line());
+    const int64_t n = int64_t(in.indices.size());
+    std::vector<int64_t> mine;
+    for (int64_t p : cluster::my_positions(n, lo.batch_size)) mine.push_back(in.indices[size_t(p)]);
+    // One rank's share: a JSON line (rows, layer, labels, shapes), then the features and the
+    // pictures as raw bytes.
+    std::string bytes;
+    if (!mine.empty()) {
+        EmbeddingFeatures ef = layer_features(model, data, mine, lo, run_context(common, "features"));
+        const at::Tensor f = ef.features.to(at::kFloat).contiguous(), d = ef.display.contiguous();
+        bytes = nlohmann::json{{"rows", f.size(0)}, {"dims", f.size(1)}, {"layer", ef.layer}, {"labels", ef.labels},
+                               {"display", d.sizes().vec()}, {"seconds", ef.seconds}}
+                    .dump() +
+                "\n";
+        bytes.append(static_cast<const char*>(f.data_ptr()), size_t(f.numel()) * sizeof(float));
+        bytes.append(static_cast<const char*>(d.data_ptr()), size_t(d.numel()));
+    }
+    const std::vector<std::string> parts = cluster::gather(bytes);
+    if (cluster::rank() != 0) return false;
+    in.labels.assign(size_t(n), -1);
+    for (int r = 0; r < cluster::size(); ++r) {
+        const std::string& part = parts[size_t(r)];
+        if (part.empty()) continue;
+        const size_t eol = part.find('\n');
+        const nlohmann::json head = nlohmann::json::parse(part.substr(0, eol));
+        const int64_t rows = head["rows"].get<int64_t>(), dims = head["dims"].get<int64_t>();
+        const auto dshape = head["display"].get<std::vector<int64_t>>();
+        const std::vector<int64_t> pos = cluster::positions_of(r, cluster::size(), n, lo.batch_size);
+        if (int64_t(pos.size()) != rows) throw Error("rank " + std::to_string(r) + " sent another number of rows");
+        if (!in.features.defined()) {
+            in.features = torch::empty({n, dims}, torch::kFloat);
+            std::vector<int64_t> full = dshape;
+            full[0] = n;
+            in.display = torch::empty(full, torch::kUInt8);
+            in.layer = head["layer"].get<std::string>();
+            in.feature_seconds = head["seconds"].get<double>();
+        }
+        const char* p = part.data() + eol + 1;
+        const at::Tensor f = torch::from_blob(const_cast<char*>(p), {rows, dims}, torch::kFloat);
+        const at::Tensor d = torch::from_blob(const_cast<char*>(p) + rows * dims * 4, dshape, torch::kUInt8);
+        const at::Tensor where = torch::tensor(pos, torch::kLong);
+        in.features.index_copy_(0, where, f);
+        in.display.index_copy_(0, where, d);
+        const auto labels = head["labels"].get<std::vector<int64_t>>();
+        for (size_t k = 0; k < pos.size(); ++k) in.labels[size_t(pos[k])] = labels[k];
+    }
+    in.names = data.class_names();
+    if (in.names.empty()) in.names = model.meta().class_names;
+    for (int64_t i = 0; i < in.display.size(0); ++i) in.thumbs.push_back(image_from_hwc_uint8(in.display[i]));
+    return true;
+}
 
 Inputs load_inputs(const Options& opts) {
     const Options* o = &opts;
@@ -203,6 +266,10 @@ Inputs load_inputs(const Options& opts) {
     lo.batch_size = o->batch_size;
     lo.pool = parse_token_pool(o->pool);
     lo.keep_display = true;
+    if (cluster::distributed()) {
+        in.elsewhere = !distributed_features(*in.model, data, in, lo, o->common);
+        return in;
+    }
     EmbeddingFeatures ef = layer_features(*in.model, data, in.indices, lo, run_context(o->common, "features"));
     in.features = ef.features;
     in.labels = ef.labels;
@@ -285,7 +352,9 @@ RunFn setup(CLI::App& app) {
         const std::pair<int, int> grid_shape = check_options(*o);
         apply_threads(o->common);
         const bool given = !o->features.empty();
+        if (given && cluster::rank() != 0) return 0;  // given vectors: rank 0 alone maps them
         const Inputs in = load_inputs(*o);
+        if (in.elsewhere) return 0;
         const TsneOptions topt = tsne_options(*o);
         const EmbeddingResult r = embed_features(in.features, in.labels, topt, run_context(o->common, "t-SNE"));
         const at::Tensor& xy = r.tsne.embedding;

@@ -191,6 +191,7 @@ RunFn setup(CLI::App& app) {
                                         {"infidelity_noise", eo.infidelity.noise},
                                         {"sensitivity_samples", eo.sensitivity.samples},
                                         {"sensitivity_radius", eo.sensitivity.radius},
+                                        {"randomisation_init", random_init_name(eo.randomisation_init)},
                                         {"samples", eo.explain.attribution.samples},
                                         {"ig_steps", eo.explain.attribution.steps},
                                         {"masks", eo.explain.attribution.masks},

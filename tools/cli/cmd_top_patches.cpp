@@ -1,10 +1,12 @@
 // convscope top-patches: for every channel of the chosen layers, the dataset images that
 // activate it most (and least), cropped to the unit's receptive field; histograms of per-image
 // maxima and dead channels. Resumable (--checkpoint), shardable (--shard i/n) and mergeable
-// (--merge).
+// (--merge). Under mpirun each rank scans one shard with its own checkpoint and rank 0 merges
+// them into the files one process writes.
 #include <iostream>
 
 #include "common.hpp"
+#include "convscope/runtime/cluster.hpp"
 #include "convscope/runtime/error.hpp"
 #include "convscope/runtime/render.hpp"
 #include "convscope/methods/top_patches.hpp"
@@ -176,6 +178,18 @@ RunFn setup(CLI::App& app) {
         opts.gradient_boxes = o->gradient_boxes;
         if (!o->shard.empty()) std::tie(opts.shard_index, opts.shard_count) = parse_shard(o->shard);
         const auto indices = selected_indices(o->common, data, ":");
+        if (cluster::distributed()) {
+            if (!o->shard.empty())
+                throw UsageError("--shard splits a scan by hand; under mpirun the ranks split it: leave --shard out");
+            opts.shard_index = cluster::rank();
+            opts.shard_count = cluster::size();
+            opts.checkpoint_path = cluster::rank_path(o->checkpoint);  // each rank resumes its own share
+            // Before any work: the same model, data, items and options on every rank.
+            cluster::check_same("the model (its file's hash)", model.file_hash());
+            cluster::check_same("the data (its hash)", data.hash());
+            cluster::check_same("the items (--indices)", nlohmann::json(indices).dump());
+            cluster::check_same("the options", command_line());
+        }
 
         nlohmann::json options = {{"layers", opts.layers},       {"k", opts.k},
                                   {"lowest", opts.lowest},       {"batch_size", opts.batch_size},
@@ -185,12 +199,23 @@ RunFn setup(CLI::App& app) {
                                   {"indices", o->common.indices}};
         TopPatchesResult r = top_patches(model, data, indices, preprocess_for(model, data), opts,
                                          run_context(o->common, "scanning"));
+        if (cluster::distributed()) {
+            // The shards meet on rank 0, merged as --merge merges them: the bytes of one process.
+            const std::vector<std::string> parts = cluster::gather(top_patches_to_json(r).dump());
+            if (cluster::rank() != 0) return 0;
+            std::vector<TopPatchesResult> shards;
+            for (size_t k = 0; k < parts.size(); ++k)
+                shards.push_back(top_patches_from_json(nlohmann::json::parse(parts[k], nullptr, false),
+                                                       "rank " + std::to_string(k) + "'s results"));
+            r = merge_top_patches(shards);
+        }
         r.data_labels = o->common.labels;  // so --merge can reopen the same data
         OutputDir out = open_out(o->common, options, &model);
         write_outputs(out, r, data, o->crop_px);
         out.write_manifest();
         std::cerr << "scanned " << r.images_scanned << " images";
         if (r.shard_count > 1) std::cerr << " (shard " << r.shard_index << "/" << r.shard_count << ")";
+        if (cluster::distributed()) std::cerr << " on " << cluster::size() << " ranks";
         std::cerr << " into " << out.dir() << "\n";
         return 0;
     };

@@ -1,4 +1,5 @@
 #include "common.hpp"
+#include "convscope/runtime/cluster.hpp"
 
 #include <filesystem>
 
@@ -160,6 +161,8 @@ void install_interrupt_handlers() {
 int interrupt_signal() { return g_signal; }
 
 ProgressFn cli_progress(const std::string& label, double quiet_seconds) {
+    // With several ranks only rank 0 draws its bar (its share stands for the others').
+    if (cluster::rank() != 0) return [](double) { return interrupt_signal() == 0; };
     ProgressFn bar = stderr_progress(label, quiet_seconds);
     return [bar](double f) { return interrupt_signal() == 0 && bar(f); };
 }
@@ -252,7 +255,7 @@ void fit_model_to_data(Model& model, Dataset& data) {
     else if (!match.note.empty() && data.has_labels())
         std::cerr << "note: " << match.note << "\n";
     const Preprocess pre = preprocess_for(model, data);
-    if (!announced()) std::cerr << "preprocessing: " << pre.describe() << "\n";
+    if (!announced() && cluster::rank() == 0) std::cerr << "preprocessing: " << pre.describe() << "\n";
     announced() = pre;
     // A few items through the first layers: are they what the model was trained on?
     std::vector<int64_t> sample;

@@ -1,6 +1,7 @@
 // convscope: the command line. Parses arguments into a command's options, runs it, and turns
 // errors into one line on stderr and an exit code: 0 success, 1 failure, 2 usage error,
-// 128 + the signal when SIGINT or SIGTERM stopped it.
+// 128 + the signal when SIGINT or SIGTERM stopped it. Under mpirun or srun the ranks run the
+// commands that split their items (top-patches, embed); a rank that fails stops them all.
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -8,10 +9,33 @@
 #include <iostream>
 
 #include "common.hpp"
+#include "convscope/runtime/cluster.hpp"
 #include "convscope/runtime/error.hpp"
+
+namespace {
+
+// Ends the process with `code`: with several ranks a failure stops every rank (none is left
+// waiting in a collective), a success ends MPI first.
+int finish(int code) {
+    using namespace convscope;
+    if (cluster::distributed() && code != 0) cluster::abort(code);
+    cluster::finish();
+    return code;
+}
+
+// The commands whose items the ranks of mpirun split.
+bool runs_distributed(const std::string& command) { return command == "top-patches" || command == "embed"; }
+
+}  // namespace
 
 int main(int argc, char** argv) {
     using namespace convscope;
+    try {
+        cluster::start(&argc, &argv);
+    } catch (const Error& e) {
+        std::cerr << "convscope: " << e.what() << "\n";
+        return 1;
+    }
     std::string line;
     for (int i = 0; i < argc; ++i) line += (i ? " " : "") + std::string(argv[i]);
     cli::command_line() = line;
@@ -27,30 +51,47 @@ int main(int argc, char** argv) {
         CLI::App* sub = app.add_subcommand(spec.name, spec.help);
         commands.emplace_back(sub, spec.setup(*sub));
     }
+    // Every rank parses the same arguments, so every rank stops alike on a usage error; only rank
+    // 0 says why.
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
-        const int code = app.exit(e);
+        const int code = cluster::rank() == 0 ? app.exit(e) : (e.get_exit_code() == 0 ? 0 : 2);
+        cluster::finish();
         return code == 0 ? 0 : 2;
     } catch (const UsageError& e) {
-        std::cerr << "convscope: " << e.what() << "\n";
+        if (cluster::rank() == 0) std::cerr << "convscope: " << e.what() << "\n";
+        cluster::finish();
         return 2;
     }
+    for (auto& [sub, run] : commands)
+        if (sub->parsed() && cluster::distributed() && !runs_distributed(sub->get_name())) {
+            if (cluster::rank() == 0)
+                std::cerr << "convscope: " << sub->get_name() << " runs as one process; under mpirun or srun "
+                          << "only top-patches and embed split their items between the ranks: run it without "
+                             "the launcher\n";
+            cluster::finish();
+            return 2;
+        }
     cli::install_interrupt_handlers();  // serve takes the signals itself
     try {
         for (auto& [sub, run] : commands)
-            if (sub->parsed()) return run();
+            if (sub->parsed()) return finish(run());
     } catch (...) {
         const ErrorReport e = current_error();
         if (const int sig = cli::interrupt_signal(); sig != 0 && e.kind == ErrorKind::Cancelled) {
             std::cerr << "convscope: interrupted by " << (sig == SIGINT ? "SIGINT" : "SIGTERM")
                       << ": stopped; the files written so far are complete (a top-patches scan resumes from its "
                          "checkpoint)\n";
-            return 128 + sig;
+            return finish(128 + sig);
         }
-        std::cerr << "convscope: " << e.message
+        std::cerr << "convscope: "
+                  << (cluster::distributed() ? "rank " + std::to_string(cluster::rank()) + " of " +
+                                                   std::to_string(cluster::size()) + ": "
+                                             : std::string())
+                  << e.message
                   << (e.kind == ErrorKind::OutOfMemory ? ": use fewer items (--indices) or smaller batches" : "") << "\n";
-        return e.kind == ErrorKind::Usage ? 2 : 1;
+        return finish(e.kind == ErrorKind::Usage ? 2 : 1);
     }
-    return 2;
+    return finish(2);
 }

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Runs on several ranks (Open MPI's mpirun on this machine, 3 ranks oversubscribed): top-patches
+# and embed give the bytes one process writes; a scan whose rank is killed resumes from the
+# ranks' checkpoints to those bytes; ranks that disagree about the data, a rank that fails and
+# a command that does not split its items stop with one clear message and no output.
+# Usage: mpi.sh <convscope binary> <fixtures dir>
+source "$(dirname "$0")/lib/common.sh" "$@"
+if ! command -v mpirun >/dev/null 2>&1; then echo "mpirun is missing: run scripts/setup.sh"; exit 1; fi
+# Tests run as root here; Open MPI refuses that unless told.
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+# Shared memory between the ranks without the ptrace rights containers lack.
+export OMPI_MCA_btl=self,vader OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_rmaps_base_oversubscribe=1
+MPI=(mpirun -n 3 --bind-to none)
+
+M=$FIX/lenet_scripted.pt
+scan=(top-patches --model "$M" --data fashion-mnist:test --indices 0:6000 --batch-size 16 --k 4 --threads 1)
+
+# top-patches: one process, then 3 ranks: the same bytes.
+"$BIN" "${scan[@]}" --out "$T/one" 2>/dev/null
+"${MPI[@]}" "$BIN" "${scan[@]}" --out "$T/three" 2>"$T/three.err"
+cmp "$T/one/top_patches.json" "$T/three/top_patches.json"
+cmp "$T/one/montage_conv1.png" "$T/three/montage_conv1.png"
+grep -q "on 3 ranks" "$T/three.err" || { echo "the ranks were not used"; cat "$T/three.err"; exit 1; }
+
+# embed: the features (and the map made from them) are the bytes of one process.
+emb=(embed --model "$M" --data fashion-mnist:test --indices 0:300 --batch-size 32 --perplexity 10 --iterations 100
+     --threads 1)
+"$BIN" "${emb[@]}" --out "$T/e1" 2>/dev/null
+"${MPI[@]}" "$BIN" "${emb[@]}" --out "$T/e3" 2>/dev/null
+cmp "$T/e1/features.npy" "$T/e3/features.npy"
+cmp "$T/e1/embedding.npy" "$T/e3/embedding.npy"
+
+# A rank killed during the scan: mpirun stops the others; run again with the same checkpoint,
+# every rank resumes its share and the result is the bytes of one process.
+rm -f "$T"/pid.*
+"${MPI[@]}" bash -c 'echo $$ > "$0/pid.$OMPI_COMM_WORLD_RANK"; exec "$@"' "$T" "$BIN" "${scan[@]}" \
+    --checkpoint "$T/ck.json" --checkpoint-every 2 --out "$T/killed" >/dev/null 2>"$T/killed.err" &
+run=$!
+for _ in $(seq 1 1000); do
+    [ -s "$T/ck.json.rank1" ] && [ -s "$T/pid.1" ] && break
+    kill -0 "$run" 2>/dev/null || break
+    sleep 0.01
+done
+[ -s "$T/ck.json.rank1" ] || { echo "rank 1 wrote no checkpoint"; cat "$T/killed.err"; exit 1; }
+kill -KILL "$(cat "$T/pid.1")"
+rc=0
+wait "$run" || rc=$?
+[ "$rc" != 0 ] || { echo "mpirun succeeded although a rank was killed"; exit 1; }
+[ ! -e "$T/killed/top_patches.json" ] || { echo "a result was written although a rank was killed"; exit 1; }
+"${MPI[@]}" "$BIN" "${scan[@]}" --checkpoint "$T/ck.json" --out "$T/resumed" 2>/dev/null
+cmp "$T/one/top_patches.json" "$T/resumed/top_patches.json"
+
+# Ranks that disagree about the data: every rank stops before any work, and says which.
+$PY - "$T" <<'EOF'
+import sys, numpy as np
+r = np.random.default_rng(0)
+for name in ("a", "b"):
+    np.save(f"{sys.argv[1]}/{name}.npy", r.random((40, 1, 28, 28), dtype=np.float32))
+EOF
+rc=0
+"${MPI[@]}" bash -c 'd=a; [ "$OMPI_COMM_WORLD_RANK" = 2 ] && d=b; exec "$@" --data "$0/$d.npy"' "$T" \
+    "$BIN" top-patches --model "$M" --k 2 --threads 1 --out "$T/bad1" >/dev/null 2>"$T/bad1.err" || rc=$?
+[ "$rc" != 0 ] || { echo "ranks with different data succeeded"; exit 1; }
+grep -q "the ranks disagree about the data (its hash): rank(s) 2 differ" "$T/bad1.err" ||
+    { echo "no clear message for ranks that disagree"; cat "$T/bad1.err"; exit 1; }
+[ ! -e "$T/bad1" ] || { echo "output written by ranks that disagree"; exit 1; }
+
+# A rank that fails (its model file is missing): the others stop, the message names the rank.
+rc=0
+"${MPI[@]}" bash -c 'm=$0; [ "$OMPI_COMM_WORLD_RANK" = 1 ] && m=$0.missing; exec "$@" --model "$m"' "$M" \
+    "$BIN" top-patches --data "$T/a.npy" --k 2 --threads 1 --out "$T/bad2" >/dev/null 2>"$T/bad2.err" || rc=$?
+[ "$rc" != 0 ] || { echo "a failed rank went unnoticed"; exit 1; }
+grep -q "convscope: rank 1 of 3: .*missing" "$T/bad2.err" || { echo "no message from the failed rank"; cat "$T/bad2.err"; exit 1; }
+[ ! -e "$T/bad2/top_patches.json" ] || { echo "output written although a rank failed"; exit 1; }
+
+# A command that does not split its items, and --shard under mpirun: refused.
+rc=0
+"${MPI[@]}" "$BIN" attribute --model "$M" --data "$T/a.npy" --index 0 --method saliency --out "$T/bad3" >/dev/null 2>"$T/bad3.err" || rc=$?
+[ "$rc" = 2 ] || { echo "expected exit 2 for attribute under mpirun, got $rc"; cat "$T/bad3.err"; exit 1; }
+grep -q "attribute runs as one process" "$T/bad3.err" || { echo "no message for attribute under mpirun"; cat "$T/bad3.err"; exit 1; }
+rc=0
+"${MPI[@]}" "$BIN" top-patches --model "$M" --data "$T/a.npy" --shard 0/2 --out "$T/bad4" >/dev/null 2>"$T/bad4.err" || rc=$?
+[ "$rc" != 0 ] || { echo "--shard under mpirun succeeded"; exit 1; }
+grep -q "leave --shard out" "$T/bad4.err" || { echo "no message for --shard under mpirun"; cat "$T/bad4.err"; exit 1; }
+for b in bad2 bad3 bad4; do [ ! -e "$T/$b/top_patches.json" ] || { echo "$b written"; exit 1; }; done
+echo "mpi.sh: ok"
