@@ -182,6 +182,27 @@ TEST(LayerFeatures, EqualTheTapsFlattened) {
     expect_error([&] { layer_features(model, data, {0}, LayerFeaturesOptions{"", 0}); }, "batch size");
 }
 
+// Streamed to disk and mapped back, the features are the bits kept in memory.
+TEST(LayerFeatures, StreamedToAMappedFileEqualTheInMemoryOnes) {
+    NpyData d(10, {1, 28, 28});
+    Dataset data = Dataset::open(d.images, {d.labels});
+    Model model = Model::load(fixture("lenet_scripted.pt"));
+    if (!model.has_input_shape()) model.set_input_shape(data.item_shape());
+    const std::vector<int64_t> indices = {7, 2, 5, 0, 9, 1, 3};
+    const EmbeddingFeatures memory = layer_features(model, data, indices, LayerFeaturesOptions{"conv2", 3});
+    TempDir dir;
+    LayerFeaturesOptions lo{"conv2", 3};
+    lo.features_path = (dir.path / "f.npy").string();
+    EmbeddingFeatures streamed = layer_features(model, data, indices, lo);
+    EXPECT_TRUE(torch::equal(streamed.features, memory.features));
+    // The file is numpy's format: read whole, it holds the same.
+    EXPECT_TRUE(torch::equal(read_npy(lo.features_path), memory.features));
+    // The mapping outlives the result that made it.
+    const at::Tensor kept = streamed.features;
+    streamed = EmbeddingFeatures{};
+    EXPECT_TRUE(torch::equal(kept, memory.features));
+}
+
 // Three well-separated Gaussian blobs of `per` points in `d` dimensions, labels 0..2.
 std::pair<at::Tensor, std::vector<int64_t>> blobs(int64_t per, int64_t d) {
     torch::manual_seed(11);

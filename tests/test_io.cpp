@@ -449,3 +449,64 @@ TEST(IoOutputDir, RejectsPathsOutsideAndFiles) {
     EXPECT_EQ(m["command"], "");
     EXPECT_TRUE(m["files"].empty());
 }
+
+// Rows written as they come make numpy's file; nothing shows under the name before finish().
+TEST(NpyStream, RowsWrittenInBlocksMakeTheArrayAndAMapReadsIt) {
+    TempDir dir;
+    const std::string path = dir / "rows.npy";
+    const at::Tensor a = torch::arange(0, 35, torch::kFloat).reshape({7, 5}).div(3.0);
+    {
+        convscope::NpyRowWriter w(path, 7, 5);
+        w.write(a.narrow(0, 0, 3));
+        EXPECT_FALSE(fs::exists(path));
+        w.write(a.narrow(0, 3, 4).to(torch::kDouble));  // stored as float32
+        w.finish();
+    }
+    EXPECT_EQ(convscope::read_file(path), convscope::npy_bytes(a));
+    const at::Tensor m = convscope::map_npy(path);
+    EXPECT_TRUE(torch::equal(m, a));
+    m.mul_(2);  // copy-on-write: the file does not change
+    EXPECT_TRUE(torch::equal(convscope::read_npy(path), a));
+    // An empty array maps too.
+    convscope::write_npy(dir / "empty.npy", torch::zeros({0, 4}));
+    EXPECT_EQ(convscope::map_npy(dir / "empty.npy").sizes(), (std::vector<int64_t>{0, 4}));
+}
+
+TEST(NpyStream, UnfinishedOrShortWritesLeaveNoFile) {
+    TempDir dir;
+    const std::string path = dir / "rows.npy";
+    {
+        convscope::NpyRowWriter w(path, 4, 2);
+        w.write(torch::ones({2, 2}));
+        EXPECT_THROW(w.finish(), Error);  // 2 of 4 rows
+    }
+    {
+        convscope::NpyRowWriter w(path, 4, 2);
+        w.write(torch::ones({3, 2}));
+        EXPECT_THROW(w.write(torch::ones({2, 2})), Error);  // more than announced
+        EXPECT_THROW(w.write(torch::ones({1, 3})), Error);  // another width
+    }  // dropped unfinished
+    EXPECT_FALSE(fs::exists(path));
+    EXPECT_TRUE(fs::is_empty(dir.path()));  // no temporary file left
+}
+
+// A mapped file whose body is shorter than its header says is refused before any read.
+TEST(NpyStream, TruncatedOrOtherArraysAreRefusedWithTheReason) {
+    TempDir dir;
+    const std::string full = convscope::npy_bytes(torch::ones({100, 8}));
+    {
+        std::ofstream f(dir / "cut.npy", std::ios::binary);
+        f.write(full.data(), std::streamsize(full.size() - 40));
+    }
+    try {
+        convscope::map_npy(dir / "cut.npy");
+        ADD_FAILURE() << "a truncated file was mapped";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("truncated"), std::string::npos) << e.what();
+    }
+    convscope::write_npy(dir / "f8.npy", torch::ones({3, 2}, torch::kDouble));
+    EXPECT_THROW(convscope::map_npy(dir / "f8.npy"), Error);
+    convscope::write_npy(dir / "3d.npy", torch::ones({3, 2, 2}));
+    EXPECT_THROW(convscope::map_npy(dir / "3d.npy"), Error);
+    EXPECT_THROW(convscope::map_npy(dir / "missing.npy"), Error);
+}

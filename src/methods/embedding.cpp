@@ -1,4 +1,5 @@
 #include "convscope/methods/embedding.hpp"
+#include "convscope/runtime/io.hpp"
 
 #include <torch/torch.h>
 
@@ -89,6 +90,7 @@ EmbeddingFeatures layer_features(const Model& model, const Dataset& data, const 
     torch::NoGradGuard no_grad;
     Batch b;
     int64_t row = 0, done = 0;
+    std::unique_ptr<NpyRowWriter> writer;  // features_path: the rows go to disk
     while (loader.next(b)) {
         const TapResult t = model.forward_taps(b.images, taps);
         // Flatten each item's activation ([C,H,W] or [F]) to one row.
@@ -96,8 +98,13 @@ EmbeddingFeatures layer_features(const Model& model, const Dataset& data, const 
         if (pool == TokenPool::Cls) f = f.select(1, 0);
         else if (pool == TokenPool::Mean) f = as_maps(f, lay).flatten(2).mean(2);
         f = f.reshape({b.images.size(0), -1});
-        if (!r.features.defined()) r.features = torch::empty({n, f.size(1)}, torch::kFloat);
-        r.features.narrow(0, row, f.size(0)).copy_(f);
+        if (!options.features_path.empty()) {
+            if (!writer) writer = std::make_unique<NpyRowWriter>(options.features_path, n, f.size(1));
+            writer->write(f);
+        } else {
+            if (!r.features.defined()) r.features = torch::empty({n, f.size(1)}, torch::kFloat);
+            r.features.narrow(0, row, f.size(0)).copy_(f);
+        }
         if (keep_display) {
             at::Tensor d = pre.to_display(b.images);
             if (!r.display.defined()) {
@@ -115,6 +122,10 @@ EmbeddingFeatures layer_features(const Model& model, const Dataset& data, const 
         r.labels.insert(r.labels.end(), b.labels.begin(), b.labels.end());
         row += f.size(0);
         report_progress(context.progress, double(++done) / batches);
+    }
+    if (writer) {
+        writer->finish();
+        r.features = map_npy(options.features_path);
     }
     r.seconds = seconds_since(t0);
     return r;

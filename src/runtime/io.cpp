@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 #include <opencv2/core/version.hpp>
 
+#include "runtime/detail/npy.hpp"
 #include "runtime/detail/sha256.hpp"
 
 #if __has_include(<torch/version.h>)
@@ -255,6 +256,10 @@ std::string utc_now_iso8601() {
 
 }  // namespace
 
+namespace detail {
+std::string temp_path_for(const std::string& path) { return temp_name_for(path); }
+}  // namespace detail
+
 // --- plain files -----------------------------------------------------------------------------
 
 void write_file_atomic(const std::string& path, const std::string& content) {
@@ -327,21 +332,21 @@ std::string read_file(const std::string& path) {
 
 // --- NPY -----------------------------------------------------------------------------------
 
-std::string npy_bytes(const at::Tensor& t_in) {
-    at::Tensor t = t_in.detach().to(at::kCPU).contiguous();
+namespace detail {
+
+std::string npy_header(at::ScalarType scalar, const std::vector<int64_t>& shape) {
     const NpyType* type = nullptr;
     for (const auto& candidate : kNpyTypes) {
-        if (candidate.scalar == t.scalar_type()) type = &candidate;
+        if (candidate.scalar == scalar) type = &candidate;
     }
     if (!type) {
-        throw Error(std::string("cannot write a ") + c10::toString(t.scalar_type()) +
+        throw Error(std::string("cannot write a ") + c10::toString(scalar) +
                     " tensor as NPY: convert it to float32, float64, int64, int32, uint8, int8 "
                     "or bool first");
     }
     const char order = type->itemsize == 1 ? '|' : '<';
     std::string header = std::string("{'descr': '") + order + type->code +
-                         "', 'fortran_order': False, 'shape': " + shape_text(t.sizes().vec()) +
-                         ", }";
+                         "', 'fortran_order': False, 'shape': " + shape_text(shape) + ", }";
     // Pad with spaces so magic (6) + version (2) + length (2) + header + '\n' is a multiple of
     // 64, as numpy does (aligned data for memory mapping).
     const size_t prefix = 10;
@@ -351,16 +356,23 @@ std::string npy_bytes(const at::Tensor& t_in) {
     if (header.size() > 65535) {
         throw Error("cannot write NPY: the shape has too many dimensions for NPY 1.0");
     }
-
     std::string out;
-    const size_t data_bytes = size_t(t.numel()) * type->itemsize;
-    out.reserve(prefix + header.size() + data_bytes);
     out.append("\x93NUMPY", 6);
     out += char(1);
     out += char(0);
     out += char(header.size() & 0xff);
     out += char(header.size() >> 8);
     out += header;
+    return out;
+}
+
+}  // namespace detail
+
+std::string npy_bytes(const at::Tensor& t_in) {
+    at::Tensor t = t_in.detach().to(at::kCPU).contiguous();
+    std::string out = detail::npy_header(t.scalar_type(), t.sizes().vec());
+    const size_t data_bytes = size_t(t.numel()) * t.element_size();
+    out.reserve(out.size() + data_bytes);
     out.append(static_cast<const char*>(t.data_ptr()), data_bytes);
     return out;
 }
@@ -369,7 +381,9 @@ void write_npy(const std::string& path, const at::Tensor& t) {
     write_file_atomic(path, npy_bytes(t));
 }
 
-at::Tensor read_npy(const std::string& path) {
+namespace detail {
+
+NpyLayout npy_layout(const std::string& path) {
     std::error_code ec;
     if (fs::is_directory(path, ec)) throw Error("cannot read " + path + ": it is a folder");
     FilePtr f(std::fopen(path.c_str(), "rb"));
@@ -458,15 +472,31 @@ at::Tensor read_npy(const std::string& path) {
     if (h.shape.size() > 32 || strides > uint64_t(INT64_MAX))
         throw Error("cannot read " + path + ": its header says shape " + shape_text(h.shape) +
                     ", which no array can have; the file is damaged, save it again");
-    const size_t bytes = size_t(numel) * type->itemsize;
+    NpyLayout out;
+    out.shape = h.shape;
+    out.scalar = type->scalar;
+    out.data_offset = data_offset;
+    out.bytes = size_t(numel) * type->itemsize;
+    return out;
+}
+
+}  // namespace detail
+
+at::Tensor read_npy(const std::string& path) {
+    const detail::NpyLayout layout = detail::npy_layout(path);
+    FilePtr f(std::fopen(path.c_str(), "rb"));
+    if (!f) throw Error("cannot read " + path + ": " + errno_text() + "; check the path");
+    if (std::fseek(f.get(), long(layout.data_offset), SEEK_SET) != 0)
+        throw Error("cannot read " + path + ": " + errno_text());
+    const size_t bytes = layout.bytes;
 
     // Bools are read as bytes and normalised, since a bool tensor must hold only 0 or 1.
-    at::ScalarType read_as = type->scalar == at::kBool ? at::kByte : type->scalar;
-    at::Tensor t = torch::empty(h.shape, torch::TensorOptions().dtype(read_as));
+    at::ScalarType read_as = layout.scalar == at::kBool ? at::kByte : layout.scalar;
+    at::Tensor t = torch::empty(layout.shape, torch::TensorOptions().dtype(read_as));
     if (bytes > 0 && !read_exact(f.get(), t.data_ptr(), bytes)) {
         throw Error("cannot read " + path + ": the file is truncated (read error in the data)");
     }
-    if (type->scalar == at::kBool) t = t.ne(0);
+    if (layout.scalar == at::kBool) t = t.ne(0);
     return t;
 }
 

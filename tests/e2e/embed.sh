@@ -109,6 +109,10 @@ expect_fail 2 "too large for 20 points" embed --features "$T/x_small.npy" --out 
 expect_fail 2 "do not apply" embed --features "$T/x.npy" --model "$FIX/lenet_scripted.pt" --out "$T/bad5"
 expect_fail 2 "--grid-cells takes ROWSxCOLS" embed --features "$T/x.npy" --grid-cells 5 --out "$T/bad6"
 expect_fail 1 "must be a 2-D float array" embed --features "$T/y.npy" --out "$T/bad7"
+# A features file cut short (its header promises more rows than it holds): refused before mapping.
+head -c -100 "$T/x.npy" > "$T/x_cut.npy"
+expect_fail 1 "the file is truncated" embed --features "$T/x_cut.npy" --out "$T/bad8"
+test ! -e "$T/bad8/embedding.npy"
 test ! -e "$T/bad1/embedding.npy"
 test ! -e "$T/bad4/manifest.json"
 echo "embed e2e ok"

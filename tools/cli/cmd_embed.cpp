@@ -3,6 +3,7 @@
 // a thumbnail map, Karpathy's grid view, a TensorBoard projector export and quality metrics.
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 
 #include "common.hpp"
@@ -180,6 +181,7 @@ struct Inputs {
     double feature_seconds = 0.0;
     std::optional<Model> model;
     bool elsewhere = false;  // a rank other than 0: its share went to rank 0, which writes the map
+    bool streamed = false;   // the features are the output's features.npy, mapped
 };
 
 // Under mpirun: each rank computes the features of its batches, and rank 0 puts every rank's rows
@@ -246,7 +248,12 @@ Inputs load_inputs(const Options& opts) {
     const Options* o = &opts;
     Inputs in;
     if (!o->features.empty()) {
-        in.features = read_npy(o->features);
+        // float32 [N,D] (what embed writes) is mapped, not read: a million rows are never copied.
+        try {
+            in.features = map_npy(o->features);
+        } catch (const Error&) {
+            in.features = read_npy(o->features);  // another dtype or rank: read (or refused with the reason)
+        }
         if (in.features.dim() != 2 || !at::isFloatingType(in.features.scalar_type()))
             throw Error("features '" + o->features + "' must be a 2-D float array [N,D], got " +
                         std::to_string(in.features.dim()) + "-D " +
@@ -270,6 +277,10 @@ Inputs load_inputs(const Options& opts) {
         in.elsewhere = !distributed_features(*in.model, data, in, lo, o->common);
         return in;
     }
+    // The rows go straight to the output's features.npy, which is then mapped for t-SNE.
+    const OutputDir early(o->common.out);
+    lo.features_path = (std::filesystem::path(early.dir()) / "features.npy").string();
+    in.streamed = true;
     EmbeddingFeatures ef = layer_features(*in.model, data, in.indices, lo, run_context(o->common, "features"));
     in.features = ef.features;
     in.labels = ef.labels;
@@ -309,10 +320,11 @@ void write_tables(OutputDir& out, const at::Tensor& xy, const Inputs& in) {
                         num(ep[2 * i]), num(ep[2 * i + 1])});
     write_csv(out.file("embedding.csv", "per item: dataset index, label (-1 unknown), x, y"),
               {"index", "label", "x", "y"}, rows);
-    if (in.model)  // a layer's features, not given ones
-        write_npy(out.file("features.npy", "the features of layer " + in.layer +
-                                               " [N,D] float32 (embed them again with --features)"),
-                  in.features);
+    if (in.model) {  // a layer's features, not given ones
+        const std::string path = out.file("features.npy", "the features of layer " + in.layer +
+                                                              " [N,D] float32 (embed them again with --features)");
+        if (!in.streamed) write_npy(path, in.features);  // streamed: already there
+    }
 }
 
 // scatter.png and, with pictures, thumbnails.png and grid.png; returns the grid's rows and

@@ -44,6 +44,10 @@ struct LayerFeaturesOptions {
     int64_t batch_size = 256;   // items per forward pass (>= 1)
     bool keep_display = false;  // also keep the items' pictures (EmbeddingFeatures::display)
     TokenPool pool = TokenPool::Auto;  // token layers only
+    // When set, the rows go to this float32 NPY file as the batches finish (NpyRowWriter) and
+    // `features` is that file mapped into memory (map_npy): a dataset's features are never held
+    // in memory, only read from disk as they are used.
+    std::string features_path;
 };
 
 // Runs the model over data[indices] in batches (decoding on a worker thread, BatchLoader) and
@@ -51,7 +55,8 @@ struct LayerFeaturesOptions {
 // for the model (Dataset::preprocess_for with the model's input shape and normalisation).
 // Throws Error for an unknown layer (naming close names), no indices, or a batch size < 1.
 // The context's progress gets the fraction of batches done and may cancel (Cancelled).
-// Cost: one forward pass per item; memory N*D*4 bytes (+ N*H*W*C for keep_display).
+// Cost: one forward pass per item; memory N*D*4 bytes (none with features_path; + N*H*W*C for
+// keep_display).
 EmbeddingFeatures layer_features(const Model& model, const Dataset& data, const std::vector<int64_t>& indices,
                                  const LayerFeaturesOptions& options = {}, const RunContext& context = {});
 

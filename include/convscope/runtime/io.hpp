@@ -22,6 +22,34 @@ std::string npy_bytes(const at::Tensor& t);
 // Throws Error for a bad header, an unsupported dtype, Fortran order or a truncated body.
 at::Tensor read_npy(const std::string& path);
 
+// A float32 [rows, cols] NPY file written row block by row block as results come, so that a
+// large array is never held in memory: the header first, the rows in order, the file under a
+// temporary name beside `path` until finish() renames it into place (never a half-written file;
+// the destructor removes an unfinished one). Throws Error naming the path when it cannot write.
+class NpyRowWriter {
+public:
+    NpyRowWriter(std::string path, int64_t rows, int64_t cols);
+    ~NpyRowWriter();
+    NpyRowWriter(const NpyRowWriter&) = delete;
+    NpyRowWriter& operator=(const NpyRowWriter&) = delete;
+    void write(const at::Tensor& block);  // [k, cols], any floating dtype (stored as float32)
+    int64_t rows_written() const { return written_; }
+    void finish();  // Error when fewer or more rows came than announced
+
+private:
+    std::string path_, tmp_;
+    int64_t rows_, cols_, written_ = 0;
+    int fd_ = -1;
+};
+
+// A 2-D float32 C-order NPY file (numpy.save's and NpyRowWriter's) mapped into memory: the
+// tensor [rows, cols] reads the file's pages as they are touched, nothing is copied, and the
+// pages can be dropped and read again under memory pressure; the mapping lives as long as the
+// tensor's storage. Writes to the tensor stay private (copy-on-write): the file never changes.
+// Throws Error for what read_npy refuses (a truncated file: its header promises more rows than
+// it holds) and for another dtype or rank.
+at::Tensor map_npy(const std::string& path);
+
 void write_json(const std::string& path, const nlohmann::json& j);
 void write_csv(const std::string& path, const std::vector<std::string>& header,
                const std::vector<std::vector<std::string>>& rows);
