@@ -166,3 +166,46 @@ TEST(Evaluation, DenseOutputsKeepTheCleanRegion) {
         EXPECT_NEAR(scorer.scores(out)[i].item<double>(), want, 1e-5);
     }
 }
+
+// An evaluation split by methods (as the ranks of an MPI run split it), sent as bytes and
+// merged, is the evaluation of all the methods, bit for bit.
+TEST(Evaluation, PartsByMethodMergeIntoTheWholeEvaluation) {
+    Model model = load_lenet();
+    const at::Tensor x = lenet_input();
+    EvaluationOptions o;
+    o.methods = {"saliency", "grad-cam", "rise"};
+    o.metrics = {Metric::Deletion, Metric::Infidelity, Metric::Randomisation, Metric::RandomLogit};
+    o.steps = 8;
+    o.explain.attribution.masks = 40;
+    RunContext ctx;
+    ctx.seed = 3;
+    const EvaluationResult whole = evaluate(model, x, o, ctx);
+    std::vector<EvaluationResult> parts;
+    for (const std::vector<std::string>& share : {std::vector<std::string>{"saliency", "rise"}, {"grad-cam"}}) {
+        EvaluationOptions p = o;
+        p.methods = share;
+        parts.push_back(evaluation_from_bytes(evaluation_bytes(evaluate(model, x, p, ctx))));
+    }
+    const EvaluationResult merged = merge_evaluations(parts, o.methods);
+    EXPECT_EQ(merged.methods, whole.methods);
+    EXPECT_EQ(merged.targets, whole.targets);
+    ASSERT_EQ(merged.columns.size(), whole.columns.size());
+    for (size_t c = 0; c < whole.columns.size(); ++c) {
+        EXPECT_EQ(merged.columns[c].name, whole.columns[c].name);
+        EXPECT_EQ(merged.columns[c].higher_is_better, whole.columns[c].higher_is_better);
+        EXPECT_EQ(merged.columns[c].meaning, whole.columns[c].meaning);
+        for (const auto& m : o.methods)
+            EXPECT_TRUE(torch::equal(merged.columns[c].values.at(m), whole.columns[c].values.at(m)))
+                << whole.columns[c].name << " " << m;
+    }
+    for (const auto& m : o.methods) {
+        EXPECT_TRUE(torch::equal(merged.maps.at(m), whole.maps.at(m))) << m;
+        const MethodCurves &a = merged.curves.at(m), &b = whole.curves.at(m);
+        EXPECT_EQ(a.cascade_layers, b.cascade_layers);
+        ASSERT_EQ(a.curves.size(), b.curves.size());
+        for (const auto& [name, t] : b.curves) EXPECT_TRUE(torch::equal(a.curves.at(name), t)) << m << " " << name;
+        for (const auto& [name, t] : b.cascade) EXPECT_TRUE(torch::equal(a.cascade.at(name), t)) << m << " " << name;
+    }
+    expect_error([&] { merge_evaluations(parts, {"saliency", "occlusion"}); }, "no part of the evaluation holds");
+    expect_error([&] { evaluation_from_bytes("not a result"); }, "not the bytes of an evaluation result");
+}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs on several ranks (Open MPI's mpirun on this machine, 3 ranks oversubscribed): top-patches
-# and embed give the bytes one process writes; a scan whose rank is killed resumes from the
+# Runs on several ranks (Open MPI's mpirun on this machine, 3 ranks oversubscribed): top-patches,
+# embed and evaluate give the bytes one process writes; a scan whose rank is killed resumes from the
 # ranks' checkpoints to those bytes; ranks that disagree about the data, a rank that fails and
 # a command that does not split its items stop with one clear message and no output.
 # Usage: mpi.sh <convscope binary> <fixtures dir>
@@ -29,6 +29,25 @@ emb=(embed --model "$M" --data fashion-mnist:test --indices 0:300 --batch-size 3
 "${MPI[@]}" "$BIN" "${emb[@]}" --out "$T/e3" 2>/dev/null
 cmp "$T/e1/features.npy" "$T/e3/features.npy"
 cmp "$T/e1/embedding.npy" "$T/e3/embedding.npy"
+
+# evaluate: the ranks share the methods; the files are those of one process (the timings aside).
+ev=(evaluate --model "$M" --data fashion-mnist:test --indices 0:4 --methods saliency,grad-cam,rise,occlusion
+    --metrics deletion,infidelity,randomisation --steps 8 --masks 50 --threads 1)
+"$BIN" "${ev[@]}" --out "$T/v1" >/dev/null 2>&1
+"${MPI[@]}" "$BIN" "${ev[@]}" --out "$T/v3" >/dev/null 2>&1
+for f in metrics.csv summary.csv maps/saliency.npy maps/grad-cam.npy maps/rise.npy maps/occlusion.npy \
+         curves/deletion_morf.png cascade_spearman_abs.png; do
+    cmp "$T/v1/$f" "$T/v3/$f"
+done
+$PY - "$T" <<'EOF'
+import json, sys
+t = sys.argv[1]
+a, b = (json.load(open(f"{t}/{d}/metrics.json")) for d in ("v1", "v3"))
+for j in (a, b):
+    assert set(j["seconds"]) == {"saliency", "grad-cam", "rise", "occlusion"}, j["seconds"]
+    del j["seconds"]
+assert a == b, "metrics.json differs beyond the timings"
+EOF
 
 # A rank killed during the scan: mpirun stops the others; run again with the same checkpoint,
 # every rank resumes its share and the result is the bytes of one process.

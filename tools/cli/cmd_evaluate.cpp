@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "common.hpp"
+#include "convscope/runtime/cluster.hpp"
 #include "convscope/methods/evaluation.hpp"
 #include "convscope/methods/json.hpp"
 #include "convscope/runtime/error.hpp"
@@ -172,7 +173,29 @@ RunFn setup(CLI::App& app) {
         auto [model, data, indices, pre, images, labels] = open_selected_inputs(*o);
         eo.explain.target.labels = labels;
         load_reference(eo.explain.target, model, data, pre);
-        const EvaluationResult r = evaluate(model, images, eo, run_context(*o, "evaluate"));
+        EvaluationResult r;
+        if (cluster::distributed()) {
+            // The ranks share the methods (method k to rank k mod R): every method runs with the
+            // seed and images one process gives it, so the merged result has its bits.
+            cluster::check_same("the model (its file's hash)", model.file_hash());
+            cluster::check_same("the data (its hash)", data.hash());
+            cluster::check_same("the items (--indices)", nlohmann::json(indices).dump());
+            cluster::check_same("the options", command_line());
+            EvaluationOptions mine = eo;
+            mine.methods.clear();
+            for (size_t k = 0; k < eo.methods.size(); ++k)
+                if (int(k % size_t(cluster::size())) == cluster::rank()) mine.methods.push_back(eo.methods[k]);
+            std::string bytes;
+            if (!mine.methods.empty()) bytes = evaluation_bytes(evaluate(model, images, mine, run_context(*o, "evaluate")));
+            const std::vector<std::string> parts = cluster::gather(bytes);
+            if (cluster::rank() != 0) return 0;
+            std::vector<EvaluationResult> results;
+            for (const auto& p : parts)
+                if (!p.empty()) results.push_back(evaluation_from_bytes(p));
+            r = merge_evaluations(results, eo.methods);
+        } else {
+            r = evaluate(model, images, eo, run_context(*o, "evaluate"));
+        }
 
         std::vector<std::string> metrics;
         for (const auto m : eo.metrics) metrics.push_back(metric_name(m));

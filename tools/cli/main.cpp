@@ -1,7 +1,7 @@
 // convscope: the command line. Parses arguments into a command's options, runs it, and turns
 // errors into one line on stderr and an exit code: 0 success, 1 failure, 2 usage error,
 // 128 + the signal when SIGINT or SIGTERM stopped it. Under mpirun or srun the ranks run the
-// commands that split their items (top-patches, embed); a rank that fails stops them all.
+// commands that split their work (top-patches, embed, evaluate); a rank that fails stops them all.
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -24,7 +24,9 @@ int finish(int code) {
 }
 
 // The commands whose items the ranks of mpirun split.
-bool runs_distributed(const std::string& command) { return command == "top-patches" || command == "embed"; }
+bool runs_distributed(const std::string& command) {
+    return command == "top-patches" || command == "embed" || command == "evaluate";
+}
 
 }  // namespace
 
@@ -68,7 +70,7 @@ int main(int argc, char** argv) {
         if (sub->parsed() && cluster::distributed() && !runs_distributed(sub->get_name())) {
             if (cluster::rank() == 0)
                 std::cerr << "convscope: " << sub->get_name() << " runs as one process; under mpirun or srun "
-                          << "only top-patches and embed split their items between the ranks: run it without "
+                          << "only top-patches, embed and evaluate split their work between the ranks: run it without "
                              "the launcher\n";
             cluster::finish();
             return 2;

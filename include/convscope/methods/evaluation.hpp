@@ -92,4 +92,13 @@ struct EvaluationResult {
 EvaluationResult evaluate(const Model& model, const at::Tensor& images_nchw, const EvaluationOptions& options,
                           const RunContext& context = {});
 
+// Results of parts of one evaluation (the same images and options, each part a share of the
+// methods: the ranks of an MPI run) as bytes and back (LibTorch's pickle format), and merged
+// into the result one evaluate() of all `methods` gives: columns in the order of their first
+// appearance, each method's values, curves, cascades and maps as its part computed them.
+// Throws Error for bytes that are not such a result or parts that miss a method.
+std::string evaluation_bytes(const EvaluationResult& r);
+EvaluationResult evaluation_from_bytes(const std::string& bytes);
+EvaluationResult merge_evaluations(const std::vector<EvaluationResult>& parts, const std::vector<std::string>& methods);
+
 }  // namespace convscope
