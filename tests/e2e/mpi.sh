@@ -101,5 +101,9 @@ rc=0
 "${MPI[@]}" "$BIN" top-patches --model "$M" --data "$T/a.npy" --shard 0/2 --out "$T/bad4" >/dev/null 2>"$T/bad4.err" || rc=$?
 [ "$rc" != 0 ] || { echo "--shard under mpirun succeeded"; exit 1; }
 grep -q "leave --shard out" "$T/bad4.err" || { echo "no message for --shard under mpirun"; cat "$T/bad4.err"; exit 1; }
-for b in bad2 bad3 bad4; do [ ! -e "$T/$b/top_patches.json" ] || { echo "$b written"; exit 1; }; done
+rc=0
+"${MPI[@]}" "$BIN" top-patches --merge "$T/one/top_patches.json" --out "$T/bad5" >/dev/null 2>"$T/bad5.err" || rc=$?
+[ "$rc" != 0 ] || { echo "--merge under mpirun succeeded"; exit 1; }
+grep -q "run it without mpirun" "$T/bad5.err" || { echo "no message for --merge under mpirun"; cat "$T/bad5.err"; exit 1; }
+for b in bad2 bad3 bad4 bad5; do [ ! -e "$T/$b/top_patches.json" ] || { echo "$b written"; exit 1; }; done
 echo "mpi.sh: ok"

@@ -135,6 +135,8 @@ RunFn setup(CLI::App& app) {
     return [o]() {
         if (o->crop_px < 4 || o->crop_px > 1024) throw UsageError("--crop-size must be between 4 and 1024");
         if (!o->merge.empty()) {
+            if (cluster::distributed())
+                throw UsageError("--merge joins finished shards in one process: run it without mpirun");
             std::vector<TopPatchesResult> shards;
             for (const auto& path : o->merge)
                 shards.push_back(top_patches_from_json(nlohmann::json::parse(read_file(path), nullptr, false),
