@@ -2,7 +2,11 @@
 //
 //   cmake --build build --target bench_tsne
 //   build/bench/bench_tsne [features.npy [labels.npy]] [--n 70000] [--threads 2] [--repeat 1]
-//                          [--knn auto|exact|hnsw]
+//                          [--knn auto|exact|hnsw] [--save Y.npy] [--compare OTHER.npy]
+//
+// A float32 features file is mapped, not read (map_npy). --save writes the embedding; --compare
+// scores another tool's embedding of the same points with the same metrics and the same
+// feature-space neighbours.
 //
 // With a features file (N,D float32) it embeds those (labels.npy, if given, for the kNN
 // accuracy). Without one it makes synthetic CNN-like features: 10 Gaussian clusters in a
@@ -60,7 +64,7 @@ int main(int argc, char** argv) {
     std::vector<std::string> paths;
     int64_t n = 70000;
     int threads = 2, repeat = 1;
-    std::string knn = "auto";
+    std::string knn = "auto", save, compare;
     double lr = 0.0;
     int iterations = 0;
     double fft_width = 0.0;
@@ -84,6 +88,10 @@ int main(int argc, char** argv) {
             fft_width = std::atof(argv[++i]);
         } else if (a == "--iterations" && i + 1 < argc) {
             iterations = std::atoi(argv[++i]);
+        } else if (a == "--save" && i + 1 < argc) {
+            save = argv[++i];
+        } else if (a == "--compare" && i + 1 < argc) {
+            compare = argv[++i];
         } else if (a == "--repeat" && i + 1 < argc) {
             repeat = std::atoi(argv[++i]);
         } else if (a == "--help" || a == "-h") {
@@ -98,7 +106,11 @@ int main(int argc, char** argv) {
     try {
         at::Tensor features, labels;
         if (!paths.empty()) {
-            features = convscope::read_npy(paths[0]).to(at::kFloat).contiguous();
+            try {
+                features = convscope::map_npy(paths[0]);
+            } catch (const convscope::Error&) {
+                features = convscope::read_npy(paths[0]).to(at::kFloat).contiguous();
+            }
             if (features.dim() != 2) throw convscope::Error(paths[0] + ": expected an (N,D) array");
             if (paths.size() > 1) labels = convscope::read_npy(paths[1]).to(at::kLong).contiguous();
             n = features.size(0);
@@ -147,6 +159,17 @@ int main(int argc, char** argv) {
                 "(metrics %.2f s); extent %.1f x %.1f\n",
                 result.kl_divergence, accuracy, preservation, metrics,
                 (hi[0] - lo[0]).item<double>(), (hi[1] - lo[1]).item<double>());
+            if (!save.empty()) convscope::write_npy(save, result.embedding);
+            if (!compare.empty()) {
+                const at::Tensor other = convscope::read_npy(compare).to(at::kFloat).contiguous();
+                if (other.size(0) != n || other.size(1) != 2)
+                    throw convscope::Error(compare + ": expected an (N,2) embedding of the same points");
+                const double oa = labels.defined() ? convscope::knn_label_accuracy(other, labels, 10, threads)
+                                                   : std::nan("");
+                const double op = convscope::neighbour_preservation(result.knn, other.data_ptr<float>(), 10, threads);
+                std::printf("        %s: 10-NN accuracy %.4f, neighbour preservation %.4f (same neighbours)\n",
+                            compare.c_str(), oa, op);
+            }
         }
         std::sort(totals.begin(), totals.end());
         std::printf("median total %.2f s over %d run(s)\n", totals[totals.size() / 2], repeat);
