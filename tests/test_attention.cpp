@@ -36,6 +36,20 @@ nlohmann::json reference(const std::string& name) {
     return nlohmann::json::parse(f);
 }
 
+// The model's layers that PyTorch's forward pre-hooks saw (reference "module_order") are listed
+// in that order; returns how many there are.
+size_t expect_execution_order(const Model& m, const nlohmann::json& ref) {
+    const auto order = ref["module_order"].get<std::vector<std::string>>();
+    std::vector<std::string> listed;
+    for (const auto& l : m.layers())
+        if (std::find(order.begin(), order.end(), l.name) != order.end()) listed.push_back(l.name);
+    std::vector<std::string> expected;
+    for (const auto& n : order)
+        if (std::find(listed.begin(), listed.end(), n) != listed.end()) expected.push_back(n);
+    EXPECT_EQ(listed, expected);
+    return listed.size();
+}
+
 }  // namespace
 
 TEST(Attention, VitLayersHaveTokenLayoutsAndGlobalFieldsAfterAttention) {
@@ -134,15 +148,7 @@ TEST(Attention, GradCamOnTokensEqualsReferenceAndDefaultsToTheLastBlocksNorm) {
 
 TEST(Attention, SwinLayersInExecutionOrderWithChannelsLastMapsAndWindowedAttention) {
     Model m = load_fixture("swin_tiny");
-    const auto order = reference("swin_tiny")["module_order"].get<std::vector<std::string>>();
-    std::vector<std::string> listed;
-    for (const auto& l : m.layers())
-        if (std::find(order.begin(), order.end(), l.name) != order.end()) listed.push_back(l.name);
-    std::vector<std::string> expected;
-    for (const auto& n : order)
-        if (std::find(listed.begin(), listed.end(), n) != listed.end()) expected.push_back(n);
-    EXPECT_EQ(listed, expected);
-    EXPECT_GT(listed.size(), 30u);
+    EXPECT_GT(expect_execution_order(m, reference("swin_tiny")), 30u);
     const LayerInfo& s3 = m.layer("features.3.1");
     EXPECT_EQ(s3.layout.kind, LayoutKind::Nhwc);
     EXPECT_EQ(s3.layout.grid_h, 4);
@@ -230,15 +236,7 @@ TEST(Attention, FullSizeSwinTEqualsPyTorch) {
     Model m = Model::load(fixture("swin_t.pt"));
     m.set_input_shape({3, 224, 224});
     const nlohmann::json ref = reference("swin_t");
-    const auto order = ref["module_order"].get<std::vector<std::string>>();
-    std::vector<std::string> listed;
-    for (const auto& l : m.layers())
-        if (std::find(order.begin(), order.end(), l.name) != order.end()) listed.push_back(l.name);
-    std::vector<std::string> expected;
-    for (const auto& n : order)
-        if (std::find(listed.begin(), listed.end(), n) != listed.end()) expected.push_back(n);
-    EXPECT_EQ(listed, expected);  // features.7 after features.5
-    EXPECT_GT(listed.size(), 140u);
+    EXPECT_GT(expect_execution_order(m, ref), 140u);  // features.7 after features.5
     for (const auto& l : m.layers()) EXPECT_NE(l.rf.kind, ReceptiveField::Kind::Unknown) << l.name;
     const std::string stage = ref["stage"].get<std::string>();
     const LayerInfo& s = m.layer(stage);

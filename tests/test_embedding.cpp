@@ -149,11 +149,21 @@ struct NpyData {
     }
 };
 
-TEST(LayerFeatures, EqualTheTapsFlattened) {
-    NpyData d(10, {1, 28, 28});
+// LeNet on 10 random labelled .npy items.
+struct LenetOnNpy {
+    NpyData d{10, {1, 28, 28}};
     Dataset data = Dataset::open(d.images, {d.labels});
-    Model model = Model::load(fixture("lenet_scripted.pt"));
-    if (!model.has_input_shape()) model.set_input_shape(data.item_shape());
+    Model model = [this] {
+        Model m = Model::load(fixture("lenet_scripted.pt"));
+        if (!m.has_input_shape()) m.set_input_shape(data.item_shape());
+        return m;
+    }();
+};
+
+TEST(LayerFeatures, EqualTheTapsFlattened) {
+    LenetOnNpy f;
+    const Dataset& data = f.data;
+    const Model& model = f.model;
     const std::vector<int64_t> indices = {7, 2, 5, 0, 9, 1, 3};
     const Preprocess pre = data.preprocess_for(model.input_shape(), model.meta().mean, model.meta().std);
     const at::Tensor batch = data.batch(indices, pre);
@@ -184,10 +194,9 @@ TEST(LayerFeatures, EqualTheTapsFlattened) {
 
 // Streamed to disk and mapped back, the features are the bits kept in memory.
 TEST(LayerFeatures, StreamedToAMappedFileEqualTheInMemoryOnes) {
-    NpyData d(10, {1, 28, 28});
-    Dataset data = Dataset::open(d.images, {d.labels});
-    Model model = Model::load(fixture("lenet_scripted.pt"));
-    if (!model.has_input_shape()) model.set_input_shape(data.item_shape());
+    LenetOnNpy f;
+    const Dataset& data = f.data;
+    const Model& model = f.model;
     const std::vector<int64_t> indices = {7, 2, 5, 0, 9, 1, 3};
     const EmbeddingFeatures memory = layer_features(model, data, indices, LayerFeaturesOptions{"conv2", 3});
     TempDir dir;

@@ -189,10 +189,7 @@ struct Inputs {
 // 0 with `in` complete, false on the other ranks.
 bool distributed_features(const Model& model, const Dataset& data, Inputs& in, const LayerFeaturesOptions& lo,
                           const CommonOptions& common) {
-    cluster::check_same("the model (its file's hash)", model.file_hash());
-    cluster::check_same("the data (its hash)", data.hash());
-    cluster::check_same("the items (--indices)", nlohmann::json(in.indices).dump());
-    cluster::check_same("the options", command_line());
+    check_ranks_agree(model, data, in.indices);
     const int64_t n = int64_t(in.indices.size());
     std::vector<int64_t> mine;
     for (int64_t p : cluster::my_positions(n, lo.batch_size)) mine.push_back(in.indices[size_t(p)]);

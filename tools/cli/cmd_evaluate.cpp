@@ -177,10 +177,7 @@ RunFn setup(CLI::App& app) {
         if (cluster::distributed()) {
             // The ranks share the methods (method k to rank k mod R): every method runs with the
             // seed and images one process gives it, so the merged result has its bits.
-            cluster::check_same("the model (its file's hash)", model.file_hash());
-            cluster::check_same("the data (its hash)", data.hash());
-            cluster::check_same("the items (--indices)", nlohmann::json(indices).dump());
-            cluster::check_same("the options", command_line());
+            check_ranks_agree(model, data, indices);
             EvaluationOptions mine = eo;
             mine.methods.clear();
             for (size_t k = 0; k < eo.methods.size(); ++k)

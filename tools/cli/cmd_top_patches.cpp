@@ -187,10 +187,7 @@ RunFn setup(CLI::App& app) {
             opts.shard_count = cluster::size();
             opts.checkpoint_path = cluster::rank_path(o->checkpoint);  // each rank resumes its own share
             // Before any work: the same model, data, items and options on every rank.
-            cluster::check_same("the model (its file's hash)", model.file_hash());
-            cluster::check_same("the data (its hash)", data.hash());
-            cluster::check_same("the items (--indices)", nlohmann::json(indices).dump());
-            cluster::check_same("the options", command_line());
+            check_ranks_agree(model, data, indices);
         }
 
         nlohmann::json options = {{"layers", opts.layers},       {"k", opts.k},

@@ -368,6 +368,13 @@ void write_similarity_pictures(OutputDir& out, const Target& target, const Prepr
     }
 }
 
+void check_ranks_agree(const Model& model, const Dataset& data, const std::vector<int64_t>& indices) {
+    cluster::check_same("the model (its file's hash)", model.file_hash());
+    cluster::check_same("the data (its hash)", data.hash());
+    cluster::check_same("the items (--indices)", nlohmann::json(indices).dump());
+    cluster::check_same("the options", command_line());
+}
+
 OutputDir open_out(const CommonOptions& o, const nlohmann::json& options, const Model* model) {
     OutputDir dir(o.out);
     dir.set_command(command_line(), options, model ? model->path() : "", model ? model->file_hash() : "");

@@ -149,6 +149,10 @@ void write_similarity_pictures(OutputDir& out, const Target& target, const Prepr
                                const MapPainter& paint);
 
 // An output folder for --out with the manifest's command, options and model.
+// Under mpirun: every rank must have the same model file, data, items and command line; Error on
+// every rank (naming the ranks that differ) before any work otherwise. Nothing with one rank.
+void check_ranks_agree(const Model& model, const Dataset& data, const std::vector<int64_t>& indices);
+
 OutputDir open_out(const CommonOptions& o, const nlohmann::json& options, const Model* model);
 
 // Parses "a:b" / "a" into [a,b) for --filters-like options against a count; UsageError if bad.

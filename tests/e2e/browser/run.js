@@ -161,9 +161,10 @@ async function explorer(browser) {
     await context.close();
 }
 
-async function report(browser) {
+// A page opened from a file URL in its own context: every request is recorded, and anything but
+// a file or data URL is refused (and fails the checks that look at `requested`).
+async function openFromDisk(browser, file) {
     const context = await browser.newContext({ viewport: { width: 1400, height: 900 } });
-    // Every request is recorded; anything but a file URL is refused (and fails the check).
     const requested = [];
     await context.route('**/*', (route) => {
         const u = route.request().url();
@@ -172,8 +173,12 @@ async function report(browser) {
     });
     const page = await context.newPage();
     const seen = watch(page);
-    const fileUrl = 'file://' + path.resolve(reportPath);
-    await page.goto(fileUrl);
+    await page.goto('file://' + path.resolve(file));
+    return { context, page, seen, requested };
+}
+
+async function report(browser) {
+    const { context, page, seen, requested } = await openFromDisk(browser, reportPath);
     await page.waitForSelector('body[data-ready="1"]', { timeout: 20000 });
     for (const id of ['model', 'filters', 'examples', 'trust', 'patches', 'feature-vis', 'map'])
         check(await page.$('section#' + id), `the report has the ${id} section`);
@@ -268,17 +273,7 @@ async function transformer(browser) {
 // A transformer's report, opened from disk: each example has the attention view; a click on a
 // patch makes it the query, the rollout can be chosen, and nothing is fetched from the network.
 async function transformerReport(browser) {
-    const context = await browser.newContext({ viewport: { width: 1400, height: 900 } });
-    const foreign = [];
-    await context.route('**/*', (route) => {
-        const u = route.request().url();
-        if (u.startsWith('file://') || u.startsWith('data:')) return route.continue();
-        foreign.push(u);
-        return route.abort();
-    });
-    const page = await context.newPage();
-    const seen = watch(page);
-    await page.goto('file://' + path.resolve(vitReportPath));
+    const { context, page, seen, requested } = await openFromDisk(browser, vitReportPath);
     await page.waitForSelector('body[data-ready="1"]', { timeout: 20000 });
     const views = await page.$$('#examples .attention-view canvas.attention-canvas');
     check(views.length >= 1, `the report shows an attention view per example (${views.length})`);
@@ -295,6 +290,7 @@ async function transformerReport(browser) {
     const rollout = await view.$eval('.caption', (c) => c.textContent);
     check(/rollout of the class token/.test(rollout), 'the report shows the rollout: ' + rollout);
     await shot(page, '12-vit-report-attention.png');
+    const foreign = requested.filter((u) => !u.startsWith('file://') && !u.startsWith('data:'));
     check(foreign.length === 0, 'the transformer report makes no network request: ' + foreign.join(', '));
     check(seen.errors.length === 0, 'no errors in the transformer report: ' + seen.errors.join(' | '));
     await context.close();
