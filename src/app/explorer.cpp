@@ -33,6 +33,7 @@ Explorer::Explorer(Model model, Dataset data, ExplorerOptions options)
     // The last 256 finished jobs (and their results) kept for late pollers.
     d.jobs = std::make_unique<detail::JobQueue>(d.opts.workers, static_cast<size_t>(d.opts.max_queued_jobs), 256,
                                                   d.opts.max_job_seconds);
+    if (!d.opts.map_path.empty()) d.map = std::make_shared<const DatasetMap>(read_dataset_map(d.opts.map_path, d.data));
 }
 
 Explorer::~Explorer() {
@@ -91,7 +92,7 @@ json Explorer::dataset_info() const {
             {"size", d.data.size()},
             {"has_labels", d.data.has_labels()},
             {"class_names", d.class_names},
-            {"map_items", std::min<int64_t>(d.opts.map_items, d.data.size())},
+            {"map_items", d.opts.map_path.empty() ? std::min<int64_t>(d.opts.map_items, d.data.size()) : d.map->size()},
             {"scan_items", std::min<int64_t>(d.opts.scan_items, d.data.size())}};
 }
 
@@ -312,31 +313,37 @@ std::string Explorer::overlay_png(const std::string& image_id, const std::string
 
 // --- jobs -----------------------------------------------------------------------------------
 
-json Explorer::map_points() const {
+json Explorer::map_points(bool with_points) const {
     const Impl& d = *impl_;
     std::lock_guard<std::mutex> lock(d.map_mutex);
-    if (!d.map_xy.defined())
+    if (!d.map)
         throw NotFoundError("the dataset map is not computed yet: start a job {\"kind\": \"map\"}");
-    const int64_t n = d.map_xy.size(0);
-    const float* p = d.map_xy.data_ptr<float>();
-    std::vector<float> x(static_cast<size_t>(n)), y(static_cast<size_t>(n));
-    std::vector<int64_t> labels(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i) {
-        x[size_t(i)] = p[2 * i];
-        y[size_t(i)] = p[2 * i + 1];
-        labels[size_t(i)] = d.data.label(i);
-    }
+    const DatasetMap& m = *d.map;
     json colours = json::array();
     for (size_t c = 0; c < std::max<size_t>(d.class_names.size(), 1); ++c)
         colours.push_back(colour_json(category_colour(int64_t(c))));
-    return {{"n", n},
-            {"layer", d.map_layer},
-            {"x", x},
-            {"y", y},
-            {"labels", labels},
-            {"class_names", d.class_names},
-            {"class_colours", colours},
-            {"unknown_colour", colour_json(category_colour(-1))}};
+    json j = {{"n", m.size()},
+              {"layer", m.layer},
+              {"source", m.source.empty() ? "computed" : "file"},
+              {"points", "/api/map/points"},
+              {"class_names", d.class_names},
+              {"class_colours", colours},
+              {"unknown_colour", colour_json(category_colour(-1))}};
+    if (with_points) {
+        j["x"] = m.x;
+        j["y"] = m.y;
+        j["labels"] = m.labels;
+        j["items"] = m.items;
+    }
+    return j;
+}
+
+std::string Explorer::map_bytes() const {
+    const Impl& d = *impl_;
+    std::lock_guard<std::mutex> lock(d.map_mutex);
+    if (!d.map)
+        throw NotFoundError("the dataset map is not computed yet: start a job {\"kind\": \"map\"}");
+    return dataset_map_bytes(*d.map);
 }
 
 }  // namespace convscope

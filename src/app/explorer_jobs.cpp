@@ -165,13 +165,13 @@ std::shared_ptr<const TopPatchesResult> Explorer::Impl::ensure_scan(const Progre
 void Explorer::Impl::ensure_map(const ProgressFn& progress) {
     {
         std::lock_guard<std::mutex> lock(map_mutex);
-        if (map_xy.defined()) return;
+        if (map) return;
     }
     static std::mutex compute_mutex;  // one map computation at a time
     std::lock_guard<std::mutex> compute(compute_mutex);
     {
         std::lock_guard<std::mutex> lock(map_mutex);
-        if (map_xy.defined()) return;
+        if (map) return;
     }
     const int64_t n = std::min(opts.map_items, data.size());
     if (n < 8) throw Error("the dataset map needs at least 8 items, the data has " + std::to_string(n));
@@ -212,9 +212,18 @@ void Explorer::Impl::ensure_map(const ProgressFn& progress) {
             }
         }
     }
+    xy = xy.to(torch::kFloat).contiguous();
+    auto m = std::make_shared<DatasetMap>();
+    const float* p = xy.data_ptr<float>();
+    for (int64_t i = 0; i < n; ++i) {
+        m->x.push_back(p[2 * i]);
+        m->y.push_back(p[2 * i + 1]);
+        m->items.push_back(int32_t(i));
+        m->labels.push_back(int32_t(data.label(i)));
+    }
+    m->layer = layer;
     std::lock_guard<std::mutex> lock(map_mutex);
-    map_xy = xy.to(torch::kFloat).contiguous();
-    map_layer = layer;
+    map = std::move(m);
 }
 
 void Explorer::Impl::add_region(json& j, const Request& r, const Target& t, const at::Tensor& out) const {
@@ -373,7 +382,7 @@ json Explorer::Impl::run_patches(const Request& r, const ProgressFn& progress) {
 json Explorer::Impl::run_map(const Request&, const ProgressFn& progress) {
     ensure_map(progress);
     std::lock_guard<std::mutex> lock(map_mutex);
-    return {{"n", map_xy.size(0)}, {"layer", map_layer}};
+    return {{"n", map->size()}, {"layer", map->layer}};
 }
 
 json Explorer::Impl::execute(const Request& r, const ProgressFn& progress) {

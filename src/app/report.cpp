@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "convscope/methods/activations.hpp"
+#include "convscope/methods/dataset_map.hpp"
 #include "convscope/methods/attribution.hpp"
 #include "convscope/runtime/dataset.hpp"
 #include "convscope/methods/embedding.hpp"
@@ -117,6 +118,8 @@ void check_options(const ReportOptions& o) {
     if (!(o.budget_seconds > 0)) throw UsageError("the time budget must be > 0 seconds");
     if (o.vis_channels < 0) throw UsageError("the number of feature visualisations must be >= 0");
     if (o.max_filter_layers < 0) throw UsageError("the number of filter layers must be >= 0");
+    if (!o.map_path.empty() && o.map_items != -1)
+        throw UsageError("a map from a folder (--map) and a computed one (--map-items) exclude each other: give one");
     if (o.map_items != 0 && o.map_items != -1 && (o.map_items < 8 || o.map_items > 70000))
         throw UsageError("the map takes 8..70000 items (0 = no map), got " + std::to_string(o.map_items));
     for (const auto& m : o.attributions) (void)parse_attribution_method(m);
@@ -156,7 +159,7 @@ ReportPlan plan_report(const Model& model, const Dataset& data, const std::vecto
     };
     p.eval_items = o.eval_items > 0 ? o.eval_items : items_for(0.08, 10000);
     p.scan_items = o.scan_items > 0 ? o.scan_items : items_for(0.12, 2000);
-    p.map_items = o.map_items >= 0 ? o.map_items : std::max<int64_t>(8, items_for(0.08, 2000));
+    p.map_items = !o.map_path.empty() ? 0 : o.map_items >= 0 ? o.map_items : std::max<int64_t>(8, items_for(0.08, 2000));
     const int64_t shown = 2 * o.examples;
 
     // Occlusion: a seventh of the input per patch, half a patch per step or more (the exact
@@ -263,6 +266,9 @@ ReportResult write_report(const Model& model, const Dataset& data, OutputDir& ou
     ReportResult result;
     for (const auto& l : opts.layers) (void)model.layer(l);  // Error naming the closest layers
     result.layers = opts.layers.empty() ? spread_conv_layers(model, opts.max_layers) : opts.layers;
+    // A map from a folder is read first: one that does not fit fails before any work.
+    std::shared_ptr<const DatasetMap> given_map;
+    if (!opts.map_path.empty()) given_map = std::make_shared<const DatasetMap>(read_dataset_map(opts.map_path, data));
     StagedProgress stages(progress, detail::report_stages());
     const ReportPlan plan = plan_report(model, data, result.layers, opts);
     result.plan = plan;
@@ -281,7 +287,8 @@ ReportResult write_report(const Model& model, const Dataset& data, OutputDir& ou
                             data.has_labels() && data.class_match().comparable,
                             stages,
                             result,
-                            doc};
+                            doc,
+                            given_map};
     c.write_header();
     // Each section, then its seconds (for people tuning the settings, and the benchmark).
     using Section = void (detail::ReportContext::*)();

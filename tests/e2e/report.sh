@@ -32,6 +32,7 @@ for e in R["examples"]:
 assert [p["layer"] for p in R["patches"]] == ["conv1", "conv2"] and len(R["patches"][0]["channels"]) == 3
 assert [f["layer"] for f in R["feature_vis"]] == ["conv1", "conv2"]
 assert R["map"]["n"] == 200 and len(R["map"]["x"]) == 200 and R["map"]["layer"] == "fc2"
+assert R["map"]["sprite"]["sheets"] == [0] and os.path.getsize(os.path.join(d, R["map"]["sprite"]["folder"], "0.png")) > 0
 # Every picture the page names exists beside it; no URL points anywhere else.
 srcs = set(re.findall(r'"(img/[^"]+\.png)"', m.group(1)))
 assert len(srcs) > 20, len(srcs)

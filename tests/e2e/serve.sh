@@ -174,7 +174,19 @@ assert r["image"].startswith("data:image/png")
 r = run({"kind": "map"})
 assert r["n"] == 300 and r["layer"] == "fc2", r
 m = call("GET", "/api/map")
-assert len(m["x"]) == 300 and len(m["labels"]) == 300
+assert len(m["x"]) == 300 and len(m["labels"]) == 300 and m["items"] == list(range(300)) and m["source"] == "computed"
+# The same points as one binary download (what the web app reads), and the description alone.
+import struct
+with urllib.request.urlopen(url + m["points"], timeout=60) as r:
+    raw = r.read()
+    assert r.headers["Content-Type"] == "application/octet-stream"
+assert len(raw) == 16 * 300, len(raw)
+x, y = struct.unpack("<300f", raw[:1200]), struct.unpack("<300f", raw[1200:2400])
+labels, items = struct.unpack("<300i", raw[2400:3600]), struct.unpack("<300i", raw[3600:])
+assert all(abs(a - b) <= 1e-6 * max(1, abs(b)) for a, b in zip(x + y, m["x"] + m["y"]))
+assert list(labels) == m["labels"] and list(items) == m["items"]
+d = call("GET", "/api/map?points=0")
+assert "x" not in d and d["n"] == 300 and d["points"] == "/api/map/points", d
 EOF
 ls "$T"/cache/top-patches-*.json "$T"/cache/map-*.npy >/dev/null
 

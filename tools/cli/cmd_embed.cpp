@@ -178,6 +178,7 @@ struct Inputs {
     std::vector<cv::Mat> thumbs;
     at::Tensor display;  // [N,H,W,C] uint8 under mpirun (the pictures gathered on rank 0)
     std::string layer;
+    std::string data_hash;  // of the data the items index ("" for given vectors)
     double feature_seconds = 0.0;
     std::optional<Model> model;
     bool elsewhere = false;  // a rank other than 0: its share went to rank 0, which writes the map
@@ -263,6 +264,7 @@ Inputs load_inputs(const Options& opts) {
     }
     in.model.emplace(open_model(o->common));
     Dataset data = open_data(o->common);
+    in.data_hash = data.hash();
     fit_model_to_data(*in.model, data);
     in.indices = selected_indices(o->common, data, ":");
     LayerFeaturesOptions lo;
@@ -380,7 +382,10 @@ RunFn setup(CLI::App& app) {
                                   {"gradient", o->gradient},
                                   {"seed", o->common.seed},
                                   {"threads", o->common.threads}};
-        if (!given) options["data"] = o->common.data.empty() ? "fashion-mnist:test" : o->common.data;
+        if (!given) {
+            options["data"] = o->common.data.empty() ? "fashion-mnist:test" : o->common.data;
+            options["data_sha256"] = in.data_hash;  // serve --map and report --map check it
+        }
         OutputDir out = open_out(o->common, options, in.model ? &*in.model : nullptr);
 
         write_tables(out, xy, in);

@@ -44,6 +44,9 @@ RunFn setup(CLI::App& app) {
                    "integrated gradients' steps and SmoothGrad's samples (default: from the model's cost, 8..32)");
     app.add_option("--budget", r->budget_seconds, "seconds the automatic settings aim at")->capture_default_str();
     app.add_option("--map-iterations", r->map_iterations, "t-SNE iterations of the map")->capture_default_str();
+    app.add_option("--map", r->map_path,
+                   "show this convscope embed output folder as the dataset map (any number of points, a million "
+                   "and more; made from the same --data) instead of computing one");
     app.add_option("--attributions", *attributions, "attribution methods, comma-separated ('' = none)")
         ->capture_default_str();
     auto trust = std::make_shared<std::string>(detail::join(ReportOptions{}.trust_metrics, ","));
@@ -68,6 +71,7 @@ RunFn setup(CLI::App& app) {
                                         {"vis_channels", opts.vis_channels},
                                         {"vis_steps", opts.feature_vis_steps},
                                         {"map_items", opts.map_items},   {"map_iterations", opts.map_iterations},
+                                        {"map", opts.map_path},
                                         {"attributions", opts.attributions}, {"seed", opts.seed},
                                         {"vis_size", opts.feature_vis_size},
                                         {"occlusion_stride", opts.occlusion_stride},

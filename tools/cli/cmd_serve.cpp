@@ -24,6 +24,7 @@ struct ServeArgs {
     std::string cache_dir;
     int64_t map_items = 10000;
     int map_iterations = 1000;
+    std::string map_path;
     int64_t scan_items = 10000;
     int feature_vis_steps = 128;
     int workers = ExplorerOptions{}.workers;
@@ -55,6 +56,9 @@ RunFn setup(CLI::App& app) {
                    "folder for the cached patch scans and dataset maps (default: convscope's cache folder)");
     app.add_option("--map-items", a->map_items, "items on the dataset map (the first N, at most 70000)")
         ->capture_default_str();
+    app.add_option("--map", a->map_path,
+                   "show this convscope embed output folder as the dataset map instead of computing one "
+                   "(any number of points, a million and more; made from the same --data)");
     app.add_option("--map-iterations", a->map_iterations, "t-SNE iterations of the dataset map")->capture_default_str();
     app.add_option("--scan-items", a->scan_items, "items scanned for each channel's top-9 patches (the first N)")
         ->capture_default_str();
@@ -91,6 +95,7 @@ RunFn setup(CLI::App& app) {
         eo.cache_dir = a->cache_dir;
         eo.map_items = a->map_items;
         eo.map_iterations = a->map_iterations;
+        eo.map_path = a->map_path;
         eo.scan_items = a->scan_items;
         eo.feature_vis_steps = a->feature_vis_steps;
         eo.workers = a->workers;

@@ -342,8 +342,13 @@ void WebServer::Impl::routes() {
     svr.Delete(R"(/api/jobs/([A-Za-z0-9]+))", guarded([&ex](const httplib::Request& req, httplib::Response& res) {
                    send_json(res, ex.cancel_job(req.matches[1]));
                }));
-    svr.Get("/api/map", guarded([&ex](const httplib::Request&, httplib::Response& res) {
-                send_json(res, ex.map_points());
+    svr.Get("/api/map", guarded([&ex](const httplib::Request& req, httplib::Response& res) {
+                send_json(res, ex.map_points(int_param(req, "points", 1) != 0));
+            }));
+    svr.Get("/api/map/points", guarded([&ex](const httplib::Request&, httplib::Response& res) {
+                res.status = 200;
+                res.set_header("Cache-Control", "no-store");
+                res.set_content(ex.map_bytes(), "application/octet-stream");
             }));
 }
 

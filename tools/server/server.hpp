@@ -20,7 +20,8 @@
 //   POST /api/jobs                            start_job(body)
 //   GET  /api/jobs/<id>                       job(id)
 //   DELETE /api/jobs/<id>                     cancel_job(id)
-//   GET  /api/map                             map_points()
+//   GET  /api/map[?points=0]                  map_points(): with the points as JSON arrays, or without
+//   GET  /api/map/points                      map_bytes(): float32 x[N], y[N], int32 labels[N], items[N] (little-endian)
 #include <cstddef>
 #include <memory>
 #include <string>

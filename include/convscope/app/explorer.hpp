@@ -57,6 +57,9 @@ struct ExplorerOptions {
     std::string cache_dir;
     int64_t map_items = 10000;   // items on the dataset map: the first N of the data (<= 70000)
     int map_iterations = 750;    // t-SNE iterations for the map
+    // An `embed` output folder whose map is shown instead of computing one (any number of
+    // points; their items index this data). Read at construction: Error if it does not fit.
+    std::string map_path;
     int64_t scan_items = 10000;  // items scanned for each channel's top-9 patches: the first N
     int feature_vis_steps = 128; // optimisation steps of a channel's feature visualisation
     int64_t max_images = 256;    // uploaded/drawn images kept for later requests (LRU)
@@ -154,9 +157,13 @@ public:
     // benchmarks).
     nlohmann::json run_job(const nlohmann::json& request);
 
-    // The dataset map once its job is done: {n, layer, x: [...], y: [...], labels: [...],
-    // class_names, class_colours}. NotFoundError if it was not computed yet.
-    nlohmann::json map_points() const;
+    // The dataset map once its job is done (or as read from ExplorerOptions::map_path):
+    // {n, layer, source: "computed"|"file", points: the URL of map_bytes, class_names,
+    // class_colours, unknown_colour} and, with_points, x, y, labels and items (the dataset item
+    // each point shows) as arrays. NotFoundError if it was not computed yet.
+    nlohmann::json map_points(bool with_points = true) const;
+    // The same points as dataset_map_bytes (float32 x[N], y[N], int32 labels[N], items[N]).
+    std::string map_bytes() const;
 
 private:
     struct Impl;

@@ -49,6 +49,9 @@ struct ReportOptions {
     int64_t feature_vis_size = -1;
     int64_t map_items = -1;      // points on the dataset map (0 = no map; else >= 8, <= 70000; auto <= 2000)
     int map_iterations = 750;    // t-SNE iterations
+    // A `convscope embed` output folder shown as the map instead of computing one (any number
+    // of points, made from the same data; map_items and map_iterations are then unused).
+    std::string map_path;
     int64_t occlusion_stride = -1;  // occluder step in pixels (>= 1; auto: half the patch, or more)
     int attribution_steps = -1;     // integrated gradients' steps and SmoothGrad's samples (auto 8..32)
     // Attribution methods (attribution_method_names()); empty = none.

@@ -25,6 +25,7 @@
 #include <unordered_map>
 
 #include "convscope/methods/attribution.hpp"
+#include "convscope/methods/dataset_map.hpp"
 #include "convscope/runtime/dataset.hpp"
 #include "convscope/runtime/default_model.hpp"
 #include "convscope/methods/embedding.hpp"
@@ -146,8 +147,7 @@ struct Explorer::Impl {
     std::mutex scan_mutex;
     std::shared_ptr<const TopPatchesResult> scan;
     mutable std::mutex map_mutex;
-    at::Tensor map_xy;  // [N,2]
-    std::string map_layer;
+    std::shared_ptr<const DatasetMap> map;  // null until computed (or read at construction)
 
     // --- helpers ---
     const LayerInfo& find_layer(const std::string& name) const {

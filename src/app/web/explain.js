@@ -140,26 +140,34 @@ async function ensureMap() {
     $('map-info').textContent = 'computing the map (t-SNE of the penultimate layer)…';
     try {
         await runJob({ kind: 'map' }, $('map-progress'));
-        const m = await api('/api/map');
+        // The description as JSON, the points (16 bytes each) as one binary download.
+        const m = await api('/api/map?points=0');
+        const res = await fetch(m.points);
+        if (!res.ok) throw new Error(`the map's points: HTTP ${res.status}`);
+        const p = MapView.unpack(await res.arrayBuffer(), m.n);
         const hover = $('map-hover');
         const canvas = $('map');
-        state.mapView = new MapView(canvas, { x: m.x, y: m.y, labels: m.labels, colours: m.class_colours, unknownColour: m.unknown_colour }, {
+        // Thumbnails are loaded on demand: the hovered point's item only.
+        state.mapView = new MapView(canvas, { x: p.x, y: p.y, labels: p.labels, colours: m.class_colours, unknownColour: m.unknown_colour }, {
             onHover(i, e) {
                 if (!state.mapView.placeTooltip(hover, i, e)) return;
-                const src = `/api/items/${i}.png`;
+                const item = p.items[i];
+                const src = `/api/items/${item}.png`;
                 if ($('map-hover-img').getAttribute('src') !== src) $('map-hover-img').src = src;
-                $('map-hover-label').textContent = `#${i} ${m.labels[i] >= 0 ? m.class_names[m.labels[i]] || m.labels[i] : ''}`;
+                $('map-hover-label').textContent = `#${item} ${p.labels[i] >= 0 ? m.class_names[p.labels[i]] || p.labels[i] : ''}`;
                 hover.dataset.index = String(i);
+                hover.dataset.item = String(item);
             },
             onClick(i) {
                 hover.hidden = true;
                 showView('explore');
-                selectItem(i);
+                selectItem(p.items[i]);
             },
         });
+        state.mapItems = p.items;
         const legend = m.class_names.map((name, c) => el('div', {}, [el('span', { style: `background:rgb(${m.class_colours[c].join(',')})` }), document.createTextNode(name)]));
         $('map-legend').replaceChildren(...legend);
-        $('map-info').textContent = `${m.n} items · t-SNE of ${m.layer} · drag to pan, wheel to zoom, click a point to explore it`;
+        $('map-info').textContent = `${m.n.toLocaleString('en')} points · t-SNE of ${m.layer || 'the features'} · drag to pan, wheel to zoom, click a point to explore it`;
     } catch (e) {
         $('map-info').textContent = e.message;
         $('map-info').classList.add('error');

@@ -163,33 +163,58 @@
         const info = el('span', { class: 'note', id: 'map-info', text: 'drag to pan, wheel or buttons to zoom, hover a point to see its item' });
         const zin = el('button', { id: 'map-zoom-in', text: '+' }), zout = el('button', { id: 'map-zoom-out', text: '−' }), fit = el('button', { id: 'map-fit', text: 'Fit' });
         const wrap = el('div', { class: 'map-wrap' }, [canvas, hover, legend]);
-        add('map', 'Dataset map', `t-SNE of the ${mp.layer} features of the first ${num(mp.n)} items: items the network sees as similar lie close together. Final KL divergence ${mp.kl_divergence.toFixed(3)}` +
-            (mp.knn_accuracy !== null ? `, 10-NN label accuracy in the map ${pct(mp.knn_accuracy)}` : '') +
-            `, neighbour preservation ${mp.neighbour_preservation.toFixed(3)} (share of each item's 10 nearest neighbours in feature space that stay among its 10 nearest on the map).`, [
+        const what = mp.source === 'file'
+            ? `The map in ${mp.folder} (made by convscope embed${mp.layer ? ' from ' + mp.layer : ''}): ${num(mp.n)} points; items the network sees as similar lie close together`
+            : `t-SNE of the ${mp.layer} features of the first ${num(mp.n)} items: items the network sees as similar lie close together`;
+        const quality = [];
+        if (mp.kl_divergence !== null && mp.kl_divergence !== undefined) quality.push(`final KL divergence ${mp.kl_divergence.toFixed(3)}`);
+        if (mp.knn_accuracy !== null && mp.knn_accuracy !== undefined) quality.push(`10-NN label accuracy in the map ${pct(mp.knn_accuracy)}`);
+        if (mp.neighbour_preservation !== null && mp.neighbour_preservation !== undefined)
+            quality.push(`neighbour preservation ${mp.neighbour_preservation.toFixed(3)} (share of each item's 10 nearest neighbours in feature space that stay among its 10 nearest on the map)`);
+        add('map', 'Dataset map', what + (quality.length ? '. ' + quality.join(', ') : '') + '.', [
             el('div', { class: 'toolbar' }, [zin, zout, fit, info]), wrap,
             el('div', { class: 'grid' }, [fig(mp.scatter, 'coloured by label'), fig(mp.thumbnails, 'the items at their places (overlaps left out)')]),
         ]);
         // The view starts once the section is in the document (it measures the canvas).
         R._startMap = () => {
-            const sprite = new Image();
-            sprite.src = mp.sprite.src;
+            const bytes = atob(mp.points);
+            const buffer = new ArrayBuffer(bytes.length), view8 = new Uint8Array(buffer);
+            for (let k = 0; k < bytes.length; k++) view8[k] = bytes.charCodeAt(k);
+            const p = MapView.unpack(buffer, mp.n);
+            // Thumbnail sheets, each loaded when one of its items is first hovered.
+            const sp = mp.sprite, sheets = new Map();
             const hctx = hoverCanvas.getContext('2d');
-            const view = new MapView(canvas, { x: mp.x, y: mp.y, labels: mp.labels, colours: mp.class_colours, unknownColour: mp.unknown_colour }, {
+            let shown = -1;
+            const drawThumb = (item) => {
+                const k = Math.floor(item / sp.per_sheet);
+                let img = sheets.get(k);
+                if (!img) {
+                    img = new Image();
+                    img.onload = () => { if (shown === item) drawThumb(item); };
+                    img.src = `${sp.folder}/${k}.png`;
+                    sheets.set(k, img);
+                }
+                const t = sp.thumb, slot = item % sp.per_sheet, col = slot % sp.cols, row = Math.floor(slot / sp.cols);
+                hctx.clearRect(0, 0, t, t);
+                if (img.complete && img.naturalWidth > 0) hctx.drawImage(img, col * t, row * t, t, t, 0, 0, t, t);
+            };
+            const view = new MapView(canvas, { x: p.x, y: p.y, labels: p.labels, colours: mp.class_colours, unknownColour: mp.unknown_colour }, {
                 onHover(i, e) {
                     if (!view.placeTooltip(hover, i, e)) return;
-                    const t = mp.sprite.thumb, col = i % mp.sprite.cols, row = Math.floor(i / mp.sprite.cols);
-                    hctx.clearRect(0, 0, t, t);
-                    if (sprite.complete) hctx.drawImage(sprite, col * t, row * t, t, t, 0, 0, t, t);
-                    const l = mp.labels[i];
-                    hoverLabel.textContent = `#${i}${l >= 0 ? ' ' + (mp.class_names[l] || l) : ''}`;
+                    const item = p.items[i], l = p.labels[i];
+                    shown = item;
+                    drawThumb(item);
+                    hoverLabel.textContent = `#${item}${l >= 0 ? ' ' + (mp.class_names[l] || l) : ''}`;
                     hover.dataset.index = String(i);
+                    hover.dataset.item = String(item);
                 },
-                onClick(i) { info.textContent = `item ${i}${mp.labels[i] >= 0 ? ': ' + (mp.class_names[mp.labels[i]] || mp.labels[i]) : ''}`; },
+                onClick(i) { info.textContent = `item ${p.items[i]}${p.labels[i] >= 0 ? ': ' + (mp.class_names[p.labels[i]] || p.labels[i]) : ''}`; },
             });
             zin.addEventListener('click', () => view.zoomBy(1.6));
             zout.addEventListener('click', () => view.zoomBy(1 / 1.6));
             fit.addEventListener('click', () => view.reset());
             window.reportMap = view;
+            window.reportMapSheets = sheets;
         };
     }
 

@@ -1,14 +1,16 @@
 // Browser checks of the web explorer and the HTML report with Playwright driving Debian's
 // chromium headless. Usage: node run.js <explorer URL> <report index.html> <screenshot folder>
-// [<explorer URL of a segmentation model>]
+// [<explorer URL of a segmentation model> <of a vision transformer> <its report> <of a million-point
+// map> <its report>]
 // Exits 1 with a message on the first failed check.
 'use strict';
 
 const path = require('path');
 const fs = require('fs');
 const { chromium } = require('playwright-core');
+const { millionMap, millionReport } = require('./million');
 
-const [url, reportPath, outDir, segUrl, vitUrl, vitReportPath] = process.argv.slice(2);
+const [url, reportPath, outDir, segUrl, vitUrl, vitReportPath, millionUrl, millionReportPath] = process.argv.slice(2);
 if (!url || !reportPath || !outDir) {
     console.error('usage: node run.js <explorer URL> <report index.html> <screenshot folder>');
     process.exit(2);
@@ -314,6 +316,14 @@ async function transformerReport(browser) {
         if (vitReportPath) {
             console.log('transformer report:');
             await transformerReport(browser);
+        }
+        if (millionUrl) {
+            console.log('a million-point map:');
+            await millionMap(browser, millionUrl, outDir, { check, shot, watch });
+        }
+        if (millionReportPath) {
+            console.log('a million-point map in a report:');
+            await millionReport(browser, millionReportPath, outDir, { check, shot, watch });
         }
     } finally {
         await browser.close();
