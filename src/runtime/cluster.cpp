@@ -126,7 +126,7 @@ void check_same(const std::string& what, const std::string& value) {
         if (flags[size_t(r)]) differing += (differing.empty() ? "" : ", ") + std::to_string(r);
 #endif
     if (!differing.empty())
-        throw Error("the ranks disagree about " + what + ": rank(s) " + differing +
+        throw AgreedError("the ranks disagree about " + what + ": rank(s) " + differing +
                     " differ from rank 0; every rank must read the same files (a shared file system, the same "
                     "paths and options)");
 }

@@ -74,6 +74,21 @@ PY
     --seed 3 --out "$T/b" > /dev/null
 cmp "$T/a/metrics.csv" "$T/b/metrics.csv" || { echo "same seed, other numbers"; exit 1; }
 
+# Checkpoints: each method saved as it finishes; a run with them saved computes nothing again
+# and writes the same files; one saved by a run with other options, or damaged, is refused.
+ck=("${common[@]}" "${quick[@]}" --methods rise,saliency --metrics road,infidelity,random-logit --seed 3)
+"$BIN" evaluate "${ck[@]}" --checkpoint "$T/ck" --out "$T/c1" > /dev/null
+test -s "$T/ck.rise" && test -s "$T/ck.saliency"
+cmp "$T/a/metrics.csv" "$T/c1/metrics.csv" || { echo "a run with checkpoints gives other numbers"; exit 1; }
+rm "$T/ck.saliency"
+"$BIN" evaluate "${ck[@]}" --checkpoint "$T/ck" --out "$T/c2" > /dev/null 2>"$T/c2.err"
+grep -q "resumed 1 of 2 methods from the checkpoint" "$T/c2.err" || { echo "rise was not read back"; cat "$T/c2.err"; exit 1; }
+cmp "$T/a/metrics.csv" "$T/c2/metrics.csv" || { echo "a resumed run gives other numbers"; exit 1; }
+cmp "$T/a/maps/rise.npy" "$T/c2/maps/rise.npy"
+expect_fail 1 "checkpoint $T/ck.rise is from another run" evaluate "${ck[@]}" --infidelity-noise 0.2 --checkpoint "$T/ck" --out "$T/bad"
+$PY -c 'import sys; b = open(sys.argv[1], "rb").read(); open(sys.argv[1], "wb").write(b[:b.index(b"\n") + 100])' "$T/ck.rise"
+expect_fail 1 "checkpoint $T/ck.rise is damaged" evaluate "${ck[@]}" --checkpoint "$T/ck" --out "$T/bad"
+
 # Bad input: exit code and message, no results written.
 expect_fail 2 "unknown method 'sailency'" evaluate --methods saliency,sailency "${common[@]}" --out "$T/bad"
 expect_fail 2 "unknown metric 'fidelity'" evaluate --metrics fidelity "${common[@]}" --out "$T/bad"

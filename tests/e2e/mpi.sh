@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs on several ranks (Open MPI's mpirun on this machine, 3 ranks oversubscribed): top-patches,
-# embed and evaluate give the bytes one process writes; a scan whose rank is killed resumes from the
-# ranks' checkpoints to those bytes; ranks that disagree about the data, a rank that fails and
+# embed and evaluate give the bytes one process writes; a scan or an evaluation whose rank is killed
+# resumes from the checkpoints to those bytes; ranks that disagree about the data, a rank that fails and
 # a command that does not split its items stop with one clear message and no output.
 # Usage: mpi.sh <convscope binary> <fixtures dir>
 source "$(dirname "$0")/lib/common.sh" "$@"
@@ -69,6 +69,33 @@ wait "$run" || rc=$?
 "${MPI[@]}" "$BIN" "${scan[@]}" --checkpoint "$T/ck.json" --out "$T/resumed" 2>/dev/null
 cmp "$T/one/top_patches.json" "$T/resumed/top_patches.json"
 
+# evaluate with checkpoints, a rank killed while the others wait with their methods saved: run
+# again, the saved methods are read back, the killed rank's is computed, and the files are those
+# of one process.
+evk=(evaluate --model "$M" --data fashion-mnist:test --indices 0:4 --methods saliency,grad-cam,rise
+     --metrics deletion,infidelity --steps 8 --masks 3000 --threads 1)
+"$BIN" "${evk[@]}" --out "$T/k1" >/dev/null 2>&1
+rm -f "$T"/pid.*
+"${MPI[@]}" bash -c 'echo $$ > "$0/pid.$OMPI_COMM_WORLD_RANK"; exec "$@"' "$T" "$BIN" "${evk[@]}" \
+    --checkpoint "$T/evck" --out "$T/kkilled" >/dev/null 2>"$T/kkilled.err" &
+run=$!
+for _ in $(seq 1 3000); do
+    [ -s "$T/evck.saliency" ] && [ -s "$T/evck.grad-cam" ] && [ -s "$T/pid.2" ] && break
+    kill -0 "$run" 2>/dev/null || break
+    sleep 0.01
+done
+[ -s "$T/evck.grad-cam" ] || { echo "ranks 0 and 1 saved no checkpoint"; cat "$T/kkilled.err"; exit 1; }
+[ ! -e "$T/evck.rise" ] || { echo "rank 2 finished before it could be killed: give it more work"; exit 1; }
+kill -KILL "$(cat "$T/pid.2")"
+rc=0
+wait "$run" || rc=$?
+[ "$rc" != 0 ] || { echo "mpirun succeeded although a rank was killed"; exit 1; }
+[ ! -e "$T/kkilled/metrics.csv" ] || { echo "a result was written although a rank was killed"; exit 1; }
+"${MPI[@]}" "$BIN" "${evk[@]}" --checkpoint "$T/evck" --out "$T/kresumed" >/dev/null 2>"$T/kresumed.err"
+grep -q "resumed 1 of 1 methods from the checkpoint" "$T/kresumed.err" ||
+    { echo "the saved methods were not read back"; cat "$T/kresumed.err"; exit 1; }
+for f in metrics.csv summary.csv maps/saliency.npy maps/grad-cam.npy maps/rise.npy; do cmp "$T/k1/$f" "$T/kresumed/$f"; done
+
 # Ranks that disagree about the data: every rank stops before any work, and says which.
 $PY - "$T" <<'EOF'
 import sys, numpy as np
@@ -82,6 +109,7 @@ rc=0
 [ "$rc" != 0 ] || { echo "ranks with different data succeeded"; exit 1; }
 grep -q "the ranks disagree about the data (its hash): rank(s) 2 differ" "$T/bad1.err" ||
     { echo "no clear message for ranks that disagree"; cat "$T/bad1.err"; exit 1; }
+[ "$(grep -c "convscope: " "$T/bad1.err")" = 1 ] || { echo "the ranks that disagree said it more than once"; cat "$T/bad1.err"; exit 1; }
 [ ! -e "$T/bad1" ] || { echo "output written by ranks that disagree"; exit 1; }
 
 # A rank that fails (its model file is missing): the others stop, the message names the rank.

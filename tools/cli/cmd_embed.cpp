@@ -1,10 +1,12 @@
 // convscope embed: dataset maps. The features of a layer (default: the penultimate one) for every
 // selected image, or given vectors (--features), placed in 2-D by t-SNE; a labelled scatter plot,
 // a thumbnail map, Karpathy's grid view, a TensorBoard projector export and quality metrics.
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <memory>
 
 #include "common.hpp"
 #include "convscope/runtime/cluster.hpp"
@@ -185,57 +187,78 @@ struct Inputs {
     bool streamed = false;   // the features are the output's features.npy, mapped
 };
 
-// Under mpirun: each rank computes the features of its batches, and rank 0 puts every rank's rows
-// back in item order (the batches one process would run, so the same bits). Returns true on rank
-// 0 with `in` complete, false on the other ranks.
+// Under mpirun: the batches go round the ranks (batch b to rank b mod R: the batches one process
+// runs, so the same bits). In round k every rank computes batch kR + rank, and rank 0 receives the
+// round's R batches, which follow each other in item order, and appends their rows to the
+// output's features.npy as one process does: rank 0 never holds the features, and no message is
+// larger than one batch. Returns true on rank 0 with `in` complete, false on the other ranks.
 bool distributed_features(const Model& model, const Dataset& data, Inputs& in, const LayerFeaturesOptions& lo,
                           const CommonOptions& common) {
     check_ranks_agree(model, data, in.indices);
-    const int64_t n = int64_t(in.indices.size());
-    std::vector<int64_t> mine;
-    for (int64_t p : cluster::my_positions(n, lo.batch_size)) mine.push_back(in.indices[size_t(p)]);
-    // One rank's share: a JSON line (rows, layer, labels, shapes), then the features and the
-    // pictures as raw bytes.
-    std::string bytes;
-    if (!mine.empty()) {
-        EmbeddingFeatures ef = layer_features(model, data, mine, lo, run_context(common, "features"));
-        const at::Tensor f = ef.features.to(at::kFloat).contiguous(), d = ef.display.contiguous();
-        bytes = nlohmann::json{{"rows", f.size(0)}, {"dims", f.size(1)}, {"layer", ef.layer}, {"labels", ef.labels},
-                               {"display", d.sizes().vec()}, {"seconds", ef.seconds}}
-                    .dump() +
-                "\n";
-        bytes.append(static_cast<const char*>(f.data_ptr()), size_t(f.numel()) * sizeof(float));
-        bytes.append(static_cast<const char*>(d.data_ptr()), size_t(d.numel()));
-    }
-    const std::vector<std::string> parts = cluster::gather(bytes);
-    if (cluster::rank() != 0) return false;
-    in.labels.assign(size_t(n), -1);
-    for (int r = 0; r < cluster::size(); ++r) {
-        const std::string& part = parts[size_t(r)];
-        if (part.empty()) continue;
-        const size_t eol = part.find('\n');
-        const nlohmann::json head = nlohmann::json::parse(part.substr(0, eol));
-        const int64_t rows = head["rows"].get<int64_t>(), dims = head["dims"].get<int64_t>();
-        const auto dshape = head["display"].get<std::vector<int64_t>>();
-        const std::vector<int64_t> pos = cluster::positions_of(r, cluster::size(), n, lo.batch_size);
-        if (int64_t(pos.size()) != rows) throw Error("rank " + std::to_string(r) + " sent another number of rows");
-        if (!in.features.defined()) {
-            in.features = torch::empty({n, dims}, torch::kFloat);
-            std::vector<int64_t> full = dshape;
-            full[0] = n;
-            in.display = torch::empty(full, torch::kUInt8);
-            in.layer = head["layer"].get<std::string>();
-            in.feature_seconds = head["seconds"].get<double>();
+    const auto t0 = std::chrono::steady_clock::now();
+    const int64_t n = int64_t(in.indices.size()), batch = lo.batch_size;
+    const int ranks = cluster::size();
+    const bool root = cluster::rank() == 0;
+    const int64_t batches = (n + batch - 1) / batch, rounds = (batches + ranks - 1) / ranks;
+    std::string features_path;
+    if (root) features_path = (std::filesystem::path(OutputDir(common.out).dir()) / "features.npy").string();
+    std::unique_ptr<NpyRowWriter> writer;
+    const RunContext ctx = run_context(common, "features");  // a progress bar on rank 0 only
+    RunContext quiet = ctx;
+    quiet.progress = nullptr;
+    int64_t row = 0;
+    for (int64_t k = 0; k < rounds; ++k) {
+        // This rank's batch of the round: a JSON line (rows, layer, labels, shapes), then the
+        // features and the pictures as raw bytes.
+        const int64_t b = k * ranks + cluster::rank();
+        std::string bytes;
+        if (b < batches) {
+            const std::vector<int64_t> items(in.indices.begin() + b * batch,
+                                             in.indices.begin() + std::min(n, (b + 1) * batch));
+            const EmbeddingFeatures ef = layer_features(model, data, items, lo, quiet);
+            const at::Tensor f = ef.features.to(at::kFloat).contiguous(), d = ef.display.contiguous();
+            bytes = nlohmann::json{{"rows", f.size(0)}, {"dims", f.size(1)}, {"layer", ef.layer},
+                                   {"labels", ef.labels}, {"display", d.sizes().vec()}}
+                        .dump() +
+                    "\n";
+            bytes.append(static_cast<const char*>(f.data_ptr()), size_t(f.numel()) * sizeof(float));
+            bytes.append(static_cast<const char*>(d.data_ptr()), size_t(d.numel()));
         }
-        const char* p = part.data() + eol + 1;
-        const at::Tensor f = torch::from_blob(const_cast<char*>(p), {rows, dims}, torch::kFloat);
-        const at::Tensor d = torch::from_blob(const_cast<char*>(p) + rows * dims * 4, dshape, torch::kUInt8);
-        const at::Tensor where = torch::tensor(pos, torch::kLong);
-        in.features.index_copy_(0, where, f);
-        in.display.index_copy_(0, where, d);
-        const auto labels = head["labels"].get<std::vector<int64_t>>();
-        for (size_t k = 0; k < pos.size(); ++k) in.labels[size_t(pos[k])] = labels[k];
+        const std::vector<std::string> parts = cluster::gather(bytes);
+        if (!root) continue;
+        for (const std::string& part : parts) {  // in rank order: batches kR, kR + 1, ...
+            if (part.empty()) continue;
+            const size_t eol = part.find('\n');
+            const nlohmann::json head = nlohmann::json::parse(part.substr(0, eol));
+            const int64_t rows = head["rows"].get<int64_t>(), dims = head["dims"].get<int64_t>();
+            const auto dshape = head["display"].get<std::vector<int64_t>>();
+            char* p = const_cast<char*>(part.data()) + eol + 1;
+            if (!writer) {
+                writer = std::make_unique<NpyRowWriter>(features_path, n, dims);
+                std::vector<int64_t> full = dshape;
+                full[0] = n;
+                in.display = torch::empty(full, torch::kUInt8);
+                in.layer = head["layer"].get<std::string>();
+            }
+            writer->write(torch::from_blob(p, {rows, dims}, torch::kFloat));
+            at::Tensor d = torch::from_blob(p + rows * dims * 4, dshape, torch::kUInt8);
+            // A batch with non-finite pixels comes back in colour: then every picture is.
+            if (d.size(3) != in.display.size(3)) {
+                if (d.size(3) == 1) d = d.expand({-1, -1, -1, 3});
+                else in.display = in.display.expand({-1, -1, -1, 3}).contiguous();
+            }
+            in.display.narrow(0, row, rows).copy_(d);
+            const auto labels = head["labels"].get<std::vector<int64_t>>();
+            in.labels.insert(in.labels.end(), labels.begin(), labels.end());
+            row += rows;
+        }
+        report_progress(ctx.progress, double(k + 1) / double(rounds));
     }
+    if (!root) return false;
+    writer->finish();
+    in.features = map_npy(features_path);
+    in.streamed = true;
+    in.feature_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     in.names = data.class_names();
     if (in.names.empty()) in.names = model.meta().class_names;
     for (int64_t i = 0; i < in.display.size(0); ++i) in.thumbs.push_back(image_from_hwc_uint8(in.display[i]));

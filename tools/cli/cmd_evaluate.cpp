@@ -28,6 +28,7 @@ struct EvaluateArgs {
     std::string percentages = "10,20,30,40,50,60,70,80,90";
     std::string occlusion_patch = "4", occlusion_stride = "2";
     std::string randomisation_init = random_init_name(EvaluationOptions{}.randomisation_init);
+    std::string checkpoint;
 };
 
 void add_options(CLI::App& app, EvaluateArgs& a) {
@@ -67,6 +68,9 @@ void add_options(CLI::App& app, EvaluateArgs& a) {
     app.add_option("--occlusion-patch", a.occlusion_patch, "occlusion: patch size P or PxQ")->capture_default_str();
     app.add_option("--occlusion-stride", a.occlusion_stride, "occlusion: stride S or SxT")->capture_default_str();
     app.add_option("--batch-size", a.eo.batch_size, "perturbed copies per forward pass")->capture_default_str();
+    app.add_option("--checkpoint", a.checkpoint,
+                   "checkpoint prefix: each finished method is saved to PREFIX.METHOD, and a run stopped "
+                   "part-way (a killed rank included) resumes with the methods not yet saved");
 }
 
 // "4" or "4x6" -> {4, 4} or {4, 6}.
@@ -159,6 +163,61 @@ void write_pictures(OutputDir& out, const EvaluationResult& r) {
     }
 }
 
+// Evaluates `eo.methods` (this rank's share). With a checkpoint prefix, one method at a time:
+// each finished method's part goes to PREFIX.METHOD beside the run's identity, and a part saved
+// by an earlier run of the same command is read back instead of computed. Each method draws its
+// randomness from the seed alone, so parts computed apart merge into the bits of one run.
+EvaluationResult evaluate_share(const Model& model, const Dataset& data, const std::vector<int64_t>& indices,
+                                const at::Tensor& images, const EvaluationOptions& eo, const std::string& checkpoint,
+                                const RunContext& ctx) {
+    if (checkpoint.empty()) return evaluate(model, images, eo, ctx);
+    // The identity: the model, the data, the items and the arguments (without the output folder,
+    // the threads and the launcher, which do not change the numbers).
+    std::string args;
+    bool skip = false;
+    for (const std::string& w : detail::split(command_line(), ' ')) {
+        if (skip) { skip = false; continue; }
+        if (w == "--out" || w == "--threads") { skip = true; continue; }
+        if (w.rfind("--out=", 0) == 0 || w.rfind("--threads=", 0) == 0) continue;
+        args += w + " ";
+    }
+    const std::string identity = nlohmann::json{{"model", model.file_hash()}, {"data", data.hash()},
+                                                {"items", indices}, {"arguments", args}}
+                                     .dump() + "\n";
+    std::vector<EvaluationResult> parts;
+    size_t resumed = 0;
+    for (size_t k = 0; k < eo.methods.size(); ++k) {
+        const std::string& method = eo.methods[k];
+        const std::string path = checkpoint + "." + method;
+        if (std::filesystem::exists(path)) {
+            const std::string saved = read_file(path);
+            if (saved.compare(0, identity.size(), identity) != 0)
+                throw Error("checkpoint " + path + " is from another run (other model, data, items or options): "
+                            "delete it, or give this run another --checkpoint");
+            try {
+                parts.push_back(evaluation_from_bytes(saved.substr(identity.size())));
+            } catch (const std::exception&) {
+                throw Error("checkpoint " + path + " is damaged (cut short or changed): delete it, and the method is "
+                            "computed again");
+            }
+            ++resumed;
+            continue;
+        }
+        EvaluationOptions one = eo;
+        one.methods = {method};
+        RunContext c = ctx;
+        c.progress = sub_progress(ctx.progress, double(k) / double(eo.methods.size()),
+                                  double(k + 1) / double(eo.methods.size()));
+        parts.push_back(evaluate(model, images, one, c));
+        write_file_atomic(path, identity + evaluation_bytes(parts.back()));
+    }
+    if (resumed > 0 && cluster::rank() == 0)
+        std::cerr << "evaluate: resumed " << resumed << " of " << eo.methods.size()
+                  << " methods from the checkpoint " << checkpoint << (cluster::distributed() ? " (rank 0's share)" : "")
+                  << "\n";
+    return merge_evaluations(parts, eo.methods);
+}
+
 RunFn setup(CLI::App& app) {
     auto o = std::make_shared<CommonOptions>();
     auto a = std::make_shared<EvaluateArgs>();
@@ -183,7 +242,9 @@ RunFn setup(CLI::App& app) {
             for (size_t k = 0; k < eo.methods.size(); ++k)
                 if (int(k % size_t(cluster::size())) == cluster::rank()) mine.methods.push_back(eo.methods[k]);
             std::string bytes;
-            if (!mine.methods.empty()) bytes = evaluation_bytes(evaluate(model, images, mine, run_context(*o, "evaluate")));
+            if (!mine.methods.empty())
+                bytes = evaluation_bytes(
+                    evaluate_share(model, data, indices, images, mine, a->checkpoint, run_context(*o, "evaluate")));
             const std::vector<std::string> parts = cluster::gather(bytes);
             if (cluster::rank() != 0) return 0;
             std::vector<EvaluationResult> results;
@@ -191,7 +252,7 @@ RunFn setup(CLI::App& app) {
                 if (!p.empty()) results.push_back(evaluation_from_bytes(p));
             r = merge_evaluations(results, eo.methods);
         } else {
-            r = evaluate(model, images, eo, run_context(*o, "evaluate"));
+            r = evaluate_share(model, data, indices, images, eo, a->checkpoint, run_context(*o, "evaluate"));
         }
 
         std::vector<std::string> metrics;

@@ -79,6 +79,11 @@ int main(int argc, char** argv) {
     try {
         for (auto& [sub, run] : commands)
             if (sub->parsed()) return finish(run());
+    } catch (const cluster::AgreedError& e) {
+        // Every rank is here with the same message: rank 0 says it, all end without an abort.
+        if (cluster::rank() == 0) std::cerr << "convscope: " << e.what() << "\n";
+        cluster::finish();
+        return 1;
     } catch (...) {
         const ErrorReport e = current_error();
         if (const int sig = cli::interrupt_signal(); sig != 0 && e.kind == ErrorKind::Cancelled) {

@@ -9,7 +9,16 @@
 #include <string>
 #include <vector>
 
+#include "convscope/runtime/error.hpp"
+
 namespace convscope::cluster {
+
+// An error that every rank raises at the same point, decided by a collective (check_same): the
+// ranks can stop together without an abort, and one of them (rank 0) says why.
+class AgreedError : public Error {
+public:
+    using Error::Error;
+};
 
 // Starts MPI when an MPI launcher started this process (its environment says so); otherwise
 // nothing. Call once, first thing in main. finish() ends MPI after a successful run.
@@ -25,7 +34,7 @@ bool distributed();  // size() > 1
 std::vector<std::string> gather(const std::string& bytes);
 // Rank 0's bytes on every rank.
 std::string broadcast(const std::string& bytes);
-// Throws Error on every rank when the ranks do not all pass the same value: `what` names the
+// Throws AgreedError on every rank when the ranks do not all pass the same value: `what` names the
 // value (for example "the model file's hash"), and the message lists the ranks that differ.
 void check_same(const std::string& what, const std::string& value);
 // Prints nothing; ends every rank with this exit code (MPI_Abort), or exits this process.
