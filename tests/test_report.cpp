@@ -106,7 +106,7 @@ TEST(Report, DataMatchesPlainForwardPassesAndPicturesExist) {
     }
     EXPECT_EQ(R["map"]["x"].size(), 80u);
     // The map's thumbnails: items 0..79 on sheet 0 (loaded by the page when hovered).
-    EXPECT_EQ(R["map"]["sprite"]["sheets"], json({0}));
+    EXPECT_EQ(R["map"]["sprite"]["sheets"], json::array({0}));
     EXPECT_TRUE(fs::exists(tmp.path / "r" / (R["map"]["sprite"]["folder"].get<std::string>() + "/0.png")));
     // Which map to trust: occlusion and the two methods on the first 3 items; saliency's
     // deletion area as the metric computes it from saliency's maps directly.
