@@ -5,6 +5,7 @@
 // evaluate`'s deletion and insertion (100 steps) for --items items and the seven default
 // methods, maps included (target on the default model, 100 items: under 60 s on 2 cores).
 // Usage: bench_evaluation MODEL.pt [--items N] [--runs R] [--threads T] [--steps S] [--suite]
+//        [--only TEXT] (the metrics whose name holds TEXT)
 //        [--data fashion-mnist:test]
 // MODEL.pt: the built-in model (~/.cache/convscope/default-fashion-mnist.pt) or
 // resnet18_scripted.pt from tests/fixtures/make_fixtures.py (3x224x224).
@@ -66,14 +67,14 @@ void forwards(const Model& model, const at::Tensor& images, int64_t count, int b
 
 int main(int argc, char** argv) {
     if (argc < 2) {
-        std::fprintf(stderr, "usage: %s MODEL.pt [--items N] [--runs R] [--threads T] [--steps S] [--suite] [--data D]\n",
+        std::fprintf(stderr, "usage: %s MODEL.pt [--items N] [--runs R] [--threads T] [--steps S] [--suite] [--data D] [--only TEXT]\n",
                      argv[0]);
         return 2;
     }
     int64_t items = 8;
     int runs = 3, threads = 2, steps = 100;
     bool suite = false;
-    std::string data_spec;
+    std::string data_spec, only;
     for (int i = 2; i < argc; ++i) {
         const std::string flag = argv[i];
         if (flag == "--suite") {
@@ -87,6 +88,7 @@ int main(int argc, char** argv) {
         else if (flag == "--threads") threads = std::atoi(v.c_str());
         else if (flag == "--steps") steps = std::atoi(v.c_str());
         else if (flag == "--data") data_spec = v;
+        else if (flag == "--only") only = v;
     }
     at::set_num_threads(threads);
     Model model = Model::load(argv[1]);
@@ -139,6 +141,7 @@ int main(int argc, char** argv) {
     };
     std::printf("%-40s %10s %10s %8s\n", "metric", "metric s", "forwards s", "ratio");
     for (const auto& c : cases) {
+        if (c.name.find(only) == std::string::npos) continue;
         c.run();  // warm-up: graph specialisation
         std::function<void()> base = [&] { forwards(model, images, c.evaluations, batch); };
         base();
@@ -158,6 +161,7 @@ int main(int argc, char** argv) {
         {"random-logit, saliency", 1, [&] { (void)random_logit(model, images, e, saliency, target); }},
     };
     for (const auto& c : map_cases) {
+        if (c.name.find(only) == std::string::npos) continue;
         c.run();
         std::function<void()> base = [&] {
             for (int64_t k = 0; k < c.evaluations; ++k) (void)saliency(model, images * 0.99f, fixed, {});

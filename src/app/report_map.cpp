@@ -90,15 +90,12 @@ json ReportContext::write_map_sheets(const std::vector<int32_t>& items, int thum
 void ReportContext::write_map_data(const DatasetMap& m, json& map, const std::vector<cv::Mat>& sample_thumbs,
                                    const std::vector<int64_t>& sample) {
     const int64_t n = m.size();
-    at::Tensor xy = torch::empty({n, 2}, torch::kFloat);
-    std::vector<int64_t> labels(static_cast<size_t>(n));
-    bool any_label = false;
-    for (int64_t i = 0; i < n; ++i) {
-        xy[i][0] = m.x[size_t(i)];
-        xy[i][1] = m.y[size_t(i)];
-        labels[size_t(i)] = m.labels[size_t(i)];
-        any_label = any_label || labels[size_t(i)] >= 0;
-    }
+    // [N,2]: stack copies, so the blobs over m's vectors are only read.
+    const at::Tensor xy = torch::stack({torch::from_blob(const_cast<float*>(m.x.data()), {n}, torch::kFloat),
+                                        torch::from_blob(const_cast<float*>(m.y.data()), {n}, torch::kFloat)},
+                                       1);
+    const std::vector<int64_t> labels(m.labels.begin(), m.labels.end());
+    const bool any_label = std::any_of(labels.begin(), labels.end(), [](int64_t l) { return l >= 0; });
     const std::vector<int64_t> plot_labels = any_label ? labels : std::vector<int64_t>{};
     const std::string scatter = put("map_scatter.png", "t-SNE map coloured by label",
                                     scatter_plot(xy, plot_labels, class_names, 720, n > 100000 ? 1 : 2));

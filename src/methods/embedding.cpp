@@ -50,6 +50,20 @@ constexpr EnumTable<TokenPool, 4> kPoolNames = {
 const char* token_pool_name(TokenPool p) { return enum_name(kPoolNames, p); }
 TokenPool parse_token_pool(const std::string& name) { return parse_enum(kPoolNames, name, "token pooling"); }
 
+void put_display_rows(at::Tensor& all, int64_t n, int64_t row, at::Tensor batch) {
+    CONVSCOPE_CHECK(batch.dim() == 4 && batch.scalar_type() == torch::kUInt8, "display pictures are [B,H,W,C] uint8");
+    if (!all.defined()) {
+        std::vector<int64_t> shape = batch.sizes().vec();
+        shape[0] = n;
+        all = torch::empty(shape, torch::kUInt8);
+    }
+    if (batch.size(3) != all.size(3)) {
+        if (batch.size(3) == 1) batch = batch.expand({-1, -1, -1, 3});
+        else all = all.expand({-1, -1, -1, 3}).contiguous();
+    }
+    all.narrow(0, row, batch.size(0)).copy_(batch);
+}
+
 EmbeddingFeatures layer_features(const Model& model, const Dataset& data, const std::vector<int64_t>& indices,
                                  const LayerFeaturesOptions& options, const RunContext& context) {
     const ThreadScope threads(context);
@@ -105,20 +119,7 @@ EmbeddingFeatures layer_features(const Model& model, const Dataset& data, const 
             if (!r.features.defined()) r.features = torch::empty({n, f.size(1)}, torch::kFloat);
             r.features.narrow(0, row, f.size(0)).copy_(f);
         }
-        if (keep_display) {
-            at::Tensor d = pre.to_display(b.images);
-            if (!r.display.defined()) {
-                std::vector<int64_t> shape = d.sizes().vec();
-                shape[0] = n;
-                r.display = torch::empty(shape, torch::kUInt8);
-            }
-            // A batch with non-finite pixels comes back in colour: then every picture is.
-            if (d.size(3) != r.display.size(3)) {
-                if (d.size(3) == 1) d = d.expand({-1, -1, -1, 3});
-                else r.display = r.display.expand({-1, -1, -1, 3}).contiguous();
-            }
-            r.display.narrow(0, row, d.size(0)).copy_(d);
-        }
+        if (keep_display) put_display_rows(r.display, n, row, pre.to_display(b.images));
         r.labels.insert(r.labels.end(), b.labels.begin(), b.labels.end());
         row += f.size(0);
         report_progress(context.progress, double(++done) / batches);

@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include "convscope/runtime/error.hpp"
+#include "convscope/runtime/model.hpp"
 #include "convscope/runtime/strings.hpp"
 #include "methods/detail/batches.hpp"
 
@@ -79,6 +80,7 @@ Target fixed_target(const Model& model, const at::Tensor& images, const Target& 
                     const std::vector<int64_t>& classes) {
     Target t = fixed_target(target, classes);
     if (t.kind == Target::Kind::Similarity || target.region.kind != Region::Kind::Pred) return t;
+    if (model.output_shape().size() != 3) return t;  // not dense [K,H,W]: no region to find
     torch::NoGradGuard no_grad;
     const at::Tensor out = detail::forward_chunks(model, images, 16);
     if (out.dim() != 4) return t;

@@ -429,12 +429,26 @@ std::string Model::penultimate_layer() const {
     return last;
 }
 
-int64_t Model::num_classes() const {
+std::vector<int64_t> Model::output_shape() const {
     const auto shape = input_shape();
+    {
+        std::lock_guard<std::mutex> lock(impl_->mutex);
+        if (impl_->output_for_shape == shape) return impl_->output_shape;
+    }
     std::vector<int64_t> nchw{1};
     nchw.insert(nchw.end(), shape.begin(), shape.end());
-    auto out = forward(torch::zeros(nchw));
-    return out.dim() >= 2 ? out.size(1) : 1;
+    const at::Tensor out = forward(torch::zeros(nchw));
+    std::vector<int64_t> sizes = out.sizes().vec();
+    sizes.erase(sizes.begin());
+    std::lock_guard<std::mutex> lock(impl_->mutex);
+    impl_->output_shape = sizes;
+    impl_->output_for_shape = shape;
+    return sizes;
+}
+
+int64_t Model::num_classes() const {
+    const std::vector<int64_t> s = output_shape();
+    return s.empty() ? 1 : s[0];
 }
 
 at::Tensor Model::parameter(const std::string& layer_name, const std::string& name) const {

@@ -128,6 +128,8 @@ Model Model::copy() const {
         m.impl_->input_shape = impl_->input_shape;
         m.impl_->grid = impl_->grid;
         m.impl_->output_spec = impl_->output_spec;
+        m.impl_->output_shape = impl_->output_shape;
+        m.impl_->output_for_shape = impl_->output_for_shape;
     }
     m.impl_->analyse();
     return m;

@@ -311,6 +311,7 @@ void Model::select_output(const std::string& name) {
     }
     impl_->layers.clear();
     impl_->functions.clear();
+    impl_->output_for_shape.clear();
 }
 
 }  // namespace convscope

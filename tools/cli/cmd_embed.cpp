@@ -235,19 +235,10 @@ bool distributed_features(const Model& model, const Dataset& data, Inputs& in, c
             char* p = const_cast<char*>(part.data()) + eol + 1;
             if (!writer) {
                 writer = std::make_unique<NpyRowWriter>(features_path, n, dims);
-                std::vector<int64_t> full = dshape;
-                full[0] = n;
-                in.display = torch::empty(full, torch::kUInt8);
                 in.layer = head["layer"].get<std::string>();
             }
             writer->write(torch::from_blob(p, {rows, dims}, torch::kFloat));
-            at::Tensor d = torch::from_blob(p + rows * dims * 4, dshape, torch::kUInt8);
-            // A batch with non-finite pixels comes back in colour: then every picture is.
-            if (d.size(3) != in.display.size(3)) {
-                if (d.size(3) == 1) d = d.expand({-1, -1, -1, 3});
-                else in.display = in.display.expand({-1, -1, -1, 3}).contiguous();
-            }
-            in.display.narrow(0, row, rows).copy_(d);
+            put_display_rows(in.display, n, row, torch::from_blob(p + rows * dims * 4, dshape, torch::kUInt8));
             const auto labels = head["labels"].get<std::vector<int64_t>>();
             in.labels.insert(in.labels.end(), labels.begin(), labels.end());
             row += rows;

@@ -60,6 +60,11 @@ struct LayerFeaturesOptions {
 EmbeddingFeatures layer_features(const Model& model, const Dataset& data, const std::vector<int64_t>& indices,
                                  const LayerFeaturesOptions& options = {}, const RunContext& context = {});
 
+// Copies a batch's pictures [B,H,W,C] uint8 into rows [row, row + B) of `all` [n,H,W,C],
+// allocating `all` at the first batch. A batch with non-finite pixels comes back in colour
+// (C = 3): then every picture is, so gray rows are widened on either side.
+void put_display_rows(at::Tensor& all, int64_t n, int64_t row, at::Tensor batch);
+
 // Karpathy's grid view. Places points of xy [N,2] (any floating dtype, finite) into the cells of
 // a rows x cols grid, each cell holding at most one point, so that the total squared distance
 // between points and their cells is minimal. Both are first brought to [0,1]^2: each point

@@ -128,6 +128,9 @@ public:
     void select_output(const std::string& name);
     // The chosen output's name (see OutputInfo::name).
     const std::string& output_name() const;
+    // The chosen output's shape without the batch dimension, for input_shape() (one forward pass
+    // of a zero image, once per input shape and output).
+    std::vector<int64_t> output_shape() const;
     // Number of output classes: the size of the output's dimension 1 ([N,K] logits, [N,K,H,W]
     // dense scores); 1 for an output [N].
     int64_t num_classes() const;

@@ -51,6 +51,7 @@ struct Model::Impl {
     mutable std::vector<LayerInfo> layers;
     mutable std::vector<int64_t> layers_for_shape;
     mutable std::map<std::string, std::shared_ptr<jit::GraphFunction>> functions;
+    mutable std::vector<int64_t> output_shape, output_for_shape;  // Model::output_shape's cache
 
     // The outputs (model_outputs.cpp): what forward returns, the entries known from the graph
     // ("output" for a single tensor, positions for tuples and lists, keys for dicts), the one
