@@ -7,6 +7,9 @@
 // Usage: bench_evaluation MODEL.pt [--items N] [--runs R] [--threads T] [--steps S] [--suite]
 //        [--only TEXT] (the metrics whose name holds TEXT)
 //        [--data fashion-mnist:test]
+//        bench_evaluation --imputation [--runs R]: ROAD's imputation of one 3x224x224 image on one
+//        thread, by each solver, for holes of several kinds (the choice of
+//        ImputationSolver::Auto is fitted to these).
 // MODEL.pt: the built-in model (~/.cache/convscope/default-fashion-mnist.pt) or
 // resnet18_scripted.pt from tests/fixtures/make_fixtures.py (3x224x224).
 #include <ATen/CPUGeneratorImpl.h>
@@ -63,9 +66,60 @@ void forwards(const Model& model, const at::Tensor& images, int64_t count, int b
     }
 }
 
+// ROAD's imputation of one 3x224x224 image on one thread for holes of several kinds: discs,
+// the top 50% and 90% of noise, of noise smoothed over 9 and over 41 pixels (maps of saliency,
+// of a smooth method). The widest hole is the largest chessboard distance to a kept pixel.
+int imputation_table(int runs) {
+    at::set_num_threads(1);
+    const int64_t h = 224, w = 224;
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(1);
+    const at::Tensor x = torch::randn({1, 3, h, w}, gen, torch::kFloat);
+    const at::Tensor yy = torch::arange(h).view({h, 1}).expand({h, w}), xx = torch::arange(w).view({1, w}).expand({h, w});
+    const at::Tensor d2 = (yy - h / 2).pow(2) + (xx - w / 2).pow(2);
+    const at::Tensor noise = torch::rand({h, w}, gen, torch::kFloat);
+    const at::Tensor smooth9 = torch::avg_pool2d(torch::rand({1, 1, h + 8, w + 8}, gen, torch::kFloat), 9, 1)[0][0];
+    const at::Tensor smooth41 = torch::avg_pool2d(torch::rand({1, 1, h + 40, w + 40}, gen, torch::kFloat), 41, 1)[0][0];
+    const auto top = [](const at::Tensor& m, double share) {
+        return m > std::get<0>(m.flatten().kthvalue(int64_t((1 - share) * double(m.numel()))));
+    };
+    const std::vector<std::pair<std::string, at::Tensor>> holes = {
+        {"disc r=30", d2 < 900},          {"disc r=60", d2 < 3600},         {"disc r=100", d2 < 10000},
+        {"noise 50%", top(noise, 0.5)},   {"noise 90%", top(noise, 0.9)},   {"smooth-9 50%", top(smooth9, 0.5)},
+        {"smooth-9 90%", top(smooth9, 0.9)}, {"smooth-41 50%", top(smooth41, 0.5)}, {"smooth-41 90%", top(smooth41, 0.9)}};
+    std::printf("one 3x224x224 image, 1 thread, median of %d runs\n", runs);
+    std::printf("%-14s %8s %7s %12s %12s %12s %6s\n", "hole", "removed", "widest", "iterative ms", "factor. ms",
+                "auto ms", "auto");
+    for (const auto& [name, removed] : holes) {
+        at::Tensor kept = removed.logical_not().to(torch::kFloat).view({1, 1, h, w});
+        int widest = 0;
+        while (kept.min().item<float>() < 0.5f) {
+            kept = torch::max_pool2d(kept, 3, 1, 1);
+            ++widest;
+        }
+        std::vector<double> ms[3];
+        const ImputationSolver solvers[3] = {ImputationSolver::Iterative, ImputationSolver::Factorisation,
+                                             ImputationSolver::Auto};
+        at::Tensor out[3];
+        for (int r = 0; r < runs; ++r)
+            for (int k = 0; k < 3; ++k) {
+                const double t = convscope::bench::seconds_of([&] {
+                    out[k] = noisy_linear_imputation(x, removed.unsqueeze(0), 0.0, gen, solvers[k]);
+                });
+                ms[k].push_back(t * 1e3);
+            }
+        const double m0 = median(ms[0]), m1 = median(ms[1]), m2 = median(ms[2]);
+        std::printf("%-14s %8lld %7d %12.1f %12.1f %12.1f %6s  (solvers differ by %.1e)\n", name.c_str(),
+                    (long long)removed.sum().item<int64_t>(), widest, m0, m1, m2,
+                    torch::equal(out[2], out[0]) ? "iter." : "factor.", (out[0] - out[1]).abs().max().item<double>());
+    }
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+    if (argc >= 2 && std::string(argv[1]) == "--imputation")
+        return imputation_table(argc >= 4 && std::string(argv[2]) == "--runs" ? std::atoi(argv[3]) : 3);
     if (argc < 2) {
         std::fprintf(stderr, "usage: %s MODEL.pt [--items N] [--runs R] [--threads T] [--steps S] [--suite] [--data D] [--only TEXT]\n",
                      argv[0]);

@@ -6,7 +6,8 @@
 //
 // A float32 features file is mapped, not read (map_npy). --save writes the embedding; --compare
 // scores another tool's embedding of the same points with the same metrics and the same
-// feature-space neighbours.
+// feature-space neighbours. --recall S checks the neighbour lists of S evenly spaced points
+// against brute force (the share of each point's true k and 10 nearest that its list holds).
 //
 // With a features file (N,D float32) it embeds those (labels.npy, if given, for the kNN
 // accuracy). Without one it makes synthetic CNN-like features: 10 Gaussian clusters in a
@@ -60,6 +61,38 @@ at::Tensor synthetic_features(int64_t n, int64_t d, at::Tensor& labels) {
 
 }  // namespace
 
+// The share of the true k (and 10) nearest neighbours of `sample` evenly spaced points (itself
+// excluded) that the graph's lists hold, the truth by brute force in blocks of rows.
+std::pair<double, double> knn_recall(const at::Tensor& x, const convscope::KnnGraph& g, int64_t sample) {
+    const int64_t n = x.size(0), k = g.k;
+    const at::Tensor idx = at::arange(0, n, std::max<int64_t>(1, n / sample), at::kLong).slice(0, 0, sample);
+    const at::Tensor q = x.index_select(0, idx).to(at::kFloat);
+    const at::Tensor qq = q.pow(2).sum(1, true);
+    at::Tensor best_d = at::full({q.size(0), k + 1}, INFINITY), best_i = at::zeros({q.size(0), k + 1}, at::kLong);
+    for (int64_t r0 = 0; r0 < n; r0 += 65536) {
+        const at::Tensor b = x.slice(0, r0, std::min(n, r0 + 65536)).to(at::kFloat);
+        const at::Tensor d = qq + b.pow(2).sum(1).unsqueeze(0) - 2 * at::mm(q, b.t());
+        const auto [dv, di] = at::topk(at::cat({best_d, d}, 1), k + 1, 1, /*largest=*/false);
+        best_i = at::cat({best_i, at::arange(r0, r0 + b.size(0), at::kLong).unsqueeze(0).expand({q.size(0), -1})}, 1)
+                     .gather(1, di);
+        best_d = dv;
+    }
+    double hit_k = 0, hit_10 = 0;
+    for (int64_t s = 0; s < q.size(0); ++s) {
+        const int64_t i = idx[s].item<int64_t>();
+        std::vector<int64_t> truth;
+        for (int64_t j = 0; j <= k && int64_t(truth.size()) < k; ++j)
+            if (best_i[s][j].item<int64_t>() != i) truth.push_back(best_i[s][j].item<int64_t>());
+        const int32_t* list = g.index.data() + i * k;
+        for (int64_t j = 0; j < k; ++j) {
+            const bool found = std::find(list, list + k, int32_t(truth[size_t(j)])) != list + k;
+            hit_k += found;
+            if (j < 10) hit_10 += std::find(list, list + 10, int32_t(truth[size_t(j)])) != list + 10;
+        }
+    }
+    return {hit_k / double(q.size(0) * k), hit_10 / double(q.size(0) * 10)};
+}
+
 int main(int argc, char** argv) {
     std::vector<std::string> paths;
     int64_t n = 70000;
@@ -70,6 +103,8 @@ int main(int argc, char** argv) {
     double fft_width = 0.0;
     int fft_nodes = 0;
     double momentum = 0.0;
+    double max_step = -1.0;  // < 0: the default
+    int64_t recall_sample = 0;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         if (a == "--n" && i + 1 < argc) {
@@ -86,6 +121,10 @@ int main(int argc, char** argv) {
             fft_nodes = std::atoi(argv[++i]);
         } else if (a == "--fft-width" && i + 1 < argc) {
             fft_width = std::atof(argv[++i]);
+        } else if (a == "--max-step" && i + 1 < argc) {
+            max_step = std::atof(argv[++i]);
+        } else if (a == "--recall" && i + 1 < argc) {
+            recall_sample = std::atoll(argv[++i]);
         } else if (a == "--iterations" && i + 1 < argc) {
             iterations = std::atoi(argv[++i]);
         } else if (a == "--save" && i + 1 < argc) {
@@ -97,7 +136,7 @@ int main(int argc, char** argv) {
         } else if (a == "--help" || a == "-h") {
             std::printf(
                 "usage: bench_tsne [features.npy [labels.npy]] [--n N] [--threads T] "
-                "[--repeat R] [--knn auto|exact|hnsw] [--lr L] [--iterations I] [--fft-width W] [--fft-nodes P] [--momentum M]\n");
+                "[--repeat R] [--knn auto|exact|hnsw] [--lr L] [--iterations I] [--fft-width W] [--fft-nodes P] [--momentum M] [--max-step S]\n");
             return 0;
         } else {
             paths.push_back(a);
@@ -129,6 +168,7 @@ int main(int argc, char** argv) {
         if (fft_width > 0) options.fft.max_interval_width = fft_width;
         if (fft_nodes > 0) options.fft.nodes_per_interval = fft_nodes;
         if (momentum > 0) options.momentum = momentum;
+        if (max_step >= 0) options.max_step = max_step;
         if (knn == "exact") options.knn.method = convscope::KnnOptions::Method::Exact;
         if (knn == "hnsw") options.knn.method = convscope::KnnOptions::Method::Hnsw;
         std::vector<double> totals;
@@ -159,6 +199,11 @@ int main(int argc, char** argv) {
                 "(metrics %.2f s); extent %.1f x %.1f\n",
                 result.kl_divergence, accuracy, preservation, metrics,
                 (hi[0] - lo[0]).item<double>(), (hi[1] - lo[1]).item<double>());
+            if (recall_sample > 0) {
+                const auto [at_k, at_10] = knn_recall(features, result.knn, recall_sample);
+                std::printf("        neighbour lists against brute force on %lld points: recall@%d %.4f, recall@10 %.4f\n",
+                            (long long)recall_sample, result.knn.k, at_k, at_10);
+            }
             if (!save.empty()) convscope::write_npy(save, result.embedding);
             if (!compare.empty()) {
                 const at::Tensor other = convscope::read_npy(compare).to(at::kFloat).contiguous();

@@ -144,6 +144,11 @@ TEST(Faithfulness, LinearImputationOfLargeHolesSatisfiesItsEquations) {
         const at::Tensor removed = torch::stack({disc, speckle, disc, most});
         at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(1);
         const at::Tensor y = noisy_linear_imputation(x, removed, 0.0, gen);
+        // Both solvers give the same values (the iterations to 1e-8 of the right-hand side).
+        const at::Tensor by_cg = noisy_linear_imputation(x, removed, 0.0, gen, ImputationSolver::Iterative);
+        const at::Tensor by_ldlt = noisy_linear_imputation(x, removed, 0.0, gen, ImputationSolver::Factorisation);
+        EXPECT_LT((by_cg - by_ldlt).abs().max().item<double>(), 1e-5) << h << "x" << w;
+        for (int64_t i = 0; i < 4; ++i) EXPECT_TRUE(torch::equal(y[i], by_cg[i]) || torch::equal(y[i], by_ldlt[i]));
         const at::Tensor rm = removed.unsqueeze(1).expand_as(x);
         EXPECT_TRUE(torch::equal(x.masked_select(rm.logical_not()), y.masked_select(rm.logical_not())));
         // Weighted mean of the neighbours inside the image, by a convolution with zero padding.

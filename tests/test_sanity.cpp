@@ -287,6 +287,42 @@ TEST(Sanity, SaliencyDecorrelatesUnderRandomisationAndAnEdgeDetectorDoesNot) {
         EXPECT_NEAR(ri.spearman[1][i].item<double>(), compare_maps(orig, third, i).spearman, 1e-6);
 }
 
+// The copy a check changes is kept for the next check of a model from the same file: its values
+// are set from the model checked each time, so the numbers do not depend on what ran before,
+// and the model itself is never changed.
+TEST(Sanity, RepeatedChecksOfOneFileGiveTheSameNumbersAndLeaveTheModel) {
+    const Model& model = trained_model();
+    const at::Tensor x = fashion_items(model, 3);
+    const std::vector<std::string> layers = parameter_layers(model);
+    ASSERT_GE(layers.size(), 3u);
+    // Another model from the same file, changed two layers below the top.
+    const Model other = randomised_copy(model, {layers[2]}, 11);
+    std::vector<at::Tensor> before;
+    for (const auto& p : model.module().parameters()) before.push_back(p.clone());
+    Target t;
+    const Explainer saliency = method_explainer("saliency", ExplainOptions{});
+    const Explanation orig = saliency(model, x, t, {}), orig_other = saliency(other, x, t, {});
+    RandomisationOptions ro;
+    ro.init = RandomInit::Reset;
+    const RandomisationResult a1 = randomisation(model, x, orig, saliency, t, ro);
+    const RandomisationResult b1 = randomisation(other, x, orig_other, saliency, t, ro);
+    const RandomisationResult a2 = randomisation(model, x, orig, saliency, t, ro);
+    const RandomisationResult b2 = randomisation(other, x, orig_other, saliency, t, ro);
+    for (const auto& [one, two] : {std::pair{&a1, &a2}, std::pair{&b1, &b2}}) {
+        EXPECT_TRUE(torch::equal(one->spearman_abs, two->spearman_abs));
+        EXPECT_TRUE(torch::equal(one->ssim, two->ssim));
+        EXPECT_TRUE(torch::equal(one->hog, two->hog));
+    }
+    // Step 0 of the other model's check: its own values with the top layer redrawn.
+    const Explanation top = saliency(randomised_copy(other, {layers[0]}, 0, RandomInit::Reset), x,
+                                     fixed_target(t, orig_other.targets), {});
+    for (int64_t i = 0; i < 3; ++i)
+        EXPECT_NEAR(b1.spearman_abs[0][i].item<double>(), compare_maps(orig_other, top, i).spearman_abs, 1e-6);
+    EXPECT_FALSE(torch::equal(a1.spearman_abs, b1.spearman_abs));
+    size_t k = 0;
+    for (const auto& p : model.module().parameters()) EXPECT_TRUE(torch::equal(p, before[k++]));
+}
+
 TEST(Sanity, RandomLogitExplainsAnotherClass) {
     const Model& model = trained_model();
     const at::Tensor x = fashion_items(model, 6);

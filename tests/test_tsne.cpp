@@ -414,6 +414,26 @@ TEST(Tsne, BadInputGivesClearErrors) {
     // Cancelling through the progress callback.
     o.perplexity = 5;
     EXPECT_THROW(tsne(x.data(), 50, 4, o, RunContext{[](double f) { return f < 0.5; }}), Cancelled);
+    o.max_step = -1;
+    EXPECT_NE(message([&] { tsne(x.data(), 50, 4, o); }).find("max_step"), std::string::npos);
+}
+
+// One iteration at a huge learning rate from the PCA start (spread 1e-4): with max_step every
+// point moves at most that far (plus the re-centring, at most as far again); without it they fly.
+TEST(Tsne, MaxStepLimitsHowFarAPointMoves) {
+    std::vector<int64_t> labels;
+    const auto x = make_blobs(3, 40, 8, labels, 5);
+    TsneOptions o;
+    o.iterations = 1;
+    o.early_exaggeration_iters = 1;
+    o.learning_rate = 1e7;
+    o.perplexity = 10;
+    o.max_step = 0.25;
+    const float limited = tsne(x.data(), 120, 8, o).embedding.abs().max().item<float>();
+    EXPECT_LE(limited, 2 * 0.25 + 1e-3);
+    EXPECT_GT(limited, 0.05);  // the clipped steps are taken
+    o.max_step = 0;
+    EXPECT_GT(tsne(x.data(), 120, 8, o).embedding.abs().max().item<float>(), 1.0);
 }
 
 TEST(TsneMetrics, AccuracyAndPreservationAgainstDefinitions) {

@@ -300,8 +300,8 @@ bool impute_cg(const float* img, const bool* removed, int64_t c, int64_t h, int6
 // widest hole (D: the largest chessboard distance of a removed pixel to a kept one, by a
 // two-pass distance transform) and cost the rows that hold removed pixels; the factorisation
 // costs about m^1.5 for m removed pixels of a 2-D grid. The constants are fitted to timings of
-// both on holes of every kind (bench/RESULTS.md); small images always take the iterations,
-// whose grid stays in cache.
+// both on holes of every kind (`bench_evaluation --imputation`); small images always take the
+// iterations, whose grid stays in cache.
 bool prefer_cg(const bool* removed, int64_t h, int64_t w) {
     if (h * w <= 4096) return true;
     std::vector<int32_t> dist(size_t(h * w));
@@ -345,11 +345,14 @@ bool prefer_cg(const bool* removed, int64_t h, int64_t w) {
 }
 
 // The linear imputation of one image [C,H,W] (float32, contiguous) where removed [H,W] (bool,
-// contiguous) is true, written into out [C,H,W]: by conjugate gradients where prefer_cg says
-// so and they converge, else by the factorisation.
-void impute_one(const float* img, const bool* removed, int64_t c, int64_t h, int64_t w, float* out) {
+// contiguous) is true, written into out [C,H,W]: by conjugate gradients where the solver (or for
+// Auto prefer_cg) says so and they converge, else by the factorisation.
+void impute_one(const float* img, const bool* removed, int64_t c, int64_t h, int64_t w, float* out,
+                ImputationSolver solver) {
     std::copy(img, img + c * h * w, out);
-    if (!prefer_cg(removed, h, w)) {
+    const bool cg = solver == ImputationSolver::Iterative ||
+                    (solver == ImputationSolver::Auto && prefer_cg(removed, h, w));
+    if (!cg) {
         impute_ldlt(img, removed, c, h, w, out);
         return;
     }
@@ -376,7 +379,7 @@ at::Tensor scorer_outputs(const Model& model, const at::Tensor& images, const Ta
 }  // namespace
 
 at::Tensor noisy_linear_imputation(const at::Tensor& images, const at::Tensor& removed, double noise,
-                                   at::Generator& gen) {
+                                   at::Generator& gen, ImputationSolver solver) {
     const int64_t n = images.size(0), c = images.size(1), h = images.size(2), w = images.size(3);
     CONVSCOPE_CHECK(removed.dim() == 3 && removed.size(0) == n && removed.size(1) == h && removed.size(2) == w,
                     "one removal mask [H,W] per image");
@@ -392,7 +395,7 @@ at::Tensor noisy_linear_imputation(const at::Tensor& images, const at::Tensor& r
     float* po = filled.data_ptr<float>();
     at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i)
-            impute_one(px + i * c * h * w, pm + i * h * w, c, h, w, po + i * c * h * w);
+            impute_one(px + i * c * h * w, pm + i * h * w, c, h, w, po + i * c * h * w, solver);
     });
     // Noise image by image in order, so that it does not depend on how callers batch.
     if (noise > 0) {

@@ -10,7 +10,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <memory>
+#include <mutex>
 #include <numeric>
+#include <string>
 
 #include "convscope/methods/occlusion.hpp"
 #include "convscope/runtime/error.hpp"
@@ -157,12 +160,23 @@ struct PreparedMap {
     std::vector<double> ranks_abs, ranks_signed, unit, hog;
 };
 
-PreparedMap prepare(const Explanation& e, int64_t n) {
+// An explanation's maps as float64, contiguous: converted once, read by pointer per image.
+struct MapValues {
+    at::Tensor map, signed_map;  // [N,H,W] float64
+    int64_t h = 0, w = 0;
+    explicit MapValues(const Explanation& e)
+        : map(e.map.to(torch::kDouble).contiguous()), signed_map(e.signed_map.to(torch::kDouble).contiguous()),
+          h(e.map.size(1)), w(e.map.size(2)) {}
+};
+
+PreparedMap prepare(const MapValues& v, int64_t n) {
     PreparedMap p;
-    p.h = e.map.size(1);
-    p.w = e.map.size(2);
-    std::vector<double> m = values_of(e.map[n]);
-    const std::vector<double> sgn = values_of(e.signed_map[n]);
+    p.h = v.h;
+    p.w = v.w;
+    const double* pm = v.map.data_ptr<double>() + n * v.h * v.w;
+    const double* ps = v.signed_map.data_ptr<double>() + n * v.h * v.w;
+    std::vector<double> m(pm, pm + v.h * v.w);
+    const std::vector<double> sgn(ps, ps + v.h * v.w);
     auto finite = [](const std::vector<double>& v) {
         return std::all_of(v.begin(), v.end(), [](double x) { return std::isfinite(x); });
     };
@@ -198,7 +212,7 @@ MapSimilarity similarity(const PreparedMap& a, const PreparedMap& b) {
 MapSimilarity compare_maps(const Explanation& a, const Explanation& b, int64_t n) {
     CONVSCOPE_CHECK(a.map.sizes() == b.map.sizes() && a.signed_map.sizes() == b.signed_map.sizes(),
                     "compared explanations have the same shape");
-    return similarity(prepare(a, n), prepare(b, n));
+    return similarity(prepare(MapValues(a), n), prepare(MapValues(b), n));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -274,6 +288,69 @@ void redraw(Model& copy, const std::string& layer, uint64_t seed, RandomInit ini
         p.copy_(torch::randn(p.sizes(), gen, p.scalar_type()).mul_(sd).add_(mean));
     }
 }
+
+// Sets every parameter and buffer of `to` to the values of `from`, a model of the same file and
+// structure. False (nothing written) when their lists differ.
+bool restore_values(Model& to, const Model& from) {
+    torch::NoGradGuard no_grad;
+    const auto tp = to.module().named_parameters(), fp = from.module().named_parameters();
+    const auto tb = to.module().named_buffers(), fb = from.module().named_buffers();
+    if (tp.size() != fp.size() || tb.size() != fb.size()) return false;
+    std::vector<std::pair<at::Tensor, at::Tensor>> pairs;
+    for (auto a = tp.begin(), b = fp.begin(); a != tp.end(); ++a, ++b) pairs.emplace_back((*a).value, (*b).value);
+    for (auto a = tb.begin(), b = fb.begin(); a != tb.end(); ++a, ++b) pairs.emplace_back((*a).value, (*b).value);
+    for (const auto& [t, f] : pairs)
+        if (t.sizes() != f.sizes() || t.scalar_type() != f.scalar_type()) return false;
+    for (auto& [t, f] : pairs) t.copy_(f);
+    return true;
+}
+
+// The copy the randomisation check changes, kept for the next check of a model from the same
+// file: a fresh copy specialises its graphs again in its first runs (on the default model that
+// cost more than a map). One check holds it at a time (another gets a fresh copy); its values
+// are set from the model each time it is handed out.
+class WorkCopy {
+public:
+    explicit WorkCopy(const Model& model) : key_(key_of(model)) {
+        {
+            std::lock_guard<std::mutex> lock(mutex());
+            if (kept() && kept_key() == key_) {
+                copy_ = std::move(kept());
+                kept_key().clear();
+            }
+        }
+        if (copy_ && !restore_values(*copy_, model)) copy_.reset();
+        if (!copy_) copy_ = std::make_unique<Model>(model.copy());
+    }
+    ~WorkCopy() {
+        std::lock_guard<std::mutex> lock(mutex());
+        kept() = std::move(copy_);
+        kept_key() = key_;
+    }
+    Model& get() { return *copy_; }
+
+private:
+    static std::string key_of(const Model& m) {
+        std::string key = m.file_hash() + "|" + m.path() + "|" + m.output_name() + "|";
+        for (int64_t d : m.input_shape()) key += std::to_string(d) + ",";
+        return key;
+    }
+    static std::mutex& mutex() {
+        static std::mutex m;
+        return m;
+    }
+    // Never destroyed: a model torn down among LibTorch's own statics at exit can crash.
+    static std::unique_ptr<Model>& kept() {
+        static auto* k = new std::unique_ptr<Model>();
+        return *k;
+    }
+    static std::string& kept_key() {
+        static auto* k = new std::string();
+        return *k;
+    }
+    std::string key_;
+    std::unique_ptr<Model> copy_;
+};
 
 }  // namespace
 
@@ -358,16 +435,18 @@ struct SimilarityColumns {
 // Every image's original map, prepared once for all the comparisons of a check.
 std::vector<PreparedMap> prepare_all(const Explanation& a) {
     std::vector<PreparedMap> out(size_t(a.map.size(0)));
+    const MapValues v(a);
     at::parallel_for(0, a.map.size(0), 1, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) out[size_t(i)] = prepare(a, i);
+        for (int64_t i = begin; i < end; ++i) out[size_t(i)] = prepare(v, i);
     });
     return out;
 }
 
 void compare_all(const std::vector<PreparedMap>& a, const Explanation& b, SimilarityColumns& cols, int64_t row) {
     CONVSCOPE_CHECK(int64_t(a.size()) == b.map.size(0), "compared explanations have the same shape");
+    const MapValues v(b);
     at::parallel_for(0, cols.n, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) cols.set(row, i, similarity(a[size_t(i)], prepare(b, i)));
+        for (int64_t i = begin; i < end; ++i) cols.set(row, i, similarity(a[size_t(i)], prepare(v, i)));
     });
 }
 
@@ -388,7 +467,8 @@ RandomisationResult randomisation(const Model& model, const at::Tensor& images, 
     SimilarityColumns cols(steps, n);
     const std::vector<PreparedMap> prepared = prepare_all(original);
     // One copy whose parameters change in place: its graphs are analysed and specialised once.
-    Model work = model.copy();
+    WorkCopy lease(model);
+    Model& work = lease.get();
     // Random layers can shrink activations into subnormal numbers, which cost the CPU up to 30x
     // per operation: flushed to zero during the check (reset when it ends).
     FlushSubnormals flush;

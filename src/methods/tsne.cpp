@@ -78,6 +78,7 @@ void validate_options(const TsneOptions& o) {
     if (!(o.momentum_early >= 0 && o.momentum_early < 1) || !(o.momentum >= 0 && o.momentum < 1))
         bad("momentum must be in [0, 1)");
     if (!(o.min_gain > 0)) bad("min_gain must be > 0");
+    if (!(o.max_step >= 0) || !std::isfinite(o.max_step)) bad("max_step must be >= 0 (0: no limit)");
     if (o.pca_dims < 0) bad("pca_dims must be >= 0");
     if (o.fft.nodes_per_interval < 1 || o.fft.nodes_per_interval > 8)
         bad("fft.nodes_per_interval must be in 1..8");
@@ -182,14 +183,27 @@ double optimise(const SparseMatrix& p, std::vector<double>& y, bool exact, doubl
         pool.for_range(blocks, [&](int64_t b0, int64_t b1) {
             for (int64_t blk = b0; blk < b1; ++blk) {
                 double sum[2] = {0.0, 0.0};
-                for (int64_t i = 2 * blk * kBlock; i < 2 * std::min(n, (blk + 1) * kBlock); ++i) {
-                    // Grow the gain while the gradient keeps pointing the way we are moving.
-                    double& g = gains[size_t(i)];
-                    g = (grad[size_t(i)] > 0) != (update[size_t(i)] > 0) ? g + 0.2 : g * 0.8;
-                    g = std::max(g, options.min_gain);
-                    update[size_t(i)] = momentum * update[size_t(i)] - lr * g * grad[size_t(i)];
-                    y[size_t(i)] += update[size_t(i)];
-                    sum[i & 1] += y[size_t(i)];
+                for (int64_t pt = blk * kBlock; pt < std::min(n, (blk + 1) * kBlock); ++pt) {
+                    double* u = update.data() + 2 * pt;
+                    for (int c = 0; c < 2; ++c) {
+                        // Grow the gain while the gradient keeps pointing the way we are moving.
+                        const size_t i = size_t(2 * pt + c);
+                        double& g = gains[i];
+                        g = (grad[i] > 0) != (u[c] > 0) ? g + 0.2 : g * 0.8;
+                        g = std::max(g, options.min_gain);
+                        u[c] = momentum * u[c] - lr * g * grad[i];
+                    }
+                    // A point moves at most max_step per iteration (the update itself is cut,
+                    // so the momentum carries the cut step).
+                    const double step = std::hypot(u[0], u[1]);
+                    if (options.max_step > 0 && step > options.max_step) {
+                        u[0] *= options.max_step / step;
+                        u[1] *= options.max_step / step;
+                    }
+                    for (int c = 0; c < 2; ++c) {
+                        y[size_t(2 * pt + c)] += u[c];
+                        sum[c] += y[size_t(2 * pt + c)];
+                    }
                 }
                 block_sum[size_t(2 * blk)] = sum[0];
                 block_sum[size_t(2 * blk + 1)] = sum[1];

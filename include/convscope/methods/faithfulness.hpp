@@ -75,14 +75,21 @@ struct RoadResult {
     std::vector<int64_t> targets;
 };
 
+// How the imputation's sparse system is solved, per image, in float64. Iterative: conjugate
+// gradients on the image grid to a residual of 1e-8 of the right-hand side (falling back to the
+// factorisation if they have not converged after 4 (H + W) + 100 iterations). Factorisation:
+// Eigen's sparse LDL^T, exact up to rounding. Auto: the one expected to be faster for the image's
+// holes (iterations for narrow holes and small images, the factorisation for wide holes).
+enum class ImputationSolver { Auto, Iterative, Factorisation };
+
 // ROAD's noisy linear imputation of images_nchw [N,C,H,W] where removed_nhw [N,H,W] (bool) is
 // true: each removed value becomes the weighted mean of its 8 neighbours inside the image (1/6
 // for the 4 direct ones, 1/12 for the diagonal ones), removed neighbours included, found by
-// solving that sparse linear system exactly (Eigen's LDL^T factorisation, in float64),
-// plus Gaussian noise of standard deviation `noise` drawn from gen. Kept values are unchanged.
-// Throws Error when every pixel of an image is removed.
+// solving that sparse linear system, plus Gaussian noise of standard deviation `noise` drawn
+// from gen, image by image. Kept values are unchanged. Throws Error when every pixel of an image
+// is removed.
 at::Tensor noisy_linear_imputation(const at::Tensor& images_nchw, const at::Tensor& removed_nhw, double noise,
-                                   at::Generator& gen);
+                                   at::Generator& gen, ImputationSolver solver = ImputationSolver::Auto);
 
 // ROAD for images_nchw [N,C,H,W] and maps_nhw [N,H,W]. Throws Error for a percentage outside
 // (0, 100), an empty list, a negative noise, maps that do not fit. Cost: N P forward passes plus

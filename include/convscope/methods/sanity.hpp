@@ -97,7 +97,9 @@ struct RandomisationResult {
 // `original`, its explanation by the unchanged model; the randomised models explain the classes
 // the original explained (fixed_target of `target`). The context's seed draws the parameters
 // (and the method's own randomness, as for the original). One copy of the model is changed in
-// place step by step. Subnormal numbers are flushed to zero while the call runs (the gradients
+// place step by step; it is kept (one, process-wide) for the next check of a model from the same
+// file, with its values set from that model first, so that its specialised graphs are reused
+// (memory: one more copy of the last model checked). Subnormal numbers are flushed to zero while the call runs (the gradients
 // of random layers shrink into them, and each costs the CPU many times a normal number). Throws
 // Error for a model without parameters and the method's errors. Cost: L times the method's.
 RandomisationResult randomisation(const Model& model, const at::Tensor& images_nchw, const Explanation& original,
