@@ -89,7 +89,9 @@ int imputation_table(int runs) {
     std::printf("one 3x224x224 image, 1 thread, median of %d runs\n", runs);
     std::printf("%-14s %8s %7s %12s %12s %12s %6s\n", "hole", "removed", "widest", "iterative ms", "factor. ms",
                 "auto ms", "auto");
-    for (const auto& [name, removed] : holes) {
+    for (const auto& hole : holes) {
+        const std::string& name = hole.first;
+        const at::Tensor& removed = hole.second;  // a plain reference: lambdas below capture it
         at::Tensor kept = removed.logical_not().to(torch::kFloat).view({1, 1, h, w});
         int widest = 0;
         while (kept.min().item<float>() < 0.5f) {
