@@ -195,10 +195,12 @@ double optimise(const SparseMatrix& p, std::vector<double>& y, bool exact, doubl
                     }
                     // A point moves at most max_step per iteration (the update itself is cut,
                     // so the momentum carries the cut step).
-                    const double step = std::hypot(u[0], u[1]);
-                    if (options.max_step > 0 && step > options.max_step) {
-                        u[0] *= options.max_step / step;
-                        u[1] *= options.max_step / step;
+                    if (options.max_step > 0) {
+                        const double step = std::hypot(u[0], u[1]);
+                        if (step > options.max_step) {
+                            u[0] *= options.max_step / step;
+                            u[1] *= options.max_step / step;
+                        }
                     }
                     for (int c = 0; c < 2; ++c) {
                         y[size_t(2 * pt + c)] += u[c];
