@@ -31,6 +31,18 @@ async function shot(page, name, fullPage = false) {
     await page.screenshot({ path: path.join(outDir, name), fullPage });
 }
 
+// Waits for a selector; on a timeout the error also says what the result box and the status bar
+// showed, so a failure in CI can be read without its screenshot.
+async function waitShowing(page, selector, timeout) {
+    try {
+        await page.waitForSelector(selector, { timeout });
+    } catch (e) {
+        const say = async (s) => ((await page.$(s)) ? (await page.textContent(s)).trim().slice(0, 300) : '(absent)');
+        throw new Error(`${selector} did not appear in ${timeout} ms; result: "${await say('#explain-result')}"; ` +
+            `status: "${await say('#status')}"; note: "${await say('#segmentation-note')}"`);
+    }
+}
+
 // Watches a page: console errors, page errors, and every request it makes.
 function watch(page) {
     const seen = { errors: [], requests: [] };
@@ -232,16 +244,19 @@ async function segmentation(browser) {
     await page.waitForFunction(() => Number(document.body.dataset.updates || 0) >= 1, null, { timeout: 20000 });
     check(await page.isVisible('#segmentation-image'), 'a segmentation model shows its predicted classes');
     await page.waitForFunction(() => { const i = document.getElementById('segmentation-image'); return i.complete && i.naturalWidth > 0; });
-    const box = await (await page.$('#segmentation-image')).boundingBox();
-    await page.mouse.click(box.x + box.width / 2, box.y + box.height / 2);
-    await page.waitForSelector('#explain-result[data-kind="occlusion"] #explained-region', { timeout: 30000 });
+    // The element's own click waits until it stops moving (the gallery and the layer cards may
+    // still be laying out) and checks that the click lands on it; the position is relative to it.
+    const seg = await page.$('#segmentation-image');
+    const box = await seg.boundingBox();
+    await seg.click({ position: { x: box.width / 2, y: box.height / 2 } });
+    await waitShowing(page, '#explain-result[data-kind="occlusion"] #explained-region', 30000);
     const text = await page.textContent('#explain-result');
     check(/region: \d+ output pixels/.test(text), 'the occlusion names the clicked region: ' + text);
     const note = await page.textContent('#segmentation-note');
     check(/explaining the region at \((3[12]), (3[12])\)/.test(note), 'the note says which region: ' + note);
     await shot(page, '09-segmentation-occlusion.png');
     await page.click('#run-attribution');
-    await page.waitForSelector('#explain-result[data-kind="attribution"] #explained-region', { timeout: 30000 });
+    await waitShowing(page, '#explain-result[data-kind="attribution"] #explained-region', 30000);
     await shot(page, '10-segmentation-attribution.png');
     check(seen.errors.length === 0, 'no errors in the segmentation page: ' + seen.errors.join(' | '));
     await context.close();
@@ -258,10 +273,10 @@ async function transformer(browser) {
     await page.waitForFunction(() => Number(document.body.dataset.updates || 0) >= 1, null, { timeout: 20000 });
     check(await page.isVisible('#run-attention'), 'a transformer offers the attention view');
     await page.click('#run-attention');
-    await page.waitForSelector('#explain-result[data-kind="attention"] canvas.attention-canvas', { timeout: 30000 });
+    await waitShowing(page, '#explain-result[data-kind="attention"] canvas.attention-canvas', 30000);
     const canvas = await page.$('#explain-result canvas.attention-canvas');
     const box = await canvas.boundingBox();
-    await page.mouse.click(box.x + box.width * 0.9, box.y + box.height * 0.1);  // row 0, column 3 of 4x4
+    await canvas.click({ position: { x: box.width * 0.9, y: box.height * 0.1 } });  // row 0, column 3 of 4x4
     const caption = await page.textContent('#explain-result .attention-view .caption');
     check(/patch 0,3's attention at encoder\.layers\.encoder_layer_1/.test(caption), 'a click makes the patch the query: ' + caption);
     await shot(page, '11-vit-attention.png');
@@ -282,7 +297,7 @@ async function transformerReport(browser) {
     const view = await views[0].evaluateHandle((c) => c.closest('.attention-view'));
     await views[0].scrollIntoViewIfNeeded();
     const box = await views[0].boundingBox();
-    await page.mouse.click(box.x + box.width * 0.3, box.y + box.height * 0.6);  // row 2, column 1 of 4x4
+    await views[0].click({ position: { x: box.width * 0.3, y: box.height * 0.6 } });  // row 2, column 1 of 4x4
     const caption = await view.$eval('.caption', (c) => c.textContent);
     check(/patch 2,1's attention at encoder\.layers\.encoder_layer_1/.test(caption), 'a click in the report makes the patch the query: ' + caption);
     await view.$eval('select[aria-label="head"]', (s) => { s.value = '1'; s.dispatchEvent(new Event('change')); });
