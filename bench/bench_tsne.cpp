@@ -13,7 +13,8 @@
 // accuracy). Without one it makes synthetic CNN-like features: 10 Gaussian clusters in a
 // 16-dimensional latent space, mapped to 128 dimensions by a random linear map and a ReLU, plus
 // a little noise (low intrinsic dimension, as penultimate-layer features have). Default options
-// (perplexity 30, 750 iterations), so the figures match what `embed` does.
+// (perplexity 30, the automatic number of iterations unless --iterations is given), so the
+// figures match what `embed` does.
 #include <ATen/ATen.h>
 
 #include <algorithm>

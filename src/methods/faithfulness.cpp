@@ -7,16 +7,15 @@
 #include <ATen/Parallel.h>
 #include <torch/torch.h>
 
-#include <Eigen/Sparse>
-#include <Eigen/SparseCholesky>
-
 #include <algorithm>
 #include <cmath>
+#include <mutex>
 
 #include "convscope/runtime/error.hpp"
 #include "convscope/runtime/model.hpp"
 #include "convscope/runtime/strings.hpp"
 #include "methods/detail/batches.hpp"
+#include "methods/detail/imputation.hpp"
 
 namespace convscope {
 
@@ -139,233 +138,6 @@ CurveResult perturbation_curve(const Model& model, const at::Tensor& images, con
 
 namespace {
 
-constexpr int kDy[8] = {-1, -1, -1, 0, 0, 1, 1, 1}, kDx[8] = {-1, 0, 1, -1, 1, -1, 0, 1};
-constexpr double kWt[8] = {1.0 / 12, 1.0 / 6, 1.0 / 12, 1.0 / 6, 1.0 / 6, 1.0 / 12, 1.0 / 6, 1.0 / 12};
-
-// The system of one image: for every removed pixel q,
-//   wsum(q) v(q) - sum_{removed r ~ q} w v(r) = sum_{kept r ~ q} w x(r),
-// with w = 1/6 for the 4 direct and 1/12 for the 4 diagonal neighbours inside the image and
-// wsum(q) their sum. It is symmetric positive definite when a pixel is kept.
-
-// Exact solve by a sparse LDL^T factorisation, one per image shared by its channels. The
-// fallback of impute_cg.
-void impute_ldlt(const float* img, const bool* removed, int64_t c, int64_t h, int64_t w, float* out) {
-    const int64_t p = h * w;
-    std::vector<int64_t> id(size_t(p), -1);
-    std::vector<int64_t> cells;
-    for (int64_t q = 0; q < p; ++q)
-        if (removed[q]) {
-            id[size_t(q)] = int64_t(cells.size());
-            cells.push_back(q);
-        }
-    const int64_t m = int64_t(cells.size());
-    if (m == 0) return;
-    std::vector<Eigen::Triplet<double>> triplets;
-    triplets.reserve(size_t(m) * 9);
-    Eigen::MatrixXd rhs = Eigen::MatrixXd::Zero(m, c);
-    for (int64_t k = 0; k < m; ++k) {
-        const int64_t y = cells[size_t(k)] / w, x = cells[size_t(k)] % w;
-        double wsum = 0;
-        for (int j = 0; j < 8; ++j) {
-            const int64_t yy = y + kDy[j], xx = x + kDx[j];
-            if (yy < 0 || yy >= h || xx < 0 || xx >= w) continue;
-            wsum += kWt[j];
-            const int64_t r = yy * w + xx;
-            if (removed[r])
-                triplets.emplace_back(k, id[size_t(r)], -kWt[j]);
-            else
-                for (int64_t ch = 0; ch < c; ++ch) rhs(k, ch) += kWt[j] * double(img[ch * p + r]);
-        }
-        triplets.emplace_back(k, k, wsum);
-    }
-    Eigen::SparseMatrix<double> a(m, m);
-    a.setFromTriplets(triplets.begin(), triplets.end());
-    Eigen::SimplicialLDLT<Eigen::SparseMatrix<double>> solver(a);
-    CONVSCOPE_CHECK(solver.info() == Eigen::Success, "the imputation system is positive definite when a pixel is kept");
-    const Eigen::MatrixXd v = solver.solve(rhs);
-    for (int64_t k = 0; k < m; ++k)
-        for (int64_t ch = 0; ch < c; ++ch) out[ch * p + cells[size_t(k)]] = float(v(k, ch));
-}
-
-// Conjugate gradients on the image grid, channel by channel, without building the matrix: the
-// vectors live on the grid with a border of zeros, are zero at kept pixels, and the product is
-// the 8-neighbour stencil (branch-free, so the compiler vectorises it). The removed pixels start
-// at the mean of the kept ones (the fill of a large hole tends to its border's mean), and the
-// iteration stops at a residual of 1e-8 of the right-hand side's norm (or of the first
-// residual's, when larger). Returns false when a
-// channel has not converged after max_iter iterations (the caller then solves exactly).
-bool impute_cg(const float* img, const bool* removed, int64_t c, int64_t h, int64_t w, float* out) {
-    const int64_t hp = h + 2, wp = w + 2, pp = hp * wp;
-    int64_t off[8];
-    for (int j = 0; j < 8; ++j) off[j] = kDy[j] * wp + kDx[j];
-    thread_local std::vector<double> buf;
-    buf.assign(size_t(pp) * 6, 0.0);
-    double* mask = buf.data();     // 1 at removed pixels
-    double* diag = mask + pp;      // wsum at removed pixels
-    double* x = diag + pp;         // the solution (removed pixels) and the image (kept pixels)
-    double* r = x + pp;
-    double* d = r + pp;
-    double* ad = d + pp;
-    int64_t ymin = h, ymax = -1;
-    for (int64_t y = 0; y < h; ++y)
-        for (int64_t xx = 0; xx < w; ++xx)
-            if (removed[y * w + xx]) {
-                const int64_t q = (y + 1) * wp + xx + 1;
-                mask[q] = 1.0;
-                for (int j = 0; j < 8; ++j) {
-                    const int64_t yy = y + kDy[j], xj = xx + kDx[j];
-                    if (yy >= 0 && yy < h && xj >= 0 && xj < w) diag[q] += kWt[j];
-                }
-                ymin = std::min(ymin, y);
-                ymax = std::max(ymax, y);
-            }
-    if (ymax < 0) return true;
-    // Rows [lo, hi) of the padded grid hold every removed pixel.
-    const int64_t lo = (ymin + 1) * wp, hi = (ymax + 2) * wp;
-    const int64_t max_iter = 4 * (h + w) + 100;
-    const double* __restrict mk = mask;
-    const double* __restrict dg = diag;
-    for (int64_t ch = 0; ch < c; ++ch) {
-        const float* src = img + ch * h * w;
-        double kept_sum = 0;
-        int64_t kept = 0;
-        for (int64_t y = 0; y < h; ++y)
-            for (int64_t xx = 0; xx < w; ++xx) {
-                const double v = double(src[y * w + xx]);
-                x[(y + 1) * wp + xx + 1] = v;
-                if (!removed[y * w + xx]) {
-                    kept_sum += v;
-                    ++kept;
-                }
-            }
-        const double start = kept_sum / double(std::max<int64_t>(kept, 1));
-        for (int64_t q = lo; q < hi; ++q)
-            if (mk[q] != 0.0) x[q] = start;
-        // r = b - A x0 = mask * (sum_j w_j x(q + off_j) - wsum x(q)) over the full grid x.
-        double rr = 0, bb = 0;
-        for (int64_t q = lo; q < hi; ++q) {
-            double s = 0;
-            for (int j = 0; j < 8; ++j) s += kWt[j] * x[q + off[j]];
-            double b = 0;  // the kept neighbours' part alone, for the tolerance
-            if (mk[q] != 0.0)
-                for (int j = 0; j < 8; ++j) b += kWt[j] * x[q + off[j]] * (1.0 - mk[q + off[j]]);
-            r[q] = mk[q] * (s - dg[q] * x[q]);
-            d[q] = r[q];
-            rr += r[q] * r[q];
-            bb += b * b;
-        }
-        // Relative to the larger of b and the first residual: b alone is 0 where every kept
-        // neighbour is black.
-        const double tol2 = 1e-16 * std::max({bb, rr, 1e-300});
-        bool done = !(rr > tol2);
-        for (int64_t it = 0; it < max_iter && !done; ++it) {
-            double dad = 0;
-            double* __restrict adv = ad;
-            const double* __restrict dv = d;
-#pragma omp simd reduction(+ : dad)
-            for (int64_t q = lo; q < hi; ++q) {
-                const double s = kWt[0] * dv[q + off[0]] + kWt[1] * dv[q + off[1]] + kWt[2] * dv[q + off[2]] +
-                                 kWt[3] * dv[q + off[3]] + kWt[4] * dv[q + off[4]] + kWt[5] * dv[q + off[5]] +
-                                 kWt[6] * dv[q + off[6]] + kWt[7] * dv[q + off[7]];
-                adv[q] = mk[q] * (dg[q] * dv[q] - s);
-                dad += dv[q] * adv[q];
-            }
-            if (!(dad > 0)) break;
-            const double alpha = rr / dad;
-            double rr_new = 0;
-#pragma omp simd reduction(+ : rr_new)
-            for (int64_t q = lo; q < hi; ++q) {
-                x[q] += alpha * d[q];
-                r[q] -= alpha * ad[q];
-                rr_new += r[q] * r[q];
-            }
-            const double beta = rr_new / rr;
-            rr = rr_new;
-#pragma omp simd
-            for (int64_t q = lo; q < hi; ++q) d[q] = r[q] + beta * d[q];
-            done = !(rr > tol2);
-        }
-        if (!done) return false;
-        float* dst = out + ch * h * w;
-        for (int64_t y = 0; y < h; ++y)
-            for (int64_t xx = 0; xx < w; ++xx) dst[y * w + xx] = float(x[(y + 1) * wp + xx + 1]);
-        // The direction vectors are zero outside the removed pixels again for the next channel.
-        std::fill(r + lo, r + hi, 0.0);
-        std::fill(d + lo, d + hi, 0.0);
-    }
-    return true;
-}
-
-// Whether conjugate gradients should beat the factorisation. Their iterations grow with the
-// widest hole (D: the largest chessboard distance of a removed pixel to a kept one, by a
-// two-pass distance transform) and cost the rows that hold removed pixels; the factorisation
-// costs about m^1.5 for m removed pixels of a 2-D grid. The constants are fitted to timings of
-// both on holes of every kind (`bench_evaluation --imputation`); small images always take the
-// iterations, whose grid stays in cache.
-bool prefer_cg(const bool* removed, int64_t h, int64_t w) {
-    if (h * w <= 4096) return true;
-    std::vector<int32_t> dist(size_t(h * w));
-    const int32_t far = int32_t(h + w);
-    int64_t m = 0, ymin = h, ymax = -1;
-    for (int64_t y = 0; y < h; ++y)
-        for (int64_t x = 0; x < w; ++x) {
-            const int64_t q = y * w + x;
-            int32_t d = removed[q] ? far : 0;
-            if (removed[q]) {
-                ++m;
-                ymin = std::min(ymin, y);
-                ymax = std::max(ymax, y);
-                if (y > 0) {
-                    d = std::min(d, dist[size_t(q - w)] + 1);
-                    if (x > 0) d = std::min(d, dist[size_t(q - w - 1)] + 1);
-                    if (x + 1 < w) d = std::min(d, dist[size_t(q - w + 1)] + 1);
-                }
-                if (x > 0) d = std::min(d, dist[size_t(q - 1)] + 1);
-            }
-            dist[size_t(q)] = d;
-        }
-    int32_t widest = 0;
-    for (int64_t y = h - 1; y >= 0; --y)
-        for (int64_t x = w - 1; x >= 0; --x) {
-            const int64_t q = y * w + x;
-            int32_t d = dist[size_t(q)];
-            if (d == 0) continue;
-            if (y + 1 < h) {
-                d = std::min(d, dist[size_t(q + w)] + 1);
-                if (x > 0) d = std::min(d, dist[size_t(q + w - 1)] + 1);
-                if (x + 1 < w) d = std::min(d, dist[size_t(q + w + 1)] + 1);
-            }
-            if (x + 1 < w) d = std::min(d, dist[size_t(q + 1)] + 1);
-            dist[size_t(q)] = d;
-            widest = std::max(widest, d);
-        }
-    if (m == 0) return true;
-    const double rows = double(ymax - ymin + 1) * double(w);
-    return double(widest + 4) * rows < 0.3 * std::pow(double(m), 1.5);
-}
-
-// The linear imputation of one image [C,H,W] (float32, contiguous) where removed [H,W] (bool,
-// contiguous) is true, written into out [C,H,W]: by conjugate gradients where the solver (or for
-// Auto prefer_cg) says so and they converge, else by the factorisation.
-void impute_one(const float* img, const bool* removed, int64_t c, int64_t h, int64_t w, float* out,
-                ImputationSolver solver) {
-    std::copy(img, img + c * h * w, out);
-    const bool cg = solver == ImputationSolver::Iterative ||
-                    (solver == ImputationSolver::Auto && prefer_cg(removed, h, w));
-    if (!cg) {
-        impute_ldlt(img, removed, c, h, w, out);
-        return;
-    }
-    if (!impute_cg(img, removed, c, h, w, out)) {
-        std::copy(img, img + c * h * w, out);
-        impute_ldlt(img, removed, c, h, w, out);
-    }
-}
-
-}  // namespace
-
-namespace {
-
 // The clean outputs a TargetScorer is built from. A classifier's scorer reads them only to find
 // the predicted class: with the classes given, the output's shape is enough and ROAD's forward
 // passes are the perturbed images' alone.
@@ -393,16 +165,33 @@ at::Tensor noisy_linear_imputation(const at::Tensor& images, const at::Tensor& r
     at::Tensor filled = torch::empty_like(x);
     const float* px = x.data_ptr<float>();
     float* po = filled.data_ptr<float>();
-    at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i)
-            impute_one(px + i * c * h * w, pm + i * h * w, c, h, w, po + i * c * h * w, solver);
-    });
-    // Noise image by image in order, so that it does not depend on how callers batch.
+    // Noise only for the removed values: each image draws from its own generator, seeded from
+    // gen image by image in order, so that the values depend neither on how callers batch nor
+    // on the threads.
+    std::vector<uint64_t> seeds(size_t(n), 0);
     if (noise > 0) {
-        at::Tensor eps = torch::empty({n, c, h, w}, torch::kFloat);
-        for (int64_t i = 0; i < n; ++i) eps.select(0, i).normal_(0.0, 1.0, gen);
-        filled = torch::where(rm.unsqueeze(1), filled + float(noise) * eps, filled);
+        auto* g = at::check_generator<at::CPUGeneratorImpl>(gen);
+        std::lock_guard<std::mutex> lock(g->mutex_);
+        for (auto& s : seeds) s = g->random64();
     }
+    const float sigma = float(noise);
+    at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+        std::vector<int64_t> cells;
+        for (int64_t i = begin; i < end; ++i) {
+            float* dst = po + i * c * h * w;
+            const bool* rm_i = pm + i * h * w;
+            detail::impute_image(px + i * c * h * w, rm_i, c, h, w, dst, solver);
+            if (noise <= 0) continue;
+            cells.clear();
+            for (int64_t q = 0; q < h * w; ++q)
+                if (rm_i[q]) cells.push_back(q);
+            at::Generator gi = at::make_generator<at::CPUGeneratorImpl>(seeds[size_t(i)]);
+            const at::Tensor eps = torch::empty({c * int64_t(cells.size())}, torch::kFloat).normal_(0.0, 1.0, gi);
+            const float* pe = eps.data_ptr<float>();
+            for (int64_t ch = 0; ch < c; ++ch)
+                for (const int64_t q : cells) dst[ch * h * w + q] += sigma * *pe++;
+        }
+    });
     return filled;
 }
 

@@ -75,11 +75,12 @@ struct RoadResult {
     std::vector<int64_t> targets;
 };
 
-// How the imputation's sparse system is solved, per image, in float64. Iterative: conjugate
-// gradients on the image grid to a residual of 1e-8 of the right-hand side (falling back to the
-// factorisation if they have not converged after 4 (H + W) + 100 iterations). Factorisation:
-// Eigen's sparse LDL^T, exact up to rounding. Auto: the one expected to be faster for the image's
-// holes (iterations for narrow holes and small images, the factorisation for wide holes).
+// How the imputation's sparse system is solved, per image. Iterative: conjugate gradients on the
+// image grid in float32 with float64 reliable updates, to a residual of 1e-8 of the right-hand
+// side (falling back to the factorisation if they have not got there after 8 (4 (H + W) + 100)
+// iterations). Factorisation: Eigen's sparse LDL^T in float64, exact up to rounding. Auto: the
+// one expected to be faster for the image's holes (iterations for narrow holes and small images,
+// the factorisation for wide holes).
 enum class ImputationSolver { Auto, Iterative, Factorisation };
 
 // ROAD's noisy linear imputation of images_nchw [N,C,H,W] where removed_nhw [N,H,W] (bool) is

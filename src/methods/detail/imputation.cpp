@@ -1,0 +1,293 @@
+// ROAD's linear imputation of one image. For every removed pixel q,
+//   wsum(q) v(q) - sum_{removed r ~ q} w v(r) = sum_{kept r ~ q} w x(r),
+// with w = 1/6 for the 4 direct and 1/12 for the 4 diagonal neighbours inside the image and
+// wsum(q) their sum. It is symmetric positive definite when a pixel is kept. The iterations solve
+// it times 12, whose weights (2, 1 and the integer 12 wsum) are exact in float32 too.
+#include "methods/detail/imputation.hpp"
+
+#include <Eigen/Sparse>
+#include <Eigen/SparseCholesky>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "convscope/runtime/error.hpp"
+
+namespace convscope::detail {
+namespace {
+
+constexpr int kDy[8] = {-1, -1, -1, 0, 0, 1, 1, 1}, kDx[8] = {-1, 0, 1, -1, 1, -1, 0, 1};
+constexpr double kWt[8] = {1.0 / 12, 1.0 / 6, 1.0 / 12, 1.0 / 6, 1.0 / 6, 1.0 / 12, 1.0 / 6, 1.0 / 12};
+constexpr int kW12[8] = {1, 2, 1, 2, 2, 1, 2, 1};  // 12 w
+
+// Exact solve by a sparse LDL^T factorisation, one per image shared by its channels.
+void impute_ldlt(const float* img, const bool* removed, int64_t c, int64_t h, int64_t w, float* out) {
+    const int64_t p = h * w;
+    std::vector<int64_t> id(size_t(p), -1);
+    std::vector<int64_t> cells;
+    for (int64_t q = 0; q < p; ++q)
+        if (removed[q]) {
+            id[size_t(q)] = int64_t(cells.size());
+            cells.push_back(q);
+        }
+    const int64_t m = int64_t(cells.size());
+    if (m == 0) return;
+    std::vector<Eigen::Triplet<double>> triplets;
+    triplets.reserve(size_t(m) * 9);
+    Eigen::MatrixXd rhs = Eigen::MatrixXd::Zero(m, c);
+    for (int64_t k = 0; k < m; ++k) {
+        const int64_t y = cells[size_t(k)] / w, x = cells[size_t(k)] % w;
+        double wsum = 0;
+        for (int j = 0; j < 8; ++j) {
+            const int64_t yy = y + kDy[j], xx = x + kDx[j];
+            if (yy < 0 || yy >= h || xx < 0 || xx >= w) continue;
+            wsum += kWt[j];
+            const int64_t r = yy * w + xx;
+            if (removed[r])
+                triplets.emplace_back(k, id[size_t(r)], -kWt[j]);
+            else
+                for (int64_t ch = 0; ch < c; ++ch) rhs(k, ch) += kWt[j] * double(img[ch * p + r]);
+        }
+        triplets.emplace_back(k, k, wsum);
+    }
+    Eigen::SparseMatrix<double> a(m, m);
+    a.setFromTriplets(triplets.begin(), triplets.end());
+    Eigen::SimplicialLDLT<Eigen::SparseMatrix<double>> solver(a);
+    CONVSCOPE_CHECK(solver.info() == Eigen::Success, "the imputation system is positive definite when a pixel is kept");
+    const Eigen::MatrixXd v = solver.solve(rhs);
+    for (int64_t k = 0; k < m; ++k)
+        for (int64_t ch = 0; ch < c; ++ch) out[ch * p + cells[size_t(k)]] = float(v(k, ch));
+}
+
+// The grid's vectors: the image with a border of zeros, (h + 2) x (w + 2) values row after row.
+// The neighbour offsets are plain locals and the mask a product (no branch), so that the
+// compiler vectorises the loops. [lo, hi) holds every removed pixel.
+struct Stencil {
+    int64_t n, nw, ne, wst, est, sw, s, se;  // offsets of the 8 neighbours
+    explicit Stencil(int64_t wp) : n(-wp), nw(-wp - 1), ne(-wp + 1), wst(-1), est(1), sw(wp - 1), s(wp), se(wp + 1) {}
+};
+
+// out = 12 A v at [lo, hi): k v - m (2 x direct + diagonal neighbours), k = 12 wsum and m = 1 at
+// removed pixels, both 0 elsewhere. Returns v . out.
+template <typename T>
+T apply(const Stencil& o, const float* __restrict k, const float* __restrict m, const T* __restrict v, T* __restrict out,
+        int64_t lo, int64_t hi) {
+    const int64_t n = o.n, nw = o.nw, ne = o.ne, wst = o.wst, est = o.est, sw = o.sw, s = o.s, se = o.se;
+    T dot = 0;
+#pragma omp simd reduction(+ : dot)
+    for (int64_t q = lo; q < hi; ++q) {
+        const T sum = T(2) * (v[q + n] + v[q + wst] + v[q + est] + v[q + s]) + (v[q + nw] + v[q + ne] + v[q + sw] + v[q + se]);
+        out[q] = T(k[q]) * v[q] - T(m[q]) * sum;
+        dot += v[q] * out[q];
+    }
+    return dot;
+}
+
+// Conjugate gradients on the image grid, channel by channel, without building the matrix, in
+// float32 with reliable updates: whenever the float32 residual has fallen 10^4-fold, the
+// correction is added to the float64 solution and the residual recomputed from it in float64,
+// keeping the search direction. The vectors are half the size (they stay in the cache) and a
+// SIMD register holds twice as many, at the iterations of a float64 solve. It stops at a residual
+// of 1e-8 of the right-hand side's norm (or of the first residual's, when larger). The removed
+// pixels start at the mean of the kept ones (the fill of a large hole tends to its border's
+// mean). Returns false when a channel has not converged after 8 (4 (H + W) + 100) iterations (the
+// caller then solves exactly).
+bool impute_cg(const float* img, const bool* removed, int64_t c, int64_t h, int64_t w, float* out) {
+    const int64_t wp = w + 2, pp = (h + 2) * wp;
+    const Stencil st(wp);
+    // The vectors lie more than a grid row apart, so that run-time overlap checks pass.
+    const int64_t stride = pp + 2 * wp + 16;
+    thread_local std::vector<double> dbuf;
+    thread_local std::vector<float> fbuf;
+    dbuf.assign(size_t(stride) * 2, 0.0);
+    fbuf.assign(size_t(stride) * 7, 0.f);
+    double* x = dbuf.data();        // the solution (removed pixels) and the image (kept pixels)
+    double* rd = x + stride;        // the residual in float64
+    float* k = fbuf.data();         // 12 wsum at removed pixels, 0 elsewhere (exact integers)
+    float* m = k + stride;          // 1 at removed pixels
+    float* nrem = m + stride;       // 12 x the weight of a removed pixel's removed neighbours
+    float* e = nrem + stride;       // the float32 correction since the last update
+    float* r = e + stride;
+    float* d = r + stride;
+    float* ad = d + stride;
+    int64_t ymin = h, ymax = -1;
+    for (int64_t y = 0; y < h; ++y) {
+        bool any = false;
+        for (int64_t xx = 0; xx < w; ++xx) {
+            const bool rm = removed[y * w + xx];
+            const int inner = 2 * ((y > 0) + (y + 1 < h) + (xx > 0) + (xx + 1 < w)) + (y > 0 && xx > 0) +
+                              (y > 0 && xx + 1 < w) + (y + 1 < h && xx > 0) + (y + 1 < h && xx + 1 < w);
+            k[(y + 1) * wp + xx + 1] = rm ? float(inner) : 0.f;
+            m[(y + 1) * wp + xx + 1] = rm ? 1.f : 0.f;
+            any |= rm;
+        }
+        if (any) {
+            ymin = std::min(ymin, y);
+            ymax = y;
+        }
+    }
+    if (ymax < 0) return true;
+    // From the first removed row's first pixel to the last one's last: every neighbour read
+    // stays inside the grid.
+    const int64_t lo = (ymin + 1) * wp + 1, hi = (ymax + 1) * wp + w + 1;
+    // 12 A 1 = k - nrem, so nrem = k - 12 A applied to the mask.
+    (void)apply<float>(st, k, m, m, nrem, lo, hi);
+    for (int64_t q = lo; q < hi; ++q) nrem[q] = k[q] - nrem[q];
+    const int64_t max_iter = 8 * (4 * (h + w) + 100);
+    // r = 12 (b - A x) in float64 (and in float32); the first time also |12 b|^2 (the kept
+    // neighbours' part, the removed ones all holding `start`), for the tolerance.
+    const auto residual = [&](double start, double* bb) {
+        (void)apply<double>(st, k, m, x, rd, lo, hi);  // rd = 12 A x = k x - m s (s: all neighbours)
+        double sum = 0, b2 = 0;
+        const double* __restrict xv = x;
+        const double* __restrict av = rd;
+        const float* __restrict kv = k;
+        const float* __restrict nv = nrem;
+        float* __restrict rv = r;
+#pragma omp simd reduction(+ : sum, b2)
+        for (int64_t q = lo; q < hi; ++q) {
+            const double res = -av[q];  // m s - k x
+            rv[q] = float(res);
+            sum += res * res;
+            const double b = res + double(kv[q]) * xv[q] - start * double(nv[q]);  // m s - start nrem
+            b2 += b * b;
+        }
+        if (bb) *bb = b2;
+        return sum;
+    };
+    for (int64_t ch = 0; ch < c; ++ch) {
+        const float* src = img + ch * h * w;
+        double kept_sum = 0;
+        int64_t kept = 0;
+        for (int64_t y = 0; y < h; ++y)
+            for (int64_t xx = 0; xx < w; ++xx) {
+                const double v = double(src[y * w + xx]);
+                const bool rm = removed[y * w + xx];
+                x[(y + 1) * wp + xx + 1] = v;
+                kept_sum += rm ? 0.0 : v;
+                kept += !rm;
+            }
+        const double start = kept_sum / double(std::max<int64_t>(kept, 1));
+        for (int64_t q = lo; q < hi; ++q) x[q] = m[q] > 0.f ? start : x[q];
+        double bb = 0;
+        double rr = residual(start, &bb);
+        // Relative to the larger of b and the first residual: b alone is 0 where every kept
+        // neighbour is black.
+        const double tol2 = 1e-16 * std::max({bb, rr, 1e-300});
+        bool done = !(rr > tol2);
+        std::fill(e + lo, e + hi, 0.f);
+        std::copy(r + lo, r + hi, d + lo);
+        double rr_ref = rr;
+        float rf = float(rr);
+        for (int64_t it = 0; it < max_iter && !done; ++it) {
+            const float dad = apply<float>(st, k, m, d, ad, lo, hi);
+            if (!(dad > 0)) break;
+            const float alpha = rf / dad;
+            float rr_new = 0;
+            {
+                float* __restrict ev = e;
+                float* __restrict rv = r;
+                const float* __restrict dv = d;
+                const float* __restrict av = ad;
+#pragma omp simd reduction(+ : rr_new)
+                for (int64_t q = lo; q < hi; ++q) {
+                    ev[q] += alpha * dv[q];
+                    rv[q] -= alpha * av[q];
+                    rr_new += rv[q] * rv[q];
+                }
+            }
+            if (double(rr_new) <= 1e-8 * rr_ref || double(rr_new) <= 0.25 * tol2) {
+                // The reliable update: the correction into x, the residual recomputed from it.
+#pragma omp simd
+                for (int64_t q = lo; q < hi; ++q) x[q] += double(e[q]);
+                std::fill(e + lo, e + hi, 0.f);
+                rr = residual(start, nullptr);
+                if (!(rr > tol2)) {
+                    done = true;
+                    break;
+                }
+                rr_ref = rr;
+                rr_new = float(rr);
+            }
+            const float beta = rr_new / rf;
+            rf = rr_new;
+            float* __restrict dv = d;
+            const float* __restrict rv = r;
+#pragma omp simd
+            for (int64_t q = lo; q < hi; ++q) dv[q] = rv[q] + beta * dv[q];
+        }
+        if (!done) return false;
+        float* dst = out + ch * h * w;
+        for (int64_t y = 0; y < h; ++y)
+            for (int64_t xx = 0; xx < w; ++xx) dst[y * w + xx] = float(x[(y + 1) * wp + xx + 1]);
+    }
+    return true;
+}
+
+// Whether conjugate gradients should beat the factorisation. Their iterations grow with the
+// widest hole (D: the largest chessboard distance of a removed pixel to a kept one, by a
+// two-pass distance transform) and cost the rows that hold removed pixels; the factorisation
+// costs about m^1.5 for m removed pixels of a 2-D grid. The constants are fitted to timings of
+// both on holes of every kind (`bench_evaluation --imputation`); small images always take the
+// iterations, whose grid stays in cache.
+bool prefer_cg(const bool* removed, int64_t h, int64_t w) {
+    if (h * w <= 4096) return true;
+    std::vector<int32_t> dist(size_t(h * w));
+    const int32_t far = int32_t(h + w);
+    int64_t m = 0, ymin = h, ymax = -1;
+    for (int64_t y = 0; y < h; ++y)
+        for (int64_t x = 0; x < w; ++x) {
+            const int64_t q = y * w + x;
+            int32_t d = removed[q] ? far : 0;
+            if (removed[q]) {
+                ++m;
+                ymin = std::min(ymin, y);
+                ymax = std::max(ymax, y);
+                if (y > 0) {
+                    d = std::min(d, dist[size_t(q - w)] + 1);
+                    if (x > 0) d = std::min(d, dist[size_t(q - w - 1)] + 1);
+                    if (x + 1 < w) d = std::min(d, dist[size_t(q - w + 1)] + 1);
+                }
+                if (x > 0) d = std::min(d, dist[size_t(q - 1)] + 1);
+            }
+            dist[size_t(q)] = d;
+        }
+    int32_t widest = 0;
+    for (int64_t y = h - 1; y >= 0; --y)
+        for (int64_t x = w - 1; x >= 0; --x) {
+            const int64_t q = y * w + x;
+            int32_t d = dist[size_t(q)];
+            if (d == 0) continue;
+            if (y + 1 < h) {
+                d = std::min(d, dist[size_t(q + w)] + 1);
+                if (x > 0) d = std::min(d, dist[size_t(q + w - 1)] + 1);
+                if (x + 1 < w) d = std::min(d, dist[size_t(q + w + 1)] + 1);
+            }
+            if (x + 1 < w) d = std::min(d, dist[size_t(q + 1)] + 1);
+            dist[size_t(q)] = d;
+            widest = std::max(widest, d);
+        }
+    if (m == 0) return true;
+    const double rows = double(ymax - ymin + 1) * double(w);
+    return double(widest + 4) * rows < 2.0 * std::pow(double(m), 1.5);
+}
+
+}  // namespace
+
+void impute_image(const float* img, const bool* removed, int64_t c, int64_t h, int64_t w, float* out,
+                  ImputationSolver solver) {
+    std::copy(img, img + c * h * w, out);
+    const bool cg = solver == ImputationSolver::Iterative ||
+                    (solver == ImputationSolver::Auto && prefer_cg(removed, h, w));
+    if (!cg) {
+        impute_ldlt(img, removed, c, h, w, out);
+        return;
+    }
+    if (!impute_cg(img, removed, c, h, w, out)) {
+        std::copy(img, img + c * h * w, out);
+        impute_ldlt(img, removed, c, h, w, out);
+    }
+}
+
+}  // namespace convscope::detail
