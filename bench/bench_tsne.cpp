@@ -8,6 +8,7 @@
 // scores another tool's embedding of the same points with the same metrics and the same
 // feature-space neighbours. --recall S checks the neighbour lists of S evenly spaced points
 // against brute force (the share of each point's true k and 10 nearest that its list holds).
+// --kernel exponential: FIt-SNE's affinities (AffinityKernel::Exponential).
 //
 // With a features file (N,D float32) it embeds those (labels.npy, if given, for the kNN
 // accuracy). Without one it makes synthetic CNN-like features: 10 Gaussian clusters in a
@@ -98,7 +99,7 @@ int main(int argc, char** argv) {
     std::vector<std::string> paths;
     int64_t n = 70000;
     int threads = 2, repeat = 1;
-    std::string knn = "auto", save, compare;
+    std::string knn = "auto", save, compare, kernel = "gaussian";
     double lr = 0.0;
     int iterations = 0;
     double fft_width = 0.0;
@@ -122,6 +123,8 @@ int main(int argc, char** argv) {
             fft_nodes = std::atoi(argv[++i]);
         } else if (a == "--fft-width" && i + 1 < argc) {
             fft_width = std::atof(argv[++i]);
+        } else if (a == "--kernel" && i + 1 < argc) {
+            kernel = argv[++i];
         } else if (a == "--max-step" && i + 1 < argc) {
             max_step = std::atof(argv[++i]);
         } else if (a == "--recall" && i + 1 < argc) {
@@ -137,7 +140,7 @@ int main(int argc, char** argv) {
         } else if (a == "--help" || a == "-h") {
             std::printf(
                 "usage: bench_tsne [features.npy [labels.npy]] [--n N] [--threads T] "
-                "[--repeat R] [--knn auto|exact|hnsw] [--lr L] [--iterations I] [--fft-width W] [--fft-nodes P] [--momentum M] [--max-step S]\n");
+                "[--repeat R] [--knn auto|exact|hnsw] [--lr L] [--iterations I] [--fft-width W] [--fft-nodes P] [--momentum M] [--max-step S] [--kernel gaussian|exponential]\n");
             return 0;
         } else {
             paths.push_back(a);
@@ -170,6 +173,8 @@ int main(int argc, char** argv) {
         if (fft_nodes > 0) options.fft.nodes_per_interval = fft_nodes;
         if (momentum > 0) options.momentum = momentum;
         if (max_step >= 0) options.max_step = max_step;
+        if (kernel == "exponential") options.kernel = convscope::AffinityKernel::Exponential;
+        else if (kernel != "gaussian") throw convscope::UsageError("--kernel must be gaussian or exponential");
         if (knn == "exact") options.knn.method = convscope::KnnOptions::Method::Exact;
         if (knn == "hnsw") options.knn.method = convscope::KnnOptions::Method::Hnsw;
         std::vector<double> totals;

@@ -152,6 +152,47 @@ TEST(TsneAffinities, RowEntropyIsLogPerplexity) {
     }
 }
 
+// The exponential kernel (FIt-SNE's): each row is exp(-beta |x_i - x_j|) normalised, so
+// log p_j + beta d_j is the same for every neighbour j, with beta from the betas out-parameter
+// and d the plain distance; the entropy is still log(perplexity); all pairs agree with the
+// neighbour lists where the row's mass lies.
+TEST(TsneAffinities, ExponentialKernelIsExpOfThePlainDistance) {
+    const int64_t n = 300, d = 8;
+    const auto x = random_matrix(n, d, 7);
+    const double perplexity = 10.0;
+    KnnOptions ko;
+    ko.method = KnnOptions::Method::Exact;
+    const KnnGraph g = nearest_neighbours(x.data(), n, d, 30, ko);
+    std::vector<double> betas;
+    const SparseMatrix c = conditional_affinities(g, perplexity, 2, &betas, AffinityKernel::Exponential);
+    const SparseMatrix gauss = conditional_affinities(g, perplexity, 2);
+    double differs = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        double h = 0.0, ref = 0.0;
+        for (int64_t t = c.row_ptr[size_t(i)]; t < c.row_ptr[size_t(i + 1)]; ++t) {
+            const int64_t j = t - c.row_ptr[size_t(i)];
+            const double v = c.val[size_t(t)];
+            const double dist = std::sqrt(double(g.distance2[size_t(i * g.k + j)]));
+            const double offset = std::log(v) + betas[size_t(i)] * dist;
+            if (j == 0) ref = offset;
+            ASSERT_NEAR(offset, ref, 1e-3) << "row " << i << ", neighbour " << j;
+            h -= v * std::log(v);
+            differs = std::max(differs, std::abs(v - double(gauss.val[size_t(t)])));
+        }
+        ASSERT_NEAR(h, std::log(perplexity), 1e-3) << "row " << i;
+    }
+    EXPECT_GT(differs, 1e-3) << "the exponential kernel gives other affinities than the Gaussian";
+    const SparseMatrix all = conditional_affinities_all_pairs(x.data(), n, d, perplexity, 2, AffinityKernel::Exponential);
+    for (int64_t i = 0; i < n; i += 37) {
+        double h = 0.0;
+        for (int64_t t = all.row_ptr[size_t(i)]; t < all.row_ptr[size_t(i + 1)]; ++t) {
+            const double v = all.val[size_t(t)];
+            if (v > 0) h -= v * std::log(v);
+        }
+        EXPECT_NEAR(h, std::log(perplexity), 1e-3) << "all pairs, row " << i;
+    }
+}
+
 TEST(TsneAffinities, SymmetrisedIsSymmetricAndSumsToOne) {
     const int64_t n = 200, d = 6;
     const auto x = random_matrix(n, d, 6);

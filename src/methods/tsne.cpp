@@ -141,7 +141,7 @@ SparseMatrix affinities(const float* data, int64_t n, int64_t dim, bool exact, c
     if (exact) {
         result.neighbours = int(n - 1);
         result.neighbours_seconds = 0.0;
-        SparseMatrix p = symmetrise(all_pairs_conditional(data, n, dim, options.perplexity, pool), pool);
+        SparseMatrix p = symmetrise(all_pairs_conditional(data, n, dim, options.perplexity, pool, options.kernel), pool);
         result.affinities_seconds = seconds_since(t0);
         return p;
     }
@@ -154,7 +154,7 @@ SparseMatrix affinities(const float* data, int64_t n, int64_t dim, bool exact, c
     result.neighbours_seconds = seconds_since(t0);
     report_progress(context.progress, 0.1);
     t0 = clock_type::now();
-    SparseMatrix p = symmetrise(conditional_from_knn(result.knn, options.perplexity, pool, nullptr), pool);
+    SparseMatrix p = symmetrise(conditional_from_knn(result.knn, options.perplexity, pool, nullptr, options.kernel), pool);
     result.affinities_seconds = seconds_since(t0);
     return p;
 }

@@ -39,6 +39,13 @@ struct KnnGraph {
     std::vector<float> distance2;  // [n,k] squared Euclidean distances
 };
 
+// The kernel that turns the distances to a point's neighbours into its affinities (the width
+// beta_i calibrated to the perplexity either way). Gaussian: exp(-beta_i |x_i - x_j|^2), the
+// t-SNE paper's. Exponential: exp(-beta_i |x_i - x_j|), what FIt-SNE 1.2 computes (its
+// perplexity search reads the Euclidean distances of its neighbour search as squared ones): for
+// maps comparable to FIt-SNE's (bench/RESULTS.md).
+enum class AffinityKernel { Gaussian, Exponential };
+
 struct KnnOptions {
     enum class Method { Auto, Exact, Hnsw };
     // Auto: exact brute force when n <= exact_max_n, else hnswlib. Both costs grow with d alike;
@@ -99,6 +106,8 @@ struct TsneOptions {
     Init init = Init::Pca;
     int pca_dims = 0;  // >0: reduce the features to this many PCs first
 
+    AffinityKernel kernel = AffinityKernel::Gaussian;
+
     // Nearest neighbours for the affinities (not used by the exact gradient). The seed and
     // thread count of this struct are ignored: the run context's apply.
     KnnOptions knn;
@@ -147,15 +156,16 @@ int tsne_auto_iterations(int64_t n);
 KnnGraph nearest_neighbours(const float* x, int64_t n, int64_t d, int k,
                             const KnnOptions& options = {});
 
-// Conditional affinities P_{j|i} = exp(-beta_i d_ij^2) / sum_j(...) over each point's
-// neighbours, with beta_i found (Newton steps inside a bisection bracket) so that the row's
-// entropy (natural log) is log(perplexity) within 1e-5. Rows sum to 1. `betas` (if given)
-// receives beta_i [n]. O(n k) per step, about 5 steps.
+// Conditional affinities P_{j|i} = exp(-beta_i d_ij^2) / sum_j(...) (Exponential: d_ij for
+// d_ij^2) over each point's neighbours, with beta_i found (Newton steps inside a bisection
+// bracket) so that the row's entropy (natural log) is log(perplexity) within 1e-5. Rows sum to
+// 1. `betas` (if given) receives beta_i [n]. O(n k) per step, about 5 steps.
 SparseMatrix conditional_affinities(const KnnGraph& knn, double perplexity, int threads = 0,
-                                    std::vector<double>* betas = nullptr);
+                                    std::vector<double>* betas = nullptr,
+                                    AffinityKernel kernel = AffinityKernel::Gaussian);
 // The same over all pairs (for the exact gradient): O(n^2 d) time, O(n^2) memory.
-SparseMatrix conditional_affinities_all_pairs(const float* x, int64_t n, int64_t d,
-                                              double perplexity, int threads = 0);
+SparseMatrix conditional_affinities_all_pairs(const float* x, int64_t n, int64_t d, double perplexity,
+                                              int threads = 0, AffinityKernel kernel = AffinityKernel::Gaussian);
 // P = (C + C^T) / (2n): symmetric, sums to 1.
 SparseMatrix symmetrise_affinities(const SparseMatrix& conditional);
 

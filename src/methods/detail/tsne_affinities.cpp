@@ -62,7 +62,7 @@ double calibrate_row(const float* dist2, int64_t k, double perplexity, float* ou
 }  // namespace
 
 SparseMatrix conditional_from_knn(const KnnGraph& knn, double perplexity, ThreadPool& pool,
-                                  std::vector<double>* betas) {
+                                  std::vector<double>* betas, AffinityKernel kernel) {
     SparseMatrix c;
     c.n = knn.n;
     const int64_t k = knn.k;
@@ -73,9 +73,15 @@ SparseMatrix conditional_from_knn(const KnnGraph& knn, double perplexity, Thread
     if (betas) betas->assign(size_t(c.n), 0.0);
     pool.for_range(c.n, [&](int64_t b, int64_t e) {
         std::vector<double> w;
+        std::vector<float> plain;
         for (int64_t i = b; i < e; ++i) {
-            const double beta = calibrate_row(&knn.distance2[size_t(i * k)], k, perplexity,
-                                              &c.val[size_t(i * k)], w);
+            const float* row = &knn.distance2[size_t(i * k)];
+            if (kernel == AffinityKernel::Exponential) {
+                plain.assign(row, row + k);
+                for (float& v : plain) v = std::sqrt(v);
+                row = plain.data();
+            }
+            const double beta = calibrate_row(row, k, perplexity, &c.val[size_t(i * k)], w);
             if (betas) (*betas)[size_t(i)] = beta;
         }
     });
@@ -83,7 +89,7 @@ SparseMatrix conditional_from_knn(const KnnGraph& knn, double perplexity, Thread
 }
 
 SparseMatrix all_pairs_conditional(const float* x, int64_t n, int64_t d, double perplexity,
-                                   ThreadPool& pool) {
+                                   ThreadPool& pool, AffinityKernel kernel) {
     SparseMatrix c;
     c.n = n;
     c.row_ptr.resize(size_t(n + 1));
@@ -97,7 +103,8 @@ SparseMatrix all_pairs_conditional(const float* x, int64_t n, int64_t d, double 
             int64_t t = 0;
             for (int64_t j = 0; j < n; ++j) {
                 if (j == i) continue;
-                dist[size_t(t)] = detail::squared_distance(x + i * d, x + j * d, d);
+                const float d2 = detail::squared_distance(x + i * d, x + j * d, d);
+                dist[size_t(t)] = kernel == AffinityKernel::Exponential ? std::sqrt(d2) : d2;
                 c.col[size_t(i * (n - 1) + t)] = int32_t(j);
                 ++t;
             }
@@ -178,23 +185,23 @@ using detail::ThreadPool;
 using detail::check_affinities;
 
 SparseMatrix conditional_affinities(const KnnGraph& knn, double perplexity, int threads,
-                                    std::vector<double>* betas) {
+                                    std::vector<double>* betas, AffinityKernel kernel) {
     if (knn.n < 2 || knn.k < 1)
         throw Error("affinities need a neighbour graph of at least 2 points");
     if (!(perplexity >= 1.0) || !(perplexity < double(knn.k) + 1e-9))
         throw UsageError("perplexity " + detail::format_number(perplexity) +
                          " must be in [1, k = " + std::to_string(knn.k) + "]");
     ThreadPool pool(threads);
-    return conditional_from_knn(knn, perplexity, pool, betas);
+    return conditional_from_knn(knn, perplexity, pool, betas, kernel);
 }
 
-SparseMatrix conditional_affinities_all_pairs(const float* x, int64_t n, int64_t d,
-                                              double perplexity, int threads) {
+SparseMatrix conditional_affinities_all_pairs(const float* x, int64_t n, int64_t d, double perplexity,
+                                              int threads, AffinityKernel kernel) {
     if (n < 2) throw Error("t-SNE needs at least 2 points, got " + std::to_string(n));
     if (!(perplexity >= 1.0) || !(perplexity < double(n - 1) + 1e-9))
         throw UsageError("perplexity " + detail::format_number(perplexity) + " must be in [1, N-1]");
     ThreadPool pool(threads);
-    return all_pairs_conditional(x, n, d, perplexity, pool);
+    return all_pairs_conditional(x, n, d, perplexity, pool, kernel);
 }
 
 SparseMatrix symmetrise_affinities(const SparseMatrix& conditional) {

@@ -23,9 +23,10 @@ void check_affinities(const SparseMatrix& p);
 
 // P_{j|i} over each point's neighbours, calibrated to the perplexity (betas: per row, optional).
 SparseMatrix conditional_from_knn(const KnnGraph& knn, double perplexity, ThreadPool& pool,
-                                  std::vector<double>* betas);
+                                  std::vector<double>* betas, AffinityKernel kernel);
 // P_{j|i} over all other points of x [n,d].
-SparseMatrix all_pairs_conditional(const float* x, int64_t n, int64_t d, double perplexity, ThreadPool& pool);
+SparseMatrix all_pairs_conditional(const float* x, int64_t n, int64_t d, double perplexity, ThreadPool& pool,
+                                   AffinityKernel kernel);
 // P = (C + C^T) / 2n.
 SparseMatrix symmetrise(const SparseMatrix& c, ThreadPool& pool);
 
