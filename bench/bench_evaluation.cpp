@@ -5,7 +5,8 @@
 // evaluate`'s deletion and insertion (100 steps) for --items items and the seven default
 // methods, maps included (target on the default model, 100 items: under 60 s on 2 cores).
 // Usage: bench_evaluation MODEL.pt [--items N] [--runs R] [--threads T] [--steps S] [--suite]
-//        [--only TEXT] (the metrics whose name holds TEXT)
+//        [--only TEXT] (the metrics whose name holds TEXT) [--own-forward] (forward passes by
+//        the module's own forward instead of the inference copy; the first line compares them)
 //        [--data fashion-mnist:test]
 //        bench_evaluation --imputation [--runs R]: ROAD's imputation of one 3x224x224 image on one
 //        thread, by each solver, for holes of several kinds (the choice of
@@ -129,12 +130,16 @@ int main(int argc, char** argv) {
     }
     int64_t items = 8;
     int runs = 3, threads = 2, steps = 100;
-    bool suite = false;
+    bool suite = false, own_forward = false;
     std::string data_spec, only;
     for (int i = 2; i < argc; ++i) {
         const std::string flag = argv[i];
         if (flag == "--suite") {
             suite = true;
+            continue;
+        }
+        if (flag == "--own-forward") {
+            own_forward = true;
             continue;
         }
         if (i + 1 >= argc) break;
@@ -160,6 +165,19 @@ int main(int argc, char** argv) {
         auto gen = at::make_generator<at::CPUGeneratorImpl>(1);
         images = torch::randn({items, shape[0], shape[1], shape[2]}, gen, torch::kFloat);
     }
+    // The inference copy against the module's own forward, at the batch that runs fastest for
+    // the copy; --own-forward then runs everything with the module's own forward.
+    {
+        const int b = fastest_batch(model, images.slice(0, 0, 1));
+        Model own = model.copy();
+        own.set_inference_copy(false);
+        (void)own.forward(images.slice(0, 0, 1).expand({b, shape[0], shape[1], shape[2]}).contiguous());
+        const auto t = interleaved({[&] { forwards(model, images, 4 * b, b); }, [&] { forwards(own, images, 4 * b, b); }}, runs);
+        std::printf("forward passes at batch %d: inference copy %.4f ms per image, own forward %.4f ms (%.2fx); %s\n", b,
+                    1e3 * median(t[0]) / (4 * b), 1e3 * median(t[1]) / (4 * b), median_ratio(t[1], t[0]),
+                    model.inference_note().c_str());
+    }
+    if (own_forward) model.set_inference_copy(false);
     const int batch = fastest_batch(model, images.slice(0, 0, 1));
     std::printf("%s, %lld items %lldx%lldx%lld, %d threads, fastest forward batch %d, %d interleaved rounds\n", argv[1],
                 (long long)items, (long long)shape[0], (long long)shape[1], (long long)shape[2], threads, batch, runs);

@@ -94,6 +94,39 @@ TEST_P(FixtureModel, GradientsMatchPyTorch) {
     for (const auto& n : grad_layers) expect_close(g.forward.taps.at(n), plain.taps.at(n), 1e-6, n);
 }
 
+// Plain forward passes run the inference copy (frozen, BatchNorm folded, MKLDNN): its outputs
+// are PyTorch's, it follows in-place writes to the parameters and buffers (the copy is rebuilt),
+// and turned off the module's own forward runs.
+TEST_P(FixtureModel, ForwardRunsTheInferenceCopyAndFollowsWrites) {
+    const std::string name = GetParam();
+    Model m = load_fixture(name);
+    const auto input = read_npy(fixture(name + "/input.npy"));
+    EXPECT_EQ(m.inference_note(), "not yet run");
+    expect_close(m.forward(input), read_npy(fixture(name + "/output.npy")), 1e-5, "output");
+    EXPECT_EQ(m.inference_note(), "the inference copy") << name;
+    expect_close(m.forward(input), read_npy(fixture(name + "/output.npy")), 1e-5, "output again");
+
+    // Every parameter and BatchNorm statistic written in place: the output follows, as the
+    // analysed graph (which reads the module's values) computes it.
+    const at::Tensor before = m.forward(input);
+    {
+        torch::NoGradGuard no_grad;
+        for (auto p : m.module().parameters()) p.mul_(-0.5).add_(0.01);
+        for (auto b : m.module().buffers())
+            if (b.is_floating_point()) b.mul_(1.5).add_(0.2);
+    }
+    const at::Tensor after = m.forward(input);
+    expect_close(after, m.forward_taps(input, {}).output, 1e-5, "after the writes");
+    EXPECT_GT((after - before).abs().max().item<double>(), 1e-3) << name;
+    EXPECT_EQ(m.inference_note(), "the inference copy");
+
+    // A copy keeps the setting; turned off, the module's own forward gives the same values.
+    m.set_inference_copy(false);
+    EXPECT_NE(m.inference_note().find("turned off"), std::string::npos);
+    expect_close(m.forward(input), after, 1e-5, "own forward");
+    EXPECT_NE(m.copy().inference_note().find("turned off"), std::string::npos);
+}
+
 INSTANTIATE_TEST_SUITE_P(Models, FixtureModel,
                          ::testing::Values("lenet_scripted", "lenet_traced", "seq_scripted",
                                            "resnet_small_scripted", "resnet_small_traced",

@@ -131,6 +131,10 @@ Model Model::copy() const {
         m.impl_->output_shape = impl_->output_shape;
         m.impl_->output_for_shape = impl_->output_for_shape;
     }
+    {
+        std::lock_guard<std::mutex> lock(impl_->inference.mutex);
+        m.impl_->inference.enabled = impl_->inference.enabled;
+    }
     m.impl_->analyse();
     return m;
 }

@@ -37,6 +37,13 @@ for f in embedding.npy embedding.csv scatter.png metrics.json manifest.json proj
 "$BIN" embed --features "$T/x.npy" --labels "$T/y.npy" --perplexity 15 --iterations 400 --seed 3 \
     --threads 2 --out "$T/a2" 2> /dev/null
 cmp "$T/a/embedding.npy" "$T/a2/embedding.npy"
+# FIt-SNE's affinities (exp of the plain distance): another map of the same blobs, recorded.
+"$BIN" embed --features "$T/x.npy" --labels "$T/y.npy" --perplexity 15 --iterations 400 --seed 3 \
+    --threads 2 --kernel exponential --out "$T/a3" 2> /dev/null
+! cmp -s "$T/a/embedding.npy" "$T/a3/embedding.npy"
+grep -q '"kernel": "exponential"' "$T/a3/manifest.json"
+grep -q '"kernel": "gaussian"' "$T/a/manifest.json"
+$PY -c "import json,sys; m=json.load(open(sys.argv[1])); assert m['knn_accuracy'] > 0.95, m" "$T/a3/metrics.json"
 
 # Images through a fixture model: pictures with images, the grid, the sprite.
 "$BIN" embed --model "$FIX/lenet_scripted.pt" --data "$T/img.npy" --labels "$T/img_y.npy" --indices 0:36 \
@@ -107,6 +114,7 @@ expect_fail 1 "row 7, column 3 is NaN" embed --features "$T/x_nan.npy" --out "$T
 expect_fail 1 "at least 2 points" embed --features "$T/x_one.npy" --out "$T/bad3"
 expect_fail 2 "too large for 20 points" embed --features "$T/x_small.npy" --out "$T/bad4"
 expect_fail 2 "do not apply" embed --features "$T/x.npy" --model "$FIX/lenet_scripted.pt" --out "$T/bad5"
+expect_fail 2 "--kernel" embed --features "$T/x.npy" --kernel laplace --out "$T/bad9"
 expect_fail 2 "--grid-cells takes ROWSxCOLS" embed --features "$T/x.npy" --grid-cells 5 --out "$T/bad6"
 expect_fail 1 "must be a 2-D float array" embed --features "$T/y.npy" --out "$T/bad7"
 # A features file cut short (its header promises more rows than it holds): refused before mapping.

@@ -44,7 +44,7 @@ no_temp_files
 cmp "$T/whole/top_patches.json" "$T/resumed/top_patches.json"
 
 # SIGTERM during occlusion: exit 143, nothing half-written.
-"$BIN" occlusion --model "$M" --data fashion-mnist:test --indices 0:200 --mode full --threads 1 --out "$T/occ" \
+"$BIN" occlusion --model "$M" --data fashion-mnist:test --indices 0:5000 --mode full --threads 1 --out "$T/occ" \
     2>"$T/term.err" &
 pid=$!
 sleep 1

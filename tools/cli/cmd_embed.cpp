@@ -28,6 +28,7 @@ struct Options {
     int pca_dims = 50;
     int iterations = 0;  // 0: automatic (tsne_auto_iterations)
     std::string gradient = "auto";
+    std::string kernel = "gaussian";
     int64_t batch_size = 256;
     std::string pool = "auto";
     std::string grid;
@@ -139,6 +140,11 @@ void add_options(CLI::App& app, Options& opts) {
     app.add_option("--gradient", o->gradient,
                    "t-SNE gradient: exact (O(N^2)), fft (interpolation) or auto (exact below 1000 points)")
         ->check(CLI::IsMember({"auto", "exact", "fft"}))
+        ->capture_default_str();
+    app.add_option("--kernel", o->kernel,
+                   "t-SNE input affinities: gaussian (exp(-beta d^2), the paper's) or exponential (exp(-beta d), "
+                   "what FIt-SNE computes)")
+        ->check(CLI::IsMember({"gaussian", "exponential"}))
         ->capture_default_str();
     app.add_option("--batch-size", o->batch_size, "images per forward pass")->capture_default_str();
     app.add_option("--pool", o->pool,
@@ -317,6 +323,7 @@ TsneOptions tsne_options(const Options& opts) {
     topt.gradient = o->gradient == "exact" ? TsneOptions::Gradient::Exact
                     : o->gradient == "fft" ? TsneOptions::Gradient::Fft
                                            : TsneOptions::Gradient::Auto;
+    topt.kernel = o->kernel == "exponential" ? AffinityKernel::Exponential : AffinityKernel::Gaussian;
     return topt;
 }
 
@@ -394,6 +401,7 @@ RunFn setup(CLI::App& app) {
                                   {"pca_dims", topt.pca_dims},
                                   {"iterations", r.tsne.iterations},
                                   {"gradient", o->gradient},
+                                  {"kernel", o->kernel},
                                   {"seed", o->common.seed},
                                   {"threads", o->common.threads}};
         if (!given) {

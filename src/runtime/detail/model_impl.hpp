@@ -53,6 +53,26 @@ struct Model::Impl {
     mutable std::map<std::string, std::shared_ptr<jit::GraphFunction>> functions;
     mutable std::vector<int64_t> output_shape, output_for_shape;  // Model::output_shape's cache
 
+    // The copy plain forward passes run (model_run.cpp): the module frozen (parameters as
+    // constants, BatchNorm folded into the convolutions) and optimised for inference (MKLDNN
+    // layouts with prepacked weights). Built at the first forward pass after any parameter or
+    // buffer changed (`key`: each one's TensorImpl and version counter); checked once against
+    // the module's own forward; never used again for this model after a failure.
+    struct Inference {
+        std::mutex mutex;
+        bool enabled = true;
+        bool checked = false;
+        std::string refused;  // why this model runs its own forward ("" = not refused)
+        std::shared_ptr<jit::Module> module;
+        std::vector<std::pair<const void*, int64_t>> key;
+    };
+    mutable Inference inference;
+    // The inference copy for the current values (built if needed) and whether it still has to
+    // be checked; {nullptr, false} when the module's own forward must run.
+    std::pair<std::shared_ptr<jit::Module>, bool> inference_copy() const;
+    // Stops using the inference copy for this model (the reason is kept for inference_note()).
+    void refuse_inference(const std::string& why) const;
+
     // The outputs (model_outputs.cpp): what forward returns, the entries known from the graph
     // ("output" for a single tensor, positions for tuples and lists, keys for dicts), the one
     // asked for ("" = the default) and the one chosen.
