@@ -223,6 +223,35 @@ int main(int argc, char** argv) {
         std::printf("%-40s %10.3f %10.3f %7.2fx\n", c.name.c_str(), median(t[0]), median(t[1]), median_ratio(t[0], t[1]));
     }
 
+    // ROAD's imputation alone, of the rows its MoRF run imputes (the top 10%..90% of each
+    // saliency map removed), in batches of the fastest forward batch: on 1 thread and on all.
+    if (std::string("ROAD").find(only) != std::string::npos) {
+        const int64_t h = shape[1], w = shape[2];
+        const at::Tensor order = std::get<1>(e.map.reshape({items, h * w}).sort(1, /*descending=*/true));
+        const at::Tensor rank = torch::empty_like(order).scatter_(1, order, torch::arange(h * w).expand({items, h * w}).contiguous());
+        std::vector<at::Tensor> rows, masks;
+        for (int64_t pc = 10; pc <= 90; pc += 10) {
+            rows.push_back(images);
+            masks.push_back(rank.lt(pc * h * w / 100).view({items, h, w}));
+        }
+        const at::Tensor all_rows = torch::cat(rows), all_masks = torch::cat(masks);
+        const auto impute_all = [&](double noise) {
+            at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(1);
+            for (int64_t first = 0; first < all_rows.size(0); first += batch) {
+                const int64_t end = std::min<int64_t>(first + batch, all_rows.size(0));
+                (void)noisy_linear_imputation(all_rows.slice(0, first, end), all_masks.slice(0, first, end), noise, gen);
+            }
+        };
+        for (const double noise : {0.01, 0.0}) {
+            at::set_num_threads(1);
+            const double one = median(interleaved({[&] { impute_all(noise); }}, runs)[0]);
+            at::set_num_threads(threads);
+            const double all = median(interleaved({[&] { impute_all(noise); }}, runs)[0]);
+            std::printf("ROAD's imputation alone, noise %.2f, %lld rows: %.4f s on 1 thread, %.4f s on %d (%.1f us per row)\n",
+                        noise, (long long)all_rows.size(0), one, all, threads, 1e6 * all / double(all_rows.size(0)));
+        }
+    }
+
     // Checks that recompute maps: against the same number of maps computed directly.
     SensitivityOptions so;
     so.samples = 4;

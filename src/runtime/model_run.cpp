@@ -87,14 +87,14 @@ bool same_output(const at::Tensor& own, const at::Tensor& fast) {
 
 }  // namespace
 
-std::pair<std::shared_ptr<jit::Module>, bool> Model::Impl::inference_copy() const {
+std::pair<std::shared_ptr<jit::Module>, bool> Model::Impl::inference_copy(const std::vector<int64_t>& shape) const {
     std::lock_guard<std::mutex> lock(inference.mutex);
     if (!inference.enabled || !inference.refused.empty()) return {nullptr, false};
     // Freezing needs eval mode; a model being trained runs its own forward.
     if (!module.hasattr("training") || module.is_training()) return {nullptr, false};
     std::vector<std::pair<const void*, int64_t>> key;
     if (!values_key(module, key)) return {nullptr, false};
-    if (inference.module && key == inference.key) return {inference.module, !inference.checked};
+    if (inference.module && key == inference.key) return {inference.module, !inference.checked.count(shape)};
     inference.module.reset();
     try {
         jit::Module frozen = jit::freeze(module);
@@ -104,7 +104,7 @@ std::pair<std::shared_ptr<jit::Module>, bool> Model::Impl::inference_copy() cons
         return {nullptr, false};
     }
     inference.key = std::move(key);
-    return {inference.module, !inference.checked};
+    return {inference.module, !inference.checked.count(shape)};
 }
 
 void Model::Impl::refuse_inference(const std::string& why) const {
@@ -123,7 +123,7 @@ std::string Model::inference_note() const {
     std::lock_guard<std::mutex> lock(impl_->inference.mutex);
     if (!impl_->inference.enabled) return "its own forward (the inference copy is turned off)";
     if (!impl_->inference.refused.empty()) return "its own forward: " + impl_->inference.refused;
-    if (impl_->inference.checked) return "the inference copy";
+    if (!impl_->inference.checked.empty()) return "the inference copy";
     return "not yet run";
 }
 
@@ -155,9 +155,9 @@ at::Tensor Model::forward(const at::Tensor& x) const {
 at::Tensor Model::forward_unchecked(const at::Tensor& x) const {
     torch::NoGradGuard no_grad;
     // The inference copy when there is one; the module's own forward when not, when the copy
-    // fails on this input, and once beside the copy's first output to check it.
+    // fails on this input, and beside the copy's first output for each input shape to check it.
     at::Tensor fast;
-    const auto [copy, check] = impl_->inference_copy();
+    const auto [copy, check] = impl_->inference_copy(x.sizes().vec());
     if (copy) {
         try {
             fast = impl_->output_of(copy->forward({x}));
@@ -179,7 +179,7 @@ at::Tensor Model::forward_unchecked(const at::Tensor& x) const {
         // which batch came first (ranks and resumed runs give the same files).
         if (same_output(own, fast)) {
             std::lock_guard<std::mutex> lock(impl_->inference.mutex);
-            impl_->inference.checked = true;
+            impl_->inference.checked.insert(x.sizes().vec());
             return fast;
         }
         impl_->refuse_inference("its inference copy computed other outputs");

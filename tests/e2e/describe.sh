@@ -11,6 +11,8 @@ trap 'rm -rf "$tmp"' EXIT
 grep -q "layer4.1.conv2 *Conv2d *512x7x7" "$tmp/r18.txt"
 grep -q "^layer4 .*435x435 /32 p217" "$tmp/r18.txt"
 test "$(grep -c "Conv2d" "$tmp/r18.txt")" -eq 20
+# Its plain forward passes run the inference copy (checked against the module's own forward).
+grep -q "^forward passes: the inference copy$" "$tmp/r18.txt"
 
 "$bin" describe --model "$fixtures/resnet_small_traced.pt" --input-shape 3,32,32 --json > "$tmp/d.json"
 /usr/bin/python3 - "$tmp/d.json" <<'PY'
@@ -22,6 +24,7 @@ assert d["num_classes"] == 10 and d["input_shape"] == [3, 32, 32]
 l = {x["name"]: x for x in d["layers"]}
 assert l["fc"]["receptive_field"]["kind"] == "global"
 assert l["conv1"]["receptive_field"]["size"] == [3, 3]
+assert d["forward"] == "the inference copy", d["forward"]
 PY
 
 # --help works for the program and each command.

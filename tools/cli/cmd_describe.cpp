@@ -59,6 +59,14 @@ RunFn setup(CLI::App& app) {
         const std::vector<OutputInfo> outputs = model.outputs();
         int64_t total_params = 0;
         for (const auto& p : model.module().parameters()) total_params += p.numel();
+        // Which forward the plain forward passes run (one pass of a zero image builds and checks
+        // the inference copy).
+        {
+            std::vector<int64_t> one{1};
+            for (const int64_t d : model.input_shape()) one.push_back(d);
+            (void)model.forward(at::zeros(one));
+        }
+        const std::string forward_note = model.inference_note();
 
         if (o->json) {
             nlohmann::json j;
@@ -70,6 +78,7 @@ RunFn setup(CLI::App& app) {
             for (const auto& out : outputs)
                 outs.push_back({{"name", out.name}, {"shape", out.shape}, {"chosen", out.chosen}});
             j["parameters"] = total_params;
+            j["forward"] = forward_note;
             if (!meta.class_names.empty()) j["class_names"] = meta.class_names;
             j["metadata"] = model_meta_to_json(meta);
             j["metadata_source"] = meta.source.empty() ? nlohmann::json(nullptr) : nlohmann::json(meta.source);
@@ -96,7 +105,8 @@ RunFn setup(CLI::App& app) {
                   << "class names: "
                   << (meta.class_names.empty() ? "none (give --classes FILE)"
                                                : std::to_string(meta.class_names.size()) + " (" + meta.classes_source + ")")
-                  << "\n";
+                  << "\n"
+                  << "forward passes: " << forward_note << "\n";
         if (outputs.size() > 1 || (outputs.size() == 1 && outputs[0].name != "output")) {
             std::cout << "outputs:";
             for (const auto& out : outputs)

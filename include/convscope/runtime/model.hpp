@@ -142,9 +142,9 @@ public:
     at::Tensor forward_unchecked(const at::Tensor& images_nchw) const;
     // forward and forward_unchecked run an inference copy of the module (frozen: parameters as
     // constants, BatchNorm folded into convolutions; MKLDNN layouts with prepacked weights),
-    // rebuilt at the first forward after a parameter or buffer changed. Its first output is
-    // checked against the module's own forward (within 1e-4 of the output's largest value); a
-    // model that cannot be frozen or fails the check runs its own forward. Taps, edits and
+    // rebuilt at the first forward after a parameter or buffer changed. Its first output for
+    // each input shape is checked against the module's own forward (within 1e-4 of the output's
+    // largest value); a model that cannot be frozen or fails the check runs its own forward. Taps, edits and
     // gradients always run the analysed graph. set_inference_copy(false) turns it off;
     // inference_note says which forward runs and why.
     void set_inference_copy(bool enabled);

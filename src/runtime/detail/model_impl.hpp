@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -56,20 +57,21 @@ struct Model::Impl {
     // The copy plain forward passes run (model_run.cpp): the module frozen (parameters as
     // constants, BatchNorm folded into the convolutions) and optimised for inference (MKLDNN
     // layouts with prepacked weights). Built at the first forward pass after any parameter or
-    // buffer changed (`key`: each one's TensorImpl and version counter); checked once against
-    // the module's own forward; never used again for this model after a failure.
+    // buffer changed (`key`: each one's TensorImpl and version counter); checked against the
+    // module's own forward once per input shape (LibTorch 1.13 miscomputes some, e.g.
+    // MobileNetV3's); never used again for this model after a failure.
     struct Inference {
         std::mutex mutex;
         bool enabled = true;
-        bool checked = false;
+        std::set<std::vector<int64_t>> checked;  // input shapes whose outputs were compared
         std::string refused;  // why this model runs its own forward ("" = not refused)
         std::shared_ptr<jit::Module> module;
         std::vector<std::pair<const void*, int64_t>> key;
     };
     mutable Inference inference;
     // The inference copy for the current values (built if needed) and whether it still has to
-    // be checked; {nullptr, false} when the module's own forward must run.
-    std::pair<std::shared_ptr<jit::Module>, bool> inference_copy() const;
+    // be checked on inputs of this shape; {nullptr, false} when the module's own forward must run.
+    std::pair<std::shared_ptr<jit::Module>, bool> inference_copy(const std::vector<int64_t>& shape) const;
     // Stops using the inference copy for this model (the reason is kept for inference_note()).
     void refuse_inference(const std::string& why) const;
 
