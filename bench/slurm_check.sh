@@ -22,32 +22,11 @@ done
 # Shared memory between the ranks of a node without the ptrace rights containers lack.
 export OMPI_MCA_btl=self,vader OMPI_MCA_btl_vader_single_copy_mechanism=none
 M=$FIX/lenet_scripted.pt
-SRUN=(srun -n 3 --overcommit --mpi=pmix)
+PY=/usr/bin/python3
+source "$(dirname "$0")/../tests/e2e/lib/ranks.sh"
+same_bytes_on_ranks srun -n 3 --overcommit --mpi=pmix
+echo "top-patches, embed, evaluate: srun -n 3 writes the bytes of one process"
 same() { cmp "$1" "$2" || { echo "differ: $1 $2"; exit 1; }; }
-
-scan=(top-patches --model "$M" --data fashion-mnist:test --indices 0:6000 --batch-size 16 --k 4 --threads 1)
-"$BIN" "${scan[@]}" --out "$T/p1" 2>/dev/null
-"${SRUN[@]}" "$BIN" "${scan[@]}" --out "$T/p3" 2>"$T/p3.err"
-grep -q "on 3 ranks" "$T/p3.err" || { echo "srun did not start 3 ranks"; cat "$T/p3.err"; exit 1; }
-same "$T/p1/top_patches.json" "$T/p3/top_patches.json"
-echo "top-patches: srun -n 3 writes the bytes of one process"
-
-emb=(embed --model "$M" --data fashion-mnist:test --indices 0:300 --batch-size 32 --perplexity 10 --iterations 100
-     --threads 1)
-"$BIN" "${emb[@]}" --out "$T/e1" 2>/dev/null
-"${SRUN[@]}" "$BIN" "${emb[@]}" --out "$T/e3" 2>/dev/null
-same "$T/e1/features.npy" "$T/e3/features.npy"
-same "$T/e1/embedding.npy" "$T/e3/embedding.npy"
-echo "embed: srun -n 3 writes the bytes of one process"
-
-ev=(evaluate --model "$M" --data fashion-mnist:test --indices 0:4 --methods saliency,grad-cam,rise,occlusion
-    --metrics deletion,infidelity,randomisation --steps 8 --masks 50 --threads 1)
-"$BIN" "${ev[@]}" --out "$T/v1" >/dev/null 2>&1
-"${SRUN[@]}" "$BIN" "${ev[@]}" --out "$T/v3" >/dev/null 2>&1
-for f in metrics.csv summary.csv maps/saliency.npy maps/grad-cam.npy maps/rise.npy maps/occlusion.npy; do
-    same "$T/v1/$f" "$T/v3/$f"
-done
-echo "evaluate: srun -n 3 writes the bytes of one process"
 
 # The README's job script, cancelled once every rank has written a checkpoint, then submitted
 # again: it resumes to the bytes of one process.

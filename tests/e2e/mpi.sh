@@ -13,41 +13,9 @@ export OMPI_MCA_btl=self,vader OMPI_MCA_btl_vader_single_copy_mechanism=none OMP
 MPI=(mpirun -n 3 --bind-to none)
 
 M=$FIX/lenet_scripted.pt
-scan=(top-patches --model "$M" --data fashion-mnist:test --indices 0:6000 --batch-size 16 --k 4 --threads 1)
-
-# top-patches: one process, then 3 ranks: the same bytes.
-"$BIN" "${scan[@]}" --out "$T/one" 2>/dev/null
-"${MPI[@]}" "$BIN" "${scan[@]}" --out "$T/three" 2>"$T/three.err"
-cmp "$T/one/top_patches.json" "$T/three/top_patches.json"
-cmp "$T/one/montage_conv1.png" "$T/three/montage_conv1.png"
-grep -q "on 3 ranks" "$T/three.err" || { echo "the ranks were not used"; cat "$T/three.err"; exit 1; }
-
-# embed: the features (and the map made from them) are the bytes of one process.
-emb=(embed --model "$M" --data fashion-mnist:test --indices 0:300 --batch-size 32 --perplexity 10 --iterations 100
-     --threads 1)
-"$BIN" "${emb[@]}" --out "$T/e1" 2>/dev/null
-"${MPI[@]}" "$BIN" "${emb[@]}" --out "$T/e3" 2>/dev/null
-cmp "$T/e1/features.npy" "$T/e3/features.npy"
-cmp "$T/e1/embedding.npy" "$T/e3/embedding.npy"
-
-# evaluate: the ranks share the methods; the files are those of one process (the timings aside).
-ev=(evaluate --model "$M" --data fashion-mnist:test --indices 0:4 --methods saliency,grad-cam,rise,occlusion
-    --metrics deletion,infidelity,randomisation --steps 8 --masks 50 --threads 1)
-"$BIN" "${ev[@]}" --out "$T/v1" >/dev/null 2>&1
-"${MPI[@]}" "$BIN" "${ev[@]}" --out "$T/v3" >/dev/null 2>&1
-for f in metrics.csv summary.csv maps/saliency.npy maps/grad-cam.npy maps/rise.npy maps/occlusion.npy \
-         curves/deletion_morf.png cascade_spearman_abs.png; do
-    cmp "$T/v1/$f" "$T/v3/$f"
-done
-$PY - "$T" <<'EOF'
-import json, sys
-t = sys.argv[1]
-a, b = (json.load(open(f"{t}/{d}/metrics.json")) for d in ("v1", "v3"))
-for j in (a, b):
-    assert set(j["seconds"]) == {"saliency", "grad-cam", "rise", "occlusion"}, j["seconds"]
-    del j["seconds"]
-assert a == b, "metrics.json differs beyond the timings"
-EOF
+source "$(dirname "$0")/lib/ranks.sh"
+# top-patches, embed and evaluate on 3 ranks: the bytes of one process.
+same_bytes_on_ranks "${MPI[@]}"
 
 # A rank killed during the scan: mpirun stops the others; run again with the same checkpoint,
 # every rank resumes its share and the result is the bytes of one process.
