@@ -227,6 +227,14 @@ TEST(Model, WrongInputShapeIsAClearError) {
     expect_error([&] { (void)unknown.input_shape(); }, "--input-shape");
     unknown.set_input_shape({1, 40, 40});
     expect_error([&] { (void)unknown.layers(); }, "cannot run on inputs of shape 1,40,40");
+    // An input the model itself cannot run fails with the same message after the inference copy
+    // ran, and the copy stays for the inputs that fit.
+    const at::Tensor ok = torch::rand({2, 1, 28, 28});
+    const at::Tensor before = m.forward(ok);
+    ASSERT_EQ(m.inference_note(), "the inference copy");
+    expect_error([&] { m.forward_unchecked(torch::zeros({1, 1, 40, 40})); }, "the model failed on inputs of shape [1,1,40,40]");
+    EXPECT_EQ(m.inference_note(), "the inference copy");
+    EXPECT_TRUE(at::equal(m.forward(ok), before));
 }
 
 TEST(Model, BadModelFilesGiveClearErrors) {

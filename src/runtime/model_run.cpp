@@ -157,12 +157,13 @@ at::Tensor Model::forward_unchecked(const at::Tensor& x) const {
     // The inference copy when there is one; the module's own forward when not, when the copy
     // fails on this input, and beside the copy's first output for each input shape to check it.
     at::Tensor fast;
+    std::string copy_failed;
     const auto [copy, check] = impl_->inference_copy(x.sizes().vec());
     if (copy) {
         try {
             fast = impl_->output_of(copy->forward({x}));
         } catch (const std::exception& e) {
-            impl_->refuse_inference("its inference copy failed (" + first_error_line(e) + ")");
+            copy_failed = first_error_line(e);
         }
         if (fast.defined() && !check) return fast;
     }
@@ -170,10 +171,12 @@ at::Tensor Model::forward_unchecked(const at::Tensor& x) const {
     try {
         out = impl_->module.forward({x});
     } catch (const std::exception& e) {
+        // Bad input fails both: the copy stays.
         throw Error("the model failed on inputs of shape " + detail::shape_str(x.sizes().vec()) + " (" +
                     first_error_line(e) + "): check --input-shape and the data");
     }
     at::Tensor own = impl_->output_of(out);
+    if (!copy_failed.empty()) impl_->refuse_inference("its inference copy failed (" + copy_failed + ")");
     if (fast.defined()) {
         // The copy's values even at the check, so that an item's result does not depend on
         // which batch came first (ranks and resumed runs give the same files).
