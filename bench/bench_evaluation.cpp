@@ -167,8 +167,9 @@ int main(int argc, char** argv) {
     }
     // The inference copy against the module's own forward, at the batch that runs fastest for
     // the copy; --own-forward then runs everything with the module's own forward.
+    const int copy_batch = fastest_batch(model, images.slice(0, 0, 1));
     {
-        const int b = fastest_batch(model, images.slice(0, 0, 1));
+        const int b = copy_batch;
         Model own = model.copy();
         own.set_inference_copy(false);
         (void)own.forward(images.slice(0, 0, 1).expand({b, shape[0], shape[1], shape[2]}).contiguous());
@@ -178,7 +179,7 @@ int main(int argc, char** argv) {
                     model.inference_note().c_str());
     }
     if (own_forward) model.set_inference_copy(false);
-    const int batch = fastest_batch(model, images.slice(0, 0, 1));
+    const int batch = own_forward ? fastest_batch(model, images.slice(0, 0, 1)) : copy_batch;
     std::printf("%s, %lld items %lldx%lldx%lld, %d threads, fastest forward batch %d, %d interleaved rounds\n", argv[1],
                 (long long)items, (long long)shape[0], (long long)shape[1], (long long)shape[2], threads, batch, runs);
 
@@ -227,8 +228,7 @@ int main(int argc, char** argv) {
     // saliency map removed), in batches of the fastest forward batch: on 1 thread and on all.
     if (std::string("ROAD").find(only) != std::string::npos) {
         const int64_t h = shape[1], w = shape[2];
-        const at::Tensor order = std::get<1>(e.map.reshape({items, h * w}).sort(1, /*descending=*/true));
-        const at::Tensor rank = torch::empty_like(order).scatter_(1, order, torch::arange(h * w).expand({items, h * w}).contiguous());
+        const at::Tensor rank = relevance_ranks(e.map, RelevanceOrder::MostFirst);
         std::vector<at::Tensor> rows, masks;
         for (int64_t pc = 10; pc <= 90; pc += 10) {
             rows.push_back(images);

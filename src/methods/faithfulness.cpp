@@ -23,6 +23,15 @@ const char* relevance_order_name(RelevanceOrder order) {
     return order == RelevanceOrder::MostFirst ? "morf" : "lerf";
 }
 
+at::Tensor relevance_ranks(const at::Tensor& maps, RelevanceOrder order) {
+    const int64_t n = maps.size(0), p = maps.size(1) * maps.size(2);
+    const at::Tensor flat = maps.reshape({n, p}).to(torch::kDouble);
+    const at::Tensor idx = std::get<1>(torch::sort(flat, /*stable=*/true, 1, order == RelevanceOrder::MostFirst));
+    at::Tensor ranks = torch::empty({n, p}, torch::kLong);
+    ranks.scatter_(1, idx, torch::arange(p, torch::kLong).expand({n, p}).contiguous());
+    return ranks;
+}
+
 namespace {
 
 void check_maps(const at::Tensor& images, const at::Tensor& maps) {
@@ -33,16 +42,6 @@ void check_maps(const at::Tensor& images, const at::Tensor& maps) {
     if (!torch::isfinite(maps).all().item<bool>())
         throw Error("a map holds NaN or infinite values: the method's map cannot order the pixels; check the "
                     "model and the method's settings");
-}
-
-// [N,P] int64: each pixel's place in the order (0 = perturbed first).
-at::Tensor order_ranks(const at::Tensor& maps, RelevanceOrder order) {
-    const int64_t n = maps.size(0), p = maps.size(1) * maps.size(2);
-    const at::Tensor flat = maps.reshape({n, p}).to(torch::kDouble);
-    const at::Tensor idx = std::get<1>(torch::sort(flat, /*stable=*/true, 1, order == RelevanceOrder::MostFirst));
-    at::Tensor ranks = torch::empty({n, p}, torch::kLong);
-    ranks.scatter_(1, idx, torch::arange(p, torch::kLong).expand({n, p}).contiguous());
-    return ranks;
 }
 
 // Scores rows [R,...] of perturbed copies, row r of image images_of[r].
@@ -110,7 +109,7 @@ CurveResult perturbation_curve(const Model& model, const at::Tensor& images, con
     const at::Tensor base = baseline_images(images, o.baseline, 10.0);
     const at::Tensor& from = o.insertion ? base : images;
     const at::Tensor& to = o.insertion ? images : base;
-    const at::Tensor ranks = order_ranks(maps, o.order);
+    const at::Tensor ranks = relevance_ranks(maps, o.order);
     const int64_t per_image = o.steps + 1;
     at::Tensor curves = torch::empty({n, per_image}, torch::kDouble);
     in_batches(n * per_image, o.batch_size, context.progress, 0.0, 1.0, [&](int64_t first, int64_t end) {
@@ -207,7 +206,7 @@ RoadResult road(const Model& model, const at::Tensor& images, const at::Tensor& 
     const int64_t n = images.size(0), h = images.size(2), w = images.size(3), p = h * w;
     const int64_t per_image = static_cast<int64_t>(o.percentages.size());
     const TargetScorer scorer(model, o.target, scorer_outputs(model, images, o.target, o.batch_size));
-    const at::Tensor ranks = order_ranks(maps, o.order);
+    const at::Tensor ranks = relevance_ranks(maps, o.order);
     at::Tensor scores = torch::empty({n * per_image}, torch::kDouble);
     at::Tensor kept = torch::empty({n * per_image}, torch::kFloat);
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(context.seed);

@@ -30,6 +30,9 @@ class Model;
 // ("lerf"); equal values in pixel order (row-major), so the order is deterministic.
 enum class RelevanceOrder { MostFirst, LeastFirst };
 const char* relevance_order_name(RelevanceOrder order);  // "morf" | "lerf"
+// maps [N,H,W] -> [N,H*W] int64: each pixel's place in that order (0 = perturbed first); the
+// masks of deletion, insertion and ROAD keep or remove the pixels of place < the cut.
+at::Tensor relevance_ranks(const at::Tensor& maps, RelevanceOrder order);
 
 struct CurveOptions {
     Target target;            // whose score is read
