@@ -47,7 +47,13 @@ cmp "$T/whole/top_patches.json" "$T/resumed/top_patches.json"
 "$BIN" occlusion --model "$M" --data fashion-mnist:test --indices 0:5000 --mode full --threads 1 --out "$T/occ" \
     2>"$T/term.err" &
 pid=$!
-sleep 1
+# Once its progress shows, it runs the scan (a fixed sleep can end before a loaded machine has
+# even loaded the model, whose start-up leaves SIGTERM's default action in place).
+for _ in $(seq 1 3000); do
+    grep -q "occlusion \[" "$T/term.err" 2>/dev/null && break
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.02
+done
 kill -TERM "$pid"
 rc=0
 wait "$pid" || rc=$?
