@@ -130,6 +130,40 @@ TEST_P(FixtureModel, ForwardRunsTheInferenceCopyAndFollowsWrites) {
     EXPECT_NE(m.copy().inference_note().find("turned off"), std::string::npos);
 }
 
+// Gradients run a channels-last copy of the module: contiguous results equal to PyTorch's (above)
+// and to the module's own, and a weight written in place (one layer, as a randomisation step
+// does) is followed.
+TEST_P(FixtureModel, GradientsRunAChannelsLastCopyAndFollowWrites) {
+    const std::string name = GetParam();
+    Model m = load_fixture(name);
+    const auto targets = layers_json(name)["targets"].get<std::vector<int64_t>>();
+    const auto input = read_npy(fixture(name + "/input.npy"));
+    const auto scalar = [&](const TapResult& r) { return scalar_of_targets(r, targets); };
+    std::string conv;  // the first layer with a 4-D weight
+    at::Tensor weight;
+    for (const auto& p : m.module().named_parameters())
+        if (conv.empty() && p.value.dim() == 4) {
+            conv = p.name.substr(0, p.name.rfind('.'));
+            weight = p.value;
+        }
+    ASSERT_FALSE(conv.empty()) << name;
+    ASSERT_NO_THROW((void)m.layer(conv));
+    const auto before = m.gradients(input, scalar, {conv});
+    EXPECT_TRUE(before.input_grad.is_contiguous());
+    EXPECT_TRUE(before.tap_grads.at(conv).is_contiguous());
+    EXPECT_TRUE(before.forward.taps.at(conv).is_contiguous());
+    {
+        torch::NoGradGuard no_grad;
+        weight.mul_(-0.5);
+    }
+    const auto after = m.gradients(input, scalar, {conv});
+    EXPECT_GT((after.input_grad - before.input_grad).abs().max().item<double>(), 1e-6) << name;
+    m.set_inference_copy(false);
+    const auto own = m.gradients(input, scalar, {conv});
+    expect_close(after.input_grad, own.input_grad, 1e-5, "input grad after the write");
+    expect_close(after.tap_grads.at(conv), own.tap_grads.at(conv), 1e-5, "tap grad after the write");
+}
+
 // LibTorch 1.13's optimize_for_inference miscomputes LR-ASPP (MobileNetV3: off by 1.1 on outputs
 // of about 2): the check sees it, and the model runs its own forward from then on.
 TEST(Model, AnInferenceCopyThatComputesOtherOutputsIsNotUsed) {

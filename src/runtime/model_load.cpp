@@ -135,6 +135,10 @@ Model Model::copy() const {
         std::lock_guard<std::mutex> lock(impl_->inference.mutex);
         m.impl_->inference.enabled = impl_->inference.enabled;
     }
+    {
+        std::lock_guard<std::mutex> lock(impl_->channels_last.mutex);
+        m.impl_->channels_last.enabled = impl_->channels_last.enabled;
+    }
     m.impl_->analyse();
     return m;
 }

@@ -35,6 +35,11 @@ std::string first_error_line(const std::exception& e) {
 
 namespace {
 
+// A leaf copy of the input that requires its gradient; channels-last for the channels-last module
+// (a clone, so that a one-channel batch gets NHWC strides too).
+at::Tensor gradient_input(const at::Tensor& x, bool channels_last) {
+    return (channels_last ? x.detach().clone(at::MemoryFormat::ChannelsLast) : x.detach().clone()).requires_grad_(true);
+}
 
 // Runs a tap function and returns its outputs (model output, then the taps), turning LibTorch's
 // errors into one clear message.
@@ -69,6 +74,14 @@ bool values_key(const jit::Module& m, std::vector<std::pair<const void*, int64_t
         return false;
     }
     return true;
+}
+
+// The parameters and then the buffers, in the order of values_key.
+std::vector<at::Tensor> tensors_of(const jit::Module& m) {
+    std::vector<at::Tensor> out;
+    for (const auto& p : m.parameters()) out.push_back(p);
+    for (const auto& b : m.buffers()) out.push_back(b);
+    return out;
 }
 
 // Whether the inference copy's output is the module's own up to float32 rounding in a different
@@ -107,6 +120,42 @@ std::pair<std::shared_ptr<jit::Module>, bool> Model::Impl::inference_copy(const 
     return {inference.module, !inference.checked.count(shape)};
 }
 
+std::shared_ptr<jit::Module> Model::Impl::channels_last_module() const {
+    std::lock_guard<std::mutex> lock(channels_last.mutex);
+    if (!channels_last.enabled || channels_last.failed) return nullptr;
+    std::vector<std::pair<const void*, int64_t>> key;
+    if (!values_key(module, key)) return nullptr;
+    if (channels_last.module && key == channels_last.key) return channels_last.module;
+    const auto own = tensors_of(module);
+    bool any_4d = false;
+    for (const auto& t : own) any_4d |= t.dim() == 4 && t.is_floating_point();
+    if (!any_4d) return nullptr;
+    try {
+        torch::NoGradGuard no_grad;
+        std::vector<at::Tensor> mine;
+        if (channels_last.module) mine = tensors_of(*channels_last.module);
+        bool same_shapes = mine.size() == own.size();
+        for (size_t i = 0; same_shapes && i < own.size(); ++i)
+            same_shapes = own[i].sizes() == mine[i].sizes() && own[i].scalar_type() == mine[i].scalar_type();
+        if (!same_shapes) {
+            channels_last.module = std::make_shared<jit::Module>(module.deepcopy());
+            channels_last.key.clear();
+            mine = tensors_of(*channels_last.module);
+            for (auto& t : mine)
+                if (t.dim() == 4 && t.is_floating_point()) t.set_data(t.contiguous(at::MemoryFormat::ChannelsLast));
+        }
+        // Only the tensors that changed since the last copy (a randomisation step changes one layer).
+        for (size_t i = 0; i < own.size(); ++i)
+            if (channels_last.key.size() != key.size() || channels_last.key[i] != key[i]) mine[i].copy_(own[i]);
+    } catch (const std::exception&) {
+        channels_last.failed = true;
+        channels_last.module.reset();
+        return nullptr;
+    }
+    channels_last.key = std::move(key);
+    return channels_last.module;
+}
+
 void Model::Impl::refuse_inference(const std::string& why) const {
     std::lock_guard<std::mutex> lock(inference.mutex);
     inference.refused = why;
@@ -114,9 +163,14 @@ void Model::Impl::refuse_inference(const std::string& why) const {
 }
 
 void Model::set_inference_copy(bool enabled) {
-    std::lock_guard<std::mutex> lock(impl_->inference.mutex);
-    impl_->inference.enabled = enabled;
-    if (!enabled) impl_->inference.module.reset();
+    {
+        std::lock_guard<std::mutex> lock(impl_->inference.mutex);
+        impl_->inference.enabled = enabled;
+        if (!enabled) impl_->inference.module.reset();
+    }
+    std::lock_guard<std::mutex> lock(impl_->channels_last.mutex);
+    impl_->channels_last.enabled = enabled;
+    if (!enabled) impl_->channels_last.module.reset();
 }
 
 std::string Model::inference_note() const {
@@ -233,8 +287,9 @@ Model::GradResult Model::gradients_until(const at::Tensor& x,
     if (layers.empty()) throw Error("gradients_until needs at least one layer");
     auto fn = impl_->function_for(layers, {}, ReluBackward::Plain, false);
     torch::AutoGradMode grad_mode(true);
-    auto input = x.detach().clone().requires_grad_(true);
-    jit::Stack stack{c10::IValue(impl_->module._ivalue()), input};
+    const auto cl = impl_->channels_last_module();
+    auto input = gradient_input(x, cl != nullptr);
+    jit::Stack stack{c10::IValue(cl ? cl->_ivalue() : impl_->module._ivalue()), input};
     const auto values = run_tap_function(*fn, stack, x);
     GradResult r;
     for (size_t i = 0; i < layers.size(); ++i) r.forward.taps[layers[i]] = values[i].toTensor();
@@ -242,8 +297,8 @@ Model::GradResult Model::gradients_until(const at::Tensor& x,
     if (!scalar.defined() || scalar.numel() != 1)
         throw Error("the value to differentiate must be a single number");
     auto grads = torch::autograd::grad({scalar.reshape({})}, {input}, {}, false, false, true);
-    r.input_grad = grads[0].defined() ? grads[0] : torch::zeros_like(x);
-    for (auto& kv : r.forward.taps) kv.second = kv.second.detach();
+    r.input_grad = grads[0].defined() ? grads[0].contiguous() : torch::zeros_like(x);
+    for (auto& kv : r.forward.taps) kv.second = kv.second.detach().contiguous();
     return r;
 }
 
@@ -267,10 +322,11 @@ Model::GradResult Model::gradients_with_relu_rule(
     auto fn = impl_->function_for(taps, grad_layers, rule);
 
     torch::AutoGradMode grad_mode(true);
-    auto input = x.detach().clone().requires_grad_(true);
+    const auto cl = impl_->channels_last_module();
+    auto input = gradient_input(x, cl != nullptr);
     // Probe shapes come from the layer table (computed for the model's input shape); the batch
     // size is the current one.
-    jit::Stack stack{c10::IValue(impl_->module._ivalue()), input};
+    jit::Stack stack{c10::IValue(cl ? cl->_ivalue() : impl_->module._ivalue()), input};
     std::vector<at::Tensor> probes;
     for (const auto& name : grad_layers) {
         std::vector<int64_t> shape{x.size(0)};
@@ -278,7 +334,9 @@ Model::GradResult Model::gradients_with_relu_rule(
         shape.insert(shape.end(), os.begin(), os.end());
         if (os.empty())
             throw Error("layer '" + name + "' has no tensor output to differentiate");
-        auto p = torch::zeros(shape).requires_grad_(true);
+        auto p = (cl && shape.size() == 4 ? torch::zeros(shape, at::TensorOptions().memory_format(at::MemoryFormat::ChannelsLast))
+                                          : torch::zeros(shape))
+                     .requires_grad_(true);
         probes.push_back(p);
         stack.push_back(p);
     }
@@ -294,12 +352,12 @@ Model::GradResult Model::gradients_with_relu_rule(
     auto grads = torch::autograd::grad({scalar.reshape({})}, wrt, /*grad_outputs=*/{},
                                        /*retain_graph=*/false, /*create_graph=*/false,
                                        /*allow_unused=*/true);
-    r.input_grad = grads[0].defined() ? grads[0] : torch::zeros_like(x);
+    // Results are plain contiguous tensors, detached from the finished autograd graph.
+    r.input_grad = grads[0].defined() ? grads[0].contiguous() : torch::zeros_like(x);
     for (size_t i = 0; i < grad_layers.size(); ++i)
-        r.tap_grads[grad_layers[i]] = grads[i + 1].defined() ? grads[i + 1] : torch::zeros_like(probes[i]);
-    // Results are plain tensors: detach them from the finished autograd graph.
-    r.forward.output = r.forward.output.detach();
-    for (auto& kv : r.forward.taps) kv.second = kv.second.detach();
+        r.tap_grads[grad_layers[i]] = grads[i + 1].defined() ? grads[i + 1].contiguous() : torch::zeros(probes[i].sizes());
+    r.forward.output = r.forward.output.detach().contiguous();
+    for (auto& kv : r.forward.taps) kv.second = kv.second.detach().contiguous();
     return r;
 }
 

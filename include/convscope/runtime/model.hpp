@@ -144,9 +144,9 @@ public:
     // constants, BatchNorm folded into convolutions; MKLDNN layouts with prepacked weights),
     // rebuilt at the first forward after a parameter or buffer changed. Its first output for
     // each input shape is checked against the module's own forward (within 1e-4 of the output's
-    // largest value); a model that cannot be frozen or fails the check runs its own forward. Taps, edits and
-    // gradients always run the analysed graph. set_inference_copy(false) turns it off;
-    // inference_note says which forward runs and why.
+    // largest value); a model that cannot be frozen or fails the check runs its own forward. Taps,
+    // edits and gradients run the analysed graph; gradients on a channels-last copy of the module
+    // (it follows writes too). set_inference_copy(false) turns both off; inference_note: which forward.
     void set_inference_copy(bool enabled);
     std::string inference_note() const;
     // Forward with one layer's output changed: the rest of the graph reads output + offset

@@ -75,6 +75,23 @@ struct Model::Impl {
     // Stops using the inference copy for this model (the reason is kept for inference_note()).
     void refuse_inference(const std::string& why) const;
 
+    // The module the gradient passes run (model_run.cpp): a deep copy (same class type, so the
+    // analysed graphs take it as `self`) whose 4-D float parameters are channels-last, fed a
+    // channels-last input, so that MKLDNN's convolutions and their backward run on NHWC without
+    // reordering weights and activations. Each tensor is copied again when the module's changed
+    // (`key`, as the inference copy's); rebuilt when a tensor was replaced by one of another shape.
+    struct ChannelsLast {
+        std::mutex mutex;
+        bool enabled = true;
+        bool failed = false;  // the module could not be copied: gradients run on it directly
+        std::shared_ptr<jit::Module> module;
+        std::vector<std::pair<const void*, int64_t>> key;
+    };
+    mutable ChannelsLast channels_last;
+    // The channels-last module for the current values, or nullptr when the gradients run on the
+    // module itself (turned off, no 4-D parameter, a copy that failed).
+    std::shared_ptr<jit::Module> channels_last_module() const;
+
     // The outputs (model_outputs.cpp): what forward returns, the entries known from the graph
     // ("output" for a single tensor, positions for tuples and lists, keys for dicts), the one
     // asked for ("" = the default) and the one chosen.
