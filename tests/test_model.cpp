@@ -2,6 +2,7 @@
 // Python (tests/fixtures/make_fixtures.py), receptive fields against hand-derived values, and
 // the clear errors for bad model files.
 #include <gtest/gtest.h>
+#include <torch/script.h>
 #include <torch/torch.h>
 
 #include <filesystem>
@@ -162,6 +163,37 @@ TEST_P(FixtureModel, GradientsRunAChannelsLastCopyAndFollowWrites) {
     const auto own = m.gradients(input, scalar, {conv});
     expect_close(after.input_grad, own.input_grad, 1e-5, "input grad after the write");
     expect_close(after.tap_grads.at(conv), own.tap_grads.at(conv), 1e-5, "tap grad after the write");
+}
+
+// A model that flattens with `view` needs its own layout (a channels-last activation cannot be
+// viewed so): gradients fall back to the module itself, equal to the copy turned off, and bad
+// input still fails with its own message.
+TEST(Model, GradientsOfAModelThatNeedsItsOwnLayoutRunTheModule) {
+    torch::jit::Module net("ViewNet");
+    torch::manual_seed(3);
+    net.register_parameter("weight", torch::randn({3, 2, 3, 3}), false);
+    net.register_parameter("fc", torch::randn({2, 48}), false);
+    net.define(R"JIT(
+def forward(self, x):
+    h = torch.relu(torch.conv2d(x, self.weight, None, [1, 1], [1, 1], [1, 1], 1))
+    return torch.linear(h.view(h.size(0), -1), self.fc, None)
+)JIT");
+    net.eval();
+    ModelMeta meta;
+    meta.input_shape = {2, 4, 4};
+    Model m = Model::from_module(net, meta);
+    const at::Tensor x = torch::randn({3, 2, 4, 4});
+    const auto scalar = [](const TapResult& r) { return r.output.select(1, 0).sum(); };
+    const auto g = m.gradients(x, scalar);
+    Model own = Model::from_module(net, meta);
+    own.set_inference_copy(false);
+    expect_close(g.input_grad, own.gradients(x, scalar).input_grad, 1e-6, "input grad");
+    EXPECT_GT(g.input_grad.abs().max().item<double>(), 0.0);
+    // Its later gradients too, and a wrong shape is the module's own clear error.
+    expect_close(m.gradients(x * 2, scalar).input_grad, own.gradients(x * 2, scalar).input_grad, 1e-6, "again");
+    Model loose = Model::from_module(net, ModelMeta{});  // no input shape: the model itself sees 5x5
+    EXPECT_THROW((void)loose.gradients(torch::randn({1, 2, 5, 5}), scalar), Error);
+    expect_close(loose.gradients(x, scalar).input_grad, g.input_grad, 1e-6, "after bad input");
 }
 
 // LibTorch 1.13's optimize_for_inference miscomputes LR-ASPP (MobileNetV3: off by 1.1 on outputs

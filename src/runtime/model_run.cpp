@@ -156,6 +156,23 @@ std::shared_ptr<jit::Module> Model::Impl::channels_last_module() const {
     return channels_last.module;
 }
 
+std::vector<c10::IValue> Model::Impl::run_for_gradients(
+    const std::function<std::vector<c10::IValue>(const c10::IValue&, bool)>& run) const {
+    const auto cl = channels_last_module();
+    if (!cl) return run(c10::IValue(module._ivalue()), false);
+    try {
+        return run(c10::IValue(cl->_ivalue()), true);
+    } catch (const Error&) {
+        // A model that needs its own layout (`x.view(n, -1)` of a channels-last activation
+        // fails): the module itself, and from then on. Bad input fails both and throws here.
+        auto values = run(c10::IValue(module._ivalue()), false);
+        std::lock_guard<std::mutex> lock(channels_last.mutex);
+        channels_last.failed = true;
+        channels_last.module.reset();
+        return values;
+    }
+}
+
 void Model::Impl::refuse_inference(const std::string& why) const {
     std::lock_guard<std::mutex> lock(inference.mutex);
     inference.refused = why;
@@ -287,10 +304,12 @@ Model::GradResult Model::gradients_until(const at::Tensor& x,
     if (layers.empty()) throw Error("gradients_until needs at least one layer");
     auto fn = impl_->function_for(layers, {}, ReluBackward::Plain, false);
     torch::AutoGradMode grad_mode(true);
-    const auto cl = impl_->channels_last_module();
-    auto input = gradient_input(x, cl != nullptr);
-    jit::Stack stack{c10::IValue(cl ? cl->_ivalue() : impl_->module._ivalue()), input};
-    const auto values = run_tap_function(*fn, stack, x);
+    at::Tensor input;
+    const auto values = impl_->run_for_gradients([&](const c10::IValue& self, bool channels_last) {
+        input = gradient_input(x, channels_last);
+        jit::Stack stack{self, input};
+        return run_tap_function(*fn, stack, x);
+    });
     GradResult r;
     for (size_t i = 0; i < layers.size(); ++i) r.forward.taps[layers[i]] = values[i].toTensor();
     at::Tensor scalar = scalar_of(r.forward);
@@ -322,25 +341,30 @@ Model::GradResult Model::gradients_with_relu_rule(
     auto fn = impl_->function_for(taps, grad_layers, rule);
 
     torch::AutoGradMode grad_mode(true);
-    const auto cl = impl_->channels_last_module();
-    auto input = gradient_input(x, cl != nullptr);
     // Probe shapes come from the layer table (computed for the model's input shape); the batch
     // size is the current one.
-    jit::Stack stack{c10::IValue(cl ? cl->_ivalue() : impl_->module._ivalue()), input};
-    std::vector<at::Tensor> probes;
+    std::vector<std::vector<int64_t>> shapes;
     for (const auto& name : grad_layers) {
         std::vector<int64_t> shape{x.size(0)};
         const auto& os = layer(name).output_shape;
         shape.insert(shape.end(), os.begin(), os.end());
         if (os.empty())
             throw Error("layer '" + name + "' has no tensor output to differentiate");
-        auto p = (cl && shape.size() == 4 ? torch::zeros(shape, at::TensorOptions().memory_format(at::MemoryFormat::ChannelsLast))
-                                          : torch::zeros(shape))
-                     .requires_grad_(true);
-        probes.push_back(p);
-        stack.push_back(p);
+        shapes.push_back(shape);
     }
-    const auto values = run_tap_function(*fn, stack, x);
+    at::Tensor input;
+    std::vector<at::Tensor> probes;
+    const auto values = impl_->run_for_gradients([&](const c10::IValue& self, bool channels_last) {
+        input = gradient_input(x, channels_last);
+        jit::Stack stack{self, input};
+        probes.clear();
+        for (const auto& shape : shapes) {
+            const auto format = channels_last && shape.size() == 4 ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+            probes.push_back(torch::zeros(shape, at::TensorOptions().memory_format(format)).requires_grad_(true));
+            stack.push_back(probes.back());
+        }
+        return run_tap_function(*fn, stack, x);
+    });
     GradResult r;
     r.forward.output = values[0].toTensor();
     for (size_t i = 0; i < taps.size(); ++i) r.forward.taps[taps[i]] = values[i + 1].toTensor();

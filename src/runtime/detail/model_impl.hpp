@@ -6,6 +6,7 @@
 #include <torch/csrc/jit/ir/ir.h>
 
 #include <exception>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -91,6 +92,10 @@ struct Model::Impl {
     // The channels-last module for the current values, or nullptr when the gradients run on the
     // module itself (turned off, no 4-D parameter, a copy that failed).
     std::shared_ptr<jit::Module> channels_last_module() const;
+    // run(self, channels_last) on the channels-last module, or on the module itself when there is
+    // none or when the copy fails where the module does not (then for good).
+    std::vector<c10::IValue> run_for_gradients(
+        const std::function<std::vector<c10::IValue>(const c10::IValue&, bool)>& run) const;
 
     // The outputs (model_outputs.cpp): what forward returns, the entries known from the graph
     // ("output" for a single tensor, positions for tuples and lists, keys for dicts), the one
