@@ -123,6 +123,8 @@ std::pair<std::shared_ptr<jit::Module>, bool> Model::Impl::inference_copy(const 
 std::shared_ptr<jit::Module> Model::Impl::channels_last_module() const {
     std::lock_guard<std::mutex> lock(channels_last.mutex);
     if (!channels_last.enabled || channels_last.failed) return nullptr;
+    // A module being trained keeps its BatchNorm statistics itself: gradients run on it.
+    if (!module.hasattr("training") || module.is_training()) return nullptr;
     std::vector<std::pair<const void*, int64_t>> key;
     if (!values_key(module, key)) return nullptr;
     if (channels_last.module && key == channels_last.key) return channels_last.module;
