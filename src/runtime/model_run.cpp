@@ -62,26 +62,25 @@ void check_input_any_size(const Model& model, const at::Tensor& x) {
     check_input(model, x, /*check_size=*/false);
 }
 
+// The parameters and then the buffers, the tensors values_key follows.
+std::vector<at::Tensor> tensors_of(const jit::Module& m) {
+    std::vector<at::Tensor> out;
+    for (const auto& p : m.parameters()) out.push_back(p);
+    for (const auto& b : m.buffers()) out.push_back(b);
+    return out;
+}
+
 // Each parameter's and buffer's TensorImpl and version counter (in-place writes count it up):
 // a different key means that some value was written or replaced. False for tensors without a
 // version counter (made in inference mode).
 bool values_key(const jit::Module& m, std::vector<std::pair<const void*, int64_t>>& key) {
     key.clear();
     try {
-        for (const auto& p : m.parameters()) key.emplace_back(p.unsafeGetTensorImpl(), p._version());
-        for (const auto& b : m.buffers()) key.emplace_back(b.unsafeGetTensorImpl(), b._version());
+        for (const auto& t : tensors_of(m)) key.emplace_back(t.unsafeGetTensorImpl(), t._version());
     } catch (const std::exception&) {
         return false;
     }
     return true;
-}
-
-// The parameters and then the buffers, in the order of values_key.
-std::vector<at::Tensor> tensors_of(const jit::Module& m) {
-    std::vector<at::Tensor> out;
-    for (const auto& p : m.parameters()) out.push_back(p);
-    for (const auto& b : m.buffers()) out.push_back(b);
-    return out;
 }
 
 // Whether the inference copy's output is the module's own up to float32 rounding in a different
