@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -189,9 +191,15 @@ TEST(Report, PlanFollowsTheModelsCostAndKeepsExplicitSettings) {
     const Dataset data = Dataset::open("fashion-mnist:test");
     Model lenet = load_lenet();
     ReportOptions o;
-    // A small model: every automatic setting at its cap.
+    // The default budget: the item counts are what it pays for at the measured cost, up to the
+    // caps (the measured cost depends on the machine and the build, so only through forward_ms).
     ReportPlan p = plan_report(lenet, data, {"conv1", "conv2"}, o);
     EXPECT_GT(p.forward_ms, 0);
+    EXPECT_NEAR(double(p.eval_items),
+                std::clamp(std::floor(0.08 * o.budget_seconds / (p.forward_ms / 1000.0)), 1.0, 10000.0), 1.0);
+    // A budget no machine runs short of: every automatic setting at its cap.
+    o.budget_seconds = 1e6;
+    p = plan_report(lenet, data, {"conv1", "conv2"}, o);
     EXPECT_EQ(p.eval_items, 10000);
     EXPECT_EQ(p.scan_items, 2000);
     EXPECT_EQ(p.map_items, 2000);
