@@ -171,6 +171,38 @@ TEST(Faithfulness, LinearImputationOfLargeHolesSatisfiesItsEquations) {
     }
 }
 
+// Thin and odd shapes: one row, one column, a single kept pixel in a corner, a width that is
+// not a multiple of any SIMD width; every removed value is the weighted mean of its neighbours
+// inside the image (checked by a convolution with zero padding) and the kept ones stay.
+TEST(Faithfulness, LinearImputationOfThinImagesAndOneKeptPixelSatisfiesItsEquations) {
+    const at::Tensor kernel =
+        torch::tensor({1.0 / 12, 1.0 / 6, 1.0 / 12, 1.0 / 6, 0.0, 1.0 / 6, 1.0 / 12, 1.0 / 6, 1.0 / 12}, torch::kDouble)
+            .view({1, 1, 3, 3});
+    int64_t seed = 30;
+    for (const auto& [h, w] : std::vector<std::pair<int64_t, int64_t>>{{1, 37}, {41, 1}, {2, 3}, {17, 19}, {28, 28}}) {
+        const at::Tensor x = randn({3, 2, h, w}, seed++);
+        at::Tensor removed = torch::rand({3, h, w}, at::make_generator<at::CPUGeneratorImpl>(uint64_t(seed++))) < 0.7;
+        removed[0].fill_(true);
+        removed[0][h - 1][w - 1] = false;  // one kept pixel
+        removed[1][0][0] = false;
+        removed[2].fill_(true);
+        removed[2][h / 2][w / 2] = false;
+        for (const ImputationSolver solver : {ImputationSolver::Iterative, ImputationSolver::Factorisation}) {
+            at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(1);
+            const at::Tensor y = noisy_linear_imputation(x, removed, 0.0, gen, solver);
+            const at::Tensor rm = removed.unsqueeze(1).expand_as(x);
+            EXPECT_TRUE(torch::equal(x.masked_select(rm.logical_not()), y.masked_select(rm.logical_not())));
+            const at::Tensor yd = y.to(torch::kDouble).view({6, 1, h, w});
+            const at::Tensor sums = torch::conv2d(yd, kernel, {}, 1, 1),
+                             weights = torch::conv2d(torch::ones({1, 1, h, w}, torch::kDouble), kernel, {}, 1, 1);
+            const at::Tensor err = (yd - sums / weights).view({3, 2, h, w}).abs().masked_select(rm);
+            EXPECT_LT(err.max().item<double>(), 1e-5) << h << "x" << w;
+            // One kept pixel: the whole image takes its value.
+            EXPECT_LT((y[0] - x[0].select(1, h - 1).select(1, w - 1).view({2, 1, 1})).abs().max().item<double>(), 1e-5);
+        }
+    }
+}
+
 TEST(Faithfulness, InfidelityIsZeroForTheExactAttributionOfALinearModel) {
     LinearModel lin;
     const at::Tensor x = randn({3, 1, 8, 8}, 22);
