@@ -184,11 +184,9 @@ at::Tensor noisy_linear_imputation(const at::Tensor& images, const at::Tensor& r
             cells.clear();
             for (int64_t q = 0; q < h * w; ++q)
                 if (rm_i[q]) cells.push_back(q);
-            at::Generator gi = at::make_generator<at::CPUGeneratorImpl>(seeds[size_t(i)]);
-            const at::Tensor eps = torch::empty({c * int64_t(cells.size())}, torch::kFloat).normal_(0.0, 1.0, gi);
-            const float* pe = eps.data_ptr<float>();
+            detail::NormalStream z(seeds[size_t(i)]);
             for (int64_t ch = 0; ch < c; ++ch)
-                for (const int64_t q : cells) dst[ch * h * w + q] += sigma * *pe++;
+                for (const int64_t q : cells) dst[ch * h * w + q] += sigma * z.next();
         }
     });
     return filled;

@@ -13,4 +13,18 @@ namespace convscope::detail {
 void impute_image(const float* img, const bool* removed, int64_t c, int64_t h, int64_t w, float* out,
                   ImputationSolver solver);
 
+// Standard normal draws, a pure function of one 64-bit seed: splitmix64's stream through the
+// ziggurat of Marsaglia and Tsang (2000; 128 layers, 24-bit magnitudes, a separate sign bit).
+// Each image's imputation noise comes from its own stream, so that its values depend neither on
+// the batch nor on the threads, without a generator and a tensor per image.
+class NormalStream {
+public:
+    explicit NormalStream(uint64_t seed) : state_(seed) {}
+    float next();
+
+private:
+    uint64_t bits();
+    uint64_t state_;
+};
+
 }  // namespace convscope::detail
