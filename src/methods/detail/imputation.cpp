@@ -19,7 +19,6 @@ namespace {
 
 constexpr int kDy[8] = {-1, -1, -1, 0, 0, 1, 1, 1}, kDx[8] = {-1, 0, 1, -1, 1, -1, 0, 1};
 constexpr double kWt[8] = {1.0 / 12, 1.0 / 6, 1.0 / 12, 1.0 / 6, 1.0 / 6, 1.0 / 12, 1.0 / 6, 1.0 / 12};
-constexpr int kW12[8] = {1, 2, 1, 2, 2, 1, 2, 1};  // 12 w
 
 // Exact solve by a sparse LDL^T factorisation, one per image shared by its channels.
 void impute_ldlt(const float* img, const bool* removed, int64_t c, int64_t h, int64_t w, float* out) {
