@@ -310,68 +310,55 @@ void impute_image(const float* img, const bool* removed, int64_t c, int64_t h, i
     }
 }
 
-namespace {
-
 // The ziggurat's tables for the half-normal f(x) = exp(-x^2 / 2): layer i (1..127) spans
-// [0, x_i) with x_i = w[i] 2^24, and its part [0, x_{i-1}) lies under f: a magnitude u < k[i]
-// is taken at once; layer 0 is the base strip and the tail beyond r.
-struct Ziggurat {
-    static constexpr double r = 3.442619855899, v = 9.91256303526217e-3, scale = 16777216.0;  // 2^24
-    uint32_t k[128];
-    float w[128], f[128];
-    Ziggurat() {
-        const double q = v / std::exp(-0.5 * r * r);
-        k[0] = uint32_t((r / q) * scale);
-        k[1] = 0;
-        w[0] = float(q / scale);
-        w[127] = float(r / scale);
-        f[0] = 1.f;
-        f[127] = float(std::exp(-0.5 * r * r));
-        double dn = r, tn = r;
-        for (int i = 126; i >= 1; --i) {
-            dn = std::sqrt(-2.0 * std::log(v / dn + std::exp(-0.5 * dn * dn)));
-            k[i + 1] = uint32_t((dn / tn) * scale);
-            tn = dn;
-            f[i] = float(std::exp(-0.5 * dn * dn));
-            w[i] = float(dn / scale);
-        }
-    }
-};
-
-const Ziggurat& ziggurat() {
-    static const Ziggurat z;
-    return z;
-}
-
+// [0, x_i) with x_i = w[i] 2^24, and its part [0, x_{i-1}) lies under f; layer 0 is the base
+// strip (width v / f(r), the part beyond r taken from the tail).
+namespace {
+constexpr double kZigR = 3.442619855899, kZigV = 9.91256303526217e-3, kZigScale = 16777216.0;  // 2^24
 }  // namespace
 
-uint64_t NormalStream::bits() {
-    uint64_t z = (state_ += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
+const NormalStream::Tables& NormalStream::tables() {
+    static const Tables t = [] {
+        Tables z{};
+        const double q = kZigV / std::exp(-0.5 * kZigR * kZigR);
+        z.k[0] = uint32_t((kZigR / q) * kZigScale);
+        z.k[1] = 0;
+        z.w[0] = float(q / kZigScale);
+        z.w[127] = float(kZigR / kZigScale);
+        z.f[0] = 1.f;
+        z.f[127] = float(std::exp(-0.5 * kZigR * kZigR));
+        double dn = kZigR, tn = kZigR;
+        for (int i = 126; i >= 1; --i) {
+            dn = std::sqrt(-2.0 * std::log(kZigV / dn + std::exp(-0.5 * dn * dn)));
+            z.k[i + 1] = uint32_t((dn / tn) * kZigScale);
+            tn = dn;
+            z.f[i] = float(std::exp(-0.5 * dn * dn));
+            z.w[i] = float(dn / kZigScale);
+        }
+        return z;
+    }();
+    return t;
 }
 
-float NormalStream::next() {
-    const Ziggurat& zg = ziggurat();
+float NormalStream::edge(uint64_t b) {
     // A uniform in (0, 1) from a fresh draw's top 24 bits.
     const auto uniform = [this] { return (float(bits() >> 40) + 0.5f) * (1.f / 16777216.f); };
     for (;;) {
-        const uint64_t b = bits();
         const int i = int(b & 127);
         const float sign = (b >> 7) & 1 ? -1.f : 1.f;
         const uint32_t u = uint32_t(b >> 40);
-        const float x = float(u) * zg.w[i];
-        if (u < zg.k[i]) return sign * x;
+        const float x = float(u) * t_.w[i];
+        if (u < t_.k[i]) return sign * x;
         if (i == 0) {  // the tail beyond r (Marsaglia's method for it)
             float a, c;
             do {
-                a = -std::log(uniform()) / float(Ziggurat::r);
+                a = -std::log(uniform()) / float(kZigR);
                 c = -std::log(uniform());
             } while (c + c < a * a);
-            return sign * (float(Ziggurat::r) + a);
+            return sign * (float(kZigR) + a);
         }
-        if (zg.f[i] + uniform() * (zg.f[i - 1] - zg.f[i]) < std::exp(-0.5f * x * x)) return sign * x;
+        if (t_.f[i] + uniform() * (t_.f[i - 1] - t_.f[i]) < std::exp(-0.5f * x * x)) return sign * x;
+        b = bits();
     }
 }
 
