@@ -290,7 +290,7 @@ bool prefer_cg(const bool* removed, int64_t h, int64_t w) {
         }
     if (m == 0) return true;
     const double rows = double(ymax - ymin + 1) * double(w);
-    return double(widest + 4) * rows < 2.0 * std::pow(double(m), 1.5);
+    return double(widest + 4) * rows < 3.0 * std::pow(double(m), 1.5);
 }
 
 }  // namespace
