@@ -46,6 +46,20 @@ def forward(self, x):
     }
 };
 
+// The largest distance of a removed value of y [N,C,H,W] from the weighted mean of its
+// neighbours inside the image (1/6 direct, 1/12 diagonal), by a convolution with zero padding.
+double imputation_equation_error(const at::Tensor& y, const at::Tensor& removed) {
+    const int64_t n = y.size(0), c = y.size(1), h = y.size(2), w = y.size(3);
+    const at::Tensor k =
+        torch::tensor({1.0 / 12, 1.0 / 6, 1.0 / 12, 1.0 / 6, 0.0, 1.0 / 6, 1.0 / 12, 1.0 / 6, 1.0 / 12}, torch::kDouble)
+            .view({1, 1, 3, 3});
+    const at::Tensor yd = y.to(torch::kDouble).view({n * c, 1, h, w});
+    const at::Tensor sums = torch::conv2d(yd, k, {}, 1, 1),
+                     weights = torch::conv2d(torch::ones({1, 1, h, w}, torch::kDouble), k, {}, 1, 1);
+    const at::Tensor rm = removed.unsqueeze(1).expand({n, c, h, w});
+    return (yd - sums / weights).view({n, c, h, w}).abs().masked_select(rm).max().item<double>();
+}
+
 }  // namespace
 
 TEST(Faithfulness, DeletionAndInsertionCurvesMatchPlainLoops) {
@@ -156,15 +170,7 @@ TEST(Faithfulness, LinearImputationOfLargeHolesSatisfiesItsEquations) {
         for (int64_t i = 0; i < 4; ++i) EXPECT_TRUE(torch::equal(y[i], by_cg[i]) || torch::equal(y[i], by_ldlt[i]));
         const at::Tensor rm = removed.unsqueeze(1).expand_as(x);
         EXPECT_TRUE(torch::equal(x.masked_select(rm.logical_not()), y.masked_select(rm.logical_not())));
-        // Weighted mean of the neighbours inside the image, by a convolution with zero padding.
-        const at::Tensor k =
-            torch::tensor({1.0 / 12, 1.0 / 6, 1.0 / 12, 1.0 / 6, 0.0, 1.0 / 6, 1.0 / 12, 1.0 / 6, 1.0 / 12}, torch::kDouble)
-                .view({1, 1, 3, 3});
-        const at::Tensor yd = y.to(torch::kDouble).view({12, 1, h, w});
-        const at::Tensor sums = torch::conv2d(yd, k, {}, 1, 1),
-                         weights = torch::conv2d(torch::ones({1, 1, h, w}, torch::kDouble), k, {}, 1, 1);
-        const at::Tensor err = (yd - sums / weights).view({4, 3, h, w}).abs().masked_select(rm);
-        EXPECT_LT(err.max().item<double>(), 1e-5) << h << "x" << w;
+        EXPECT_LT(imputation_equation_error(y, removed), 1e-5) << h << "x" << w;
         // The fill of the black-bordered hole is black.
         EXPECT_LT(y[2].masked_select(disc.unsqueeze(0).expand({3, h, w})).abs().max().item<double>(), 1e-5);
         // A weighted mean lies between the values around it (the maximum principle).
@@ -176,9 +182,6 @@ TEST(Faithfulness, LinearImputationOfLargeHolesSatisfiesItsEquations) {
 // not a multiple of any SIMD width; every removed value is the weighted mean of its neighbours
 // inside the image (checked by a convolution with zero padding) and the kept ones stay.
 TEST(Faithfulness, LinearImputationOfThinImagesAndOneKeptPixelSatisfiesItsEquations) {
-    const at::Tensor kernel =
-        torch::tensor({1.0 / 12, 1.0 / 6, 1.0 / 12, 1.0 / 6, 0.0, 1.0 / 6, 1.0 / 12, 1.0 / 6, 1.0 / 12}, torch::kDouble)
-            .view({1, 1, 3, 3});
     int64_t seed = 30;
     for (const auto& [h, w] : std::vector<std::pair<int64_t, int64_t>>{{1, 37}, {41, 1}, {2, 3}, {17, 19}, {28, 28}}) {
         const at::Tensor x = randn({3, 2, h, w}, seed++);
@@ -193,11 +196,7 @@ TEST(Faithfulness, LinearImputationOfThinImagesAndOneKeptPixelSatisfiesItsEquati
             const at::Tensor y = noisy_linear_imputation(x, removed, 0.0, gen, solver);
             const at::Tensor rm = removed.unsqueeze(1).expand_as(x);
             EXPECT_TRUE(torch::equal(x.masked_select(rm.logical_not()), y.masked_select(rm.logical_not())));
-            const at::Tensor yd = y.to(torch::kDouble).view({6, 1, h, w});
-            const at::Tensor sums = torch::conv2d(yd, kernel, {}, 1, 1),
-                             weights = torch::conv2d(torch::ones({1, 1, h, w}, torch::kDouble), kernel, {}, 1, 1);
-            const at::Tensor err = (yd - sums / weights).view({3, 2, h, w}).abs().masked_select(rm);
-            EXPECT_LT(err.max().item<double>(), 1e-5) << h << "x" << w;
+            EXPECT_LT(imputation_equation_error(y, removed), 1e-5) << h << "x" << w;
             // One kept pixel: the whole image takes its value.
             EXPECT_LT((y[0] - x[0].select(1, h - 1).select(1, w - 1).view({2, 1, 1})).abs().max().item<double>(), 1e-5);
         }

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "convscope/runtime/error.hpp"
+#include "methods/detail/cpu_features.hpp"
 
 namespace convscope::detail {
 namespace {
@@ -237,11 +238,8 @@ __attribute__((target("avx2,fma"))) bool impute_cg_avx2(const float* img, const 
 }
 
 bool impute_cg(const float* img, const bool* removed, int64_t c, int64_t h, int64_t w, float* out) {
-    static const int isa = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") ? 2
-                           : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")     ? 1
-                                                                                                  : 0;
-    if (isa == 2) return impute_cg_avx512(img, removed, c, h, w, out);
-    if (isa == 1) return impute_cg_avx2(img, removed, c, h, w, out);
+    if (cpu_has_avx512()) return impute_cg_avx512(img, removed, c, h, w, out);
+    if (cpu_has_avx2_fma()) return impute_cg_avx2(img, removed, c, h, w, out);
     return impute_cg_body(img, removed, c, h, w, out);
 }
 

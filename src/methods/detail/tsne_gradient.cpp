@@ -9,6 +9,7 @@
 
 #include "convscope/runtime/error.hpp"
 #include "convscope/runtime/strings.hpp"
+#include "methods/detail/cpu_features.hpp"
 #include "methods/detail/tsne_common.hpp"
 #include "methods/detail/tsne_fft.hpp"
 
@@ -81,11 +82,6 @@ __attribute__((target("avx2,fma"))) void attraction_avx2(const SparseMatrix& p, 
     }
 }
 
-bool has_avx2_fma() {
-    static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    return yes;
-}
-
 }  // namespace
 
 // grad_i = 4 (exaggeration * attr_i - rep_i / z) where attr_i = sum_j P_ij q_ij (y_i - y_j).
@@ -94,7 +90,7 @@ void combine_gradient(const SparseMatrix& p, const double* y, double exaggeratio
     const double inv_z = 1.0 / z;
     std::vector<float> yf(size_t(2 * p.n));
     for (int64_t i = 0; i < 2 * p.n; ++i) yf[size_t(i)] = float(y[i]);
-    const bool avx2 = has_avx2_fma();
+    const bool avx2 = cpu_has_avx2_fma();
     pool.for_range(p.n, [&](int64_t b, int64_t e) {
         // attr is written into grad, then combined in place.
         if (avx2)

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "convscope/runtime/error.hpp"
+#include "methods/detail/cpu_features.hpp"
 
 namespace convscope::detail {
 
@@ -260,13 +261,8 @@ float squared_distance_generic(const float* a, const float* b, int64_t d) {
     return squared_distance_body(a, b, d);
 }
 
-bool has_avx2_fma() {
-    static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    return yes;
-}
-
 void scan_chunk(const Scan& scan, TopK& heaps) {
-    if (has_avx2_fma())
+    if (cpu_has_avx2_fma())
         scan_chunk_avx2(scan, heaps);
     else
         scan_chunk_generic(scan, heaps);
@@ -275,7 +271,7 @@ void scan_chunk(const Scan& scan, TopK& heaps) {
 using DistanceFn = float (*)(const float*, const float*, int64_t);
 DistanceFn distance_fn() {
     static const DistanceFn fn =
-        has_avx2_fma() ? &squared_distance_avx2 : &squared_distance_generic;
+        cpu_has_avx2_fma() ? &squared_distance_avx2 : &squared_distance_generic;
     return fn;
 }
 
@@ -307,7 +303,7 @@ public:
     explicit L2Space(size_t d) : dim_(d) {}
     size_t get_data_size() override { return dim_ * sizeof(float); }
     hnswlib::DISTFUNC<float> get_dist_func() override {
-        return has_avx2_fma() ? &distance_avx2 : &distance_generic;
+        return cpu_has_avx2_fma() ? &distance_avx2 : &distance_generic;
     }
     void* get_dist_func_param() override { return &dim_; }
 

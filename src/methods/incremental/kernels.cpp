@@ -1,4 +1,5 @@
 #include "methods/incremental/kernels.hpp"
+#include "methods/detail/cpu_features.hpp"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -323,8 +324,7 @@ void dots_generic(const float* v, const float* rows, int64_t stride, int64_t n, 
 }  // namespace
 
 void dots(const float* v, const float* rows, int64_t stride, int64_t n, int64_t m, double* acc) {
-    static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    if (avx2) dots_avx2(v, rows, stride, n, m, acc);
+    if (convscope::detail::cpu_has_avx2_fma()) dots_avx2(v, rows, stride, n, m, acc);
     else dots_generic(v, rows, stride, n, m, acc);
 }
 
