@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <vector>
 
 #include "convscope/runtime/error.hpp"
@@ -60,19 +61,25 @@ void impute_ldlt(const float* img, const bool* removed, int64_t c, int64_t h, in
         for (int64_t ch = 0; ch < c; ++ch) out[ch * p + cells[size_t(k)]] = float(v(k, ch));
 }
 
-// The grid's vectors: the image with a border of zeros, (h + 2) x (w + 2) values row after row.
-// The neighbours are read through three row pointers (above, same, below) at offsets -1, 0, +1,
-// and the mask is a product (no branch), so that the compiler vectorises the loops with few
-// registers. [lo, hi) holds every removed pixel.
+// The grid's vectors: the image with a border of zeros, H + 2 rows of wp values, wp = W + 2
+// rounded up to 16 floats, so that every grid row starts on a 64-byte line: the loads at a pixel
+// and at the pixels above and below it are aligned (unaligned ones cost two loads, a line split
+// each). The neighbours are read through three row pointers (above, same, below) at offsets -1,
+// 0, +1, and the mask is a product (no branch), so that the compiler vectorises the loops with
+// few registers. [lo, hi) are whole grid rows that hold every removed pixel.
+constexpr int64_t kRowAlign = 16;
+
 struct Stencil {
     int64_t wp;  // the grid's row length
+    int64_t mo;  // m = k + mo
 };
 
 // out = 12 A v at [lo, hi): k v - m (2 x direct + diagonal neighbours), k = 12 wsum and m = 1 at
 // removed pixels, both 0 elsewhere. Returns v . out.
 template <typename T>
-[[gnu::always_inline]] inline T apply(const Stencil& o, const float* __restrict k, const float* __restrict m,
-                                      const T* __restrict v, T* __restrict out, int64_t lo, int64_t hi) {
+[[gnu::always_inline]] inline T apply(const Stencil& o, const float* __restrict k, const T* __restrict v,
+                                      T* __restrict out, int64_t lo, int64_t hi) {
+    const float* __restrict m = k + o.mo;
     const T* __restrict up = v - o.wp;
     const T* __restrict dn = v + o.wp;
     T dot = 0;
@@ -88,9 +95,9 @@ template <typename T>
 
 // r = 12 (b - A x) in float64 (rd) and in float32 (r); returns |r|^2. At removed pixels
 // 12 A x = k x - m s (s: all neighbours, the kept ones holding the image).
-[[gnu::always_inline]] inline double grid_residual(const Stencil& st, const float* k, const float* m, const double* x,
+[[gnu::always_inline]] inline double grid_residual(const Stencil& st, const float* k, const double* x,
                                                    double* __restrict rd, float* __restrict r, int64_t lo, int64_t hi) {
-    (void)apply<double>(st, k, m, x, rd, lo, hi);
+    (void)apply<double>(st, k, x, rd, lo, hi);
     double sum = 0;
 #pragma omp simd reduction(+ : sum)
     for (int64_t q = lo; q < hi; ++q) {
@@ -99,6 +106,12 @@ template <typename T>
         sum += res * res;
     }
     return sum;
+}
+
+// p rounded up to the next 64-byte boundary.
+template <typename T>
+T* align64(T* p) {
+    return reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(p) + 63) & ~uintptr_t(63));
 }
 
 // Conjugate gradients on the image grid, channel by channel, without building the matrix, in
@@ -111,67 +124,84 @@ template <typename T>
 // mean; a multi-level fill of the holes from their borders saved 4% of the iterations and cost
 // more than that). Returns false when a channel has not converged after 8 (4 (H + W) + 100)
 // iterations (the caller then solves exactly).
-[[gnu::always_inline]] inline bool impute_cg_body(const float* img, const bool* removed, int64_t c, int64_t h,
+[[gnu::always_inline]] inline bool impute_cg_body(const float* img, const bool* removed_mask, int64_t c, int64_t h,
                                                  int64_t w, float* out) {
-    const int64_t wp = w + 2, pp = (h + 2) * wp;
-    const Stencil st{wp};
-    // The vectors lie more than a grid row apart, so that run-time overlap checks pass.
-    const int64_t stride = pp + 2 * wp + 16;
+    const auto* removed = reinterpret_cast<const uint8_t*>(removed_mask);  // 0 or 1
+    const int64_t wp = (w + 2 + kRowAlign - 1) / kRowAlign * kRowAlign, pp = (h + 2) * wp;
+    // Each vector has a margin of kRowAlign values on both sides (the reads one row and one value
+    // beyond [lo, hi)) and starts on a line.
+    const int64_t stride = pp + 2 * kRowAlign;
+    const Stencil st{wp, 5 * stride};
+    // The buffers are zeroed when the image size changes; afterwards only the interior is written
+    // (the borders stay 0) and d is zeroed where it is read outside [lo, hi).
     thread_local std::vector<double> dbuf;
-    thread_local std::vector<float> fbuf;
-    dbuf.assign(size_t(stride) * 2, 0.0);
-    fbuf.assign(size_t(stride) * 6, 0.f);
-    double* x = dbuf.data();        // the solution (removed pixels) and the image (kept pixels)
-    double* rd = x + stride;        // the residual in float64
-    float* k = fbuf.data();         // 12 wsum at removed pixels, 0 elsewhere (exact integers)
-    float* m = k + stride;          // 1 at removed pixels
-    float* e = m + stride;          // the float32 correction since the last update
+    thread_local std::vector<float> fbuf, hbuf;
+    thread_local int64_t have_h = -1, have_w = -1;
+    if (have_h != h || have_w != w) {
+        dbuf.assign(size_t(stride) * 2 + 8, 0.0);
+        fbuf.assign(size_t(stride) * 6 + 16, 0.f);
+        hbuf.resize(size_t(w));
+        for (int64_t xx = 0; xx < w; ++xx) hbuf[size_t(xx)] = float((xx > 0) + (xx + 1 < w));
+        have_h = h;
+        have_w = w;
+    }
+    double* x = align64(dbuf.data()) + kRowAlign;  // the solution (removed pixels) and the image (kept ones)
+    double* rd = x + stride;                        // the residual in float64
+    float* k = align64(fbuf.data()) + kRowAlign;   // 12 wsum at removed pixels, 0 elsewhere (exact integers)
+    float* e = k + stride;                          // the float32 correction since the last update
     float* r = e + stride;
     float* d = r + stride;
     float* ad = d + stride;
-    // 12 wsum = 2 (vertical + horizontal neighbours) + their product (the diagonal ones).
+    float* m = k + st.mo;  // 1 at removed pixels
+    // 12 wsum = 2 (vertical + horizontal neighbours) + their product (the diagonal ones); hx: the
+    // horizontal neighbours of each column.
+    const float* __restrict hx = hbuf.data();
     int64_t ymin = h, ymax = -1;
     for (int64_t y = 0; y < h; ++y) {
         const float vy = float((y > 0) + (y + 1 < h));
-        const bool* __restrict rrow = removed + y * w;
+        const uint8_t* __restrict rrow = removed + y * w;
         float* __restrict krow = k + (y + 1) * wp + 1;
         float* __restrict mrow = m + (y + 1) * wp + 1;
-        int any = 0;
-#pragma omp simd reduction(| : any)
+        float any = 0;
+#pragma omp simd reduction(+ : any)
         for (int64_t xx = 0; xx < w; ++xx) {
-            const float hx = float((xx > 0) + (xx + 1 < w));
-            const float rm = rrow[xx] ? 1.f : 0.f;
-            krow[xx] = rm * (2.f * (vy + hx) + vy * hx);
+            const float rm = float(rrow[xx]);
+            krow[xx] = rm * (2.f * (vy + hx[xx]) + vy * hx[xx]);
             mrow[xx] = rm;
-            any |= int(rrow[xx]);
+            any += rm;
         }
-        if (any) {
+        if (any > 0) {
             ymin = std::min(ymin, y);
             ymax = y;
         }
     }
     if (ymax < 0) return true;
-    // From the first removed row's first pixel to the last one's last: every neighbour read
-    // stays inside the grid.
-    const int64_t lo = (ymin + 1) * wp + 1, hi = (ymax + 1) * wp + w + 1;
+    const int64_t lo = (ymin + 1) * wp, hi = (ymax + 2) * wp;
+    std::fill(d + lo - wp - 1, d + lo, 0.f);
+    std::fill(d + hi, d + hi + wp + 1, 0.f);
     const int64_t max_iter = 8 * (4 * (h + w) + 100);
     for (int64_t ch = 0; ch < c; ++ch) {
         const float* src = img + ch * h * w;
-        double kept_sum = 0;
-        int64_t kept = 0;
-        for (int64_t y = 0; y < h; ++y)
+        double kept_sum = 0, kept = 0;
+        for (int64_t y = 0; y < h; ++y) {
+            const float* __restrict srow = src + y * w;
+            const float* __restrict mrow = m + (y + 1) * wp + 1;
+            double* __restrict xrow = x + (y + 1) * wp + 1;
+#pragma omp simd reduction(+ : kept_sum, kept)
             for (int64_t xx = 0; xx < w; ++xx) {
-                const bool rm = removed[y * w + xx];
-                const double v = double(src[y * w + xx]);
-                x[(y + 1) * wp + xx + 1] = rm ? 0.0 : v;
-                kept_sum += rm ? 0.0 : v;
-                kept += !rm;
+                const double keep = 1.0 - double(mrow[xx]);
+                const double v = keep * double(srow[xx]);
+                xrow[xx] = v;
+                kept_sum += v;
+                kept += keep;
             }
+        }
         // With the removed pixels at 0 the residual is 12 b, for the tolerance.
-        const double bb = grid_residual(st, k, m, x, rd, r, lo, hi);
-        const double start = kept_sum / double(std::max<int64_t>(kept, 1));
+        const double bb = grid_residual(st, k, x, rd, r, lo, hi);
+        const double start = kept_sum / std::max(kept, 1.0);
+#pragma omp simd
         for (int64_t q = lo; q < hi; ++q) x[q] += double(m[q]) * start;
-        double rr = grid_residual(st, k, m, x, rd, r, lo, hi);
+        double rr = grid_residual(st, k, x, rd, r, lo, hi);
         // Relative to the larger of b and the first residual: b alone is 0 where every kept
         // neighbour is black.
         const double tol2 = 1e-16 * std::max({bb, rr, 1e-300});
@@ -181,7 +211,7 @@ template <typename T>
         double rr_ref = rr;
         float rf = float(rr);
         for (int64_t it = 0; it < max_iter && !done; ++it) {
-            const float dad = apply<float>(st, k, m, d, ad, lo, hi);
+            const float dad = apply<float>(st, k, d, ad, lo, hi);
             if (!(dad > 0)) break;
             const float alpha = rf / dad;
             float rr_new = 0;
@@ -202,7 +232,7 @@ template <typename T>
 #pragma omp simd
                 for (int64_t q = lo; q < hi; ++q) x[q] += double(e[q]);
                 std::fill(e + lo, e + hi, 0.f);
-                rr = grid_residual(st, k, m, x, rd, r, lo, hi);
+                rr = grid_residual(st, k, x, rd, r, lo, hi);
                 if (!(rr > tol2)) {
                     done = true;
                     break;
@@ -219,8 +249,12 @@ template <typename T>
         }
         if (!done) return false;
         float* dst = out + ch * h * w;
-        for (int64_t y = 0; y < h; ++y)
-            for (int64_t xx = 0; xx < w; ++xx) dst[y * w + xx] = float(x[(y + 1) * wp + xx + 1]);
+        for (int64_t y = 0; y < h; ++y) {
+            const double* __restrict xrow = x + (y + 1) * wp + 1;
+            float* __restrict drow = dst + y * w;
+#pragma omp simd
+            for (int64_t xx = 0; xx < w; ++xx) drow[xx] = float(xrow[xx]);
+        }
     }
     return true;
 }
