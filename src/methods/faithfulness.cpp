@@ -175,18 +175,23 @@ at::Tensor noisy_linear_imputation(const at::Tensor& images, const at::Tensor& r
     }
     const float sigma = float(noise);
     at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
-        std::vector<int64_t> cells;
+        std::vector<int64_t> cells(size_t(h * w) + 1);
         for (int64_t i = begin; i < end; ++i) {
             float* dst = po + i * c * h * w;
             const bool* rm_i = pm + i * h * w;
             detail::impute_image(px + i * c * h * w, rm_i, c, h, w, dst, solver);
             if (noise <= 0) continue;
-            cells.clear();
-            for (int64_t q = 0; q < h * w; ++q)
-                if (rm_i[q]) cells.push_back(q);
+            // The removed pixels in order, gathered without a branch (the mask is irregular).
+            size_t count = 0;
+            for (int64_t q = 0; q < h * w; ++q) {
+                cells[count] = q;
+                count += size_t(rm_i[q]);
+            }
             detail::NormalStream z(seeds[size_t(i)]);
-            for (int64_t ch = 0; ch < c; ++ch)
-                for (const int64_t q : cells) dst[ch * h * w + q] += sigma * z.next();
+            for (int64_t ch = 0; ch < c; ++ch) {
+                float* plane = dst + ch * h * w;
+                for (size_t j = 0; j < count; ++j) plane[cells[j]] += sigma * z.next();
+            }
         }
     });
     return filled;

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "convscope/runtime/error.hpp"
@@ -162,40 +163,41 @@ T* align64(T* p) {
         const uint8_t* __restrict rrow = removed + y * w;
         float* __restrict krow = k + (y + 1) * wp + 1;
         float* __restrict mrow = m + (y + 1) * wp + 1;
-        float any = 0;
-#pragma omp simd reduction(+ : any)
+#pragma omp simd
         for (int64_t xx = 0; xx < w; ++xx) {
             const float rm = float(rrow[xx]);
             krow[xx] = rm * (2.f * (vy + hx[xx]) + vy * hx[xx]);
             mrow[xx] = rm;
-            any += rm;
         }
-        if (any > 0) {
+        if (std::memchr(rrow, 1, size_t(w))) {
             ymin = std::min(ymin, y);
             ymax = y;
         }
     }
     if (ymax < 0) return true;
+    const auto n_removed = std::count(removed + ymin * w, removed + (ymax + 1) * w, uint8_t(1));
     const int64_t lo = (ymin + 1) * wp, hi = (ymax + 2) * wp;
     std::fill(d + lo - wp - 1, d + lo, 0.f);
     std::fill(d + hi, d + hi + wp + 1, 0.f);
     const int64_t max_iter = 8 * (4 * (h + w) + 100);
     for (int64_t ch = 0; ch < c; ++ch) {
         const float* src = img + ch * h * w;
-        double kept_sum = 0, kept = 0;
+        // The image into the grid, the removed pixels at 0; then the kept pixels' sum over whole
+        // grid rows (short rows' reductions cost more than their work).
         for (int64_t y = 0; y < h; ++y) {
             const float* __restrict srow = src + y * w;
             const float* __restrict mrow = m + (y + 1) * wp + 1;
             double* __restrict xrow = x + (y + 1) * wp + 1;
-#pragma omp simd reduction(+ : kept_sum, kept)
-            for (int64_t xx = 0; xx < w; ++xx) {
-                const double keep = 1.0 - double(mrow[xx]);
-                const double v = keep * double(srow[xx]);
-                xrow[xx] = v;
-                kept_sum += v;
-                kept += keep;
-            }
+#pragma omp simd
+            for (int64_t xx = 0; xx < w; ++xx) xrow[xx] = (1.0 - double(mrow[xx])) * double(srow[xx]);
         }
+        double kept_sum = 0;
+        {
+            const double* __restrict xv = x;
+#pragma omp simd reduction(+ : kept_sum)
+            for (int64_t q = wp; q < (h + 1) * wp; ++q) kept_sum += xv[q];
+        }
+        const double kept = double(h * w - n_removed);
         // With the removed pixels at 0 the residual is 12 b, for the tolerance.
         const double bb = grid_residual(st, k, x, rd, r, lo, hi);
         const double start = kept_sum / std::max(kept, 1.0);
