@@ -63,6 +63,33 @@ double imputation_equation_error(const at::Tensor& y, const at::Tensor& removed)
 
 }  // namespace
 
+// The relevance order of float maps (a radix sort of their bits) is the stable sort's: ranks
+// 0..P-1, most relevant first or last, ties (repeated values, -0 and +0) in pixel order. The
+// reference is the stable sort of the same maps as float64 (the order of double maps).
+TEST(Faithfulness, RelevanceRanksOfFloatMapsAreTheStableSortsOrder) {
+    at::Tensor maps = randn({5, 13, 11}, 40);
+    maps[1] = maps[1].round();                                      // many ties
+    maps[2].view({-1}).slice(0, 0, 60).fill_(0.f);                  // +0 ...
+    maps[2].view({-1}).slice(0, 60, 90).fill_(-0.f);                // ... and -0 together
+    maps[3] = maps[3] * 1e-38f;                                     // subnormal values
+    maps[4].view({-1}).slice(0, 0, 70).fill_(3.f);
+    maps[4].view({-1}).slice(0, 70, 143).fill_(-2.5f);
+    for (const RelevanceOrder order : {RelevanceOrder::MostFirst, RelevanceOrder::LeastFirst}) {
+        const at::Tensor got = relevance_ranks(maps, order);
+        const at::Tensor want = relevance_ranks(maps.to(torch::kDouble), order);
+        EXPECT_TRUE(torch::equal(got, want)) << relevance_order_name(order);
+        // A plain check of the definition on one map: rank r holds the r-th value in order, and
+        // equal values are ranked in pixel order.
+        const at::Tensor m = maps[1].reshape({-1}), r = got[1];
+        for (int64_t a = 0; a < m.numel(); ++a)
+            for (int64_t b = a + 1; b < m.numel(); ++b) {
+                const float va = m[a].item<float>(), vb = m[b].item<float>();
+                const bool a_first = order == RelevanceOrder::MostFirst ? va >= vb : va <= vb;
+                EXPECT_EQ(r[a].item<int64_t>() < r[b].item<int64_t>(), a_first) << a << " " << b;
+            }
+    }
+}
+
 TEST(Faithfulness, DeletionAndInsertionCurvesMatchPlainLoops) {
     Model model = load_lenet();
     const at::Tensor x = lenet_input(), maps = metric_ref("maps");

@@ -16,6 +16,7 @@
 #include "convscope/runtime/strings.hpp"
 #include "methods/detail/batches.hpp"
 #include "methods/detail/imputation.hpp"
+#include "methods/detail/radix_sort.hpp"
 
 namespace convscope {
 
@@ -25,10 +26,30 @@ const char* relevance_order_name(RelevanceOrder order) {
 
 at::Tensor relevance_ranks(const at::Tensor& maps, RelevanceOrder order) {
     const int64_t n = maps.size(0), p = maps.size(1) * maps.size(2);
-    const at::Tensor flat = maps.reshape({n, p}).to(torch::kDouble);
-    const at::Tensor idx = std::get<1>(torch::sort(flat, /*stable=*/true, 1, order == RelevanceOrder::MostFirst));
+    const bool descending = order == RelevanceOrder::MostFirst;
     at::Tensor ranks = torch::empty({n, p}, torch::kLong);
-    ranks.scatter_(1, idx, torch::arange(p, torch::kLong).expand({n, p}).contiguous());
+    if (maps.scalar_type() != torch::kFloat || p >= (int64_t(1) << 32)) {
+        const at::Tensor flat = maps.reshape({n, p}).to(torch::kDouble);
+        const at::Tensor idx = std::get<1>(torch::sort(flat, /*stable=*/true, 1, descending));
+        ranks.scatter_(1, idx, torch::arange(p, torch::kLong).expand({n, p}).contiguous());
+        return ranks;
+    }
+    // Float maps (every method's): a stable radix sort of each map's values, ties in pixel order
+    // as the stable sort above gives them.
+    const at::Tensor flat = maps.reshape({n, p}).contiguous();
+    const float* pm = flat.data_ptr<float>();
+    int64_t* pr = ranks.data_ptr<int64_t>();
+    at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+        std::vector<uint32_t> key(static_cast<size_t>(p)), idx(static_cast<size_t>(p)), key2, idx2;
+        for (int64_t i = begin; i < end; ++i) {
+            for (int64_t q = 0; q < p; ++q) {
+                key[size_t(q)] = detail::orderable_key(pm[i * p + q], descending);
+                idx[size_t(q)] = uint32_t(q);
+            }
+            detail::radix_sort(key, idx, key2, idx2);
+            for (int64_t j = 0; j < p; ++j) pr[i * p + idx[size_t(j)]] = j;
+        }
+    });
     return ranks;
 }
 
@@ -220,8 +241,14 @@ RoadResult road(const Model& model, const at::Tensor& images, const at::Tensor& 
             cut.push_back(static_cast<int64_t>(std::floor(o.percentages[size_t(r % per_image)] * double(p) / 100.0)));
         }
         const at::Tensor idx = torch::tensor(img, torch::kLong);
-        const at::Tensor removed =
-            ranks.index_select(0, idx).lt(torch::tensor(cut, torch::kLong).unsqueeze(1)).view({end - first, h, w});
+        // Row r removes the pixels ranked below its cut.
+        at::Tensor removed = torch::empty({end - first, h, w}, torch::kBool);
+        bool* pr = removed.data_ptr<bool>();
+        for (int64_t r = 0; r < end - first; ++r) {
+            const int64_t* rank = ranks.data_ptr<int64_t>() + img[size_t(r)] * p;
+            const int64_t c = cut[size_t(r)];
+            for (int64_t q = 0; q < p; ++q) pr[r * p + q] = rank[q] < c;
+        }
         const at::Tensor rows = noisy_linear_imputation(images.index_select(0, idx), removed, o.noise, gen);
         const at::Tensor out = model.forward_unchecked(rows);
         scores.slice(0, first, end).copy_(scorer.scores(out, img).to(torch::kDouble));

@@ -19,6 +19,7 @@
 #include "convscope/runtime/error.hpp"
 #include "convscope/runtime/model.hpp"
 #include "convscope/runtime/strings.hpp"
+#include "methods/detail/radix_sort.hpp"
 
 namespace convscope {
 
@@ -30,30 +31,15 @@ std::vector<double> values_of(const at::Tensor& t) {
 }
 
 // Ranks 1..n with ties given their mean rank. The values are maps of float32 numbers, finite:
-// sorted as float keys (their bits made unsigned-orderable) by an LSD radix sort, 4 passes of
-// 8 bits, O(n).
+// sorted as float keys by a radix sort, O(n).
 std::vector<double> ranks_of(const std::vector<double>& v) {
     const size_t n = v.size();
-    std::vector<uint32_t> key(n), idx(n), key2(n), idx2(n);
+    std::vector<uint32_t> key(n), idx(n), key2, idx2;
     for (size_t i = 0; i < n; ++i) {
-        float f = float(v[i]) + 0.0f;  // -0 and +0 become one key
-        uint32_t bits;
-        std::memcpy(&bits, &f, sizeof bits);
-        key[i] = (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
+        key[i] = detail::orderable_key(float(v[i]));
         idx[i] = uint32_t(i);
     }
-    for (int shift = 0; shift < 32; shift += 8) {
-        size_t count[257] = {0};
-        for (size_t i = 0; i < n; ++i) ++count[((key[i] >> shift) & 0xffu) + 1];
-        for (int b = 0; b < 256; ++b) count[b + 1] += count[b];
-        for (size_t i = 0; i < n; ++i) {
-            const size_t at = count[(key[i] >> shift) & 0xffu]++;
-            key2[at] = key[i];
-            idx2[at] = idx[i];
-        }
-        key.swap(key2);
-        idx.swap(idx2);
-    }
+    detail::radix_sort(key, idx, key2, idx2);
     std::vector<double> ranks(n);
     for (size_t i = 0; i < n;) {
         size_t j = i;

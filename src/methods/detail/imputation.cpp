@@ -7,6 +7,7 @@
 
 #include <Eigen/Sparse>
 #include <Eigen/SparseCholesky>
+#include <immintrin.h>
 
 #include <algorithm>
 #include <cmath>
@@ -94,6 +95,60 @@ template <typename T>
     return dot;
 }
 
+// The values one to the left (left) and one to the right (right) of the 16 in cur, from the
+// vectors before (prev) and after it (next).
+// (GCC 12 warns of uninitialised values inside its own AVX-512 intrinsics, a known false alarm.)
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#define CONVSCOPE_AVX512 __attribute__((target("avx512f,avx512vl,avx2,fma"), always_inline)) inline
+CONVSCOPE_AVX512 __m512 left(__m512 cur, __m512 prev) {
+    return _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(cur), _mm512_castps_si512(prev), 15));
+}
+CONVSCOPE_AVX512 __m512 right(__m512 next, __m512 cur) {
+    return _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(next), _mm512_castps_si512(cur), 1));
+}
+
+// apply<float> with AVX-512, 16 cells a step ([lo, hi) and the rows are aligned to 16 floats):
+// the left and right neighbours come from the aligned vectors by valignd instead of unaligned
+// loads, which straddle two lines and cost two loads each. It reads one vector before lo and one
+// after hi (inside the margins; only their values next to [lo, hi) count). Called once an
+// iteration: a function of its own target cannot be inlined into the shared loop.
+__attribute__((target("avx512f,avx512vl,avx2,fma"))) float apply_avx512(
+    const Stencil& o, const float* __restrict k, const float* __restrict v, float* __restrict out, int64_t lo,
+    int64_t hi) {
+    const float* __restrict m = k + o.mo;
+    const float* __restrict up = v - o.wp;
+    const float* __restrict dn = v + o.wp;
+    const __m512 two = _mm512_set1_ps(2.f);
+    __m512 dot = _mm512_setzero_ps();
+    __m512 u0 = _mm512_load_ps(up + lo - 16), u1 = _mm512_load_ps(up + lo);
+    __m512 c0 = _mm512_load_ps(v + lo - 16), c1 = _mm512_load_ps(v + lo);
+    __m512 d0 = _mm512_load_ps(dn + lo - 16), d1 = _mm512_load_ps(dn + lo);
+    for (int64_t q = lo; q < hi; q += 16) {
+        const __m512 u2 = _mm512_load_ps(up + q + 16), c2 = _mm512_load_ps(v + q + 16), d2 = _mm512_load_ps(dn + q + 16);
+        const __m512 direct = _mm512_add_ps(_mm512_add_ps(u1, left(c1, c0)), _mm512_add_ps(right(c2, c1), d1));
+        const __m512 diagonal =
+            _mm512_add_ps(_mm512_add_ps(left(u1, u0), right(u2, u1)), _mm512_add_ps(left(d1, d0), right(d2, d1)));
+        const __m512 sum = _mm512_fmadd_ps(two, direct, diagonal);
+        const __m512 o_q = _mm512_fmsub_ps(_mm512_load_ps(k + q), c1, _mm512_mul_ps(_mm512_load_ps(m + q), sum));
+        _mm512_store_ps(out + q, o_q);
+        dot = _mm512_fmadd_ps(c1, o_q, dot);
+        u0 = u1;
+        u1 = u2;
+        c0 = c1;
+        c1 = c2;
+        d0 = d1;
+        d1 = d2;
+    }
+    return _mm512_reduce_add_ps(dot);
+}
+#undef CONVSCOPE_AVX512
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+
 // r = 12 (b - A x) in float64 (rd) and in float32 (r); returns |r|^2. At removed pixels
 // 12 A x = k x - m s (s: all neighbours, the kept ones holding the image).
 [[gnu::always_inline]] inline double grid_residual(const Stencil& st, const float* k, const double* x,
@@ -125,6 +180,7 @@ T* align64(T* p) {
 // mean; a multi-level fill of the holes from their borders saved 4% of the iterations and cost
 // more than that). Returns false when a channel has not converged after 8 (4 (H + W) + 100)
 // iterations (the caller then solves exactly).
+template <bool kAvx512>
 [[gnu::always_inline]] inline bool impute_cg_body(const float* img, const bool* removed_mask, int64_t c, int64_t h,
                                                  int64_t w, float* out) {
     const auto* removed = reinterpret_cast<const uint8_t*>(removed_mask);  // 0 or 1
@@ -213,7 +269,11 @@ T* align64(T* p) {
         double rr_ref = rr;
         float rf = float(rr);
         for (int64_t it = 0; it < max_iter && !done; ++it) {
-            const float dad = apply<float>(st, k, d, ad, lo, hi);
+            float dad;
+            if constexpr (kAvx512)
+                dad = apply_avx512(st, k, d, ad, lo, hi);
+            else
+                dad = apply<float>(st, k, d, ad, lo, hi);
             if (!(dad > 0)) break;
             const float alpha = rf / dad;
             float rr_new = 0;
@@ -265,18 +325,18 @@ T* align64(T* p) {
 // register instead of SSE's four), taken where the processor has them.
 __attribute__((target("avx512f,avx512vl,avx2,fma"))) bool impute_cg_avx512(const float* img, const bool* removed,
                                                                             int64_t c, int64_t h, int64_t w, float* out) {
-    return impute_cg_body(img, removed, c, h, w, out);
+    return impute_cg_body<true>(img, removed, c, h, w, out);
 }
 
 __attribute__((target("avx2,fma"))) bool impute_cg_avx2(const float* img, const bool* removed, int64_t c, int64_t h,
                                                         int64_t w, float* out) {
-    return impute_cg_body(img, removed, c, h, w, out);
+    return impute_cg_body<false>(img, removed, c, h, w, out);
 }
 
 bool impute_cg(const float* img, const bool* removed, int64_t c, int64_t h, int64_t w, float* out) {
     if (cpu_has_avx512()) return impute_cg_avx512(img, removed, c, h, w, out);
     if (cpu_has_avx2_fma()) return impute_cg_avx2(img, removed, c, h, w, out);
-    return impute_cg_body(img, removed, c, h, w, out);
+    return impute_cg_body<false>(img, removed, c, h, w, out);
 }
 
 // Whether conjugate gradients should beat the factorisation. Their iterations grow with the
