@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <csignal>
 #include <iostream>
+#include <string>
 
 #include "common.hpp"
 #include "convscope/runtime/cluster.hpp"
@@ -23,6 +24,15 @@ int finish(int code) {
     return code;
 }
 
+// Writes "convscope: TEXT" and a newline to stderr in one write: under mpirun the launcher
+// forwards each write of a rank on its own, and a line written in parts can be cut by the
+// launcher's own messages (its report of the abort that follows).
+void say(const std::string& text) {
+    const std::string line = "convscope: " + text + "\n";
+    std::cerr.write(line.data(), std::streamsize(line.size()));
+    std::cerr.flush();
+}
+
 // The commands whose items the ranks of mpirun split.
 bool runs_distributed(const std::string& command) {
     return command == "top-patches" || command == "embed" || command == "evaluate";
@@ -35,7 +45,7 @@ int main(int argc, char** argv) {
     try {
         cluster::start(&argc, &argv);
     } catch (const Error& e) {
-        std::cerr << "convscope: " << e.what() << "\n";
+        say(e.what());
         return 1;
     }
     std::string line;
@@ -62,16 +72,16 @@ int main(int argc, char** argv) {
         cluster::finish();
         return code == 0 ? 0 : 2;
     } catch (const UsageError& e) {
-        if (cluster::rank() == 0) std::cerr << "convscope: " << e.what() << "\n";
+        if (cluster::rank() == 0) say(e.what());
         cluster::finish();
         return 2;
     }
     for (auto& [sub, run] : commands)
         if (sub->parsed() && cluster::distributed() && !runs_distributed(sub->get_name())) {
             if (cluster::rank() == 0)
-                std::cerr << "convscope: " << sub->get_name() << " runs as one process; under mpirun or srun "
-                          << "only top-patches, embed and evaluate split their work between the ranks: run it without "
-                             "the launcher\n";
+                say(sub->get_name() +
+                    " runs as one process; under mpirun or srun only top-patches, embed and evaluate split their work "
+                    "between the ranks: run it without the launcher");
             cluster::finish();
             return 2;
         }
@@ -81,23 +91,20 @@ int main(int argc, char** argv) {
             if (sub->parsed()) return finish(run());
     } catch (const cluster::AgreedError& e) {
         // Every rank is here with the same message: rank 0 says it, all end without an abort.
-        if (cluster::rank() == 0) std::cerr << "convscope: " << e.what() << "\n";
+        if (cluster::rank() == 0) say(e.what());
         cluster::finish();
         return 1;
     } catch (...) {
         const ErrorReport e = current_error();
         if (const int sig = cli::interrupt_signal(); sig != 0 && e.kind == ErrorKind::Cancelled) {
-            std::cerr << "convscope: interrupted by " << (sig == SIGINT ? "SIGINT" : "SIGTERM")
-                      << ": stopped; the files written so far are complete (a top-patches scan resumes from its "
-                         "checkpoint)\n";
+            say(std::string("interrupted by ") + (sig == SIGINT ? "SIGINT" : "SIGTERM") +
+                ": stopped; the files written so far are complete (a top-patches scan resumes from its checkpoint)");
             return finish(128 + sig);
         }
-        std::cerr << "convscope: "
-                  << (cluster::distributed() ? "rank " + std::to_string(cluster::rank()) + " of " +
-                                                   std::to_string(cluster::size()) + ": "
-                                             : std::string())
-                  << e.message
-                  << (e.kind == ErrorKind::OutOfMemory ? ": use fewer items (--indices) or smaller batches" : "") << "\n";
+        say((cluster::distributed()
+                 ? "rank " + std::to_string(cluster::rank()) + " of " + std::to_string(cluster::size()) + ": "
+                 : std::string()) +
+            e.message + (e.kind == ErrorKind::OutOfMemory ? ": use fewer items (--indices) or smaller batches" : ""));
         return finish(e.kind == ErrorKind::Usage ? 2 : 1);
     }
     return finish(2);
