@@ -7,7 +7,8 @@
 // Usage: bench_evaluation MODEL.pt [--items N] [--runs R] [--threads T] [--steps S] [--suite]
 //        [--only TEXT] (the metrics whose name holds TEXT) [--own-forward] (forward passes by
 //        the module's own forward instead of the inference copy; the first line compares them)
-//        [--data fashion-mnist:test]
+//        [--data fashion-mnist:test] [--batches] (only the cost per image of forward passes
+//        and of saliency maps at each batch size, 8 to 256, and which allocator served them)
 //        bench_evaluation --imputation [--runs R]: ROAD's imputation of one 3x224x224 image on one
 //        thread, by each solver, for holes of several kinds (the choice of
 //        ImputationSolver::Auto is fitted to these).
@@ -28,6 +29,7 @@
 #include "convscope/runtime/dataset.hpp"
 #include "convscope/runtime/model.hpp"
 #include "convscope/runtime/preprocess.hpp"
+#include "convscope/runtime/run_context.hpp"
 
 using namespace convscope;
 using convscope::bench::interleaved;
@@ -54,6 +56,31 @@ int fastest_batch(const Model& model, const at::Tensor& one) {
         if (b * one[0].numel() * 4 > (int64_t(256) << 20)) break;  // large inputs: stop at 256 MiB
     }
     return best;
+}
+
+// The cost per image of forward passes (the inference copy and the module's own) and of saliency
+// maps (a forward and a backward pass) at each batch size, medians of `runs` interleaved rounds.
+void batch_table(const Model& model, const at::Tensor& one, int runs) {
+    Model own = model.copy();
+    own.set_inference_copy(false);
+    const Explainer saliency = method_explainer("saliency", ExplainOptions{});
+    Target target;
+    target.score = Score::Prob;
+    std::printf("memory: %s\nbatch   copy ms   own ms   saliency ms   (per image)\n", memory_allocator());
+    for (int b : {8, 16, 32, 64, 128, 256}) {
+        const at::Tensor x = one.expand({b, one.size(1), one.size(2), one.size(3)}).contiguous();
+        torch::NoGradGuard g;
+        (void)model.forward(x);
+        (void)own.forward(x);
+        (void)saliency(model, x, target, {});
+        const auto t = interleaved({[&] { (void)model.forward(x); }, [&] { (void)own.forward(x); },
+                                    [&] { (void)saliency(model, x, target, {}); }},
+                                   runs);
+        std::printf("%5d %9.3f %8.3f %13.3f\n", b, 1e3 * median(t[0]) / b, 1e3 * median(t[1]) / b,
+                    1e3 * median(t[2]) / b);
+        std::fflush(stdout);
+        if (b * one[0].numel() * 4 > (int64_t(256) << 20)) break;  // large inputs: stop at 256 MiB
+    }
 }
 
 // `count` forward passes of perturbed-like copies of images, `batch` at a time.
@@ -120,22 +147,26 @@ int imputation_table(int runs) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int run(int argc, char** argv) {
     if (argc >= 2 && std::string(argv[1]) == "--imputation")
         return imputation_table(argc >= 4 && std::string(argv[2]) == "--runs" ? std::atoi(argv[3]) : 3);
     if (argc < 2) {
-        std::fprintf(stderr, "usage: %s MODEL.pt [--items N] [--runs R] [--threads T] [--steps S] [--suite] [--data D] [--only TEXT]\n",
+        std::fprintf(stderr, "usage: %s MODEL.pt [--items N] [--runs R] [--threads T] [--steps S] [--suite] [--data D] [--only TEXT] [--own-forward] [--batches]\n",
                      argv[0]);
         return 2;
     }
     int64_t items = 8;
     int runs = 3, threads = 2, steps = 100;
-    bool suite = false, own_forward = false;
+    bool suite = false, own_forward = false, batches = false;
     std::string data_spec, only;
     for (int i = 2; i < argc; ++i) {
         const std::string flag = argv[i];
         if (flag == "--suite") {
             suite = true;
+            continue;
+        }
+        if (flag == "--batches") {
+            batches = true;
             continue;
         }
         if (flag == "--own-forward") {
@@ -164,6 +195,10 @@ int main(int argc, char** argv) {
     } else {
         auto gen = at::make_generator<at::CPUGeneratorImpl>(1);
         images = torch::randn({items, shape[0], shape[1], shape[2]}, gen, torch::kFloat);
+    }
+    if (batches) {
+        batch_table(model, images.slice(0, 0, 1), runs);
+        return 0;
     }
     // The inference copy against the module's own forward, at the batch that runs fastest for
     // the copy; --own-forward then runs everything with the module's own forward.
@@ -294,4 +329,13 @@ int main(int argc, char** argv) {
         }
     }
     return 0;
+}
+
+int main(int argc, char** argv) {
+    try {
+        return run(argc, argv);
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "bench_evaluation: %s\n", e.what());
+        return 1;
+    }
 }

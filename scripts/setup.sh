@@ -6,6 +6,7 @@ packages=(
   g++ cmake ninja-build ccache pkg-config git
   libtorch-dev libopencv-dev libcli11-dev nlohmann-json3-dev libcpp-httplib-dev
   libhnswlib-dev libfftw3-dev zlib1g-dev libssl-dev libopenblas0-openmp libeigen3-dev
+  libgoogle-perftools-dev
   libopenmpi-dev openmpi-bin
   libpng-dev libjpeg-dev libtiff-dev libwebp-dev
   clang libclang-rt-14-dev

@@ -54,7 +54,7 @@ int main(int argc, char** argv) {
 
     CLI::App app{"convscope: see what happens inside a trained convolutional network"};
     app.require_subcommand(1);
-    app.set_version_flag("--version", std::string("convscope ") + CONVSCOPE_VERSION);
+    app.set_version_flag("--version", std::string("convscope ") + CONVSCOPE_VERSION + " (memory: " + memory_allocator() + ")");
     auto& registry = cli::command_registry();
     std::stable_sort(registry.begin(), registry.end(),
                      [](const auto& a, const auto& b) { return a.order < b.order; });

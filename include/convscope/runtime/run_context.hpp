@@ -17,6 +17,11 @@ struct RunContext {
 // The threads a call runs with: ctx.threads, or LibTorch's intra-op count when it is 0.
 int thread_count(const RunContext& ctx);
 
+// Which allocator serves this process's memory: "tcmalloc" when gperftools' tcmalloc is linked
+// into the executable (convscope's own executables, unless built with the sanitizers), else
+// "the C library's malloc".
+const char* memory_allocator();
+
 // Runs the enclosing scope with ctx.threads intra-op threads (when > 0) and restores the
 // previous count when it ends.
 class ThreadScope {
