@@ -2,8 +2,6 @@
 // (AVX-512, else AVX2), on 1 thread and on all, in GFLOP/s. The bound against which the forward
 // passes' speed is read (bench/RESULTS.md, "The memory allocator").
 // Usage: bench_peak_flops [--threads T]
-#include <immintrin.h>
-
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -16,32 +14,27 @@ namespace {
 constexpr long kRounds = 100000000;
 constexpr int kChains = 12;  // more independent chains than FMA latency x units, so none waits
 
-__attribute__((target("avx512f"))) float chains_avx512() {
-    __m512 a[kChains];
-    const __m512 b = _mm512_set1_ps(1.0000001f), c = _mm512_set1_ps(1e-7f);
-    for (int i = 0; i < kChains; ++i) a[i] = _mm512_set1_ps(float(i));
+typedef float V16 __attribute__((vector_size(64)));
+typedef float V8 __attribute__((vector_size(32)));
+
+// The chains in vectors of type V; a * b + c becomes one fused multiply-add where the caller's
+// target has them.
+template <class V>
+__attribute__((always_inline)) inline float chains() {
+    V a[kChains];
+    V b = V{} + 1.0000001f, c = V{} + 1e-7f;
+    for (int i = 0; i < kChains; ++i) a[i] = V{} + float(i);
     for (long k = 0; k < kRounds; ++k)
 #pragma GCC unroll 12
-        for (int i = 0; i < kChains; ++i) a[i] = _mm512_fmadd_ps(a[i], b, c);
+        for (int i = 0; i < kChains; ++i) a[i] = a[i] * b + c;
     float s = 0;
-    for (int i = 0; i < kChains; ++i) s += _mm512_reduce_add_ps(a[i]);
+    for (int i = 0; i < kChains; ++i)
+        for (size_t l = 0; l < sizeof(V) / sizeof(float); ++l) s += a[i][l];
     return s;
 }
 
-__attribute__((target("avx2,fma"))) float chains_avx2() {
-    __m256 a[kChains];
-    const __m256 b = _mm256_set1_ps(1.0000001f), c = _mm256_set1_ps(1e-7f);
-    for (int i = 0; i < kChains; ++i) a[i] = _mm256_set1_ps(float(i));
-    for (long k = 0; k < kRounds; ++k)
-#pragma GCC unroll 12
-        for (int i = 0; i < kChains; ++i) a[i] = _mm256_fmadd_ps(a[i], b, c);
-    float out[8], s = 0;
-    for (int i = 0; i < kChains; ++i) {
-        _mm256_storeu_ps(out, a[i]);
-        for (float v : out) s += v;
-    }
-    return s;
-}
+__attribute__((target("avx512f"))) float chains_avx512() { return chains<V16>(); }
+__attribute__((target("avx2,fma"))) float chains_avx2() { return chains<V8>(); }
 
 // GFLOP/s of `threads` threads each running the chains once.
 double gflops(int threads, bool avx512) {
